@@ -1,0 +1,112 @@
+#!/usr/bin/env node
+/**
+ * nix-hcloud-builder COMMAND [--config FILE]
+ *   serve   run the SSH endpoint that Nix builds through
+ *   status  show our workers (--json for scripts)
+ *   down    delete all our servers now, also when the daemon is not running
+ */
+import { parseArgs } from 'node:util';
+import { ConfigError, loadConfig, type Config } from './config.js';
+import { Daemon } from './daemon.js';
+import { deleteAllServers, formatStatus, gatherStatus } from './commands.js';
+import { createLogger } from './log.js';
+import { loadToken, TokenError } from './token.js';
+
+const USAGE = `usage: nix-hcloud-builder <command> [options]
+
+commands:
+  serve              run the endpoint Nix builds through (until SIGTERM/SIGINT)
+  status [--json]    list this daemon's workers: status, address, sessions, price
+  down               delete every server of this instance now
+
+options:
+  -c, --config FILE  config file (default: $NIX_HCLOUD_BUILDER_CONFIG or ~/.config/nix-hcloud-builder/config.json)
+  --keep-workers     serve: leave the workers running on stop (a later start adopts them)
+  -h, --help         this text
+`;
+
+function defaultConfigPath(): string {
+  const env = process.env;
+  if (env.NIX_HCLOUD_BUILDER_CONFIG) return env.NIX_HCLOUD_BUILDER_CONFIG;
+  const base = env.XDG_CONFIG_HOME || `${env.HOME ?? ''}/.config`;
+  return `${base}/nix-hcloud-builder/config.json`;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      config: { type: 'string', short: 'c' },
+      json: { type: 'boolean' },
+      'keep-workers': { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  const command = positionals[0];
+  if (values.help || !command) {
+    process.stdout.write(USAGE);
+    return command || values.help ? 0 : 2;
+  }
+  const config: Config = loadConfig(values.config ?? defaultConfigPath());
+  const log = createLogger({ level: config.log.level });
+
+  switch (command) {
+    case 'serve': {
+      const token = loadToken(config);
+      if (token.warning) log.warn(token.warning);
+      log.info({ tokenSource: token.source, instance: config.instance }, 'starting');
+      const daemon = new Daemon({ config, token: token.token, log });
+      await daemon.start();
+      await new Promise<void>((resolve) => {
+        let signals = 0;
+        const onSignal = (signal: NodeJS.Signals): void => {
+          signals++;
+          log.info({ signal }, signals === 1 ? 'stopping' : 'stopping (again): workers are still deleted');
+          void daemon.stop(values['keep-workers'] === true).then(resolve, (err: unknown) => {
+            log.error({ err }, 'stop failed');
+            resolve();
+          });
+        };
+        process.on('SIGTERM', onSignal);
+        process.on('SIGINT', onSignal);
+      });
+      return 0;
+    }
+    case 'status': {
+      const token = tryToken(config);
+      const rows = await gatherStatus(config, token);
+      process.stdout.write(values.json ? `${JSON.stringify(rows, null, 2)}\n` : formatStatus(rows));
+      return 0;
+    }
+    case 'down': {
+      const token = loadToken(config);
+      const deleted = await deleteAllServers(config, token.token, log, (line) => process.stdout.write(`${line}\n`));
+      process.stdout.write(`deleted ${deleted} server(s)\n`);
+      return 0;
+    }
+    default:
+      process.stderr.write(`nix-hcloud-builder: unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
+      return 2;
+  }
+}
+
+function tryToken(config: Config): string | undefined {
+  try {
+    return loadToken(config).token;
+  } catch {
+    return undefined;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    const known = err instanceof ConfigError || err instanceof TokenError || (err as Error).name === 'StateError' || (err as Error).name === 'HcloudError';
+    process.stderr.write(`nix-hcloud-builder: ${(err as Error).message ?? String(err)}\n`);
+    if (!known && process.env.NIX_HCLOUD_BUILDER_DEBUG) process.stderr.write(`${(err as Error).stack}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,256 @@
+/**
+ * The daemon's one JSON config file: loaded, checked key by key, with defaults filled in.
+ * Every error names the key and what was expected, so a typo never becomes a silent default.
+ */
+import { readFileSync } from 'node:fs';
+import { hostname, homedir } from 'node:os';
+import { join, resolve, dirname } from 'node:path';
+import { parseDuration } from './duration.js';
+
+export type ImageRef = { name: string } | { id: number } | { labelSelector: string };
+
+export interface PoolConfig {
+  name: string;
+  systems: string[];
+  serverTypes: string[];
+  locations: string[];
+  image: ImageRef;
+  maxWorkers: number;
+  jobsPerWorker: number;
+  idleTimeoutMs: number;
+  bootTimeoutMs: number;
+  readyCommand: string;
+  sshPort: number;
+  ipv4: boolean;
+  speedFactor: number;
+  supportedFeatures: string[];
+  mandatoryFeatures: string[];
+}
+
+export interface Config {
+  /** Marks the servers this daemon owns (label value); two daemons on one project need different ones. */
+  instance: string;
+  listen: { host: string; port: number };
+  stateDir: string;
+  authorizedKeys: string[];
+  authorizedKeysFile?: string;
+  hcloud: { endpoint: string; tokenFile?: string; tokenCommand?: string };
+  pools: Record<string, PoolConfig>;
+  log: { level: string };
+}
+
+export const READY_MARKER = '/run/nix-hcloud-builder/ready';
+export const DEFAULT_READY_COMMAND = `test -e ${READY_MARKER} && nix-store --version`;
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+type JsonObject = { [key: string]: Json };
+
+const LABEL_VALUE = /^(?:[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)$/;
+const POOL_NAME = /^[a-z0-9](?:[a-z0-9_-]{0,30}[a-z0-9])?$/;
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+function isObject(value: unknown): value is JsonObject {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** Reads typed fields of one JSON object, and reports the keys nobody asked for. */
+class Fields {
+  private readonly seen = new Set<string>();
+  constructor(private readonly obj: JsonObject, private readonly at: string) {}
+
+  private key(k: string): string {
+    return this.at ? `${this.at}.${k}` : k;
+  }
+  private take(k: string): Json | undefined {
+    this.seen.add(k);
+    return this.obj[k];
+  }
+  fail(k: string, expected: string, got: unknown): never {
+    throw new ConfigError(`config key "${this.key(k)}": expected ${expected}, got ${JSON.stringify(got)}`);
+  }
+  string(k: string, fallback?: string): string {
+    const v = this.take(k);
+    if (v === undefined && fallback !== undefined) return fallback;
+    if (typeof v !== 'string' || v.length === 0) this.fail(k, 'a non-empty string', v);
+    return v;
+  }
+  optionalString(k: string): string | undefined {
+    const v = this.take(k);
+    if (v === undefined) return undefined;
+    if (typeof v !== 'string' || v.length === 0) this.fail(k, 'a non-empty string', v);
+    return v;
+  }
+  integer(k: string, fallback: number, min: number, max: number): number {
+    const v = this.take(k);
+    if (v === undefined) return fallback;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) this.fail(k, `an integer from ${min} to ${max}`, v);
+    return v;
+  }
+  number(k: string, fallback: number): number {
+    const v = this.take(k);
+    if (v === undefined) return fallback;
+    if (typeof v !== 'number' || !(v > 0)) this.fail(k, 'a positive number', v);
+    return v;
+  }
+  boolean(k: string, fallback: boolean): boolean {
+    const v = this.take(k);
+    if (v === undefined) return fallback;
+    if (typeof v !== 'boolean') this.fail(k, 'true or false', v);
+    return v;
+  }
+  duration(k: string, fallback: string): number {
+    const v = this.take(k) ?? fallback;
+    try {
+      return parseDuration(v);
+    } catch (err) {
+      throw new ConfigError(`config key "${this.key(k)}": ${(err as Error).message}`);
+    }
+  }
+  strings(k: string, fallback?: string[]): string[] {
+    const v = this.take(k);
+    if (v === undefined && fallback) return fallback;
+    if (!Array.isArray(v) || v.some((s) => typeof s !== 'string' || s.length === 0)) this.fail(k, 'a list of non-empty strings', v);
+    return v as string[];
+  }
+  object(k: string): Fields | undefined {
+    const v = this.take(k);
+    if (v === undefined) return undefined;
+    if (!isObject(v)) this.fail(k, 'an object', v);
+    return new Fields(v, this.key(k));
+  }
+  raw(k: string): Json | undefined {
+    return this.take(k);
+  }
+  /** Call last: unknown keys are errors, so a misspelt key is never silently ignored. */
+  done(): void {
+    for (const k of Object.keys(this.obj)) {
+      if (!this.seen.has(k)) {
+        throw new ConfigError(`config key "${this.key(k)}" is not known; known keys here: ${[...this.seen].join(', ')}`);
+      }
+    }
+  }
+}
+
+export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {
+  const base = env.XDG_STATE_HOME || join(homedir(), '.local', 'state');
+  return join(base, 'nix-hcloud-builder');
+}
+
+function defaultInstance(): string {
+  const cleaned = hostname().toLowerCase().replace(/[^a-z0-9_.-]/g, '-').replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, '');
+  return (cleaned || 'default').slice(0, 63).replace(/[^a-z0-9]+$/, '') || 'default';
+}
+
+function parseImage(f: Fields, k: string): ImageRef {
+  const v = f.raw(k);
+  if (v === undefined) return { name: 'ubuntu-24.04' };
+  if (typeof v === 'string' && v.length > 0) return /^\d+$/.test(v) ? { id: Number(v) } : { name: v };
+  if (typeof v === 'number' && Number.isInteger(v) && v > 0) return { id: v };
+  if (isObject(v) && typeof v.labelSelector === 'string' && Object.keys(v).length === 1 && v.labelSelector.length > 0) {
+    return { labelSelector: v.labelSelector };
+  }
+  return f.fail(k, 'an image name, an image id, or {"labelSelector": "k=v"} for the newest matching snapshot', v);
+}
+
+function parsePool(name: string, f: Fields): PoolConfig {
+  const pool: PoolConfig = {
+    name,
+    systems: f.strings('systems', ['x86_64-linux']),
+    serverTypes: f.strings('serverTypes'),
+    locations: f.strings('locations', ['fsn1', 'nbg1', 'hel1']),
+    image: parseImage(f, 'image'),
+    maxWorkers: f.integer('maxWorkers', 1, 1, 100),
+    jobsPerWorker: f.integer('jobsPerWorker', 8, 1, 1024),
+    idleTimeoutMs: f.duration('idleTimeout', '10m'),
+    bootTimeoutMs: f.duration('bootTimeout', '10m'),
+    readyCommand: f.string('readyCommand', DEFAULT_READY_COMMAND),
+    sshPort: f.integer('sshPort', 22, 1, 65535),
+    ipv4: f.boolean('ipv4', true),
+    speedFactor: f.number('speedFactor', 1),
+    supportedFeatures: f.strings('supportedFeatures', ['big-parallel', 'kvm', 'nixos-test', 'benchmark']),
+    mandatoryFeatures: f.strings('mandatoryFeatures', []),
+  };
+  if (pool.serverTypes.length === 0) f.fail('serverTypes', 'at least one server type', []);
+  if (pool.locations.length === 0) f.fail('locations', 'at least one location', []);
+  f.done();
+  return pool;
+}
+
+/** Checks a parsed config object; `baseDir` resolves relative paths (the config file's folder). */
+export function parseConfig(input: unknown, baseDir: string, env: NodeJS.ProcessEnv = process.env): Config {
+  if (!isObject(input)) throw new ConfigError(`config: expected a JSON object at the top, got ${JSON.stringify(input)}`);
+  const top = new Fields(input, '');
+  const path = (p: string): string => resolve(baseDir, p.replace(/^~(?=\/|$)/, homedir()));
+
+  const instance = top.string('instance', defaultInstance());
+  if (!LABEL_VALUE.test(instance)) top.fail('instance', 'at most 63 letters, digits, "-", "_" or ".", starting and ending with a letter or digit', instance);
+
+  const listenFields = top.object('listen');
+  const listen = { host: listenFields?.string('host', '127.0.0.1') ?? '127.0.0.1', port: listenFields?.integer('port', 2222, 0, 65535) ?? 2222 };
+  listenFields?.done();
+
+  const stateDir = path(top.string('stateDir', defaultStateDir(env)));
+  const authorizedKeys = top.strings('authorizedKeys', []);
+  const keysFile = top.optionalString('authorizedKeysFile');
+
+  const h = top.object('hcloud');
+  const endpoint = h?.string('endpoint', 'https://api.hetzner.cloud/v1') ?? 'https://api.hetzner.cloud/v1';
+  if (!/^https?:\/\/[^\s]+$/.test(endpoint)) h?.fail('endpoint', 'an http(s) URL', endpoint);
+  const tokenFile = h?.optionalString('tokenFile');
+  const tokenCommand = h?.optionalString('tokenCommand');
+  h?.done();
+  if (tokenFile && tokenCommand) throw new ConfigError('config keys "hcloud.tokenFile" and "hcloud.tokenCommand": set one of them, not both');
+
+  const poolsFields = top.object('pools');
+  if (!poolsFields) throw new ConfigError('config key "pools": expected an object with at least one pool, e.g. {"x86_64": {"serverTypes": ["ccx33"]}}');
+  const pools: Record<string, PoolConfig> = {};
+  for (const name of Object.keys(input.pools as JsonObject)) {
+    if (!POOL_NAME.test(name)) {
+      throw new ConfigError(`config key "pools.${name}": a pool name is the ssh user name Nix logs in with: 1 to 32 lowercase letters, digits, "-" or "_"`);
+    }
+    const poolFields = poolsFields.object(name) as Fields;
+    pools[name] = parsePool(name, poolFields);
+  }
+  poolsFields.done();
+  if (Object.keys(pools).length === 0) throw new ConfigError('config key "pools": expected at least one pool');
+
+  const logFields = top.object('log');
+  const level = logFields?.string('level', 'info') ?? 'info';
+  if (!LOG_LEVELS.includes(level)) logFields?.fail('level', `one of ${LOG_LEVELS.join(', ')}`, level);
+  logFields?.done();
+  top.done();
+
+  const config: Config = {
+    instance,
+    listen,
+    stateDir,
+    authorizedKeys,
+    hcloud: { endpoint: endpoint.replace(/\/+$/, '') },
+    pools,
+    log: { level },
+  };
+  if (keysFile) config.authorizedKeysFile = path(keysFile);
+  if (tokenFile) config.hcloud.tokenFile = path(tokenFile);
+  if (tokenCommand) config.hcloud.tokenCommand = tokenCommand;
+  return config;
+}
+
+export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): Config {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(`config file ${file} is not valid JSON: ${(err as Error).message}`);
+  }
+  return parseConfig(parsed, dirname(resolve(file)), env);
+}

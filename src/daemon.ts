@@ -1,0 +1,206 @@
+/**
+ * `serve`: the daemon. Steps, each logged:
+ *   1. lock the state folder and read what an earlier run left;
+ *   2. load (or make) the endpoint's host key and the authorized keys;
+ *   3. reconcile: adopt our servers that the state knows and that answer, delete the rest;
+ *   4. listen for Nix;
+ *   5. on SIGTERM/SIGINT: stop listening, delete every worker (unless keepWorkers), exit.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Config } from './config.js';
+import { Endpoint, parseAuthorizedKeys } from './endpoint.js';
+import { HcloudClient } from './hcloud/client.js';
+import { HcloudError } from './hcloud/errors.js';
+import type { Server, ServerType } from './hcloud/types.js';
+import { generateKeyPair } from './keys.js';
+import { instanceSelector, LABEL_POOL } from './labels.js';
+import type { Logger } from './log.js';
+import { Pool } from './pool.js';
+import { StateFile, writeFileAtomic, type WorkerRecord } from './state.js';
+import { Worker, type WorkerDeps } from './worker.js';
+
+export interface DaemonOptions {
+  config: Config;
+  token: string;
+  log: Logger;
+  /** How long an adoption attempt may take per server at start. */
+  adoptTimeoutMs?: number;
+}
+
+export function hostKeyPaths(stateDir: string): { privateKey: string; publicKey: string } {
+  const privateKey = join(stateDir, 'ssh_host_ed25519_key');
+  return { privateKey, publicKey: `${privateKey}.pub` };
+}
+
+/** The endpoint's host key, made on first start; its public line goes into the machines file. */
+export function ensureHostKey(stateDir: string): { privateKey: string; publicKey: string } {
+  const paths = hostKeyPaths(stateDir);
+  if (!existsSync(paths.privateKey)) {
+    const pair = generateKeyPair('nix-hcloud-builder');
+    writeFileAtomic(paths.privateKey, pair.privateKey, 0o600);
+    writeFileAtomic(paths.publicKey, `${pair.publicKey}\n`, 0o644);
+  }
+  return { privateKey: readFileSync(paths.privateKey, 'utf8'), publicKey: readFileSync(paths.publicKey, 'utf8').trim() };
+}
+
+export function loadAuthorizedKeys(config: Config): string[] {
+  const lines = [...config.authorizedKeys];
+  if (config.authorizedKeysFile) {
+    try {
+      lines.push(...readFileSync(config.authorizedKeysFile, 'utf8').split('\n'));
+    } catch (err) {
+      throw new Error(`cannot read authorizedKeysFile ${config.authorizedKeysFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  }
+  return lines;
+}
+
+export class Daemon {
+  readonly pools = new Map<string, Pool>();
+  endpoint!: Endpoint;
+  port = 0;
+  private state!: StateFile;
+  /** Records of servers being deleted that belong to no pool (found at start). */
+  private readonly orphans: WorkerRecord[] = [];
+  private saveScheduled = false;
+  readonly hcloud: HcloudClient;
+  private readonly log: Logger;
+  private serverTypes: Promise<ServerType[]> | undefined;
+  private stopping: Promise<void> | undefined;
+
+  constructor(private readonly options: DaemonOptions) {
+    this.log = options.log;
+    this.hcloud = new HcloudClient({ endpoint: options.config.hcloud.endpoint, token: options.token, logger: options.log.child({ component: 'hcloud' }) });
+  }
+
+  private get config(): Config {
+    return this.options.config;
+  }
+
+  async start(): Promise<void> {
+    const { config } = this;
+    // 1. Lock the state folder; read the previous state.
+    const { state, read } = await StateFile.open(config.stateDir, config.instance);
+    this.state = state;
+    if (read.problem) this.log.error({ keptAs: read.keptAs }, `${read.problem}; kept it aside and falling back to a label sweep`);
+    this.log.info({ stateDir: config.stateDir, known: state.data.workers.length }, 'step 1/4: state folder locked');
+
+    try {
+      // 2. Keys.
+      const hostKey = ensureHostKey(config.stateDir);
+      const authorizedKeys = parseAuthorizedKeys(loadAuthorizedKeys(config));
+      if (authorizedKeys.length === 0) this.log.warn('no authorized keys: nobody can log in (set authorizedKeys or authorizedKeysFile)');
+      this.log.info({ hostKey: hostKey.publicKey, authorizedKeys: authorizedKeys.length }, 'step 2/4: keys loaded');
+
+      const deps: WorkerDeps = {
+        hcloud: this.hcloud,
+        log: this.log,
+        instance: config.instance,
+        save: () => this.saveNow(),
+        serverTypes: () => (this.serverTypes ??= this.hcloud.listServerTypes().catch((err: unknown) => {
+          this.serverTypes = undefined;
+          throw err;
+        })),
+      };
+      for (const pool of Object.values(config.pools)) {
+        this.pools.set(pool.name, new Pool(pool, { ...deps, changed: () => this.scheduleSave() }));
+      }
+
+      // 3. Reconcile with what the API says is ours.
+      await this.reconcile(state.data.workers, deps);
+
+      // 4. Listen.
+      this.endpoint = new Endpoint({ hostKey: hostKey.privateKey, authorizedKeys, pools: this.pools, log: this.log });
+      this.port = await this.endpoint.listen(config.listen.port, config.listen.host);
+      this.log.info({ host: config.listen.host, port: this.port, pools: [...this.pools.keys()] }, 'step 4/4: listening for Nix');
+    } catch (err) {
+      await this.state.close();
+      throw err;
+    }
+  }
+
+  private async reconcile(previous: WorkerRecord[], deps: WorkerDeps): Promise<void> {
+    const servers: Server[] = await this.hcloud.listServers({ labelSelector: instanceSelector(this.config.instance) });
+    const adopted: string[] = [];
+    const deleting: Promise<void>[] = [];
+    for (const server of servers) {
+      const record = previous.find((r) => (r.id !== 0 && r.id === server.id) || r.name === server.name);
+      const pool = this.pools.get(server.labels[LABEL_POOL] ?? '');
+      if (record && pool && record.phase === 'ready' && record.address && server.status === 'running') {
+        const worker = new Worker(pool.config, { ...record, id: server.id }, deps);
+        try {
+          await worker.adopt(this.options.adoptTimeoutMs ?? 15_000);
+          pool.adopt(worker);
+          adopted.push(server.name);
+          continue;
+        } catch (err) {
+          worker.client?.end();
+          this.log.warn({ server: server.name, err: (err as Error).message }, 'cannot adopt our server; deleting it');
+        }
+      } else {
+        this.log.warn({ server: server.name, id: server.id, known: Boolean(record) }, 'our server is not adoptable; deleting it');
+      }
+      deleting.push(this.deleteOrphan(server, record));
+    }
+    await Promise.all(deleting);
+    this.scheduleSave();
+    this.log.info({ found: servers.length, adopted: adopted.length, deleted: deleting.length }, 'step 3/4: reconciled with the cloud');
+  }
+
+  private async deleteOrphan(server: Server, record: WorkerRecord | undefined): Promise<void> {
+    const orphan: WorkerRecord = record ? { ...record, id: server.id, phase: 'deleting' } : {
+      id: server.id, name: server.name, pool: server.labels[LABEL_POOL] ?? '', serverType: server.server_type.name, location: server.datacenter.location.name,
+      phase: 'deleting', sshPort: 0, hostPublicKey: '', loginPrivateKey: '', createdAt: server.created, activeSessions: 0,
+    };
+    this.orphans.push(orphan);
+    await this.saveNow();
+    try {
+      const action = await this.hcloud.deleteServer(server.id);
+      await this.hcloud.waitForActions([action], { timeoutMs: 120_000 });
+      this.log.info({ server: server.name, id: server.id }, 'deleted');
+    } catch (err) {
+      if (!(err instanceof HcloudError && err.code === 'not_found')) {
+        // Kept in the state: the next start tries again.
+        this.log.error({ err, server: server.name }, 'could not delete our server');
+        return;
+      }
+    }
+    this.orphans.splice(this.orphans.indexOf(orphan), 1);
+  }
+
+  private collect(): WorkerRecord[] {
+    return [...[...this.pools.values()].flatMap((p) => p.records), ...this.orphans];
+  }
+
+  private saveNow(): Promise<void> {
+    this.state.data.workers = this.collect();
+    return this.state.save();
+  }
+
+  /** Coalesces bursts of changes (sessions starting and ending) into one write. */
+  private scheduleSave(): void {
+    if (this.saveScheduled) return;
+    this.saveScheduled = true;
+    setImmediate(() => {
+      this.saveScheduled = false;
+      this.saveNow().catch((err: unknown) => this.log.error({ err }, 'cannot write the state file'));
+    });
+  }
+
+  /** Stops accepting, ends sessions, deletes workers unless `keepWorkers`, releases the state. */
+  stop(keepWorkers = false): Promise<void> {
+    this.stopping ??= (async () => {
+      this.log.info({ keepWorkers }, keepWorkers ? 'stopping; keeping the workers' : 'stopping; deleting every worker');
+      // close() waits for open connections, so end them first (a Nix session then fails over).
+      const closed = this.endpoint?.stopListening();
+      this.endpoint?.closeAll();
+      await closed;
+      await Promise.allSettled([...this.pools.values()].map((p) => p.close(keepWorkers)));
+      await this.saveNow().catch(() => undefined);
+      await this.state.close();
+      this.log.info('stopped');
+    })();
+    return this.stopping;
+  }
+}

@@ -1,0 +1,275 @@
+/**
+ * Places Nix sessions on a pool's workers: the least loaded ready worker with a free slot, else a
+ * booting one with room, else a new boot while fewer than maxWorkers exist, else a queue. Sessions
+ * that arrive during a boot wait for that same boot: a burst creates one server, not one each.
+ */
+import type { PoolConfig } from './config.js';
+import { IdleTimer, systemClock, type Clock } from './idle-timer.js';
+import type { Logger } from './log.js';
+import type { WorkerRecord } from './state.js';
+import { Worker, type WorkerDeps } from './worker.js';
+
+export interface Lease {
+  worker: Worker;
+  /** Gives the slot back; safe to call more than once. */
+  release(): void;
+}
+
+export interface AcquireOptions {
+  /** Progress lines for the user (boot steps), written to the session's stderr. */
+  progress: (line: string) => void;
+  /** Aborted when the client goes away while waiting. */
+  signal: AbortSignal;
+}
+
+interface Waiter extends AcquireOptions {
+  resolve(lease: Lease): void;
+  reject(err: Error): void;
+}
+
+export interface PoolDeps extends WorkerDeps {
+  /** Called when the pool's set of workers or their counts change (state file, status). */
+  changed: () => void;
+  clock?: Clock;
+}
+
+export class Pool {
+  readonly workers: Worker[] = [];
+  private readonly queue: Waiter[] = [];
+  private readonly idleTimers = new Map<Worker, IdleTimer>();
+  private readonly log: Logger;
+  private closed = false;
+
+  constructor(readonly config: PoolConfig, private readonly deps: PoolDeps) {
+    this.log = deps.log.child({ pool: config.name });
+  }
+
+  get records(): WorkerRecord[] {
+    return this.workers.map((w) => w.record);
+  }
+
+  /** Waits for a slot on a ready worker, booting one when needed. */
+  acquire(options: AcquireOptions): Promise<Lease> {
+    if (this.closed) return Promise.reject(new Error(`pool ${this.config.name} is shutting down`));
+    return new Promise((resolve, reject) => {
+      const waiter: Waiter = { ...options, resolve, reject };
+      this.queue.push(waiter);
+      options.signal.addEventListener('abort', () => this.abandon(waiter), { once: true });
+      this.dispatch();
+    });
+  }
+
+  private abandon(waiter: Waiter): void {
+    const index = this.queue.indexOf(waiter);
+    if (index >= 0) this.queue.splice(index, 1);
+    waiter.reject(new Error('the client went away'));
+  }
+
+  private leastLoaded(phase: Worker['phase']): Worker | undefined {
+    let best: Worker | undefined;
+    for (const w of this.workers) {
+      if (w.phase !== phase || w.used >= this.config.jobsPerWorker) continue;
+      if (phase === 'ready' && !w.client) continue;
+      if (!best || w.used < best.used) best = w;
+    }
+    return best;
+  }
+
+  private dispatch(): void {
+    while (this.queue.length > 0 && !this.closed) {
+      const ready = this.leastLoaded('ready');
+      if (ready) {
+        this.lease(ready, this.queue.shift() as Waiter);
+        continue;
+      }
+      const booting = this.leastLoaded('booting') ?? this.leastLoaded('creating');
+      if (booting) {
+        this.joinBoot(booting, this.queue.shift() as Waiter);
+        continue;
+      }
+      if (this.workers.length < this.config.maxWorkers) {
+        this.startBoot();
+        continue;
+      }
+      break;
+    }
+  }
+
+  private lease(worker: Worker, waiter: Waiter): void {
+    worker.used++;
+    this.idleTimers.get(worker)?.cancel();
+    worker.record.activeSessions = worker.used;
+    delete worker.record.idleSince;
+    this.deps.changed();
+    let released = false;
+    waiter.resolve({
+      worker,
+      release: () => {
+        if (released) return;
+        released = true;
+        this.release(worker);
+      },
+    });
+  }
+
+  private release(worker: Worker): void {
+    worker.used--;
+    worker.record.activeSessions = worker.used;
+    if (worker.used === 0 && worker.phase === 'ready') {
+      this.timerFor(worker).start();
+      worker.record.idleSince = new Date().toISOString();
+      this.log.info({ worker: worker.record.name, idleTimeoutMs: this.config.idleTimeoutMs }, 'worker idle; idle timer started');
+    }
+    this.deps.changed();
+    this.dispatch();
+  }
+
+  /** A waiter takes a slot on a booting worker now and gets its lease when the boot ends. */
+  private joinBoot(worker: Worker, waiter: Waiter): void {
+    worker.used++;
+    const stopProgress = worker.onProgress(waiter.progress);
+    const booted = this.boots.get(worker) as Promise<void>;
+    booted.then(
+      () => {
+        stopProgress();
+        worker.used--;
+        if (waiter.signal.aborted) {
+          waiter.reject(new Error('the client went away'));
+          this.release0(worker);
+          return;
+        }
+        this.lease(worker, waiter);
+      },
+      (err: Error) => {
+        stopProgress();
+        waiter.reject(err);
+      },
+    );
+  }
+
+  /** A slot taken by a waiter that left during the boot: the worker may be idle already. */
+  private release0(worker: Worker): void {
+    worker.used++;
+    this.release(worker);
+  }
+
+  private readonly boots = new Map<Worker, Promise<void>>();
+
+  private startBoot(): void {
+    const { record, userData } = Worker.plan(this.config, this.deps.instance);
+    const worker = new Worker(this.config, record, this.deps, userData);
+    this.workers.push(worker);
+    this.deps.changed();
+    this.log.info({ worker: record.name, waiting: this.queue.length }, 'booting a new worker');
+    const boot = worker.boot().then(
+      () => {
+        this.boots.delete(worker);
+        this.watch(worker);
+        this.deps.changed();
+        this.dispatch();
+      },
+      (err: Error) => {
+        this.boots.delete(worker);
+        // Deleted in the background (with retries); the waiters fail now, not after the delete.
+        void this.retire(worker, 'boot failed').catch(() => undefined);
+        throw err;
+      },
+    );
+    // Waiters attach to `boot`; this catch only keeps a failure with no waiter from being unhandled.
+    boot.catch(() => undefined);
+    this.boots.set(worker, boot);
+  }
+
+  /** Adds a worker found running after a restart; it gets an idle timer like any idle worker. */
+  adopt(worker: Worker): void {
+    this.workers.push(worker);
+    this.watch(worker);
+    worker.record.idleSince = new Date().toISOString();
+    this.timerFor(worker).start();
+    this.deps.changed();
+  }
+
+  private watch(worker: Worker): void {
+    const client = worker.client;
+    if (!client) return;
+    const lost = (why: string): void => {
+      if (worker.client !== client) return;
+      worker.client = undefined;
+      this.log.warn({ worker: worker.record.name, why }, 'lost the connection to the worker; deleting it');
+      void this.retire(worker, `connection lost: ${why}`);
+    };
+    client.on('error', (err: Error) => lost(err.message));
+    client.on('close', () => lost('closed'));
+  }
+
+  private timerFor(worker: Worker): IdleTimer {
+    let timer = this.idleTimers.get(worker);
+    if (!timer) {
+      timer = new IdleTimer(this.config.idleTimeoutMs, () => void this.onIdle(worker), this.deps.clock ?? systemClock);
+      this.idleTimers.set(worker, timer);
+    }
+    return timer;
+  }
+
+  private async onIdle(worker: Worker): Promise<void> {
+    if (worker.used > 0 || worker.phase !== 'ready') return;
+    this.log.info({ worker: worker.record.name }, 'idle timeout reached; deleting the worker');
+    await this.retire(worker, 'idle timeout');
+  }
+
+  private remove(worker: Worker): void {
+    const index = this.workers.indexOf(worker);
+    if (index >= 0) this.workers.splice(index, 1);
+    this.idleTimers.get(worker)?.cancel();
+    this.idleTimers.delete(worker);
+    this.deps.changed();
+  }
+
+  private readonly retiring = new Map<Worker, Promise<void>>();
+
+  /**
+   * Deletes a worker's server; the record stays (phase "deleting") until the delete succeeded.
+   * Called twice for one worker, both callers get the same promise.
+   */
+  retire(worker: Worker, reason: string): Promise<void> {
+    let retiring = this.retiring.get(worker);
+    if (!retiring) {
+      retiring = this.deleteWithRetries(worker, reason).finally(() => this.retiring.delete(worker));
+      this.retiring.set(worker, retiring);
+    }
+    return retiring;
+  }
+
+  private async deleteWithRetries(worker: Worker, reason: string): Promise<void> {
+    this.idleTimers.get(worker)?.cancel();
+    worker.record.phase = 'deleting';
+    this.deps.changed();
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await worker.destroy(reason);
+        break;
+      } catch (err) {
+        // Money: keep trying. The record stays in the state, so a restart deletes it too.
+        this.log.error({ err, worker: worker.record.name, attempt }, 'deleting the server failed; retrying in 30 s');
+        if (this.closed && attempt >= 3) throw err;
+        await new Promise((r) => setTimeout(r, 30_000).unref());
+      }
+    }
+    this.remove(worker);
+    this.dispatch();
+  }
+
+  /** Fails waiters, stops timers, and deletes every worker (unless `keep`). */
+  async close(keep: boolean): Promise<void> {
+    this.closed = true;
+    for (const waiter of this.queue.splice(0)) waiter.reject(new Error('the daemon is shutting down'));
+    for (const timer of this.idleTimers.values()) timer.cancel();
+    for (const worker of this.boots.keys()) worker.cancelBoot('the daemon is shutting down');
+    await Promise.allSettled([...this.boots.values()]);
+    if (keep) {
+      for (const w of this.workers) w.client?.end();
+      return;
+    }
+    await Promise.all([...this.workers].map((w) => this.retire(w, 'daemon stopped')));
+  }
+}

@@ -1,0 +1,163 @@
+/**
+ * Pipes one Nix session between the client's channel (ssh2 server side) and the worker's channel
+ * (ssh2 client side), byte for byte, with backpressure both ways. Handles ssh2's pitfalls:
+ * - stdout and stderr of a server channel share one window, and ssh2 1.17 resumes only one of two
+ *   pending writes when it reopens: so both go through one serial writer, one write at a time;
+ * - ending the client channel before `exit()` drops the exit status: so drain, exit, then end;
+ * - the worker channel's `close` can come before its stderr ended: wait for both.
+ */
+import type { ClientChannel, ServerChannel } from 'ssh2';
+
+/** Bytes queued towards the client before the worker's streams are paused. */
+const HIGH_WATER = 1024 * 1024;
+
+const SIGNALS = new Set(['ABRT', 'ALRM', 'FPE', 'HUP', 'ILL', 'INT', 'KILL', 'PIPE', 'QUIT', 'SEGV', 'TERM', 'USR1', 'USR2']);
+
+export interface PipeResult {
+  /** Exit status of the remote command; undefined if it never said. */
+  code?: number;
+  signal?: string;
+  /** True when the client went away first (the normal end of a Nix session). */
+  clientClosed: boolean;
+  bytesUp: number;
+  bytesDown: number;
+}
+
+/** Writes stdout and stderr chunks to a server channel strictly one after the other. */
+class SerialWriter {
+  private readonly queue: { err: boolean; chunk: Buffer }[] = [];
+  private writing = false;
+  private queued = 0;
+  private idleWaiters: (() => void)[] = [];
+
+  constructor(private readonly channel: ServerChannel, private readonly onLow: () => void, private readonly onHigh: () => void) {}
+
+  push(err: boolean, chunk: Buffer): void {
+    this.queue.push({ err, chunk });
+    this.queued += chunk.length;
+    if (this.queued >= HIGH_WATER) this.onHigh();
+    this.pump();
+  }
+
+  private pump(): void {
+    if (this.writing) return;
+    const next = this.queue.shift();
+    if (!next) {
+      for (const done of this.idleWaiters.splice(0)) done();
+      return;
+    }
+    this.writing = true;
+    const target = next.err ? this.channel.stderr : this.channel;
+    const wasHigh = this.queued >= HIGH_WATER;
+    target.write(next.chunk, () => {
+      this.writing = false;
+      this.queued -= next.chunk.length;
+      if (wasHigh && this.queued < HIGH_WATER) this.onLow();
+      this.pump();
+    });
+  }
+
+  /** Resolves when everything queued has been handed to the channel. */
+  drained(): Promise<void> {
+    if (!this.writing && this.queue.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Drops what is queued (the client is gone). */
+  discard(): void {
+    this.queue.length = 0;
+    this.queued = 0;
+    for (const done of this.idleWaiters.splice(0)) done();
+  }
+}
+
+export function pipeSession(client: ServerChannel, worker: ClientChannel): Promise<PipeResult> {
+  return new Promise((resolve) => {
+    const result: PipeResult = { clientClosed: false, bytesUp: 0, bytesDown: 0 };
+    let stdoutEnded = false;
+    let stderrEnded = false;
+    let workerClosed = false;
+    let finished = false;
+
+    const writer = new SerialWriter(
+      client,
+      () => {
+        worker.resume();
+        worker.stderr.resume();
+      },
+      () => {
+        worker.pause();
+        worker.stderr.pause();
+      },
+    );
+
+    // Client → worker: stdin, with pipe()'s backpressure; the client's EOF becomes the worker's EOF.
+    client.on('data', (chunk: Buffer) => {
+      result.bytesUp += chunk.length;
+    });
+    client.pipe(worker);
+
+    worker.on('data', (chunk: Buffer) => {
+      result.bytesDown += chunk.length;
+      writer.push(false, chunk);
+    });
+    worker.stderr.on('data', (chunk: Buffer) => writer.push(true, chunk));
+    worker.on('end', () => {
+      stdoutEnded = true;
+      maybeFinish();
+    });
+    worker.stderr.on('end', () => {
+      stderrEnded = true;
+      maybeFinish();
+    });
+    worker.on('exit', (code: number | null, signal?: string) => {
+      if (typeof code === 'number') result.code = code;
+      if (signal) result.signal = signal;
+    });
+    worker.on('close', () => {
+      workerClosed = true;
+      // Some servers close without ending both streams; closing is final either way.
+      stdoutEnded = true;
+      stderrEnded = true;
+      maybeFinish();
+    });
+
+    const finish = (): void => {
+      if (finished) return;
+      finished = true;
+      client.unpipe(worker);
+      resolve(result);
+    };
+
+    async function maybeFinish(): Promise<void> {
+      if (finished || !(stdoutEnded && stderrEnded && workerClosed)) return;
+      await writer.drained();
+      if (!result.clientClosed) {
+        try {
+          if (result.signal !== undefined) {
+            const name = result.signal.replace(/^SIG/, '');
+            if (SIGNALS.has(name)) client.exit(name, false, '');
+            else client.exit(255);
+          } else client.exit(result.code ?? 255);
+        } catch {
+          // The channel may have closed meanwhile; nothing to report to.
+        }
+        client.end();
+      }
+      finish();
+    }
+
+    client.on('close', () => {
+      if (finished) return;
+      // Nix SIGKILLs its ssh when done: the normal end. Stop the remote command's channel too.
+      result.clientClosed = true;
+      writer.discard();
+      if (!workerClosed) {
+        worker.close();
+        worker.once('close', finish);
+        // If the worker never confirms the close (connection dead), do not wait forever.
+        setTimeout(finish, 5000).unref();
+      } else finish();
+    });
+  });
+}
