@@ -1,0 +1,53 @@
+/**
+ * The builder, end to end: real nix-build → our daemon → a worker of the fake cloud (real sshd,
+ * its own /nix store) and back, for ssh-ng:// and ssh://.
+ */
+import t from 'tap';
+import { existsSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { Rig } from './harness.js';
+
+for (const scheme of ['ssh-ng', 'ssh'] as const) {
+  t.test(`${scheme}://: a build runs on a booted worker, and the idle timer deletes it`, async (t) => {
+    const rig = await Rig.start({ pool: { idleTimeout: '3s' } });
+    t.teardown(() => rig.stop());
+    const daemon = await rig.startDaemon();
+    const nonce = `${scheme}-${Date.now()}`;
+
+    const result = await rig.nixBuild(daemon, { scheme, nonces: [nonce] });
+    t.equal(result.code, 0, 'nix-build succeeded', { stderr: result.stderr });
+    t.equal(result.outPaths.length, 1);
+    const outPath = result.outPaths[0] as string;
+    t.ok(existsSync(outPath), 'the output was copied back to the local store');
+
+    const servers = rig.fake.servers();
+    t.equal(servers.length, 1, 'one server was created');
+    const server = servers[0];
+    t.ok(server && existsSync(join(server.storeDir, 'store', basename(outPath))), 'the output was built in the worker\'s own store');
+    t.match(result.stderr + daemon.raw.join('\n'), /created server/);
+
+    const booted = await daemon.waitForMsg(/is ready after/);
+    t.type(booted.bootMs, 'number');
+    await daemon.waitForMsg(/deleted server/, 30_000);
+    t.same(rig.fake.liveServers(), [], 'the idle timer deleted the server');
+    t.same(rig.fake.schemaErrors, [], 'every fake API answer matched openapi.json');
+
+    t.equal(await daemon.stop(), 0, 'SIGTERM stops the daemon cleanly');
+  });
+}
+
+t.test('4 parallel builds on a pool with maxWorkers 1 create exactly one server', async (t) => {
+  const rig = await Rig.start({ pool: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '2s' }, fake: { bootDelayMs: 1500 } });
+  t.teardown(() => rig.stop());
+  const daemon = await rig.startDaemon();
+  const nonces = [1, 2, 3, 4].map((i) => `par-${i}-${Date.now()}`);
+  const result = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces, sleep: 2, maxJobs: 4 });
+  t.equal(result.code, 0, 'nix-build succeeded', { stderr: result.stderr });
+  t.equal(result.outPaths.length, 4);
+  t.equal(rig.fake.servers().length, 1, 'one server for four builds');
+  const started = daemon.lines.filter((l) => l.msg === 'session started');
+  t.ok(started.length >= 4, `${started.length} sessions were piped`);
+  t.equal(new Set(started.map((l) => l.worker)).size, 1, 'all on the same worker');
+  await daemon.waitForMsg(/deleted server/, 30_000);
+  t.same(rig.fake.liveServers(), []);
+});

@@ -1,0 +1,230 @@
+/**
+ * The end-to-end rig: a fake Hetzner cloud whose servers are real sshd + Nix workers, our daemon
+ * as a child process (the built CLI), and real `nix-build` as the client.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { FakeCloud, type FakeCloudOptions } from '../fake-hcloud/index.js';
+import { generateKeyPair } from '../../src/keys.js';
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const CLI = join(ROOT, 'dist', 'src', 'cli.js');
+export const BUILD_NIX = join(ROOT, 'test', 'fixtures', 'build.nix');
+/** Port of the fake workers' sshd (not 22: the machine may run its own sshd there). */
+export const WORKER_SSH_PORT = 2022;
+export const TOKEN = 'test-token-5f2b9c0e7d1a4e63b8a2f1c9d0e7a6b5';
+
+export interface LogLine {
+  level: number;
+  msg: string;
+  [key: string]: unknown;
+}
+
+export class DaemonProcess {
+  readonly lines: LogLine[] = [];
+  readonly raw: string[] = [];
+  port = 0;
+  private readonly waiters: { test: (l: LogLine) => boolean; resolve: (l: LogLine) => void }[] = [];
+  readonly exited: Promise<number | null>;
+
+  constructor(readonly proc: ChildProcess) {
+    let buffer = '';
+    proc.stderr?.setEncoding('utf8');
+    proc.stderr?.on('data', (chunk: string) => {
+      buffer += chunk;
+      let nl: number;
+      while ((nl = buffer.indexOf('\n')) >= 0) {
+        const text = buffer.slice(0, nl);
+        buffer = buffer.slice(nl + 1);
+        this.raw.push(text);
+        if (process.env.NHB_TEST_VERBOSE) process.stderr.write(`[daemon] ${text}\n`);
+        let line: LogLine;
+        try {
+          line = JSON.parse(text) as LogLine;
+        } catch {
+          continue;
+        }
+        this.lines.push(line);
+        for (const w of [...this.waiters]) {
+          if (w.test(line)) {
+            this.waiters.splice(this.waiters.indexOf(w), 1);
+            w.resolve(line);
+          }
+        }
+      }
+    });
+    this.exited = new Promise((resolve) => proc.once('exit', (code) => resolve(code)));
+  }
+
+  /** Resolves with the first log line (past or future) that matches. */
+  waitFor(test: (l: LogLine) => boolean, timeoutMs = 60_000): Promise<LogLine> {
+    const seen = this.lines.find(test);
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`daemon log line not seen within ${timeoutMs} ms; last lines:\n${this.raw.slice(-15).join('\n')}`)), timeoutMs);
+      this.waiters.push({ test, resolve: (l) => { clearTimeout(timer); resolve(l); } });
+      void this.exited.then((code) => reject(new Error(`daemon exited (${code}) before the expected log line; last lines:\n${this.raw.slice(-15).join('\n')}`)));
+    });
+  }
+
+  waitForMsg(pattern: RegExp, timeoutMs?: number): Promise<LogLine> {
+    return this.waitFor((l) => pattern.test(l.msg), timeoutMs);
+  }
+
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> {
+    if (this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill(signal);
+    return this.exited;
+  }
+}
+
+export interface PoolOverrides {
+  [key: string]: unknown;
+}
+
+export interface RigOptions {
+  fake?: Partial<FakeCloudOptions>;
+  pool?: PoolOverrides;
+  pools?: Record<string, PoolOverrides>;
+}
+
+export class Rig {
+  readonly dir: string;
+  readonly clientKeyFile: string;
+  readonly configFile: string;
+  readonly instance: string;
+  fake!: FakeCloud;
+  private daemons: DaemonProcess[] = [];
+
+  private constructor(private readonly options: RigOptions) {
+    if (!existsSync(CLI)) throw new Error(`${CLI} is missing: run "npm run build" first (npm test does)`);
+    this.dir = mkdtempSync(join(tmpdir(), 'nhb-e2e-'));
+    this.instance = `t${process.pid}x${Math.floor(Math.random() * 1e6)}`;
+    const client = generateKeyPair('nix-daemon@test');
+    this.clientKeyFile = join(this.dir, 'client_ed25519');
+    writeFileSync(this.clientKeyFile, client.privateKey, { mode: 0o600 });
+    writeFileSync(`${this.clientKeyFile}.pub`, `${client.publicKey}\n`);
+    this.configFile = join(this.dir, 'config.json');
+  }
+
+  static async start(options: RigOptions = {}): Promise<Rig> {
+    const rig = new Rig(options);
+    rig.fake = await FakeCloud.start({
+      token: TOKEN,
+      dataDir: join(rig.dir, 'cloud'),
+      sshPort: WORKER_SSH_PORT,
+      bootDelayMs: 300,
+      readyDelayMs: 200,
+      ...options.fake,
+    });
+    rig.writeConfig();
+    return rig;
+  }
+
+  writeConfig(extra: Record<string, unknown> = {}): void {
+    const basePool = { serverTypes: ['cx23'], locations: ['fsn1'], image: 'ubuntu-24.04', sshPort: WORKER_SSH_PORT, idleTimeout: '3s', bootTimeout: '60s', ...this.options.pool };
+    const pools = this.options.pools
+      ? Object.fromEntries(Object.entries(this.options.pools).map(([name, p]) => [name, { ...basePool, ...p }]))
+      : { x86_64: basePool };
+    const config = {
+      instance: this.instance,
+      listen: { host: '127.0.0.1', port: 0 },
+      stateDir: join(this.dir, 'state'),
+      authorizedKeysFile: `${this.clientKeyFile}.pub`,
+      hcloud: { endpoint: this.fake.url },
+      pools,
+      log: { level: 'debug' },
+      ...extra,
+    };
+    writeFileSync(this.configFile, JSON.stringify(config, null, 2));
+  }
+
+  /** Starts `nix-hcloud-builder serve` and waits until it listens. */
+  async startDaemon(args: string[] = []): Promise<DaemonProcess> {
+    const proc = spawn(process.execPath, [CLI, 'serve', '--config', this.configFile, ...args], {
+      env: { ...process.env, HCLOUD_TOKEN: TOKEN },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const daemon = new DaemonProcess(proc);
+    this.daemons.push(daemon);
+    const listening = await daemon.waitForMsg(/listening for Nix/, 60_000);
+    daemon.port = listening.port as number;
+    return daemon;
+  }
+
+  /** Runs the CLI once (status, down) and collects its output. */
+  cli(args: string[], env: Record<string, string> = { HCLOUD_TOKEN: TOKEN }): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    return run(process.execPath, [CLI, ...args, '--config', this.configFile], { env: { ...process.env, ...env } });
+  }
+
+  hostKeyBase64(): string {
+    const pub = join(this.dir, 'state', 'ssh_host_ed25519_key.pub');
+    return Buffer.from(readFileSync(pub, 'utf8').trim()).toString('base64');
+  }
+
+  /** An ssh_config with the Host alias a user would have, and HostKeyAlias so field 8 matches. */
+  sshConfig(port: number): string {
+    const file = join(this.dir, `ssh_config_${port}`);
+    writeFileSync(file, [
+      'Host hcloud-builder',
+      '  HostName 127.0.0.1',
+      `  Port ${port}`,
+      '  HostKeyAlias hcloud-builder',
+      '  IdentitiesOnly yes',
+      '  StrictHostKeyChecking yes',
+      '  LogLevel ERROR',
+      '',
+    ].join('\n'));
+    return file;
+  }
+
+  machinesLine(scheme: 'ssh-ng' | 'ssh', pool: string, maxJobs: number): string {
+    return `${scheme}://${pool}@hcloud-builder x86_64-linux ${this.clientKeyFile} ${maxJobs} 1 - - ${this.hostKeyBase64()}`;
+  }
+
+  /**
+   * `nix-build` of derivations from test/fixtures/build.nix through the daemon, with no local
+   * builds allowed (`--max-jobs 0`) and no substituters (no network here).
+   */
+  nixBuild(daemon: DaemonProcess, opts: { scheme: 'ssh-ng' | 'ssh'; pool?: string; nonces: string[]; sleep?: number; maxJobs?: number }): Promise<{ code: number | null; stdout: string; stderr: string; outPaths: string[] }> {
+    const pool = opts.pool ?? 'x86_64';
+    const expr = `[ ${opts.nonces.map((n) => `(import ${BUILD_NIX} { nonce = "${n}"; sleep = "${opts.sleep ?? 0}"; })`).join(' ')} ]`;
+    return run('nix-build', [
+      '-E', expr, '--no-out-link', '--max-jobs', '0',
+      '--builders', this.machinesLine(opts.scheme, pool, opts.maxJobs ?? 4),
+      '--option', 'substituters', '', '--option', 'builders-use-substitutes', 'false',
+    ], { env: { ...process.env, NIX_SSHOPTS: `-F ${this.sshConfig(daemon.port)}` } }).then((r) => ({
+      ...r,
+      outPaths: r.stdout.split('\n').filter((l) => l.startsWith('/nix/store/')),
+    }));
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.daemons.map((d) => d.stop('SIGTERM')));
+    await this.fake?.stop();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+export function run(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolvePromise) => {
+    const child = spawn(cmd, args, { env: opts.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 240_000);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolvePromise({ code, stdout, stderr });
+    });
+    child.stdin.end(opts.input ?? '');
+  });
+}
+
+export function ensureDir(dir: string): string {
+  mkdirSync(dir, { recursive: true });
+  return dir;
+}

@@ -1,0 +1,54 @@
+/** The daemon killed with SIGKILL while a worker is up, then started again: adopted, used, and finally deleted. */
+import t from 'tap';
+import { Rig } from './harness.js';
+
+t.test('a worker survives a daemon SIGKILL: adopted on restart, then deleted by down', async (t) => {
+  const rig = await Rig.start({ pool: { idleTimeout: '10m' } });
+  t.teardown(() => rig.stop());
+  const first = await rig.startDaemon();
+  const one = await rig.nixBuild(first, { scheme: 'ssh-ng', nonces: [`restart-a-${Date.now()}`] });
+  t.equal(one.code, 0, one.stderr);
+  t.equal(rig.fake.liveServers().length, 1);
+
+  first.proc.kill('SIGKILL');
+  await first.exited;
+  t.equal(rig.fake.liveServers().length, 1, 'the server outlives the killed daemon');
+
+  const second = await rig.startDaemon();
+  const reconciled = await second.waitForMsg(/reconciled/);
+  t.equal(reconciled.adopted, 1, 'the worker was adopted');
+  const two = await rig.nixBuild(second, { scheme: 'ssh', nonces: [`restart-b-${Date.now()}`] });
+  t.equal(two.code, 0, two.stderr);
+  t.equal(rig.fake.servers().length, 1, 'the adopted worker served the next build; no new server');
+
+  const status = await rig.cli(['status', '--json']);
+  const rows = JSON.parse(status.stdout) as { name: string; phase: string; status: string; pool: string; address: string }[];
+  t.equal(rows.length, 1);
+  t.match(rows[0], { phase: 'ready', status: 'running', pool: 'x86_64' });
+
+  const down = await rig.cli(['down']);
+  t.equal(down.code, 0, down.stderr);
+  t.match(down.stdout, /deleted 1 server/);
+  t.same(rig.fake.liveServers(), [], 'down deleted it, with the daemon running');
+  await second.stop();
+});
+
+t.test('a daemon killed during a boot: the restart deletes the half-booted server', async (t) => {
+  const rig = await Rig.start({ fake: { bootDelayMs: 4000 } });
+  t.teardown(() => rig.stop());
+  const first = await rig.startDaemon();
+  const build = rig.nixBuild(first, { scheme: 'ssh-ng', nonces: [`boot-kill-${Date.now()}`] });
+  await first.waitForMsg(/boot step 1\/5/);
+  first.proc.kill('SIGKILL');
+  await first.exited;
+  const failed = await build;
+  t.not(failed.code, 0, 'the build fails (no local builds allowed)');
+  t.equal(rig.fake.liveServers().length, 1);
+
+  const second = await rig.startDaemon();
+  const reconciled = await second.waitForMsg(/reconciled/);
+  t.equal(reconciled.adopted, 0);
+  t.equal(reconciled.deleted, 1);
+  t.same(rig.fake.liveServers(), [], 'no server of ours is left');
+  await second.stop();
+});
