@@ -1,0 +1,1148 @@
+// A fake Hetzner Cloud API for tests, with optional real servers: every
+// created server can become an sshd in its own mount namespace on its own
+// loopback address (127.0.0.N), with its own empty Nix store at /nix,
+// configured from its cloud-config user data.
+//
+// The answers follow spec/hcloud/openapi.json and are checked against it.
+
+import { createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import { createServer as createTcpServer } from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import type { components } from '../../src/hcloud/openapi.js';
+import { LOCATIONS, DATA_CENTERS, SERVER_TYPES, systemImages, includedTraffic, type Image, type ServerType, type Location, type DataCenter } from './catalog.js';
+import { labelProblems, parseSelector, matches, SelectorError, type Labels } from './labels.js';
+import { checkRequestBody, checkResponse, checkSchema } from './openapi.js';
+import { parseUserData } from './cloud-config.js';
+import { Worker } from './worker.js';
+
+type Schemas = components['schemas'];
+type ApiServer = Schemas['server'];
+type Action = Schemas['action'];
+type ServerStatus = ApiServer['status'];
+type Pagination = Schemas['pagination'];
+
+export interface FakeCloudOptions {
+  /** The only accepted Bearer token; others get 401 unauthorized. */
+  token: string;
+  /** Per-server folders go in dataDir/servers/<id>/. */
+  dataDir: string;
+  /** API listen host, default 127.0.0.1 (the port is random). */
+  host?: string;
+  /** Default true: each running server is a real sshd; false = API only. */
+  realServers?: boolean;
+  /** Port each server's sshd listens on, default 22. */
+  sshPort?: number;
+  /** Servers get 127.0.0.<firstAddress + k>, default 10 (wraps before 255, reuses freed ones). */
+  firstAddress?: number;
+  /** create -> "running" and create_server action success, default 1000. */
+  bootDelayMs?: number;
+  /** After sshd is up, wait this long, then run the cloud-config runcmd, default 500. */
+  readyDelayMs?: number;
+  /** delete_server action duration, default 200. */
+  deleteDelayMs?: number;
+  /** Default true: validate every JSON answer against openapi.json (mismatches go to schemaErrors and stderr). */
+  validateResponses?: boolean;
+  /** Rate limit bucket: size (default 3600) and refill per second (default 1). */
+  rateLimit?: { limit?: number; refillPerSecond?: number };
+  /** Most live servers the project may have (403 resource_limit_exceeded past it); default: no limit. */
+  serverLimit?: number;
+  /** Write one line per request to the log. Default false. */
+  logRequests?: boolean;
+  /** Where log lines go (schema mismatches, server events, requests). Default: stderr. */
+  log?: (line: string) => void;
+}
+
+/** "A given error for the next N matching requests." */
+export interface Fault {
+  /** Request method; any when absent. */
+  method?: string;
+  /** Path relative to /v1 without the query, e.g. "/servers" or /^\/servers\/\d+$/. */
+  path: string | RegExp;
+  /** How many matching requests get the fault, default 1. */
+  times?: number;
+  status?: number;
+  code?: string;
+  message?: string;
+  details?: unknown;
+  headers?: Record<string, string>;
+  /** Destroy the socket instead of answering. */
+  networkError?: boolean;
+  /** Answer late (with the real answer, unless status is given). */
+  delayMs?: number;
+  /** Carry the request out first, then replace its answer by the fault (an answer lost on the way back). */
+  afterHandling?: boolean;
+}
+
+export type ServerBehaviour = 'normal' | 'never-running' | 'no-sshd' | 'wrong-host-key' | 'never-ready' | 'action-error';
+
+export interface FakeServerInfo {
+  id: number;
+  name: string;
+  labels: Labels;
+  status: ServerStatus;
+  /** 127.0.0.N: where this server's sshd listens. */
+  address: string;
+  deleted: boolean;
+  /** The folder bind-mounted at /nix inside the server. */
+  storeDir: string;
+  /** The server's folder (dataDir/servers/<id>). */
+  dir: string;
+  userData: string | null;
+  serverType: string;
+  location: string;
+  image: string;
+  createdAt: Date;
+  behaviour: ServerBehaviour;
+  /** sshd accepts connections. */
+  sshdRunning: boolean;
+  /** The cloud-config runcmd has finished. */
+  cloudInitDone: boolean;
+}
+
+interface ServerRecord {
+  id: number;
+  name: string;
+  labels: Labels;
+  status: ServerStatus;
+  createdAt: Date;
+  type: ServerType;
+  image: Image;
+  location: Location;
+  datacenter: DataCenter;
+  address: string;
+  ipv4Enabled: boolean;
+  ipv6: Schemas['ipv6'] | null;
+  userData: string | null;
+  deleted: boolean;
+  behaviour: ServerBehaviour;
+  dir: string;
+  worker: Worker | null;
+  workerStopped: Promise<void> | null;
+  timers: Set<NodeJS.Timeout>;
+  actionIds: number[];
+  deleteActionId: number | null;
+}
+
+interface RequestContext {
+  method: string;
+  path: string; // relative to /v1, no query
+  query: URLSearchParams;
+  body: string;
+  template: string | null;
+  params: Record<string, number>;
+}
+
+interface Answer {
+  status: number;
+  body: unknown;
+  headers?: Record<string, string>;
+}
+
+class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly details: unknown = null,
+  ) {
+    super(message);
+  }
+}
+
+const invalidInput = (message: string, fields: { name: string; messages: string[] }[]) =>
+  new ApiError(422, 'invalid_input', message, { fields });
+
+/** RFC 3339 time as the real API writes it: "2016-01-30T23:50:00+00:00". */
+function iso(d: Date): string {
+  return d.toISOString().replace(/\.\d{3}Z$/, '+00:00');
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** RFC 1123 host name: dot-separated labels of letters, digits and dashes. */
+export function isHostname(name: string): boolean {
+  if (name.length === 0 || name.length > 253) return false;
+  return name.split('.').every((l) => /^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$/.test(l));
+}
+
+const DEFAULT_ERROR_CODES: Record<number, string> = {
+  400: 'invalid_input',
+  401: 'unauthorized',
+  403: 'forbidden',
+  404: 'not_found',
+  409: 'conflict',
+  412: 'resource_unavailable',
+  422: 'invalid_input',
+  423: 'locked',
+  429: 'rate_limit_exceeded',
+  500: 'server_error',
+  502: 'server_error',
+  503: 'unavailable',
+  504: 'timeout',
+};
+
+/** Addresses (address:port) held by any fake cloud of this process. */
+const addressesInUse = new Set<string>();
+/** Lock files shared by every process on this machine, so that parallel test runs never share an address. */
+const LOCK_DIR = join(tmpdir(), 'fake-hcloud-addresses');
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Takes address:port for this process; false when another live process holds it. */
+function lockAddress(key: string): boolean {
+  if (addressesInUse.has(key)) return false;
+  mkdirSync(LOCK_DIR, { recursive: true, mode: 0o1777 });
+  const file = join(LOCK_DIR, key.replace(':', '_'));
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      writeFileSync(file, String(process.pid), { flag: 'wx' });
+      addressesInUse.add(key);
+      return true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      let holder = NaN;
+      try {
+        holder = Number(readFileSync(file, 'utf8'));
+      } catch {
+        continue; // released meanwhile
+      }
+      if (Number.isInteger(holder) && holder > 0 && pidAlive(holder)) return false;
+      rmSync(file, { force: true }); // left by a dead process
+    }
+  }
+  return false;
+}
+
+function unlockAddress(key: string): void {
+  if (!addressesInUse.delete(key)) return;
+  const file = join(LOCK_DIR, key.replace(':', '_'));
+  try {
+    if (readFileSync(file, 'utf8') === String(process.pid)) rmSync(file, { force: true });
+  } catch {
+    // already gone
+  }
+}
+/** Every running fake cloud, so that leftover sshds die with the process. */
+const liveClouds = new Set<FakeCloud>();
+let exitHooksInstalled = false;
+
+function installExitHooks(): void {
+  if (exitHooksInstalled) return;
+  exitHooksInstalled = true;
+  process.on('exit', () => {
+    for (const c of liveClouds) c.killAllSync();
+    for (const key of [...addressesInUse]) unlockAddress(key);
+  });
+  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+    const handler = () => {
+      for (const c of liveClouds) c.killAllSync();
+      // Keep the default behaviour (die by the signal) unless someone else handles it.
+      if (process.listenerCount(sig) === 1) {
+        process.off(sig, handler);
+        process.kill(process.pid, sig);
+      }
+    };
+    process.on(sig, handler);
+  }
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+interface Route {
+  method: string;
+  template: string;
+  re: RegExp;
+  names: string[];
+  handler: (ctx: RequestContext) => Answer | Promise<Answer>;
+}
+
+export class FakeCloud {
+  readonly url: string;
+  readonly requests: { method: string; path: string; status: number }[] = [];
+  readonly schemaErrors: string[] = [];
+
+  private readonly opts: Required<Omit<FakeCloudOptions, 'rateLimit' | 'serverLimit' | 'log'>> & {
+    serverLimit: number;
+    log: (line: string) => void;
+  };
+  private readonly http: HttpServer;
+  private readonly serversById = new Map<number, ServerRecord>();
+  private readonly actions = new Map<number, Action>();
+  private readonly images: Image[] = systemImages();
+  private readonly faults: (Fault & { left: number })[] = [];
+  private readonly behaviours: ServerBehaviour[] = [];
+  private readonly routes: Route[] = [];
+  private readonly globalTimers = new Set<NodeJS.Timeout>();
+  private nextServerId = 70_000_001;
+  private nextActionId = 5_000_000_001;
+  private nextImageId = 300_000_001;
+  private nextAddressOffset = 0;
+  private stopping = false;
+  private readonly bucket: { limit: number; refill: number; tokens: number; at: number };
+
+  private constructor(opts: FakeCloudOptions, http: HttpServer, url: string) {
+    this.opts = {
+      token: opts.token,
+      dataDir: resolve(opts.dataDir),
+      host: opts.host ?? '127.0.0.1',
+      realServers: opts.realServers ?? true,
+      sshPort: opts.sshPort ?? 22,
+      firstAddress: opts.firstAddress ?? 10,
+      bootDelayMs: opts.bootDelayMs ?? 1000,
+      readyDelayMs: opts.readyDelayMs ?? 500,
+      deleteDelayMs: opts.deleteDelayMs ?? 200,
+      validateResponses: opts.validateResponses ?? true,
+      serverLimit: opts.serverLimit ?? Number.POSITIVE_INFINITY,
+      logRequests: opts.logRequests ?? false,
+      log: opts.log ?? ((line: string) => process.stderr.write(`fake-hcloud: ${line}\n`)),
+    };
+    const limit = opts.rateLimit?.limit ?? 3600;
+    this.bucket = { limit, refill: opts.rateLimit?.refillPerSecond ?? 1, tokens: limit, at: Date.now() };
+    this.http = http;
+    this.url = url;
+    this.defineRoutes();
+  }
+
+  static async start(opts: FakeCloudOptions): Promise<FakeCloud> {
+    const dataDir = resolve(opts.dataDir);
+    for (const p of ['/nix', '/run', '/etc/nix']) {
+      if (dataDir === p || dataDir.startsWith(`${p}/`)) {
+        throw new Error(`dataDir must not be under ${p}: the servers mount their own ${p}`);
+      }
+    }
+    const first = opts.firstAddress ?? 10;
+    if (!Number.isInteger(first) || first < 2 || first > 254) throw new Error('firstAddress must be in 2..254');
+    mkdirSync(join(dataDir, 'servers'), { recursive: true });
+    let cloud: FakeCloud | null = null;
+    const http = createServer((req, res) => {
+      if (cloud) void cloud.handle(req, res);
+      else res.destroy();
+    });
+    http.keepAliveTimeout = 5000;
+    await new Promise<void>((resolveListen, reject) => {
+      http.once('error', reject);
+      http.listen(0, opts.host ?? '127.0.0.1', () => resolveListen());
+    });
+    const addr = http.address();
+    if (addr === null || typeof addr === 'string') throw new Error('no address');
+    const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+    cloud = new FakeCloud(opts, http, `http://${host}:${addr.port}/v1`);
+    liveClouds.add(cloud);
+    installExitHooks();
+    return cloud;
+  }
+
+  // ---------------------------------------------------------------- control
+
+  inject(fault: Fault): void {
+    this.faults.push({ ...fault, left: fault.times ?? 1 });
+  }
+
+  /** The next `count` (default 1) created servers behave so. */
+  behaveNext(behaviour: ServerBehaviour, count = 1): void {
+    for (let i = 0; i < count; i++) this.behaviours.push(behaviour);
+  }
+
+  servers(): FakeServerInfo[] {
+    return [...this.serversById.values()].map((s) => this.info(s));
+  }
+
+  liveServers(): FakeServerInfo[] {
+    return this.servers().filter((s) => !s.deleted);
+  }
+
+  /** Adds an image (a snapshot by default), e.g. a prepared NixOS image; returns it. */
+  addImage(img: {
+    description: string;
+    labels?: Labels;
+    architecture?: 'x86' | 'arm';
+    type?: 'snapshot' | 'backup' | 'app' | 'system';
+    name?: string | null;
+    diskSize?: number;
+    imageSize?: number;
+  }): Image {
+    const image: Image = {
+      id: this.nextImageId++,
+      name: img.name ?? null,
+      description: img.description,
+      type: img.type ?? 'snapshot',
+      status: 'available',
+      architecture: img.architecture ?? 'x86',
+      os_flavor: 'unknown',
+      os_version: null,
+      rapid_deploy: false,
+      disk_size: img.diskSize ?? 20,
+      image_size: img.imageSize ?? 1.5,
+      bound_to: null,
+      created: iso(new Date()),
+      created_from: { id: 1, name: 'image-builder' },
+      deleted: null,
+      deprecated: null,
+      labels: img.labels ?? {},
+      protection: { delete: false },
+    };
+    this.images.push(image);
+    return image;
+  }
+
+  /**
+   * Simulates worker death: sshd and everything in the server are SIGKILLed
+   * at once; the API still says "running". The promise resolves once every
+   * process is gone (until then a connect may still be reset, not refused).
+   */
+  killSshd(id: number): Promise<void> {
+    const s = this.serversById.get(id);
+    if (!s?.worker) return Promise.resolve();
+    return s.worker.stop();
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    for (const t of this.globalTimers) clearTimeout(t);
+    this.globalTimers.clear();
+    await new Promise<void>((r) => {
+      this.http.close(() => r());
+      this.http.closeAllConnections();
+    });
+    const waits: Promise<void>[] = [];
+    for (const s of this.serversById.values()) {
+      for (const t of s.timers) clearTimeout(t);
+      s.timers.clear();
+      if (s.worker) waits.push(s.worker.stop());
+      if (s.workerStopped) waits.push(s.workerStopped);
+    }
+    await Promise.all(waits);
+    for (const s of this.serversById.values()) if (!s.deleted) unlockAddress(`${s.address}:${this.opts.sshPort}`);
+    liveClouds.delete(this);
+    rmSync(join(this.opts.dataDir, 'servers'), { recursive: true, force: true });
+  }
+
+  /** Synchronous last-resort cleanup (process exit). */
+  killAllSync(): void {
+    for (const s of this.serversById.values()) s.worker?.killSync();
+  }
+
+  // ------------------------------------------------------------- internals
+
+  private later(s: ServerRecord | null, ms: number, fn: () => void): void {
+    const set = s ? s.timers : this.globalTimers;
+    const t = setTimeout(() => {
+      set.delete(t);
+      if (!this.stopping) fn();
+    }, ms);
+    t.unref();
+    set.add(t);
+  }
+
+  private info(s: ServerRecord): FakeServerInfo {
+    return {
+      id: s.id,
+      name: s.name,
+      labels: { ...s.labels },
+      status: s.status,
+      address: s.address,
+      deleted: s.deleted,
+      storeDir: join(s.dir, 'nix'),
+      dir: s.dir,
+      userData: s.userData,
+      serverType: s.type.name,
+      location: s.location.name,
+      image: s.image.name ?? String(s.image.id),
+      createdAt: s.createdAt,
+      behaviour: s.behaviour,
+      sshdRunning: s.worker?.listening ?? false,
+      cloudInitDone: s.worker?.cloudInitDone ?? false,
+    };
+  }
+
+  private serverJson(s: ServerRecord): ApiServer {
+    const lastOctet = s.address.split('.')[3] ?? '0';
+    return {
+      id: s.id,
+      name: s.name,
+      status: s.status,
+      created: iso(s.createdAt),
+      public_net: {
+        ipv4: s.ipv4Enabled
+          ? { id: 1_000_000 + s.id % 1_000_000, ip: s.address, blocked: false, dns_ptr: `static.${lastOctet}.0.0.127.clients.your-server.de` }
+          : null,
+        ipv6: s.ipv6,
+        floating_ips: [],
+        firewalls: [],
+      },
+      private_net: [],
+      server_type: s.type,
+      datacenter: s.datacenter,
+      location: s.location,
+      image: s.image,
+      iso: null,
+      rescue_enabled: false,
+      locked: false,
+      backup_window: null,
+      outgoing_traffic: 0,
+      ingoing_traffic: 0,
+      included_traffic: includedTraffic(s.type, s.location.name),
+      protection: { delete: false, rebuild: false },
+      labels: { ...s.labels },
+      volumes: [],
+      load_balancers: [],
+      primary_disk_size: s.type.disk,
+      placement_group: null,
+    };
+  }
+
+  private newAction(command: string, serverId: number): Action {
+    const action: Action = {
+      id: this.nextActionId++,
+      command,
+      status: 'running',
+      progress: 0,
+      started: iso(new Date()),
+      finished: null,
+      resources: [{ id: serverId, type: 'server' }],
+      error: null,
+    };
+    this.actions.set(action.id, action);
+    this.serversById.get(serverId)?.actionIds.push(action.id);
+    return action;
+  }
+
+  private finishAction(id: number, error: { code: string; message: string } | null = null): void {
+    const a = this.actions.get(id);
+    if (!a || a.status !== 'running') return;
+    a.status = error ? 'error' : 'success';
+    a.error = error;
+    a.progress = 100;
+    a.finished = iso(new Date());
+  }
+
+  private async allocateAddress(): Promise<string | null> {
+    const first = this.opts.firstAddress;
+    const span = 255 - first;
+    const taken = new Set([...this.serversById.values()].filter((s) => !s.deleted).map((s) => s.address));
+    for (let i = 0; i < span; i++) {
+      const offset = (this.nextAddressOffset + i) % span;
+      const address = `127.0.0.${first + offset}`;
+      const key = `${address}:${this.opts.sshPort}`;
+      if (taken.has(address)) continue;
+      // Addresses of API-only servers are just numbers; real ones are locked machine-wide.
+      if (!this.opts.realServers) {
+        this.nextAddressOffset = (offset + 1) % span;
+        return address;
+      }
+      if (!lockAddress(key)) continue;
+      if (!(await this.portFree(address))) {
+        unlockAddress(key);
+        this.opts.log(`${key} is in use (another sshd listening on *:${this.opts.sshPort}?): address skipped`);
+        continue;
+      }
+      this.nextAddressOffset = (offset + 1) % span;
+      return address;
+    }
+    return null;
+  }
+
+  private portFree(address: string): Promise<boolean> {
+    return new Promise((resolveFree) => {
+      const probe = createTcpServer();
+      probe.once('error', () => resolveFree(false));
+      probe.listen({ host: address, port: this.opts.sshPort, exclusive: true }, () => {
+        probe.close(() => resolveFree(true));
+      });
+    });
+  }
+
+  // ------------------------------------------------------------------ HTTP
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const started = Date.now();
+    const url = new URL(req.url ?? '/', 'http://fake');
+    const method = (req.method ?? 'GET').toUpperCase();
+    const chunks: Buffer[] = [];
+    for await (const c of req) chunks.push(c as Buffer);
+    const body = Buffer.concat(chunks).toString('utf8');
+    const inApi = url.pathname === '/v1' || url.pathname.startsWith('/v1/');
+    const path = inApi ? url.pathname.slice(3) || '/' : url.pathname;
+    const ctx: RequestContext = { method, path, query: url.searchParams, body, template: null, params: {} };
+    const route = inApi ? this.match(method, path, ctx) : null;
+
+    const record = (status: number) => {
+      this.requests.push({ method, path, status });
+      if (this.opts.logRequests) {
+        const q = url.search ? url.search : '';
+        this.opts.log(`${method} /v1${path}${q} -> ${status === 0 ? 'network error' : status} (${Date.now() - started} ms)`);
+      }
+    };
+
+    const fault = inApi ? this.takeFault(method, path) : null;
+    if (fault?.delayMs) await sleep(fault.delayMs);
+    if (this.stopping) {
+      res.destroy();
+      return;
+    }
+    if (fault && !fault.afterHandling) {
+      if (fault.networkError) {
+        record(0);
+        req.socket.destroy();
+        return;
+      }
+      if (fault.status !== undefined) {
+        this.sendFault(res, ctx, fault, record);
+        return;
+      }
+    }
+
+    let answer: Answer;
+    try {
+      if (!inApi) throw new ApiError(404, 'not_found', `${path} not found`);
+      if (req.headers.authorization !== `Bearer ${this.opts.token}`) {
+        throw new ApiError(401, 'unauthorized', 'unable to authenticate');
+      }
+      if (!this.takeToken()) throw new ApiError(429, 'rate_limit_exceeded', 'limit of requests per hour reached');
+      if (!route) throw new ApiError(404, 'not_found', `${method} /v1${path} not found`);
+      answer = await route.handler(ctx);
+    } catch (e) {
+      if (!(e instanceof ApiError)) {
+        this.opts.log(`internal error on ${method} ${path}: ${(e as Error).stack ?? String(e)}`);
+      }
+      const err = e instanceof ApiError ? e : new ApiError(500, 'server_error', 'internal server error');
+      answer = { status: err.status, body: { error: { code: err.code, message: err.message, details: err.details } } };
+    }
+
+    if (fault?.afterHandling) {
+      if (fault.networkError) {
+        record(0);
+        req.socket.destroy();
+        return;
+      }
+      if (fault.status !== undefined) {
+        this.sendFault(res, ctx, fault, record);
+        return;
+      }
+    }
+    this.send(res, ctx, answer, fault?.headers ?? {}, record);
+  }
+
+  private match(method: string, path: string, ctx: RequestContext): Route | null {
+    for (const r of this.routes) {
+      if (r.method !== method) continue;
+      const m = r.re.exec(path);
+      if (!m) continue;
+      ctx.template = r.template;
+      r.names.forEach((n, i) => (ctx.params[n] = Number(m[i + 1])));
+      return r;
+    }
+    return null;
+  }
+
+  private takeFault(method: string, path: string): Fault | null {
+    for (const f of this.faults) {
+      if (f.left <= 0) continue;
+      if (f.method && f.method.toUpperCase() !== method) continue;
+      if (typeof f.path === 'string' ? f.path !== path : !f.path.test(path)) continue;
+      f.left--;
+      return f;
+    }
+    return null;
+  }
+
+  private refillBucket(): void {
+    const now = Date.now();
+    const b = this.bucket;
+    b.tokens = Math.min(b.limit, b.tokens + ((now - b.at) / 1000) * b.refill);
+    b.at = now;
+  }
+
+  private takeToken(): boolean {
+    this.refillBucket();
+    if (this.bucket.tokens < 1) return false;
+    this.bucket.tokens -= 1;
+    return true;
+  }
+
+  private rateHeaders(): Record<string, string> {
+    this.refillBucket();
+    const b = this.bucket;
+    const resetIn = b.refill > 0 ? Math.ceil((b.limit - b.tokens) / b.refill) : 0;
+    return {
+      'RateLimit-Limit': String(b.limit),
+      'RateLimit-Remaining': String(Math.floor(b.tokens)),
+      'RateLimit-Reset': String(Math.floor(Date.now() / 1000) + resetIn),
+    };
+  }
+
+  private sendFault(res: ServerResponse, ctx: RequestContext, fault: Fault, record: (s: number) => void): void {
+    const status = fault.status ?? 500;
+    const body = {
+      error: {
+        code: fault.code ?? DEFAULT_ERROR_CODES[status] ?? (status >= 500 ? 'server_error' : 'invalid_input'),
+        message: fault.message ?? `injected ${status}`,
+        details: fault.details === undefined ? null : fault.details,
+      },
+    };
+    this.send(res, ctx, { status, body }, fault.headers ?? {}, record);
+  }
+
+  private send(
+    res: ServerResponse,
+    ctx: RequestContext,
+    answer: Answer,
+    extraHeaders: Record<string, string>,
+    record: (s: number) => void,
+  ): void {
+    if (this.opts.validateResponses) {
+      const problem =
+        ctx.template !== null
+          ? checkResponse(ctx.method, ctx.template, answer.status, answer.body)
+          : checkSchema('error_response', answer.body);
+      if (problem !== null) {
+        this.schemaErrors.push(problem);
+        this.opts.log(`schema mismatch: ${problem}`);
+      }
+    }
+    const text = JSON.stringify(answer.body);
+    const headers: Record<string, string> = {
+      'Content-Type': 'application/json',
+      'Content-Length': String(Buffer.byteLength(text)),
+      ...this.rateHeaders(),
+      ...(answer.headers ?? {}),
+      ...extraHeaders,
+    };
+    record(answer.status);
+    res.writeHead(answer.status, headers);
+    res.end(text);
+  }
+
+  // ---------------------------------------------------------------- routes
+
+  private defineRoutes(): void {
+    const add = (method: string, template: string, handler: Route['handler']) => {
+      const names: string[] = [];
+      const re = new RegExp(
+        '^' +
+          template.replace(/\{(\w+)\}/g, (_m, n: string) => {
+            names.push(n);
+            return '(\\d+)';
+          }) +
+          '$',
+      );
+      this.routes.push({ method, template, re, names, handler });
+    };
+    add('GET', '/server_types', (c) => this.listServerTypes(c));
+    add('GET', '/server_types/{id}', (c) => ({ status: 200, body: { server_type: this.byId(SERVER_TYPES, c, 'server type') } }));
+    add('GET', '/locations', (c) => this.listLocations(c));
+    add('GET', '/locations/{id}', (c) => ({ status: 200, body: { location: this.byId(LOCATIONS, c, 'location') } }));
+    add('GET', '/images', (c) => this.listImages(c));
+    add('GET', '/images/{id}', (c) => ({ status: 200, body: { image: this.byId(this.images, c, 'image') } }));
+    add('GET', '/servers', (c) => this.listServers(c));
+    add('POST', '/servers', (c) => this.createServer(c));
+    add('GET', '/servers/{id}', (c) => ({ status: 200, body: { server: this.serverJson(this.liveServer(c)) } }));
+    add('DELETE', '/servers/{id}', (c) => this.deleteServer(c));
+    add('GET', '/servers/{id}/actions', (c) => this.listServerActions(c));
+    add('GET', '/servers/{id}/actions/{action_id}', (c) => this.getServerAction(c));
+    add('GET', '/actions', (c) => this.getActions(c));
+    add('GET', '/actions/{id}', (c) => {
+      const a = this.actions.get(c.params['id'] ?? -1);
+      if (!a) throw new ApiError(404, 'not_found', `action with ID '${c.params['id']}' not found`);
+      return { status: 200, body: { action: a } };
+    });
+  }
+
+  private byId<T extends { id: number }>(list: T[], c: RequestContext, what: string): T {
+    const id = c.params['id'];
+    const found = list.find((x) => x.id === id);
+    if (!found) throw new ApiError(404, 'not_found', `${what} with ID '${id}' not found`);
+    return found;
+  }
+
+  private liveServer(c: RequestContext): ServerRecord {
+    const id = c.params['id'] ?? -1;
+    const s = this.serversById.get(id);
+    if (!s || s.deleted) throw new ApiError(404, 'not_found', `server with ID '${id}' not found`);
+    return s;
+  }
+
+  private paginate<T>(items: T[], q: URLSearchParams): { items: T[]; meta: { pagination: Pagination } } {
+    const num = (name: string, dflt: number): number => {
+      const raw = q.get(name);
+      if (raw === null || raw === '') return dflt;
+      if (!/^\d+$/.test(raw) || Number(raw) < 1) {
+        throw invalidInput(`invalid input in field '${name}'`, [{ name, messages: ['must be a positive integer'] }]);
+      }
+      return Number(raw);
+    };
+    const page = num('page', 1);
+    const perPage = Math.min(50, num('per_page', 25));
+    const total = items.length;
+    const last = Math.max(1, Math.ceil(total / perPage));
+    return {
+      items: items.slice((page - 1) * perPage, page * perPage),
+      meta: {
+        pagination: {
+          page,
+          per_page: perPage,
+          previous_page: page > 1 ? Math.min(page - 1, last) : null,
+          next_page: page < last ? page + 1 : null,
+          last_page: last,
+          total_entries: total,
+        },
+      },
+    };
+  }
+
+  private selector(q: URLSearchParams): ((labels: Labels) => boolean) | null {
+    const raw = q.get('label_selector');
+    if (raw === null) return null;
+    try {
+      const reqs = parseSelector(raw);
+      return (labels) => matches(reqs, labels);
+    } catch (e) {
+      if (e instanceof SelectorError) {
+        throw invalidInput(`label_selector: ${e.message}`, [{ name: 'label_selector', messages: [e.message] }]);
+      }
+      throw e;
+    }
+  }
+
+  private sorter<T extends { id: number; name?: string | null; created?: string }>(
+    q: URLSearchParams,
+    allowed: string[],
+  ): (a: T, b: T) => number {
+    const keys = q.getAll('sort');
+    for (const k of keys) {
+      const [field, dir] = k.split(':');
+      if (!field || !allowed.includes(field) || (dir !== undefined && dir !== 'asc' && dir !== 'desc')) {
+        throw invalidInput(`invalid sort '${k}'`, [{ name: 'sort', messages: [`must be one of ${allowed.join(', ')} with :asc or :desc`] }]);
+      }
+    }
+    const specs = [...keys, 'id:asc'].map((k) => {
+      const [field = 'id', dir] = k.split(':');
+      return { field, sign: dir === 'desc' ? -1 : 1 };
+    });
+    return (a, b) => {
+      for (const { field, sign } of specs) {
+        const va = field === 'id' ? a.id : field === 'name' ? (a.name ?? '') : (a.created ?? '');
+        const vb = field === 'id' ? b.id : field === 'name' ? (b.name ?? '') : (b.created ?? '');
+        if (va < vb) return -sign;
+        if (va > vb) return sign;
+      }
+      return 0;
+    };
+  }
+
+  private listServerTypes(c: RequestContext): Answer {
+    const name = c.query.get('name');
+    const items = SERVER_TYPES.filter((t) => name === null || t.name === name).sort((a, b) => a.id - b.id);
+    const p = this.paginate(items, c.query);
+    return { status: 200, body: { server_types: p.items, meta: p.meta } };
+  }
+
+  private listLocations(c: RequestContext): Answer {
+    const name = c.query.get('name');
+    const items = LOCATIONS.filter((l) => name === null || l.name === name).sort(this.sorter(c.query, ['id', 'name']));
+    const p = this.paginate(items, c.query);
+    return { status: 200, body: { locations: p.items, meta: p.meta } };
+  }
+
+  private listImages(c: RequestContext): Answer {
+    const types = c.query.getAll('type');
+    const statuses = c.query.getAll('status');
+    const name = c.query.get('name');
+    const arch = c.query.get('architecture');
+    const sel = this.selector(c.query);
+    const items = this.images
+      .filter(
+        (i) =>
+          (types.length === 0 || types.includes(i.type)) &&
+          (statuses.length === 0 || statuses.includes(i.status)) &&
+          (name === null || i.name === name) &&
+          (arch === null || i.architecture === arch) &&
+          (sel === null || sel(i.labels)),
+      )
+      .sort(this.sorter(c.query, ['id', 'name', 'created']));
+    const p = this.paginate(items, c.query);
+    return { status: 200, body: { images: p.items, meta: p.meta } };
+  }
+
+  private listServers(c: RequestContext): Answer {
+    const name = c.query.get('name');
+    const statuses = c.query.getAll('status');
+    const sel = this.selector(c.query);
+    const items = [...this.serversById.values()]
+      .filter(
+        (s) =>
+          !s.deleted &&
+          (name === null || s.name === name) &&
+          (statuses.length === 0 || statuses.includes(s.status)) &&
+          (sel === null || sel(s.labels)),
+      )
+      .map((s) => this.serverJson(s))
+      .sort(this.sorter(c.query, ['id', 'name', 'created']));
+    const p = this.paginate(items, c.query);
+    return { status: 200, body: { servers: p.items, meta: p.meta } };
+  }
+
+  private listServerActions(c: RequestContext): Answer {
+    const s = this.liveServer(c);
+    const statuses = c.query.getAll('status');
+    const items = s.actionIds
+      .map((id) => this.actions.get(id))
+      .filter((a): a is Action => a !== undefined && (statuses.length === 0 || statuses.includes(a.status)));
+    const p = this.paginate(items, c.query);
+    return { status: 200, body: { actions: p.items, meta: p.meta } };
+  }
+
+  private getServerAction(c: RequestContext): Answer {
+    const id = c.params['id'] ?? -1;
+    const actionId = c.params['action_id'] ?? -1;
+    const s = this.serversById.get(id);
+    // The actions of a deleted server stay readable, so that a delete can be followed to its end.
+    if (!s) throw new ApiError(404, 'not_found', `server with ID '${id}' not found`);
+    const a = this.actions.get(actionId);
+    if (!a || !s.actionIds.includes(actionId)) throw new ApiError(404, 'not_found', `action with ID '${actionId}' not found`);
+    return { status: 200, body: { action: a } };
+  }
+
+  private getActions(c: RequestContext): Answer {
+    const raw = c.query.getAll('id');
+    if (raw.length === 0) {
+      throw invalidInput('missing id: listing all actions is no longer supported', [{ name: 'id', messages: ['is required'] }]);
+    }
+    const ids = raw.map((r) => {
+      if (!/^\d+$/.test(r)) throw invalidInput(`invalid id '${r}'`, [{ name: 'id', messages: ['must be an integer'] }]);
+      return Number(r);
+    });
+    const found = ids.map((id) => this.actions.get(id)).filter((a): a is Action => a !== undefined);
+    return { status: 200, body: { actions: found } };
+  }
+
+  // -------------------------------------------------------- create, delete
+
+  private findByIdOrName<T extends { id: number; name?: string | null }>(list: T[], ref: unknown): T[] {
+    if (typeof ref === 'number') return list.filter((x) => x.id === ref);
+    if (typeof ref !== 'string') return [];
+    if (/^\d+$/.test(ref)) {
+      const byId = list.filter((x) => x.id === Number(ref));
+      if (byId.length > 0) return byId;
+    }
+    return list.filter((x) => x.name === ref);
+  }
+
+  private async createServer(c: RequestContext): Promise<Answer> {
+    let body: unknown;
+    try {
+      body = JSON.parse(c.body);
+    } catch (e) {
+      throw new ApiError(400, 'json_error', `invalid JSON: ${(e as Error).message}`);
+    }
+    if (!isRecord(body)) throw new ApiError(400, 'json_error', 'the request body must be a JSON object');
+    const schemaProblems = checkRequestBody('POST', '/servers', body);
+    if (schemaProblems.length > 0) {
+      const fields = new Map<string, string[]>();
+      for (const p of schemaProblems) fields.set(p.name, [...(fields.get(p.name) ?? []), p.message]);
+      throw invalidInput(
+        `invalid input in fields '${[...fields.keys()].join("', '")}'`,
+        [...fields].map(([name, messages]) => ({ name, messages })),
+      );
+    }
+    const req = body as Schemas['create_server_request'];
+
+    if (!isHostname(req.name)) {
+      throw invalidInput(`invalid input in field 'name'`, [{ name: 'name', messages: ['must be a valid hostname (RFC 1123)'] }]);
+    }
+    const type = this.findByIdOrName(SERVER_TYPES, req.server_type)[0];
+    if (!type) throw invalidInput(`server type '${req.server_type}' not found`, [{ name: 'server_type', messages: ['server type not found'] }]);
+
+    let location: Location | undefined;
+    let datacenter: DataCenter | undefined;
+    if (req.location !== undefined) {
+      location = this.findByIdOrName(LOCATIONS, req.location)[0];
+      if (!location) throw invalidInput(`location '${req.location}' not found`, [{ name: 'location', messages: ['location not found'] }]);
+    } else if (req.datacenter !== undefined) {
+      datacenter = this.findByIdOrName(DATA_CENTERS, req.datacenter)[0];
+      if (!datacenter) throw invalidInput(`datacenter '${req.datacenter}' not found`, [{ name: 'datacenter', messages: ['datacenter not found'] }]);
+      location = datacenter.location;
+    } else {
+      const firstLoc = type.locations[0]?.name;
+      location = LOCATIONS.find((l) => l.name === firstLoc);
+    }
+    if (!location) throw new ApiError(412, 'resource_unavailable', `server type ${type.name} is not available anywhere`);
+    const loc = location;
+    datacenter ??= DATA_CENTERS.find((d) => d.location.id === loc.id);
+    if (!datacenter) throw new ApiError(500, 'server_error', 'no data center');
+
+    const candidates = this.findByIdOrName(this.images, req.image).filter((i) => i.status === 'available');
+    if (candidates.length === 0) throw invalidInput(`image '${req.image}' not found`, [{ name: 'image', messages: ['image not found'] }]);
+    const image = candidates.find((i) => i.architecture === type.architecture);
+    if (!image) {
+      throw invalidInput(`image '${req.image}' does not match the architecture (${type.architecture}) of server type ${type.name}`, [
+        { name: 'image', messages: ['image architecture does not match the server type'] },
+      ]);
+    }
+    if (!type.locations.some((l) => l.name === loc.name)) {
+      throw new ApiError(412, 'resource_unavailable', `server type ${type.name} is unavailable in location ${loc.name}`);
+    }
+    const labels = req.labels ?? {};
+    const lp = labelProblems(labels);
+    if (lp.length > 0) throw invalidInput(`invalid input in field 'labels'`, [{ name: 'labels', messages: lp }]);
+    if (req.user_data !== undefined && Buffer.byteLength(req.user_data, 'utf8') > 32 * 1024) {
+      throw invalidInput(`invalid input in field 'user_data'`, [{ name: 'user_data', messages: ['user_data must be at most 32 KiB'] }]);
+    }
+    const live = [...this.serversById.values()].filter((s) => !s.deleted);
+    if (live.some((s) => s.name === req.name)) {
+      throw new ApiError(409, 'uniqueness_error', 'server name is already used', { fields: [{ name: 'name' }] });
+    }
+    if (live.length >= this.opts.serverLimit) {
+      throw new ApiError(403, 'resource_limit_exceeded', 'server limit exceeded', { limits: [{ name: 'server_limit' }] });
+    }
+    const address = await this.allocateAddress();
+    if (address === null) {
+      throw new ApiError(403, 'resource_limit_exceeded', 'no loopback address left for another server', { limits: [{ name: 'server_limit' }] });
+    }
+    if (this.stopping) {
+      unlockAddress(`${address}:${this.opts.sshPort}`);
+      throw new ApiError(503, 'unavailable', 'shutting down');
+    }
+
+    const id = this.nextServerId++;
+    const enableIpv4 = req.public_net?.enable_ipv4 ?? true;
+    const enableIpv6 = req.public_net?.enable_ipv6 ?? true;
+    const behaviour = this.behaviours.shift() ?? 'normal';
+    const s: ServerRecord = {
+      id,
+      name: req.name,
+      labels: { ...labels },
+      status: 'initializing',
+      createdAt: new Date(),
+      type,
+      image,
+      location: loc,
+      datacenter,
+      address,
+      ipv4Enabled: enableIpv4,
+      ipv6: enableIpv6
+        ? { id: 2_000_000 + (id % 1_000_000), ip: `2001:db8:${(id % 0xffff).toString(16)}::/64`, blocked: false, dns_ptr: [] }
+        : null,
+      userData: req.user_data ?? null,
+      deleted: false,
+      behaviour,
+      dir: join(this.opts.dataDir, 'servers', String(id)),
+      worker: null,
+      workerStopped: null,
+      timers: new Set(),
+      actionIds: [],
+      deleteActionId: null,
+    };
+    this.serversById.set(id, s);
+    if (this.opts.realServers) Worker.prepare(s.dir, s.userData);
+
+    const create = this.newAction('create_server', id);
+    const startAfterCreate = req.start_after_create ?? true;
+    const next = startAfterCreate ? [this.newAction('start_server', id)] : [];
+    const rootPassword = (req.ssh_keys ?? []).length === 0 ? randomBytes(15).toString('base64url') : null;
+    const response: Schemas['create_server_response'] = {
+      server: this.serverJson(s),
+      action: { ...create, resources: [...create.resources] },
+      next_actions: next.map((a) => ({ ...a, resources: [...a.resources] })),
+      root_password: rootPassword,
+    };
+    this.scheduleBoot(s, create.id, next[0]?.id ?? null);
+    return { status: 201, body: response };
+  }
+
+  private scheduleBoot(s: ServerRecord, createId: number, startId: number | null): void {
+    const boot = this.opts.bootDelayMs;
+    this.later(s, boot / 2, () => {
+      if (startId !== null) s.status = 'starting';
+      for (const id of [createId, startId]) {
+        const a = id !== null ? this.actions.get(id) : undefined;
+        if (a && a.status === 'running') a.progress = 50;
+      }
+    });
+    if (s.behaviour === 'never-running' && startId !== null) return;
+    this.later(s, boot, () => {
+      if (s.behaviour === 'action-error') {
+        s.status = 'off';
+        this.finishAction(createId, { code: 'action_failed', message: 'server creation failed: no capacity on the host' });
+        if (startId !== null) this.finishAction(startId, { code: 'action_failed', message: 'server could not be started' });
+        return;
+      }
+      this.finishAction(createId);
+      if (startId === null) {
+        s.status = 'off';
+        return;
+      }
+      s.status = 'running';
+      this.finishAction(startId);
+      if (this.opts.realServers) void this.bootWorker(s);
+    });
+  }
+
+  private async bootWorker(s: ServerRecord): Promise<void> {
+    const config = parseUserData(s.userData);
+    for (const p of config.problems) this.opts.log(`server ${s.id}: ${p}`);
+    if (s.behaviour === 'no-sshd') return;
+    if (config.hostKey === null && s.behaviour !== 'wrong-host-key') {
+      this.opts.log(`server ${s.id}: no ssh_keys.ed25519_private in the user data: no sshd (host key unknowable)`);
+      return;
+    }
+    const worker = new Worker({
+      id: s.id,
+      dir: s.dir,
+      address: s.address,
+      sshPort: this.opts.sshPort,
+      config,
+      wrongHostKey: s.behaviour === 'wrong-host-key',
+      neverReady: s.behaviour === 'never-ready',
+      readyDelayMs: this.opts.readyDelayMs,
+      log: this.opts.log,
+    });
+    s.worker = worker;
+    try {
+      await worker.start();
+    } catch (e) {
+      if (!s.deleted && s.status !== 'deleting' && !this.stopping) this.opts.log(`server ${s.id}: ${(e as Error).message}`);
+    }
+  }
+
+  private deleteServer(c: RequestContext): Answer {
+    const s = this.liveServer(c);
+    if (s.deleteActionId !== null) {
+      const existing = this.actions.get(s.deleteActionId);
+      if (existing) return { status: 200, body: { action: existing } };
+    }
+    const action = this.newAction('delete_server', s.id);
+    s.deleteActionId = action.id;
+    s.status = 'deleting';
+    for (const t of s.timers) clearTimeout(t);
+    s.timers.clear();
+    for (const id of s.actionIds) {
+      const a = this.actions.get(id);
+      if (a && a.id !== action.id && a.status === 'running') {
+        this.finishAction(a.id, { code: 'action_failed', message: 'server was deleted' });
+      }
+    }
+    s.workerStopped = s.worker ? s.worker.stop() : Promise.resolve();
+    this.later(s, this.opts.deleteDelayMs, () => {
+      void (s.workerStopped ?? Promise.resolve()).then(() => {
+        s.deleted = true;
+        this.finishAction(action.id);
+        unlockAddress(`${s.address}:${this.opts.sshPort}`);
+      });
+    });
+    return { status: 200, body: { action: { ...action, resources: [...action.resources] } } };
+  }
+}
