@@ -8,7 +8,7 @@
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { Daemon } from './daemon.js';
-import { deleteAllServers, formatStatus, gatherStatus } from './commands.js';
+import { deleteAllServers, formatStatus, garbageCollect, gatherStatus } from './commands.js';
 import { createLogger } from './log.js';
 import { loadToken, TokenError } from './token.js';
 
@@ -18,6 +18,8 @@ commands:
   serve              run the endpoint Nix builds through (until SIGTERM/SIGINT)
   status [--json]    list this daemon's workers: status, address, sessions, price
   down               delete every server of this instance now
+  gc [--dry-run]     delete this instance's servers the state does not know or that
+                     outlived their pool's hard lifetime (2 × maxLifetime), listing each
 
 options:
   -c, --config FILE  config file (default: $NIX_HCLOUD_BUILDER_CONFIG or ~/.config/nix-hcloud-builder/config.json)
@@ -40,6 +42,7 @@ async function main(argv: string[]): Promise<number> {
       config: { type: 'string', short: 'c' },
       json: { type: 'boolean' },
       'keep-workers': { type: 'boolean' },
+      'dry-run': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -62,9 +65,15 @@ async function main(argv: string[]): Promise<number> {
         let signals = 0;
         const onSignal = (signal: NodeJS.Signals): void => {
           signals++;
-          log.info({ signal }, signals === 1 ? 'stopping' : 'stopping (again): workers are still deleted');
+          if (signals > 1) {
+            log.info({ signal }, 'second signal: ending running sessions now; workers are still deleted');
+            daemon.skipGrace();
+            return;
+          }
+          log.info({ signal }, 'stopping');
           void daemon.stop(values['keep-workers'] === true).then(resolve, (err: unknown) => {
             log.error({ err }, 'stop failed');
+            process.exitCode = 1;
             resolve();
           });
         };
@@ -75,8 +84,15 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'status': {
       const token = tryToken(config);
-      const rows = await gatherStatus(config, token);
-      process.stdout.write(values.json ? `${JSON.stringify(rows, null, 2)}\n` : formatStatus(rows));
+      const report = await gatherStatus(config, token);
+      process.stdout.write(values.json ? `${JSON.stringify(report, null, 2)}\n` : formatStatus(report));
+      return 0;
+    }
+    case 'gc': {
+      const token = loadToken(config);
+      const dryRun = values['dry-run'] === true;
+      const count = await garbageCollect(config, token.token, log, (line) => process.stdout.write(`${line}\n`), dryRun);
+      process.stdout.write(`${dryRun ? 'would delete' : 'deleted'} ${count} server(s)\n`);
       return 0;
     }
     case 'down': {

@@ -5,6 +5,7 @@ import { HcloudError } from './hcloud/errors.js';
 import type { Server } from './hcloud/types.js';
 import { instanceSelector, LABEL_POOL } from './labels.js';
 import type { Logger } from './log.js';
+import { Ledger } from './ledger.js';
 import { peekState, StateFile } from './state.js';
 
 export interface StatusRow {
@@ -22,9 +23,34 @@ export interface StatusRow {
   createdAt: string;
   idleSince?: string;
   hourlyPriceEur?: string;
+  /** EUR billed for this server so far (every started hour). */
+  costSoFarEur?: number;
 }
 
-export async function gatherStatus(config: Config, token: string | undefined): Promise<StatusRow[]> {
+export interface StatusReport {
+  workers: StatusRow[];
+  /** EUR billed this calendar month (UTC) for servers this daemon created. */
+  spentThisMonthEur: number;
+  budgetEurPerMonth?: number;
+}
+
+export async function gatherStatus(config: Config, token: string | undefined): Promise<StatusReport> {
+  const ledger = Ledger.load(config.stateDir);
+  const workers = await gatherRows(config, token);
+  for (const row of workers) {
+    const cost = ledger.costSoFar(row.name);
+    if (cost !== undefined) row.costSoFarEur = round(cost);
+  }
+  const report: StatusReport = { workers, spentThisMonthEur: round(ledger.spentThisMonth()) };
+  if (config.budget) report.budgetEurPerMonth = config.budget.maxEurPerMonth;
+  return report;
+}
+
+function round(eur: number): number {
+  return Math.round(eur * 10_000) / 10_000;
+}
+
+async function gatherRows(config: Config, token: string | undefined): Promise<StatusRow[]> {
   const { state, problem } = peekState(config.stateDir);
   if (problem) process.stderr.write(`nix-hcloud-builder: ${problem}\n`);
   const rows: StatusRow[] = (state?.workers ?? []).map((w) => {
@@ -61,9 +87,11 @@ export async function gatherStatus(config: Config, token: string | undefined): P
   return rows;
 }
 
-export function formatStatus(rows: StatusRow[]): string {
-  if (rows.length === 0) return 'no workers\n';
-  const header = ['ID', 'NAME', 'POOL', 'PHASE', 'STATUS', 'ADDRESS', 'TYPE', 'LOCATION', 'SESSIONS', 'AGE', 'IDLE', '€/H'];
+export function formatStatus(report: StatusReport): string {
+  const money = `spent this month: €${report.spentThisMonthEur.toFixed(2)}${report.budgetEurPerMonth === undefined ? '' : ` of a €${report.budgetEurPerMonth.toFixed(2)} budget`}\n`;
+  const rows = report.workers;
+  if (rows.length === 0) return `no workers\n${money}`;
+  const header = ['ID', 'NAME', 'POOL', 'PHASE', 'STATUS', 'ADDRESS', 'TYPE', 'LOCATION', 'SESSIONS', 'AGE', 'IDLE', '€/H', 'COST €'];
   const age = (iso: string | undefined): string => {
     if (!iso) return '-';
     const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
@@ -72,9 +100,10 @@ export function formatStatus(rows: StatusRow[]): string {
   const table = [header, ...rows.map((r) => [
     String(r.id), r.name, r.pool, r.phase, r.status ?? '?', r.address ?? '-', r.serverType || '-', r.location || '-',
     String(r.activeSessions), age(r.createdAt), r.idleSince ? age(r.idleSince) : '-', r.hourlyPriceEur ? Number(r.hourlyPriceEur).toFixed(4) : '-',
+    r.costSoFarEur === undefined ? '-' : r.costSoFarEur.toFixed(4),
   ])];
   const widths = header.map((_, i) => Math.max(...table.map((row) => (row[i] as string).length)));
-  return `${table.map((row) => row.map((cell, i) => cell.padEnd(widths[i] as number)).join('  ').trimEnd()).join('\n')}\n`;
+  return `${table.map((row) => row.map((cell, i) => cell.padEnd(widths[i] as number)).join('  ').trimEnd()).join('\n')}\n${money}`;
 }
 
 /**
@@ -105,4 +134,36 @@ export async function deleteAllServers(config: Config, token: string, log: Logge
     say(`state left as it is: ${(err as Error).message}`);
   }
   return deleted;
+}
+
+/**
+ * `gc`: the daemon's sweep, on demand. Deletes this instance's servers that the state does not
+ * know, or that are past twice their pool's maxLifetime; lists each one; `dryRun` only lists.
+ */
+export async function garbageCollect(config: Config, token: string, log: Logger, say: (line: string) => void, dryRun: boolean): Promise<number> {
+  const hcloud = new HcloudClient({ endpoint: config.hcloud.endpoint, token, logger: log });
+  const { state, problem } = peekState(config.stateDir);
+  if (problem) say(`${problem}: every labelled server counts as unknown`);
+  const servers = await hcloud.listServers({ labelSelector: instanceSelector(config.instance) });
+  const doomed: { server: Server; reason: string }[] = [];
+  for (const server of servers) {
+    const record = state?.workers.find((w) => (w.id !== 0 && w.id === server.id) || w.name === server.name);
+    const pool = config.pools[server.labels[LABEL_POOL] ?? ''];
+    const age = Date.now() - Date.parse(server.created);
+    if (!record) doomed.push({ server, reason: 'not in the state' });
+    else if (!pool) doomed.push({ server, reason: `its pool "${server.labels[LABEL_POOL] ?? ''}" is not in the config` });
+    else if (age >= 2 * pool.maxLifetimeMs) doomed.push({ server, reason: 'past twice its pool\'s maxLifetime' });
+  }
+  for (const { server, reason } of doomed) {
+    say(`${dryRun ? 'would delete' : 'deleting'} ${server.name} (id ${server.id}, ${server.server_type.name} in ${server.datacenter.location.name}): ${reason}`);
+  }
+  if (dryRun) return doomed.length;
+  await Promise.all(doomed.map(async ({ server }) => {
+    try {
+      await hcloud.waitForActions([await hcloud.deleteServer(server.id)], { timeoutMs: 120_000 });
+    } catch (err) {
+      if (!(err instanceof HcloudError && err.code === 'not_found')) throw err;
+    }
+  }));
+  return doomed.length;
 }

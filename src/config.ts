@@ -25,6 +25,12 @@ export interface PoolConfig {
   speedFactor: number;
   supportedFeatures: string[];
   mandatoryFeatures: string[];
+  /** After this, a worker takes no new sessions and is deleted once its sessions end. */
+  maxLifetimeMs: number;
+  /** "timeout": delete idleTimeout after the last session; "billing-hour": keep an idle worker until just before its next paid hour. */
+  idlePolicy: 'timeout' | 'billing-hour';
+  /** With "billing-hour": how long before the next hour starts the server is deleted. */
+  billingMarginMs: number;
 }
 
 export interface Config {
@@ -37,6 +43,17 @@ export interface Config {
   hcloud: { endpoint: string; tokenFile?: string; tokenCommand?: string };
   pools: Record<string, PoolConfig>;
   log: { level: string };
+  /** How often servers labelled as ours are checked against the state (and lifetimes enforced). */
+  sweepIntervalMs: number;
+  /** On SIGTERM: how long running sessions may go on before workers are deleted anyway. */
+  shutdownGraceMs: number;
+  budget?: { maxEurPerMonth: number };
+  limits: {
+    /** A connection that has not authenticated within this time is dropped. */
+    loginGraceMs: number;
+    /** Open connections allowed from one source address. */
+    maxConnectionsPerSource: number;
+  };
 }
 
 export const READY_MARKER = '/run/nix-hcloud-builder/ready';
@@ -116,6 +133,12 @@ class Fields {
     if (!Array.isArray(v) || v.some((s) => typeof s !== 'string' || s.length === 0)) this.fail(k, 'a list of non-empty strings', v);
     return v as string[];
   }
+  oneOf<T extends string>(k: string, allowed: readonly T[], fallback: T): T {
+    const v = this.take(k);
+    if (v === undefined) return fallback;
+    if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) this.fail(k, `one of ${allowed.map((a) => JSON.stringify(a)).join(', ')}`, v);
+    return v as T;
+  }
   object(k: string): Fields | undefined {
     const v = this.take(k);
     if (v === undefined) return undefined;
@@ -173,6 +196,9 @@ function parsePool(name: string, f: Fields): PoolConfig {
     speedFactor: f.number('speedFactor', 1),
     supportedFeatures: f.strings('supportedFeatures', ['big-parallel', 'kvm', 'nixos-test', 'benchmark']),
     mandatoryFeatures: f.strings('mandatoryFeatures', []),
+    maxLifetimeMs: f.duration('maxLifetime', '12h'),
+    idlePolicy: f.oneOf('idlePolicy', ['timeout', 'billing-hour'] as const, 'timeout'),
+    billingMarginMs: f.duration('billingMargin', '3m'),
   };
   if (pool.serverTypes.length === 0) f.fail('serverTypes', 'at least one server type', []);
   if (pool.locations.length === 0) f.fail('locations', 'at least one location', []);
@@ -218,6 +244,19 @@ export function parseConfig(input: unknown, baseDir: string, env: NodeJS.Process
   poolsFields.done();
   if (Object.keys(pools).length === 0) throw new ConfigError('config key "pools": expected at least one pool');
 
+  const sweepIntervalMs = top.duration('sweepInterval', '5m');
+  const shutdownGraceMs = top.duration('shutdownGrace', '60s');
+  const budgetFields = top.object('budget');
+  const budget = budgetFields ? { maxEurPerMonth: budgetFields.number('maxEurPerMonth', Number.NaN) } : undefined;
+  if (budget && Number.isNaN(budget.maxEurPerMonth)) budgetFields?.fail('maxEurPerMonth', 'a positive number of euros', undefined);
+  budgetFields?.done();
+  const limitsFields = top.object('limits');
+  const limits = {
+    loginGraceMs: limitsFields?.duration('loginGrace', '20s') ?? 20_000,
+    maxConnectionsPerSource: limitsFields?.integer('maxConnectionsPerSource', 128, 1, 100_000) ?? 128,
+  };
+  limitsFields?.done();
+
   const logFields = top.object('log');
   const level = logFields?.string('level', 'info') ?? 'info';
   if (!LOG_LEVELS.includes(level)) logFields?.fail('level', `one of ${LOG_LEVELS.join(', ')}`, level);
@@ -232,7 +271,11 @@ export function parseConfig(input: unknown, baseDir: string, env: NodeJS.Process
     hcloud: { endpoint: endpoint.replace(/\/+$/, '') },
     pools,
     log: { level },
+    sweepIntervalMs,
+    shutdownGraceMs,
+    limits,
   };
+  if (budget) config.budget = budget;
   if (keysFile) config.authorizedKeysFile = path(keysFile);
   if (tokenFile) config.hcloud.tokenFile = path(tokenFile);
   if (tokenCommand) config.hcloud.tokenCommand = tokenCommand;

@@ -14,6 +14,7 @@ import { HcloudClient } from './hcloud/client.js';
 import { HcloudError } from './hcloud/errors.js';
 import type { Server, ServerType } from './hcloud/types.js';
 import { generateKeyPair } from './keys.js';
+import { Ledger } from './ledger.js';
 import { instanceSelector, LABEL_POOL } from './labels.js';
 import type { Logger } from './log.js';
 import { Pool } from './pool.js';
@@ -68,6 +69,10 @@ export class Daemon {
   private readonly log: Logger;
   private serverTypes: Promise<ServerType[]> | undefined;
   private stopping: Promise<void> | undefined;
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private sweeping: Promise<void> | undefined;
+  private graceOver: (() => void) | undefined;
+  ledger!: Ledger;
 
   constructor(private readonly options: DaemonOptions) {
     this.log = options.log;
@@ -93,8 +98,11 @@ export class Daemon {
       if (authorizedKeys.length === 0) this.log.warn('no authorized keys: nobody can log in (set authorizedKeys or authorizedKeysFile)');
       this.log.info({ hostKey: hostKey.publicKey, authorizedKeys: authorizedKeys.length }, 'step 2/4: keys loaded');
 
+      this.ledger = Ledger.load(config.stateDir);
       const deps: WorkerDeps = {
         hcloud: this.hcloud,
+        ledger: this.ledger,
+        ...(config.budget ? { budget: config.budget } : {}),
         log: this.log,
         instance: config.instance,
         save: () => this.saveNow(),
@@ -114,6 +122,8 @@ export class Daemon {
       this.endpoint = new Endpoint({ hostKey: hostKey.privateKey, authorizedKeys, pools: this.pools, log: this.log });
       this.port = await this.endpoint.listen(config.listen.port, config.listen.host);
       this.log.info({ host: config.listen.host, port: this.port, pools: [...this.pools.keys()] }, 'step 4/4: listening for Nix');
+      this.sweepTimer = setInterval(() => void this.sweep(), config.sweepIntervalMs);
+      this.sweepTimer.unref();
     } catch (err) {
       await this.state.close();
       throw err;
@@ -146,6 +156,28 @@ export class Daemon {
     await Promise.all(deleting);
     this.scheduleSave();
     this.log.info({ found: servers.length, adopted: adopted.length, deleted: deleting.length }, 'step 3/4: reconciled with the cloud');
+  }
+
+  /**
+   * The periodic sweep: a server labelled as ours that no pool knows is deleted (a leak from a
+   * crash or a lost create answer), and lifetime caps are enforced. Never two sweeps at once.
+   */
+  sweep(): Promise<void> {
+    this.sweeping ??= (async () => {
+      try {
+        for (const pool of this.pools.values()) pool.enforceLifetime();
+        const servers = await this.hcloud.listServers({ labelSelector: instanceSelector(this.config.instance) });
+        const unknown = servers.filter((s) => ![...this.pools.values()].some((p) => p.knows(s.id, s.name)) && !this.orphans.some((o) => o.id === s.id));
+        for (const server of unknown) this.log.warn({ server: server.name, id: server.id }, 'sweep: our label, but no worker of ours; deleting it');
+        await Promise.all(unknown.map((server) => this.deleteOrphan(server, undefined)));
+        this.log.debug({ found: servers.length, deleted: unknown.length }, 'sweep done');
+      } catch (err) {
+        this.log.error({ err }, 'sweep failed; trying again next interval');
+      } finally {
+        this.sweeping = undefined;
+      }
+    })();
+    return this.sweeping;
   }
 
   private async deleteOrphan(server: Server, record: WorkerRecord | undefined): Promise<void> {
@@ -188,19 +220,42 @@ export class Daemon {
     });
   }
 
-  /** Stops accepting, ends sessions, deletes workers unless `keepWorkers`, releases the state. */
+  /**
+   * Stops accepting, lets running sessions finish for up to shutdownGrace (or until
+   * `skipGrace()`), then ends them and deletes every worker unless `keepWorkers`.
+   */
   stop(keepWorkers = false): Promise<void> {
     this.stopping ??= (async () => {
-      this.log.info({ keepWorkers }, keepWorkers ? 'stopping; keeping the workers' : 'stopping; deleting every worker');
-      // close() waits for open connections, so end them first (a Nix session then fails over).
+      clearInterval(this.sweepTimer);
+      const graceMs = this.config.shutdownGraceMs;
+      this.log.info({ keepWorkers, activeSessions: this.endpoint?.activeSessions ?? 0, graceMs }, keepWorkers ? 'stopping; keeping the workers' : 'stopping; then deleting every worker');
+      // close() waits for open connections; it resolves once the sessions are gone.
       const closed = this.endpoint?.stopListening();
+      if (this.endpoint && this.endpoint.activeSessions > 0) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, graceMs);
+          timer.unref();
+          this.graceOver = resolve;
+          const poll = setInterval(() => {
+            if (this.endpoint.activeSessions === 0) resolve();
+          }, 200);
+          poll.unref();
+          void closed?.then(resolve);
+        });
+      }
       this.endpoint?.closeAll();
       await closed;
+      await this.sweeping;
       await Promise.allSettled([...this.pools.values()].map((p) => p.close(keepWorkers)));
       await this.saveNow().catch(() => undefined);
       await this.state.close();
       this.log.info('stopped');
     })();
     return this.stopping;
+  }
+
+  /** A second signal: end the grace period now (workers are still deleted). */
+  skipGrace(): void {
+    this.graceOver?.();
   }
 }

@@ -22,15 +22,15 @@ export class IdleTimer {
 
   constructor(private readonly delayMs: number, private readonly onFire: () => void, private readonly clock: Clock = systemClock) {}
 
-  /** (Re)starts the countdown from now. */
-  start(): void {
+  /** (Re)starts the countdown from now, for the configured delay or the one given. */
+  start(delayMs = this.delayMs): void {
     this.cancel();
     this.startedAt = this.clock.now();
     this.handle = this.clock.setTimeout(() => {
       this.handle = undefined;
       this.startedAt = undefined;
       this.onFire();
-    }, this.delayMs);
+    }, delayMs);
   }
 
   cancel(): void {
@@ -47,4 +47,17 @@ export class IdleTimer {
   get since(): number | undefined {
     return this.startedAt;
   }
+}
+
+const HOUR_MS = 3_600_000;
+
+/**
+ * For the "billing-hour" idle policy: Hetzner bills every started hour, so an idle server costs
+ * nothing extra until just before its next hour begins. Returns how long to keep it from `now`
+ * (0 when that moment has passed: delete now).
+ */
+export function untilBeforeNextBilledHour(createdAtMs: number, nowMs: number, marginMs: number): number {
+  const elapsed = Math.max(0, nowMs - createdAtMs);
+  const nextHour = createdAtMs + (Math.floor(elapsed / HOUR_MS) + 1) * HOUR_MS;
+  return Math.max(0, nextHour - marginMs - nowMs);
 }

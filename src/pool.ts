@@ -4,7 +4,7 @@
  * that arrive during a boot wait for that same boot: a burst creates one server, not one each.
  */
 import type { PoolConfig } from './config.js';
-import { IdleTimer, systemClock, type Clock } from './idle-timer.js';
+import { IdleTimer, systemClock, untilBeforeNextBilledHour, type Clock } from './idle-timer.js';
 import type { Logger } from './log.js';
 import type { WorkerRecord } from './state.js';
 import { Worker, type WorkerDeps } from './worker.js';
@@ -65,11 +65,20 @@ export class Pool {
     waiter.reject(new Error('the client went away'));
   }
 
+  private now(): number {
+    return (this.deps.clock ?? systemClock).now();
+  }
+
+  /** Past maxLifetime a worker takes no new sessions and goes once its sessions end. */
+  private draining(worker: Worker): boolean {
+    return this.now() - Date.parse(worker.record.createdAt) >= this.config.maxLifetimeMs;
+  }
+
   private leastLoaded(phase: Worker['phase']): Worker | undefined {
     let best: Worker | undefined;
     for (const w of this.workers) {
       if (w.phase !== phase || w.used >= this.config.jobsPerWorker) continue;
-      if (phase === 'ready' && !w.client) continue;
+      if (phase === 'ready' && (!w.client || this.draining(w))) continue;
       if (!best || w.used < best.used) best = w;
     }
     return best;
@@ -115,13 +124,45 @@ export class Pool {
   private release(worker: Worker): void {
     worker.used--;
     worker.record.activeSessions = worker.used;
-    if (worker.used === 0 && worker.phase === 'ready') {
-      this.timerFor(worker).start();
-      worker.record.idleSince = new Date().toISOString();
-      this.log.info({ worker: worker.record.name, idleTimeoutMs: this.config.idleTimeoutMs }, 'worker idle; idle timer started');
-    }
+    if (worker.used === 0 && worker.phase === 'ready') this.becameIdle(worker);
     this.deps.changed();
     this.dispatch();
+  }
+
+  private becameIdle(worker: Worker): void {
+    if (this.draining(worker)) {
+      this.log.info({ worker: worker.record.name }, 'worker reached maxLifetime and is idle; deleting it');
+      void this.retire(worker, 'maxLifetime reached').catch(() => undefined);
+      return;
+    }
+    const delayMs = this.config.idlePolicy === 'billing-hour'
+      ? untilBeforeNextBilledHour(Date.parse(worker.record.createdAt), this.now(), this.config.billingMarginMs)
+      : this.config.idleTimeoutMs;
+    this.timerFor(worker).start(delayMs);
+    worker.record.idleSince = new Date(this.now()).toISOString();
+    this.log.info({ worker: worker.record.name, idlePolicy: this.config.idlePolicy, deleteInMs: delayMs }, 'worker idle; idle timer started');
+  }
+
+  /**
+   * Lifetime caps, checked by the daemon's periodic sweep: an idle worker past maxLifetime is
+   * deleted; any worker past twice that is deleted even with sessions running.
+   */
+  enforceLifetime(): void {
+    for (const worker of [...this.workers]) {
+      if (worker.phase !== 'ready') continue;
+      const age = this.now() - Date.parse(worker.record.createdAt);
+      if (age >= 2 * this.config.maxLifetimeMs) {
+        this.log.warn({ worker: worker.record.name, sessions: worker.used }, 'worker is past twice maxLifetime; deleting it with its sessions');
+        void this.retire(worker, 'hard lifetime cap').catch(() => undefined);
+      } else if (age >= this.config.maxLifetimeMs && worker.used === 0) {
+        void this.retire(worker, 'maxLifetime reached').catch(() => undefined);
+      }
+    }
+  }
+
+  /** Whether this pool manages a server of that id or name (the sweep deletes what no pool knows). */
+  knows(id: number, name: string): boolean {
+    return this.workers.some((w) => (w.record.id !== 0 && w.record.id === id) || w.record.name === name);
   }
 
   /** A waiter takes a slot on a booting worker now and gets its lease when the boot ends. */
@@ -184,8 +225,7 @@ export class Pool {
   adopt(worker: Worker): void {
     this.workers.push(worker);
     this.watch(worker);
-    worker.record.idleSince = new Date().toISOString();
-    this.timerFor(worker).start();
+    this.becameIdle(worker);
     this.deps.changed();
   }
 

@@ -12,6 +12,7 @@ import type { CreateServerResponse, Server, ServerType } from './hcloud/types.js
 import { generateKeyPair } from './keys.js';
 import { serverLabels, serverName } from './labels.js';
 import type { Logger } from './log.js';
+import { BudgetExceeded, type Ledger } from './ledger.js';
 import type { WorkerRecord } from './state.js';
 import { workerUserData } from './user-data.js';
 import { connectWorker, HostKeyMismatch, runCommand, type SshClient } from './worker-ssh.js';
@@ -25,6 +26,8 @@ const TRY_ELSEWHERE = new Set(['resource_unavailable', 'resource_limit_exceeded'
 
 export interface WorkerDeps {
   hcloud: HcloudClient;
+  ledger: Ledger;
+  budget?: { maxEurPerMonth: number };
   log: Logger;
   instance: string;
   /** Persists the record after each change that matters on restart. */
@@ -127,8 +130,7 @@ export class Worker {
 
     // 1. Create the server: first location that has the first server type, and so on.
     const created = await this.create(image, userData, signal);
-    const price = await this.hourlyPrice(this.record.serverType, this.record.location).catch(() => undefined);
-    if (price) this.record.hourlyPriceEur = price;
+    const price = this.record.hourlyPriceEur;
     this.record.phase = 'booting';
     await this.deps.save();
     this.step(1, STEPS, `created server ${this.record.name} (id ${this.record.id}), type ${this.record.serverType} in ${this.record.location}${price ? `, €${Number(price).toFixed(4)}/h` : ''}`, { id: this.record.id });
@@ -169,8 +171,22 @@ export class Worker {
     const tried: string[] = [];
     for (const serverType of this.pool.serverTypes) {
       for (const location of this.pool.locations) {
+        const price = await this.hourlyPrice(serverType, location, signal).catch(() => undefined);
+        if (this.deps.budget) {
+          try {
+            // Fail closed: with a budget set, a server whose price we cannot read is not created.
+            if (price === undefined) throw new BudgetExceeded(`budget: no price known for ${serverType} in ${location}`);
+            this.deps.ledger.check(this.deps.budget.maxEurPerMonth, Number(price), `${serverType} in ${location}`);
+          } catch (err) {
+            if (!(err instanceof BudgetExceeded)) throw err;
+            tried.push(`${serverType} in ${location} (${err.message})`);
+            this.log.warn({ serverType, location }, err.message);
+            continue;
+          }
+        }
         this.record.serverType = serverType;
         this.record.location = location;
+        if (price !== undefined) this.record.hourlyPriceEur = price;
         // Saved before the call: if we die during it, the restart finds the server by its name.
         await this.deps.save();
         try {
@@ -188,6 +204,10 @@ export class Worker {
             signal,
           );
           this.record.id = answer.server.id;
+          this.deps.ledger.opened({
+            id: answer.server.id, name: this.record.name, pool: this.pool.name, serverType, location,
+            hourlyEur: Number(price ?? 0), createdAt: answer.server.created,
+          });
           return { action: answer.action, next_actions: answer.next_actions };
         } catch (err) {
           if (err instanceof HcloudError && TRY_ELSEWHERE.has(err.code)) {
@@ -202,7 +222,8 @@ export class Worker {
     throw new BootError(`no server could be created; tried ${tried.join(', ')}`);
   }
 
-  private async hourlyPrice(serverType: string, location: string): Promise<string | undefined> {
+  private async hourlyPrice(serverType: string, location: string, signal?: AbortSignal): Promise<string | undefined> {
+    signal?.throwIfAborted();
     const types = await this.deps.serverTypes();
     const type = types.find((t) => t.name === serverType);
     return type?.prices.find((p) => p.location === location)?.price_hourly.gross;
@@ -281,6 +302,7 @@ export class Worker {
     } catch (err) {
       if (!(err instanceof HcloudError && err.code === 'not_found')) throw err;
     }
+    this.deps.ledger.closed(this.record.name);
     this.log.info({ id: this.record.id, reason, deleteMs: Date.now() - started }, `deleted server ${this.record.name}`);
   }
 }

@@ -55,5 +55,5 @@ t.test('refusals', async (t) => {
   t.equal(daemon.proc.exitCode, null, 'the daemon is still running');
   const status = await rig.cli(['status', '--json']);
   t.equal(status.code, 0);
-  t.same(JSON.parse(status.stdout), []);
+  t.same((JSON.parse(status.stdout) as { workers: unknown[] }).workers, []);
 });

@@ -22,9 +22,15 @@ t.test('a worker survives a daemon SIGKILL: adopted on restart, then deleted by 
   t.equal(rig.fake.servers().length, 1, 'the adopted worker served the next build; no new server');
 
   const status = await rig.cli(['status', '--json']);
-  const rows = JSON.parse(status.stdout) as { name: string; phase: string; status: string; pool: string; address: string }[];
-  t.equal(rows.length, 1);
-  t.match(rows[0], { phase: 'ready', status: 'running', pool: 'x86_64' });
+  const report = JSON.parse(status.stdout) as { workers: { phase: string; status: string; pool: string; hourlyPriceEur: string; costSoFarEur: number }[]; spentThisMonthEur: number };
+  t.equal(report.workers.length, 1);
+  t.match(report.workers[0], { phase: 'ready', status: 'running', pool: 'x86_64', hourlyPriceEur: /^\d+\.\d+$/ });
+  const price = Number(report.workers[0]?.hourlyPriceEur);
+  t.ok(price > 0, 'the hourly price came from GET /server_types');
+  t.equal(report.workers[0]?.costSoFarEur, Math.round(price * 10_000) / 10_000, 'one started hour billed so far');
+  t.equal(report.spentThisMonthEur, Math.round(price * 10_000) / 10_000);
+  const human = await rig.cli(['status']);
+  t.match(human.stdout, /spent this month: €\d+\.\d\d/);
 
   const down = await rig.cli(['down']);
   t.equal(down.code, 0, down.stderr);
