@@ -119,7 +119,10 @@ export class Daemon {
       await this.reconcile(state.data.workers, deps);
 
       // 4. Listen.
-      this.endpoint = new Endpoint({ hostKey: hostKey.privateKey, authorizedKeys, pools: this.pools, log: this.log });
+      this.endpoint = new Endpoint({
+        hostKey: hostKey.privateKey, authorizedKeys, pools: this.pools, log: this.log,
+        loginGraceMs: config.limits.loginGraceMs, maxConnectionsPerSource: config.limits.maxConnectionsPerSource,
+      });
       this.port = await this.endpoint.listen(config.listen.port, config.listen.host);
       this.log.info({ host: config.listen.host, port: this.port, pools: [...this.pools.keys()] }, 'step 4/4: listening for Nix');
       this.sweepTimer = setInterval(() => void this.sweep(), config.sweepIntervalMs);

@@ -19,6 +19,10 @@ export interface EndpointOptions {
   authorizedKeys: ParsedKey[];
   pools: Map<string, Pool>;
   log: Logger;
+  /** A connection that has not authenticated by then is dropped. */
+  loginGraceMs: number;
+  /** Open connections allowed from one source address; more are dropped at once. */
+  maxConnectionsPerSource: number;
 }
 
 export function parseAuthorizedKeys(lines: string[]): ParsedKey[] {
@@ -55,6 +59,7 @@ export class Endpoint {
   private readonly log: Logger;
   /** Open client connections, for shutdown and for tests that count leaks. */
   readonly connections = new Set<Connection>();
+  private readonly perSource = new Map<string, number>();
   activeSessions = 0;
 
   constructor(private readonly options: EndpointOptions) {
@@ -85,8 +90,29 @@ export class Endpoint {
   private onConnection(client: Connection, info: ssh2.ClientInfo): void {
     const log = this.log.child({ peer: `${info.ip}:${info.port}` });
     (client as Connection & { setNoDelay(v: boolean): void }).setNoDelay(true);
+    const fromSource = (this.perSource.get(info.ip) ?? 0) + 1;
+    this.perSource.set(info.ip, fromSource);
     this.connections.add(client);
+    client.on('close', () => {
+      this.connections.delete(client);
+      const left = (this.perSource.get(info.ip) ?? 1) - 1;
+      if (left > 0) this.perSource.set(info.ip, left);
+      else this.perSource.delete(info.ip);
+    });
+    // Errors (garbage instead of an SSH banner, resets) end that connection only.
+    client.on('error', (err: Error) => log.debug({ err: err.message }, 'client connection error'));
+    if (fromSource > this.options.maxConnectionsPerSource) {
+      log.warn({ open: fromSource - 1, max: this.options.maxConnectionsPerSource }, 'refused: too many connections from this address');
+      client.end();
+      return;
+    }
     let user = '';
+    const loginTimer = setTimeout(() => {
+      log.warn('dropped: no login within the login grace time');
+      client.end();
+    }, this.options.loginGraceMs);
+    loginTimer.unref();
+    client.on('close', () => clearTimeout(loginTimer));
 
     client.on('authentication', (ctx) => {
       user = ctx.username;
@@ -102,6 +128,7 @@ export class Endpoint {
       ctx.reject(['publickey']);
     });
     client.on('ready', () => {
+      clearTimeout(loginTimer);
       log.debug({ user }, 'authenticated');
       client.on('session', (accept) => this.onSession(accept(), user, log));
       client.on('tcpip', (_accept, reject) => {
@@ -117,8 +144,6 @@ export class Endpoint {
       log.warn({ user, request: name }, 'refused: forwarding request');
       reject?.();
     });
-    client.on('error', (err: Error) => log.debug({ err: err.message }, 'client connection error'));
-    client.on('close', () => this.connections.delete(client));
   }
 
   private onSession(session: Session, user: string, log: Logger): void {

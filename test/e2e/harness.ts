@@ -88,6 +88,8 @@ export interface RigOptions {
   fake?: Partial<FakeCloudOptions>;
   pool?: PoolOverrides;
   pools?: Record<string, PoolOverrides>;
+  /** Extra top-level config keys. */
+  config?: Record<string, unknown>;
 }
 
 export class Rig {
@@ -136,22 +138,27 @@ export class Rig {
       hcloud: { endpoint: this.fake.url },
       pools,
       log: { level: 'debug' },
+      ...this.options.config,
       ...extra,
     };
     writeFileSync(this.configFile, JSON.stringify(config, null, 2));
   }
 
   /** Starts `nix-hcloud-builder serve` and waits until it listens. */
-  async startDaemon(args: string[] = []): Promise<DaemonProcess> {
-    const proc = spawn(process.execPath, [CLI, 'serve', '--config', this.configFile, ...args], {
-      env: { ...process.env, HCLOUD_TOKEN: TOKEN },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+  async startDaemon(args: string[] = [], env: Record<string, string> = { HCLOUD_TOKEN: TOKEN }): Promise<DaemonProcess> {
+    const proc = this.spawnDaemon(args, env);
     const daemon = new DaemonProcess(proc);
     this.daemons.push(daemon);
     const listening = await daemon.waitForMsg(/listening for Nix/, 60_000);
     daemon.port = listening.port as number;
     return daemon;
+  }
+
+  spawnDaemon(args: string[] = [], env: Record<string, string> = { HCLOUD_TOKEN: TOKEN }): ChildProcess {
+    return spawn(process.execPath, [CLI, 'serve', '--config', this.configFile, ...args], {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
   }
 
   /** Runs the CLI once (status, down) and collects its output. */
