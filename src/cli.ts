@@ -4,6 +4,7 @@
  *   serve   run the SSH endpoint that Nix builds through
  *   status  show our workers (--json for scripts)
  *   down    delete all our servers now, also when the daemon is not running
+ *   setup   make this machine's Nix build through the daemon (shows the changes; --write makes them)
  */
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type Config } from './config.js';
@@ -11,6 +12,8 @@ import { Daemon } from './daemon.js';
 import { deleteAllServers, formatStatus, garbageCollect, gatherStatus } from './commands.js';
 import { createLogger } from './log.js';
 import { loadToken, TokenError } from './token.js';
+import { DEFAULT_ALIAS, DEFAULT_CLIENT_KEY, MachinesError } from './machines.js';
+import { DEFAULT_MACHINES, DEFAULT_NIX_CONF, DEFAULT_SSH_CONFIG, loadConfigAsOwner, runSetup, SetupError } from './setup.js';
 
 const USAGE = `usage: nix-hcloud-builder <command> [options]
 
@@ -18,6 +21,9 @@ commands:
   serve              run the endpoint Nix builds through (until SIGTERM/SIGINT)
   status [--json]    list this daemon's workers: status, address, sessions, price
   down               delete every server of this instance now
+  setup [--write]    show (and with --write make) the changes that let this machine's Nix
+                     build through the daemon with no extra flags: a client key for nix-daemon,
+                     that key in our authorized keys, the ssh alias, one machines line per pool
   gc [--dry-run]     delete this instance's servers the state does not know or that
                      outlived their pool's hard lifetime (2 × maxLifetime), listing each
 
@@ -25,6 +31,14 @@ options:
   -c, --config FILE  config file (default: $NIX_HCLOUD_BUILDER_CONFIG or ~/.config/nix-hcloud-builder/config.json)
   --keep-workers     serve: leave the workers running on stop (a later start adopts them)
   -h, --help         this text
+
+setup options (run it as root: nix-daemon is root):
+  --write            make the changes (without it: only show them)
+  --ssh-config FILE  system ssh config for the alias (default ${DEFAULT_SSH_CONFIG})
+  --machines FILE    Nix machines file (default ${DEFAULT_MACHINES})
+  --nix-conf FILE    nix.conf to check (default ${DEFAULT_NIX_CONF})
+  --client-key FILE  nix-daemon's key to log in with, made if missing (default ${DEFAULT_CLIENT_KEY})
+  --alias NAME       ssh Host alias in the machines lines (default ${DEFAULT_ALIAS})
 `;
 
 function defaultConfigPath(): string {
@@ -42,6 +56,12 @@ async function main(argv: string[]): Promise<number> {
       config: { type: 'string', short: 'c' },
       json: { type: 'boolean' },
       'keep-workers': { type: 'boolean' },
+      write: { type: 'boolean' },
+      'ssh-config': { type: 'string' },
+      machines: { type: 'string' },
+      'nix-conf': { type: 'string' },
+      'client-key': { type: 'string' },
+      alias: { type: 'string' },
       'dry-run': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -51,7 +71,8 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(USAGE);
     return command || values.help ? 0 : 2;
   }
-  const config: Config = loadConfig(values.config ?? defaultConfigPath());
+  const configFile = values.config ?? defaultConfigPath();
+  const config: Config = command === 'setup' ? loadConfigAsOwner(configFile) : loadConfig(configFile);
   const log = createLogger({ level: config.log.level });
 
   switch (command) {
@@ -101,6 +122,19 @@ async function main(argv: string[]): Promise<number> {
       process.stdout.write(`deleted ${deleted} server(s)\n`);
       return 0;
     }
+    case 'setup': {
+      const result = runSetup({
+        config,
+        configFile,
+        sshConfig: values['ssh-config'],
+        machines: values.machines,
+        nixConf: values['nix-conf'],
+        clientKey: values['client-key'],
+        alias: values.alias,
+      }, values.write === true);
+      process.stdout.write(result.output);
+      return result.exitCode;
+    }
     default:
       process.stderr.write(`nix-hcloud-builder: unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
       return 2;
@@ -120,7 +154,7 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    const known = err instanceof ConfigError || err instanceof TokenError || (err as Error).name === 'StateError' || (err as Error).name === 'HcloudError';
+    const known = err instanceof ConfigError || err instanceof TokenError || err instanceof SetupError || err instanceof MachinesError || (err as Error).name === 'StateError' || (err as Error).name === 'HcloudError';
     process.stderr.write(`nix-hcloud-builder: ${(err as Error).message ?? String(err)}\n`);
     if (!known && process.env.NIX_HCLOUD_BUILDER_DEBUG) process.stderr.write(`${(err as Error).stack}\n`);
     process.exitCode = 1;

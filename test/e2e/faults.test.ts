@@ -3,7 +3,7 @@
  * the fake cloud with real nix-build as the client.
  */
 import t from 'tap';
-import { Rig, TOKEN } from './harness.js';
+import { Rig, TOKEN, waitUntil } from './harness.js';
 import type { ServerBehaviour } from '../fake-hcloud/index.js';
 
 const bootFaults: [ServerBehaviour, RegExp][] = [
@@ -93,8 +93,3 @@ t.test('worker death mid-build: the build fails fast, the worker is dropped, the
   t.equal(again.code, 0, 'the next build boots a new worker', { stderr: again.stderr });
   t.equal(rig.fake.servers().length, 2);
 });
-
-export async function waitUntil(test: () => boolean, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!test() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-}

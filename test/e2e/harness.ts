@@ -235,3 +235,8 @@ export function ensureDir(dir: string): string {
   mkdirSync(dir, { recursive: true });
   return dir;
 }
+
+export async function waitUntil(test: () => boolean, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!test() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+}
