@@ -141,7 +141,7 @@ function diffOps(a: string[], b: string[]): Op[] {
     if (i < n && j < m && a[i] === b[j]) {
       ops.push({ op: ' ', line: a[i++]! });
       j++;
-    } else if (j < m && (i >= n || lcs[i]![j + 1]! >= lcs[i + 1]![j]!)) {
+    } else if (j < m && (i >= n || lcs[i]![j + 1]! > lcs[i + 1]![j]!)) {
       ops.push({ op: '+', line: b[j++]! });
     } else {
       ops.push({ op: '-', line: a[i++]! });

@@ -127,3 +127,9 @@ export async function runCommand(client: SshClient, command: string, timeoutMs: 
     });
   });
 }
+
+/** Channels open on a worker connection (ssh2 keeps the count internally; used by tests and status). */
+export function openChannelCount(client: SshClient): number {
+  const manager = (client as unknown as { _chanMgr?: { _count?: number } })._chanMgr;
+  return manager?._count ?? 0;
+}

@@ -1,0 +1,102 @@
+/**
+ * The Nix side vanishes (SIGKILL of ssh, as Nix always does) 200 times in a row: no connection,
+ * channel, session slot, timer or listener may leak; the idle timer starts; and no secret ever
+ * reaches the log. The daemon runs in this process so its insides can be counted.
+ */
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { parseConfig } from '../../src/config.js';
+import { Daemon } from '../../src/daemon.js';
+import { createLogger } from '../../src/log.js';
+import { openChannelCount } from '../../src/worker-ssh.js';
+import { Rig, TOKEN, run, waitUntil } from './harness.js';
+
+const SERVE_HELLO = Buffer.from('eb9d0c39000000000702000000000000', 'hex');
+const SERVE_MAGIC = Buffer.from('cbee525400000000', 'hex');
+
+function timers(): number {
+  return process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+}
+
+t.test('200 abrupt sessions leak nothing, and logs hold no secret', async (t) => {
+  const rig = await Rig.start({ pool: { idleTimeout: '10m' } });
+  t.teardown(() => rig.stop());
+  const logLines: string[] = [];
+  const log = createLogger({ level: 'debug', pretty: false, destination: new Writable({ write(chunk: Buffer, _e, cb) { logLines.push(chunk.toString()); cb(); } }) as unknown as { write(s: string): void } });
+  const config = parseConfig(JSON.parse(readFileSync(rig.configFile, 'utf8')), rig.dir);
+  const daemon = new Daemon({ config, token: TOKEN, log });
+  await daemon.start();
+  t.teardown(() => daemon.stop());
+
+  const knownHosts = join(rig.dir, 'known_hosts');
+  writeFileSync(knownHosts, `hcloud-builder ${Buffer.from(rig.hostKeyBase64(), 'base64').toString()}\n`);
+  const sshConfig = rig.sshConfig(daemon.port);
+  const session = (): Promise<void> => new Promise((resolve, reject) => {
+    const ssh = spawn('ssh', ['-F', sshConfig, '-i', rig.clientKeyFile, '-o', `UserKnownHostsFile=${knownHosts}`, '-o', 'BatchMode=yes', 'x86_64@hcloud-builder', 'nix-store --serve --write'], { stdio: ['pipe', 'pipe', 'ignore'] });
+    let got = Buffer.alloc(0);
+    const timer = setTimeout(() => { ssh.kill('SIGKILL'); reject(new Error('no serve handshake answer within 60 s')); }, 60_000);
+    ssh.stdout.on('data', (d: Buffer) => {
+      got = Buffer.concat([got, d]);
+      if (got.length >= 8) {
+        clearTimeout(timer);
+        if (!got.subarray(0, 8).equals(SERVE_MAGIC)) reject(new Error(`unexpected answer ${got.toString('hex')}`));
+        ssh.kill('SIGKILL');
+      }
+    });
+    ssh.once('exit', () => resolve());
+    ssh.stdin.on('error', () => undefined);
+    ssh.stdin.write(SERVE_HELLO);
+  });
+
+  await session();
+  const pool = daemon.pools.get('x86_64');
+  const worker = pool?.workers[0];
+  t.ok(worker?.client, 'a worker is up');
+  await waitUntil(() => daemon.endpoint.activeSessions === 0, 10_000);
+  const baseline = { timers: timers(), clientListeners: worker?.client?.listenerCount('close') ?? -1 };
+
+  const rounds = 200;
+  for (let i = 0; i < rounds; i++) await session();
+  await waitUntil(() => daemon.endpoint.activeSessions === 0 && daemon.endpoint.connections.size === 0 && openChannelCount(worker!.client!) === 0, 15_000);
+
+  t.equal(daemon.endpoint.connections.size, 0, 'no client connection left');
+  t.equal(daemon.endpoint.activeSessions, 0, 'no session left');
+  t.equal(worker?.used, 0, 'no session slot held');
+  t.equal(openChannelCount(worker!.client!), 0, 'no channel left open on the worker connection');
+  t.ok(timers() <= baseline.timers + 2, `timers: ${timers()} now, ${baseline.timers} before`);
+  t.equal(worker?.client?.listenerCount('close'), baseline.clientListeners, 'no listener piled up on the worker connection');
+  t.equal(rig.fake.servers().length, 1, 'one server served all sessions');
+  t.ok(worker?.record.idleSince, 'the idle timer started after the last session');
+  const started = logLines.filter((l) => l.includes('"session started"')).length;
+  t.equal(started, rounds + 1, 'every session was piped to the worker');
+  await waitUntil(() => false, 1000);
+  const remote = await run('pgrep', ['-fc', 'nix-store --serve --write']);
+  t.equal(remote.stdout.trim(), '0', 'no remote nix-store process left running');
+
+  // Secrets: the token, the worker's login key, the endpoint's and the worker's host private keys.
+  const state = JSON.parse(readFileSync(join(config.stateDir, 'state.json'), 'utf8')) as { workers: { loginPrivateKey: string }[] };
+  const secrets = [
+    TOKEN,
+    ...state.workers.map((w) => keyBody(w.loginPrivateKey)),
+    keyBody(readFileSync(join(config.stateDir, 'ssh_host_ed25519_key'), 'utf8')),
+    ...rig.fake.servers().map((s) => keyBody(JSON.parse((s.userData ?? '').replace(/^#cloud-config\n/, '')).ssh_keys.ed25519_private as string)),
+  ];
+  t.equal(secrets.length, 4);
+  const hostKeyPem = readFileSync(join(config.stateDir, 'ssh_host_ed25519_key'), 'utf8');
+  t.ok(JSON.stringify({ key: hostKeyPem }).includes(keyBody(hostKeyPem)), 'the check would see a key logged as JSON');
+  const allLogs = logLines.join('');
+  for (const secret of secrets) t.notOk(allLogs.includes(secret), `a secret (${secret.slice(0, 6)}…) is not in ${logLines.length} log lines`);
+});
+
+/**
+ * The third base64 line of an OpenSSH private key: it holds private key bytes, and stays whole in
+ * any copy of the key, JSON-escaped or not (the first lines are the same for every key).
+ */
+function keyBody(pem: string): string {
+  const line = pem.split('\n').filter((l) => l && !l.startsWith('-----'))[2];
+  if (!line || line.length < 40) throw new Error('not an OpenSSH private key');
+  return line;
+}

@@ -1,0 +1,116 @@
+/**
+ * `setup --write`, then a plain `nix-build` through a real multi-user nix-daemon: no --builders
+ * flag and no NIX_SSHOPTS on the client. The daemon finds our machines lines in its own config
+ * folder, logs in with the client key that setup made (and authorized), and the build runs on a
+ * worker of the fake cloud.
+ *
+ * The nix-daemon here shares the machine's /nix store and database (as any second client of the
+ * store would) but has its own socket and config folder, so it changes nothing for other users of
+ * /nix. It reads the ssh alias from setup's ssh config file through NIX_SSHOPTS="-F FILE" in the
+ * daemon's environment only (a real install writes the same block into /etc/ssh/ssh_config).
+ */
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { basename, join } from 'node:path';
+import { BUILD_NIX, CLI, Rig, run } from './harness.js';
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForFile(path: string, timeoutMs: number, what: () => string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!existsSync(path)) {
+    if (Date.now() > deadline) throw new Error(`${path} did not appear within ${timeoutMs} ms: ${what()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+t.test('setup --write, then a plain nix-build through a multi-user nix-daemon builds on a worker', async (t) => {
+  const rig = await Rig.start({ pool: { idleTimeout: '3s', maxWorkers: 1, jobsPerWorker: 2 } });
+  t.teardown(() => rig.stop());
+  const port = await freePort();
+  rig.writeConfig({ listen: { host: '127.0.0.1', port } });
+
+  // The nix-daemon's own config folder: no local builds possible, no network.
+  const confDir = join(rig.dir, 'nix-conf');
+  mkdirSync(confDir);
+  writeFileSync(join(confDir, 'nix.conf'), 'sandbox = false\nsubstituters =\n');
+  const sshConfig = join(rig.dir, 'ssh_config');
+  const clientKey = join(rig.dir, 'root-ssh', 'nix-hcloud-builder');
+  const setupArgs = [CLI, 'setup', '--config', rig.configFile, '--ssh-config', sshConfig, '--machines', join(confDir, 'machines'), '--nix-conf', join(confDir, 'nix.conf'), '--client-key', clientKey];
+
+  const setup = await run(process.execPath, [...setupArgs, '--write']);
+  t.equal(setup.code, 0, 'setup --write succeeded', { stdout: setup.stdout, stderr: setup.stderr });
+  t.match(setup.stdout, /hint: builders-use-substitutes is off/);
+  t.notMatch(setup.stdout, /unless told otherwise/, 'the machines file is the one nix-daemon reads by default');
+  const again = await run(process.execPath, setupArgs);
+  t.match(again.stdout, /nothing to change\n$/, 'a second run finds nothing to change');
+  const clientPublic = readFileSync(`${clientKey}.pub`, 'utf8').trim();
+  t.match(readFileSync(`${rig.clientKeyFile}.pub`, 'utf8'), clientPublic, 'the client key was added to the daemon\'s authorizedKeysFile');
+
+  // Our daemon, after setup: it reads the authorized keys and the host key setup made.
+  const hostKeyBefore = readFileSync(join(rig.dir, 'state', 'ssh_host_ed25519_key.pub'), 'utf8');
+  const daemon = await rig.startDaemon();
+  t.equal(daemon.port, port);
+  t.equal(readFileSync(join(rig.dir, 'state', 'ssh_host_ed25519_key.pub'), 'utf8'), hostKeyBefore, 'the daemon uses the host key in the machines lines');
+
+  // A multi-user nix-daemon with its own socket and config folder.
+  const socket = join(rig.dir, 'nix-daemon.socket');
+  const nixDaemonLog: string[] = [];
+  const nixDaemon = spawn('nix-daemon', [], {
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: {
+      PATH: process.env.PATH ?? '/usr/bin:/bin',
+      HOME: '/root',
+      NIX_CONF_DIR: confDir,
+      NIX_USER_CONF_FILES: join(confDir, 'no-user.conf'),
+      NIX_DAEMON_SOCKET_PATH: socket,
+      // How this daemon's ssh finds the alias block (in a real install: /etc/ssh/ssh_config).
+      NIX_SSHOPTS: `-F ${sshConfig}`,
+    },
+  });
+  nixDaemon.stdout?.setEncoding('utf8').on('data', (d: string) => nixDaemonLog.push(d));
+  nixDaemon.stderr?.setEncoding('utf8').on('data', (d: string) => nixDaemonLog.push(d));
+  const nixDaemonExited = new Promise<void>((resolve) => nixDaemon.once('exit', () => resolve()));
+  t.teardown(async () => {
+    if (nixDaemon.pid !== undefined && nixDaemon.exitCode === null) {
+      try {
+        process.kill(-nixDaemon.pid, 'SIGTERM');
+      } catch {
+        // already gone
+      }
+      await nixDaemonExited;
+    }
+  });
+  await waitForFile(socket, 20_000, () => nixDaemonLog.join(''));
+
+  // The client: plain nix-build, no --builders, no NIX_SSHOPTS.
+  const clientEnv: NodeJS.ProcessEnv = { ...process.env, NIX_REMOTE: 'daemon', NIX_DAEMON_SOCKET_PATH: socket };
+  delete clientEnv.NIX_SSHOPTS;
+  delete clientEnv.NIX_CONF_DIR;
+  const nonce = `setup-${process.pid}-${Date.now()}`;
+  const build = await run('nix-build', [BUILD_NIX, '--argstr', 'nonce', nonce, '--no-out-link', '--max-jobs', '0'], { env: clientEnv });
+  t.equal(build.code, 0, 'nix-build succeeded', { stderr: build.stderr, nixDaemon: nixDaemonLog.join('').slice(-3000) });
+  const outPath = build.stdout.split('\n').find((l) => l.startsWith('/nix/store/'));
+  t.ok(outPath, 'nix-build printed the output path');
+  t.equal(readFileSync(outPath as string, 'utf8'), `built by nix-hcloud-builder ${nonce}\n`, 'the output was copied back');
+
+  const servers = rig.fake.servers();
+  t.equal(servers.length, 1, 'our daemon booted one server');
+  t.ok(existsSync(join(servers[0]?.storeDir ?? '', 'store', basename(outPath as string))), 'the output was built in the worker\'s store');
+  const session = daemon.lines.find((l) => l.msg === 'session started');
+  t.ok(session, 'the build came through our endpoint');
+  t.equal(session?.user, 'x86_64', 'as the pool user of the machines line');
+  t.equal(session?.command, 'daemon', 'ssh-ng://: nix-daemon --stdio');
+});
