@@ -4,6 +4,7 @@
  * Everything else is refused with one line on stderr, and the daemon keeps serving.
  */
 import { timingSafeEqual } from 'node:crypto';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import ssh2 from 'ssh2';
 import type { AuthContext, Connection, ServerChannel, Session } from 'ssh2';
 import type { Logger } from './log.js';
@@ -60,6 +61,9 @@ export class Endpoint {
   /** Open client connections, for shutdown and for tests that count leaks. */
   readonly connections = new Set<Connection>();
   private readonly perSource = new Map<string, number>();
+  /** "ip:port" of connections that logged in (the login grace timer spares them). */
+  private readonly authenticated = new Set<string>();
+  private readonly tcp: Server = createServer((socket) => this.onSocket(socket));
   activeSessions = 0;
 
   constructor(private readonly options: EndpointOptions) {
@@ -68,19 +72,54 @@ export class Endpoint {
     this.server.on('error', (err: Error) => this.log.error({ err }, 'endpoint error'));
   }
 
+  /**
+   * Listens with our own TCP server and hands accepted sockets to ssh2: limits apply from the
+   * first byte (ssh2 reports a connection only after the client's banner, so a client that never
+   * speaks would otherwise be held forever).
+   */
   listen(port: number, host: string): Promise<number> {
     return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(port, host, () => {
-        this.server.removeListener('error', reject);
-        resolve((this.server.address() as { port: number }).port);
+      this.tcp.once('error', reject);
+      this.tcp.listen(port, host, () => {
+        this.tcp.removeListener('error', reject);
+        this.tcp.on('error', (err: Error) => this.log.error({ err }, 'endpoint error'));
+        resolve((this.tcp.address() as AddressInfo).port);
       });
     });
   }
 
-  /** Stops accepting connections; open sessions go on. */
+  /** Stops accepting connections; resolves when every open connection has ended. */
   stopListening(): Promise<void> {
-    return new Promise((resolve) => this.server.close(() => resolve()));
+    return new Promise((resolve) => this.tcp.close(() => resolve()));
+  }
+
+  private onSocket(socket: Socket): void {
+    const ip = socket.remoteAddress ?? '?';
+    const peer = `${ip}:${socket.remotePort ?? 0}`;
+    // ssh2 never sets it; Nagle plus delayed ACKs cost ≈ 40 ms per round trip.
+    socket.setNoDelay(true);
+    const fromSource = (this.perSource.get(ip) ?? 0) + 1;
+    this.perSource.set(ip, fromSource);
+    socket.once('close', () => {
+      const left = (this.perSource.get(ip) ?? 1) - 1;
+      if (left > 0) this.perSource.set(ip, left);
+      else this.perSource.delete(ip);
+      this.authenticated.delete(peer);
+    });
+    socket.on('error', () => undefined);
+    if (fromSource > this.options.maxConnectionsPerSource) {
+      this.log.warn({ peer, open: fromSource - 1, max: this.options.maxConnectionsPerSource }, 'refused: too many connections from this address');
+      socket.destroy();
+      return;
+    }
+    const loginTimer = setTimeout(() => {
+      if (this.authenticated.has(peer)) return;
+      this.log.warn({ peer }, 'dropped: no login within the login grace time');
+      socket.destroy();
+    }, this.options.loginGraceMs);
+    loginTimer.unref();
+    socket.once('close', () => clearTimeout(loginTimer));
+    this.server.injectSocket(socket);
   }
 
   closeAll(): void {
@@ -89,30 +128,11 @@ export class Endpoint {
 
   private onConnection(client: Connection, info: ssh2.ClientInfo): void {
     const log = this.log.child({ peer: `${info.ip}:${info.port}` });
-    (client as Connection & { setNoDelay(v: boolean): void }).setNoDelay(true);
-    const fromSource = (this.perSource.get(info.ip) ?? 0) + 1;
-    this.perSource.set(info.ip, fromSource);
     this.connections.add(client);
-    client.on('close', () => {
-      this.connections.delete(client);
-      const left = (this.perSource.get(info.ip) ?? 1) - 1;
-      if (left > 0) this.perSource.set(info.ip, left);
-      else this.perSource.delete(info.ip);
-    });
+    client.on('close', () => this.connections.delete(client));
     // Errors (garbage instead of an SSH banner, resets) end that connection only.
     client.on('error', (err: Error) => log.debug({ err: err.message }, 'client connection error'));
-    if (fromSource > this.options.maxConnectionsPerSource) {
-      log.warn({ open: fromSource - 1, max: this.options.maxConnectionsPerSource }, 'refused: too many connections from this address');
-      client.end();
-      return;
-    }
     let user = '';
-    const loginTimer = setTimeout(() => {
-      log.warn('dropped: no login within the login grace time');
-      client.end();
-    }, this.options.loginGraceMs);
-    loginTimer.unref();
-    client.on('close', () => clearTimeout(loginTimer));
 
     client.on('authentication', (ctx) => {
       user = ctx.username;
@@ -128,7 +148,7 @@ export class Endpoint {
       ctx.reject(['publickey']);
     });
     client.on('ready', () => {
-      clearTimeout(loginTimer);
+      this.authenticated.add(`${info.ip}:${info.port}`);
       log.debug({ user }, 'authenticated');
       client.on('session', (accept) => this.onSession(accept(), user, log));
       client.on('tcpip', (_accept, reject) => {
