@@ -1,0 +1,90 @@
+/** Money guards against the fake cloud: budget, the sweep of unknown servers, gc, lifetime caps, graceful stop. */
+import t from 'tap';
+import { Rig, TOKEN, waitUntil } from './harness.js';
+import { serverLabels } from '../../src/labels.js';
+
+async function createForeign(rig: Rig, name: string, labels: Record<string, string>): Promise<number> {
+  const res = await fetch(`${rig.fake.url}/servers`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ name, server_type: 'cx23', image: 'ubuntu-24.04', location: 'fsn1', labels }),
+  });
+  const body = (await res.json()) as { server: { id: number } };
+  return body.server.id;
+}
+
+t.test('budget: a create that would pass the budget is refused with a message', async (t) => {
+  const rig = await Rig.start({ config: { budget: { maxEurPerMonth: 0.001 } } });
+  t.teardown(() => rig.stop());
+  const daemon = await rig.startDaemon();
+  const result = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`budget-${Date.now()}`] });
+  t.not(result.code, 0);
+  t.match(result.stderr, /would exceed budget\.maxEurPerMonth \(€0\.00; spent this month €0\.00\)/);
+  t.equal(rig.fake.servers().length, 0, 'no server created');
+  const status = await rig.cli(['status']);
+  t.match(status.stdout, /spent this month: €0\.00 of a €0\.00 budget/);
+});
+
+t.test('sweep and gc: servers with our label that no worker matches are deleted; others untouched', async (t) => {
+  const rig = await Rig.start({ config: { sweepInterval: '1s' }, fake: { realServers: false } });
+  t.teardown(() => rig.stop());
+  const strayId = await createForeign(rig, 'stray-1', serverLabels(rig.instance, 'x86_64'));
+  const otherId = await createForeign(rig, 'other-1', serverLabels('another-instance', 'x86_64'));
+  const unlabelledId = await createForeign(rig, 'mine-by-hand', {});
+
+  const dry = await rig.cli(['gc', '--dry-run']);
+  t.equal(dry.code, 0, dry.stderr);
+  t.match(dry.stdout, /would delete stray-1 \(id \d+, cx23 in fsn1\): not in the state/);
+  t.match(dry.stdout, /would delete 1 server/);
+  t.ok(rig.fake.liveServers().some((s) => s.id === strayId), 'dry run deleted nothing');
+
+  const gc = await rig.cli(['gc']);
+  t.match(gc.stdout, /deleted 1 server/);
+  await waitUntil(() => !rig.fake.liveServers().some((s) => s.id === strayId), 10_000);
+  t.notOk(rig.fake.liveServers().some((s) => s.id === strayId), 'gc deleted the stray server');
+
+  const daemon = await rig.startDaemon();
+  const strayTwo = await createForeign(rig, 'stray-2', serverLabels(rig.instance, 'x86_64'));
+  await daemon.waitForMsg(/sweep: our label, but no worker of ours/, 15_000);
+  await waitUntil(() => !rig.fake.liveServers().some((s) => s.id === strayTwo), 10_000);
+  t.notOk(rig.fake.liveServers().some((s) => s.id === strayTwo), 'the periodic sweep deleted a server created behind our back');
+  const ids = rig.fake.liveServers().map((s) => s.id).sort();
+  t.same(ids, [otherId, unlabelledId].sort(), 'another instance\'s server and an unlabelled one are untouched');
+});
+
+t.test('maxLifetime: an idle worker past its lifetime is deleted even with a long idleTimeout', async (t) => {
+  const rig = await Rig.start({ pool: { idleTimeout: '1h', maxLifetime: '4s' }, config: { sweepInterval: '1s' } });
+  t.teardown(() => rig.stop());
+  const daemon = await rig.startDaemon();
+  const built = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`lifetime-${Date.now()}`] });
+  t.equal(built.code, 0, 'built', { stderr: built.stderr });
+  const deleted = await daemon.waitForMsg(/deleted server/, 30_000);
+  t.equal(deleted.reason, 'maxLifetime reached');
+  t.same(rig.fake.liveServers(), []);
+});
+
+t.test('SIGTERM lets a running build finish, then deletes the worker; a second signal cuts the grace short', async (t) => {
+  const rig = await Rig.start({ config: { shutdownGrace: '60s' }, pool: { idleTimeout: '1h' } });
+  t.teardown(() => rig.stop());
+  const daemon = await rig.startDaemon();
+  const build = rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`grace-${Date.now()}`], sleep: 4 });
+  await daemon.waitForMsg(/session started/);
+  await new Promise((r) => setTimeout(r, 500));
+  daemon.proc.kill('SIGTERM');
+  const result = await build;
+  t.equal(result.code, 0, 'the running build finished during the grace period', { stderr: result.stderr });
+  t.equal(await daemon.exited, 0);
+  t.same(rig.fake.liveServers(), [], 'the worker was deleted on stop');
+
+  const second = await rig.startDaemon();
+  const long = rig.nixBuild(second, { scheme: 'ssh-ng', nonces: [`grace-cut-${Date.now()}`], sleep: 120 });
+  await second.waitForMsg(/session started/);
+  const t0 = Date.now();
+  second.proc.kill('SIGTERM');
+  await new Promise((r) => setTimeout(r, 300));
+  second.proc.kill('SIGTERM');
+  t.equal(await second.exited, 0);
+  t.ok(Date.now() - t0 < 15_000, `second signal: stopped in ${Date.now() - t0} ms`);
+  t.not((await long).code, 0, 'the cut build fails (Nix would retry elsewhere)');
+  t.same(rig.fake.liveServers(), [], 'still deleted the worker');
+});
