@@ -154,7 +154,7 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    const known = err instanceof ConfigError || err instanceof TokenError || err instanceof SetupError || err instanceof MachinesError || (err as Error).name === 'StateError' || (err as Error).name === 'HcloudError';
+    const known = err instanceof ConfigError || err instanceof TokenError || err instanceof SetupError || err instanceof MachinesError || (err as Error).name === 'StateError' || (err as Error).name === 'PoolTypeError' || (err as Error).name === 'HcloudError';
     process.stderr.write(`nix-hcloud-builder: ${(err as Error).message ?? String(err)}\n`);
     if (!known && process.env.NIX_HCLOUD_BUILDER_DEBUG) process.stderr.write(`${(err as Error).stack}\n`);
     process.exitCode = 1;

@@ -18,6 +18,7 @@ import { Ledger } from './ledger.js';
 import { instanceSelector, LABEL_POOL } from './labels.js';
 import type { Logger } from './log.js';
 import { Pool } from './pool.js';
+import { checkPoolServerTypes } from './server-types.js';
 import { StateFile, writeFileAtomic, type WorkerRecord } from './state.js';
 import { Worker, type WorkerDeps } from './worker.js';
 
@@ -113,6 +114,12 @@ export class Daemon {
       };
       for (const pool of Object.values(config.pools)) {
         this.pools.set(pool.name, new Pool(pool, { ...deps, changed: () => this.scheduleSave() }));
+      }
+
+      // The pools' server types must exist and match their systems' architecture.
+      const types = await deps.serverTypes();
+      for (const pool of Object.values(config.pools)) {
+        for (const warning of checkPoolServerTypes(pool, types)) this.log.warn(warning);
       }
 
       // 3. Reconcile with what the API says is ours.

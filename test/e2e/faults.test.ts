@@ -36,7 +36,7 @@ t.test('boot faults: each fails the build within bootTimeout with the reason, an
 });
 
 t.test('API faults on create: unavailable location, rate limit, 503s, read-only token', async (t) => {
-  const rig = await Rig.start({ pool: { locations: ['fsn1', 'nbg1'], idleTimeout: '1s' } });
+  const rig = await Rig.start({ pool: { serverTypes: ['cx23', 'cx33'], locations: ['fsn1', 'nbg1'], idleTimeout: '1s' } });
   t.teardown(() => rig.stop());
   const daemon = await rig.startDaemon();
 
@@ -50,6 +50,12 @@ t.test('API faults on create: unavailable location, rate limit, 503s, read-only 
   t.equal(server?.location, 'nbg1', 'fsn1 was unavailable: the next location was used');
   t.match(daemon.raw.join('\n'), /cannot create here/);
   await waitUntil(() => rig.fake.liveServers().length === 0, 20_000);
+
+  rig.fake.inject({ method: 'POST', path: '/servers', status: 412, code: 'placement_error', message: 'no capacity', times: 4 });
+  const nowhere = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`nowhere-${Date.now()}`] });
+  t.not(nowhere.code, 0);
+  t.match(nowhere.stderr, /no server could be created; tried cx23 in fsn1 \(placement_error\), cx23 in nbg1 \(placement_error\), cx33 in fsn1 \(placement_error\), cx33 in nbg1 \(placement_error\)/, 'every type and location tried, in order, and named');
+  t.equal(rig.fake.servers().length, 1);
 
   rig.fake.inject({ method: 'POST', path: '/servers', status: 403, code: 'forbidden', message: 'insufficient permissions', times: 1 });
   const readOnly = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`ro-${Date.now()}`] });
