@@ -10,6 +10,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { Daemon } from './daemon.js';
 import { deleteAllServers, formatStatus, garbageCollect, gatherStatus } from './commands.js';
+import { requestControl } from './control.js';
 import { createLogger } from './log.js';
 import { loadToken, TokenError } from './token.js';
 import { DEFAULT_ALIAS, DEFAULT_CLIENT_KEY, MachinesError } from './machines.js';
@@ -24,6 +25,9 @@ commands:
   setup [--write]    show (and with --write make) the changes that let this machine's Nix
                      build through the daemon with no extra flags: a client key for nix-daemon,
                      that key in our authorized keys, the ssh alias, one machines line per pool
+  up [POOL…] [--workers N]
+                     have the running daemon boot N workers (default 1) per pool now,
+                     so the first build does not wait; they idle out as usual
   gc [--dry-run]     delete this instance's servers the state does not know or that
                      outlived their pool's hard lifetime (2 × maxLifetime), listing each
 
@@ -63,6 +67,7 @@ async function main(argv: string[]): Promise<number> {
       'client-key': { type: 'string' },
       alias: { type: 'string' },
       'dry-run': { type: 'boolean' },
+      workers: { type: 'string', short: 'n' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -107,6 +112,13 @@ async function main(argv: string[]): Promise<number> {
       const token = tryToken(config);
       const report = await gatherStatus(config, token);
       process.stdout.write(values.json ? `${JSON.stringify(report, null, 2)}\n` : formatStatus(report));
+      return 0;
+    }
+    case 'up': {
+      const workers = values.workers === undefined ? 1 : Number(values.workers);
+      if (!Number.isInteger(workers) || workers < 1) throw new ConfigError(`--workers: expected a positive integer, got ${JSON.stringify(values.workers)}`);
+      const ready = await requestControl(config.stateDir, { command: 'up', pools: positionals.slice(1), workers }, (line) => process.stdout.write(`${line}\n`));
+      for (const [pool, count] of Object.entries(ready)) process.stdout.write(`${pool}: ${count} worker(s) ready\n`);
       return 0;
     }
     case 'gc': {

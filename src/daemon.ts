@@ -7,6 +7,7 @@
  *   5. on SIGTERM/SIGINT: stop listening, delete every worker (unless keepWorkers), exit.
  */
 import { existsSync, readFileSync } from 'node:fs';
+import type { Server as ControlServer } from 'node:net';
 import { join } from 'node:path';
 import type { Config } from './config.js';
 import { Endpoint, parseAuthorizedKeys } from './endpoint.js';
@@ -17,6 +18,7 @@ import { generateKeyPair } from './keys.js';
 import { Ledger } from './ledger.js';
 import { instanceSelector, LABEL_POOL } from './labels.js';
 import type { Logger } from './log.js';
+import { serveControl } from './control.js';
 import { Pool } from './pool.js';
 import { checkPoolServerTypes } from './server-types.js';
 import { StateFile, writeFileAtomic, type WorkerRecord } from './state.js';
@@ -74,6 +76,7 @@ export class Daemon {
   private sweeping: Promise<void> | undefined;
   private graceOver: (() => void) | undefined;
   ledger!: Ledger;
+  private control: ControlServer | undefined;
 
   constructor(private readonly options: DaemonOptions) {
     this.log = options.log;
@@ -132,6 +135,7 @@ export class Daemon {
       });
       this.port = await this.endpoint.listen(config.listen.port, config.listen.host);
       this.log.info({ host: config.listen.host, port: this.port, pools: [...this.pools.keys()] }, 'step 4/4: listening for Nix');
+      this.control = await serveControl(config.stateDir, (request, progress) => this.up(request.pools, request.workers, progress));
       this.sweepTimer = setInterval(() => void this.sweep(), config.sweepIntervalMs);
       this.sweepTimer.unref();
     } catch (err) {
@@ -237,6 +241,7 @@ export class Daemon {
   stop(keepWorkers = false): Promise<void> {
     this.stopping ??= (async () => {
       clearInterval(this.sweepTimer);
+      this.control?.close();
       const graceMs = this.config.shutdownGraceMs;
       this.log.info({ keepWorkers, activeSessions: this.endpoint?.activeSessions ?? 0, graceMs }, keepWorkers ? 'stopping; keeping the workers' : 'stopping; then deleting every worker');
       // close() waits for open connections; it resolves once the sessions are gone.
@@ -262,6 +267,20 @@ export class Daemon {
       this.log.info('stopped');
     })();
     return this.stopping;
+  }
+
+  /** `up`: boots workers in the given pools (all when empty) ahead of a build. */
+  async up(poolNames: string[], workers: number, progress: (line: string) => void): Promise<Record<string, number>> {
+    const names = poolNames.length > 0 ? poolNames : [...this.pools.keys()];
+    for (const name of names) {
+      if (!this.pools.has(name)) throw new Error(`unknown pool "${name}"; pools: ${[...this.pools.keys()].join(', ')}`);
+    }
+    this.log.info({ pools: names, workers }, 'up: booting workers ahead of builds');
+    const ready: Record<string, number> = {};
+    await Promise.all(names.map(async (name) => {
+      ready[name] = await (this.pools.get(name) as Pool).warm(workers, progress);
+    }));
+    return ready;
   }
 
   /** A second signal: end the grace period now (workers are still deleted). */

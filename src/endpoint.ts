@@ -11,7 +11,6 @@ import type { Logger } from './log.js';
 import { CommandRefused, parseNixCommand, renderNixCommand, type NixCommand } from './nix-command.js';
 import type { Lease, Pool } from './pool.js';
 import { pipeSession } from './session-pipe.js';
-import { execChannel } from './worker-ssh.js';
 
 type ParsedKey = ssh2.ParsedKey;
 
@@ -223,9 +222,7 @@ export class Endpoint {
       lease = await pool.acquire({ signal: abort.signal, progress: (line) => channel.stderr.write(`${line}\n`) });
       channel.removeListener('close', onEarlyClose);
       if (abort.signal.aborted) return;
-      const workerClient = lease.worker.client;
-      if (!workerClient) throw new Error('the worker connection is gone');
-      const upstream = await execChannel(workerClient, renderNixCommand(command));
+      const upstream = await lease.worker.exec(renderNixCommand(command));
       const waitedMs = Date.now() - started;
       log.info({ user, worker: lease.worker.record.name, command: command.mode, waitedMs }, 'session started');
       const result = await pipeSession(channel, upstream);

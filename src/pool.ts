@@ -196,6 +196,23 @@ export class Pool {
 
   private readonly boots = new Map<Worker, Promise<void>>();
 
+  /**
+   * `up`: boots workers until the pool has `count` (at most maxWorkers), and waits until they are
+   * ready. Each then idles like any other worker until sessions come.
+   */
+  async warm(count: number, progress: (line: string) => void): Promise<number> {
+    const target = Math.min(count, this.config.maxWorkers);
+    while (this.workers.filter((w) => w.phase !== 'deleting').length < target) this.startBoot();
+    const boots = [...this.boots.entries()];
+    const stops = boots.map(([worker]) => worker.onProgress(progress));
+    try {
+      await Promise.all(boots.map(([, boot]) => boot));
+    } finally {
+      for (const stop of stops) stop();
+    }
+    return this.workers.filter((w) => w.phase === 'ready').length;
+  }
+
   private startBoot(): void {
     const { record, userData } = Worker.plan(this.config, this.deps.instance);
     const worker = new Worker(this.config, record, this.deps, userData);
@@ -208,6 +225,8 @@ export class Pool {
         this.watch(worker);
         this.deps.changed();
         this.dispatch();
+        // Booted with nobody waiting (pre-warmed, or every waiter left): idle from now.
+        if (worker.used === 0) this.becameIdle(worker);
       },
       (err: Error) => {
         this.boots.delete(worker);

@@ -360,8 +360,11 @@ export function formatPlan(plan: SetupPlan, write: boolean): string {
 /** Makes the planned changes: directories, then files (atomically, keeping modes and owners). */
 export function applyPlan(plan: SetupPlan): void {
   for (const d of plan.dirs) {
-    mkdirSync(d.path, { recursive: true, mode: d.mode });
-    if (d.owner) chownSync(d.path, d.owner.uid, d.owner.gid);
+    const firstMade = mkdirSync(d.path, { recursive: true, mode: d.mode });
+    // Every folder made on the way belongs to the owner too (e.g. a missing ~/.local/state).
+    for (let dir = d.path; d.owner && firstMade && dir.length >= firstMade.length; dir = dirname(dir)) {
+      chownSync(dir, d.owner.uid, d.owner.gid);
+    }
   }
   for (const f of plan.files) {
     let mode = f.mode;

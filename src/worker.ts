@@ -15,7 +15,8 @@ import type { Logger } from './log.js';
 import { BudgetExceeded, type Ledger } from './ledger.js';
 import type { WorkerRecord } from './state.js';
 import { workerUserData } from './user-data.js';
-import { connectWorker, HostKeyMismatch, runCommand, type SshClient } from './worker-ssh.js';
+import type { ClientChannel } from 'ssh2';
+import { connectWorker, execChannel, HostKeyMismatch, runCommand, type SshClient } from './worker-ssh.js';
 
 export class BootError extends Error {
   override name = 'BootError';
@@ -38,7 +39,11 @@ export interface WorkerDeps {
 export type ProgressListener = (line: string) => void;
 
 export class Worker {
+  /** The kept connection; its loss means the worker is gone. */
   client: SshClient | undefined;
+  /** More connections, opened when the worker's sshd refuses more channels on the others (MaxSessions). */
+  private readonly extraClients: SshClient[] = [];
+  private opening: Promise<SshClient> | undefined;
   /** Sessions running plus sessions promised a slot on this worker. */
   used = 0;
   private readonly listeners = new Set<ProgressListener>();
@@ -273,6 +278,44 @@ export class Worker {
     }
   }
 
+  /**
+   * Runs a command on the worker in a new channel of a kept connection. When every connection
+   * refuses another channel (OpenSSH's MaxSessions, 10 by default), one more is opened.
+   */
+  async exec(command: string): Promise<ClientChannel> {
+    for (const client of [this.client, ...this.extraClients]) {
+      if (!client) continue;
+      try {
+        return await execChannel(client, command);
+      } catch (err) {
+        if (!/open failure|open failed/i.test((err as Error).message)) throw err;
+      }
+    }
+    if (!this.client) throw new Error('the worker connection is gone');
+    this.opening ??= connectWorker(this.target(), 15_000).then(
+      (client) => {
+        this.opening = undefined;
+        this.extraClients.push(client);
+        client.on('error', () => undefined);
+        client.on('close', () => {
+          const index = this.extraClients.indexOf(client);
+          if (index >= 0) this.extraClients.splice(index, 1);
+        });
+        this.log.info({ connections: 1 + this.extraClients.length }, 'the worker refused more channels; opened another connection');
+        return client;
+      },
+      (err: unknown) => {
+        this.opening = undefined;
+        throw err;
+      },
+    );
+    return execChannel(await this.opening, command);
+  }
+
+  get connectionCount(): number {
+    return (this.client ? 1 : 0) + this.extraClients.length;
+  }
+
   /** Reconnects to a server we created earlier (after a daemon restart) and checks it is usable. */
   async adopt(timeoutMs: number): Promise<void> {
     this.client = await connectWorker(this.target(), timeoutMs);
@@ -287,6 +330,7 @@ export class Worker {
     this.record.phase = 'deleting';
     this.client?.end();
     this.client = undefined;
+    for (const extra of this.extraClients.splice(0)) extra.end();
     if (this.record.id === 0) {
       // The create call never answered: look the server up by its (unique) name.
       const found = await this.deps.hcloud.listServers({ name: this.record.name }).catch(() => []);

@@ -187,6 +187,13 @@ export class Rig {
     return file;
   }
 
+  /** A known_hosts file holding the endpoint's host key under the alias. */
+  knownHostsFile(): string {
+    const file = join(this.dir, 'known_hosts');
+    writeFileSync(file, `hcloud-builder ${Buffer.from(this.hostKeyBase64(), 'base64').toString()}\n`);
+    return file;
+  }
+
   machinesLine(scheme: 'ssh-ng' | 'ssh', pool: string, maxJobs: number): string {
     return `${scheme}://${pool}@hcloud-builder x86_64-linux ${this.clientKeyFile} ${maxJobs} 1 - - ${this.hostKeyBase64()}`;
   }

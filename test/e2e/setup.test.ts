@@ -8,12 +8,16 @@
  * store would) but has its own socket and config folder, so it changes nothing for other users of
  * /nix. It reads the ssh alias from setup's ssh config file through NIX_SSHOPTS="-F FILE" in the
  * daemon's environment only (a real install writes the same block into /etc/ssh/ssh_config).
+ *
+ * Then the NixOS module's way without a known host key: machines lines without field 8, and the
+ * key in a GlobalKnownHostsFile named by the alias block (a wrong key there stops the build).
  */
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { basename, join } from 'node:path';
+import { generateKeyPair } from '../../src/keys.js';
 import { BUILD_NIX, CLI, Rig, run } from './harness.js';
 
 function freePort(): Promise<number> {
@@ -113,4 +117,26 @@ t.test('setup --write, then a plain nix-build through a multi-user nix-daemon bu
   t.ok(session, 'the build came through our endpoint');
   t.equal(session?.user, 'x86_64', 'as the pool user of the machines line');
   t.equal(session?.command, 'daemon', 'ssh-ng://: nix-daemon --stdio');
+
+  // The NixOS module without `hostPublicKey`: no field 8 in the machines lines; the alias block
+  // names a GlobalKnownHostsFile with the host key under the alias.
+  const machinesFile = join(confDir, 'machines');
+  writeFileSync(machinesFile, readFileSync(machinesFile, 'utf8').split('\n').map((l) => (l.startsWith('ssh-ng://') ? l.split(' ').slice(0, 7).join(' ') : l)).join('\n'));
+  const knownHosts = join(rig.dir, 'known_hosts');
+  writeFileSync(sshConfig, readFileSync(sshConfig, 'utf8').replace('  IdentitiesOnly yes\n', `  IdentitiesOnly yes\n  GlobalKnownHostsFile ${knownHosts}\n`));
+  const knownHostsLine = (key: string): string => `hcloud-builder ${key.split(' ').slice(0, 2).join(' ')}\n`;
+  writeFileSync(knownHosts, knownHostsLine(hostKeyBefore));
+  const nonce2 = `${nonce}-known-hosts`;
+  const build2 = await run('nix-build', [BUILD_NIX, '--argstr', 'nonce', nonce2, '--no-out-link', '--max-jobs', '0'], { env: clientEnv });
+  t.equal(build2.code, 0, 'without field 8, the key in GlobalKnownHostsFile does', { stderr: build2.stderr, nixDaemon: nixDaemonLog.join('').slice(-3000) });
+  const out2 = build2.stdout.split('\n').find((l) => l.startsWith('/nix/store/')) ?? '';
+  t.ok(rig.fake.servers().some((s) => existsSync(join(s.storeDir, 'store', basename(out2)))), 'built on a worker');
+
+  // ...and a wrong key there stops the build before anything is sent.
+  writeFileSync(knownHosts, knownHostsLine(generateKeyPair('other').publicKey));
+  const sessions = daemon.lines.filter((l) => l.msg === 'session started').length;
+  const build3 = await run('nix-build', [BUILD_NIX, '--argstr', 'nonce', `${nonce}-wrong-key`, '--no-out-link', '--max-jobs', '0'], { env: clientEnv, timeoutMs: 60_000 });
+  t.not(build3.code, 0, 'a wrong host key fails the build');
+  t.match(nixDaemonLog.join(''), /Host key verification failed/, 'ssh refused the endpoint');
+  t.equal(daemon.lines.filter((l) => l.msg === 'session started').length, sessions, 'no session reached our daemon');
 });

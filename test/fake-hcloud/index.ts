@@ -35,6 +35,8 @@ export interface FakeCloudOptions {
   realServers?: boolean;
   /** Port each server's sshd listens on, default 22. */
   sshPort?: number;
+  /** Each server's sshd MaxSessions (channels per connection), default 64. */
+  maxSessions?: number;
   /** Servers get 127.0.0.<firstAddress + k>, default 10 (wraps before 255, reuses freed ones). */
   firstAddress?: number;
   /** create -> "running" and create_server action success, default 1000. */
@@ -299,6 +301,7 @@ export class FakeCloud {
       host: opts.host ?? '127.0.0.1',
       realServers: opts.realServers ?? true,
       sshPort: opts.sshPort ?? 22,
+      maxSessions: opts.maxSessions ?? 64,
       firstAddress: opts.firstAddress ?? 10,
       bootDelayMs: opts.bootDelayMs ?? 1000,
       readyDelayMs: opts.readyDelayMs ?? 500,
@@ -1108,6 +1111,7 @@ export class FakeCloud {
       wrongHostKey: s.behaviour === 'wrong-host-key',
       neverReady: s.behaviour === 'never-ready',
       readyDelayMs: this.opts.readyDelayMs,
+      maxSessions: this.opts.maxSessions,
       log: this.opts.log,
     });
     s.worker = worker;

@@ -52,6 +52,8 @@ export interface WorkerOptions {
   /** Start sshd but never run runcmd. */
   neverReady: boolean;
   readyDelayMs: number;
+  /** sshd MaxSessions: channels per connection (OpenSSH's default is 10). */
+  maxSessions: number;
   log: (line: string) => void;
 }
 
@@ -102,7 +104,10 @@ export class Worker {
       cpSync('/etc/nix', join(dir, 'etc-nix'), { recursive: true, dereference: true, errorOnExist: false, force: true });
     }
     // Fake servers have no internet: without this, every build first waits ~4 s on cache.nixos.org.
-    appendFileSync(join(dir, 'etc-nix', 'nix.conf'), '\n# fake server: no network\nsubstituters =\n');
+    // And they share one kernel and the host's nixbld users, but each has its own user pool lock
+    // (in its own /nix): Nix kills every process of a build user before a build, so two servers
+    // using nixbld1 at once kill each other's builds. Real servers have users of their own.
+    appendFileSync(join(dir, 'etc-nix', 'nix.conf'), '\n# fake server: no network, no shared build users\nsubstituters =\nbuild-users-group =\n');
     writeFileSync(join(dir, 'user-data'), userData ?? '', { mode: 0o600 });
   }
 
@@ -214,7 +219,7 @@ export class Worker {
       'UsePAM no',
       'StrictModes no',
       `PidFile ${join(dir, 'sshd.pid')}`,
-      'MaxSessions 64',
+      `MaxSessions ${this.o.maxSessions}`,
       'MaxStartups 100:30:200',
       // bash reads root's .bashrc for ssh commands unless SHLVL is already set.
       'SetEnv SHLVL=1',
