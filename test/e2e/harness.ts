@@ -234,6 +234,8 @@ export function run(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv
       clearTimeout(timer);
       resolvePromise({ code, stdout, stderr });
     });
+    // The child may exit before reading its input (ssh refusing at once): not an error here.
+    child.stdin.on('error', () => undefined);
     child.stdin.end(opts.input ?? '');
   });
 }
