@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need: npm packages, and Debian's nix-bin and
-# openssh-server (the real Nix client and the workers' sshd) when they are missing.
+# openssh-server (the real Nix client and the workers' sshd) when they are missing, systemd (for
+# `systemd-analyze verify` of the unit), jq and curl (the NixOS worker's scripts use them),
+# shellcheck (checks those scripts) and gdisk (the disk-growing script runs on a loop device).
 set -euo pipefail
 
 missing=()
@@ -8,6 +10,11 @@ command -v nix-build >/dev/null 2>&1 || missing+=(nix-bin)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
 command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v jq >/dev/null 2>&1 || missing+=(jq)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+command -v sgdisk >/dev/null 2>&1 || missing+=(gdisk)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${missing[*]} (apt-get)" >&2

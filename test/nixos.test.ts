@@ -1,0 +1,296 @@
+/**
+ * The Nix side, as far as it runs without nixpkgs:
+ *   - every .nix file parses (`nix-instantiate --parse`);
+ *   - nixos/lib.nix (builtins only) computes the same JSON config, machines lines and ssh alias as
+ *     `setup` does for the same settings (`nix-instantiate --eval --strict --json`);
+ *   - the worker's scripts pass shellcheck, and fetch-keys.sh and ready-marker.sh run for real
+ *     against a fake metadata service on 127.0.0.1 and a folder standing for /.
+ */
+import t from 'tap';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
+import { READY_MARKER } from '../src/config.js';
+import { generateKeyPair } from '../src/keys.js';
+import { runSetup } from '../src/setup.js';
+import { loadConfig } from '../src/config.js';
+import { workerUserData } from '../src/user-data.js';
+import { ROOT, run } from './e2e/harness.js';
+
+const SCRIPTS = join(ROOT, 'nixos', 'scripts');
+
+function nixFiles(dir: string): string[] {
+  const out: string[] = [];
+  for (const name of readdirSync(dir)) {
+    if (['node_modules', '.git', 'dist', '.tap'].includes(name)) continue;
+    const path = join(dir, name);
+    if (statSync(path).isDirectory()) out.push(...nixFiles(path));
+    else if (name.endsWith('.nix')) out.push(path);
+  }
+  return out;
+}
+
+t.test('every .nix file parses', async (t) => {
+  const files = nixFiles(ROOT).map((f) => relative(ROOT, f)).sort();
+  for (const expected of ['flake.nix', 'package.nix', 'nixos/lib.nix', 'nixos/module.nix', 'nixos/worker.nix', 'test/fixtures/build.nix']) {
+    t.ok(files.includes(expected), `${expected} is checked`);
+  }
+  for (const file of files) {
+    const r = spawnSync('nix-instantiate', ['--parse', join(ROOT, file)], { encoding: 'utf8' });
+    t.equal(r.status, 0, `${file} parses`, { stderr: r.stderr });
+  }
+});
+
+interface Case {
+  name: string;
+  settings: Record<string, unknown>;
+  pools?: Record<string, unknown>;
+  tokenFile?: string;
+  alias?: string;
+  clientKey?: string;
+}
+
+const HOST_KEY = generateKeyPair('nix-hcloud-builder').publicKey;
+
+const CASES: Case[] = [
+  { name: 'defaults', settings: {}, pools: { x86_64: { serverTypes: ['ccx33'] } } },
+  {
+    name: 'everything set',
+    settings: { listen: { host: '0.0.0.0', port: 2400 }, log: { level: 'debug' }, instance: 'ci' },
+    pools: {
+      x86_64: { serverTypes: ['ccx33', 'ccx43'], maxWorkers: 3, jobsPerWorker: 16, idleTimeout: '15m', speedFactor: 2.5 },
+      arm: { serverTypes: ['cax41'], systems: ['aarch64-linux'], supportedFeatures: [], mandatoryFeatures: ['big-parallel'], image: { labelSelector: 'nhb=worker' } },
+    },
+    tokenFile: '/run/secrets/hcloud-token',
+    alias: 'nhb',
+    clientKey: '/var/lib/nhb/client_ed25519',
+  },
+  {
+    name: 'pools from settings and from pools, IPv6 wildcard',
+    settings: { listen: { host: '::', port: 22 }, hcloud: { endpoint: 'http://127.0.0.1:9/v1' }, pools: { a: { serverTypes: ['cx23'], speedFactor: 3 } } },
+    pools: { b: { serverTypes: ['cx33'], systems: ['x86_64-linux', 'i686-linux'] } },
+  },
+];
+
+function evalNix(expr: string, args: Record<string, string>): unknown {
+  const argv = ['--eval', '--strict', '--json', '-E', expr];
+  for (const [k, v] of Object.entries(args)) argv.push('--argstr', k, v);
+  const r = spawnSync('nix-instantiate', argv, { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`nix-instantiate failed: ${r.stderr}`);
+  return JSON.parse(r.stdout);
+}
+
+const LIB_EXPR = `{ caseJson, hostPublicKey, stateDir }:
+  let
+    nhb = import ${join(ROOT, 'nixos', 'lib.nix')};
+    c = builtins.fromJSON caseJson;
+    client = (if c ? alias then { inherit (c) alias; } else { }) // (if c ? clientKey then { inherit (c) clientKey; } else { });
+    config = nhb.mkConfig ({ settings = c.settings // { inherit stateDir; }; pools = c.pools or { }; } // (if c ? tokenFile then { inherit (c) tokenFile; } else { }));
+  in {
+    inherit config;
+    machines = nhb.machinesLines (client // { inherit config hostPublicKey; });
+    ssh = nhb.sshHostBlock (client // { inherit config; });
+    buildMachines = nhb.buildMachines (client // { inherit config hostPublicKey; });
+  }`;
+
+for (const c of CASES) {
+  t.test(`nixos/lib.nix computes what setup writes: ${c.name}`, async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'nhb-nixlib-'));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    const stateDir = join(dir, 'state');
+    mkdirSync(stateDir);
+    writeFileSync(join(stateDir, 'ssh_host_ed25519_key.pub'), `${HOST_KEY}\n`);
+    const nix = evalNix(LIB_EXPR, { caseJson: JSON.stringify(c), hostPublicKey: `${HOST_KEY}\n`, stateDir }) as {
+      config: Record<string, unknown>; machines: string[]; ssh: string[]; buildMachines: Record<string, unknown>[];
+    };
+
+    // The JSON config from Nix is one the daemon accepts...
+    const configFile = join(dir, 'config.json');
+    writeFileSync(configFile, JSON.stringify(nix.config));
+    const config = loadConfig(configFile);
+    if (c.tokenFile) t.equal(config.hcloud.tokenFile, c.tokenFile);
+    const poolNames = Object.keys({ ...(c.settings.pools as object | undefined), ...c.pools }).sort();
+    t.same(Object.keys(config.pools), poolNames, 'every pool, from settings and from pools');
+
+    // ...and setup, given it, writes what Nix computed.
+    const result = runSetup({
+      config, configFile, sshConfig: join(dir, 'ssh_config'), machines: join(dir, 'machines'), nixConf: join(dir, 'nix.conf'),
+      clientKey: c.clientKey, alias: c.alias,
+    }, false);
+    t.same(nix.machines, result.plan.machinesLines, 'machines lines');
+    t.same(nix.ssh, result.plan.sshBlock, 'ssh alias block');
+    for (const line of nix.machines) t.match(result.output, `+${line}\n`, 'setup prints the line');
+    if (!c.clientKey) return;
+    t.same(nix.buildMachines[0], {
+      hostName: c.alias, protocol: 'ssh-ng', sshUser: 'arm', sshKey: c.clientKey, systems: ['aarch64-linux'], maxJobs: 8, speedFactor: 1,
+      supportedFeatures: [], mandatoryFeatures: ['big-parallel'], publicHostKey: Buffer.from(HOST_KEY).toString('base64'),
+    }, 'nix.buildMachines entry');
+  });
+}
+
+t.test('nixos/lib.nix refuses what setup refuses', async (t) => {
+  const refuse = (caseJson: Case, pattern: RegExp): void => {
+    t.throws(() => evalNix(LIB_EXPR, { caseJson: JSON.stringify(caseJson), hostPublicKey: HOST_KEY, stateDir: '/x' }), { message: pattern });
+  };
+  refuse({ name: 'port 0', settings: { listen: { port: 0 } }, pools: { a: { serverTypes: ['cx23'] } } }, /listen\.port.*fixed port/);
+  refuse({ name: 'localhost', settings: {}, pools: { a: { serverTypes: ['cx23'] } }, alias: 'localhost' }, /not "localhost"/);
+  refuse({ name: 'relative key', settings: {}, pools: { a: { serverTypes: ['cx23'] } }, clientKey: 'key' }, /absolute path/);
+});
+
+interface StubEval {
+  module: {
+    options: string[];
+    nix: { distributedBuilds: boolean; buildMachines: Record<string, unknown>[] };
+    ssh: string;
+    serviceConfig: Record<string, unknown>;
+    configJson: string;
+    prepare: string;
+  };
+  worker: {
+    fileSystems: Record<string, { device: string; fsType: string }>;
+    nix: { settings: Record<string, unknown> };
+    openssh: { settings: Record<string, unknown> };
+    services: Record<string, { ExecStart: string; Type: string; before?: string[]; after?: string[]; requires?: string[]; requiredBy?: string[] }>;
+    scriptTexts: string[];
+    rawImageIsLazy: boolean;
+  };
+}
+
+function evalStubs(hostPublicKey?: string): StubEval {
+  // --read-write-mode: the modules write their generated files (config JSON, a script) with
+  // builtins.toFile, and the test reads them back.
+  const argv = ['--read-write-mode', '--eval', '--strict', '--json', join(ROOT, 'test', 'fixtures', 'nixos-stubs.nix'), '--arg', 'root', ROOT];
+  if (hostPublicKey) argv.push('--argstr', 'hostPublicKey', hostPublicKey);
+  const r = spawnSync('nix-instantiate', argv, { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`nix-instantiate failed: ${r.stderr}`);
+  return JSON.parse(r.stdout) as StubEval;
+}
+
+t.test('nixos/module.nix, evaluated with stand-ins for lib and pkgs', async (t) => {
+  const { module } = evalStubs();
+  t.same(module.options, ['clientKeyFile', 'enable', 'hostPublicKey', 'package', 'pools', 'settings', 'sshAlias', 'tokenFile']);
+  t.equal(module.nix.distributedBuilds, true);
+
+  // The JSON config it renders is one the daemon accepts, with the module's paths.
+  const dir = mkdtempSync(join(tmpdir(), 'nhb-module-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'config.json'), module.configJson);
+  const config = loadConfig(join(dir, 'config.json'));
+  t.equal(config.stateDir, '/var/lib/nix-hcloud-builder');
+  t.equal(config.authorizedKeysFile, '/var/lib/nix-hcloud-builder/authorized_keys');
+  t.equal(config.hcloud.tokenFile, '/run/credentials/nix-hcloud-builder.service/hcloud-token', 'the token comes as a systemd credential');
+  t.same(module.serviceConfig.LoadCredential, ['hcloud-token:/run/secrets/hcloud-token']);
+  t.equal(config.listen.port, 2400);
+  t.equal(config.pools.x86_64?.maxWorkers, 2);
+
+  t.match(module.serviceConfig.ExecStart, /^\/stub\/nix-hcloud-builder\/bin\/nix-hcloud-builder serve --config \/nix\/store\/\w+-nix-hcloud-builder\.json$/);
+  t.equal(module.serviceConfig.User, 'nix-hcloud-builder');
+  t.equal(module.serviceConfig.Restart, 'on-failure');
+  t.equal(module.serviceConfig.TimeoutStopSec, '3min');
+
+  // nix.buildMachines and the alias: what setup would write for the same config.
+  const setup = runSetup({ config, configFile: join(dir, 'config.json'), sshConfig: join(dir, 'ssh'), machines: join(dir, 'machines'), nixConf: join(dir, 'nix.conf') }, false);
+  t.equal(module.ssh, `${setup.plan.sshBlock.join('\n')}\n  GlobalKnownHostsFile /var/lib/nix-hcloud-builder/known_hosts\n`, 'without hostPublicKey: the alias reads the key the service made');
+  t.same(module.nix.buildMachines.map((m) => m.publicHostKey), [undefined], 'and no host key in the machines');
+  t.match(module.prepare, /ssh-keygen -q -t ed25519 -N "" -C nix-hcloud-builder -f "\$key"/);
+  const syntax = spawnSync('bash', ['-n'], { input: module.prepare, encoding: 'utf8' });
+  t.equal(syntax.status, 0, `the prepare script is valid bash: ${syntax.stderr}`);
+
+  const withKey = evalStubs(HOST_KEY).module;
+  t.equal(withKey.ssh, `${setup.plan.sshBlock.join('\n')}\n`, 'with hostPublicKey: exactly the alias setup writes');
+  t.equal(withKey.nix.buildMachines[0]?.publicHostKey, Buffer.from(HOST_KEY).toString('base64'));
+  t.notMatch(withKey.prepare, /ssh_host_ed25519_key/, 'and the service makes no host key');
+});
+
+t.test('nixos/worker.nix, evaluated with stand-ins for lib and pkgs', async (t) => {
+  const { worker } = evalStubs();
+  t.same(worker.fileSystems['/'], { device: 'rpool/root', fsType: 'zfs' }, 'root on ZFS');
+  t.equal(worker.nix.settings['max-jobs'], 'auto', 'max-jobs = the number of cores');
+  t.same(worker.nix.settings['trusted-users'], ['root']);
+  t.ok(Number(worker.openssh.settings.MaxSessions) >= 64, 'MaxSessions raised');
+  t.match(String(worker.openssh.settings.MaxStartups), /^\d+:\d+:\d+$/);
+  const s = worker.services;
+  t.ok(s['zpool-expand']?.before?.includes('sshd.service'), 'zpool-expand runs before sshd');
+  t.ok(s['nix-hcloud-builder-keys']?.before?.includes('sshd.service') && s['nix-hcloud-builder-keys']?.requiredBy?.includes('sshd.service'), 'sshd needs the keys from the user data');
+  t.same(s['nix-hcloud-builder-ready']?.requires, ['zpool-expand.service', 'nix-hcloud-builder-keys.service'], 'no marker unless the disk grew and the keys came');
+  t.ok(s['nix-hcloud-builder-ready']?.after?.includes('sshd.service'));
+  for (const name of Object.keys(s)) t.equal(s[name]?.Type, 'oneshot', `${name} is a oneshot`);
+  t.same(worker.scriptTexts, ['fetch-keys.sh', 'zpool-expand.sh', 'ready-marker.sh'].map((f) => readFileSync(join(SCRIPTS, f), 'utf8')), 'the image runs the scripts the tests run');
+  t.ok(worker.rawImageIsLazy, 'system.build.rawImage is defined (built only with nixpkgs)');
+});
+
+t.test('the worker scripts pass shellcheck', async (t) => {
+  const scripts = readdirSync(SCRIPTS).filter((f) => f.endsWith('.sh'));
+  t.same(scripts.sort(), ['fetch-keys.sh', 'ready-marker.sh', 'zpool-expand.sh']);
+  const r = spawnSync('shellcheck', ['--shell=bash', ...scripts.map((s) => join(SCRIPTS, s))], { encoding: 'utf8' });
+  t.equal(r.status, 0, r.stdout + r.stderr);
+});
+
+function serve(handler: (n: number) => { status: number; body: string }): Promise<{ server: Server; url: string; requests: () => number }> {
+  let n = 0;
+  const server = createServer((req, res) => {
+    const answer = req.url === '/hetzner/v1/userdata' ? handler(++n) : { status: 404, body: 'not found' };
+    res.writeHead(answer.status, { 'content-type': 'text/plain' }).end(answer.body);
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => {
+    const { port } = server.address() as { port: number };
+    resolve({ server, url: `http://127.0.0.1:${port}/hetzner/v1/userdata`, requests: () => n });
+  }));
+}
+
+t.test('fetch-keys.sh takes the host key and authorized key from the user data', async (t) => {
+  const hostKey = generateKeyPair('worker-host');
+  const login = generateKeyPair('nix-hcloud-builder-login');
+  const userData = workerUserData({ hostKey, loginPublicKey: login.publicKey });
+  // The metadata service answers only on the second try, as when the network comes up late.
+  const meta = await serve((n) => (n === 1 ? { status: 503, body: 'later' } : { status: 200, body: userData }));
+  t.teardown(() => meta.server.close());
+  const root = mkdtempSync(join(tmpdir(), 'nhb-worker-root-'));
+  t.teardown(() => rmSync(root, { recursive: true, force: true }));
+
+  const r = await run('bash', [join(SCRIPTS, 'fetch-keys.sh')], { env: { ...process.env, NHB_METADATA_URL: meta.url, NHB_ROOT: root, NHB_FETCH_ATTEMPTS: '5' } });
+  t.equal(r.code, 0, r.stderr);
+  t.equal(meta.requests(), 2, 'it tried again after the failure');
+  t.match(r.stdout, /1 authorized key\(s\) for root/);
+  const key = join(root, 'etc/ssh/ssh_host_ed25519_key');
+  t.equal(readFileSync(key, 'utf8'), hostKey.privateKey, 'the host key, byte for byte');
+  t.equal(statSync(key).mode & 0o777, 0o600);
+  t.equal(readFileSync(`${key}.pub`, 'utf8'), `${hostKey.publicKey}\n`);
+  t.equal(statSync(`${key}.pub`).mode & 0o777, 0o644);
+  t.equal(readFileSync(join(root, 'root/.ssh/authorized_keys'), 'utf8'), `${login.publicKey}\n`);
+  t.equal(statSync(join(root, 'root/.ssh/authorized_keys')).mode & 0o777, 0o600);
+  t.equal(statSync(join(root, 'root/.ssh')).mode & 0o777, 0o700);
+  // sshd will read it: ssh-keygen derives the same public key from the private one.
+  const derived = spawnSync('ssh-keygen', ['-y', '-f', key], { encoding: 'utf8' });
+  t.equal(derived.stdout.split(' ').slice(0, 2).join(' '), hostKey.publicKey.split(' ').slice(0, 2).join(' '));
+});
+
+t.test('fetch-keys.sh fails clearly and writes nothing on bad user data or no service', async (t) => {
+  const meta = await serve(() => ({ status: 200, body: '#cloud-config\n{"users": []}\n' }));
+  t.teardown(() => meta.server.close());
+  const root = mkdtempSync(join(tmpdir(), 'nhb-worker-root-'));
+  t.teardown(() => rmSync(root, { recursive: true, force: true }));
+  const env = { ...process.env, NHB_METADATA_URL: meta.url, NHB_ROOT: root, NHB_FETCH_ATTEMPTS: '2' };
+  const bad = await run('bash', [join(SCRIPTS, 'fetch-keys.sh')], { env });
+  t.not(bad.code, 0);
+  t.match(bad.stderr, /no ssh_keys\.ed25519_private/);
+  t.notOk(existsSync(join(root, 'etc')), 'nothing written');
+
+  const gone = await run('bash', [join(SCRIPTS, 'fetch-keys.sh')], { env: { ...env, NHB_METADATA_URL: `${meta.url.replace('/hetzner', '/nothing')}` } });
+  t.not(gone.code, 0);
+  t.match(gone.stderr, /no user data from .* after 2 attempts/);
+});
+
+t.test('ready-marker.sh writes the marker the default readyCommand waits for', async (t) => {
+  t.match(readFileSync(join(SCRIPTS, 'ready-marker.sh'), 'utf8'), `\nmarker=${READY_MARKER}\n`, 'the same path as READY_MARKER');
+  const root = mkdtempSync(join(tmpdir(), 'nhb-worker-root-'));
+  t.teardown(() => rmSync(root, { recursive: true, force: true }));
+  const r = await run('bash', [join(SCRIPTS, 'ready-marker.sh')], { env: { ...process.env, NHB_ROOT: root } });
+  t.equal(r.code, 0, r.stderr);
+  t.ok(existsSync(join(root, READY_MARKER)), 'marker written (after nix-store answered)');
+  const noNix = await run('/bin/bash', [join(SCRIPTS, 'ready-marker.sh')], { env: { PATH: '/nonexistent', NHB_ROOT: join(root, 'second') } });
+  t.not(noNix.code, 0, 'no marker while Nix does not answer');
+  t.notOk(existsSync(join(root, 'second', READY_MARKER)));
+});
