@@ -31,6 +31,8 @@ export interface PoolConfig {
   idlePolicy: 'timeout' | 'billing-hour';
   /** With "billing-hour": how long before the next hour starts the server is deleted. */
   billingMarginMs: number;
+  /** ssh keepalive towards the worker; 3 missed ones end the connection (a silent worker is noticed within 3 × this). */
+  keepaliveIntervalMs: number;
 }
 
 export interface Config {
@@ -199,7 +201,9 @@ function parsePool(name: string, f: Fields): PoolConfig {
     maxLifetimeMs: f.duration('maxLifetime', '12h'),
     idlePolicy: f.oneOf('idlePolicy', ['timeout', 'billing-hour'] as const, 'timeout'),
     billingMarginMs: f.duration('billingMargin', '3m'),
+    keepaliveIntervalMs: f.duration('keepaliveInterval', '10s'),
   };
+  if (pool.keepaliveIntervalMs < 1000) f.fail('keepaliveInterval', 'at least 1s', pool.keepaliveIntervalMs / 1000);
   if (pool.serverTypes.length === 0) f.fail('serverTypes', 'at least one server type', []);
   if (pool.locations.length === 0) f.fail('locations', 'at least one location', []);
   f.done();

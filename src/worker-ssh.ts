@@ -18,9 +18,11 @@ export interface WorkerSshTarget {
   port: number;
   hostPublicKey: string;
   loginPrivateKey: string;
+  /** Keepalive every this many ms; KEEPALIVE_COUNT_MAX missed ones end the connection. */
+  keepaliveIntervalMs?: number;
 }
 
-/** A keepalive every 10 s, and 3 missed ones end the connection: a dead worker is noticed in ≈ 30 s. */
+/** By default a keepalive every 10 s, and 3 missed ones end the connection: a dead worker is noticed in ≈ 30 s. */
 export const KEEPALIVE_INTERVAL_MS = 10_000;
 export const KEEPALIVE_COUNT_MAX = 3;
 
@@ -69,7 +71,7 @@ export async function connectWorker(target: WorkerSshTarget, timeoutMs: number):
       username: 'root',
       privateKey: target.loginPrivateKey,
       readyTimeout: timeoutMs,
-      keepaliveInterval: KEEPALIVE_INTERVAL_MS,
+      keepaliveInterval: target.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS,
       keepaliveCountMax: KEEPALIVE_COUNT_MAX,
       hostVerifier: (key: Buffer) => {
         mismatch = !key.equals(expected);

@@ -16,7 +16,7 @@ import { BudgetExceeded, type Ledger } from './ledger.js';
 import type { WorkerRecord } from './state.js';
 import { workerUserData } from './user-data.js';
 import type { ClientChannel } from 'ssh2';
-import { connectWorker, execChannel, HostKeyMismatch, runCommand, type SshClient } from './worker-ssh.js';
+import { connectWorker, execChannel, HostKeyMismatch, runCommand, type SshClient, type WorkerSshTarget } from './worker-ssh.js';
 
 export class BootError extends Error {
   override name = 'BootError';
@@ -245,8 +245,14 @@ export class Worker {
     }
   }
 
-  private target(): { host: string; port: number; hostPublicKey: string; loginPrivateKey: string } {
-    return { host: this.record.address as string, port: this.record.sshPort, hostPublicKey: this.record.hostPublicKey, loginPrivateKey: this.record.loginPrivateKey };
+  private target(): WorkerSshTarget {
+    return {
+      host: this.record.address as string,
+      port: this.record.sshPort,
+      hostPublicKey: this.record.hostPublicKey,
+      loginPrivateKey: this.record.loginPrivateKey,
+      keepaliveIntervalMs: this.pool.keepaliveIntervalMs,
+    };
   }
 
   private async waitForSsh(signal: AbortSignal): Promise<SshClient> {

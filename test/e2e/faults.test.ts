@@ -99,3 +99,21 @@ t.test('worker death mid-build: the build fails fast, the worker is dropped, the
   t.equal(again.code, 0, 'the next build boots a new worker', { stderr: again.stderr });
   t.equal(rig.fake.servers().length, 2);
 });
+
+t.test('a frozen worker (no answer, TCP open): keepalives notice it within 3 × keepaliveInterval', async (t) => {
+  const rig = await Rig.start({ pool: { idleTimeout: '2s', keepaliveInterval: '1s' } });
+  t.teardown(() => rig.stop());
+  const daemon = await rig.startDaemon();
+  const build = rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`frozen-${Date.now()}`], sleep: 120 });
+  await daemon.waitForMsg(/session started/);
+  const server = rig.fake.liveServers()[0];
+  t.ok((rig.fake.freeze(server?.id as number)) > 0, 'the server\'s processes are stopped');
+  const frozenAt = Date.now();
+  const failed = await build;
+  const tookMs = Date.now() - frozenAt;
+  t.not(failed.code, 0, 'the build fails instead of hanging');
+  t.ok(tookMs < 15_000, `noticed after ${tookMs} ms (3 × 1 s keepalive, plus slack)`);
+  await daemon.waitForMsg(/lost the connection to the worker/);
+  await waitUntil(() => rig.fake.liveServers().length === 0, 20_000);
+  t.same(rig.fake.liveServers(), [], 'the frozen server was deleted');
+});

@@ -400,6 +400,11 @@ export class FakeCloud {
     return image;
   }
 
+  /** Simulates a hung server or a network partition: every process in it is stopped (SIGSTOP). */
+  freeze(id: number): number {
+    return this.serversById.get(id)?.worker?.freeze() ?? 0;
+  }
+
   /**
    * Simulates worker death: sshd and everything in the server are SIGKILLed
    * at once; the API still says "running". The promise resolves once every

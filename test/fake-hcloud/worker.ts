@@ -336,6 +336,22 @@ export class Worker {
     return pids;
   }
 
+  /**
+   * Freezes the server (SIGSTOP to everything in it): TCP stays open but nothing answers, as
+   * with a network partition or a hung machine. killSync() still ends it (SIGKILL works on stopped processes).
+   */
+  freeze(): number {
+    const pids = this.namespaceMembers();
+    for (const p of pids) {
+      try {
+        process.kill(p, 'SIGSTOP');
+      } catch {
+        // gone meanwhile
+      }
+    }
+    return pids.length;
+  }
+
   /** SIGKILLs sshd, its sessions, runcmd and anything else in the namespace. */
   killSync(): void {
     this.stopped = true;
