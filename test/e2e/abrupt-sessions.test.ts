@@ -5,14 +5,14 @@
  */
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { parseConfig } from '../../src/config.js';
 import { Daemon } from '../../src/daemon.js';
 import { createLogger } from '../../src/log.js';
 import { openChannelCount } from '../../src/worker-ssh.js';
-import { Rig, TOKEN, run, waitUntil } from './harness.js';
+import { Rig, TOKEN, waitUntil } from './harness.js';
 
 const SERVE_HELLO = Buffer.from('eb9d0c39000000000702000000000000', 'hex');
 const SERVE_MAGIC = Buffer.from('cbee525400000000', 'hex');
@@ -73,8 +73,9 @@ t.test('200 abrupt sessions leak nothing, and logs hold no secret', async (t) =>
   const started = logLines.filter((l) => l.includes('"session started"')).length;
   t.equal(started, rounds + 1, 'every session was piped to the worker');
   await waitUntil(() => false, 1000);
-  const remote = await run('pgrep', ['-fc', 'nix-store --serve --write']);
-  t.equal(remote.stdout.trim(), '0', 'no remote nix-store process left running');
+  const server = rig.fake.servers()[0];
+  const sshdPid = readFileSync(join(server?.dir as string, 'sshd.pid'), 'utf8').trim();
+  t.equal(serveProcessesInNamespaceOf(sshdPid), 0, 'no nix-store process left running on the worker');
 
   // Secrets: the token, the worker's login key, the endpoint's and the worker's host private keys.
   const state = JSON.parse(readFileSync(join(config.stateDir, 'state.json'), 'utf8')) as { workers: { loginPrivateKey: string }[] };
@@ -99,4 +100,20 @@ function keyBody(pem: string): string {
   const line = pem.split('\n').filter((l) => l && !l.startsWith('-----'))[2];
   if (!line || line.length < 40) throw new Error('not an OpenSSH private key');
   return line;
+}
+
+/** `nix-store --serve` processes in the worker's own mount namespace (other runs on the machine do not count). */
+function serveProcessesInNamespaceOf(pid: string): number {
+  const ns = readlinkSync(`/proc/${pid}/ns/mnt`);
+  let count = 0;
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (readlinkSync(`/proc/${entry}/ns/mnt`) !== ns) continue;
+      if (readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0').slice(0, 2).join(' ').endsWith('nix-store --serve')) count++;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return count;
 }
