@@ -9,7 +9,7 @@
 import type { ClientChannel, ServerChannel } from 'ssh2';
 
 /** Bytes queued towards the client before the worker's streams are paused. */
-const HIGH_WATER = 1024 * 1024;
+export const HIGH_WATER = 1024 * 1024;
 
 const SIGNALS = new Set(['ABRT', 'ALRM', 'FPE', 'HUP', 'ILL', 'INT', 'KILL', 'PIPE', 'QUIT', 'SEGV', 'TERM', 'USR1', 'USR2']);
 
@@ -24,18 +24,23 @@ export interface PipeResult {
 }
 
 /** Writes stdout and stderr chunks to a server channel strictly one after the other. */
-class SerialWriter {
+export class SerialWriter {
   private readonly queue: { err: boolean; chunk: Buffer }[] = [];
   private writing = false;
   private queued = 0;
+  /** Set while the source is paused; cleared (and the source resumed) once the queue drains below the mark. */
+  private high = false;
   private idleWaiters: (() => void)[] = [];
 
-  constructor(private readonly channel: ServerChannel, private readonly onLow: () => void, private readonly onHigh: () => void) {}
+  constructor(private readonly channel: Pick<ServerChannel, 'write' | 'stderr'>, private readonly onLow: () => void, private readonly onHigh: () => void) {}
 
   push(err: boolean, chunk: Buffer): void {
     this.queue.push({ err, chunk });
     this.queued += chunk.length;
-    if (this.queued >= HIGH_WATER) this.onHigh();
+    if (!this.high && this.queued >= HIGH_WATER) {
+      this.high = true;
+      this.onHigh();
+    }
     this.pump();
   }
 
@@ -48,11 +53,13 @@ class SerialWriter {
     }
     this.writing = true;
     const target = next.err ? this.channel.stderr : this.channel;
-    const wasHigh = this.queued >= HIGH_WATER;
     target.write(next.chunk, () => {
       this.writing = false;
       this.queued -= next.chunk.length;
-      if (wasHigh && this.queued < HIGH_WATER) this.onLow();
+      if (this.high && this.queued < HIGH_WATER) {
+        this.high = false;
+        this.onLow();
+      }
       this.pump();
     });
   }
@@ -67,6 +74,7 @@ class SerialWriter {
   discard(): void {
     this.queue.length = 0;
     this.queued = 0;
+    this.high = false;
     for (const done of this.idleWaiters.splice(0)) done();
   }
 }

@@ -1,0 +1,52 @@
+import t from 'tap';
+import { HIGH_WATER, SerialWriter } from '../src/session-pipe.js';
+
+/** A channel whose writes complete only when the test says so, like an SSH channel waiting for window. */
+function slowChannel() {
+  const pending: (() => void)[] = [];
+  const order: string[] = [];
+  let inFlight = 0;
+  let maxInFlight = 0;
+  const writer = (name: string) => ({
+    write(chunk: Buffer, cb: () => void): boolean {
+      order.push(`${name}:${chunk.length}`);
+      inFlight++;
+      maxInFlight = Math.max(maxInFlight, inFlight);
+      pending.push(() => {
+        inFlight--;
+        cb();
+      });
+      return false;
+    },
+  });
+  const channel = { ...writer('out'), stderr: writer('err') };
+  return { channel, pending, order, get maxInFlight() { return maxInFlight; } };
+}
+
+t.test('crossing the high-water mark while a write is in flight still resumes the source', async (t) => {
+  const slow = slowChannel();
+  let paused = 0;
+  let resumed = 0;
+  const w = new SerialWriter(slow.channel as never, () => resumed++, () => paused++);
+  const chunk = Buffer.alloc(32 * 1024);
+  // The first write starts below the mark; the mark is crossed while it is in flight.
+  for (let i = 0; i < HIGH_WATER / chunk.length; i++) w.push(false, chunk);
+  t.equal(paused, 1, 'paused once at the mark');
+  // Completing writes one by one drains the queue below the mark: the source must be resumed.
+  while (slow.pending.length > 0) (slow.pending.shift() as () => void)();
+  t.equal(resumed, 1, 'resumed once below the mark');
+  await w.drained();
+  t.equal(slow.maxInFlight, 1, 'one write at a time');
+});
+
+t.test('stdout and stderr are written strictly one after another, in order', async (t) => {
+  const slow = slowChannel();
+  const w = new SerialWriter(slow.channel as never, () => undefined, () => undefined);
+  w.push(false, Buffer.alloc(1));
+  w.push(true, Buffer.alloc(2));
+  w.push(false, Buffer.alloc(3));
+  w.push(true, Buffer.alloc(4));
+  while (slow.pending.length > 0) (slow.pending.shift() as () => void)();
+  t.same(slow.order, ['out:1', 'err:2', 'out:3', 'err:4']);
+  t.equal(slow.maxInFlight, 1, 'never a stdout and a stderr write pending together (the ssh2 1.17 hang)');
+});
