@@ -3,7 +3,7 @@
  * its own /nix store) and back, for ssh-ng:// and ssh://.
  */
 import t from 'tap';
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { Rig } from './harness.js';
 
@@ -50,4 +50,16 @@ t.test('4 parallel builds on a pool with maxWorkers 1 create exactly one server'
   t.equal(new Set(started.map((l) => l.worker)).size, 1, 'all on the same worker');
   await daemon.waitForMsg(/deleted server/, 30_000);
   t.same(rig.fake.liveServers(), []);
+});
+
+t.test('large outputs come back through the pipe (backpressure both ways), ssh-ng and ssh', async (t) => {
+  const rig = await Rig.start({ pool: { idleTimeout: '2s' } });
+  t.teardown(() => rig.stop());
+  const daemon = await rig.startDaemon();
+  for (const scheme of ['ssh-ng', 'ssh'] as const) {
+    const result = await rig.nixBuild(daemon, { scheme, nonces: [`big-${scheme}-${Date.now()}`], mib: 64 });
+    t.equal(result.code, 0, `${scheme}: a 64 MiB output was copied back`, { stderr: result.stderr });
+    const out = result.outPaths[0] as string;
+    t.equal(statSync(out).size, 64 * 1024 * 1024, `${scheme}: all of it`);
+  }
 });

@@ -13,6 +13,7 @@ import { generateKeyPair } from '../../src/keys.js';
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const CLI = join(ROOT, 'dist', 'src', 'cli.js');
 export const BUILD_NIX = join(ROOT, 'test', 'fixtures', 'build.nix');
+export const BIG_NIX = join(ROOT, 'test', 'fixtures', 'big.nix');
 /** Port of the fake workers' sshd (not 22: the machine may run its own sshd there). */
 export const WORKER_SSH_PORT = 2022;
 export const TOKEN = 'test-token-5f2b9c0e7d1a4e63b8a2f1c9d0e7a6b5';
@@ -202,9 +203,12 @@ export class Rig {
    * `nix-build` of derivations from test/fixtures/build.nix through the daemon, with no local
    * builds allowed (`--max-jobs 0`) and no substituters (no network here).
    */
-  nixBuild(daemon: DaemonProcess, opts: { scheme: 'ssh-ng' | 'ssh'; pool?: string; nonces: string[]; sleep?: number; maxJobs?: number }): Promise<{ code: number | null; stdout: string; stderr: string; outPaths: string[] }> {
+  nixBuild(daemon: DaemonProcess, opts: { scheme: 'ssh-ng' | 'ssh'; pool?: string; nonces: string[]; sleep?: number; maxJobs?: number; mib?: number }): Promise<{ code: number | null; stdout: string; stderr: string; outPaths: string[] }> {
     const pool = opts.pool ?? 'x86_64';
-    const expr = `[ ${opts.nonces.map((n) => `(import ${BUILD_NIX} { nonce = "${n}"; sleep = "${opts.sleep ?? 0}"; })`).join(' ')} ]`;
+    const one = (n: string): string => opts.mib === undefined
+      ? `(import ${BUILD_NIX} { nonce = "${n}"; sleep = "${opts.sleep ?? 0}"; })`
+      : `(import ${BIG_NIX} { nonce = "${n}"; mib = "${opts.mib}"; })`;
+    const expr = `[ ${opts.nonces.map(one).join(' ')} ]`;
     return run('nix-build', [
       '-E', expr, '--no-out-link', '--max-jobs', '0',
       '--builders', this.machinesLine(opts.scheme, pool, opts.maxJobs ?? 4),
