@@ -1,0 +1,168 @@
+/**
+ * The benchmark rig: the end-to-end rig of the tests (fake Hetzner cloud with real sshd + Nix
+ * workers on 127.0.0.N, our daemon as a child process), plus what a *direct* baseline needs: the
+ * worker's address, login key and pinned host key from the daemon's state file, and an ssh_config
+ * with one Host alias for our endpoint and one for the worker itself.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CLI, DaemonProcess, Rig, TOKEN } from '../test/e2e/harness.js';
+import type { StateData, WorkerRecord } from '../src/state.js';
+
+/** Host alias of our endpoint in the generated ssh_config. */
+export const ENDPOINT_ALIAS = 'bench-endpoint';
+/** Host alias of the warm worker (direct OpenSSH, the baseline). */
+export const WORKER_ALIAS = 'bench-worker';
+/** The pool that stays warm for the throughput and session-setup benchmarks. */
+export const WARM_POOL = 'x86_64';
+/** The pool whose worker is deleted after each session, for the cold-start benchmark. */
+export const COLD_POOL = 'cold';
+
+export interface BenchRigOptions {
+  /** The daemon's built CLI (dist/src/cli.js of this tree unless another build is measured). */
+  cli?: string;
+  /** Extra node arguments for the daemon, e.g. --cpu-prof --cpu-prof-dir=DIR to profile it. */
+  nodeArgs?: string[];
+  bootDelayMs: number;
+  readyDelayMs: number;
+  verbose: boolean;
+}
+
+export class BenchRig {
+  /** Scratch folder of the benchmarks (ssh_config, keys, data files); removed by stop(). */
+  readonly dir: string;
+  private stopped = false;
+  /** Set by stop() when the daemon did not exit within 90 s of SIGTERM and was killed. */
+  stopProblem: string | undefined;
+
+  private constructor(readonly rig: Rig, readonly daemon: DaemonProcess, readonly options: BenchRigOptions) {
+    this.dir = mkdtempSync(join(tmpdir(), 'nhb-bench-'));
+  }
+
+  static async start(options: BenchRigOptions): Promise<BenchRig> {
+    const rig = await Rig.start({
+      fake: {
+        bootDelayMs: options.bootDelayMs,
+        readyDelayMs: options.readyDelayMs,
+        // Schema checks of every answer cost the fake time that is not the daemon's.
+        validateResponses: false,
+        log: options.verbose ? (line: string) => void process.stderr.write(`[fake] ${line}\n`) : () => undefined,
+      },
+      pools: {
+        // One warm worker for the whole run: nothing is deleted while measuring.
+        [WARM_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '60m' },
+        // Deleted one second after each session, so that every session there is a cold start.
+        [COLD_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '1s' },
+      },
+    });
+    try {
+      // Production log level: debug lines would cost the daemon time per session.
+      rig.writeConfig({ log: { level: 'info' } });
+      const cli = options.cli ?? CLI;
+      if (!existsSync(cli)) throw new Error(`${cli} is missing: run "npm run build" first`);
+      // As Rig.startDaemon, but with a choice of build.
+      const daemon = new DaemonProcess(spawn(process.execPath, [...(options.nodeArgs ?? []), cli, 'serve', '--config', rig.configFile], {
+        env: { ...process.env, HCLOUD_TOKEN: TOKEN },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      }));
+      try {
+        daemon.port = (await daemon.waitForMsg(/listening for Nix/, 60_000)).port as number;
+      } catch (err) {
+        daemon.proc.kill('SIGKILL');
+        throw err;
+      }
+      return new BenchRig(rig, daemon, options);
+    } catch (err) {
+      await rig.stop();
+      throw err;
+    }
+  }
+
+  get pid(): number {
+    const pid = this.daemon.proc.pid;
+    if (pid === undefined) throw new Error('the daemon has no pid');
+    return pid;
+  }
+
+  /** The daemon's record of the ready worker of `pool` (from state.json). */
+  workerRecord(pool: string): WorkerRecord {
+    const state = JSON.parse(readFileSync(join(this.rig.dir, 'state', 'state.json'), 'utf8')) as StateData;
+    const record = state.workers.find((w) => w.pool === pool && w.phase === 'ready' && w.address);
+    if (!record) throw new Error(`no ready worker of pool ${pool} in the state file`);
+    return record;
+  }
+
+  /**
+   * Writes an ssh_config with Host aliases, each with its pinned host key: `bench-endpoint` (our
+   * daemon) and, given a worker, `bench-worker` (that worker; root with its login key). `cipher`
+   * is forced for both when given, so that the client side of both paths uses the same one.
+   */
+  sshConfig(worker?: WorkerRecord, cipher?: string): string {
+    const hostKey = (line: string): string => line.trim().split(/\s+/).slice(0, 2).join(' ');
+    const known = [`${ENDPOINT_ALIAS} ${hostKey(readFileSync(join(this.rig.dir, 'state', 'ssh_host_ed25519_key.pub'), 'utf8'))}`];
+    const lines = [
+      `Host ${ENDPOINT_ALIAS}`,
+      '  HostName 127.0.0.1',
+      `  Port ${this.daemon.port}`,
+      `  HostKeyAlias ${ENDPOINT_ALIAS}`,
+      `  IdentityFile ${this.rig.clientKeyFile}`,
+    ];
+    if (worker) {
+      const workerKey = join(this.dir, 'worker_login_key');
+      writeFileSync(workerKey, worker.loginPrivateKey, { mode: 0o600 });
+      known.push(`${WORKER_ALIAS} ${hostKey(worker.hostPublicKey)}`);
+      lines.push(
+        `Host ${WORKER_ALIAS}`,
+        `  HostName ${worker.address as string}`,
+        `  Port ${worker.sshPort}`,
+        `  HostKeyAlias ${WORKER_ALIAS}`,
+        `  IdentityFile ${workerKey}`,
+      );
+    }
+    const knownHosts = join(this.dir, 'known_hosts');
+    writeFileSync(knownHosts, `${known.join('\n')}\n`);
+    const file = join(this.dir, `ssh_config${worker ? '' : '.endpoint'}${cipher ? `.${cipher.replace(/[^A-Za-z0-9]+/g, '-')}` : ''}`);
+    writeFileSync(file, [
+      ...lines,
+      'Host *',
+      '  IdentitiesOnly yes',
+      `  UserKnownHostsFile ${knownHosts}`,
+      '  GlobalKnownHostsFile /dev/null',
+      '  StrictHostKeyChecking yes',
+      '  UpdateHostKeys no',
+      '  ControlMaster no',
+      '  ControlPath none',
+      '  Compression no',
+      '  LogLevel ERROR',
+      ...(cipher ? [`  Ciphers ${cipher}`] : []),
+      '',
+    ].join('\n'));
+    return file;
+  }
+
+  /**
+   * SIGTERM to the daemon (it deletes its servers) and up to 90 s for it to exit (it gives open
+   * sessions 60 s; SIGKILL after that, noted in stopProblem), then the fake cloud, then the
+   * scratch folders.
+   */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    try {
+      const started = Date.now();
+      let timer: NodeJS.Timeout | undefined;
+      const exited = await Promise.race([this.daemon.stop('SIGTERM').then(() => true), new Promise<false>((r) => (timer = setTimeout(() => r(false), 90_000)))]);
+      clearTimeout(timer);
+      if (!exited) {
+        this.stopProblem = `the daemon had not exited ${Math.round((Date.now() - started) / 1000)} s after SIGTERM; killed it. Last log lines:\n${this.daemon.raw.slice(-8).join('\n')}`;
+        this.daemon.proc.kill('SIGKILL');
+        await this.daemon.exited;
+      }
+    } finally {
+      await this.rig.stop();
+      rmSync(this.dir, { recursive: true, force: true });
+    }
+  }
+}

@@ -1,0 +1,126 @@
+/**
+ * `npm run bench`: the benchmarks of nix-hcloud-builder against a fake Hetzner cloud whose servers
+ * are real sshd + Nix workers on this machine. Not tests: each prints a table, with ratios against
+ * a baseline measured in the same run. See bench/README.md.
+ *
+ * Environment (all optional):
+ *   BENCH_ONLY         comma list of cold,setup,throughput (default: all three)
+ *   BENCH_MIB          size of each throughput path in MiB (default 1024)
+ *   BENCH_RUNS         throughput runs per direction and path (default 5)
+ *   BENCH_FIXED_RUNS   runs of the tiny paths that give the fixed cost of one nix copy (default 3)
+ *   BENCH_CIPHERS      client ciphers for the throughput runs (default chacha20-poly1305@openssh.com,
+ *                      OpenSSH's own default); e.g. chacha20-poly1305@openssh.com,aes128-gcm@openssh.com
+ *   BENCH_SESSIONS     session-setup samples per path (default 50)
+ *   BENCH_COLD_RUNS    cold starts (default 5)
+ *   BENCH_BOOT_MS      the fake cloud's boot delay (default 1000)
+ *   BENCH_READY_MS     the fake cloud's delay from sshd up to cloud-init's runcmd (default 500)
+ *   BENCH_STALL_S      a transfer that moves no byte for this long is killed and reported as stalled (default 20)
+ *   BENCH_CLI          the daemon's built CLI to measure (default dist/src/cli.js of this tree), e.g. another build
+ *   BENCH_DAEMON_NODE_ARGS  comma list of node arguments for the daemon, e.g. --cpu-prof,--cpu-prof-dir=DIR
+ *   BENCH_JSON         also write every figure to this file as JSON
+ *   BENCH_VERBOSE      show the fake cloud's log lines
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { createRequire } from 'node:module';
+import { coldStart, type ColdResult } from './cold.js';
+import { cmd, envInt, envList, fixed, processMemory, progress, say } from './lib.js';
+import { BenchRig, COLD_POOL, ENDPOINT_ALIAS, WARM_POOL } from './rig.js';
+import { sessionSetup, type SetupResult } from './setup.js';
+import { serveHandshake } from './ssh.js';
+import { throughput, type ThroughputResult } from './throughput.js';
+
+const SECTIONS = ['cold', 'setup', 'throughput'] as const;
+type Section = (typeof SECTIONS)[number];
+
+const only = envList('BENCH_ONLY', [...SECTIONS]);
+for (const s of only) if (!(SECTIONS as readonly string[]).includes(s)) throw new Error(`BENCH_ONLY: unknown section ${JSON.stringify(s)} (known: ${SECTIONS.join(', ')})`);
+const wanted = (s: Section): boolean => only.includes(s);
+
+const settings = {
+  mib: envInt('BENCH_MIB', 1024),
+  runs: Math.max(1, envInt('BENCH_RUNS', 5)),
+  fixedRuns: Math.max(1, envInt('BENCH_FIXED_RUNS', 3)),
+  ciphers: envList('BENCH_CIPHERS', ['chacha20-poly1305@openssh.com']),
+  sessions: Math.max(1, envInt('BENCH_SESSIONS', 50)),
+  coldRuns: Math.max(1, envInt('BENCH_COLD_RUNS', 5)),
+  stallS: Math.max(1, envInt('BENCH_STALL_S', 20)),
+  bootDelayMs: envInt('BENCH_BOOT_MS', 1000),
+  readyDelayMs: envInt('BENCH_READY_MS', 500),
+};
+
+async function versions(): Promise<Record<string, string>> {
+  const first = async (c: string, args: string[]): Promise<string> => {
+    const r = await cmd(c, args, { allowFail: true });
+    return (r.stdout || r.stderr).trim().split('\n')[0] ?? '';
+  };
+  const require = createRequire(import.meta.url);
+  const ssh2Version = (JSON.parse(readFileSync(require.resolve('ssh2/package.json'), 'utf8')) as { version: string }).version;
+  const crypto = require('ssh2/lib/protocol/crypto.js') as { bindingAvailable?: boolean };
+  return {
+    cpu: `${cpus().length} × ${cpus()[0]?.model ?? 'unknown'}`,
+    node: process.version,
+    nix: await first('nix', ['--version']),
+    openssh: await first('ssh', ['-V']),
+    ssh2: `${ssh2Version} (native crypto binding: ${crypto.bindingAvailable ? 'yes' : 'NO: expect several times slower'})`,
+    daemon: `${process.env.BENCH_CLI ? `BENCH_CLI=${process.env.BENCH_CLI}` : 'dist/src/cli.js of this tree'}${process.env.BENCH_DAEMON_NODE_ARGS ? ` with node ${process.env.BENCH_DAEMON_NODE_ARGS}` : ''}`,
+    'load average at start': readFileSync('/proc/loadavg', 'utf8').trim().split(' ').slice(0, 3).join(' '),
+  };
+}
+
+async function main(): Promise<void> {
+  const started = Date.now();
+  const info = await versions();
+  say(`## nix-hcloud-builder benchmarks, ${new Date().toISOString()}`);
+  say();
+  for (const [k, v] of Object.entries(info)) say(`- ${k}: ${v}`);
+  say(`- settings: ${JSON.stringify(settings)}${only.length < SECTIONS.length ? `, only ${only.join(',')}` : ''}`);
+  say();
+
+  const b = await BenchRig.start({ ...(process.env.BENCH_CLI ? { cli: process.env.BENCH_CLI } : {}), nodeArgs: envList('BENCH_DAEMON_NODE_ARGS', []), bootDelayMs: settings.bootDelayMs, readyDelayMs: settings.readyDelayMs, verbose: Boolean(process.env.BENCH_VERBOSE) });
+  let interrupted = false;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (interrupted) return;
+    interrupted = true;
+    process.stderr.write(`\n${signal}: stopping the daemon and the fake cloud\n`);
+    void b.stop().finally(() => process.exit(130));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  const results: { info: Record<string, string>; settings: typeof settings; cold?: ColdResult; setup?: SetupResult; throughput: ThroughputResult[]; daemonIdleRssMiB?: number; totalS?: number } = { info, settings, throughput: [] };
+  try {
+    const plain = b.sshConfig();
+    if (wanted('cold')) {
+      progress(`cold starts on pool ${COLD_POOL}`);
+      results.cold = await coldStart(b, plain, settings.coldRuns);
+    }
+    if (wanted('setup') || wanted('throughput')) {
+      progress(`booting the warm worker of pool ${WARM_POOL}`);
+      await serveHandshake(plain, `${WARM_POOL}@${ENDPOINT_ALIAS}`);
+      const worker = b.workerRecord(WARM_POOL);
+      results.daemonIdleRssMiB = processMemory(b.pid).rssMiB;
+      progress(`warm worker ${worker.name} at ${worker.address}:${worker.sshPort}; daemon RSS ${fixed(results.daemonIdleRssMiB, 1)} MiB`);
+      if (wanted('setup')) results.setup = await sessionSetup(b, b.sshConfig(worker), settings.sessions);
+      if (wanted('throughput')) {
+        for (const cipher of settings.ciphers) results.throughput.push(await throughput(b, b.sshConfig(worker, cipher), cipher, settings.mib, settings.runs, settings.fixedRuns, settings.stallS * 1000));
+        say(`### 4. Daemon memory: RSS ${fixed(results.daemonIdleRssMiB, 1)} MiB with a warm worker before the transfers; peak (VmHWM) ${fixed(processMemory(b.pid).peakMiB, 1)} MiB after them.`);
+        say();
+      }
+    }
+  } finally {
+    await b.stop();
+    if (b.stopProblem) {
+      say(`**Shutdown:** ${b.stopProblem}`);
+      say();
+    }
+  }
+  results.totalS = (Date.now() - started) / 1000;
+  say(`Total time ${fixed(results.totalS, 0)} s; load average at the end ${readFileSync('/proc/loadavg', 'utf8').trim().split(' ').slice(0, 3).join(' ')} (anything else running on the machine skews the figures).`);
+  if (process.env.BENCH_JSON) writeFileSync(process.env.BENCH_JSON, `${JSON.stringify(results, null, 2)}\n`);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench failed: ${(err as Error).stack ?? String(err)}\n`);
+  process.exitCode = 1;
+});
