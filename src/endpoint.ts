@@ -172,7 +172,10 @@ export class Endpoint {
       log.warn({ user }, 'refused: pty');
       reject?.();
     });
-    session.on('auth-agent', (_accept, reject) => reject?.());
+    session.on('auth-agent', (_accept, reject) => {
+      log.warn({ user }, 'refused: agent forwarding');
+      reject?.();
+    });
     session.on('x11', (_accept, reject) => {
       log.warn({ user }, 'refused: X11 forwarding');
       reject?.();

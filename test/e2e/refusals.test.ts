@@ -44,6 +44,21 @@ t.test('refusals', async (t) => {
     t.equal(res.stderr.trim().split('\n').length, 1, 'exactly one line');
   }
 
+  // Agent forwarding: a real agent, `ssh -A`; the request is refused, the command still judged.
+  const agentSock = join(rig.dir, 'agent.sock');
+  const agent = await run('ssh-agent', ['-a', agentSock]);
+  t.equal(agent.code, 0, 'ssh-agent started');
+  const agentPid = /SSH_AGENT_PID=(\d+)/.exec(agent.stdout)?.[1];
+  t.teardown(() => {
+    if (agentPid) process.kill(Number(agentPid));
+  });
+  const forwarded = await run('ssh', ['-F', sshConfig, '-i', rig.clientKeyFile, '-o', `UserKnownHostsFile=${knownHosts}`, '-o', 'BatchMode=yes', '-A', 'x86_64@hcloud-builder', 'id'], {
+    env: { ...process.env, SSH_AUTH_SOCK: agentSock },
+  });
+  t.equal(forwarded.code, 1);
+  t.match(forwarded.stderr, /command refused/);
+  await daemon.waitForMsg(/refused: agent forwarding/, 5000);
+
   const sftp = await ssh('x86_64', rig.clientKeyFile, ['-s'], 'sftp');
   t.equal(sftp.code, 1);
   t.match(sftp.stderr, /subsystem "sftp" is not available/);
