@@ -88,3 +88,16 @@ t.test('SIGTERM lets a running build finish, then deletes the worker; a second s
   t.not((await long).code, 0, 'the cut build fails (Nix would retry elsewhere)');
   t.same(rig.fake.liveServers(), [], 'still deleted the worker');
 });
+
+t.test('hard lifetime cap: past twice maxLifetime a worker is deleted even with a session running', async (t) => {
+  const rig = await Rig.start({ pool: { idleTimeout: '1h', maxLifetime: '3s' }, config: { sweepInterval: '1s' } });
+  t.teardown(() => rig.stop());
+  const daemon = await rig.startDaemon();
+  const started = Date.now();
+  const build = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`hardcap-${Date.now()}`], sleep: 60 });
+  t.not(build.code, 0, 'the endless build was cut');
+  t.ok(Date.now() - started < 30_000, `within ${Date.now() - started} ms, not after the 60 s build`);
+  const deleted = await daemon.waitForMsg(/deleted server/, 30_000);
+  t.equal(deleted.reason, 'hard lifetime cap');
+  t.same(rig.fake.liveServers(), []);
+});
