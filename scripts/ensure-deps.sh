@@ -2,7 +2,8 @@
 # Installs what the demo and the tests need: npm packages, and Debian's nix-bin and
 # openssh-server (the real Nix client and the workers' sshd) when they are missing, systemd (for
 # `systemd-analyze verify` of the unit), jq and curl (the NixOS worker's scripts use them),
-# shellcheck (checks those scripts) and gdisk (the disk-growing script runs on a loop device).
+# shellcheck (checks those scripts), gdisk (the disk-growing script runs on a loop device) and zstd
+# (`image upload` of a .zst image decompresses it on the server; the tests make one).
 set -euo pipefail
 
 missing=()
@@ -15,6 +16,7 @@ command -v jq >/dev/null 2>&1 || missing+=(jq)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v sgdisk >/dev/null 2>&1 || missing+=(gdisk)
+command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${missing[*]} (apt-get)" >&2

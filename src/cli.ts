@@ -15,6 +15,8 @@ import { createLogger } from './log.js';
 import { loadToken, TokenError } from './token.js';
 import { DEFAULT_ALIAS, DEFAULT_CLIENT_KEY, MachinesError } from './machines.js';
 import { DEFAULT_MACHINES, DEFAULT_NIX_CONF, DEFAULT_SSH_CONFIG, loadConfigAsOwner, runSetup, SetupError } from './setup.js';
+import { imageCommand, ImageUploadError } from './image-upload.js';
+import { HcloudClient } from './hcloud/client.js';
 
 const USAGE = `usage: nix-hcloud-builder <command> [options]
 
@@ -30,6 +32,14 @@ commands:
                      so the first build does not wait; they idle out as usual
   gc [--dry-run]     delete this instance's servers the state does not know or that
                      outlived their pool's hard lifetime (2 × maxLifetime), listing each
+  image upload IMAGE.raw[.zst] --arch x86|arm --label KEY=VALUE [--label …]
+                     [--server-type T] [--location L] [--description TEXT] [--ssh-port N]
+                     write a raw disk image to a temporary server's disk from the rescue
+                     system and snapshot it with the labels (a pool's image.labelSelector
+                     picks the newest); prints the snapshot id. The temporary server and
+                     ssh key are deleted on every path
+  image cleanup [--dry-run]
+                     delete (or list) temporary servers and ssh keys uploads left behind
 
 options:
   -c, --config FILE  config file (default: $NIX_HCLOUD_BUILDER_CONFIG or ~/.config/nix-hcloud-builder/config.json)
@@ -68,6 +78,12 @@ async function main(argv: string[]): Promise<number> {
       alias: { type: 'string' },
       'dry-run': { type: 'boolean' },
       workers: { type: 'string', short: 'n' },
+      arch: { type: 'string' },
+      label: { type: 'string', multiple: true },
+      'server-type': { type: 'string' },
+      location: { type: 'string' },
+      description: { type: 'string' },
+      'ssh-port': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -147,6 +163,23 @@ async function main(argv: string[]): Promise<number> {
       process.stdout.write(result.output);
       return result.exitCode;
     }
+    case 'image': {
+      const token = loadToken(config);
+      return imageCommand({
+        hcloud: new HcloudClient({ endpoint: config.hcloud.endpoint, token: token.token, logger: log }),
+        args: positionals.slice(1),
+        arch: values.arch,
+        labels: values.label ?? [],
+        serverType: values['server-type'],
+        location: values.location,
+        description: values.description,
+        sshPort: values['ssh-port'],
+        dryRun: values['dry-run'] === true,
+        log,
+        print: (line) => process.stderr.write(`${line}\n`),
+        out: (line) => process.stdout.write(`${line}\n`),
+      });
+    }
     default:
       process.stderr.write(`nix-hcloud-builder: unknown command ${JSON.stringify(command)}\n\n${USAGE}`);
       return 2;
@@ -166,7 +199,7 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    const known = err instanceof ConfigError || err instanceof TokenError || err instanceof SetupError || err instanceof MachinesError || (err as Error).name === 'StateError' || (err as Error).name === 'PoolTypeError' || (err as Error).name === 'HcloudError';
+    const known = err instanceof ConfigError || err instanceof TokenError || err instanceof SetupError || err instanceof MachinesError || err instanceof ImageUploadError || (err as Error).name === 'StateError' || (err as Error).name === 'PoolTypeError' || (err as Error).name === 'HcloudError';
     process.stderr.write(`nix-hcloud-builder: ${(err as Error).message ?? String(err)}\n`);
     if (!known && process.env.NIX_HCLOUD_BUILDER_DEBUG) process.stderr.write(`${(err as Error).stack}\n`);
     process.exitCode = 1;

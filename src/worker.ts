@@ -166,7 +166,8 @@ export class Worker {
     const ref = this.pool.image;
     if ('name' in ref) return ref.name;
     if ('id' in ref) return String(ref.id);
-    const images = await this.deps.hcloud.listImages({ type: 'snapshot', labelSelector: ref.labelSelector, sort: 'created:desc' }, signal);
+    // `created` has whole seconds: of two snapshots made in the same second, the higher id is newer.
+    const images = await this.deps.hcloud.listImages({ type: 'snapshot', labelSelector: ref.labelSelector, sort: ['created:desc', 'id:desc'] }, signal);
     const newest = images.find((image) => image.status === 'available');
     if (!newest) throw new BootError(`no available snapshot matches the label selector "${ref.labelSelector}"`);
     return String(newest.id);

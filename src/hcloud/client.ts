@@ -18,18 +18,25 @@ import {
 } from './retry.js';
 import type {
   Action,
+  CreateImageRequest,
+  CreateImageResponse,
   CreateServerRequest,
   CreateServerResponse,
+  CreateSshKeyRequest,
+  EnableRescueRequest,
+  EnableRescueResponse,
   Image,
   ListImagesQuery,
   ListMeta,
   ListServersQuery,
+  ListSshKeysQuery,
   Location,
   Logger,
   OkAnswer,
   QueryOf,
   Server,
   ServerType,
+  SshKey,
 } from './types.js';
 
 export interface HcloudClientOptions {
@@ -352,6 +359,112 @@ export class HcloudClient {
     return this.#paginate('list_images', '/images', query, (a) => a.images, signal);
   }
 
+  // ---------------------------------------------------------------- server actions
+  // Each is a plain POST, so retried only when the failure proves it was not applied (`retry.ts`).
+
+  /**
+   * `POST /servers/{id}/actions/enable_rescue`: the next boot goes into the rescue system, with
+   * the given project ssh keys (ids) authorized for root.
+   */
+  async enableRescue(serverId: number, req: EnableRescueRequest, signal?: AbortSignal): Promise<EnableRescueResponse & { action: Action }> {
+    const path = `/servers/${serverId}/actions/enable_rescue`;
+    const answer = await this.#request('enable_rescue_mode_for_server', { method: 'POST', path, body: req, signal });
+    if (!isRecord(answer) || !isRecord(answer.action)) throw this.#invalid('POST', path, 201, 'answer lacks action');
+    return answer as EnableRescueResponse & { action: Action };
+  }
+
+  /** `POST /servers/{id}/actions/poweron`. */
+  async poweron(serverId: number, signal?: AbortSignal): Promise<Action> {
+    const path = `/servers/${serverId}/actions/poweron`;
+    const answer = await this.#request('power_on_server', { method: 'POST', path, signal });
+    if (!isRecord(answer) || !isRecord(answer.action)) throw this.#invalid('POST', path, 201, 'answer lacks action');
+    return answer.action;
+  }
+
+  /** `POST /servers/{id}/actions/shutdown`: an ACPI shutdown request (the OS must honour it). */
+  async shutdown(serverId: number, signal?: AbortSignal): Promise<Action> {
+    const path = `/servers/${serverId}/actions/shutdown`;
+    const answer = await this.#request('shutdown_server', { method: 'POST', path, signal });
+    if (!isRecord(answer) || !isRecord(answer.action)) throw this.#invalid('POST', path, 201, 'answer lacks action');
+    return answer.action;
+  }
+
+  /** `POST /servers/{id}/actions/poweroff`: cuts the power at once. */
+  async poweroff(serverId: number, signal?: AbortSignal): Promise<Action> {
+    const path = `/servers/${serverId}/actions/poweroff`;
+    const answer = await this.#request('power_off_server', { method: 'POST', path, signal });
+    if (!isRecord(answer) || !isRecord(answer.action)) throw this.#invalid('POST', path, 201, 'answer lacks action');
+    return answer.action;
+  }
+
+  /**
+   * `POST /servers/{id}/actions/create_image`. Never resent after an unknown outcome: a second
+   * request would be a second, billed snapshot.
+   */
+  async createImage(serverId: number, req: CreateImageRequest, signal?: AbortSignal): Promise<{ action: Action; image: Image }> {
+    const path = `/servers/${serverId}/actions/create_image`;
+    const answer = await this.#request('create_image_from_server', { method: 'POST', path, body: req, signal });
+    if (!isRecord(answer) || !isRecord(answer.action) || !isRecord(answer.image)) throw this.#invalid('POST', path, 201, 'answer lacks action or image');
+    return answer as Required<CreateImageResponse>;
+  }
+
+  // ---------------------------------------------------------------- images
+
+  /** `GET /images/{id}`; a missing image throws `not_found`. */
+  async getImage(id: number, signal?: AbortSignal): Promise<Image> {
+    const path = `/images/${id}`;
+    const answer = await this.#request('get_image', { method: 'GET', path, signal });
+    if (!isRecord(answer) || !isRecord(answer.image)) throw this.#invalid('GET', path, 200, 'answer lacks image');
+    return answer.image;
+  }
+
+  /** `DELETE /images/{id}` (snapshots and backups); an image already gone throws `not_found`. */
+  async deleteImage(id: number, signal?: AbortSignal): Promise<void> {
+    await this.#request('delete_image', { method: 'DELETE', path: `/images/${id}`, signal });
+  }
+
+  // ---------------------------------------------------------------- ssh keys
+
+  /**
+   * `POST /ssh_keys`. Retried as `unique_name`: key names are unique per project, so a resend
+   * cannot make a second key. When the resend is answered `uniqueness_error` after an unknown
+   * outcome, the key of that name is adopted if it has the same public key.
+   */
+  async createSshKey(req: CreateSshKeyRequest, signal?: AbortSignal): Promise<SshKey> {
+    const outcome = { unknown: false };
+    try {
+      const answer = await this.#request('create_ssh_key', { method: 'POST', path: '/ssh_keys', body: req, signal, replay: 'unique_name', outcome });
+      if (!isRecord(answer) || !isRecord(answer.ssh_key)) throw this.#invalid('POST', '/ssh_keys', 201, 'answer lacks ssh_key');
+      return answer.ssh_key;
+    } catch (err) {
+      const lost =
+        err instanceof HcloudError &&
+        ((err.code === 'uniqueness_error' && outcome.unknown) || (err.code === 'invalid_response' && err.status >= 200 && err.status < 300));
+      if (!lost) throw err;
+      const body = (line: string): string => line.trim().split(/\s+/).slice(0, 2).join(' ');
+      const found = (await this.listSshKeys({ name: req.name }, signal)).find((k) => k.name === req.name && body(k.public_key) === body(req.public_key));
+      if (found === undefined) throw err;
+      this.#log.warn({ sshKeyId: found.id, name: req.name, code: err.code }, 'adopted the ssh key created by a request whose answer was lost');
+      return found;
+    }
+  }
+
+  /** `GET /ssh_keys`, following pagination to the end. */
+  async listSshKeys(q: ListSshKeysQuery = {}, signal?: AbortSignal): Promise<SshKey[]> {
+    const query: QueryOf<'list_ssh_keys'> = {};
+    if (q.labelSelector !== undefined) query.label_selector = q.labelSelector;
+    if (q.name !== undefined) query.name = q.name;
+    if (q.fingerprint !== undefined) query.fingerprint = q.fingerprint;
+    const sort = asArray(q.sort);
+    if (sort !== undefined) query.sort = sort;
+    return this.#paginate('list_ssh_keys', '/ssh_keys', query, (a) => a.ssh_keys, signal);
+  }
+
+  /** `DELETE /ssh_keys/{id}`; a key already gone throws `not_found`. */
+  async deleteSshKey(id: number, signal?: AbortSignal): Promise<void> {
+    await this.#request('delete_ssh_key', { method: 'DELETE', path: `/ssh_keys/${id}`, signal });
+  }
+
   // ---------------------------------------------------------------- transport
 
   async #paginate<Op extends keyof operations, T>(
@@ -504,6 +617,8 @@ export class HcloudClient {
       return { ok: false, error, rateLimitReset };
     }
 
+    // 204 No Content (e.g. DELETE /images/{id}, DELETE /ssh_keys/{id}) has no body to read.
+    if (status === 204) return { ok: true, data: undefined as T };
     try {
       return { ok: true, data: JSON.parse(text) as T };
     } catch (cause) {

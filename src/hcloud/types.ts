@@ -34,6 +34,12 @@ export type ListActionsResponse = Schemas['list_actions_response'];
 export type ListServerTypesResponse = Schemas['list_server_types_response'];
 export type ListLocationsResponse = Schemas['list_locations_response'];
 export type ListImagesResponse = Schemas['list_images_response'];
+export type SshKey = Schemas['ssh_key'];
+export type CreateSshKeyRequest = Schemas['create_ssh_key_request'];
+export type EnableRescueRequest = Schemas['enable_rescue_mode_for_server_request'];
+export type EnableRescueResponse = Schemas['enable_rescue_mode_for_server_response'];
+export type CreateImageRequest = Schemas['create_image_from_server_request'];
+export type CreateImageResponse = Schemas['create_image_from_server_response'];
 
 /** Query parameters of an operation (never `undefined`). */
 export type QueryOf<Op extends keyof operations> = NonNullable<operations[Op]['parameters']['query']>;
@@ -74,6 +80,16 @@ export interface ListImagesQuery {
   labelSelector?: string;
   sort?: ImageSort | ImageSort[];
   includeDeprecated?: boolean;
+}
+
+export type SshKeySort = ListQueryItem<'list_ssh_keys', 'sort'>;
+
+/** Filters for `HcloudClient.listSshKeys`. */
+export interface ListSshKeysQuery {
+  labelSelector?: string;
+  name?: string;
+  fingerprint?: string;
+  sort?: SshKeySort | SshKeySort[];
 }
 
 /** A pino-compatible logger (pino's `Logger` fits). */

@@ -7,10 +7,12 @@
 
 import { createServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { createServer as createTcpServer } from 'node:net';
-import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import ssh2 from 'ssh2';
+import { generateKeyPair } from '../../src/keys.js';
 import type { components } from '../../src/hcloud/openapi.js';
 import { LOCATIONS, DATA_CENTERS, SERVER_TYPES, systemImages, includedTraffic, type Image, type ServerType, type Location, type DataCenter } from './catalog.js';
 import { labelProblems, parseSelector, matches, SelectorError, type Labels } from './labels.js';
@@ -23,6 +25,13 @@ type ApiServer = Schemas['server'];
 type Action = Schemas['action'];
 type ServerStatus = ApiServer['status'];
 type Pagination = Schemas['pagination'];
+type SshKey = Schemas['ssh_key'];
+
+/** What a snapshot made by `create_image` remembers of the server's disk (`DIR/disk`, see Worker). */
+export interface SnapshotDisk {
+  sha256: string;
+  bytes: number;
+}
 
 export interface FakeCloudOptions {
   /** The only accepted Bearer token; others get 401 unauthorized. */
@@ -102,6 +111,14 @@ export interface FakeServerInfo {
   sshdRunning: boolean;
   /** The cloud-config runcmd has finished. */
   cloudInitDone: boolean;
+  /** Rescue mode is enabled for the next boot (`enable_rescue`, not yet booted into). */
+  rescueEnabled: boolean;
+  /** The running sshd is the rescue system's. */
+  inRescue: boolean;
+  /** The regular file the rescue system has at /dev/sda: `DIR/disk`. */
+  diskFile: string;
+  /** The disk the server was created from, when its image is a snapshot made by `create_image`. */
+  disk: SnapshotDisk | null;
 }
 
 interface ServerRecord {
@@ -126,6 +143,10 @@ interface ServerRecord {
   timers: Set<NodeJS.Timeout>;
   actionIds: number[];
   deleteActionId: number | null;
+  /** Public keys for the rescue system of the next boot; null: rescue mode off. */
+  rescueKeys: string[] | null;
+  inRescue: boolean;
+  disk: SnapshotDisk | null;
 }
 
 interface RequestContext {
@@ -283,6 +304,9 @@ export class FakeCloud {
   private readonly serversById = new Map<number, ServerRecord>();
   private readonly actions = new Map<number, Action>();
   private readonly images: Image[] = systemImages();
+  private readonly sshKeys = new Map<number, SshKey>();
+  private readonly snapshotDisks = new Map<number, SnapshotDisk>();
+  private nextSshKeyId = 9_000_001;
   private readonly faults: (Fault & { left: number })[] = [];
   private readonly behaviours: ServerBehaviour[] = [];
   private readonly routes: Route[] = [];
@@ -364,6 +388,21 @@ export class FakeCloud {
 
   liveServers(): FakeServerInfo[] {
     return this.servers().filter((s) => !s.deleted);
+  }
+
+  /** The project's ssh keys, as the API lists them. */
+  listSshKeys(): SshKey[] {
+    return [...this.sshKeys.values()].map((k) => ({ ...k, labels: { ...k.labels } }));
+  }
+
+  /** The images (all types) as the API lists them. */
+  allImages(): Image[] {
+    return this.images.map((i) => ({ ...i, labels: { ...i.labels } }));
+  }
+
+  /** The disk a snapshot made by `create_image` remembers (undefined for other images). */
+  snapshotDisk(imageId: number): SnapshotDisk | undefined {
+    return this.snapshotDisks.get(imageId);
   }
 
   /** Adds an image (a snapshot by default), e.g. a prepared NixOS image; returns it. */
@@ -473,6 +512,10 @@ export class FakeCloud {
       behaviour: s.behaviour,
       sshdRunning: s.worker?.listening ?? false,
       cloudInitDone: s.worker?.cloudInitDone ?? false,
+      rescueEnabled: s.rescueKeys !== null,
+      inRescue: s.inRescue,
+      diskFile: join(s.dir, 'disk'),
+      disk: s.disk,
     };
   }
 
@@ -497,7 +540,7 @@ export class FakeCloud {
       location: s.location,
       image: s.image,
       iso: null,
-      rescue_enabled: false,
+      rescue_enabled: s.rescueKeys !== null || s.inRescue,
       locked: false,
       backup_window: null,
       outgoing_traffic: 0,
@@ -714,12 +757,18 @@ export class FakeCloud {
     if (this.opts.validateResponses) {
       const problem =
         ctx.template !== null
-          ? checkResponse(ctx.method, ctx.template, answer.status, answer.body)
+          ? checkResponse(ctx.method, ctx.template, answer.status, answer.status === 204 ? undefined : answer.body)
           : checkSchema('error_response', answer.body);
       if (problem !== null) {
         this.schemaErrors.push(problem);
         this.opts.log(`schema mismatch: ${problem}`);
       }
+    }
+    if (answer.status === 204) {
+      record(204);
+      res.writeHead(204, { ...this.rateHeaders(), ...(answer.headers ?? {}), ...extraHeaders });
+      res.end();
+      return;
     }
     const text = JSON.stringify(answer.body);
     const headers: Record<string, string> = {
@@ -762,6 +811,20 @@ export class FakeCloud {
     add('GET', '/servers/{id}/actions', (c) => this.listServerActions(c));
     add('GET', '/servers/{id}/actions/{action_id}', (c) => this.getServerAction(c));
     add('GET', '/actions', (c) => this.getActions(c));
+    add('DELETE', '/images/{id}', (c) => this.deleteImage(c));
+    add('GET', '/ssh_keys', (c) => this.listSshKeysRoute(c));
+    add('POST', '/ssh_keys', (c) => this.createSshKey(c));
+    add('GET', '/ssh_keys/{id}', (c) => ({ status: 200, body: { ssh_key: this.byId([...this.sshKeys.values()], c, 'SSH key') } }));
+    add('DELETE', '/ssh_keys/{id}', (c) => {
+      const key = this.byId([...this.sshKeys.values()], c, 'SSH key');
+      this.sshKeys.delete(key.id);
+      return { status: 204, body: null };
+    });
+    add('POST', '/servers/{id}/actions/enable_rescue', (c) => this.enableRescue(c));
+    add('POST', '/servers/{id}/actions/poweron', (c) => this.powerOn(c));
+    add('POST', '/servers/{id}/actions/shutdown', (c) => this.powerOff(c, 'shutdown_server'));
+    add('POST', '/servers/{id}/actions/poweroff', (c) => this.powerOff(c, 'stop_server'));
+    add('POST', '/servers/{id}/actions/create_image', (c) => this.createImage(c));
     add('GET', '/actions/{id}', (c) => {
       const a = this.actions.get(c.params['id'] ?? -1);
       if (!a) throw new ApiError(404, 'not_found', `action with ID '${c.params['id']}' not found`);
@@ -1053,6 +1116,9 @@ export class FakeCloud {
       timers: new Set(),
       actionIds: [],
       deleteActionId: null,
+      rescueKeys: null,
+      inRescue: false,
+      disk: this.snapshotDisks.get(image.id) ?? null,
     };
     this.serversById.set(id, s);
     if (this.opts.realServers) Worker.prepare(s.dir, s.userData);
@@ -1100,6 +1166,7 @@ export class FakeCloud {
   }
 
   private async bootWorker(s: ServerRecord): Promise<void> {
+    if (s.rescueKeys !== null) return this.bootRescue(s);
     const config = parseUserData(s.userData);
     for (const p of config.problems) this.opts.log(`server ${s.id}: ${p}`);
     if (s.behaviour === 'no-sshd') return;
@@ -1144,7 +1211,7 @@ export class FakeCloud {
         this.finishAction(a.id, { code: 'action_failed', message: 'server was deleted' });
       }
     }
-    s.workerStopped = s.worker ? s.worker.stop() : Promise.resolve();
+    s.workerStopped = s.worker ? s.worker.stop() : (s.workerStopped ?? Promise.resolve());
     this.later(s, this.opts.deleteDelayMs, () => {
       void (s.workerStopped ?? Promise.resolve()).then(() => {
         s.deleted = true;
@@ -1153,5 +1220,234 @@ export class FakeCloud {
       });
     });
     return { status: 200, body: { action: { ...action, resources: [...action.resources] } } };
+  }
+
+  // -------------------------------------------- ssh keys, rescue, power, images
+
+  /** Parses and schema-checks a JSON request body (an absent body counts as `{}`). */
+  private jsonBody(c: RequestContext): Record<string, unknown> {
+    let body: unknown = {};
+    if (c.body.trim() !== '') {
+      try {
+        body = JSON.parse(c.body);
+      } catch (e) {
+        throw new ApiError(400, 'json_error', `invalid JSON: ${(e as Error).message}`);
+      }
+    }
+    if (!isRecord(body)) throw new ApiError(400, 'json_error', 'the request body must be a JSON object');
+    const problems = c.template === null ? [] : checkRequestBody(c.method, c.template, body);
+    if (problems.length > 0) {
+      const fields = new Map<string, string[]>();
+      for (const p of problems) fields.set(p.name, [...(fields.get(p.name) ?? []), p.message]);
+      throw invalidInput(
+        `invalid input in fields '${[...fields.keys()].join("', '")}'`,
+        [...fields].map(([name, messages]) => ({ name, messages })),
+      );
+    }
+    return body;
+  }
+
+  private listSshKeysRoute(c: RequestContext): Answer {
+    const name = c.query.get('name');
+    const fingerprint = c.query.get('fingerprint');
+    const sel = this.selector(c.query);
+    const items = [...this.sshKeys.values()]
+      .filter((k) => (name === null || k.name === name) && (fingerprint === null || k.fingerprint === fingerprint) && (sel === null || sel(k.labels)))
+      .sort(this.sorter(c.query, ['id', 'name']));
+    const p = this.paginate(items, c.query);
+    return { status: 200, body: { ssh_keys: p.items, meta: p.meta } };
+  }
+
+  private createSshKey(c: RequestContext): Answer {
+    const req = this.jsonBody(c) as Schemas['create_ssh_key_request'];
+    const parsed = ssh2.utils.parseKey(req.public_key);
+    const key = Array.isArray(parsed) ? parsed[0] : parsed;
+    if (key === undefined || key instanceof Error || key.isPrivateKey()) {
+      throw invalidInput(`invalid input in field 'public_key'`, [{ name: 'public_key', messages: ['is not a valid SSH public key'] }]);
+    }
+    const labels = req.labels ?? {};
+    const lp = labelProblems(labels);
+    if (lp.length > 0) throw invalidInput(`invalid input in field 'labels'`, [{ name: 'labels', messages: lp }]);
+    const fingerprint = (createHash('md5').update(key.getPublicSSH()).digest('hex').match(/../g) ?? []).join(':');
+    for (const k of this.sshKeys.values()) {
+      if (k.name === req.name) throw new ApiError(409, 'uniqueness_error', 'SSH key with the same name already exists', { fields: [{ name: 'name' }] });
+      if (k.fingerprint === fingerprint) {
+        throw new ApiError(409, 'uniqueness_error', 'SSH key with the same fingerprint already exists', { fields: [{ name: 'public_key' }] });
+      }
+    }
+    const sshKey: SshKey = {
+      id: this.nextSshKeyId++,
+      name: req.name,
+      fingerprint,
+      public_key: req.public_key.trim(),
+      labels: { ...labels },
+      created: iso(new Date()),
+    };
+    this.sshKeys.set(sshKey.id, sshKey);
+    return { status: 201, body: { ssh_key: sshKey } };
+  }
+
+  /** Rescue mode for the next boot; the keys are read now, as the real API injects them from the ids given. */
+  private enableRescue(c: RequestContext): Answer {
+    const s = this.liveServer(c);
+    const req = this.jsonBody(c) as Schemas['enable_rescue_mode_for_server_request'];
+    const keys: string[] = [];
+    for (const id of req.ssh_keys ?? []) {
+      const k = this.sshKeys.get(id);
+      if (!k) throw invalidInput(`SSH key with ID '${id}' not found`, [{ name: 'ssh_keys', messages: [`SSH key ${id} not found`] }]);
+      keys.push(k.public_key);
+    }
+    const action = this.newAction('enable_rescue', s.id);
+    s.rescueKeys = keys;
+    this.later(s, Math.min(200, this.opts.bootDelayMs / 4), () => this.finishAction(action.id));
+    return { status: 201, body: { action: { ...action, resources: [...action.resources] }, root_password: randomBytes(15).toString('base64url') } };
+  }
+
+  private powerOn(c: RequestContext): Answer {
+    const s = this.liveServer(c);
+    const action = this.newAction('start_server', s.id);
+    if (s.status === 'running' || s.status === 'starting') {
+      this.finishAction(action.id);
+    } else if (s.status === 'off') {
+      s.status = 'starting';
+      this.later(s, this.opts.bootDelayMs, () => {
+        s.status = 'running';
+        this.finishAction(action.id);
+        if (this.opts.realServers) void this.bootWorker(s);
+        else if (s.rescueKeys !== null) {
+          s.rescueKeys = null;
+          s.inRescue = true;
+        }
+      });
+    } else {
+      this.finishAction(action.id, { code: 'action_failed', message: `server is ${s.status}` });
+    }
+    return { status: 201, body: { action: { ...action, resources: [...action.resources] } } };
+  }
+
+  /** `shutdown` (ACPI; every fake OS honours it) and `poweroff`: sshd and everything in the server die. */
+  private powerOff(c: RequestContext, command: 'shutdown_server' | 'stop_server'): Answer {
+    const s = this.liveServer(c);
+    const action = this.newAction(command, s.id);
+    if (s.status === 'off') {
+      this.finishAction(action.id);
+    } else {
+      s.status = 'stopping';
+      const worker = s.worker;
+      s.worker = null;
+      const stopped = worker ? worker.stop() : Promise.resolve();
+      s.workerStopped = stopped;
+      this.later(s, Math.min(200, this.opts.deleteDelayMs), () => {
+        void stopped.then(() => {
+          if (s.deleted || s.status === 'deleting') return;
+          s.status = 'off';
+          s.inRescue = false;
+          this.finishAction(action.id);
+        });
+      });
+    }
+    return { status: 201, body: { action: { ...action, resources: [...action.resources] } } };
+  }
+
+  /**
+   * A snapshot of the server's disk. The fake's disk is `DIR/disk`, the file the rescue system
+   * has at /dev/sda; the snapshot remembers its sha256 and size (servers created from the
+   * snapshot report them as `disk`). A server whose disk was never written keeps the disk of
+   * the snapshot it was created from, if any.
+   */
+  private createImage(c: RequestContext): Answer {
+    const s = this.liveServer(c);
+    const req = this.jsonBody(c) as Schemas['create_image_from_server_request'];
+    const labels = req.labels ?? {};
+    const lp = labelProblems(labels);
+    if (lp.length > 0) throw invalidInput(`invalid input in field 'labels'`, [{ name: 'labels', messages: lp }]);
+    const diskFile = join(s.dir, 'disk');
+    let disk = s.disk;
+    if (existsSync(diskFile)) {
+      const bytes = readFileSync(diskFile);
+      disk = { sha256: createHash('sha256').update(bytes).digest('hex'), bytes: bytes.length };
+    }
+    const created = new Date();
+    const image: Image = {
+      id: this.nextImageId++,
+      name: null,
+      description: req.description ?? `${s.name}-${iso(created)}`,
+      type: req.type ?? 'snapshot',
+      status: 'creating',
+      architecture: s.type.architecture,
+      os_flavor: s.image.os_flavor,
+      os_version: s.image.os_version,
+      rapid_deploy: false,
+      disk_size: s.type.disk,
+      image_size: null,
+      bound_to: req.type === 'backup' ? s.id : null,
+      created: iso(created),
+      created_from: { id: s.id, name: s.name },
+      deleted: null,
+      deprecated: null,
+      labels: { ...labels },
+      protection: { delete: false },
+    };
+    this.images.push(image);
+    if (disk !== null) this.snapshotDisks.set(image.id, disk);
+    const action = this.newAction('create_image', s.id);
+    action.resources.push({ id: image.id, type: 'image' });
+    this.later(null, Math.min(300, this.opts.bootDelayMs / 2), () => {
+      image.status = 'available';
+      image.image_size = disk === null ? 0 : Math.max(0.001, Math.round((disk.bytes / 1e9) * 1000) / 1000);
+      this.finishAction(action.id);
+    });
+    return { status: 201, body: { action: { ...action, resources: [...action.resources] }, image: { ...image, labels: { ...image.labels } } } };
+  }
+
+  private deleteImage(c: RequestContext): Answer {
+    const image = this.byId(this.images, c, 'image');
+    if (image.type !== 'snapshot' && image.type !== 'backup') {
+      throw new ApiError(403, 'forbidden', `image ${image.id} is a ${image.type} image and cannot be deleted`);
+    }
+    this.images.splice(this.images.indexOf(image), 1);
+    this.snapshotDisks.delete(image.id);
+    return { status: 204, body: null };
+  }
+
+  /**
+   * Boots the rescue system: an sshd as for a normal server (same namespace mechanism), with a
+   * fresh host key, root's authorized keys = the project keys given to `enable_rescue`, no
+   * cloud-config, and `/dev/sda` = the regular file `DIR/disk` (see Worker). As on Hetzner,
+   * rescue mode lasts one boot.
+   */
+  private async bootRescue(s: ServerRecord): Promise<void> {
+    const keys = s.rescueKeys ?? [];
+    s.rescueKeys = null;
+    s.inRescue = true;
+    if (s.behaviour === 'no-sshd') return;
+    const host = generateKeyPair(`rescue-${s.id}`);
+    const worker = new Worker({
+      id: s.id,
+      dir: s.dir,
+      address: s.address,
+      sshPort: this.opts.sshPort,
+      config: {
+        isCloudConfig: false,
+        hostKey: { private: host.privateKey, public: host.publicKey },
+        genKeyTypes: null,
+        authorizedKeys: keys,
+        writeFiles: [],
+        runcmd: [],
+        problems: [],
+      },
+      wrongHostKey: false,
+      neverReady: true,
+      readyDelayMs: 0,
+      maxSessions: this.opts.maxSessions,
+      log: this.opts.log,
+      rescueDisk: join(s.dir, 'disk'),
+    });
+    s.worker = worker;
+    try {
+      await worker.start();
+    } catch (e) {
+      if (!s.deleted && s.status !== 'deleting' && !this.stopping) this.opts.log(`server ${s.id} (rescue): ${(e as Error).message}`);
+    }
   }
 }

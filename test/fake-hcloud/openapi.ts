@@ -56,7 +56,7 @@ interface Operation {
   method: string; // upper case
   template: string; // e.g. "/servers/{id}"
   operationId: string;
-  responses: Map<string, Json>; // "200", "4xx", "default" -> schema
+  responses: Map<string, Json | null>; // "200", "4xx", "default" -> schema; null: no body (e.g. 204)
   requestBody: Json | null;
 }
 
@@ -92,10 +92,11 @@ function loadSpec(): Spec {
     if (!isObject(item)) continue;
     for (const [method, op] of Object.entries(item)) {
       if (!isObject(op) || !isObject(op['responses'])) continue;
-      const responses = new Map<string, Json>();
+      const responses = new Map<string, Json | null>();
       for (const [code, resp] of Object.entries(op['responses'])) {
         const schema = jsonSchemaOf(resp);
         if (schema !== undefined) responses.set(code, schema);
+        else if (isObject(resp) && resp['content'] === undefined) responses.set(code, null);
       }
       const requestBody = jsonSchemaOf(op['requestBody']) ?? null;
       operations.set(`${method.toUpperCase()} ${template}`, {
@@ -168,6 +169,7 @@ export function checkResponse(method: string, template: string, status: number, 
   if (code === undefined) return `${where}: status not described in openapi.json`;
   const schema = op.responses.get(code);
   if (schema === undefined) return null;
+  if (schema === null) return body === undefined ? null : `${where}: a body where openapi.json describes none`;
   const validate = validatorFor(spec, `res ${op.method} ${op.template} ${code}`, schema);
   return validate(body) ? null : `${where} (${op.operationId}): ${formatErrors(validate.errors)}`;
 }

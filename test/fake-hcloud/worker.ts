@@ -36,6 +36,25 @@ const SETUP_SCRIPT = [
   'mount -t tmpfs -o mode=0755 tmpfs /run',
   'mkdir -p /run/sshd',
   'if [ -d /etc/nix ]; then mount --bind "$1/etc-nix" /etc/nix; fi',
+  // Rescue system only ($2 = the disk file): a private /dev holding the host's harmless device
+  // nodes (bind mounts) and, at /dev/sda, the regular file $2, so that `dd of=/dev/sda` writes a
+  // file the tests can read, and nothing outside this mount namespace changes.
+  'if [ -n "$2" ]; then',
+  '  : > "$2"',
+  '  mkdir -p "$1/host-dev"',
+  '  mount --rbind /dev "$1/host-dev"',
+  '  mount -t tmpfs -o mode=0755 tmpfs /dev',
+  '  for n in null zero full random urandom tty; do',
+  '    if [ -e "$1/host-dev/$n" ]; then : > "/dev/$n"; mount --bind "$1/host-dev/$n" "/dev/$n"; fi',
+  '  done',
+  '  mkdir /dev/pts /dev/shm',
+  '  mount --rbind "$1/host-dev/pts" /dev/pts',
+  '  mount -t tmpfs -o mode=1777 tmpfs /dev/shm',
+  '  ln -s /proc/self/fd /dev/fd; ln -s fd/0 /dev/stdin; ln -s fd/1 /dev/stdout; ln -s fd/2 /dev/stderr',
+  '  : > /dev/sda',
+  '  mount --bind "$2" /dev/sda',
+  '  umount -l "$1/host-dev"',
+  'fi',
   'echo mounted',
   'read -r _go',
   'exec /usr/sbin/sshd -D -e -f "$1/sshd_config" </dev/null >/dev/null',
@@ -55,6 +74,11 @@ export interface WorkerOptions {
   /** sshd MaxSessions: channels per connection (OpenSSH's default is 10). */
   maxSessions: number;
   log: (line: string) => void;
+  /**
+   * Boot the rescue system: this regular file (created empty) is what the server has at
+   * /dev/sda, bind-mounted over a private /dev (see SETUP_SCRIPT).
+   */
+  rescueDisk?: string;
 }
 
 function ownMountNamespace(): string {
@@ -134,7 +158,7 @@ export class Worker {
     const logFd = openSync(join(dir, 'sshd.log'), 'a');
     let child: ChildProcess;
     try {
-      child = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', SETUP_SCRIPT, 'sh', dir], {
+      child = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', SETUP_SCRIPT, 'sh', dir, this.o.rescueDisk ?? ''], {
         detached: true,
         stdio: ['pipe', 'pipe', logFd],
         env: CHILD_ENV,
