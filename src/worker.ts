@@ -268,7 +268,8 @@ export class Worker {
         if (message !== lastError) this.log.debug({ attempt, err: message }, 'sshd not reachable yet');
         lastError = message;
       }
-      await sleep(Math.min(250 * attempt, 2000), undefined, { signal });
+      // Short first retries: sshd usually comes up within a second of "running".
+      await sleep(Math.min(100 * attempt, 2000), undefined, { signal });
     }
   }
 
@@ -280,8 +281,8 @@ export class Worker {
       const result = await runCommand(client, this.pool.readyCommand, 60_000);
       if (result.code === 0) return;
       last = (result.stderr || result.stdout).trim().split('\n').pop() ?? '';
-      if (attempt === 1 || attempt % 20 === 0) this.log.info({ attempt, code: result.code, output: last.slice(0, 200) }, 'waiting for readyCommand');
-      await sleep(500, undefined, { signal });
+      if (attempt === 1 || attempt % 40 === 0) this.log.info({ attempt, code: result.code, output: last.slice(0, 200) }, 'waiting for readyCommand');
+      await sleep(250, undefined, { signal });
     }
   }
 
