@@ -1,0 +1,64 @@
+/**
+ * The config reference: every key the config loader knows, with its default and meaning. The
+ * README's table is generated from this (`npm run docs`), and a test checks that this list and
+ * the loader's keys are the same set, so the docs cannot drift from the code.
+ */
+import { DEFAULT_READY_COMMAND } from './config.js';
+
+export interface ConfigKeyDoc {
+  key: string;
+  default: string;
+  meaning: string;
+}
+
+export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
+  { key: 'instance', default: 'host name', meaning: 'value of the `nix-hcloud-builder/instance` label: which daemon owns a server. Two daemons on one Hetzner project need different instances' },
+  { key: 'listen.host', default: '`127.0.0.1`', meaning: 'address Nix connects to' },
+  { key: 'listen.port', default: '`2222`', meaning: 'port Nix connects to' },
+  { key: 'stateDir', default: '`$XDG_STATE_HOME/nix-hcloud-builder` (`~/.local/state/…`)', meaning: 'host key, `state.json`, `ledger.json`, lock, control socket; mode 0700' },
+  { key: 'authorizedKeys', default: '`[]`', meaning: 'public key lines allowed to log in (the nix-daemon\'s key)' },
+  { key: 'authorizedKeysFile', default: '–', meaning: 'a file of such lines, read at start' },
+  { key: 'hcloud.endpoint', default: '`https://api.hetzner.cloud/v1`', meaning: 'API base URL' },
+  { key: 'hcloud.tokenFile', default: '–', meaning: 'file holding the API token; env `HCLOUD_TOKEN` wins' },
+  { key: 'hcloud.tokenCommand', default: '–', meaning: 'command printing the API token (instead of `tokenFile`); env `HCLOUD_TOKEN` wins' },
+  { key: 'pools.<name>', default: '–', meaning: 'a pool; `<name>` is the ssh user name Nix logs in with (lowercase letters, digits, `-`, `_`)' },
+  { key: 'pools.<name>.serverTypes', default: 'required', meaning: 'server types in order of preference; checked at start against `GET /server_types`: each must exist and match the pool\'s architecture (`cax…` types are arm, for `aarch64-linux`)' },
+  { key: 'pools.<name>.locations', default: '`["fsn1","nbg1","hel1"]`', meaning: 'locations in order of preference; the next is tried when one is out of capacity, then the next server type' },
+  { key: 'pools.<name>.image', default: '`"ubuntu-24.04"`', meaning: 'an image name, an image id, or `{"labelSelector": "k=v"}` for the newest matching snapshot' },
+  { key: 'pools.<name>.systems', default: '`["x86_64-linux"]`', meaning: 'systems the pool builds (machines line; decides the architecture)' },
+  { key: 'pools.<name>.maxWorkers', default: '`1`', meaning: 'servers the pool may run at once' },
+  { key: 'pools.<name>.jobsPerWorker', default: '`8`', meaning: 'sessions per server; the machines line\'s max-jobs is `maxWorkers × jobsPerWorker`' },
+  { key: 'pools.<name>.idleTimeout', default: '`10m`', meaning: 'delete a server this long after its last session ended' },
+  { key: 'pools.<name>.bootTimeout', default: '`10m`', meaning: 'give up on a boot (and delete the server) after this long' },
+  { key: 'pools.<name>.readyCommand', default: `\`${DEFAULT_READY_COMMAND}\``, meaning: 'run on the worker until it exits 0' },
+  { key: 'pools.<name>.sshPort', default: '`22`', meaning: 'the worker\'s sshd port' },
+  { key: 'pools.<name>.ipv4', default: '`true`', meaning: 'give servers a public IPv4 (about €0.50/month extra; IPv6 is free)' },
+  { key: 'pools.<name>.speedFactor', default: '`1`', meaning: 'for the machines line' },
+  { key: 'pools.<name>.supportedFeatures', default: '`["big-parallel","kvm","nixos-test","benchmark"]`', meaning: 'for the machines line' },
+  { key: 'pools.<name>.mandatoryFeatures', default: '`[]`', meaning: 'for the machines line' },
+  { key: 'pools.<name>.maxLifetime', default: '`12h`', meaning: 'past this a worker takes no new sessions and is deleted once idle; past twice this it is deleted even with sessions running' },
+  { key: 'pools.<name>.idlePolicy', default: '`"timeout"`', meaning: '`"timeout"`: delete `idleTimeout` after the last session. `"billing-hour"`: Hetzner bills every started hour, so keep an idle worker until `billingMargin` before its next hour starts' },
+  { key: 'pools.<name>.billingMargin', default: '`3m`', meaning: 'with `"billing-hour"`' },
+  { key: 'pools.<name>.keepaliveInterval', default: '`10s`', meaning: 'ssh keepalive towards the worker; three missed ones end the connection, fail its sessions and delete the worker' },
+  { key: 'budget.maxEurPerMonth', default: '– (no cap)', meaning: 'refuse to create a server when this month\'s spend plus one hour of it would pass this' },
+  { key: 'sweepInterval', default: '`5m`', meaning: 'how often labelled servers are checked against the state (unknown ones deleted) and lifetimes enforced' },
+  { key: 'shutdownGrace', default: '`60s`', meaning: 'on SIGTERM, how long running sessions may go on before workers are deleted anyway' },
+  { key: 'limits.loginGrace', default: '`20s`', meaning: 'a connection that has not logged in by then is dropped' },
+  { key: 'limits.maxConnectionsPerSource', default: '`128`', meaning: 'open connections from one address; more are closed at once' },
+  { key: 'log.level', default: '`info`', meaning: '`fatal` … `trace`, `silent`' },
+];
+
+export function renderConfigReference(): string {
+  const rows = CONFIG_REFERENCE.map((d) => `| \`${d.key}\` | ${d.default} | ${d.meaning.replace(/\|/g, '\\|')} |`);
+  return ['| key | default | meaning |', '|---|---|---|', ...rows].join('\n');
+}
+
+export const README_MARKERS = { start: '<!-- config-reference:start (npm run docs) -->', end: '<!-- config-reference:end -->' };
+
+/** The README with its config table replaced by the rendered reference. */
+export function withConfigReference(readme: string): string {
+  const start = readme.indexOf(README_MARKERS.start);
+  const end = readme.indexOf(README_MARKERS.end);
+  if (start < 0 || end < start) throw new Error('README has no config-reference markers');
+  return `${readme.slice(0, start + README_MARKERS.start.length)}\n${renderConfigReference()}\n${readme.slice(end)}`;
+}
