@@ -1,7 +1,6 @@
 /** The `status` and `down` commands: they work from the state file and the API, with or without a running daemon. */
 import type { Config } from './config.js';
 import { HcloudClient } from './hcloud/client.js';
-import { HcloudError } from './hcloud/errors.js';
 import type { Server } from './hcloud/types.js';
 import { instanceSelector, LABEL_POOL } from './labels.js';
 import type { Logger } from './log.js';
@@ -116,14 +115,7 @@ export async function deleteAllServers(config: Config, token: string, log: Logge
   let deleted = 0;
   await Promise.all(servers.map(async (server) => {
     say(`deleting ${server.name} (id ${server.id}, ${server.server_type.name} in ${server.datacenter.location.name})`);
-    try {
-      const action = await hcloud.deleteServer(server.id);
-      await hcloud.waitForActions([action], { timeoutMs: 120_000 });
-      deleted++;
-    } catch (err) {
-      if (err instanceof HcloudError && err.code === 'not_found') return;
-      throw err;
-    }
+    if (await hcloud.deleteServerAndWait(server.id)) deleted++;
   }));
   try {
     const { state } = await StateFile.open(config.stateDir, config.instance);
@@ -158,12 +150,6 @@ export async function garbageCollect(config: Config, token: string, log: Logger,
     say(`${dryRun ? 'would delete' : 'deleting'} ${server.name} (id ${server.id}, ${server.server_type.name} in ${server.datacenter.location.name}): ${reason}`);
   }
   if (dryRun) return doomed.length;
-  await Promise.all(doomed.map(async ({ server }) => {
-    try {
-      await hcloud.waitForActions([await hcloud.deleteServer(server.id)], { timeoutMs: 120_000 });
-    } catch (err) {
-      if (!(err instanceof HcloudError && err.code === 'not_found')) throw err;
-    }
-  }));
+  await Promise.all(doomed.map(({ server }) => hcloud.deleteServerAndWait(server.id)));
   return doomed.length;
 }

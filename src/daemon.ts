@@ -12,7 +12,6 @@ import { join } from 'node:path';
 import type { Config } from './config.js';
 import { Endpoint, parseAuthorizedKeys } from './endpoint.js';
 import { HcloudClient } from './hcloud/client.js';
-import { HcloudError } from './hcloud/errors.js';
 import type { Server, ServerType } from './hcloud/types.js';
 import { generateKeyPair } from './keys.js';
 import { Ledger } from './ledger.js';
@@ -202,15 +201,12 @@ export class Daemon {
     this.orphans.push(orphan);
     await this.saveNow();
     try {
-      const action = await this.hcloud.deleteServer(server.id);
-      await this.hcloud.waitForActions([action], { timeoutMs: 120_000 });
+      await this.hcloud.deleteServerAndWait(server.id);
       this.log.info({ server: server.name, id: server.id }, 'deleted');
     } catch (err) {
-      if (!(err instanceof HcloudError && err.code === 'not_found')) {
-        // Kept in the state: the next start tries again.
-        this.log.error({ err, server: server.name }, 'could not delete our server');
-        return;
-      }
+      // Kept in the state: the next start tries again.
+      this.log.error({ err, server: server.name }, 'could not delete our server');
+      return;
     }
     this.orphans.splice(this.orphans.indexOf(orphan), 1);
   }

@@ -37,6 +37,8 @@ export class Pool {
   readonly workers: Worker[] = [];
   private readonly queue: Waiter[] = [];
   private readonly idleTimers = new Map<Worker, IdleTimer>();
+  /** Boots in progress; waiters that join a boot attach to its promise. */
+  private readonly boots = new Map<Worker, Promise<void>>();
   private readonly log: Logger;
   private closed = false;
 
@@ -104,8 +106,9 @@ export class Pool {
     }
   }
 
-  private lease(worker: Worker, waiter: Waiter): void {
-    worker.used++;
+  /** Hands a slot to a waiter; `reserved` when the waiter already holds it (it joined a boot). */
+  private lease(worker: Worker, waiter: Waiter, reserved = false): void {
+    if (!reserved) worker.used++;
     this.idleTimers.get(worker)?.cancel();
     worker.record.activeSessions = worker.used;
     delete worker.record.idleSince;
@@ -173,13 +176,12 @@ export class Pool {
     booted.then(
       () => {
         stopProgress();
-        worker.used--;
         if (waiter.signal.aborted) {
           waiter.reject(new Error('the client went away'));
-          this.release0(worker);
+          this.release(worker);
           return;
         }
-        this.lease(worker, waiter);
+        this.lease(worker, waiter, true);
       },
       (err: Error) => {
         stopProgress();
@@ -187,14 +189,6 @@ export class Pool {
       },
     );
   }
-
-  /** A slot taken by a waiter that left during the boot: the worker may be idle already. */
-  private release0(worker: Worker): void {
-    worker.used++;
-    this.release(worker);
-  }
-
-  private readonly boots = new Map<Worker, Promise<void>>();
 
   /**
    * `up`: boots workers until the pool has `count` (at most maxWorkers), and waits until they are

@@ -341,19 +341,15 @@ export class Worker {
     for (const extra of this.extraClients.splice(0)) extra.end();
     if (this.record.id === 0) {
       // The create call never answered: look the server up by its (unique) name.
-      const found = await this.deps.hcloud.listServers({ name: this.record.name }).catch(() => []);
+      // A failed lookup throws: the caller retries rather than forget a server that may exist.
+      const found = await this.deps.hcloud.listServers({ name: this.record.name });
       const server = found[0];
       if (!server) return;
       this.record.id = server.id;
     }
     await this.deps.save().catch(() => undefined);
     const started = Date.now();
-    try {
-      const action = await this.deps.hcloud.deleteServer(this.record.id);
-      await this.deps.hcloud.waitForActions([action], { timeoutMs: 120_000 });
-    } catch (err) {
-      if (!(err instanceof HcloudError && err.code === 'not_found')) throw err;
-    }
+    await this.deps.hcloud.deleteServerAndWait(this.record.id);
     this.deps.ledger.closed(this.record.name);
     this.log.info({ id: this.record.id, reason, deleteMs: Date.now() - started }, `deleted server ${this.record.name}`);
   }

@@ -266,6 +266,21 @@ export class HcloudClient {
     return answer.action;
   }
 
+  /**
+   * Deletes a server and waits for the delete action. Resolves `false` when the server was
+   * already gone (404), which for a caller that wants it gone is success too.
+   */
+  async deleteServerAndWait(id: number, opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<boolean> {
+    try {
+      const action = await this.deleteServer(id, opts.signal);
+      await this.waitForActions([action], { timeoutMs: opts.timeoutMs ?? 120_000, ...(opts.signal ? { signal: opts.signal } : {}) });
+      return true;
+    } catch (err) {
+      if (err instanceof HcloudError && err.code === 'not_found') return false;
+      throw err;
+    }
+  }
+
   // ---------------------------------------------------------------- actions
 
   async getAction(id: number, signal?: AbortSignal): Promise<Action> {
