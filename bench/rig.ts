@@ -19,6 +19,13 @@ export const WORKER_ALIAS = 'bench-worker';
 export const WARM_POOL = 'x86_64';
 /** The pool whose worker is deleted after each session, for the cold-start benchmark. */
 export const COLD_POOL = 'cold';
+/** A cold pool of two workers with 32 slots each (deleted one second after going idle), for the burst. */
+export const BURST_POOL = 'burst';
+export const BURST_MAX_WORKERS = 2;
+export const BURST_JOBS_PER_WORKER = 32;
+/** One warm worker with 64 slots, for many sessions at once (memory benchmark). */
+export const WIDE_POOL = 'wide';
+export const WIDE_JOBS_PER_WORKER = 64;
 
 export interface BenchRigOptions {
   /** The daemon's built CLI (dist/src/cli.js of this tree unless another build is measured). */
@@ -55,6 +62,8 @@ export class BenchRig {
         [WARM_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '60m' },
         // Deleted one second after each session, so that every session there is a cold start.
         [COLD_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '1s' },
+        [BURST_POOL]: { maxWorkers: BURST_MAX_WORKERS, jobsPerWorker: BURST_JOBS_PER_WORKER, idleTimeout: '1s' },
+        [WIDE_POOL]: { maxWorkers: 1, jobsPerWorker: WIDE_JOBS_PER_WORKER, idleTimeout: '60m' },
       },
     });
     try {

@@ -4,7 +4,7 @@
  * a baseline measured in the same run. See bench/README.md.
  *
  * Environment (all optional):
- *   BENCH_ONLY         comma list of cold,setup,throughput (default: all three)
+ *   BENCH_ONLY         comma list of cold,setup,throughput,burst,build,memory,soak (default: all)
  *   BENCH_MIB          size of each throughput path in MiB (default 1024)
  *   BENCH_RUNS         throughput runs per direction and path (default 5)
  *   BENCH_FIXED_RUNS   runs of the tiny paths that give the fixed cost of one nix copy (default 3)
@@ -12,6 +12,16 @@
  *                      OpenSSH's own default); e.g. chacha20-poly1305@openssh.com,aes128-gcm@openssh.com
  *   BENCH_SESSIONS     session-setup samples per path (default 50)
  *   BENCH_COLD_RUNS    cold starts (default 5)
+ *   BENCH_BURST        sessions at once in the burst (default 64)
+ *   BENCH_BURST_RUNS   bursts, each on an empty pool (default 1)
+ *   BENCH_BUILD_DRVS   derivations per nix-build (default 32)
+ *   BENCH_BUILD_RUNS   nix-build runs per path (default 3)
+ *   BENCH_BUILD_JOBS   max-jobs of the machines line on both paths (default 8 = the warm pool's slots)
+ *   BENCH_MEM_SESSIONS nix copy at once for the memory peak (default 64)
+ *   BENCH_MEM_MIB      size of each of their store paths in MiB (default 16)
+ *   BENCH_SOAK_S       length of the soak in seconds (default 600)
+ *   BENCH_SOAK_LANES   serve-handshake lanes of the soak, besides its one lane of small copies (default 4)
+ *   BENCH_SOAK_KIB     size of the soak's small copies in KiB (default 1024)
  *   BENCH_BOOT_MS      the fake cloud's boot delay (default 1000)
  *   BENCH_READY_MS     the fake cloud's delay from sshd up to cloud-init's runcmd (default 500)
  *   BENCH_STALL_S      a transfer that moves no byte for this long is killed and reported as stalled (default 20)
@@ -23,14 +33,17 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { createRequire } from 'node:module';
+import { buildWorkload, type BuildResult } from './build.js';
+import { burst, type BurstResult } from './burst.js';
 import { coldStart, type ColdResult } from './cold.js';
 import { cmd, envInt, envList, fixed, processMemory, progress, say } from './lib.js';
-import { BenchRig, COLD_POOL, ENDPOINT_ALIAS, WARM_POOL } from './rig.js';
+import { memoryPeak, soak, type MemoryResult, type SoakResult } from './memory.js';
+import { BenchRig, BURST_POOL, COLD_POOL, ENDPOINT_ALIAS, WARM_POOL, WIDE_POOL } from './rig.js';
 import { sessionSetup, type SetupResult } from './setup.js';
 import { serveHandshake } from './ssh.js';
 import { throughput, type ThroughputResult } from './throughput.js';
 
-const SECTIONS = ['cold', 'setup', 'throughput'] as const;
+const SECTIONS = ['cold', 'setup', 'throughput', 'burst', 'build', 'memory', 'soak'] as const;
 type Section = (typeof SECTIONS)[number];
 
 const only = envList('BENCH_ONLY', [...SECTIONS]);
@@ -45,6 +58,16 @@ const settings = {
   sessions: Math.max(1, envInt('BENCH_SESSIONS', 50)),
   coldRuns: Math.max(1, envInt('BENCH_COLD_RUNS', 5)),
   stallS: Math.max(1, envInt('BENCH_STALL_S', 20)),
+  burst: Math.max(1, envInt('BENCH_BURST', 64)),
+  burstRuns: Math.max(1, envInt('BENCH_BURST_RUNS', 1)),
+  buildDrvs: Math.max(1, envInt('BENCH_BUILD_DRVS', 32)),
+  buildRuns: Math.max(1, envInt('BENCH_BUILD_RUNS', 3)),
+  buildJobs: Math.max(1, envInt('BENCH_BUILD_JOBS', 8)),
+  memSessions: Math.max(1, envInt('BENCH_MEM_SESSIONS', 64)),
+  memMib: Math.max(1, envInt('BENCH_MEM_MIB', 16)),
+  soakS: Math.max(10, envInt('BENCH_SOAK_S', 600)),
+  soakLanes: Math.max(1, envInt('BENCH_SOAK_LANES', 4)),
+  soakKib: Math.max(1, envInt('BENCH_SOAK_KIB', 1024)),
   bootDelayMs: envInt('BENCH_BOOT_MS', 1000),
   readyDelayMs: envInt('BENCH_READY_MS', 500),
 };
@@ -88,14 +111,18 @@ async function main(): Promise<void> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
 
-  const results: { info: Record<string, string>; settings: typeof settings; cold?: ColdResult; setup?: SetupResult; throughput: ThroughputResult[]; daemonIdleRssMiB?: number; totalS?: number } = { info, settings, throughput: [] };
+  const results: { info: Record<string, string>; settings: typeof settings; cold?: ColdResult; setup?: SetupResult; throughput: ThroughputResult[]; burst?: BurstResult; build?: BuildResult; memory?: MemoryResult; soak?: SoakResult; daemonIdleRssMiB?: number; totalS?: number } = { info, settings, throughput: [] };
   try {
     const plain = b.sshConfig();
     if (wanted('cold')) {
       progress(`cold starts on pool ${COLD_POOL}`);
       results.cold = await coldStart(b, plain, settings.coldRuns);
     }
-    if (wanted('setup') || wanted('throughput')) {
+    if (wanted('burst')) {
+      progress(`burst of ${settings.burst} sessions on pool ${BURST_POOL}`);
+      results.burst = await burst(b, plain, settings.burst, settings.burstRuns);
+    }
+    if (wanted('setup') || wanted('throughput') || wanted('build')) {
       progress(`booting the warm worker of pool ${WARM_POOL}`);
       await serveHandshake(plain, `${WARM_POOL}@${ENDPOINT_ALIAS}`);
       const worker = b.workerRecord(WARM_POOL);
@@ -104,9 +131,21 @@ async function main(): Promise<void> {
       if (wanted('setup')) results.setup = await sessionSetup(b, b.sshConfig(worker), settings.sessions);
       if (wanted('throughput')) {
         for (const cipher of settings.ciphers) results.throughput.push(await throughput(b, b.sshConfig(worker, cipher), cipher, settings.mib, settings.runs, settings.fixedRuns, settings.stallS * 1000));
-        say(`### 4. Daemon memory: RSS ${fixed(results.daemonIdleRssMiB, 1)} MiB with a warm worker before the transfers; peak (VmHWM) ${fixed(processMemory(b.pid).peakMiB, 1)} MiB after them.`);
+        say(`Daemon memory around the throughput runs: RSS ${fixed(results.daemonIdleRssMiB, 1)} MiB with a warm worker before the transfers; peak (VmHWM) ${fixed(processMemory(b.pid).peakMiB, 1)} MiB after them.`);
         say();
       }
+      if (wanted('build')) {
+        progress(`nix-build of ${settings.buildDrvs} derivations, ours vs direct`);
+        results.build = await buildWorkload(b, b.sshConfig(worker), settings.buildDrvs, settings.buildRuns, settings.buildJobs);
+      }
+    }
+    if (wanted('memory')) {
+      progress(`${settings.memSessions} concurrent nix copy of ${settings.memMib} MiB on pool ${WIDE_POOL}`);
+      results.memory = await memoryPeak(b, plain, settings.memSessions, settings.memMib, settings.stallS * 1000);
+    }
+    if (wanted('soak')) {
+      progress(`soak of ${settings.soakS} s on pool ${WIDE_POOL}`);
+      results.soak = await soak(b, plain, settings.soakS, settings.soakLanes, settings.soakKib);
     }
   } finally {
     await b.stop();

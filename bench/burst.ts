@@ -1,0 +1,117 @@
+/**
+ * Benchmark 4, burst: BENCH_BURST sessions (default 64) at once on a cold pool of
+ * `maxWorkers: 2, jobsPerWorker: 32`. Each session is the one of the session-setup benchmark
+ * (`ssh … "nix-store --serve --write"`, serve handshake, time to the first byte of the answer).
+ * Counted: servers created (the pool must create exactly two, not one per session), sessions
+ * served, where they went, and how long they waited (client side: time to first byte; daemon side:
+ * `waitedMs` of its "session started" line).
+ */
+import { LABEL_POOL } from '../src/labels.js';
+import { fixed, median, percentile, progress, say, sleep, table } from './lib.js';
+import { BURST_JOBS_PER_WORKER, BURST_MAX_WORKERS, BURST_POOL, ENDPOINT_ALIAS, type BenchRig } from './rig.js';
+import { serveHandshake } from './ssh.js';
+
+export interface BurstRun {
+  sessions: number;
+  served: number;
+  failed: number;
+  /** The first failure's message, if any. */
+  firstError?: string;
+  serversCreated: number;
+  /** Sessions per worker (from the daemon's "session started" lines). */
+  perWorker: number[];
+  /** Extra upstream connections the daemon opened because a worker's sshd refused channels. */
+  extraConnections: number;
+  /** Client side: spawning ssh → first byte of the handshake answer, one per session served. */
+  firstByteMs: number[];
+  /** Daemon side: `waitedMs` of each "session started" line (exec → channel open upstream). */
+  daemonWaitedMs: number[];
+  /** From the first to the last ssh spawned (the burst is not instantaneous). */
+  spreadMs: number;
+}
+
+export interface BurstResult {
+  sessions: number;
+  bootDelayMs: number;
+  readyDelayMs: number;
+  runs: BurstRun[];
+}
+
+function burstServers(b: BenchRig): number {
+  return b.rig.fake.liveServers().filter((s) => s.labels[LABEL_POOL] === BURST_POOL).length;
+}
+
+/** Waits until the idle timer (1 s) has deleted the pool's servers. */
+async function waitEmpty(b: BenchRig, timeoutMs: number): Promise<void> {
+  for (const deadline = Date.now() + timeoutMs; burstServers(b) > 0; ) {
+    if (Date.now() > deadline) throw new Error(`the ${BURST_POOL} pool still has ${burstServers(b)} server(s) after ${timeoutMs / 1000} s`);
+    await sleep(200);
+  }
+}
+
+export async function burst(b: BenchRig, configFile: string, sessions: number, runs: number): Promise<BurstResult> {
+  const result: BurstResult = { sessions, bootDelayMs: b.options.bootDelayMs, readyDelayMs: b.options.readyDelayMs, runs: [] };
+  for (let i = 0; i < runs; i++) {
+    await waitEmpty(b, 60_000);
+    const t0 = Date.now();
+    const linesBefore = b.daemon.lines.length;
+    const spawned: number[] = [];
+    const settled = await Promise.allSettled(Array.from({ length: sessions }, async () => {
+      const t = await serveHandshake(configFile, `${BURST_POOL}@${ENDPOINT_ALIAS}`, [], 180_000);
+      spawned.push(t.spawnedAt);
+      return t;
+    }));
+    // Lines of this run only (the daemon logs "session started" before the first byte comes back).
+    await sleep(200);
+    const lines = b.daemon.lines.slice(linesBefore);
+    const started = lines.filter((l) => l.msg === 'session started' && l.user === BURST_POOL);
+    const workers = new Map<string, number>();
+    for (const l of started) workers.set(l.worker as string, (workers.get(l.worker as string) ?? 0) + 1);
+    const ok = settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
+    const failures = settled.flatMap((s) => (s.status === 'rejected' ? [s.reason as Error] : []));
+    const run: BurstRun = {
+      sessions,
+      served: ok.length,
+      failed: failures.length,
+      ...(failures[0] ? { firstError: failures[0].message.split('\n')[0] as string } : {}),
+      serversCreated: b.rig.fake.servers().filter((s) => s.labels[LABEL_POOL] === BURST_POOL && s.createdAt.getTime() >= t0 - 1000).length,
+      perWorker: [...workers.values()].sort((a, c) => c - a),
+      extraConnections: lines.filter((l) => l.pool === BURST_POOL && /opened another connection/.test(l.msg)).length,
+      firstByteMs: ok.map((t) => t.firstByteMs),
+      daemonWaitedMs: started.map((l) => l.waitedMs as number),
+      spreadMs: spawned.length > 0 ? Math.max(...spawned) - Math.min(...spawned) : Number.NaN,
+    };
+    result.runs.push(run);
+    progress(`burst ${i + 1}/${runs}: ${run.served}/${sessions} served, ${run.serversCreated} server(s) created, p50 ${fixed(percentile(run.firstByteMs, 50), 0)} ms, p99 ${fixed(percentile(run.firstByteMs, 99), 0)} ms`);
+  }
+  // Leave the pool empty for whatever comes next.
+  await waitEmpty(b, 60_000);
+  report(result);
+  return result;
+}
+
+function report(r: BurstResult): void {
+  const ms = (v: number): string => fixed(v, 0);
+  say(`### 4. Burst: ${r.sessions} sessions at once on a cold pool (maxWorkers ${BURST_MAX_WORKERS}, jobsPerWorker ${BURST_JOBS_PER_WORKER}; fake boot ${r.bootDelayMs} ms + ready ${r.readyDelayMs} ms)`);
+  say();
+  say(table(['run', 'served', 'failed', 'servers created', 'sessions per worker', 'extra upstream connections', 'ssh spawn spread ms', 'first byte p50 ms', 'p90', 'p99', 'max', 'daemon wait p50 ms', 'p99'], r.runs.map((run, i) => [
+    String(i + 1),
+    `${run.served}/${run.sessions}`,
+    run.failed > 0 ? `**${run.failed}**` : '0',
+    run.serversCreated === BURST_MAX_WORKERS ? String(run.serversCreated) : `**${run.serversCreated}**`,
+    run.perWorker.join(' + '),
+    String(run.extraConnections),
+    ms(run.spreadMs),
+    ms(percentile(run.firstByteMs, 50)),
+    ms(percentile(run.firstByteMs, 90)),
+    ms(percentile(run.firstByteMs, 99)),
+    ms(Math.max(...run.firstByteMs)),
+    ms(percentile(run.daemonWaitedMs, 50)),
+    ms(percentile(run.daemonWaitedMs, 99)),
+  ])));
+  say();
+  const all = r.runs.flatMap((run) => run.firstByteMs);
+  say(`Time to first byte over all runs: median ${ms(median(all))} ms, p99 ${ms(percentile(all, 99))} ms, against ${r.bootDelayMs + r.readyDelayMs} ms of fake boot + ready delay (the least a cold session can take). *Daemon wait* = from the exec request to the channel opened on the worker.`);
+  for (const run of r.runs) if (run.firstError) say(`First failure: ${run.firstError}`);
+  say();
+}
