@@ -8,8 +8,11 @@
  */
 import type { ClientChannel, ServerChannel } from 'ssh2';
 
-/** Bytes queued towards the client before the worker's streams are paused. */
-export const HIGH_WATER = 1024 * 1024;
+/**
+ * Bytes queued per session, each way, before its source is paused. Well below ssh2's own 2 MiB
+ * channel buffers: with many sessions streaming at once, per-session buffering is the daemon's memory.
+ */
+export const HIGH_WATER = 256 * 1024;
 
 const SIGNALS = new Set(['ABRT', 'ALRM', 'FPE', 'HUP', 'ILL', 'INT', 'KILL', 'PIPE', 'QUIT', 'SEGV', 'TERM', 'USR1', 'USR2']);
 
@@ -99,11 +102,30 @@ export function pipeSession(client: ServerChannel, worker: ClientChannel): Promi
       },
     );
 
-    // Client → worker: stdin, with pipe()'s backpressure; the client's EOF becomes the worker's EOF.
+    // Client → worker: stdin. Paused while HIGH_WATER bytes wait for the worker's window (pipe()
+    // would wait for ssh2's 2 MiB buffer); the client's EOF becomes the worker's EOF.
+    let upPaused = false;
+    const onUpWritten = (): void => {
+      if (upPaused && worker.writableLength < HIGH_WATER) {
+        upPaused = false;
+        client.resume();
+      }
+    };
     client.on('data', (chunk: Buffer) => {
       result.bytesUp += chunk.length;
+      if (workerClosed || !worker.writable) return;
+      worker.write(chunk, onUpWritten);
+      if (!upPaused && worker.writableLength >= HIGH_WATER) {
+        upPaused = true;
+        client.pause();
+      }
     });
-    client.pipe(worker);
+    client.once('end', () => {
+      if (!workerClosed) worker.end();
+    });
+    // A channel error (write after the worker closed, a dead connection) ends in 'close' below.
+    worker.on('error', () => undefined);
+    client.resume();
 
     worker.on('data', (chunk: Buffer) => {
       result.bytesDown += chunk.length;
@@ -133,7 +155,6 @@ export function pipeSession(client: ServerChannel, worker: ClientChannel): Promi
     const finish = (): void => {
       if (finished) return;
       finished = true;
-      client.unpipe(worker);
       resolve(result);
     };
 
