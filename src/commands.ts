@@ -5,7 +5,7 @@ import type { Server } from './hcloud/types.js';
 import { instanceSelector, LABEL_POOL } from './labels.js';
 import type { Logger } from './log.js';
 import { Ledger } from './ledger.js';
-import { peekState, StateFile } from './state.js';
+import { isRecordOf, peekState, StateFile } from './state.js';
 
 export interface StatusRow {
   id: number;
@@ -72,7 +72,7 @@ async function gatherRows(config: Config, token: string | undefined): Promise<St
     return rows;
   }
   for (const server of servers) {
-    const row = rows.find((r) => r.id === server.id || r.name === server.name);
+    const row = rows.find((r) => isRecordOf(r, server));
     if (row) row.status = server.status;
     else {
       rows.push({
@@ -139,7 +139,7 @@ export async function garbageCollect(config: Config, token: string, log: Logger,
   const servers = await hcloud.listServers({ labelSelector: instanceSelector(config.instance) });
   const doomed: { server: Server; reason: string }[] = [];
   for (const server of servers) {
-    const record = state?.workers.find((w) => (w.id !== 0 && w.id === server.id) || w.name === server.name);
+    const record = state?.workers.find((w) => isRecordOf(w, server));
     const pool = config.pools[server.labels[LABEL_POOL] ?? ''];
     const age = Date.now() - Date.parse(server.created);
     if (!record) doomed.push({ server, reason: 'not in the state' });

@@ -20,7 +20,7 @@ import type { Logger } from './log.js';
 import { serveControl } from './control.js';
 import { Pool } from './pool.js';
 import { checkPoolServerTypes } from './server-types.js';
-import { StateFile, writeFileAtomic, type WorkerRecord } from './state.js';
+import { isRecordOf, StateFile, writeFileAtomic, type WorkerRecord } from './state.js';
 import { Worker, type WorkerDeps } from './worker.js';
 
 export interface DaemonOptions {
@@ -148,7 +148,7 @@ export class Daemon {
     const adopted: string[] = [];
     const deleting: Promise<void>[] = [];
     for (const server of servers) {
-      const record = previous.find((r) => (r.id !== 0 && r.id === server.id) || r.name === server.name);
+      const record = previous.find((r) => isRecordOf(r, server));
       const pool = this.pools.get(server.labels[LABEL_POOL] ?? '');
       if (record && pool && record.phase === 'ready' && record.address && server.status === 'running') {
         const worker = new Worker(pool.config, { ...record, id: server.id }, deps);
@@ -180,7 +180,7 @@ export class Daemon {
       try {
         for (const pool of this.pools.values()) pool.enforceLifetime();
         const servers = await this.hcloud.listServers({ labelSelector: instanceSelector(this.config.instance) });
-        const unknown = servers.filter((s) => ![...this.pools.values()].some((p) => p.knows(s.id, s.name)) && !this.orphans.some((o) => o.id === s.id));
+        const unknown = servers.filter((s) => ![...this.pools.values()].some((p) => p.knows(s)) && !this.orphans.some((o) => o.id === s.id));
         for (const server of unknown) this.log.warn({ server: server.name, id: server.id }, 'sweep: our label, but no worker of ours; deleting it');
         await Promise.all(unknown.map((server) => this.deleteOrphan(server, undefined)));
         this.log.debug({ found: servers.length, deleted: unknown.length }, 'sweep done');

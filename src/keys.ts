@@ -56,7 +56,7 @@ export function generateKeyPair(comment: string): KeyPair {
 }
 
 /** The "type base64" part of a public key line, the part that identifies the key. */
-export function publicKeyBody(line: string): string {
+function publicKeyBody(line: string): string {
   const [type, body] = line.trim().split(/\s+/);
   if (!type || !body) throw new Error('not an OpenSSH public key line');
   return `${type} ${body}`;

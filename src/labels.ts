@@ -13,11 +13,6 @@ export function instanceSelector(instance: string): string {
   return `${LABEL_MANAGED_BY}=${MANAGED_BY},${LABEL_INSTANCE}=${instance}`;
 }
 
-/** Every server any nix-hcloud-builder created in the project. */
-export function anyInstanceSelector(): string {
-  return `${LABEL_MANAGED_BY}=${MANAGED_BY}`;
-}
-
 /** A server name: RFC 1123, unique per project, says whose it is at a glance in the console. */
 export function serverName(instance: string, pool: string, suffix: string): string {
   const raw = `nhb-${instance}-${pool}-${suffix}`.toLowerCase().replace(/[^a-z0-9-]+/g, '-');

@@ -6,7 +6,7 @@
 import type { PoolConfig } from './config.js';
 import { IdleTimer, systemClock, untilBeforeNextBilledHour, type Clock } from './idle-timer.js';
 import type { Logger } from './log.js';
-import type { WorkerRecord } from './state.js';
+import { isRecordOf, type WorkerRecord } from './state.js';
 import { Worker, type WorkerDeps } from './worker.js';
 
 export interface Lease {
@@ -164,8 +164,8 @@ export class Pool {
   }
 
   /** Whether this pool manages a server of that id or name (the sweep deletes what no pool knows). */
-  knows(id: number, name: string): boolean {
-    return this.workers.some((w) => (w.record.id !== 0 && w.record.id === id) || w.record.name === name);
+  knows(server: { id: number; name: string }): boolean {
+    return this.workers.some((w) => isRecordOf(w.record, server));
   }
 
   /** A waiter takes a slot on a booting worker now and gets its lease when the boot ends. */

@@ -40,6 +40,11 @@ export interface StateData {
   workers: WorkerRecord[];
 }
 
+/** Whether a record stands for a server: by id once the create answered, else by its unique name. */
+export function isRecordOf(record: Pick<WorkerRecord, 'id' | 'name'>, server: { id: number; name: string }): boolean {
+  return (record.id !== 0 && record.id === server.id) || record.name === server.name;
+}
+
 export class StateError extends Error {
   override name = 'StateError';
 }

@@ -5,7 +5,7 @@
  */
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { parseConfig } from '../../src/config.js';
@@ -31,8 +31,7 @@ t.test('200 abrupt sessions leak nothing, and logs hold no secret', async (t) =>
   await daemon.start();
   t.teardown(() => daemon.stop());
 
-  const knownHosts = join(rig.dir, 'known_hosts');
-  writeFileSync(knownHosts, `hcloud-builder ${Buffer.from(rig.hostKeyBase64(), 'base64').toString()}\n`);
+  const knownHosts = rig.knownHostsFile();
   const sshConfig = rig.sshConfig(daemon.port);
   const session = (): Promise<void> => new Promise((resolve, reject) => {
     const ssh = spawn('ssh', ['-F', sshConfig, '-i', rig.clientKeyFile, '-o', `UserKnownHostsFile=${knownHosts}`, '-o', 'BatchMode=yes', 'x86_64@hcloud-builder', 'nix-store --serve --write'], { stdio: ['pipe', 'pipe', 'ignore'] });

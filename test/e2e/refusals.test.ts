@@ -9,8 +9,7 @@ t.test('refusals', async (t) => {
   const rig = await Rig.start();
   t.teardown(() => rig.stop());
   const daemon = await rig.startDaemon();
-  const knownHosts = join(rig.dir, 'known_hosts');
-  writeFileSync(knownHosts, `hcloud-builder ${Buffer.from(rig.hostKeyBase64(), 'base64').toString()}\n`);
+  const knownHosts = rig.knownHostsFile();
   const sshConfig = rig.sshConfig(daemon.port);
   const ssh = (user: string, key: string, extra: string[], command?: string) =>
     run('ssh', ['-F', sshConfig, '-i', key, '-o', `UserKnownHostsFile=${knownHosts}`, '-o', 'BatchMode=yes', ...extra, `${user}@hcloud-builder`, ...(command === undefined ? [] : [command])], { timeoutMs: 20_000 });

@@ -644,17 +644,7 @@ export class FakeCloud {
       res.destroy();
       return;
     }
-    if (fault && !fault.afterHandling) {
-      if (fault.networkError) {
-        record(0);
-        req.socket.destroy();
-        return;
-      }
-      if (fault.status !== undefined) {
-        this.sendFault(res, ctx, fault, record);
-        return;
-      }
-    }
+    if (fault && !fault.afterHandling && this.answerWithFault(fault, req, res, ctx, record)) return;
 
     let answer: Answer;
     try {
@@ -673,17 +663,7 @@ export class FakeCloud {
       answer = { status: err.status, body: { error: { code: err.code, message: err.message, details: err.details } } };
     }
 
-    if (fault?.afterHandling) {
-      if (fault.networkError) {
-        record(0);
-        req.socket.destroy();
-        return;
-      }
-      if (fault.status !== undefined) {
-        this.sendFault(res, ctx, fault, record);
-        return;
-      }
-    }
+    if (fault?.afterHandling && this.answerWithFault(fault, req, res, ctx, record)) return;
     this.send(res, ctx, answer, fault?.headers ?? {}, record);
   }
 
@@ -733,6 +713,20 @@ export class FakeCloud {
       'RateLimit-Remaining': String(Math.floor(b.tokens)),
       'RateLimit-Reset': String(Math.floor(Date.now() / 1000) + resetIn),
     };
+  }
+
+  /** Answers with the fault (a dropped connection or an error) when it has one; false when it only delays. */
+  private answerWithFault(fault: Fault, req: IncomingMessage, res: ServerResponse, ctx: RequestContext, record: (s: number) => void): boolean {
+    if (fault.networkError) {
+      record(0);
+      req.socket.destroy();
+      return true;
+    }
+    if (fault.status !== undefined) {
+      this.sendFault(res, ctx, fault, record);
+      return true;
+    }
+    return false;
   }
 
   private sendFault(res: ServerResponse, ctx: RequestContext, fault: Fault, record: (s: number) => void): void {
