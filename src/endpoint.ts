@@ -223,9 +223,15 @@ export class Endpoint {
     const started = Date.now();
     try {
       lease = await pool.acquire({ signal: abort.signal, progress: (line) => channel.stderr.write(`${line}\n`) });
-      channel.removeListener('close', onEarlyClose);
       if (abort.signal.aborted) return;
       const upstream = await lease.worker.exec(renderNixCommand(command));
+      // The client may have gone while the channel opened: then nobody would close it, and its
+      // slot would keep the worker from ever idling.
+      if (abort.signal.aborted) {
+        upstream.close();
+        return;
+      }
+      channel.removeListener('close', onEarlyClose);
       const waitedMs = Date.now() - started;
       log.info({ user, worker: lease.worker.record.name, command: command.mode, waitedMs }, 'session started');
       const result = await pipeSession(channel, upstream);
