@@ -674,3 +674,126 @@ t.test('real servers: behaviours', { skip: canRunServers ? false : 'needs root, 
   t.equal(await connectError(nk.public_net.ipv4?.ip ?? ''), 'ECONNREFUSED');
   t.same(cloud.schemaErrors, []);
 });
+
+const canRunNixosWorkers =
+  canRunServers &&
+  ['losetup', 'sgdisk', 'partx', 'blkid', 'mkswap', 'curl', 'jq', 'bash'].every((c) => spawnSync('sh', ['-c', `command -v ${c}`]).status === 0) &&
+  spawnSync('losetup', ['--find']).status === 0;
+
+/** Loop devices whose backing file is under dir (also once the file is deleted). */
+function loopsUnder(dir: string): string[] {
+  const r = spawnSync('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE'], { encoding: 'utf8' });
+  return r.stdout.split('\n').filter((l) => l.includes(dir));
+}
+
+t.test('real servers: a NixOS worker image boots by its own scripts, with the user data from the metadata service', { skip: canRunNixosWorkers ? false : 'needs what real servers need, plus loop devices, sgdisk, partx, blkid, mkswap, curl, jq' }, async (t) => {
+  const { cloud, logs } = await startCloud(t, { realServers: true, bootDelayMs: 100, readyDelayMs: 50, deleteDelayMs: 50, nixosWorker: { fetchAttempts: 2, swapMib: 8 } });
+  const image = cloud.addImage({ description: 'nixos worker', labels: { role: 'nix-worker' }, worker: 'nixos' });
+  const host = keyPair('worker-host');
+  const login = keyPair('daemon@test');
+  const userData = `#cloud-config\n${JSON.stringify({
+    ssh_keys: { ed25519_private: host.private, ed25519_public: host.public },
+    users: [{ name: 'root', ssh_authorized_keys: [login.public] }],
+    runcmd: ['touch /run/cloud-init-ran'],
+  })}\n`;
+  const create = async (name: string): Promise<Schemas['server']> => {
+    const r = await api(cloud, 'POST', '/servers', { ...baseServer, image: String(image.id), name, user_data: userData });
+    t.equal(r.status, 201, `${name} created`);
+    return (obj(r.json) as unknown as Schemas['create_server_response']).server;
+  };
+  const info = (id: number) => cloud.servers().find((s) => s.id === id);
+  const requestsBefore = cloud.requests.length;
+
+  // Two servers at once: one healthy, one whose metadata service drops every connection.
+  const ok = await create('nixos-1');
+  const broken = await create('nixos-2');
+  cloud.injectMetadata({ server: broken.id, networkError: true, times: Infinity });
+
+  // The metadata service, as the healthy server sees it.
+  const base = cloud.metadataBase(ok.id);
+  const ud = await fetch(`${base}/userdata`);
+  t.equal(ud.status, 200);
+  t.match(ud.headers.get('content-type'), /^text\/plain/);
+  t.equal(await ud.text(), userData, 'the user data the server was created with');
+  const meta = await (await fetch(`${base}/metadata`)).text();
+  t.match(meta, `instance-id: ${ok.id}\n`);
+  t.match(meta, 'hostname: nixos-1\n');
+  t.match(meta, `public-ipv4: ${ok.public_net.ipv4?.ip}\n`);
+  t.equal(await (await fetch(`${base}/metadata/hostname`)).text(), 'nixos-1');
+  t.equal(await (await fetch(`${base}/metadata/availability-zone`)).text(), 'fsn1-dc14');
+  t.equal((await fetch(`${base}/nothing`)).status, 404, 'unknown path: 404');
+  t.equal((await fetch(`${cloud.metadataBase(99)}/userdata`)).status, 404, 'unknown server: 404');
+  t.equal((await fetch(`${base}/userdata`, { method: 'POST' })).status, 405);
+  cloud.injectMetadata({ server: ok.id, path: '/userdata', status: 500, body: 'oops' });
+  const faulty = await fetch(`${base}/userdata`);
+  t.same([faulty.status, await faulty.text()], [500, 'oops'], 'a metadata fault answers once');
+  t.equal(cloud.requests.length, requestsBefore + 2, 'metadata requests are not API requests');
+
+  // The healthy one: keys, disk, sshd, ready marker.
+  await until('nixos-1 ready', () => info(ok.id)?.cloudInitDone, 20_000);
+  const s1 = info(ok.id);
+  t.same(s1?.units, { keys: 'done', expand: 'done', sshd: 'done', ready: 'done' });
+  t.equal(s1?.bootMode, 'nixos');
+  t.ok(s1?.loopDevice, 'its disk is on a loop device');
+  const c = await sshConnect(ok.public_net.ipv4?.ip ?? '', login.private, host.public);
+  const inside = await sshExec(c, 'test -e /run/nix-hcloud-builder/ready && echo ready; ls /etc/ssh; stat -c %a /root/.ssh /root/.ssh/authorized_keys; test -e /run/cloud-init-ran || echo no-cloud-init');
+  c.end();
+  t.equal(inside.stdout, 'ready\nmoduli\nssh_host_ed25519_key\nssh_host_ed25519_key.pub\n700\n600\nno-cloud-init\n', 'a private /etc/ssh with only the fetched key; no cloud-init');
+  const disk = s1?.workerDisk ?? '';
+  const table = spawnSync('sgdisk', ['--print', disk], { encoding: 'utf8' }).stdout;
+  t.match(table, /\n\s+4\s+\d+\s+\d+\s+.*8200\s+swap\n/, 'a swap partition at the end');
+
+  // The broken one: the keys unit fails, so sshd never starts and the marker is never written.
+  await until('nixos-2 keys failed', () => info(broken.id)?.units?.keys === 'failed', 20_000);
+  const s2 = info(broken.id);
+  t.match(s2?.units, { keys: 'failed', sshd: 'skipped', ready: 'skipped' });
+  t.equal(await connectError(broken.public_net.ipv4?.ip ?? ''), 'ECONNREFUSED', 'no sshd');
+  t.match(readFileSync(join(s2?.dir ?? '', 'fetch-keys.log'), 'utf8'), /after 2 attempts/);
+  t.ok(logs.some((l) => l.includes(`server ${broken.id}: nix-hcloud-builder-keys.service failed`)), 'the failure is logged');
+  t.same(cloud.metadataRequests.filter((r) => r.server === broken.id).map((r) => r.status), [0, 0], 'two attempts, both dropped');
+
+  // A reboot: the disk is kept, zpool-expand.sh finds it grown and only turns swap on again.
+  t.equal((await api(cloud, 'POST', `/servers/${ok.id}/actions/poweroff`)).status, 201);
+  await until('off', () => info(ok.id)?.status === 'off');
+  t.same(loopsUnder(s1?.dir ?? ''), [], 'powered off: the loop device is detached');
+  const calls = join(s1?.dir ?? '', 'stub-calls.log');
+  const firstBoot = readFileSync(calls, 'utf8');
+  t.equal((await api(cloud, 'POST', `/servers/${ok.id}/actions/poweron`)).status, 201);
+  await until('ready again', () => info(ok.id)?.cloudInitDone, 20_000);
+  t.equal(spawnSync('sgdisk', ['--print', disk], { encoding: 'utf8' }).stdout, table, 'the partition table is unchanged');
+  const secondBoot = readFileSync(calls, 'utf8').slice(firstBoot.length);
+  t.match(secondBoot, /swapon --discard \/dev\/loop\d+p4\n/, 'swap on again');
+  t.match(readFileSync(join(s1?.dir ?? '', 'zpool-expand.log'), 'utf8'), /grew from (\d+) to \1 bytes\n(.|\n)*$/, 'nothing more to grow');
+
+  // Deleted while zpool-expand.sh runs: every process dies and the loop device goes.
+  const third = await create('nixos-3');
+  await until('expanding', () => info(third.id)?.units?.expand === 'running', 20_000);
+  await api(cloud, 'DELETE', `/servers/${third.id}`);
+  await until('deleted', () => info(third.id)?.deleted);
+  t.same(loopsUnder(info(third.id)?.dir ?? ''), [], 'deleted mid-boot: the loop device is detached');
+
+  // Behaviours: another host key than the user data's (after the keys unit), and no ready unit.
+  cloud.behaveNext('wrong-host-key');
+  cloud.behaveNext('never-ready');
+  const wrong = await create('nixos-wrong-key');
+  const never = await create('nixos-never-ready');
+  await until('both sshds up', () => info(wrong.id)?.sshdRunning && info(never.id)?.sshdRunning, 20_000);
+  await t.rejects(sshConnect(wrong.public_net.ipv4?.ip ?? '', login.private, host.public), /host/i, 'wrong-host-key: host key verification fails');
+  await new Promise((r) => setTimeout(r, 300));
+  t.same(info(never.id)?.units, { keys: 'done', expand: 'done', sshd: 'done', ready: 'waiting' }, 'never-ready: the ready unit never runs');
+  const cn = await sshConnect(never.public_net.ipv4?.ip ?? '', login.private, host.public);
+  t.equal((await sshExec(cn, 'test -e /run/nix-hcloud-builder/ready || echo not-ready')).stdout, 'not-ready\n');
+  cn.end();
+
+  // The last-resort cleanup (process exit) and stop() release the loop devices too.
+  await until('ready again', () => info(ok.id)?.cloudInitDone, 20_000);
+  t.ok(loopsUnder(s1?.dir ?? '').length === 1, 'attached while running');
+  cloud.killAllSync();
+  t.same(loopsUnder(s1?.dir ?? ''), [], 'killAllSync detached it');
+  const fourth = await create('nixos-4');
+  await until('nixos-4 disk', () => info(fourth.id)?.loopDevice);
+  const dir4 = info(fourth.id)?.dir ?? '';
+  await cloud.stop();
+  t.same(loopsUnder(dir4), [], 'stop() detached the disk of a server still booting');
+  t.same(cloud.schemaErrors, []);
+});

@@ -21,7 +21,15 @@ echo "zpool-expand: pool $pool on $part (partition $number of $disk)"
 
 sector_size=$(blockdev --getss "$disk")
 mib=$((1024 * 1024 / sector_size))
-swap_part=$(blkid -t PARTLABEL=swap -o device "$disk"* 2>/dev/null | head -n1 || true)
+# The swap partition of this disk, if any: its partitions from sysfs (a glob like /dev/sda* would
+# also match /dev/sdaa, or /dev/loop10 for /dev/loop1).
+find_swap() {
+  local parts
+  mapfile -t parts < <(lsblk -lnpo NAME "$disk" | tail -n +2)
+  ((${#parts[@]} > 0)) || return 0
+  blkid -t PARTLABEL=swap -o device "${parts[@]}" 2>/dev/null | head -n1 || true
+}
+swap_part=$(find_swap)
 
 info() { sgdisk --info="$number" "$disk" | sed -n "s/^$1: *//p"; }
 
@@ -53,7 +61,7 @@ if [ -z "$swap_part" ]; then
     partx --update --nr "$number" "$disk"
     partx --add "$disk" 2>/dev/null || true
     if command -v udevadm >/dev/null; then udevadm settle; fi
-    swap_part=$(blkid -t PARTLABEL=swap -o device "$disk"* 2>/dev/null | head -n1 || true)
+    swap_part=$(find_swap)
     if [ -n "$swap_part" ]; then
       mkswap --label swap "$swap_part" >/dev/null
     fi

@@ -1,7 +1,9 @@
 // A fake Hetzner Cloud API for tests, with optional real servers: every
 // created server can become an sshd in its own mount namespace on its own
 // loopback address (127.0.0.N), with its own empty Nix store at /nix,
-// configured from its cloud-config user data.
+// configured from its cloud-config user data, or, for a server of a NixOS
+// worker image, by that image's own boot scripts, which read the user data
+// from the fake metadata service (`/metadata/<server id>/hetzner/v1/...`).
 //
 // The answers follow spec/hcloud/openapi.json and are checked against it.
 
@@ -18,7 +20,7 @@ import { LOCATIONS, DATA_CENTERS, SERVER_TYPES, systemImages, includedTraffic, t
 import { labelProblems, parseSelector, matches, SelectorError, type Labels } from './labels.js';
 import { checkRequestBody, checkResponse, checkSchema } from './openapi.js';
 import { parseUserData } from './cloud-config.js';
-import { Worker } from './worker.js';
+import { Worker, releaseAllDisksSync, type NixosBoot, type UnitState, NIXOS_UNITS } from './worker.js';
 
 type Schemas = components['schemas'];
 type ApiServer = Schemas['server'];
@@ -64,6 +66,39 @@ export interface FakeCloudOptions {
   logRequests?: boolean;
   /** Where log lines go (schema mismatches, server events, requests). Default: stderr. */
   log?: (line: string) => void;
+  /** How servers of a NixOS worker image (`addImage({ worker: 'nixos' })`) boot. */
+  nixosWorker?: {
+    /** NHB_FETCH_ATTEMPTS for fetch-keys.sh (one a second), default 10. */
+    fetchAttempts?: number;
+    /** NHB_SWAP_MIB for zpool-expand.sh, default 32. */
+    swapMib?: number;
+    /** The image's size as written to the disk, default 64 (MiB). */
+    imageMib?: number;
+    /** The server's disk (a sparse file), default 256 (MiB). */
+    diskMib?: number;
+  };
+}
+
+/** Which units of nixos/worker.nix ran and how (null for other servers). */
+export type NixosUnits = Record<keyof typeof NIXOS_UNITS, UnitState>;
+
+/**
+ * "This answer from the metadata service for the next N matching requests": an HTTP status
+ * and body instead of the real answer, or a dropped connection.
+ */
+export interface MetadataFault {
+  /** Only requests of this server; any server when absent. */
+  server?: number;
+  /** Path below /hetzner/v1, e.g. "/userdata"; any when absent. */
+  path?: string | RegExp;
+  /** How many matching requests get the fault, default 1 (Infinity: all). */
+  times?: number;
+  /** Default 200. */
+  status?: number;
+  /** Default: empty. */
+  body?: string;
+  /** Destroy the socket instead of answering. */
+  networkError?: boolean;
 }
 
 /** "A given error for the next N matching requests." */
@@ -87,7 +122,8 @@ export interface Fault {
   afterHandling?: boolean;
 }
 
-export type ServerBehaviour = 'normal' | 'never-running' | 'no-sshd' | 'wrong-host-key' | 'never-ready' | 'action-error';
+/** `ignores-shutdown`: the OS ignores ACPI; `shutdown` succeeds at once (request delivered) and the server keeps running. */
+export type ServerBehaviour = 'normal' | 'never-running' | 'no-sshd' | 'wrong-host-key' | 'never-ready' | 'action-error' | 'ignores-shutdown';
 
 export interface FakeServerInfo {
   id: number;
@@ -119,7 +155,19 @@ export interface FakeServerInfo {
   diskFile: string;
   /** The disk the server was created from, when its image is a snapshot made by `create_image`. */
   disk: SnapshotDisk | null;
+  /** How the server boots: cloud-init reads its user data, or the NixOS worker image's units. */
+  bootMode: BootMode;
+  /** NixOS worker image: the state of each unit of the current (or last) boot; null otherwise. */
+  units: NixosUnits | null;
+  /** NixOS worker image: its disk (`DIR/worker-disk.img`); null otherwise. */
+  workerDisk: string | null;
+  /** NixOS worker image: the loop device holding the disk while the server runs. */
+  loopDevice: string | null;
+  /** This server's user data on the fake metadata service (`/metadata/<id>/hetzner/v1/userdata`). */
+  metadataUrl: string;
 }
+
+export type BootMode = 'cloud-init' | 'nixos';
 
 interface ServerRecord {
   id: number;
@@ -147,6 +195,9 @@ interface ServerRecord {
   rescueKeys: string[] | null;
   inRescue: boolean;
   disk: SnapshotDisk | null;
+  bootMode: BootMode;
+  /** The units of the last NixOS boot (kept when its worker is gone). */
+  lastUnits: NixosUnits | null;
 }
 
 interface RequestContext {
@@ -266,11 +317,14 @@ function installExitHooks(): void {
   exitHooksInstalled = true;
   process.on('exit', () => {
     for (const c of liveClouds) c.killAllSync();
+    // Also the disks of workers being stopped (no longer a server's current worker).
+    releaseAllDisksSync();
     for (const key of [...addressesInUse]) unlockAddress(key);
   });
   for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
     const handler = () => {
       for (const c of liveClouds) c.killAllSync();
+      releaseAllDisksSync();
       // Keep the default behaviour (die by the signal) unless someone else handles it.
       if (process.listenerCount(sig) === 1) {
         process.off(sig, handler);
@@ -294,11 +348,14 @@ interface Route {
 export class FakeCloud {
   readonly url: string;
   readonly requests: { method: string; path: string; status: number }[] = [];
+  /** Requests to the fake metadata service (path below /hetzner/v1; status 0: dropped). */
+  readonly metadataRequests: { server: number; path: string; status: number }[] = [];
   readonly schemaErrors: string[] = [];
 
-  private readonly opts: Required<Omit<FakeCloudOptions, 'rateLimit' | 'serverLimit' | 'log'>> & {
+  private readonly opts: Required<Omit<FakeCloudOptions, 'rateLimit' | 'serverLimit' | 'log' | 'nixosWorker'>> & {
     serverLimit: number;
     log: (line: string) => void;
+    nixosWorker: Required<NonNullable<FakeCloudOptions['nixosWorker']>>;
   };
   private readonly http: HttpServer;
   private readonly serversById = new Map<number, ServerRecord>();
@@ -306,6 +363,9 @@ export class FakeCloud {
   private readonly images: Image[] = systemImages();
   private readonly sshKeys = new Map<number, SshKey>();
   private readonly snapshotDisks = new Map<number, SnapshotDisk>();
+  /** Ids of the images whose servers boot as NixOS workers. */
+  private readonly nixosImages = new Set<number>();
+  private readonly metadataFaults: (MetadataFault & { left: number })[] = [];
   private nextSshKeyId = 9_000_001;
   private readonly faults: (Fault & { left: number })[] = [];
   private readonly behaviours: ServerBehaviour[] = [];
@@ -334,6 +394,12 @@ export class FakeCloud {
       serverLimit: opts.serverLimit ?? Number.POSITIVE_INFINITY,
       logRequests: opts.logRequests ?? false,
       log: opts.log ?? ((line: string) => process.stderr.write(`fake-hcloud: ${line}\n`)),
+      nixosWorker: {
+        fetchAttempts: opts.nixosWorker?.fetchAttempts ?? 10,
+        swapMib: opts.nixosWorker?.swapMib ?? 32,
+        imageMib: opts.nixosWorker?.imageMib ?? 64,
+        diskMib: opts.nixosWorker?.diskMib ?? 256,
+      },
     };
     const limit = opts.rateLimit?.limit ?? 3600;
     this.bucket = { limit, refill: opts.rateLimit?.refillPerSecond ?? 1, tokens: limit, at: Date.now() };
@@ -377,6 +443,24 @@ export class FakeCloud {
     this.faults.push({ ...fault, left: fault.times ?? 1 });
   }
 
+  /** A fault on the metadata service (`/metadata/<id>/hetzner/v1/...`), e.g. a 404 or garbage user data. */
+  injectMetadata(fault: MetadataFault): void {
+    this.metadataFaults.push({ ...fault, left: fault.times ?? 1 });
+  }
+
+  /** Base URL of the fake metadata service for one server: append e.g. "/userdata". */
+  metadataBase(serverId: number): string {
+    return `${this.url.replace(/\/v1$/, '')}/metadata/${serverId}/hetzner/v1`;
+  }
+
+  /**
+   * A file as the running server sees it, read inside its mount namespace (e.g. its private
+   * /etc/ssh); null when the server does not run or the file cannot be read.
+   */
+  async readServerFile(id: number, path: string): Promise<string | null> {
+    return (await this.serversById.get(id)?.worker?.readFile(path)) ?? null;
+  }
+
   /** The next `count` (default 1) created servers behave so. */
   behaveNext(behaviour: ServerBehaviour, count = 1): void {
     for (let i = 0; i < count; i++) this.behaviours.push(behaviour);
@@ -405,7 +489,11 @@ export class FakeCloud {
     return this.snapshotDisks.get(imageId);
   }
 
-  /** Adds an image (a snapshot by default), e.g. a prepared NixOS image; returns it. */
+  /**
+   * Adds an image (a snapshot by default), e.g. a prepared NixOS image; returns it. With
+   * `worker: 'nixos'` it is the NixOS worker image of nixos/worker.nix: its servers boot by that
+   * image's units (fetch-keys.sh, zpool-expand.sh, sshd, ready-marker.sh), not by cloud-init.
+   */
   addImage(img: {
     description: string;
     labels?: Labels;
@@ -414,6 +502,7 @@ export class FakeCloud {
     name?: string | null;
     diskSize?: number;
     imageSize?: number;
+    worker?: 'nixos';
   }): Image {
     const image: Image = {
       id: this.nextImageId++,
@@ -436,6 +525,7 @@ export class FakeCloud {
       protection: { delete: false },
     };
     this.images.push(image);
+    if (img.worker === 'nixos') this.nixosImages.add(image.id);
     return image;
   }
 
@@ -477,7 +567,7 @@ export class FakeCloud {
     rmSync(join(this.opts.dataDir, 'servers'), { recursive: true, force: true });
   }
 
-  /** Synchronous last-resort cleanup (process exit). */
+  /** Synchronous last-resort cleanup (process exit): kills every server, detaches their disks. */
   killAllSync(): void {
     for (const s of this.serversById.values()) s.worker?.killSync();
   }
@@ -516,6 +606,11 @@ export class FakeCloud {
       inRescue: s.inRescue,
       diskFile: join(s.dir, 'disk'),
       disk: s.disk,
+      bootMode: s.bootMode,
+      units: s.worker?.units ? { ...s.worker.units } : s.lastUnits ? { ...s.lastUnits } : null,
+      workerDisk: s.bootMode === 'nixos' ? join(s.dir, 'worker-disk.img') : null,
+      loopDevice: s.worker?.loopDevice ?? null,
+      metadataUrl: `${this.metadataBase(s.id)}/userdata`,
     };
   }
 
@@ -625,6 +720,12 @@ export class FakeCloud {
     const chunks: Buffer[] = [];
     for await (const c of req) chunks.push(c as Buffer);
     const body = Buffer.concat(chunks).toString('utf8');
+    const meta = /^\/metadata\/(\d+)\/hetzner\/v1(\/.*)$/.exec(url.pathname);
+    if (meta) {
+      if (this.stopping) res.destroy();
+      else this.handleMetadata(req, res, Number(meta[1]), meta[2] as string);
+      return;
+    }
     const inApi = url.pathname === '/v1' || url.pathname.startsWith('/v1/');
     const path = inApi ? url.pathname.slice(3) || '/' : url.pathname;
     const ctx: RequestContext = { method, path, query: url.searchParams, body, template: null, params: {} };
@@ -806,6 +907,7 @@ export class FakeCloud {
     add('GET', '/servers/{id}/actions/{action_id}', (c) => this.getServerAction(c));
     add('GET', '/actions', (c) => this.getActions(c));
     add('DELETE', '/images/{id}', (c) => this.deleteImage(c));
+    add('PUT', '/images/{id}', (c) => this.updateImage(c));
     add('GET', '/ssh_keys', (c) => this.listSshKeysRoute(c));
     add('POST', '/ssh_keys', (c) => this.createSshKey(c));
     add('GET', '/ssh_keys/{id}', (c) => ({ status: 200, body: { ssh_key: this.byId([...this.sshKeys.values()], c, 'SSH key') } }));
@@ -1113,6 +1215,8 @@ export class FakeCloud {
       rescueKeys: null,
       inRescue: false,
       disk: this.snapshotDisks.get(image.id) ?? null,
+      bootMode: this.nixosImages.has(image.id) ? 'nixos' : 'cloud-init',
+      lastUnits: null,
     };
     this.serversById.set(id, s);
     if (this.opts.realServers) Worker.prepare(s.dir, s.userData);
@@ -1161,6 +1265,7 @@ export class FakeCloud {
 
   private async bootWorker(s: ServerRecord): Promise<void> {
     if (s.rescueKeys !== null) return this.bootRescue(s);
+    if (s.bootMode === 'nixos') return this.bootNixos(s);
     const config = parseUserData(s.userData);
     for (const p of config.problems) this.opts.log(`server ${s.id}: ${p}`);
     if (s.behaviour === 'no-sshd') return;
@@ -1186,6 +1291,96 @@ export class FakeCloud {
     } catch (e) {
       if (!s.deleted && s.status !== 'deleting' && !this.stopping) this.opts.log(`server ${s.id}: ${(e as Error).message}`);
     }
+  }
+
+  /**
+   * Boots a server of the NixOS worker image: no cloud-init; the image's units run inside the
+   * server's namespace (see NixosBoot in worker.ts) and fetch-keys.sh reads the user data from
+   * the fake metadata service.
+   */
+  private async bootNixos(s: ServerRecord): Promise<void> {
+    if (s.behaviour === 'no-sshd') return;
+    const n = this.opts.nixosWorker;
+    const nixos: NixosBoot = {
+      metadataUrl: `${this.metadataBase(s.id)}/userdata`,
+      fetchAttempts: n.fetchAttempts,
+      swapMib: n.swapMib,
+      imageMib: n.imageMib,
+      diskMib: n.diskMib,
+    };
+    const worker = new Worker({
+      id: s.id,
+      dir: s.dir,
+      address: s.address,
+      sshPort: this.opts.sshPort,
+      config: parseUserData(null),
+      wrongHostKey: s.behaviour === 'wrong-host-key',
+      neverReady: s.behaviour === 'never-ready',
+      readyDelayMs: this.opts.readyDelayMs,
+      maxSessions: this.opts.maxSessions,
+      log: this.opts.log,
+      nixos,
+    });
+    s.worker = worker;
+    s.lastUnits = worker.units;
+    try {
+      await worker.start();
+    } catch (e) {
+      if (!s.deleted && s.status !== 'deleting' && !this.stopping) this.opts.log(`server ${s.id}: ${(e as Error).message}`);
+    }
+  }
+
+  // ------------------------------------------------------------ metadata
+
+  /**
+   * The fake metadata service. The real one (http://169.254.169.254/hetzner/v1/...) knows the
+   * asking server by its address; here the server is in the path: /metadata/<id>/hetzner/v1/...
+   * Plain text, no token, no rate limit; 404 for unknown or deleted servers and other paths.
+   */
+  private metadataAnswer(id: number, path: string): { status: number; body: string; type: string } {
+    const s = this.serversById.get(id);
+    const notFound = { status: 404, body: 'not found\n', type: 'text/plain' };
+    if (!s || s.deleted) return notFound;
+    const fields: Record<string, string> = {
+      'availability-zone': s.datacenter.name,
+      hostname: s.name,
+      'instance-id': String(s.id),
+      'public-ipv4': s.ipv4Enabled ? s.address : '',
+      region: s.location.network_zone,
+    };
+    if (path === '/userdata') return { status: 200, body: s.userData ?? '', type: 'text/plain' };
+    if (path === '/metadata') {
+      const yaml = Object.entries(fields).map(([k, v]) => `${k}: ${v === '' ? "''" : v}`).join('\n');
+      return { status: 200, body: `${yaml}\n`, type: 'text/yaml' };
+    }
+    const key = /^\/metadata\/([a-z0-9-]+)$/.exec(path)?.[1];
+    if (key !== undefined && key in fields) return { status: 200, body: fields[key] ?? '', type: 'text/plain' };
+    return notFound;
+  }
+
+  private handleMetadata(req: IncomingMessage, res: ServerResponse, id: number, path: string): void {
+    const method = (req.method ?? 'GET').toUpperCase();
+    const record = (status: number) => {
+      this.metadataRequests.push({ server: id, path, status });
+      if (this.opts.logRequests) this.opts.log(`metadata of server ${id}: ${method} ${path} -> ${status === 0 ? 'network error' : status}`);
+    };
+    const fault = this.metadataFaults.find(
+      (f) => f.left > 0 && (f.server === undefined || f.server === id) && (f.path === undefined || (typeof f.path === 'string' ? f.path === path : f.path.test(path))),
+    );
+    if (fault) fault.left--;
+    if (fault?.networkError) {
+      record(0);
+      req.socket.destroy();
+      return;
+    }
+    const answer = fault
+      ? { status: fault.status ?? 200, body: fault.body ?? '', type: 'text/plain' }
+      : method === 'GET' || method === 'HEAD'
+        ? this.metadataAnswer(id, path)
+        : { status: 405, body: 'method not allowed\n', type: 'text/plain' };
+    record(answer.status);
+    res.writeHead(answer.status, { 'Content-Type': answer.type, 'Content-Length': String(Buffer.byteLength(answer.body)) });
+    res.end(method === 'HEAD' ? undefined : answer.body);
   }
 
   private deleteServer(c: RequestContext): Answer {
@@ -1323,7 +1518,7 @@ export class FakeCloud {
   private powerOff(c: RequestContext, command: 'shutdown_server' | 'stop_server'): Answer {
     const s = this.liveServer(c);
     const action = this.newAction(command, s.id);
-    if (s.status === 'off') {
+    if (s.status === 'off' || (command === 'shutdown_server' && s.behaviour === 'ignores-shutdown')) {
       this.finishAction(action.id);
     } else {
       s.status = 'stopping';
@@ -1384,6 +1579,8 @@ export class FakeCloud {
     };
     this.images.push(image);
     if (disk !== null) this.snapshotDisks.set(image.id, disk);
+    // A snapshot of a NixOS worker is a NixOS worker image, unless the rescue system wrote its disk.
+    if (s.bootMode === 'nixos' && !existsSync(diskFile)) this.nixosImages.add(image.id);
     const action = this.newAction('create_image', s.id);
     action.resources.push({ id: image.id, type: 'image' });
     this.later(null, Math.min(300, this.opts.bootDelayMs / 2), () => {
@@ -1394,6 +1591,19 @@ export class FakeCloud {
     return { status: 201, body: { action: { ...action, resources: [...action.resources] }, image: { ...image, labels: { ...image.labels } } } };
   }
 
+  /** `PUT /images/{id}`: description and labels (the labels given replace all of them). */
+  private updateImage(c: RequestContext): Answer {
+    const image = this.byId(this.images, c, 'image');
+    const req = this.jsonBody(c) as Schemas['replace_image_request'];
+    if (req.labels !== undefined) {
+      const lp = labelProblems(req.labels);
+      if (lp.length > 0) throw invalidInput(`invalid input in field 'labels'`, [{ name: 'labels', messages: lp }]);
+      image.labels = { ...req.labels };
+    }
+    if (req.description !== undefined) image.description = req.description;
+    return { status: 200, body: { image: { ...image, labels: { ...image.labels } } } };
+  }
+
   private deleteImage(c: RequestContext): Answer {
     const image = this.byId(this.images, c, 'image');
     if (image.type !== 'snapshot' && image.type !== 'backup') {
@@ -1401,6 +1611,7 @@ export class FakeCloud {
     }
     this.images.splice(this.images.indexOf(image), 1);
     this.snapshotDisks.delete(image.id);
+    this.nixosImages.delete(image.id);
     return { status: 204, body: null };
   }
 

@@ -1,6 +1,8 @@
 // One fake server as a real machine: an sshd in its own mount namespace, with
 // its own /nix (an empty store root), its own /run and its own /etc/nix,
-// configured from the server's cloud-config the way cloud-init would.
+// configured either from the server's cloud-config the way cloud-init would, or
+// (a server of a NixOS worker image, see `NixosBoot`) by the boot scripts of
+// nixos/worker.nix, run for real inside the namespace.
 //
 // Layout of the server folder DIR:
 //   nix/                     bind-mounted at /nix inside the server
@@ -8,20 +10,29 @@
 //   rootfs/                  where write_files entries for other paths land
 //   ssh_host_ed25519_key     host key (0600), authorized_keys, sshd_config
 //   sshd.log, cloud-init-output.log, user-data, boot-finished
+// and for a NixOS worker image:
+//   worker-disk.img          the server's disk (sparse), attached to a loop device while it runs
+//   scripts/                 the copies of nixos/scripts/*.sh that ran
+//   bin/                     stand-ins for zpool and swapon, first on the scripts' PATH
+//   fetch-keys.log, zpool-expand.log, ready-marker.log   each script's output
+//   stub-calls.log           every call of the stand-ins
 
-import { spawn, type ChildProcess } from 'node:child_process';
-import { appendFileSync, cpSync, existsSync, mkdirSync, openSync, closeSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { appendFileSync, chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, openSync, closeSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
-import { join, posix } from 'node:path';
+import { dirname, join, posix } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { generateKeyPair } from '../../src/keys.js';
-import type { CloudConfig } from './cloud-config.js';
+import { shellQuote, type CloudConfig } from './cloud-config.js';
 
 /**
  * Paths that are the server's own inside its namespace; write_files elsewhere
- * go to DIR/rootfs instead of the host (/etc/nix is private only if the host has one).
+ * go to DIR/rootfs instead of the host (/etc/nix is private only if the host has one;
+ * /etc/ssh and /root only on a NixOS worker image).
  */
-function privatePrefixes(): string[] {
-  return existsSync('/etc/nix') ? ['/nix/', '/run/', '/etc/nix/'] : ['/nix/', '/run/'];
+function privatePrefixes(nixos: boolean): string[] {
+  const own = existsSync('/etc/nix') ? ['/nix/', '/run/', '/etc/nix/'] : ['/nix/', '/run/'];
+  return nixos ? [...own, '/etc/ssh/', '/root/'] : own;
 }
 
 export const CHILD_ENV: NodeJS.ProcessEnv = {
@@ -36,6 +47,17 @@ const SETUP_SCRIPT = [
   'mount -t tmpfs -o mode=0755 tmpfs /run',
   'mkdir -p /run/sshd',
   'if [ -d /etc/nix ]; then mount --bind "$1/etc-nix" /etc/nix; fi',
+  // NixOS worker image only ($3 = nixos): its boot scripts write /etc/ssh and /root/.ssh, so both
+  // are the server's own: a private /etc/ssh holding only the host's moduli (as NixOS has one), and
+  // a private, empty /root (the host may have no /root/.ssh to mount over, and a fresh server's
+  // root home is empty anyway).
+  'if [ "$3" = nixos ]; then',
+  '  [ -d /etc/ssh ] || { echo "this machine has no /etc/ssh to mount over" >&2; exit 1; }',
+  '  rm -f "$1/moduli"; if [ -f /etc/ssh/moduli ]; then cp /etc/ssh/moduli "$1/moduli"; fi',
+  '  mount -t tmpfs -o mode=0755 tmpfs /etc/ssh',
+  '  if [ -f "$1/moduli" ]; then cp "$1/moduli" /etc/ssh/moduli; fi',
+  '  mount -t tmpfs -o mode=0700 tmpfs /root',
+  'fi',
   // Rescue system only ($2 = the disk file): a private /dev holding the host's harmless device
   // nodes (bind mounts) and, at /dev/sda, the regular file $2, so that `dd of=/dev/sda` writes a
   // file the tests can read, and nothing outside this mount namespace changes.
@@ -79,6 +101,86 @@ export interface WorkerOptions {
    * /dev/sda, bind-mounted over a private /dev (see SETUP_SCRIPT).
    */
   rescueDisk?: string;
+  /** Boot as the NixOS worker image (nixos/worker.nix): no cloud-init, its boot scripts instead. */
+  nixos?: NixosBoot;
+}
+
+/**
+ * How a server of a NixOS worker image boots. Instead of cloud-init, the units of
+ * nixos/worker.nix run, each as the script it runs on a real worker, inside the server's mount
+ * namespace, in systemd's order:
+ *
+ *   nix-hcloud-builder-keys (fetch-keys.sh) and zpool-expand (zpool-expand.sh), side by side;
+ *   sshd: after both, only when the keys unit succeeded (it is `requiredBy` sshd);
+ *   nix-hcloud-builder-ready (ready-marker.sh): only when both units succeeded (`requires`).
+ *
+ * A unit that requires a failed one is skipped at once.
+ *
+ * The disk is `DIR/worker-disk.img`, a sparse file laid out like the image (BIOS boot, ESP, the
+ * pool partition ending 1 MiB before the end, `imageMib` in all) and then made `diskMib` large,
+ * attached to a loop device while the server runs. sgdisk, partx, blkid and mkswap act on it for
+ * real; `zpool` (there is no ZFS) and `swapon` (the machine's swap must not change) are stand-ins.
+ */
+export interface NixosBoot {
+  /** NHB_METADATA_URL: this server's user data on the fake metadata service. */
+  metadataUrl: string;
+  /** NHB_FETCH_ATTEMPTS. */
+  fetchAttempts: number;
+  /** NHB_SWAP_MIB. */
+  swapMib: number;
+  /** Size of the image as written to the disk (the pool partition ends 1 MiB before it). */
+  imageMib: number;
+  /** Size of the server's disk. */
+  diskMib: number;
+}
+
+/**
+ * A unit's state: not started yet, running, done (a script exited 0; sshd listens), failed, or
+ * skipped (a unit it requires failed).
+ */
+export type UnitState = 'waiting' | 'running' | 'done' | 'failed' | 'skipped';
+
+/** The units of nixos/worker.nix that the fake runs, with their scripts and log files. */
+export const NIXOS_UNITS = {
+  keys: { unit: 'nix-hcloud-builder-keys.service', script: 'fetch-keys.sh', log: 'fetch-keys.log' },
+  expand: { unit: 'zpool-expand.service', script: 'zpool-expand.sh', log: 'zpool-expand.log' },
+  sshd: { unit: 'sshd.service', script: null, log: 'sshd.log' },
+  ready: { unit: 'nix-hcloud-builder-ready.service', script: 'ready-marker.sh', log: 'ready-marker.log' },
+} as const;
+
+const NIXOS_SCRIPTS = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'nixos', 'scripts');
+
+/** Loop devices attached by workers of this process, detached by `releaseAllDisksSync` at exit. */
+const attachedLoops = new Set<string>();
+
+function detachLoopSync(loop: string): void {
+  // The partitions first (partx added them), then the device; a device still held open is
+  // detached when its last user closes it.
+  spawnSync('partx', ['--delete', loop], { stdio: 'ignore' });
+  spawnSync('losetup', ['--detach', loop], { stdio: 'ignore' });
+  attachedLoops.delete(loop);
+}
+
+/** Last-resort cleanup (process exit): detaches every loop device a worker of this process holds. */
+export function releaseAllDisksSync(): void {
+  for (const loop of [...attachedLoops]) detachLoopSync(loop);
+}
+
+function run(cmd: string, args: string[]): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: CHILD_ENV });
+    let out = '';
+    child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (out += b.toString()));
+    child.once('error', (e) => resolve({ code: -1, out: e.message }));
+    child.once('close', (code) => resolve({ code, out }));
+  });
+}
+
+async function must(cmd: string, args: string[]): Promise<string> {
+  const r = await run(cmd, args);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.code}): ${r.out.trim()}`);
+  return r.out;
 }
 
 function ownMountNamespace(): string {
@@ -108,12 +210,18 @@ export class Worker {
   private nsFd: number | null = null;
   listening = false;
   cloudInitDone = false;
+  /** NixOS worker image only: each unit's state (see NixosBoot). */
+  readonly units: Record<keyof typeof NIXOS_UNITS, UnitState> | null;
+  /** NixOS worker image only: the loop device holding DIR/worker-disk.img while the server runs. */
+  loopDevice: string | null = null;
   private stopped = false;
   private exited: Promise<void> = Promise.resolve();
   private readonly helpers = new Set<ChildProcess>();
   private readonly timers = new Set<NodeJS.Timeout>();
 
-  constructor(private readonly o: WorkerOptions) {}
+  constructor(private readonly o: WorkerOptions) {
+    this.units = o.nixos ? { keys: 'waiting', expand: 'waiting', sshd: 'waiting', ready: 'waiting' } : null;
+  }
 
   get sshdPid(): number | null {
     return this.sshd?.pid ?? null;
@@ -139,8 +247,10 @@ export class Worker {
    * Boots the worker: host key, authorized keys, sshd in a new mount
    * namespace, write_files, and (after readyDelayMs) runcmd. Resolves once
    * sshd accepts connections, or rejects when it could not start.
+   * A NixOS worker image boots by its own units instead (see NixosBoot).
    */
   async start(): Promise<void> {
+    if (this.o.nixos) return this.startNixos(this.o.nixos);
     const { dir, config } = this.o;
     let hostKey = config.hostKey?.private ?? null;
     let hostPub = config.hostKey?.public ?? null;
@@ -155,10 +265,39 @@ export class Worker {
     writeFileSync(join(dir, 'authorized_keys'), config.authorizedKeys.map((k) => `${k.trim()}\n`).join(''), { mode: 0o600 });
     writeFileSync(join(dir, 'sshd_config'), this.sshdConfig(), { mode: 0o644 });
 
+    const child = await this.spawnNamespace('');
+    if (child === null) return;
+
+    // cloud-init writes files in its init stage, before sshd runs.
+    for (const wf of config.writeFiles) {
+      if (this.stopped) return;
+      await this.writeFile(wf.path, wf.content, wf.permissions, wf.append);
+    }
+    child.stdin?.end('go\n');
+
+    await this.waitListening();
+    if (this.stopped) return;
+    if (!this.o.neverReady) {
+      const t = setTimeout(() => {
+        this.timers.delete(t);
+        void this.runcmd();
+      }, this.o.readyDelayMs);
+      t.unref();
+      this.timers.add(t);
+    }
+  }
+
+  /**
+   * Starts the namespace holder (`unshare` running SETUP_SCRIPT, which becomes sshd once told
+   * "go" on its stdin) and waits until its mounts are in place. Null when the worker was stopped
+   * meanwhile.
+   */
+  private async spawnNamespace(mode: '' | 'nixos'): Promise<ChildProcess | null> {
+    const { dir } = this.o;
     const logFd = openSync(join(dir, 'sshd.log'), 'a');
     let child: ChildProcess;
     try {
-      child = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', SETUP_SCRIPT, 'sh', dir, this.o.rescueDisk ?? ''], {
+      child = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', SETUP_SCRIPT, 'sh', dir, this.o.rescueDisk ?? '', mode], {
         detached: true,
         stdio: ['pipe', 'pipe', logFd],
         env: CHILD_ENV,
@@ -209,42 +348,241 @@ export class Worker {
     child.stdout?.destroy();
     if (this.stopped) {
       await this.stop();
-      return;
+      return null;
     }
-
-    // cloud-init writes files in its init stage, before sshd runs.
-    for (const wf of config.writeFiles) {
-      if (this.stopped) return;
-      await this.writeFile(wf.path, wf.content, wf.permissions, wf.append);
-    }
-    child.stdin?.end('go\n');
-
-    await this.waitListening();
-    if (this.stopped) return;
-    if (!this.o.neverReady) {
-      const t = setTimeout(() => {
-        this.timers.delete(t);
-        void this.runcmd();
-      }, this.o.readyDelayMs);
-      t.unref();
-      this.timers.add(t);
-    }
+    return child;
   }
 
+  // ------------------------------------------------------------ NixOS worker image
+
+  /**
+   * Boots a NixOS worker image: attaches its disk, then runs the units of nixos/worker.nix in
+   * systemd's order (see NixosBoot). Resolves once sshd accepts connections; rejects when sshd
+   * is not started (the keys unit failed) or does not come up. The ready unit runs readyDelayMs
+   * after sshd listens, unless a unit it requires failed (or the behaviour is never-ready).
+   */
+  private async startNixos(n: NixosBoot): Promise<void> {
+    const { dir } = this.o;
+    const units = this.units as Record<keyof typeof NIXOS_UNITS, UnitState>;
+    if (dir === '/root' || dir.startsWith('/root/')) {
+      throw new Error(`a NixOS worker's /root is a private tmpfs, so its folder ${dir} must not be under /root`);
+    }
+    mkdirSync(join(dir, 'scripts'), { recursive: true });
+    for (const u of Object.values(NIXOS_UNITS)) {
+      if (u.script !== null) copyFileSync(join(NIXOS_SCRIPTS, u.script), join(dir, 'scripts', u.script));
+    }
+    writeFileSync(join(dir, 'sshd_config'), this.nixosSshdConfig(), { mode: 0o644 });
+    await this.attachDisk(n);
+    if (this.stopped) {
+      this.releaseDisk();
+      return;
+    }
+    const child = await this.spawnNamespace('nixos');
+    if (child === null) return;
+
+    const path = `${join(dir, 'bin')}:${CHILD_ENV.PATH ?? ''}`;
+    // Both are ordered before sshd and not after each other: systemd starts them side by side. A
+    // unit that requires a failed one fails at once (sshd and ready on the keys unit, ready on
+    // zpool-expand), without waiting for the other.
+    const expand = this.runUnit('expand', { PATH: path, NHB_SWAP_MIB: String(n.swapMib) })
+      .catch(() => false)
+      .then((ok) => {
+        if (!ok && !this.stopped) units.ready = 'skipped';
+        return ok;
+      });
+    const keysOk = await this.runUnit('keys', { PATH: path, NHB_METADATA_URL: n.metadataUrl, NHB_FETCH_ATTEMPTS: String(n.fetchAttempts) });
+    if (this.stopped) return;
+    if (!keysOk) {
+      units.sshd = 'skipped';
+      units.ready = 'skipped';
+      throw new Error(`${NIXOS_UNITS.keys.unit} failed, see ${join(dir, NIXOS_UNITS.keys.log)}: sshd (which requires it) and the ready marker not started`);
+    }
+    // sshd is ordered after zpool-expand, but does not require it.
+    const expandOk = await expand;
+    if (this.stopped) return;
+    if (this.o.wrongHostKey) {
+      // After the keys unit: sshd presents another key than the one the user data gave.
+      const fresh = generateKeyPair('wrong-host-key');
+      const pair = { '/etc/ssh/ssh_host_ed25519_key': [`${fresh.privateKey.trim()}\n`, 0o600], '/etc/ssh/ssh_host_ed25519_key.pub': [`${fresh.publicKey.trim()}\n`, 0o644] } as const;
+      for (const [p, [content, mode]] of Object.entries(pair)) await this.writeFile(p, Buffer.from(content), mode, false);
+    }
+
+    units.sshd = 'running';
+    child.stdin?.end('go\n');
+    try {
+      await this.waitListening();
+    } catch (e) {
+      units.sshd = 'failed';
+      units.ready = 'skipped';
+      throw e;
+    }
+    if (this.stopped) return;
+    units.sshd = 'done';
+    if (!expandOk) {
+      this.o.log(`server ${this.o.id}: ${NIXOS_UNITS.expand.unit} failed, see ${join(dir, NIXOS_UNITS.expand.log)}: ${NIXOS_UNITS.ready.unit} (which requires it) not started`);
+      return;
+    }
+    if (this.o.neverReady) return;
+    const t = setTimeout(() => {
+      this.timers.delete(t);
+      void this.runUnit('ready', {}).then((ok) => {
+        if (ok) {
+          writeFileSync(join(dir, 'boot-finished'), `${new Date().toISOString()}\n`);
+          this.cloudInitDone = true;
+        }
+      });
+    }, this.o.readyDelayMs);
+    t.unref();
+    this.timers.add(t);
+  }
+
+  /**
+   * Runs one unit's script inside the namespace with bash (the image wraps each in
+   * writeShellApplication), its output going to its log file in the server folder.
+   */
+  private async runUnit(which: 'keys' | 'expand' | 'ready', env: NodeJS.ProcessEnv): Promise<boolean> {
+    const u = NIXOS_UNITS[which];
+    const units = this.units as Record<keyof typeof NIXOS_UNITS, UnitState>;
+    const logPath = join(this.o.dir, u.log);
+    const note = (line: string) => appendFileSync(logPath, `${line}\n`);
+    units[which] = 'running';
+    note(`${new Date().toISOString()} ${u.unit}: starting ${u.script}`);
+    const fd = openSync(logPath, 'a');
+    let child: ChildProcess;
+    try {
+      child = this.nsExec(['bash', join(this.o.dir, 'scripts', u.script ?? '')], ['ignore', fd, fd], env);
+    } finally {
+      closeSync(fd);
+    }
+    const result = await new Promise<string>((resolve) => {
+      child.once('exit', (code, signal) => resolve(signal ?? String(code)));
+      child.once('error', (e) => resolve(e.message));
+    });
+    if (this.stopped) return false;
+    const ok = result === '0';
+    units[which] = ok ? 'done' : 'failed';
+    note(`${new Date().toISOString()} ${u.unit}: ${ok ? 'finished' : `failed (${result})`}`);
+    if (!ok) this.o.log(`server ${this.o.id}: ${u.unit} failed (${result}), see ${logPath}`);
+    return ok;
+  }
+
+  /**
+   * Makes DIR/worker-disk.img on the first boot (the image written to a bigger disk), attaches it
+   * to a loop device and writes the stand-ins for `zpool` and `swapon` into DIR/bin. Later boots
+   * reuse the disk as the last boot left it.
+   */
+  private async attachDisk(n: NixosBoot): Promise<void> {
+    const { dir } = this.o;
+    const img = join(dir, 'worker-disk.img');
+    if (!existsSync(img)) {
+      if (n.imageMib < 20 || n.diskMib < n.imageMib) throw new Error('the worker image needs imageMib >= 20 and diskMib >= imageMib');
+      // As make-single-disk-zfs-image lays it out: BIOS boot, ESP, the pool up to 1 MiB before the end.
+      await must('truncate', ['-s', `${n.imageMib}M`, img]);
+      await must('sgdisk', ['--clear',
+        '--new=1:1M:+1M', '--typecode=1:EF02',
+        '--new=2:2M:+14M', '--typecode=2:EF00', '--change-name=2:ESP',
+        `--new=3:16M:${n.imageMib * 2048 - 2048 - 1}`, '--typecode=3:BF00', '--change-name=3:primary',
+        img]);
+      await must('truncate', ['-s', `${n.diskMib}M`, img]);
+    }
+    if (this.stopped) return;
+    const loop = (await must('losetup', ['--find', '--show', '--partscan', img])).trim();
+    this.loopDevice = loop;
+    attachedLoops.add(loop);
+    if (this.stopped) return;
+    // Partition nodes, as the kernel makes them when a disk appears (--partscan may not here).
+    await run('partx', ['--add', loop]);
+    const part = `${loop}p3`;
+    const sysSize = `/sys/class/block/${part.slice('/dev/'.length)}/size`;
+    for (let i = 0; !existsSync(part) || !existsSync(sysSize); i++) {
+      if (i >= 100) throw new Error(`${part} did not appear`);
+      await refSleep(20);
+    }
+    // The pool's size before `zpool online -e` is the partition's size on the first boot.
+    const expandedMarker = join(dir, 'pool-expanded');
+    const poolBytes = Number(readFileSync(sysSize, 'utf8')) * 512;
+    const q = shellQuote;
+    const calls = q(join(dir, 'stub-calls.log'));
+    mkdirSync(join(dir, 'bin'), { recursive: true });
+    writeFileSync(join(dir, 'bin', 'zpool'), [
+      '#!/bin/sh',
+      '# Stand-in for zpool (no ZFS here): the pool rpool is partition 3 of this server\'s loop disk.',
+      `echo "zpool $*" >> ${calls}`,
+      `part=${q(part)}`,
+      'case "$*" in',
+      `  "list -vHP rpool") printf 'rpool\\t-\\t-\\t-\\t-\\t-\\t-\\t-\\t1.00x\\tONLINE\\t-\\n\\t%s\\t-\\t-\\t-\\t-\\t-\\t-\\t-\\t-\\tONLINE\\n' "$part" ;;`,
+      `  "list -Hp -o size rpool") if [ -e ${q(expandedMarker)} ]; then echo $(($(cat ${q(sysSize)}) * 512)); else echo ${poolBytes}; fi ;;`,
+      '  "list -Hp -o expandsize rpool") echo - ;;',
+      '  "set autoexpand=on rpool") ;;',
+      `  "online -e rpool $part") : > ${q(expandedMarker)} ;;`,
+      '  *) echo "zpool (stand-in): not supported: $*" >&2; exit 1 ;;',
+      'esac',
+      '',
+    ].join('\n'));
+    writeFileSync(join(dir, 'bin', 'swapon'), `#!/bin/sh\n# Stand-in for swapon: the machine's swap must not change.\necho "swapon $*" >> ${calls}\n`);
+    chmodSync(join(dir, 'bin', 'zpool'), 0o755);
+    chmodSync(join(dir, 'bin', 'swapon'), 0o755);
+  }
+
+  /** Detaches the loop device (once every process in the server is gone, or lazily before). */
+  private releaseDisk(): void {
+    const loop = this.loopDevice;
+    if (loop === null) return;
+    this.loopDevice = null;
+    detachLoopSync(loop);
+  }
+
+  /** sshd as services.openssh in nixos/worker.nix configures it (paths as seen inside the namespace). */
+  private nixosSshdConfig(): string {
+    return this.sshdConfigWith({
+      hostKey: '/etc/ssh/ssh_host_ed25519_key',
+      authorizedKeys: '/root/.ssh/authorized_keys',
+      strictModes: true,
+      pidFile: '/run/sshd.pid',
+      // worker.nix has MaxSessions 256; the fake's maxSessions option wins, so tests can lower it.
+      maxStartups: '256:30:1024',
+    });
+  }
+
+  /** Reads a file as the server sees it (inside its namespace); null when it cannot. */
+  async readFile(path: string): Promise<string | null> {
+    if (this.sshdPid === null || this.stopped) return null;
+    const child = this.nsExec(['cat', '--', path], ['ignore', 'pipe', 'ignore'], {});
+    let out = '';
+    child.stdout?.on('data', (b: Buffer) => (out += b.toString()));
+    const code = await new Promise<number | null>((resolve) => {
+      child.once('close', (c) => resolve(c));
+      child.once('error', () => resolve(-1));
+    });
+    return code === 0 ? out : null;
+  }
+
+  /** sshd as cloud-init would leave it, with the keys in the server folder. */
   private sshdConfig(): string {
-    const { dir, address, sshPort } = this.o;
+    const { dir } = this.o;
+    return this.sshdConfigWith({
+      hostKey: join(dir, 'ssh_host_ed25519_key'),
+      authorizedKeys: join(dir, 'authorized_keys'),
+      strictModes: false,
+      pidFile: join(dir, 'sshd.pid'),
+      maxStartups: '100:30:200',
+    });
+  }
+
+  private sshdConfigWith(o: { hostKey: string; authorizedKeys: string; strictModes: boolean; pidFile: string; maxStartups: string }): string {
+    const { address, sshPort } = this.o;
     return [
       `ListenAddress ${address}:${sshPort}`,
-      `HostKey ${join(dir, 'ssh_host_ed25519_key')}`,
-      `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
+      `HostKey ${o.hostKey}`,
+      `AuthorizedKeysFile ${o.authorizedKeys}`,
       'PermitRootLogin prohibit-password',
       'PasswordAuthentication no',
       'KbdInteractiveAuthentication no',
       'UsePAM no',
-      'StrictModes no',
-      `PidFile ${join(dir, 'sshd.pid')}`,
+      `StrictModes ${o.strictModes ? 'yes' : 'no'}`,
+      `PidFile ${o.pidFile}`,
       `MaxSessions ${this.o.maxSessions}`,
-      'MaxStartups 100:30:200',
+      `MaxStartups ${o.maxStartups}`,
       // bash reads root's .bashrc for ssh commands unless SHLVL is already set.
       'SetEnv SHLVL=1',
       'AcceptEnv LANG LC_*',
@@ -281,23 +619,29 @@ export class Worker {
 
   /** Runs `sh -c script` inside the server's mount namespace. */
   private inNamespace(script: string, args: string[], stdio: ('ignore' | 'pipe' | number)[]): ChildProcess {
+    return this.nsExec(['sh', '-c', script, 'sh', ...args], stdio, {});
+  }
+
+  /** Runs a command inside the server's mount namespace (clean environment plus `env`). */
+  private nsExec(argv: string[], stdio: ('ignore' | 'pipe' | number)[], env: NodeJS.ProcessEnv): ChildProcess {
     const pid = this.sshdPid;
     if (pid === null) throw new Error('no namespace');
-    const child = spawn('nsenter', ['-t', String(pid), '-m', '--', 'sh', '-c', script, 'sh', ...args], {
+    const child = spawn('nsenter', ['-t', String(pid), '-m', '--', ...argv], {
       detached: true,
       stdio,
-      env: CHILD_ENV,
+      env: { ...CHILD_ENV, ...env },
       cwd: '/',
     });
     child.unref();
     this.helpers.add(child);
     child.once('exit', () => this.helpers.delete(child));
+    child.once('error', () => this.helpers.delete(child));
     return child;
   }
 
   private async writeFile(rawPath: string, content: Buffer, mode: number, append: boolean): Promise<void> {
     const path = posix.normalize(posix.join('/', rawPath));
-    const target = privatePrefixes().some((p) => path.startsWith(p)) ? path : join(this.o.dir, 'rootfs', path);
+    const target = privatePrefixes(this.o.nixos !== undefined).some((p) => path.startsWith(p)) ? path : join(this.o.dir, 'rootfs', path);
     if (target !== path) this.o.log(`server ${this.o.id}: write_files ${path} is outside the server's own mounts, written to ${target}`);
     const script = 'mkdir -p -- "$(dirname -- "$1")" && if [ "$3" = 1 ]; then cat >> "$1"; else cat > "$1"; fi && chmod "$2" "$1"';
     const child = this.inNamespace(script, [target, mode.toString(8), append ? '1' : '0'], ['pipe', 'ignore', 'pipe']);
@@ -376,8 +720,16 @@ export class Worker {
     return pids.length;
   }
 
-  /** SIGKILLs sshd, its sessions, runcmd and anything else in the namespace. */
+  /**
+   * SIGKILLs sshd, its sessions, runcmd and anything else in the namespace, and detaches the
+   * disk's loop device (lazily, if a process being killed still holds it).
+   */
   killSync(): void {
+    this.killProcessesSync();
+    this.releaseDisk();
+  }
+
+  private killProcessesSync(): void {
     this.stopped = true;
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
@@ -388,13 +740,15 @@ export class Worker {
     this.listening = false;
   }
 
-  /** Kills everything and waits until the namespace is empty. */
+  /** Kills everything, waits until the namespace is empty, and detaches the disk. */
   async stop(): Promise<void> {
-    this.killSync();
+    this.killProcessesSync();
     const deadline = Date.now() + 5000;
     for (;;) {
       const left = this.namespaceMembers();
-      if (left.length === 0) break;
+      // The helpers too (a boot script may hold the loop disk): one killed before it entered the
+      // namespace is not among its members.
+      if (left.length === 0 && this.helpers.size === 0) break;
       if (Date.now() > deadline) {
         this.o.log(`server ${this.o.id}: processes still alive after kill: ${left.join(' ')}`);
         break;
@@ -402,6 +756,7 @@ export class Worker {
       for (const p of left) killQuietly(p);
       await refSleep(20);
     }
+    this.releaseDisk();
     if (this.nsFd !== null) {
       closeSync(this.nsFd);
       this.nsFd = null;
