@@ -39,7 +39,8 @@ commands:
                      picks the newest); prints the snapshot id. The temporary server and
                      ssh key are deleted on every path
   image cleanup [--dry-run]
-                     delete (or list) temporary servers and ssh keys uploads left behind
+                     delete (or list) what uploads left behind: temporary servers, ssh
+                     keys and unfinished snapshots (found by their labels)
 
 options:
   -c, --config FILE  config file (default: $NIX_HCLOUD_BUILDER_CONFIG or ~/.config/nix-hcloud-builder/config.json)

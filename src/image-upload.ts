@@ -8,21 +8,34 @@
  *   3. enable the rescue system (linux64) and power the server on;
  *   4. ssh into the rescue system as root;
  *   5. stream the image into `dd of=/dev/sda` (through `zstd -d` there when it ends in `.zst`);
- *   6. shut the server down;
- *   7. snapshot its disk (`create_image`, type snapshot) with the labels;
- *   8. delete the temporary server and the key, on every path (also on error and SIGINT).
+ *   6. shut the server down (ACPI); when it is not `off` within `shutdownTimeoutMs` (the OS may
+ *      ignore the request), cut the power with `poweroff` (the image is synced already);
+ *   7. snapshot its disk (`create_image`, type snapshot) with this run's temporary labels, wait
+ *      until it is available, then give it the wanted labels (`PUT /images/{id}`);
+ *   8. delete the temporary server and the key, and any snapshot of this run that still has the
+ *      temporary labels, on every path (also on error and SIGINT).
  *
- * The temporary server and key carry `managed-by=nix-hcloud-builder` and
- * `nix-hcloud-builder/role=image-upload` (no instance label, so no daemon's sweep touches them),
- * which is what `image cleanup` looks for. The snapshot carries the given labels plus
- * `managed-by=nix-hcloud-builder`, never the role label, so a cleanup never deletes a snapshot.
+ * The temporary server and key carry `managed-by=nix-hcloud-builder`,
+ * `nix-hcloud-builder/role=image-upload` and `nix-hcloud-builder/upload-run=<run id>` (no
+ * instance label, so no daemon's sweep touches them), which is what `image cleanup` looks for. So
+ * does the snapshot until it is complete: a pool never picks a half-made snapshot or the snapshot
+ * of a failed upload, and `image cleanup` finds one that a dead run left. The finished snapshot
+ * carries the given labels plus `managed-by=nix-hcloud-builder`, never the role label, so a
+ * cleanup never deletes it.
+ *
+ * `create_image` is never resent blindly (a second snapshot would be billed): the client resends
+ * it only after a failure that proves it was not applied (429, 409 conflict, 503, no connection;
+ * see `hcloud/retry.ts`). When its answer is lost (500, 502, 504, connection lost after sending,
+ * timeout), the snapshot may exist all the same: it is looked up by the run label and adopted.
+ * Should there ever be more than one snapshot of a run (a refused request that was applied after
+ * all), the ones that are not the result keep the temporary labels and are deleted at step 8.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, statSync } from 'node:fs';
 import ssh2 from 'ssh2';
 import type { ClientChannel } from 'ssh2';
 import { HcloudClient } from './hcloud/client.js';
-import { isNotFound } from './hcloud/errors.js';
+import { HcloudError, isNotFound } from './hcloud/errors.js';
 import type { Action, Image, Server } from './hcloud/types.js';
 import { generateKeyPair } from './keys.js';
 import { LABEL_MANAGED_BY, MANAGED_BY } from './labels.js';
@@ -31,12 +44,20 @@ import { abortableSleep } from './hcloud/retry.js';
 
 export const LABEL_ROLE = 'nix-hcloud-builder/role';
 export const ROLE_IMAGE_UPLOAD = 'image-upload';
-/** One upload run: lets the final cleanup find a server or key whose create answer was lost. */
+/** One upload run: lets step 8 find a server, key or snapshot whose create answer was lost. */
 export const LABEL_UPLOAD_RUN = 'nix-hcloud-builder/upload-run';
 
-/** Selector for every temporary server and key of any upload (what `image cleanup` deletes). */
+/**
+ * Selector for every temporary server and key of any upload and every snapshot an upload did not
+ * finish (what `image cleanup` deletes).
+ */
 export function uploadLeftoverSelector(): string {
   return `${LABEL_MANAGED_BY}=${MANAGED_BY},${LABEL_ROLE}=${ROLE_IMAGE_UPLOAD}`;
+}
+
+/** Selector for the temporary resources of one upload run. */
+export function uploadRunSelector(run: string): string {
+  return `${uploadLeftoverSelector()},${LABEL_UPLOAD_RUN}=${run}`;
 }
 
 export const DEFAULT_SERVER_TYPE: Record<Arch, string> = { x86: 'cx23', arm: 'cax11' };
@@ -45,7 +66,9 @@ export const DEFAULT_LOCATION = 'fsn1';
 const BASE_IMAGE = 'ubuntu-24.04';
 const STEPS = 8;
 /** After this long without reaching `off` on the shutdown request, the power is cut (the data is synced). */
-const SHUTDOWN_TIMEOUT_MS = 2 * 60_000;
+export const DEFAULT_SHUTDOWN_TIMEOUT_MS = 2 * 60_000;
+/** Budget of step 8 for deleting the temporary server and key. */
+const CLEANUP_TIMEOUT_MS = 5 * 60_000;
 
 export type Arch = 'x86' | 'arm';
 
@@ -71,6 +94,11 @@ export interface UploadOptions {
   sshRetryMs?: number;
   /** Limit for each wait on actions (the snapshot of a big disk takes minutes); default 60 min. */
   actionTimeoutMs?: number;
+  /**
+   * How long the server may take to reach `off` after the (ACPI) shutdown request before its
+   * power is cut with `poweroff`; default 2 min.
+   */
+  shutdownTimeoutMs?: number;
   /** Cancels the upload (SIGINT); the temporary server and key are deleted all the same. */
   signal?: AbortSignal;
   log: Logger;
@@ -145,6 +173,8 @@ export async function uploadImage(o: UploadOptions): Promise<UploadResult> {
   let keyId: number | undefined;
   let serverId: number | undefined;
   let ssh: ssh2.Client | undefined;
+  /** create_image was sent and neither answered nor its snapshot found (yet). */
+  let snapshotInFlight = false;
   try {
     // 1. A throwaway project ssh key: the rescue system authorizes only project keys.
     const login = generateKeyPair(name);
@@ -188,16 +218,43 @@ export async function uploadImage(o: UploadOptions): Promise<UploadResult> {
     ssh.end();
     ssh = undefined;
 
-    // 6. Shut down, so the disk is consistent for the snapshot.
-    await wait([await hcloud.shutdown(serverId, signal)]);
-    await waitForOff(hcloud, serverId, signal, Math.min(actionTimeoutMs, SHUTDOWN_TIMEOUT_MS), o.sshRetryMs ?? 2000);
-    step(6, 'server is off');
+    // 6. Shut down, so the disk is consistent for the snapshot; cut the power if that is ignored.
+    const shutdownTimeoutMs = o.shutdownTimeoutMs ?? Math.min(actionTimeoutMs, DEFAULT_SHUTDOWN_TIMEOUT_MS);
+    const how = await shutDown(hcloud, serverId, { signal, graceMs: shutdownTimeoutMs, actionTimeoutMs }, (why) => {
+      step(6, `${why}: cutting the power (poweroff; the image is synced already)`, { fallback: 'poweroff' });
+    });
+    step(6, how === 'poweroff' ? 'server is off (powered off)' : 'server is off', { how });
 
-    // 7. The snapshot, with the labels.
+    // 7. The snapshot, made with this run's temporary labels; the wanted labels come once it is
+    // complete (see the top of this file).
     const description = o.description ?? `nix-hcloud-builder image ${o.file.split('/').pop() ?? o.file}`;
-    const snap = await hcloud.createImage(serverId, { type: 'snapshot', description, labels: { ...o.labels, [LABEL_MANAGED_BY]: MANAGED_BY } }, signal);
-    await wait([snap.action]);
-    const image = await hcloud.getImage(snap.image.id, signal);
+    let snapshotId: number;
+    let snapshotAction: Action | undefined;
+    snapshotInFlight = true;
+    try {
+      const snap = await hcloud.createImage(serverId, { type: 'snapshot', description, labels: tempLabels }, signal);
+      snapshotId = snap.image.id;
+      snapshotAction = snap.action;
+    } catch (err) {
+      // Not sent again (a second snapshot would be billed), but the request may have been carried
+      // out all the same: look for its snapshot by the run label.
+      if (signal.aborted) throw err;
+      const found = await findRunSnapshots(hcloud, run, signal).catch((e: unknown) => {
+        log.warn({ run, err: e }, 'image upload: looking for the snapshot of a failed create_image failed');
+        return [];
+      });
+      const adopted = found[0];
+      if (adopted === undefined) throw err;
+      snapshotId = adopted.id;
+      step(7, `the create_image answer was lost (${(err as Error).message}); found snapshot ${adopted.id} by the run label: adopted, not requested again`, {
+        imageId: adopted.id,
+        adopted: true,
+      });
+    }
+    snapshotInFlight = false;
+    if (snapshotAction !== undefined) await wait([snapshotAction]);
+    await waitForImage(hcloud, snapshotId, signal, actionTimeoutMs, 'available');
+    const image = await hcloud.updateImage(snapshotId, { labels: { ...o.labels, [LABEL_MANAGED_BY]: MANAGED_BY } }, signal);
     step(7, `snapshot ${image.id} created (${description})`, { imageId: image.id });
     return { image, serverId };
   } catch (err) {
@@ -209,13 +266,14 @@ export async function uploadImage(o: UploadOptions): Promise<UploadResult> {
     throw err;
   } finally {
     ssh?.end();
-    // 8. Delete the temporary server and key whatever happened, with a signal of their own (the
-    // caller's may be aborted: this must still run).
-    const cleanup = AbortSignal.timeout(5 * 60_000);
-    const problems = await deleteTemporaries(hcloud, { serverId, keyId, run }, cleanup, log);
-    if (problems.length === 0) step(8, 'deleted the temporary server and ssh key');
-    else {
-      for (const p of problems) print(`cleanup: ${p}`);
+    // 8. Delete the temporary server and key and any unfinished snapshot of this run whatever
+    // happened, with signals of their own (the caller's may be aborted: this must still run).
+    const r = await deleteTemporaries(hcloud, { serverId, keyId, run, snapshotInFlight, imageWaitMs: actionTimeoutMs }, log);
+    if (r.problems.length === 0) {
+      const snaps = r.snapshots.length === 0 ? '' : `, and the unfinished snapshot(s) ${r.snapshots.join(', ')} of this run`;
+      step(8, `deleted the temporary server and ssh key${snaps}`, { deletedSnapshots: r.snapshots });
+    } else {
+      for (const p of r.problems) print(`cleanup: ${p}`);
       print('some temporary resources may be left: run "nix-hcloud-builder image cleanup"');
     }
   }
@@ -233,32 +291,111 @@ function serverAddress(server: Server): string {
   throw new ImageUploadError(`server ${server.id} has no public address`);
 }
 
-async function waitForOff(hcloud: HcloudClient, serverId: number, signal: AbortSignal, timeoutMs: number, pollMs: number): Promise<void> {
+/**
+ * Step 6: the ACPI shutdown request, then up to `graceMs` for the server to be `off`. Hetzner's
+ * shutdown action only says that the request was delivered, and an OS may ignore it; then (or
+ * when the action fails) the power is cut with `poweroff`, safe here since the image was synced
+ * (`dd … && sync`). `onPowerOff` is told why before. Answers how the server went off.
+ */
+async function shutDown(
+  hcloud: HcloudClient,
+  serverId: number,
+  o: { signal: AbortSignal; graceMs: number; actionTimeoutMs: number },
+  onPowerOff: (why: string) => void,
+): Promise<'shutdown' | 'poweroff'> {
+  const { signal, graceMs, actionTimeoutMs } = o;
+  const pollMs = hcloud.actionPollIntervalMs;
+  const deadline = Date.now() + graceMs;
+  let why = `server not off ${(graceMs / 1000).toFixed(1)} s after the shutdown request (ignored by the OS?)`;
+  let failed = false;
+  try {
+    await hcloud.waitForActions([await hcloud.shutdown(serverId, signal)], { signal, timeoutMs: graceMs });
+  } catch (err) {
+    if (!(err instanceof HcloudError && (err.code === 'action_wait_timeout' || err.action !== undefined))) throw err;
+    if (err.action !== undefined) {
+      failed = true;
+      why = `the shutdown action failed (${err.message})`;
+    }
+  }
+  while (!failed) {
+    if ((await hcloud.getServer(serverId, signal)).status === 'off') return 'shutdown';
+    const left = deadline - Date.now();
+    if (left <= 0) break;
+    await abortableSleep(Math.min(pollMs, left), signal);
+  }
+  onPowerOff(why);
+  await hcloud.waitForActions([await hcloud.poweroff(serverId, signal)], { signal, timeoutMs: actionTimeoutMs });
+  const offBy = Date.now() + actionTimeoutMs;
+  while ((await hcloud.getServer(serverId, signal)).status !== 'off') {
+    if (Date.now() > offBy) throw new ImageUploadError(`server ${serverId} is not off ${Math.round(actionTimeoutMs / 1000)} s after poweroff`);
+    await abortableSleep(pollMs, signal);
+  }
+  return 'poweroff';
+}
+
+/** The snapshots that still carry the temporary labels of `run`, oldest first. */
+async function findRunSnapshots(hcloud: HcloudClient, run: string, signal: AbortSignal): Promise<Image[]> {
+  const found = await hcloud.listImages({ type: 'snapshot', labelSelector: uploadRunSelector(run) }, signal);
+  return found.sort((a, b) => a.id - b.id);
+}
+
+/**
+ * Polls a snapshot until it is no longer `creating` (at most `timeoutMs`). With `want`
+ * `available`, any other end state is an error.
+ */
+async function waitForImage(hcloud: HcloudClient, id: number, signal: AbortSignal, timeoutMs: number, want: 'available' | 'settled'): Promise<Image> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const server = await hcloud.getServer(serverId, signal);
-    if (server.status === 'off') return;
-    if (Date.now() > deadline) {
-      // The OS ignored the ACPI request: cut the power (the data is synced already).
-      await hcloud.waitForActions([await hcloud.poweroff(serverId, signal)], { signal, timeoutMs });
-      return;
+    const image = await hcloud.getImage(id, signal);
+    if (image.status !== 'creating') {
+      if (want === 'available' && image.status !== 'available') throw new ImageUploadError(`snapshot ${id} is ${image.status}, not available`);
+      return image;
     }
-    await abortableSleep(Math.min(pollMs, 1000), signal);
+    if (Date.now() > deadline) throw new ImageUploadError(`snapshot ${id} is still being created after ${Math.round(timeoutMs / 1000)} s`);
+    await abortableSleep(hcloud.actionPollIntervalMs, signal);
   }
 }
 
 /**
- * Deletes the known server and key, then anything else labelled with this run (a create whose
- * answer was lost). Answers the problems; an already deleted resource is not one.
+ * Step 8: deletes this run's unfinished snapshots (first: a server cannot be deleted while its
+ * create_image runs; each is waited for until it is no longer being created), the known server
+ * and key, and anything else labelled with this run (a create whose answer was lost). When a
+ * create_image had no answer, its snapshot may appear late: the server is then deleted and waited
+ * for (so that no snapshot of it can appear any more) and the snapshots are looked for again.
+ * Answers the problems (an already deleted resource is not one) and the deleted snapshots.
  */
 async function deleteTemporaries(
   hcloud: HcloudClient,
-  t: { serverId: number | undefined; keyId: number | undefined; run: string },
-  signal: AbortSignal,
+  t: { serverId: number | undefined; keyId: number | undefined; run: string; snapshotInFlight: boolean; imageWaitMs: number },
   log: Logger,
-): Promise<string[]> {
+): Promise<{ problems: string[]; snapshots: number[] }> {
   const problems: string[] = [];
-  const selector = `${uploadLeftoverSelector()},${LABEL_UPLOAD_RUN}=${t.run}`;
+  const deleted: number[] = [];
+  const selector = uploadRunSelector(t.run);
+  const deleteSnapshots = async (): Promise<void> => {
+    const signal = AbortSignal.timeout(t.imageWaitMs + CLEANUP_TIMEOUT_MS);
+    let found: Image[];
+    try {
+      found = await findRunSnapshots(hcloud, t.run, signal);
+    } catch (err) {
+      problems.push(`listing unfinished snapshots failed: ${(err as Error).message}`);
+      return;
+    }
+    for (const image of found) {
+      if (deleted.includes(image.id)) continue;
+      try {
+        await waitForImage(hcloud, image.id, signal, t.imageWaitMs, 'settled');
+        await hcloud.deleteImage(image.id, signal);
+        deleted.push(image.id);
+        log.info({ imageId: image.id, run: t.run }, 'image upload: deleted an unfinished snapshot of this run');
+      } catch (err) {
+        if (!isNotFound(err)) problems.push(`deleting snapshot ${image.id} failed: ${(err as Error).message}`);
+      }
+    }
+  };
+  await deleteSnapshots();
+
+  const signal = AbortSignal.timeout(CLEANUP_TIMEOUT_MS);
   const servers = new Set<number>(t.serverId === undefined ? [] : [t.serverId]);
   const keys = new Set<number>(t.keyId === undefined ? [] : [t.keyId]);
   try {
@@ -269,7 +406,8 @@ async function deleteTemporaries(
   }
   for (const id of servers) {
     try {
-      await hcloud.deleteServer(id, signal);
+      if (t.snapshotInFlight) await hcloud.deleteServerAndWait(id, { signal, timeoutMs: CLEANUP_TIMEOUT_MS });
+      else await hcloud.deleteServer(id, signal);
       log.info({ serverId: id }, 'image upload: deleted the temporary server');
     } catch (err) {
       if (!isNotFound(err)) problems.push(`deleting server ${id} failed: ${(err as Error).message}`);
@@ -283,7 +421,8 @@ async function deleteTemporaries(
       if (!isNotFound(err)) problems.push(`deleting ssh key ${id} failed: ${(err as Error).message}`);
     }
   }
-  return problems;
+  if (t.snapshotInFlight) await deleteSnapshots();
+  return { problems, snapshots: deleted };
 }
 
 function abortError(signal: AbortSignal): Error {
@@ -413,18 +552,33 @@ async function streamImage(client: ssh2.Client, file: string, command: string, s
 export interface CleanupResult {
   servers: Server[];
   sshKeys: { id: number; name: string }[];
+  /** Snapshots an upload did not finish (they still carry the temporary labels). */
+  snapshots: { id: number; description: string }[];
 }
 
 /**
- * Deletes (or with `dryRun` only lists) every temporary server and ssh key an upload left behind,
- * found by label (`uploadLeftoverSelector`). Snapshots are never touched.
+ * Deletes (or with `dryRun` only lists) every temporary server and ssh key an upload left behind
+ * and every snapshot an upload did not finish (a run that died during step 7), all found by label
+ * (`uploadLeftoverSelector`). A finished snapshot never has that label: it is never touched.
  */
 export async function cleanupUploads(hcloud: HcloudClient, dryRun: boolean, print: (line: string) => void, log: Logger, signal?: AbortSignal): Promise<CleanupResult> {
   const selector = uploadLeftoverSelector();
   const servers = await hcloud.listServers({ labelSelector: selector }, signal);
   const sshKeys = await hcloud.listSshKeys({ labelSelector: selector }, signal);
+  const snapshots = await hcloud.listImages({ type: 'snapshot', labelSelector: selector, sort: ['id:asc'] }, signal);
   const verb = dryRun ? 'would delete' : 'deleting';
   const failures: string[] = [];
+  // Snapshots first: a server cannot be deleted while its create_image runs.
+  for (const i of snapshots) {
+    print(`${verb} unfinished snapshot ${i.id} (${i.description}, ${i.status}, created ${i.created})`);
+    if (dryRun) continue;
+    try {
+      await hcloud.deleteImage(i.id, signal);
+      log.info({ imageId: i.id }, 'image cleanup: deleted an unfinished snapshot');
+    } catch (err) {
+      if (!isNotFound(err)) failures.push(`snapshot ${i.id}: ${(err as Error).message}`);
+    }
+  }
   for (const s of servers) {
     print(`${verb} server ${s.name} (id ${s.id}, ${s.status}, created ${s.created})`);
     if (dryRun) continue;
@@ -446,7 +600,11 @@ export async function cleanupUploads(hcloud: HcloudClient, dryRun: boolean, prin
     }
   }
   if (failures.length > 0) throw new ImageUploadError(`image cleanup: ${failures.join('; ')}`);
-  return { servers, sshKeys: sshKeys.map((k) => ({ id: k.id, name: k.name })) };
+  return {
+    servers,
+    sshKeys: sshKeys.map((k) => ({ id: k.id, name: k.name })),
+    snapshots: snapshots.map((i) => ({ id: i.id, description: i.description })),
+  };
 }
 
 export const IMAGE_USAGE = `usage:
@@ -481,7 +639,7 @@ export async function imageCommand(o: ImageCommandOptions): Promise<number> {
   if (sub === 'cleanup') {
     if (rest.length > 0) throw new ImageUploadError(`image cleanup takes no arguments\n${IMAGE_USAGE}`);
     const r = await cleanupUploads(o.hcloud, o.dryRun, o.out, o.log);
-    o.out(`${o.dryRun ? 'would delete' : 'deleted'} ${r.servers.length} server(s) and ${r.sshKeys.length} ssh key(s)`);
+    o.out(`${o.dryRun ? 'would delete' : 'deleted'} ${r.servers.length} server(s), ${r.sshKeys.length} ssh key(s) and ${r.snapshots.length} unfinished snapshot(s)`);
     return 0;
   }
   if (sub !== 'upload' || rest.length !== 1 || rest[0] === undefined) throw new ImageUploadError(IMAGE_USAGE.trimEnd());

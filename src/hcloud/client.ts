@@ -37,6 +37,7 @@ import type {
   Server,
   ServerType,
   SshKey,
+  UpdateImageRequest,
 } from './types.js';
 
 export interface HcloudClientOptions {
@@ -413,8 +414,11 @@ export class HcloudClient {
   }
 
   /**
-   * `POST /servers/{id}/actions/create_image`. Never resent after an unknown outcome: a second
-   * request would be a second, billed snapshot.
+   * `POST /servers/{id}/actions/create_image`. Resent only after a failure that proves it was not
+   * applied (429, 409 `conflict`, 503, a connection that never carried it); never after an unknown
+   * outcome (500, 502, 504, a connection lost after sending, a timeout): a second request would be
+   * a second, billed snapshot. After such a failure the caller has to look for the snapshot
+   * itself, e.g. by a label unique to the request (as `image upload` does).
    */
   async createImage(serverId: number, req: CreateImageRequest, signal?: AbortSignal): Promise<{ action: Action; image: Image }> {
     const path = `/servers/${serverId}/actions/create_image`;
@@ -430,6 +434,17 @@ export class HcloudClient {
     const path = `/images/${id}`;
     const answer = await this.#request('get_image', { method: 'GET', path, signal });
     if (!isRecord(answer) || !isRecord(answer.image)) throw this.#invalid('GET', path, 200, 'answer lacks image');
+    return answer.image;
+  }
+
+  /**
+   * `PUT /images/{id}`: sets the description and/or the labels (the labels given replace all of
+   * the image's labels). Resent like a GET: the same body applied twice leaves the same image.
+   */
+  async updateImage(id: number, req: UpdateImageRequest, signal?: AbortSignal): Promise<Image> {
+    const path = `/images/${id}`;
+    const answer = await this.#request('replace_image', { method: 'PUT', path, body: req, signal, replay: 'idempotent' });
+    if (!isRecord(answer) || !isRecord(answer.image)) throw this.#invalid('PUT', path, 200, 'answer lacks image');
     return answer.image;
   }
 

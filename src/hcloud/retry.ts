@@ -14,6 +14,8 @@
  *   errors that happened before a byte was sent (connection refused, DNS failure, connect
  *   timeout). A 500, 502, 504, a reset connection or our own timeout leave the outcome unknown
  *   (a second `create_image` would be a second, billed snapshot), so they are not retried.
+ * - A PUT that sets a resource's attributes to given values (`PUT /images/{id}`) is sent as
+ *   `idempotent`: applying the same body twice leaves the same state.
  * - POST /servers (`unique_name`): retried like `idempotent`, because server names are unique
  *   per project: whatever happened to the first attempt, a second one with the same name can never
  *   create a second server. Its only risk is the opposite one: when the first attempt did create

@@ -40,6 +40,8 @@ export type EnableRescueRequest = Schemas['enable_rescue_mode_for_server_request
 export type EnableRescueResponse = Schemas['enable_rescue_mode_for_server_response'];
 export type CreateImageRequest = Schemas['create_image_from_server_request'];
 export type CreateImageResponse = Schemas['create_image_from_server_response'];
+/** Body of `PUT /images/{id}`: description and labels (the labels given replace all of them). */
+export type UpdateImageRequest = Schemas['replace_image_request'];
 
 /** Query parameters of an operation (never `undefined`). */
 export type QueryOf<Op extends keyof operations> = NonNullable<operations[Op]['parameters']['query']>;
