@@ -18,7 +18,7 @@
  *   BENCH_BUILD_RUNS   nix-build runs per path (default 3)
  *   BENCH_BUILD_JOBS   max-jobs of the machines line on both paths (default 8 = the warm pool's slots)
  *   BENCH_MEM_SESSIONS nix copy at once for the memory peak (default 64)
- *   BENCH_MEM_MIB      size of each of their store paths in MiB (default 16)
+ *   BENCH_MEM_MIB      size of each of their store paths in MiB (default 64: big enough that all 64 stream at once)
  *   BENCH_SOAK_S       length of the soak in seconds (default 600)
  *   BENCH_SOAK_LANES   serve-handshake lanes of the soak, besides its one lane of small copies (default 4)
  *   BENCH_SOAK_KIB     size of the soak's small copies in KiB (default 1024)
@@ -64,7 +64,7 @@ const settings = {
   buildRuns: Math.max(1, envInt('BENCH_BUILD_RUNS', 3)),
   buildJobs: Math.max(1, envInt('BENCH_BUILD_JOBS', 8)),
   memSessions: Math.max(1, envInt('BENCH_MEM_SESSIONS', 64)),
-  memMib: Math.max(1, envInt('BENCH_MEM_MIB', 16)),
+  memMib: Math.max(1, envInt('BENCH_MEM_MIB', 64)),
   soakS: Math.max(10, envInt('BENCH_SOAK_S', 600)),
   soakLanes: Math.max(1, envInt('BENCH_SOAK_LANES', 4)),
   soakKib: Math.max(1, envInt('BENCH_SOAK_KIB', 1024)),

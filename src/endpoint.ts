@@ -10,7 +10,9 @@ import type { AuthContext, Connection, ServerChannel, Session } from 'ssh2';
 import type { Logger } from './log.js';
 import { CommandRefused, parseNixCommand, renderNixCommand, type NixCommand } from './nix-command.js';
 import type { Lease, Pool } from './pool.js';
+import { limitChannelWindows } from './channel-window.js';
 import { pipeSession } from './session-pipe.js';
+import { CLIENT_SOCKET_HIGH_WATER, WriteGate } from './write-gate.js';
 
 type ParsedKey = ssh2.ParsedKey;
 
@@ -62,6 +64,8 @@ export class Endpoint {
   private readonly perSource = new Map<string, number>();
   /** "ip:port" of connections that logged in (the login grace timer spares them). */
   private readonly authenticated = new Set<string>();
+  /** The write gate of each open client socket, by peer ("ip:port"): ssh2 does not expose the socket. */
+  private readonly gates = new Map<string, WriteGate>();
   private readonly tcp: Server = createServer((socket) => this.onSocket(socket));
   activeSessions = 0;
 
@@ -104,6 +108,7 @@ export class Endpoint {
       if (left > 0) this.perSource.set(ip, left);
       else this.perSource.delete(ip);
       this.authenticated.delete(peer);
+      this.gates.delete(peer);
     });
     socket.on('error', () => undefined);
     if (fromSource > this.options.maxConnectionsPerSource) {
@@ -118,6 +123,7 @@ export class Endpoint {
     }, this.options.loginGraceMs);
     loginTimer.unref();
     socket.once('close', () => clearTimeout(loginTimer));
+    this.gates.set(peer, new WriteGate(socket, CLIENT_SOCKET_HIGH_WATER));
     this.server.injectSocket(socket);
   }
 
@@ -128,6 +134,7 @@ export class Endpoint {
   private onConnection(client: Connection, info: ssh2.ClientInfo): void {
     const log = this.log.child({ peer: `${info.ip}:${info.port}` });
     this.connections.add(client);
+    if (!limitChannelWindows(client)) log.debug('ssh2 internals not as expected: client channels keep the 2 MiB window');
     client.on('close', () => this.connections.delete(client));
     // Errors (garbage instead of an SSH banner, resets) end that connection only.
     client.on('error', (err: Error) => log.debug({ err: err.message }, 'client connection error'));
@@ -149,7 +156,8 @@ export class Endpoint {
     client.on('ready', () => {
       this.authenticated.add(`${info.ip}:${info.port}`);
       log.debug({ user }, 'authenticated');
-      client.on('session', (accept) => this.onSession(accept(), user, log));
+      const gate = this.gates.get(`${info.ip}:${info.port}`);
+      client.on('session', (accept) => this.onSession(accept(), user, log, gate));
       client.on('tcpip', (_accept, reject) => {
         log.warn({ user }, 'refused: port forwarding');
         reject();
@@ -165,7 +173,7 @@ export class Endpoint {
     });
   }
 
-  private onSession(session: Session, user: string, log: Logger): void {
+  private onSession(session: Session, user: string, log: Logger, clientGate: WriteGate | undefined): void {
     let execStarted = false;
     session.on('env', (accept) => accept?.());
     session.on('pty', (_accept, reject) => {
@@ -195,11 +203,11 @@ export class Endpoint {
       const channel = accept();
       if (execStarted) return refuse(channel, 'one command per session');
       execStarted = true;
-      void this.onExec(channel, user, info.command, log);
+      void this.onExec(channel, user, info.command, log, clientGate);
     });
   }
 
-  private async onExec(channel: ServerChannel, user: string, raw: string, log: Logger): Promise<void> {
+  private async onExec(channel: ServerChannel, user: string, raw: string, log: Logger, clientGate: WriteGate | undefined): Promise<void> {
     const pool = this.options.pools.get(user);
     if (!pool) {
       log.warn({ user }, 'refused: unknown pool');
@@ -228,13 +236,13 @@ export class Endpoint {
       // The client may have gone while the channel opened: then nobody would close it, and its
       // slot would keep the worker from ever idling.
       if (abort.signal.aborted) {
-        upstream.close();
+        upstream.channel.close();
         return;
       }
       channel.removeListener('close', onEarlyClose);
       const waitedMs = Date.now() - started;
       log.info({ user, worker: lease.worker.record.name, command: command.mode, waitedMs }, 'session started');
-      const result = await pipeSession(channel, upstream);
+      const result = await pipeSession(channel, upstream.channel, { toClient: clientGate, toWorker: upstream.gate });
       log.info({ user, worker: lease.worker.record.name, up: result.bytesUp, down: result.bytesDown, code: result.code, clientClosed: result.clientClosed, ms: Date.now() - started }, 'session ended');
     } catch (err) {
       if (!abort.signal.aborted) {

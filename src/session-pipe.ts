@@ -6,13 +6,29 @@
  * - ending the client channel before `exit()` drops the exit status: so drain, exit, then end;
  * - the worker channel's `close` can come before its stderr ended: wait for both.
  */
+import type { Readable } from 'node:stream';
 import type { ClientChannel, ServerChannel } from 'ssh2';
+import type { WriteGate } from './write-gate.js';
 
 /**
  * Bytes queued per session, each way, before its source is paused. Well below ssh2's own 2 MiB
  * channel buffers: with many sessions streaming at once, per-session buffering is the daemon's memory.
  */
 export const HIGH_WATER = 256 * 1024;
+
+/**
+ * What a paused channel may hold before ssh2 stops granting its peer more window. ssh2 grants
+ * window while `push()` returns true, i.e. below the stream's high-water mark, which it sets to
+ * 2 MiB: so a paused channel held up to 2 MiB plus the window granted meanwhile (2 MiB). With one
+ * packet, a paused channel holds at most what its peer was already allowed to send.
+ */
+export const PAUSED_READ_BUFFER = 32 * 1024;
+
+/** Lowers a stream's read high-water mark (ssh2 fixes it at construction; Node has no setter). */
+export function limitReadBuffer(stream: Readable, bytes: number): void {
+  const state = (stream as unknown as { _readableState?: { highWaterMark?: unknown } })._readableState;
+  if (state && typeof state.highWaterMark === 'number') state.highWaterMark = bytes;
+}
 
 const SIGNALS = new Set(['ABRT', 'ALRM', 'FPE', 'HUP', 'ILL', 'INT', 'KILL', 'PIPE', 'QUIT', 'SEGV', 'TERM', 'USR1', 'USR2']);
 
@@ -35,7 +51,13 @@ export class SerialWriter {
   private high = false;
   private idleWaiters: (() => void)[] = [];
 
-  constructor(private readonly channel: Pick<ServerChannel, 'write' | 'stderr'>, private readonly onLow: () => void, private readonly onHigh: () => void) {}
+  constructor(
+    private readonly channel: Pick<ServerChannel, 'write' | 'stderr'>,
+    private readonly onLow: () => void,
+    private readonly onHigh: () => void,
+    /** The client connection's socket: a write counts as done once the socket takes it. */
+    private readonly gate?: Pick<WriteGate, 'whenOpen'>,
+  ) {}
 
   push(err: boolean, chunk: Buffer): void {
     this.queue.push({ err, chunk });
@@ -57,14 +79,20 @@ export class SerialWriter {
     this.writing = true;
     const target = next.err ? this.channel.stderr : this.channel;
     target.write(next.chunk, () => {
-      this.writing = false;
-      this.queued -= next.chunk.length;
-      if (this.high && this.queued < HIGH_WATER) {
-        this.high = false;
-        this.onLow();
-      }
-      this.pump();
+      if (this.gate) this.gate.whenOpen(() => this.written(next.chunk.length));
+      else this.written(next.chunk.length);
     });
+  }
+
+  private written(bytes: number): void {
+    this.writing = false;
+    // After discard() the count restarted at zero.
+    this.queued = Math.max(0, this.queued - bytes);
+    if (this.high && this.queued < HIGH_WATER) {
+      this.high = false;
+      this.onLow();
+    }
+    this.pump();
   }
 
   /** Resolves when everything queued has been handed to the channel. */
@@ -82,13 +110,21 @@ export class SerialWriter {
   }
 }
 
-export function pipeSession(client: ServerChannel, worker: ClientChannel): Promise<PipeResult> {
+/** The sockets of the two connections a session rides on (each shared with other sessions on the worker side). */
+export interface SessionGates {
+  toClient?: Pick<WriteGate, 'open' | 'whenOpen'>;
+  toWorker?: Pick<WriteGate, 'open' | 'whenOpen'>;
+}
+
+export function pipeSession(client: ServerChannel, worker: ClientChannel, gates: SessionGates = {}): Promise<PipeResult> {
   return new Promise((resolve) => {
     const result: PipeResult = { clientClosed: false, bytesUp: 0, bytesDown: 0 };
     let stdoutEnded = false;
     let stderrEnded = false;
     let workerClosed = false;
     let finished = false;
+
+    for (const stream of [client, worker, worker.stderr]) limitReadBuffer(stream, PAUSED_READ_BUFFER);
 
     const writer = new SerialWriter(
       client,
@@ -100,24 +136,37 @@ export function pipeSession(client: ServerChannel, worker: ClientChannel): Promi
         worker.pause();
         worker.stderr.pause();
       },
+      gates.toClient,
     );
 
     // Client → worker: stdin. Paused while HIGH_WATER bytes wait for the worker's window (pipe()
-    // would wait for ssh2's 2 MiB buffer); the client's EOF becomes the worker's EOF.
+    // would wait for ssh2's 2 MiB buffer) or the worker connection's socket is full; the
+    // client's EOF becomes the worker's EOF.
+    const toWorker = gates.toWorker;
     let upPaused = false;
-    const onUpWritten = (): void => {
-      if (upPaused && worker.writableLength < HIGH_WATER) {
-        upPaused = false;
-        client.resume();
+    let upWaitsForGate = false;
+    const upBlocked = (): boolean => worker.writableLength >= HIGH_WATER || (toWorker !== undefined && !toWorker.open);
+    const resumeUp = (): void => {
+      upWaitsForGate = false;
+      if (!upPaused || worker.writableLength >= HIGH_WATER) return; // the write callback comes back here
+      if (toWorker !== undefined && !toWorker.open) {
+        upWaitsForGate = true;
+        toWorker.whenOpen(resumeUp);
+        return;
       }
+      upPaused = false;
+      client.resume();
     };
     client.on('data', (chunk: Buffer) => {
       result.bytesUp += chunk.length;
       if (workerClosed || !worker.writable) return;
-      worker.write(chunk, onUpWritten);
-      if (!upPaused && worker.writableLength >= HIGH_WATER) {
+      worker.write(chunk, () => {
+        if (!upWaitsForGate) resumeUp();
+      });
+      if (!upPaused && upBlocked()) {
         upPaused = true;
         client.pause();
+        if (worker.writableLength < HIGH_WATER && !upWaitsForGate) resumeUp();
       }
     });
     client.once('end', () => {

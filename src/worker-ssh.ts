@@ -6,6 +6,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import ssh2 from 'ssh2';
 import type { ClientChannel } from 'ssh2';
 import { publicKeyBlob } from './keys.js';
+import { WORKER_SOCKET_HIGH_WATER, WriteGate } from './write-gate.js';
 
 export type SshClient = ssh2.Client;
 
@@ -46,6 +47,13 @@ function tcpConnect(host: string, port: number, timeoutMs: number): Promise<Sock
   });
 }
 
+const writeGates = new WeakMap<SshClient, WriteGate>();
+
+/** The bound on unsent bytes of a worker connection's socket, shared by its sessions. */
+export function writeGateOf(client: SshClient): WriteGate | undefined {
+  return writeGates.get(client);
+}
+
 export async function connectWorker(target: WorkerSshTarget, timeoutMs: number): Promise<SshClient> {
   const expected = publicKeyBlob(target.hostPublicKey);
   const sock = await tcpConnect(target.host, target.port, timeoutMs);
@@ -62,6 +70,7 @@ export async function connectWorker(target: WorkerSshTarget, timeoutMs: number):
     client.once('ready', () => {
       client.removeListener('error', fail);
       client.removeListener('close', closedEarly);
+      writeGates.set(client, new WriteGate(sock, WORKER_SOCKET_HIGH_WATER));
       resolve(client);
     });
     client.once('error', fail);

@@ -16,7 +16,14 @@ import { BudgetExceeded, type Ledger } from './ledger.js';
 import type { WorkerRecord } from './state.js';
 import { workerUserData } from './user-data.js';
 import type { ClientChannel } from 'ssh2';
-import { connectWorker, execChannel, HostKeyMismatch, runCommand, type SshClient, type WorkerSshTarget } from './worker-ssh.js';
+import { connectWorker, execChannel, HostKeyMismatch, runCommand, writeGateOf, type SshClient, type WorkerSshTarget } from './worker-ssh.js';
+import type { WriteGate } from './write-gate.js';
+
+/** A channel running a command on the worker, and the bound on its connection's unsent bytes. */
+export interface WorkerChannel {
+  channel: ClientChannel;
+  gate: WriteGate | undefined;
+}
 
 export class BootError extends Error {
   override name = 'BootError';
@@ -290,11 +297,11 @@ export class Worker {
    * Runs a command on the worker in a new channel of a kept connection. When every connection
    * refuses another channel (OpenSSH's MaxSessions, 10 by default), one more is opened.
    */
-  async exec(command: string): Promise<ClientChannel> {
+  async exec(command: string): Promise<WorkerChannel> {
     for (const client of [this.client, ...this.extraClients]) {
       if (!client) continue;
       try {
-        return await execChannel(client, command);
+        return { channel: await execChannel(client, command), gate: writeGateOf(client) };
       } catch (err) {
         if (!/open failure|open failed/i.test((err as Error).message)) throw err;
       }
@@ -317,7 +324,8 @@ export class Worker {
         throw err;
       },
     );
-    return execChannel(await this.opening, command);
+    const client = await this.opening;
+    return { channel: await execChannel(client, command), gate: writeGateOf(client) };
   }
 
   get connectionCount(): number {

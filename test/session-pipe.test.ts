@@ -1,5 +1,6 @@
 import t from 'tap';
-import { HIGH_WATER, SerialWriter } from '../src/session-pipe.js';
+import { PassThrough } from 'node:stream';
+import { HIGH_WATER, limitReadBuffer, SerialWriter } from '../src/session-pipe.js';
 
 /** A channel whose writes complete only when the test says so, like an SSH channel waiting for window. */
 function slowChannel() {
@@ -49,4 +50,33 @@ t.test('stdout and stderr are written strictly one after another, in order', asy
   while (slow.pending.length > 0) (slow.pending.shift() as () => void)();
   t.same(slow.order, ['out:1', 'err:2', 'out:3', 'err:4']);
   t.equal(slow.maxInFlight, 1, 'never a stdout and a stderr write pending together (the ssh2 1.17 hang)');
+});
+
+t.test("with a gate, a write counts as done only once the client's socket takes it", async (t) => {
+  const slow = slowChannel();
+  const waiting: (() => void)[] = [];
+  let gateOpen = false;
+  const gate = { whenOpen: (then: () => void) => (gateOpen ? then() : waiting.push(then)) };
+  let resumed = 0;
+  let paused = 0;
+  const w = new SerialWriter(slow.channel as never, () => resumed++, () => paused++, gate);
+  const chunk = Buffer.alloc(64 * 1024);
+  for (let i = 0; i < HIGH_WATER / chunk.length; i++) w.push(false, chunk);
+  t.equal(paused, 1);
+  (slow.pending.shift() as () => void)();
+  t.equal(slow.order.length, 1, 'the channel took the write, but the socket is full: the next write waits');
+  t.equal(waiting.length, 1);
+  gateOpen = true;
+  (waiting.shift() as () => void)();
+  t.equal(slow.order.length, 2, 'the socket drained: the next write goes');
+  while (slow.pending.length > 0) (slow.pending.shift() as () => void)();
+  await w.drained();
+  t.equal(resumed, 1, 'and the source was resumed below the mark');
+});
+
+t.test('limitReadBuffer lowers a stream read high-water mark (ssh2 sets 2 MiB)', async (t) => {
+  const stream = new PassThrough({ highWaterMark: 2 * 1024 * 1024 });
+  limitReadBuffer(stream, 32 * 1024);
+  t.equal(stream.readableHighWaterMark, 32 * 1024);
+  t.equal(stream.push(Buffer.alloc(40 * 1024)), false, 'push() now says stop above 32 KiB');
 });
