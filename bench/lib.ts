@@ -4,6 +4,7 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, readdirSync, readFileSync, writeSync } from 'node:fs';
 import { randomFillSync } from 'node:crypto';
+import { run } from '../test/e2e/harness.js';
 
 /** Clock ticks per second of /proc/<pid>/stat and /proc/stat (100 on Linux/x86_64 and arm64). */
 export const CLK_TCK = 100;
@@ -183,28 +184,12 @@ export interface CmdResult {
 }
 
 /** Runs a command to its end; throws (with its stderr) when it fails, unless `allowFail`. */
-export function cmd(command: string, args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number; allowFail?: boolean } = {}): Promise<CmdResult> {
-  return new Promise((resolve, reject) => {
-    const started = performance.now();
-    const child = spawn(command, args, { env: opts.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 600_000);
-    child.once('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.once('close', (code) => {
-      clearTimeout(timer);
-      const result = { code, stdout, stderr, ms: performance.now() - started };
-      if (code !== 0 && !opts.allowFail) reject(new Error(`${command} ${args.join(' ')} failed (${code}):\n${stderr.trim().split('\n').slice(-10).join('\n')}`));
-      else resolve(result);
-    });
-    child.stdin.on('error', () => undefined);
-    child.stdin.end(opts.input ?? '');
-  });
+export async function cmd(command: string, args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number; allowFail?: boolean } = {}): Promise<CmdResult> {
+  const started = performance.now();
+  const { allowFail, ...runOpts } = opts;
+  const r = await run(command, args, { ...runOpts, timeoutMs: opts.timeoutMs ?? 600_000 });
+  if (r.code !== 0 && !allowFail) throw new Error(`${command} ${args.join(' ')} failed (${r.code}):\n${r.stderr.trim().split('\n').slice(-10).join('\n')}`);
+  return { ...r, ms: performance.now() - started };
 }
 
 /** Writes `bytes` of random (incompressible) data to `file`. */

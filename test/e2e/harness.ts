@@ -234,9 +234,12 @@ export function run(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
     child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 240_000);
+    let spawnError = '';
+    // A program that cannot start (not installed): its message, as stderr, and no code.
+    child.once('error', (err) => (spawnError = `${err.message}\n`));
     child.on('close', (code) => {
       clearTimeout(timer);
-      resolvePromise({ code, stdout, stderr });
+      resolvePromise({ code, stdout, stderr: spawnError + stderr });
     });
     // The child may exit before reading its input (ssh refusing at once): not an error here.
     child.stdin.on('error', () => undefined);
