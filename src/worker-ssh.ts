@@ -90,6 +90,16 @@ export async function connectWorker(target: WorkerSshTarget, timeoutMs: number):
   });
 }
 
+/**
+ * True when the worker's sshd refused to open another channel on this connection (OpenSSH's
+ * MaxSessions): ssh2 gives such errors the SSH reason code as `reason`. Also true when ssh2 itself
+ * has no free channel id left. Either way another connection can take the session.
+ */
+export function isChannelRefusal(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  return 'reason' in err || err.message === 'No free channels available';
+}
+
 export function execChannel(client: SshClient, command: string): Promise<ClientChannel> {
   return new Promise((resolve, reject) => {
     client.exec(command, (err, channel) => (err ? reject(err) : resolve(channel)));

@@ -16,7 +16,7 @@ import { BudgetExceeded, type Ledger } from './ledger.js';
 import type { WorkerRecord } from './state.js';
 import { workerUserData } from './user-data.js';
 import type { ClientChannel } from 'ssh2';
-import { connectWorker, execChannel, HostKeyMismatch, runCommand, writeGateOf, type SshClient, type WorkerSshTarget } from './worker-ssh.js';
+import { connectWorker, execChannel, HostKeyMismatch, isChannelRefusal, runCommand, writeGateOf, type SshClient, type WorkerSshTarget } from './worker-ssh.js';
 import type { WriteGate } from './write-gate.js';
 
 /** A channel running a command on the worker, and the bound on its connection's unsent bytes. */
@@ -303,7 +303,7 @@ export class Worker {
       try {
         return { channel: await execChannel(client, command), gate: writeGateOf(client) };
       } catch (err) {
-        if (!/open failure|open failed/i.test((err as Error).message)) throw err;
+        if (!isChannelRefusal(err)) throw err;
       }
     }
     if (!this.client) throw new Error('the worker connection is gone');
