@@ -127,6 +127,11 @@ export class Endpoint {
     this.server.injectSocket(socket);
   }
 
+  /** Client sockets the endpoint still tracks (for their write gates); 0 once all are closed. */
+  get trackedSockets(): number {
+    return this.gates.size;
+  }
+
   closeAll(): void {
     for (const c of this.connections) c.end();
   }

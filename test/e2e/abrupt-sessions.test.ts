@@ -4,6 +4,7 @@
  * reaches the log. The daemon runs in this process so its insides can be counted.
  */
 import t from 'tap';
+import type { EventEmitter } from 'node:events';
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
@@ -55,7 +56,8 @@ t.test('200 abrupt sessions leak nothing, and logs hold no secret', async (t) =>
   const worker = pool?.workers[0];
   t.ok(worker?.client, 'a worker is up');
   await waitUntil(() => daemon.endpoint.activeSessions === 0, 10_000);
-  const baseline = { timers: timers(), clientListeners: worker?.client?.listenerCount('close') ?? -1 };
+  const workerSocket = (worker?.client as unknown as { _sock?: EventEmitter } | undefined)?._sock;
+  const baseline = { timers: timers(), clientListeners: worker?.client?.listenerCount('close') ?? -1, drainListeners: workerSocket?.listenerCount('drain') ?? -1 };
 
   const rounds = 200;
   for (let i = 0; i < rounds; i++) await session();
@@ -67,6 +69,9 @@ t.test('200 abrupt sessions leak nothing, and logs hold no secret', async (t) =>
   t.equal(openChannelCount(worker!.client!), 0, 'no channel left open on the worker connection');
   t.ok(timers() <= baseline.timers + 2, `timers: ${timers()} now, ${baseline.timers} before`);
   t.equal(worker?.client?.listenerCount('close'), baseline.clientListeners, 'no listener piled up on the worker connection');
+  t.ok(workerSocket, 'the worker connection has its socket');
+  t.equal(workerSocket?.listenerCount('drain'), baseline.drainListeners, "no write-gate waiter piled up on the worker's socket");
+  t.equal(daemon.endpoint.trackedSockets, 0, 'no client socket left tracked for its write gate');
   t.equal(rig.fake.servers().length, 1, 'one server served all sessions');
   t.ok(worker?.record.idleSince, 'the idle timer started after the last session');
   const started = logLines.filter((l) => l.includes('"session started"')).length;
