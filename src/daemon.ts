@@ -29,6 +29,8 @@ export interface DaemonOptions {
   log: Logger;
   /** How long an adoption attempt may take per server at start. */
   adoptTimeoutMs?: number;
+  /** First wait before a failed delete is retried (default DELETE_RETRY_FIRST_MS, 30 s). */
+  deleteRetryFirstMs?: number;
 }
 
 export function hostKeyPaths(stateDir: string): { privateKey: string; publicKey: string } {
@@ -115,7 +117,11 @@ export class Daemon {
         })),
       };
       for (const pool of Object.values(config.pools)) {
-        this.pools.set(pool.name, new Pool(pool, { ...deps, changed: () => this.scheduleSave() }));
+        this.pools.set(pool.name, new Pool(pool, {
+          ...deps,
+          changed: () => this.scheduleSave(),
+          ...(this.options.deleteRetryFirstMs !== undefined ? { deleteRetryFirstMs: this.options.deleteRetryFirstMs } : {}),
+        }));
       }
 
       // The pools' server types must exist and match their systems' architecture.

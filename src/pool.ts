@@ -5,6 +5,7 @@
  */
 import type { PoolConfig } from './config.js';
 import { IdleTimer, systemClock, untilBeforeNextBilledHour, type Clock } from './idle-timer.js';
+import { formatDuration } from './duration.js';
 import type { Logger } from './log.js';
 import { isRecordOf, type WorkerRecord } from './state.js';
 import { Worker, type WorkerDeps } from './worker.js';
@@ -31,6 +32,16 @@ export interface PoolDeps extends WorkerDeps {
   /** Called when the pool's set of workers or their counts change (state file, status). */
   changed: () => void;
   clock?: Clock;
+  /** First wait before retrying a failed delete (DELETE_RETRY_FIRST_MS; tests shorten it). */
+  deleteRetryFirstMs?: number;
+}
+
+/** A failed delete is retried after 30 s, then after twice as long each time, up to every 5 min. */
+export const DELETE_RETRY_FIRST_MS = 30_000;
+
+/** Wait before delete attempt `attempt + 1`: money keeps it trying, the cap (10 × the first wait) keeps the log readable. */
+export function deleteRetryDelayMs(attempt: number, firstMs = DELETE_RETRY_FIRST_MS): number {
+  return Math.min(10 * firstMs, firstMs * 2 ** Math.max(0, attempt - 1));
 }
 
 export class Pool {
@@ -303,9 +314,13 @@ export class Pool {
         break;
       } catch (err) {
         // Money: keep trying. The record stays in the state, so a restart deletes it too.
-        this.log.error({ err, worker: worker.record.name, attempt }, 'deleting the server failed; retrying in 30 s');
-        if (this.closed && attempt >= 3) throw err;
-        await new Promise((r) => setTimeout(r, 30_000).unref());
+        if (this.closed && attempt >= 3) {
+          this.log.error({ err, worker: worker.record.name, attempt }, 'deleting the server failed; giving up on stop (the next start deletes it)');
+          throw err;
+        }
+        const delayMs = deleteRetryDelayMs(attempt, this.deps.deleteRetryFirstMs);
+        this.log.error({ err, worker: worker.record.name, attempt, retryInMs: delayMs }, `deleting the server failed; retrying in ${formatDuration(delayMs)}`);
+        await new Promise((r) => setTimeout(r, delayMs).unref());
       }
     }
     this.remove(worker);
