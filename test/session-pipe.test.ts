@@ -1,6 +1,7 @@
 import t from 'tap';
+import { EventEmitter } from 'node:events';
 import { PassThrough } from 'node:stream';
-import { HIGH_WATER, limitReadBuffer, SerialWriter } from '../src/session-pipe.js';
+import { HIGH_WATER, limitReadBuffer, pipeSession, SerialWriter } from '../src/session-pipe.js';
 
 /** A channel whose writes complete only when the test says so, like an SSH channel waiting for window. */
 function slowChannel() {
@@ -79,4 +80,63 @@ t.test('limitReadBuffer lowers a stream read high-water mark (ssh2 sets 2 MiB)',
   limitReadBuffer(stream, 32 * 1024);
   t.equal(stream.readableHighWaterMark, 32 * 1024);
   t.equal(stream.push(Buffer.alloc(40 * 1024)), false, 'push() now says stop above 32 KiB');
+});
+
+/** Stand-ins for the two channels: the test decides when the worker's writes complete. */
+function fakeChannels() {
+  const client = Object.assign(new EventEmitter(), {
+    paused: false,
+    pause() { this.paused = true; return this; },
+    resume() { this.paused = false; return this; },
+    write: (_c: Buffer, cb: () => void) => { cb(); return true; },
+    stderr: { write: (_c: Buffer, cb: () => void) => { cb(); return true; } },
+    exit: () => undefined,
+    end: () => undefined,
+  });
+  const pending: (() => void)[] = [];
+  const worker = Object.assign(new EventEmitter(), {
+    writableLength: 0,
+    writable: true,
+    write(chunk: Buffer, cb: () => void) {
+      this.writableLength += chunk.length;
+      pending.push(() => { this.writableLength -= chunk.length; cb(); });
+      return this.writableLength < HIGH_WATER;
+    },
+    end: () => undefined,
+    close: () => undefined,
+    pause: () => undefined,
+    resume: () => undefined,
+    stderr: Object.assign(new EventEmitter(), { pause: () => undefined, resume: () => undefined }),
+  });
+  return { client, worker, pending };
+}
+
+t.test("uploads pause while the worker connection's socket is full, and resume when it drains", async (t) => {
+  const { client, worker, pending } = fakeChannels();
+  const waiting: (() => void)[] = [];
+  const gate = { open: true, whenOpen: (then: () => void) => (gate.open ? then() : waiting.push(then)) };
+  void pipeSession(client as never, worker as never, { toWorker: gate });
+  t.notOk(client.paused, 'flowing at first');
+
+  client.emit('data', Buffer.alloc(32 * 1024));
+  t.notOk(client.paused, 'below every mark');
+  gate.open = false; // other sessions filled the shared socket
+  client.emit('data', Buffer.alloc(32 * 1024));
+  t.ok(client.paused, 'paused: the socket holds more than its mark');
+  while (pending.length > 0) (pending.shift() as () => void)();
+  t.ok(client.paused, 'the channel took the writes, but the socket has not drained: still paused');
+  t.equal(waiting.length, 1, 'one wait registered, not one per write');
+  gate.open = true;
+  (waiting.shift() as () => void)();
+  t.notOk(client.paused, 'resumed at drain');
+});
+
+t.test('uploads pause while HIGH_WATER bytes wait for the worker channel, and resume below it', async (t) => {
+  const { client, worker, pending } = fakeChannels();
+  void pipeSession(client as never, worker as never);
+  const chunk = Buffer.alloc(32 * 1024);
+  for (let i = 0; i < HIGH_WATER / chunk.length; i++) client.emit('data', chunk);
+  t.ok(client.paused, 'paused at the mark');
+  (pending.shift() as () => void)();
+  t.notOk(client.paused, 'resumed once a write completed below the mark');
 });
