@@ -8,10 +8,6 @@ import type { EventEmitter } from 'node:events';
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
-import { parseConfig } from '../../src/config.js';
-import { Daemon } from '../../src/daemon.js';
-import { createLogger } from '../../src/log.js';
 import { openChannelCount } from '../../src/worker-ssh.js';
 import { Rig, TOKEN, waitUntil } from './harness.js';
 
@@ -25,11 +21,7 @@ function timers(): number {
 t.test('200 abrupt sessions leak nothing, and logs hold no secret', async (t) => {
   const rig = await Rig.start({ pool: { idleTimeout: '10m' } });
   t.teardown(() => rig.stop());
-  const logLines: string[] = [];
-  const log = createLogger({ level: 'debug', pretty: false, destination: new Writable({ write(chunk: Buffer, _e, cb) { logLines.push(chunk.toString()); cb(); } }) as unknown as { write(s: string): void } });
-  const config = parseConfig(JSON.parse(readFileSync(rig.configFile, 'utf8')), rig.dir);
-  const daemon = new Daemon({ config, token: TOKEN, log });
-  await daemon.start();
+  const { daemon, lines: logLines, config } = await rig.startInProcessDaemon({ level: 'debug' });
   t.teardown(() => daemon.stop());
 
   const knownHosts = rig.knownHostsFile();

@@ -7,8 +7,12 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Writable } from 'node:stream';
 import { FakeCloud, type FakeCloudOptions } from '../fake-hcloud/index.js';
+import { parseConfig, type Config } from '../../src/config.js';
+import { Daemon, type DaemonOptions } from '../../src/daemon.js';
 import { generateKeyPair } from '../../src/keys.js';
+import { createLogger } from '../../src/log.js';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const CLI = join(ROOT, 'dist', 'src', 'cli.js');
@@ -146,6 +150,26 @@ export class Rig {
   }
 
   /** Starts `nix-hcloud-builder serve` and waits until it listens. */
+  /**
+   * The daemon in this process (its internals can be inspected), on this rig's config, logging
+   * JSON lines into `lines`. Stopped by the caller.
+   */
+  async startInProcessDaemon(options: { level?: string } & Pick<DaemonOptions, 'deleteRetryFirstMs'> = {}): Promise<{ daemon: Daemon; lines: string[]; config: Config }> {
+    const lines: string[] = [];
+    const destination = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        lines.push(chunk.toString());
+        done();
+      },
+    });
+    const log = createLogger({ level: options.level ?? 'info', pretty: false, destination: destination as unknown as { write(s: string): void } });
+    const config = parseConfig(JSON.parse(readFileSync(this.configFile, 'utf8')), this.dir);
+    const { level: _level, ...daemonOptions } = options;
+    const daemon = new Daemon({ config, token: TOKEN, log, ...daemonOptions });
+    await daemon.start();
+    return { daemon, lines, config };
+  }
+
   async startDaemon(args: string[] = [], env: Record<string, string> = { HCLOUD_TOKEN: TOKEN }): Promise<DaemonProcess> {
     const proc = this.spawnDaemon(args, env);
     const daemon = new DaemonProcess(proc);

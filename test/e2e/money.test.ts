@@ -1,11 +1,6 @@
 /** Money guards against the fake cloud: budget, the sweep of unknown servers, gc, lifetime caps, graceful stop. */
 import t from 'tap';
-import { readFileSync } from 'node:fs';
-import { Writable } from 'node:stream';
-import { parseConfig } from '../../src/config.js';
-import { Daemon } from '../../src/daemon.js';
 import { serverLabels } from '../../src/labels.js';
-import { createLogger } from '../../src/log.js';
 import { DELETE_RETRY_FIRST_MS, deleteRetryDelayMs } from '../../src/pool.js';
 import { Rig, TOKEN, waitUntil } from './harness.js';
 
@@ -111,11 +106,7 @@ t.test('hard lifetime cap: past twice maxLifetime a worker is deleted even with 
 t.test('a delete that fails is retried, each wait twice the last, until the server is gone; the record stays meanwhile', async (t) => {
   const rig = await Rig.start({ pool: { idleTimeout: '1s' } });
   t.teardown(() => rig.stop());
-  const lines: string[] = [];
-  const log = createLogger({ level: 'info', pretty: false, destination: new Writable({ write(chunk: Buffer, _e, cb) { lines.push(chunk.toString()); cb(); } }) as unknown as { write(s: string): void } });
-  const config = parseConfig(JSON.parse(readFileSync(rig.configFile, 'utf8')), rig.dir);
-  const daemon = new Daemon({ config, token: TOKEN, log, deleteRetryFirstMs: 200 });
-  await daemon.start();
+  const { daemon, lines } = await rig.startInProcessDaemon({ deleteRetryFirstMs: 200 });
   t.teardown(() => daemon.stop());
   const pool = daemon.pools.get('x86_64');
   if (!pool) throw new Error('no pool x86_64');
