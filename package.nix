@@ -1,6 +1,6 @@
 # The nix-hcloud-builder package: the TypeScript daemon built with tsc, run by Node.js 20.
 # npm dependencies come from package-lock.json (importNpmLock: no extra hash to keep in sync).
-{ lib, buildNpmPackage, importNpmLock, nodejs_20 }:
+{ lib, buildNpmPackage, importNpmLock, makeWrapper, nodejs_20 }:
 let
   manifest = builtins.fromJSON (builtins.readFile ./package.json);
 in
@@ -26,8 +26,19 @@ buildNpmPackage {
   npmConfigHook = importNpmLock.npmConfigHook;
 
   # `npm run build` (tsc) compiles src/ to dist/src/. No install scripts: ssh2's optional native
-  # crypto binding and cpu-features are not needed (it falls back to Node's crypto).
+  # crypto binding and cpu-features are not built, and ssh2 falls back to Node's crypto. That is
+  # slower for chacha20-poly1305 (what OpenSSH clients pick by default); the figures in
+  # bench/README.md are with the binding, and this file is not evaluated in CI.
   npmRebuildFlags = [ "--ignore-scripts" ];
+
+  # The bin's node flags are on the first line of dist/src/cli.js (`#!/usr/bin/env -S node FLAGS`,
+  # see there why); the wrapper buildNpmPackage makes runs `node cli.js` without them.
+  nativeBuildInputs = [ makeWrapper ];
+  postInstall = ''
+    cli=$out/lib/node_modules/${manifest.name}/dist/src/cli.js
+    flags=$(sed -n '1s|^#!/usr/bin/env -S node ||p' "$cli")
+    makeWrapper ${nodejs_20}/bin/node $out/bin/nix-hcloud-builder --add-flags "$flags $cli"
+  '';
 
   meta = {
     description = manifest.description;

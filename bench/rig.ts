@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CLI, DaemonProcess, Rig, TOKEN } from '../test/e2e/harness.js';
+import { CLI, DaemonProcess, nodeFlagsOf, Rig, TOKEN } from '../test/e2e/harness.js';
 import type { StateData, WorkerRecord } from '../src/state.js';
 
 /** Host alias of our endpoint in the generated ssh_config. */
@@ -72,7 +72,7 @@ export class BenchRig {
       const cli = options.cli ?? CLI;
       if (!existsSync(cli)) throw new Error(`${cli} is missing: run "npm run build" first`);
       // As Rig.startDaemon, but with a choice of build.
-      const daemon = new DaemonProcess(spawn(process.execPath, [...(options.nodeArgs ?? []), cli, 'serve', '--config', rig.configFile], {
+      const daemon = new DaemonProcess(spawn(process.execPath, [...nodeFlagsOf(cli), ...(options.nodeArgs ?? []), cli, 'serve', '--config', rig.configFile], {
         env: { ...process.env, HCLOUD_TOKEN: TOKEN },
         stdio: ['ignore', 'pipe', 'pipe'],
       }));

@@ -1,4 +1,9 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --single-threaded-gc
+// --single-threaded-gc: ssh2 allocates a Buffer or two per SSH packet, so the daemon collects
+// young garbage all the time, and V8's helper threads for that cost more CPU than they save on a
+// machine whose cores are busy with ssh and Nix: a third less CPU per GiB piped (bench/README.md).
+// It must be on the command line (V8 crashes when GC flags change at run time, and NODE_OPTIONS
+// refuses it); package.nix and test/e2e/harness.ts take the flags from this line.
 /**
  * nix-hcloud-builder COMMAND [--config FILE]
  *   serve   run the SSH endpoint that Nix builds through

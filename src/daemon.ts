@@ -94,7 +94,7 @@ export class Daemon {
     const { state, read } = await StateFile.open(config.stateDir, config.instance);
     this.state = state;
     if (read.problem) this.log.error({ keptAs: read.keptAs }, `${read.problem}; kept it aside and falling back to a label sweep`);
-    this.log.info({ stateDir: config.stateDir, known: state.data.workers.length }, 'step 1/4: state folder locked');
+    this.log.info({ stateDir: config.stateDir, known: state.data.workers.length, node: process.version, nodeFlags: process.execArgv }, 'step 1/4: state folder locked');
 
     try {
       // 2. Keys.

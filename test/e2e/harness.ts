@@ -16,6 +16,14 @@ import { createLogger } from '../../src/log.js';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const CLI = join(ROOT, 'dist', 'src', 'cli.js');
+
+/** The node flags of a CLI build's shebang (`#!/usr/bin/env -S node FLAGS`): started as users start it. */
+export function nodeFlagsOf(cli: string): string[] {
+  const first = readFileSync(cli, 'utf8').split('\n', 1)[0] ?? '';
+  const m = /^#!\/usr\/bin\/env(?: -S)? node((?: +--?[\w-]+(?:=\S+)?)*)\s*$/.exec(first);
+  if (!m) throw new Error(`${cli}: unexpected first line ${JSON.stringify(first)}`);
+  return (m[1] ?? '').trim().split(/ +/).filter(Boolean);
+}
 export const BUILD_NIX = join(ROOT, 'test', 'fixtures', 'build.nix');
 export const BIG_NIX = join(ROOT, 'test', 'fixtures', 'big.nix');
 /** Port of the fake workers' sshd (not 22: the machine may run its own sshd there). */
@@ -180,7 +188,7 @@ export class Rig {
   }
 
   spawnDaemon(args: string[] = [], env: Record<string, string> = { HCLOUD_TOKEN: TOKEN }): ChildProcess {
-    return spawn(process.execPath, [CLI, 'serve', '--config', this.configFile, ...args], {
+    return spawn(process.execPath, [...nodeFlagsOf(CLI), CLI, 'serve', '--config', this.configFile, ...args], {
       env: { ...process.env, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -188,7 +196,7 @@ export class Rig {
 
   /** Runs the CLI once (status, down) and collects its output. */
   cli(args: string[], env: Record<string, string> = { HCLOUD_TOKEN: TOKEN }): Promise<{ code: number | null; stdout: string; stderr: string }> {
-    return run(process.execPath, [CLI, ...args, '--config', this.configFile], { env: { ...process.env, ...env } });
+    return run(process.execPath, [...nodeFlagsOf(CLI), CLI, ...args, '--config', this.configFile], { env: { ...process.env, ...env } });
   }
 
   hostKeyBase64(): string {
