@@ -11,12 +11,13 @@ export const CLK_TCK = 100;
 export const MiB = 1024 * 1024;
 export const GiB = 1024 * MiB;
 
-export function envInt(name: string, fallback: number): number {
+/** A whole-number setting from the environment; values below `min` are raised to it. */
+export function envInt(name: string, fallback: number, min = 0): number {
   const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
+  if (raw === undefined || raw === '') return Math.max(min, fallback);
   const value = Number(raw);
   if (!Number.isFinite(value) || value < 0) throw new Error(`${name} must be a non-negative number, not ${JSON.stringify(raw)}`);
-  return Math.round(value);
+  return Math.max(min, Math.round(value));
 }
 
 export function envList(name: string, fallback: string[]): string[] {

@@ -568,35 +568,29 @@ export async function cleanupUploads(hcloud: HcloudClient, dryRun: boolean, prin
   const snapshots = await hcloud.listImages({ type: 'snapshot', labelSelector: selector, sort: ['id:asc'] }, signal);
   const verb = dryRun ? 'would delete' : 'deleting';
   const failures: string[] = [];
-  // Snapshots first: a server cannot be deleted while its create_image runs.
-  for (const i of snapshots) {
-    print(`${verb} unfinished snapshot ${i.id} (${i.description}, ${i.status}, created ${i.created})`);
-    if (dryRun) continue;
-    try {
-      await hcloud.deleteImage(i.id, signal);
-      log.info({ imageId: i.id }, 'image cleanup: deleted an unfinished snapshot');
-    } catch (err) {
-      if (!isNotFound(err)) failures.push(`snapshot ${i.id}: ${(err as Error).message}`);
-    }
+  /** One leftover: how it is named, and how it goes. */
+  interface Leftover {
+    kind: string;
+    id: number;
+    shown: string;
+    logKey: 'imageId' | 'serverId' | 'sshKeyId';
+    logged: string;
+    remove: () => Promise<unknown>;
   }
-  for (const s of servers) {
-    print(`${verb} server ${s.name} (id ${s.id}, ${s.status}, created ${s.created})`);
+  const leftovers: Leftover[] = [
+    // Snapshots first: a server cannot be deleted while its create_image runs.
+    ...snapshots.map((i) => ({ kind: 'snapshot', id: i.id, shown: `unfinished snapshot ${i.id} (${i.description}, ${i.status}, created ${i.created})`, logKey: 'imageId' as const, logged: 'an unfinished snapshot', remove: () => hcloud.deleteImage(i.id, signal) })),
+    ...servers.map((v) => ({ kind: 'server', id: v.id, shown: `server ${v.name} (id ${v.id}, ${v.status}, created ${v.created})`, logKey: 'serverId' as const, logged: 'a temporary server', remove: () => hcloud.deleteServer(v.id, signal) })),
+    ...sshKeys.map((k) => ({ kind: 'ssh key', id: k.id, shown: `ssh key ${k.name} (id ${k.id}, created ${k.created})`, logKey: 'sshKeyId' as const, logged: 'a temporary ssh key', remove: () => hcloud.deleteSshKey(k.id, signal) })),
+  ];
+  for (const l of leftovers) {
+    print(`${verb} ${l.shown}`);
     if (dryRun) continue;
     try {
-      await hcloud.deleteServer(s.id, signal);
-      log.info({ serverId: s.id }, 'image cleanup: deleted a temporary server');
+      await l.remove();
+      log.info({ [l.logKey]: l.id }, `image cleanup: deleted ${l.logged}`);
     } catch (err) {
-      if (!isNotFound(err)) failures.push(`server ${s.id}: ${(err as Error).message}`);
-    }
-  }
-  for (const k of sshKeys) {
-    print(`${verb} ssh key ${k.name} (id ${k.id}, created ${k.created})`);
-    if (dryRun) continue;
-    try {
-      await hcloud.deleteSshKey(k.id, signal);
-      log.info({ sshKeyId: k.id }, 'image cleanup: deleted a temporary ssh key');
-    } catch (err) {
-      if (!isNotFound(err)) failures.push(`ssh key ${k.id}: ${(err as Error).message}`);
+      if (!isNotFound(err)) failures.push(`${l.kind} ${l.id}: ${(err as Error).message}`);
     }
   }
   if (failures.length > 0) throw new ImageUploadError(`image cleanup: ${failures.join('; ')}`);

@@ -50,13 +50,15 @@ export class SerialWriter {
   /** Set while the source is paused; cleared (and the source resumed) once the queue drains below the mark. */
   private high = false;
   private idleWaiters: (() => void)[] = [];
+  /** Bytes of the write in flight. */
+  private inFlight = 0;
 
   constructor(
     private readonly channel: Pick<ServerChannel, 'write' | 'stderr'>,
     private readonly onLow: () => void,
     private readonly onHigh: () => void,
     /** The client connection's socket: a write counts as done once the socket takes it. */
-    private readonly gate?: Pick<WriteGate, 'whenOpen'>,
+    private readonly gate?: Pick<WriteGate, 'open' | 'whenOpen'>,
   ) {}
 
   push(err: boolean, chunk: Buffer): void {
@@ -77,23 +79,26 @@ export class SerialWriter {
       return;
     }
     this.writing = true;
-    const target = next.err ? this.channel.stderr : this.channel;
-    target.write(next.chunk, () => {
-      if (this.gate) this.gate.whenOpen(() => this.written(next.chunk.length));
-      else this.written(next.chunk.length);
-    });
+    this.inFlight = next.chunk.length;
+    (next.err ? this.channel.stderr : this.channel).write(next.chunk, this.onChannelTook);
   }
 
-  private written(bytes: number): void {
+  // Bound once: the pipe's hot path allocates no closure per write.
+  private readonly onChannelTook = (): void => {
+    if (this.gate && !this.gate.open) this.gate.whenOpen(this.written);
+    else this.written();
+  };
+
+  private readonly written = (): void => {
     this.writing = false;
     // After discard() the count restarted at zero.
-    this.queued = Math.max(0, this.queued - bytes);
+    this.queued = Math.max(0, this.queued - this.inFlight);
     if (this.high && this.queued < HIGH_WATER) {
       this.high = false;
       this.onLow();
     }
     this.pump();
-  }
+  };
 
   /** Resolves when everything queued has been handed to the channel. */
   drained(): Promise<void> {
@@ -157,12 +162,13 @@ export function pipeSession(client: ServerChannel, worker: ClientChannel, gates:
       upPaused = false;
       client.resume();
     };
+    const onUpWritten = (): void => {
+      if (!upWaitsForGate) resumeUp();
+    };
     client.on('data', (chunk: Buffer) => {
       result.bytesUp += chunk.length;
       if (workerClosed || !worker.writable) return;
-      worker.write(chunk, () => {
-        if (!upWaitsForGate) resumeUp();
-      });
+      worker.write(chunk, onUpWritten);
       if (!upPaused && upBlocked()) {
         upPaused = true;
         client.pause();

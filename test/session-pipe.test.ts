@@ -57,7 +57,7 @@ t.test("with a gate, a write counts as done only once the client's socket takes 
   const slow = slowChannel();
   const waiting: (() => void)[] = [];
   let gateOpen = false;
-  const gate = { whenOpen: (then: () => void) => (gateOpen ? then() : waiting.push(then)) };
+  const gate = { get open() { return gateOpen; }, whenOpen: (then: () => void) => (gateOpen ? then() : waiting.push(then)) };
   let resumed = 0;
   let paused = 0;
   const w = new SerialWriter(slow.channel as never, () => resumed++, () => paused++, gate);

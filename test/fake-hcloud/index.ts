@@ -1109,23 +1109,7 @@ export class FakeCloud {
   }
 
   private async createServer(c: RequestContext): Promise<Answer> {
-    let body: unknown;
-    try {
-      body = JSON.parse(c.body);
-    } catch (e) {
-      throw new ApiError(400, 'json_error', `invalid JSON: ${(e as Error).message}`);
-    }
-    if (!isRecord(body)) throw new ApiError(400, 'json_error', 'the request body must be a JSON object');
-    const schemaProblems = checkRequestBody('POST', '/servers', body);
-    if (schemaProblems.length > 0) {
-      const fields = new Map<string, string[]>();
-      for (const p of schemaProblems) fields.set(p.name, [...(fields.get(p.name) ?? []), p.message]);
-      throw invalidInput(
-        `invalid input in fields '${[...fields.keys()].join("', '")}'`,
-        [...fields].map(([name, messages]) => ({ name, messages })),
-      );
-    }
-    const req = body as Schemas['create_server_request'];
+    const req = this.jsonBody(c) as Schemas['create_server_request'];
 
     if (!isHostname(req.name)) {
       throw invalidInput(`invalid input in field 'name'`, [{ name: 'name', messages: ['must be a valid hostname (RFC 1123)'] }]);

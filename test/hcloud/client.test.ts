@@ -17,6 +17,7 @@ import {
   shouldRetry,
 } from '../../src/hcloud/retry.js';
 import type { Action, CreateServerRequest } from '../../src/hcloud/types.js';
+import { rejection } from './rejection.js';
 
 const TOKEN = 'stub-token-0123456789abcdefghijklmnopqrstuvwxyz';
 
@@ -137,16 +138,6 @@ const createRequest: CreateServerRequest = {
   user_data: '#cloud-config\n',
   public_net: { enable_ipv4: false, enable_ipv6: true },
 };
-
-async function rejection(p: Promise<unknown>): Promise<HcloudError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof HcloudError) return err;
-    throw err;
-  }
-  throw new Error('expected a rejection');
-}
 
 function assertNoToken(t: Test, err: HcloudError, logs: Harness['logs'] = []): void {
   const text = [err.message, err.stack ?? '', JSON.stringify(err), JSON.stringify(logs)].join('\n');

@@ -5,9 +5,10 @@ import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { FakeCloud } from '../fake-hcloud/index.js';
 import { HcloudClient, type HcloudClientOptions } from '../../src/hcloud/client.js';
-import { HcloudError, isNotFound } from '../../src/hcloud/errors.js';
+import { isNotFound } from '../../src/hcloud/errors.js';
 import { abortableSleep } from '../../src/hcloud/retry.js';
 import type { CreateServerRequest } from '../../src/hcloud/types.js';
+import { rejection } from './rejection.js';
 
 const TOKEN = 'fake-token-for-client-tests-0123456789';
 
@@ -47,16 +48,6 @@ function request(name: string, extra: Partial<CreateServerRequest> = {}): Create
     public_net: { enable_ipv4: false, enable_ipv6: true },
     ...extra,
   };
-}
-
-async function rejection(p: Promise<unknown>): Promise<HcloudError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof HcloudError) return err;
-    throw err;
-  }
-  throw new Error('expected a rejection');
 }
 
 t.test('create, wait, list by label, delete', async (t) => {
