@@ -19,11 +19,18 @@ export const CLI = join(ROOT, 'dist', 'src', 'cli.js');
 
 /** The node flags of a CLI build's shebang (`#!/usr/bin/env -S node FLAGS`): started as users start it. */
 export function nodeFlagsOf(cli: string): string[] {
+  const known = nodeFlags.get(cli);
+  if (known) return known;
   const first = readFileSync(cli, 'utf8').split('\n', 1)[0] ?? '';
   const m = /^#!\/usr\/bin\/env(?: -S)? node((?: +--?[\w-]+(?:=\S+)?)*)\s*$/.exec(first);
   if (!m) throw new Error(`${cli}: unexpected first line ${JSON.stringify(first)}`);
-  return (m[1] ?? '').trim().split(/ +/).filter(Boolean);
+  const flags = (m[1] ?? '').trim().split(/ +/).filter(Boolean);
+  nodeFlags.set(cli, flags);
+  return flags;
 }
+
+/** Read once per build: the rig starts the CLI many times. */
+const nodeFlags = new Map<string, string[]>();
 export const BUILD_NIX = join(ROOT, 'test', 'fixtures', 'build.nix');
 export const BIG_NIX = join(ROOT, 'test', 'fixtures', 'big.nix');
 /** Port of the fake workers' sshd (not 22: the machine may run its own sshd there). */
