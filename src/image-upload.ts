@@ -33,7 +33,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, statSync } from 'node:fs';
 import ssh2 from 'ssh2';
-import type { ClientChannel } from 'ssh2';
 import { HcloudClient } from './hcloud/client.js';
 import { HcloudError, isNotFound } from './hcloud/errors.js';
 import type { Action, Image, Server } from './hcloud/types.js';
@@ -41,6 +40,7 @@ import { generateKeyPair } from './keys.js';
 import { LABEL_MANAGED_BY, MANAGED_BY } from './labels.js';
 import type { Logger } from './log.js';
 import { abortableSleep } from './hcloud/retry.js';
+import { execChannel } from './worker-ssh.js';
 
 export const LABEL_ROLE = 'nix-hcloud-builder/role';
 export const ROLE_IMAGE_UPLOAD = 'image-upload';
@@ -487,10 +487,6 @@ async function connectRescue(
       throw abortError(signal);
     });
   }
-}
-
-function execChannel(client: ssh2.Client, command: string): Promise<ClientChannel> {
-  return new Promise((resolve, reject) => client.exec(command, (err, channel) => (err ? reject(err) : resolve(channel))));
 }
 
 /**
