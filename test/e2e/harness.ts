@@ -13,6 +13,11 @@ import { parseConfig, type Config } from '../../src/config.js';
 import { Daemon, type DaemonOptions } from '../../src/daemon.js';
 import { generateKeyPair } from '../../src/keys.js';
 import { createLogger } from '../../src/log.js';
+import { useRigNixConfig } from '../rig/nix-config.js';
+
+// Every Nix process started from here (the tests', the demo's, the benchmarks') reads the rig's
+// nix.conf, never this machine's /etc/nix.
+useRigNixConfig();
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const CLI = join(ROOT, 'dist', 'src', 'cli.js');

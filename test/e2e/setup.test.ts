@@ -19,6 +19,7 @@ import { createServer } from 'node:net';
 import { basename, join } from 'node:path';
 import { generateKeyPair } from '../../src/keys.js';
 import { BUILD_NIX, CLI, Rig, run } from './harness.js';
+import { rigNixConf } from '../rig/nix-config.js';
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -48,7 +49,8 @@ t.test('setup --write, then a plain nix-build through a multi-user nix-daemon bu
   // The nix-daemon's own config folder: no local builds possible, no network.
   const confDir = join(rig.dir, 'nix-conf');
   mkdirSync(confDir);
-  writeFileSync(join(confDir, 'nix.conf'), 'sandbox = false\nsubstituters =\n');
+  // The rig's settings, less `builders =`: this daemon reads the machines file setup writes.
+  writeFileSync(join(confDir, 'nix.conf'), rigNixConf(['builders']));
   const sshConfig = join(rig.dir, 'ssh_config');
   const clientKey = join(rig.dir, 'root-ssh', 'nix-hcloud-builder');
   const setupArgs = [CLI, 'setup', '--config', rig.configFile, '--ssh-config', sshConfig, '--machines', join(confDir, 'machines'), '--nix-conf', join(confDir, 'nix.conf'), '--client-key', clientKey];
@@ -78,7 +80,7 @@ t.test('setup --write, then a plain nix-build through a multi-user nix-daemon bu
       PATH: process.env.PATH ?? '/usr/bin:/bin',
       HOME: '/root',
       NIX_CONF_DIR: confDir,
-      NIX_USER_CONF_FILES: join(confDir, 'no-user.conf'),
+      NIX_USER_CONF_FILES: '',
       NIX_DAEMON_SOCKET_PATH: socket,
       // How this daemon's ssh finds the alias block (in a real install: /etc/ssh/ssh_config).
       NIX_SSHOPTS: `-F ${sshConfig}`,
@@ -99,10 +101,10 @@ t.test('setup --write, then a plain nix-build through a multi-user nix-daemon bu
   });
   await waitForFile(socket, 20_000, () => nixDaemonLog.join(''));
 
-  // The client: plain nix-build, no --builders, no NIX_SSHOPTS.
-  const clientEnv: NodeJS.ProcessEnv = { ...process.env, NIX_REMOTE: 'daemon', NIX_DAEMON_SOCKET_PATH: socket };
+  // The client: plain nix-build, no --builders, no NIX_SSHOPTS; it reads the same nix.conf as its
+  // daemon, as both read /etc/nix on a real machine.
+  const clientEnv: NodeJS.ProcessEnv = { ...process.env, NIX_REMOTE: 'daemon', NIX_DAEMON_SOCKET_PATH: socket, NIX_CONF_DIR: confDir };
   delete clientEnv.NIX_SSHOPTS;
-  delete clientEnv.NIX_CONF_DIR;
   const nonce = `setup-${process.pid}-${Date.now()}`;
   const build = await run('nix-build', [BUILD_NIX, '--argstr', 'nonce', nonce, '--no-out-link', '--max-jobs', '0'], { env: clientEnv });
   t.equal(build.code, 0, 'nix-build succeeded', { stderr: build.stderr, nixDaemon: nixDaemonLog.join('').slice(-3000) });

@@ -410,7 +410,7 @@ export class FakeCloud {
 
   static async start(opts: FakeCloudOptions): Promise<FakeCloud> {
     const dataDir = resolve(opts.dataDir);
-    for (const p of ['/nix', '/run', '/etc/nix']) {
+    for (const p of ['/nix', '/run', '/etc']) {
       if (dataDir === p || dataDir.startsWith(`${p}/`)) {
         throw new Error(`dataDir must not be under ${p}: the servers mount their own ${p}`);
       }

@@ -1,12 +1,13 @@
 // One fake server as a real machine: an sshd in its own mount namespace, with
-// its own /nix (an empty store root), its own /run and its own /etc/nix,
+// its own /nix (an empty store root), its own /run and its own /etc (a copy-on-write view of the
+// host's, so that /etc/nix is the server's own even where the host has none),
 // configured either from the server's cloud-config the way cloud-init would, or
 // (a server of a NixOS worker image, see `NixosBoot`) by the boot scripts of
 // nixos/worker.nix, run for real inside the namespace.
 //
 // Layout of the server folder DIR:
 //   nix/                     bind-mounted at /nix inside the server
-//   etc-nix/                 bind-mounted at /etc/nix (seeded from the host's)
+//   etc-nix/                 bind-mounted at /etc/nix: the rig's nix.conf (test/rig/nix-conf)
 //   rootfs/                  where write_files entries for other paths land
 //   ssh_host_ed25519_key     host key (0600), authorized_keys, sshd_config
 //   sshd.log, cloud-init-output.log, user-data, boot-finished
@@ -18,20 +19,20 @@
 //   stub-calls.log           every call of the stand-ins
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { appendFileSync, chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, openSync, closeSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chmodSync, copyFileSync, existsSync, mkdirSync, openSync, closeSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { dirname, join, posix } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { generateKeyPair } from '../../src/keys.js';
+import { RIG_NIX_CONF_FILE } from '../rig/nix-config.js';
 import { shellQuote, type CloudConfig } from './cloud-config.js';
 
 /**
  * Paths that are the server's own inside its namespace; write_files elsewhere
- * go to DIR/rootfs instead of the host (/etc/nix is private only if the host has one;
- * /etc/ssh and /root only on a NixOS worker image).
+ * go to DIR/rootfs instead of the host (/etc/ssh and /root only on a NixOS worker image).
  */
 function privatePrefixes(nixos: boolean): string[] {
-  const own = existsSync('/etc/nix') ? ['/nix/', '/run/', '/etc/nix/'] : ['/nix/', '/run/'];
+  const own = ['/nix/', '/run/', '/etc/nix/'];
   return nixos ? [...own, '/etc/ssh/', '/root/'] : own;
 }
 
@@ -46,7 +47,15 @@ const SETUP_SCRIPT = [
   'mount --bind "$1/nix" /nix',
   'mount -t tmpfs -o mode=0755 tmpfs /run',
   'mkdir -p /run/sshd',
-  'if [ -d /etc/nix ]; then mount --bind "$1/etc-nix" /etc/nix; fi',
+  // The server's own /etc: the host's, with writes kept in a tmpfs of this namespace (an overlay's
+  // upper layer cannot be on overlayfs, which a container's root may be). Then its own /etc/nix,
+  // created in that layer when the host has none; nothing of the host's /etc changes.
+  'mkdir -p "$1/etc-layer"',
+  'mount -t tmpfs -o mode=0755 tmpfs "$1/etc-layer"',
+  'mkdir "$1/etc-layer/upper" "$1/etc-layer/work"',
+  'mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1/etc-layer/upper,workdir=$1/etc-layer/work" /etc',
+  'mkdir -p /etc/nix',
+  'mount --bind "$1/etc-nix" /etc/nix',
   // NixOS worker image only ($3 = nixos): its boot scripts write /etc/ssh and /root/.ssh, so both
   // are the server's own: a private /etc/ssh holding only the host's moduli (as NixOS has one), and
   // a private, empty /root (the host may have no /root/.ssh to mount over, and a fresh server's
@@ -231,15 +240,9 @@ export class Worker {
   static prepare(dir: string, userData: string | null): void {
     mkdirSync(join(dir, 'nix'), { recursive: true });
     mkdirSync(join(dir, 'rootfs'), { recursive: true });
+    // The server's /etc/nix holds the rig's nix.conf alone: never the host's (see its comments).
     mkdirSync(join(dir, 'etc-nix'), { recursive: true });
-    if (existsSync('/etc/nix')) {
-      cpSync('/etc/nix', join(dir, 'etc-nix'), { recursive: true, dereference: true, errorOnExist: false, force: true });
-    }
-    // Fake servers have no internet: without this, every build first waits ~4 s on cache.nixos.org.
-    // And they share one kernel and the host's nixbld users, but each has its own user pool lock
-    // (in its own /nix): Nix kills every process of a build user before a build, so two servers
-    // using nixbld1 at once kill each other's builds. Real servers have users of their own.
-    appendFileSync(join(dir, 'etc-nix', 'nix.conf'), '\n# fake server: no network, no shared build users\nsubstituters =\nbuild-users-group =\n');
+    copyFileSync(RIG_NIX_CONF_FILE, join(dir, 'etc-nix', 'nix.conf'));
     writeFileSync(join(dir, 'user-data'), userData ?? '', { mode: 0o600 });
   }
 

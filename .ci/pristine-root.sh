@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Runs the README's commands in a pristine root: what a user's fresh machine of this project's kind
+# has (Debian 12 and the machine's Node 20 with npm) and nothing else. Nothing of this machine's
+# /etc, /root, /nix or node_modules is visible there, so an install step that only this machine
+# has done fails here. See .ci/README.md.
+#
+# Settings (environment):
+#   NHB_CI_CACHE   where the debootstrap base is kept between runs (default /var/cache/nix-hcloud-builder-ci)
+#   NHB_CI_KEEP=1  keep the root after the run (default: removed)
+#   NHB_CI_STOCK=0 skip the second phase (stock /etc/nix)
+set -euo pipefail
+repo=$(pwd)
+[ "$(id -u)" = 0 ] || { echo "ci: needs root (debootstrap, chroot, mounts); run: sudo bash .ci/run" >&2; exit 1; }
+started=$(date +%s)
+step() { printf '\n== ci [%ss] %s\n' "$(( $(date +%s) - started ))" "$*"; }
+
+# 1. The base: debootstrap --variant=minbase bookworm from the machine's own Debian source, kept
+#    between runs as a tarball (it is what a fresh machine has; nothing the project installs).
+cache=${NHB_CI_CACHE:-/var/cache/nix-hcloud-builder-ci}
+base="$cache/bookworm-minbase.tar"
+mirror=$(sed -n 's/^URIs: *\(\S*\/debian\)\/\?$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1)
+[ -n "$mirror" ] || mirror=$(sed -n 's/^deb \(\[[^]]*\] \)\?\(\S*\/debian\)\/\? bookworm .*/\2/p' /etc/apt/sources.list 2>/dev/null | head -n 1)
+mirror=${mirror:-http://deb.debian.org/debian}
+if [ ! -s "$base" ]; then
+  step "1. debootstrap --variant=minbase bookworm from $mirror (cached in $base)"
+  command -v debootstrap >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null; }
+  mkdir -p "$cache"
+  fresh=$(mktemp -d /var/tmp/nhb-ci-base.XXXXXX)
+  debootstrap --variant=minbase bookworm "$fresh" "$mirror" > "$cache/debootstrap.log" 2>&1 || { tail -n 20 "$cache/debootstrap.log" >&2; rm -rf "$fresh"; exit 1; }
+  tar -C "$fresh" -cf "$base.tmp" . && mv "$base.tmp" "$base"
+  rm -rf "$fresh"
+else
+  step "1. debootstrap base from the cache ($base)"
+fi
+
+root=$(mktemp -d /var/tmp/nhb-ci-root.XXXXXX)
+cleanup() {
+  local code=$?
+  # Anything still running inside the root (a leaked sshd, a nix-daemon) would hold its mounts.
+  for p in /proc/[0-9]*; do
+    [ "$(readlink "$p/root" 2>/dev/null)" = "$root" ] && kill -9 "${p#/proc/}" 2>/dev/null
+  done
+  sleep 0.2
+  umount -R -l "$root/proc" "$root/sys" "$root/dev" "$root/run" 2>/dev/null || true
+  if [ "${NHB_CI_KEEP:-0}" = 1 ]; then echo "ci: root kept at $root" >&2
+  elif ! findmnt -R "$root" >/dev/null 2>&1; then rm -rf --one-file-system "$root"
+  else echo "ci: $root still has mounts; not removed" >&2
+  fi
+  exit "$code"
+}
+trap cleanup EXIT
+tar -C "$root" -xf "$base"
+
+# 2. What the machine's kind gives every fresh machine: its package source (and how apt reaches
+#    it), name resolution, and Node with npm and npm's own settings (its CA file among them).
+step "2. the machine's apt source, resolver, Node $(node --version) and npm $(npm --version)"
+if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+  rm -f "$root/etc/apt/sources.list"
+  cp /etc/apt/sources.list.d/debian.sources "$root/etc/apt/sources.list.d/"
+elif [ -f /etc/apt/sources.list ]; then
+  cp /etc/apt/sources.list "$root/etc/apt/sources.list"
+fi
+for f in /etc/apt/apt.conf.d/*; do
+  grep -q '^Acquire::' "$f" 2>/dev/null && cp "$f" "$root/etc/apt/apt.conf.d/"
+done
+cp /etc/resolv.conf "$root/etc/resolv.conf"
+node_bin=$(readlink -f "$(command -v node)")
+prefix=$(dirname "$(dirname "$(command -v node)")")
+cp "$node_bin" "$root/usr/bin/node"
+mkdir -p "$root/usr/lib/node_modules"
+cp -a "$prefix/lib/node_modules/npm" "$root/usr/lib/node_modules/"
+ln -sf ../lib/node_modules/npm/bin/npm-cli.js "$root/usr/bin/npm"
+ln -sf ../lib/node_modules/npm/bin/npx-cli.js "$root/usr/bin/npx"
+if [ -f "$prefix/etc/npmrc" ]; then mkdir -p "$root/usr/etc" && cp "$prefix/etc/npmrc" "$root/usr/etc/npmrc"; fi
+cafile=$(npm config get cafile 2>/dev/null || true)
+if [ -n "$cafile" ] && [ "$cafile" != null ] && [ -f "$cafile" ]; then
+  mkdir -p "$root$(dirname "$cafile")" && cp "$cafile" "$root$cafile"
+fi
+
+# 3. The mounts the tests need, and a clean clone of HEAD.
+step "3. /proc, /sys, /dev, /run; a clean clone of $(git -C "$repo" rev-parse --short HEAD)"
+mount -t proc proc "$root/proc"
+mount -t sysfs sysfs "$root/sys"
+mount --rbind /dev "$root/dev" && mount --make-rslave "$root/dev"
+mount -t tmpfs -o mode=0755 tmpfs "$root/run"
+mkdir -p "$root/work"
+git clone -q "$repo" "$root/work/nix-hcloud-builder"
+
+inside() {
+  chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb CI=true \
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    bash -c "cd /work/nix-hcloud-builder && $1"
+}
+# The demo's output is what a new user reads: the boot steps, the build, the deletion, no noise.
+demo_clean() {
+  local out="$root/work/demo-$1.log"
+  if ! inside 'npm run demo' 2>&1 | tee "$out"; then echo "ci: npm run demo failed ($1)" >&2; return 1; fi
+  if grep -nEi 'nixbld|cache\.nixos\.org|warning:|unable to download' "$out"; then
+    echo "ci: the demo's output ($1) has the lines above, which a new user must not see" >&2
+    return 1
+  fi
+}
+
+# 4. The README's commands, on the fresh root: no /etc/nix, no sshd, no nixbld group.
+# tap's closing counts, added up over the phases, for the last line.
+passed=0 failed=0
+tests() {
+  local out="$root/work/tests-$1.log" counts status=0
+  inside "$2" 2>&1 | tee "$out" || status=$?
+  counts=$(grep -E '^# \{ total: [0-9]+' "$out" | tail -n 1)
+  passed=$(( passed + $(sed -n 's/.*pass: \([0-9]*\).*/\1/p' <<< "$counts" | grep . || echo 0) ))
+  failed=$(( failed + $(sed -n 's/.*fail: \([0-9]*\).*/\1/p' <<< "$counts" | grep . || echo 0) ))
+  [ "$status" = 0 ] || { echo "ci: $2 failed ($1)" >&2; echo "$passed passed, $(( failed > 0 ? failed : 1 )) failed"; exit 1; }
+}
+
+step "4. npm test (fresh root)"
+[ ! -e "$root/etc/nix" ] || { echo "ci: the base has an /etc/nix" >&2; exit 1; }
+tests fresh 'npm test'
+step "5. npm run demo (fresh root)"
+demo_clean fresh
+
+# 5. Whatever a machine's /etc/nix says changes nothing: a stock config (sandbox, nixbld build
+#    users, the public cache), a machines file naming another builder, the nixbld group, and a
+#    system sshd on port 22.
+if [ "${NHB_CI_STOCK:-1}" = 1 ]; then
+  step "6. a stock /etc/nix, /etc/nix/machines, the nixbld group and a system sshd on port 22"
+  mkdir -p "$root/etc/nix"
+  cat > "$root/etc/nix/nix.conf" <<'EOF'
+build-users-group = nixbld
+sandbox = true
+substituters = https://cache.nixos.org/
+trusted-public-keys = cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=
+EOF
+  echo 'ssh://nobody@builder.invalid x86_64-linux - 4 1' > "$root/etc/nix/machines"
+  inside 'groupadd -r nixbld && for i in 1 2; do useradd -r -g nixbld -G nixbld -M -d /var/empty -s /usr/sbin/nologin nixbld$i; done'
+  inside 'mkdir -p /run/sshd && ssh-keygen -A >/dev/null && /usr/sbin/sshd -o ListenAddress=127.0.0.1 -o Port=22'
+  step "7. npm run demo (stock /etc/nix)"
+  demo_clean stock
+  step "8. the end-to-end tests (stock /etc/nix)"
+  tests stock 'npx tap test/e2e'
+fi
+step "done"
+echo "$passed passed, $failed failed"
