@@ -41,7 +41,7 @@ cleanup() {
     [ "$(readlink "$p/root" 2>/dev/null)" = "$root" ] && kill -9 "${p#/proc/}" 2>/dev/null
   done
   sleep 0.2
-  umount -R -l "$root/proc" "$root/sys" "$root/dev" "$root/run" 2>/dev/null || true
+  umount -R -l "$root" 2>/dev/null || true
   if [ "${NHB_CI_KEEP:-0}" = 1 ]; then echo "ci: root kept at $root" >&2
   elif ! findmnt -R "$root" >/dev/null 2>&1; then rm -rf --one-file-system "$root"
   else echo "ci: $root still has mounts; not removed" >&2
@@ -49,7 +49,9 @@ cleanup() {
   exit "$code"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
 tar -C "$root" -xf "$base"
+chmod 0755 "$root"  # mktemp made it 0700: apt's _apt user and sshd's privilege separation need to pass
 
 # 2. What the machine's kind gives every fresh machine: its package source (and how apt reaches
 #    it), name resolution, and Node with npm and npm's own settings (its CA file among them).
@@ -79,6 +81,9 @@ fi
 
 # 3. The mounts the tests need, and a clean clone of HEAD.
 step "3. /proc, /sys, /dev, /run; a clean clone of $(git -C "$repo" rev-parse --short HEAD)"
+# The root is a mount point of its own, as / is: `unshare --propagation private` (each fake
+# worker's namespace) fails with EINVAL on a root that is not.
+mount --bind "$root" "$root"
 mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
 mount --rbind /dev "$root/dev" && mount --make-rslave "$root/dev"
