@@ -96,10 +96,16 @@ inside() {
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     bash -c "cd /work/nix-hcloud-builder && $1"
 }
+# `inside` in the background with its output also in a log: `wait` lets a signal's trap (and so
+# the cleanup) run at once, where a foreground command would delay it until the command ends.
+inside_logged() {
+  inside "$2" > >(tee "$1") 2>&1 &
+  wait $!
+}
 # The demo's output is what a new user reads: the boot steps, the build, the deletion, no noise.
 demo_clean() {
   local out="$root/work/demo-$1.log"
-  if ! inside 'npm run demo' 2>&1 | tee "$out"; then echo "ci: npm run demo failed ($1)" >&2; return 1; fi
+  if ! inside_logged "$out" 'npm run demo'; then echo "ci: npm run demo failed ($1)" >&2; return 1; fi
   if grep -nEi 'nixbld|cache\.nixos\.org|warning:|unable to download' "$out"; then
     echo "ci: the demo's output ($1) has the lines above, which a new user must not see" >&2
     return 1
@@ -111,7 +117,7 @@ demo_clean() {
 passed=0 failed=0
 tests() {
   local out="$root/work/tests-$1.log" counts status=0
-  inside "$2" 2>&1 | tee "$out" || status=$?
+  inside_logged "$out" "$2" || status=$?
   counts=$(grep -E '^# \{ total: [0-9]+' "$out" | tail -n 1)
   passed=$(( passed + $(sed -n 's/.*pass: \([0-9]*\).*/\1/p' <<< "$counts" | grep . || echo 0) ))
   failed=$(( failed + $(sed -n 's/.*fail: \([0-9]*\).*/\1/p' <<< "$counts" | grep . || echo 0) ))

@@ -418,6 +418,9 @@ export class FakeCloud {
     const first = opts.firstAddress ?? 10;
     if (!Number.isInteger(first) || first < 2 || first > 254) throw new Error('firstAddress must be in 2..254');
     mkdirSync(join(dataDir, 'servers'), { recursive: true });
+    // Each server bind-mounts its own store at /nix, which needs the mount point. A fresh machine
+    // with Debian's nix-bin has none until its first Nix command (which makes the same folder).
+    mkdirSync('/nix', { recursive: true });
     let cloud: FakeCloud | null = null;
     const http = createServer((req, res) => {
       if (cloud) void cloud.handle(req, res);
