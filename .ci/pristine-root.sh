@@ -10,7 +10,7 @@
 #   NHB_CI_STOCK=0 skip the second phase (stock /etc/nix)
 set -euo pipefail
 repo=$(pwd)
-[ "$(id -u)" = 0 ] || { echo "ci: needs root (debootstrap, chroot, mounts); run: sudo bash .ci/run" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "ci: needs root (debootstrap, namespaces, mounts); run: sudo bash .ci/run" >&2; exit 1; }
 started=$(date +%s)
 step() { printf '\n== ci [%ss] %s\n' "$(( $(date +%s) - started ))" "$*"; }
 
@@ -34,13 +34,11 @@ else
 fi
 
 root=$(mktemp -d /var/tmp/nhb-ci-root.XXXXXX)
+running=
 cleanup() {
   local code=$?
-  # Anything still running inside the root (a leaked sshd, a nix-daemon) would hold its mounts.
-  for p in /proc/[0-9]*; do
-    [ "$(readlink "$p/root" 2>/dev/null)" = "$root" ] && kill -9 "${p#/proc/}" 2>/dev/null
-  done
-  sleep 0.2
+  # Everything a command started dies with its namespace's first process (unshare --kill-child).
+  if [ -n "$running" ]; then kill "$running" 2>/dev/null; wait "$running" 2>/dev/null; fi
   umount -R -l "$root" 2>/dev/null || true
   if [ "${NHB_CI_KEEP:-0}" = 1 ]; then echo "ci: root kept at $root" >&2
   elif ! findmnt -R "$root" >/dev/null 2>&1; then rm -rf --one-file-system "$root"
@@ -63,7 +61,7 @@ elif [ -f /etc/apt/sources.list ]; then
   cp /etc/apt/sources.list "$root/etc/apt/sources.list"
 fi
 for f in /etc/apt/apt.conf.d/*; do
-  grep -q '^Acquire::' "$f" 2>/dev/null && cp "$f" "$root/etc/apt/apt.conf.d/"
+  if grep -q '^Acquire::' "$f" 2>/dev/null; then cp "$f" "$root/etc/apt/apt.conf.d/"; fi
 done
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 node_bin=$(readlink -f "$(command -v node)")
@@ -79,33 +77,55 @@ if [ -n "$cafile" ] && [ "$cafile" != null ] && [ -f "$cafile" ]; then
   mkdir -p "$root$(dirname "$cafile")" && cp "$cafile" "$root$cafile"
 fi
 
-# 3. The mounts the tests need, and a clean clone of HEAD.
-step "3. /proc, /sys, /dev, /run; a clean clone of $(git -C "$repo" rev-parse --short HEAD)"
-# The root is a mount point of its own, as / is: `unshare --propagation private` (each fake
-# worker's namespace) fails with EINVAL on a root that is not.
+# 3. The mounts the tests need (/proc comes with each command's PID namespace), and a clean clone.
+step "3. /sys, /dev, /run; a clean clone of $(git -C "$repo" rev-parse --short HEAD)"
 mount --bind "$root" "$root"
-mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
 mount --rbind /dev "$root/dev" && mount --make-rslave "$root/dev"
 mount -t tmpfs -o mode=0755 tmpfs "$root/run"
 mkdir -p "$root/work"
 git clone -q "$repo" "$root/work/nix-hcloud-builder"
 
+# A command ($2) in the root as on a machine of its own: a new mount namespace whose root IS the
+# pristine root (pivot_root, not chroot: Nix re-enters its saved mount namespace with setns, which
+# leaves a chroot), and a new PID namespace with its own /proc, so that nothing the command starts
+# outlives it. It runs in the background with its output also in a log ($1): `wait` lets a
+# signal's trap run at once.
 inside() {
-  chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb CI=true \
-    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    bash -c "cd /work/nix-hcloud-builder && $1"
+  unshare --mount --propagation private --pid --fork --kill-child=SIGKILL /bin/bash -c '
+    set -e
+    mount -t proc proc "$1/proc"
+    cd "$1" && mkdir -p .host && pivot_root . .host && cd /
+    umount -l /.host && rmdir /.host
+    exec /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb CI=true \
+      PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+      bash -c "cd /work/nix-hcloud-builder && $2"' _ "$root" "$2" > >(tee "$1") 2>&1 &
+  running=$!
+  local status=0
+  wait "$running" || status=$?
+  running=
+  return "$status"
 }
-# `inside` in the background with its output also in a log: `wait` lets a signal's trap (and so
-# the cleanup) run at once, where a foreground command would delay it until the command ends.
-inside_logged() {
-  inside "$2" > >(tee "$1") 2>&1 &
-  wait $!
+
+# tap's closing counts, added up over the phases, for the last line.
+passed=0 failed=0
+tests() {
+  local out="$root/work/tests-$1.log" counts status=0
+  inside "$out" "$2" || status=$?
+  counts=$(grep -E '^# \{ total: [0-9]+' "$out" | tail -n 1 || true)
+  passed=$(( passed + $(sed -n 's/.*pass: \([0-9]*\).*/\1/p' <<< "$counts" | grep . || echo 0) ))
+  failed=$(( failed + $(sed -n 's/.*fail: \([0-9]*\).*/\1/p' <<< "$counts" | grep . || echo 0) ))
+  if [ "$status" != 0 ]; then
+    echo "ci: $2 failed ($1)" >&2
+    echo "$passed passed, $(( failed > 0 ? failed : 1 )) failed"
+    exit 1
+  fi
 }
+
 # The demo's output is what a new user reads: the boot steps, the build, the deletion, no noise.
 demo_clean() {
   local out="$root/work/demo-$1.log"
-  if ! inside_logged "$out" 'npm run demo'; then echo "ci: npm run demo failed ($1)" >&2; return 1; fi
+  if ! inside "$out" "${2:-}npm run demo"; then echo "ci: npm run demo failed ($1)" >&2; return 1; fi
   if grep -nEi 'nixbld|cache\.nixos\.org|warning:|unable to download' "$out"; then
     echo "ci: the demo's output ($1) has the lines above, which a new user must not see" >&2
     return 1
@@ -113,17 +133,6 @@ demo_clean() {
 }
 
 # 4. The README's commands, on the fresh root: no /etc/nix, no sshd, no nixbld group.
-# tap's closing counts, added up over the phases, for the last line.
-passed=0 failed=0
-tests() {
-  local out="$root/work/tests-$1.log" counts status=0
-  inside_logged "$out" "$2" || status=$?
-  counts=$(grep -E '^# \{ total: [0-9]+' "$out" | tail -n 1)
-  passed=$(( passed + $(sed -n 's/.*pass: \([0-9]*\).*/\1/p' <<< "$counts" | grep . || echo 0) ))
-  failed=$(( failed + $(sed -n 's/.*fail: \([0-9]*\).*/\1/p' <<< "$counts" | grep . || echo 0) ))
-  [ "$status" = 0 ] || { echo "ci: $2 failed ($1)" >&2; echo "$passed passed, $(( failed > 0 ? failed : 1 )) failed"; exit 1; }
-}
-
 step "4. npm test (fresh root)"
 [ ! -e "$root/etc/nix" ] || { echo "ci: the base has an /etc/nix" >&2; exit 1; }
 tests fresh 'npm test'
@@ -132,23 +141,19 @@ demo_clean fresh
 
 # 5. Whatever a machine's /etc/nix says changes nothing: a stock config (sandbox, nixbld build
 #    users, the public cache), a machines file naming another builder, the nixbld group, and a
-#    system sshd on port 22.
+#    system sshd on port 22 (started with each command: nothing outlives a command's namespace).
 if [ "${NHB_CI_STOCK:-1}" = 1 ]; then
   step "6. a stock /etc/nix, /etc/nix/machines, the nixbld group and a system sshd on port 22"
   mkdir -p "$root/etc/nix"
-  cat > "$root/etc/nix/nix.conf" <<'EOF'
-build-users-group = nixbld
-sandbox = true
-substituters = https://cache.nixos.org/
-trusted-public-keys = cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=
-EOF
+  printf '%s\n' 'build-users-group = nixbld' 'sandbox = true' 'substituters = https://cache.nixos.org/' \
+    'trusted-public-keys = cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=' > "$root/etc/nix/nix.conf"
   echo 'ssh://nobody@builder.invalid x86_64-linux - 4 1' > "$root/etc/nix/machines"
-  inside 'groupadd -r nixbld && for i in 1 2; do useradd -r -g nixbld -G nixbld -M -d /var/empty -s /usr/sbin/nologin nixbld$i; done'
-  inside 'mkdir -p /run/sshd && ssh-keygen -A >/dev/null && /usr/sbin/sshd -o ListenAddress=127.0.0.1 -o Port=22'
+  inside "$root/work/stock-setup.log" 'groupadd -r nixbld && for i in 1 2; do useradd -r -g nixbld -G nixbld -M -d /var/empty -s /usr/sbin/nologin nixbld$i; done && ssh-keygen -A'
+  sshd='mkdir -p /run/sshd && /usr/sbin/sshd -o ListenAddress=127.0.0.1 -o Port=22 && '
   step "7. npm run demo (stock /etc/nix)"
-  demo_clean stock
+  demo_clean stock "$sshd"
   step "8. the end-to-end tests (stock /etc/nix)"
-  tests stock 'npx tap test/e2e'
+  tests stock "${sshd}npx tap test/e2e/*.test.ts"
 fi
 step "done"
 echo "$passed passed, $failed failed"

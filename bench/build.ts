@@ -7,7 +7,7 @@
  * output back), so session setup is paid once per derivation. The paths take turns.
  */
 import { randomBytes } from 'node:crypto';
-import { BUILD_NIX } from '../test/e2e/harness.js';
+import { BUILD_NIX } from '../test/rig/rig.js';
 import { cmd, fixed, median, processCpuSeconds, progress, say, table } from './lib.js';
 import { ENDPOINT_ALIAS, WARM_POOL, WORKER_ALIAS, type BenchRig } from './rig.js';
 

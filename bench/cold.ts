@@ -4,7 +4,7 @@
  * The rest is split by milestones: the daemon's log lines (steps 1–5 of a boot) and what the fake
  * cloud's server did (polled in this process every few ms).
  */
-import type { LogLine } from '../test/e2e/harness.js';
+import type { LogLine } from '../test/rig/rig.js';
 import { LABEL_POOL } from '../src/labels.js';
 import { fixed, median, progress, say, table } from './lib.js';
 import { COLD_POOL, ENDPOINT_ALIAS, type BenchRig } from './rig.js';

@@ -4,7 +4,7 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, readdirSync, readFileSync, writeSync } from 'node:fs';
 import { randomFillSync } from 'node:crypto';
-import { run } from '../test/e2e/harness.js';
+import { run } from '../test/rig/process.js';
 
 /** Clock ticks per second of /proc/<pid>/stat and /proc/stat (100 on Linux/x86_64 and arm64). */
 export const CLK_TCK = 100;

@@ -19,7 +19,7 @@
 import { linkSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import type { LogLine } from '../test/e2e/harness.js';
+import type { LogLine } from '../test/rig/rig.js';
 import { cmd, cmdWatched, fixed, median, MiB, processCpuSeconds, processMemory, progress, RssSampler, say, sleep, table, writeRandomFile } from './lib.js';
 import { ENDPOINT_ALIAS, WIDE_POOL, type BenchRig } from './rig.js';
 import { serveHandshake } from './ssh.js';

@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CLI, DaemonProcess, nodeFlagsOf, Rig, TOKEN } from '../test/e2e/harness.js';
+import { CLI, DaemonProcess, nodeFlagsOf, Rig, TOKEN } from '../test/rig/rig.js';
 import type { StateData, WorkerRecord } from '../src/state.js';
 
 /** Host alias of our endpoint in the generated ssh_config. */

@@ -4,7 +4,7 @@
  */
 import { existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { Rig } from '../test/e2e/harness.js';
+import { Rig } from '../test/rig/rig.js';
 
 const say = (line: string): void => void process.stdout.write(`${line}\n`);
 

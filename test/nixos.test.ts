@@ -17,7 +17,7 @@ import { generateKeyPair } from '../src/keys.js';
 import { runSetup } from '../src/setup.js';
 import { loadConfig } from '../src/config.js';
 import { workerUserData } from '../src/user-data.js';
-import { ROOT, run } from './e2e/harness.js';
+import { ROOT, run } from './rig/rig.js';
 
 const SCRIPTS = join(ROOT, 'nixos', 'scripts');
 

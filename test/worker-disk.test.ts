@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ROOT } from './e2e/harness.js';
+import { ROOT } from './rig/rig.js';
 
 const SCRIPT = join(ROOT, 'nixos', 'scripts', 'zpool-expand.sh');
 const MIB = 2048; // sectors of 512 bytes

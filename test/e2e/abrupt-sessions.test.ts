@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { openChannelCount } from '../../src/worker-ssh.js';
-import { Rig, TOKEN, waitUntil } from './harness.js';
+import { Rig, TOKEN, waitUntil } from '../rig/rig.js';
 
 const SERVE_HELLO = Buffer.from('eb9d0c39000000000702000000000000', 'hex');
 const SERVE_MAGIC = Buffer.from('cbee525400000000', 'hex');

@@ -5,7 +5,7 @@
 import t from 'tap';
 import { existsSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { Rig } from './harness.js';
+import { Rig } from '../rig/rig.js';
 
 for (const scheme of ['ssh-ng', 'ssh'] as const) {
   t.test(`${scheme}://: a build runs on a booted worker, and the idle timer deletes it`, async (t) => {

@@ -5,7 +5,7 @@
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { chmodSync } from 'node:fs';
-import { CLI, DaemonProcess, nodeFlagsOf, Rig, TOKEN } from './harness.js';
+import { CLI, DaemonProcess, nodeFlagsOf, Rig, TOKEN } from '../rig/rig.js';
 
 t.test('through its shebang, the daemon runs with the node flags the tests and the bench use', async (t) => {
   const rig = await Rig.start({ fake: { realServers: false } });

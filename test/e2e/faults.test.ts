@@ -3,7 +3,7 @@
  * the fake cloud with real nix-build as the client.
  */
 import t from 'tap';
-import { Rig, TOKEN, waitUntil } from './harness.js';
+import { Rig, TOKEN, waitUntil } from '../rig/rig.js';
 import type { ServerBehaviour } from '../fake-hcloud/index.js';
 
 const bootFaults: [ServerBehaviour, RegExp][] = [

@@ -3,7 +3,7 @@ import t from 'tap';
 import { connect, type Socket } from 'node:net';
 import { readFileSync } from 'node:fs';
 import ssh2 from 'ssh2';
-import { Rig, waitUntil } from './harness.js';
+import { Rig, waitUntil } from '../rig/rig.js';
 
 function openSocket(port: number): Promise<Socket> {
   return new Promise((resolve, reject) => {

@@ -3,7 +3,7 @@
  * no server of ours may be left that is not adopted; adopted ones go on their idle timer.
  */
 import t from 'tap';
-import { Rig, waitUntil, type DaemonProcess } from './harness.js';
+import { Rig, waitUntil, type DaemonProcess } from '../rig/rig.js';
 
 interface Stage {
   name: string;

@@ -2,7 +2,7 @@
 import t from 'tap';
 import { serverLabels } from '../../src/labels.js';
 import { DELETE_RETRY_FIRST_MS, deleteRetryDelayMs } from '../../src/pool.js';
-import { Rig, TOKEN, waitUntil } from './harness.js';
+import { Rig, TOKEN, waitUntil } from '../rig/rig.js';
 
 async function createForeign(rig: Rig, name: string, labels: Record<string, string>): Promise<number> {
   const res = await fetch(`${rig.fake.url}/servers`, {

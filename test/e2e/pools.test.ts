@@ -1,6 +1,6 @@
 /** Several workers and pools: placement, slots, a second connection when channels run out, up, architectures. */
 import t from 'tap';
-import { Rig, run, waitUntil } from './harness.js';
+import { Rig, run, waitUntil } from '../rig/rig.js';
 
 function sessionsPerWorker(lines: { msg: string; worker?: unknown }[]): number[] {
   const counts = new Map<unknown, number>();

@@ -3,7 +3,7 @@ import t from 'tap';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { generateKeyPair } from '../../src/keys.js';
-import { Rig, run } from './harness.js';
+import { Rig, run } from '../rig/rig.js';
 
 t.test('refusals', async (t) => {
   const rig = await Rig.start();

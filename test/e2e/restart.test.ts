@@ -1,6 +1,6 @@
 /** The daemon killed with SIGKILL while a worker is up, then started again: adopted, used, and finally deleted. */
 import t from 'tap';
-import { Rig } from './harness.js';
+import { Rig } from '../rig/rig.js';
 
 t.test('a worker survives a daemon SIGKILL: adopted on restart, then deleted by down', async (t) => {
   const rig = await Rig.start({ pool: { idleTimeout: '10m' } });

@@ -18,7 +18,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { basename, join } from 'node:path';
 import { generateKeyPair } from '../../src/keys.js';
-import { BUILD_NIX, CLI, Rig, run } from './harness.js';
+import { BUILD_NIX, CLI, Rig, run } from '../rig/rig.js';
 import { rigNixConf } from '../rig/nix-config.js';
 
 function freePort(): Promise<number> {

@@ -16,7 +16,7 @@ import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { Rig, waitUntil } from './harness.js';
+import { Rig, waitUntil } from '../rig/rig.js';
 import type { FakeServerInfo } from '../fake-hcloud/index.js';
 
 const LABEL = 'nix-hcloud-builder/image';

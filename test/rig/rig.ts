@@ -1,6 +1,7 @@
 /**
- * The end-to-end rig: a fake Hetzner cloud whose servers are real sshd + Nix workers, our daemon
- * as a child process (the built CLI), and real `nix-build` as the client.
+ * The rig: a fake Hetzner cloud whose servers are real sshd + Nix workers, our daemon as a child
+ * process (the built CLI), and real `nix-build` as the client. The end-to-end tests, the demo and
+ * the benchmarks share it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -13,13 +14,15 @@ import { parseConfig, type Config } from '../../src/config.js';
 import { Daemon, type DaemonOptions } from '../../src/daemon.js';
 import { generateKeyPair } from '../../src/keys.js';
 import { createLogger } from '../../src/log.js';
-import { useRigNixConfig } from '../rig/nix-config.js';
+import { useRigNixConfig } from './nix-config.js';
+import { run } from './process.js';
 
 // Every Nix process started from here (the tests', the demo's, the benchmarks') reads the rig's
 // nix.conf, never this machine's /etc/nix.
 useRigNixConfig();
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export { run, waitUntil } from './process.js';
 export const CLI = join(ROOT, 'dist', 'src', 'cli.js');
 
 /** The node flags of a CLI build's shebang (`#!/usr/bin/env -S node FLAGS`): started as users start it. */
@@ -268,30 +271,4 @@ export class Rig {
     await this.fake?.stop();
     rmSync(this.dir, { recursive: true, force: true });
   }
-}
-
-export function run(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolvePromise) => {
-    const child = spawn(cmd, args, { env: opts.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 240_000);
-    let spawnError = '';
-    // A program that cannot start (not installed): its message, as stderr, and no code.
-    child.once('error', (err) => (spawnError = `${err.message}\n`));
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolvePromise({ code, stdout, stderr: spawnError + stderr });
-    });
-    // The child may exit before reading its input (ssh refusing at once): not an error here.
-    child.stdin.on('error', () => undefined);
-    child.stdin.end(opts.input ?? '');
-  });
-}
-
-export async function waitUntil(test: () => boolean, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!test() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
 }
