@@ -22,7 +22,7 @@ import { appendFileSync, chmodSync, copyFileSync, cpSync, existsSync, mkdirSync,
 import { connect } from 'node:net';
 import { dirname, join, posix } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { generateKeyPair } from '../../src/keys.js';
+import { generateKeyPair } from '../../src/ssh/keys.js';
 import { shellQuote, type CloudConfig } from './cloud-config.js';
 
 /**
