@@ -8,19 +8,19 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import type { Server as ControlServer } from 'node:net';
-import { join } from 'node:path';
 import type { Config } from '../core/config.js';
 import { Endpoint, parseAuthorizedKeys } from '../ssh/endpoint.js';
 import { HcloudClient } from '../hcloud/client.js';
 import type { Server, ServerType } from '../hcloud/types.js';
-import { generateKeyPair } from '../ssh/keys.js';
+import { generateKeyPair, hostKeyPaths } from '../ssh/keys.js';
 import { Ledger } from './ledger.js';
 import { instanceSelector, LABEL_POOL } from '../core/labels.js';
 import type { Logger } from '../core/log.js';
 import { serveControl } from './control.js';
 import { Pool } from './pool.js';
 import { checkPoolServerTypes } from './server-types.js';
-import { isRecordOf, StateFile, writeFileAtomic, type WorkerRecord } from './state.js';
+import { writeFileAtomic } from '../core/atomic-file.js';
+import { isRecordOf, StateFile, type WorkerRecord } from './state.js';
 import { Worker, type WorkerDeps } from './worker.js';
 
 export interface DaemonOptions {
@@ -31,11 +31,6 @@ export interface DaemonOptions {
   adoptTimeoutMs?: number;
   /** First wait before a failed delete is retried (default DELETE_RETRY_FIRST_MS, 30 s). */
   deleteRetryFirstMs?: number;
-}
-
-export function hostKeyPaths(stateDir: string): { privateKey: string; publicKey: string } {
-  const privateKey = join(stateDir, 'ssh_host_ed25519_key');
-  return { privateKey, publicKey: `${privateKey}.pub` };
 }
 
 /** The endpoint's host key, made on first start; its public line goes into the machines file. */

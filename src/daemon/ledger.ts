@@ -5,7 +5,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeFileAtomic } from './state.js';
+import { writeFileAtomic } from '../core/atomic-file.js';
 
 const HOUR = 3_600_000;
 

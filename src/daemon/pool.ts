@@ -7,6 +7,7 @@ import type { PoolConfig } from '../core/config.js';
 import { IdleTimer, systemClock, untilBeforeNextBilledHour, type Clock } from './idle-timer.js';
 import { formatDuration } from '../core/duration.js';
 import type { Logger } from '../core/log.js';
+import type { AcquireOptions, SessionPool } from '../ssh/endpoint.js';
 import { isRecordOf, type WorkerRecord } from './state.js';
 import { Worker, type WorkerDeps } from './worker.js';
 
@@ -14,13 +15,6 @@ export interface Lease {
   worker: Worker;
   /** Gives the slot back; safe to call more than once. */
   release(): void;
-}
-
-export interface AcquireOptions {
-  /** Progress lines for the user (boot steps), written to the session's stderr. */
-  progress: (line: string) => void;
-  /** Aborted when the client goes away while waiting. */
-  signal: AbortSignal;
 }
 
 interface Waiter extends AcquireOptions {
@@ -44,7 +38,7 @@ export function deleteRetryDelayMs(attempt: number, firstMs = DELETE_RETRY_FIRST
   return Math.min(10 * firstMs, firstMs * 2 ** Math.max(0, attempt - 1));
 }
 
-export class Pool {
+export class Pool implements SessionPool {
   readonly workers: Worker[] = [];
   private readonly queue: Waiter[] = [];
   private readonly idleTimers = new Map<Worker, IdleTimer>();

@@ -3,9 +3,10 @@
  * Written atomically (temp file + rename), mode 0600 in a 0700 folder, and guarded by a lock so
  * that two daemons never manage the same servers.
  */
-import { chmodSync, closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import lockfile from 'proper-lockfile';
+import { writeFileAtomic } from '../core/atomic-file.js';
 
 export const STATE_VERSION = 1;
 
@@ -52,20 +53,6 @@ export class StateError extends Error {
 export function ensurePrivateDir(dir: string): void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   chmodSync(dir, 0o700);
-}
-
-/** Writes a file so that readers see the old or the new content, never half of it. */
-export function writeFileAtomic(file: string, content: string, mode = 0o600): void {
-  const tmp = `${file}.${process.pid}.tmp`;
-  const fd = openSync(tmp, 'w', mode);
-  try {
-    writeSync(fd, content);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  chmodSync(tmp, mode);
-  renameSync(tmp, file);
 }
 
 export function stateFilePath(stateDir: string): string {

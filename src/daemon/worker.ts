@@ -15,15 +15,7 @@ import type { Logger } from '../core/log.js';
 import { BudgetExceeded, type Ledger } from './ledger.js';
 import type { WorkerRecord } from './state.js';
 import { workerUserData } from './user-data.js';
-import type { ClientChannel } from 'ssh2';
-import { connectWorker, execChannel, HostKeyMismatch, isChannelRefusal, runCommand, writeGateOf, type SshClient, type WorkerSshTarget } from '../ssh/worker-connection.js';
-import type { WriteGate } from '../ssh/write-gate.js';
-
-/** A channel running a command on the worker, and the bound on its connection's unsent bytes. */
-export interface WorkerChannel {
-  channel: ClientChannel;
-  gate: WriteGate | undefined;
-}
+import { connectWorker, execChannel, HostKeyMismatch, isChannelRefusal, runCommand, writeGateOf, type SshClient, type WorkerChannel, type WorkerSshTarget } from '../ssh/worker-connection.js';
 
 export class BootError extends Error {
   override name = 'BootError';

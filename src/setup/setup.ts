@@ -16,10 +16,9 @@ import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import ssh2 from 'ssh2';
 import { loadConfig, type Config } from '../core/config.js';
-import { hostKeyPaths } from '../daemon/daemon.js';
-import { generateKeyPair } from '../ssh/keys.js';
+import { writeFileAtomic } from '../core/atomic-file.js';
+import { generateKeyPair, hostKeyPaths } from '../ssh/keys.js';
 import { DEFAULT_ALIAS, DEFAULT_CLIENT_KEY, machinesLines, sshHostBlock, type ClientSettings } from './machines.js';
-import { writeFileAtomic } from '../daemon/state.js';
 
 export const BEGIN_MARK = '# BEGIN nix-hcloud-builder';
 export const END_MARK = '# END nix-hcloud-builder';

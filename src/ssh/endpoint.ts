@@ -9,9 +9,9 @@ import ssh2 from 'ssh2';
 import type { AuthContext, Connection, ServerChannel, Session } from 'ssh2';
 import type { Logger } from '../core/log.js';
 import { CommandRefused, parseNixCommand, renderNixCommand, type NixCommand } from './nix-command.js';
-import type { Lease, Pool } from '../daemon/pool.js';
 import { limitChannelWindows } from './channel-window.js';
 import { pipeSession } from './session-pipe.js';
+import type { WorkerChannel } from './worker-connection.js';
 import { CLIENT_SOCKET_HIGH_WATER, WriteGate } from './write-gate.js';
 
 type ParsedKey = ssh2.ParsedKey;
@@ -19,12 +19,34 @@ type ParsedKey = ssh2.ParsedKey;
 export interface EndpointOptions {
   hostKey: string;
   authorizedKeys: ParsedKey[];
-  pools: Map<string, Pool>;
+  pools: Map<string, SessionPool>;
   log: Logger;
   /** A connection that has not authenticated by then is dropped. */
   loginGraceMs: number;
   /** Open connections allowed from one source address; more are dropped at once. */
   maxConnectionsPerSource: number;
+}
+
+/** What a session needs of its pool (the daemon's Pool): a slot on a worker, waited for if need be. */
+export interface SessionPool {
+  acquire(options: AcquireOptions): Promise<SessionLease>;
+}
+
+export interface AcquireOptions {
+  /** Progress lines for the user (boot steps), written to the session's stderr. */
+  progress: (line: string) => void;
+  /** Aborted when the client goes away while waiting. */
+  signal: AbortSignal;
+}
+
+/** A slot on a worker, held for one session. */
+export interface SessionLease {
+  worker: {
+    readonly record: { readonly name: string };
+    exec(command: string): Promise<WorkerChannel>;
+  };
+  /** Gives the slot back; safe to call more than once. */
+  release(): void;
 }
 
 export function parseAuthorizedKeys(lines: string[]): ParsedKey[] {
@@ -232,7 +254,7 @@ export class Endpoint {
     const onEarlyClose = (): void => abort.abort();
     channel.once('close', onEarlyClose);
     this.activeSessions++;
-    let lease: Lease | undefined;
+    let lease: SessionLease | undefined;
     const started = Date.now();
     try {
       lease = await pool.acquire({ signal: abort.signal, progress: (line) => channel.stderr.write(`${line}\n`) });

@@ -6,6 +6,7 @@
  * malformed ("Malformed OpenSSH public key") and breaks a boot at random.
  */
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { join } from 'node:path';
 import ssh2 from 'ssh2';
 
 export interface KeyPair {
@@ -69,4 +70,10 @@ export function publicKeyBlob(line: string): Buffer {
   const key = Array.isArray(parsed) ? parsed[0] : parsed;
   if (!key) throw new Error('not a valid public key');
   return key.getPublicSSH();
+}
+
+/** Where the endpoint's host key lives in stateDir (the daemon makes it, setup reads it). */
+export function hostKeyPaths(stateDir: string): { privateKey: string; publicKey: string } {
+  const privateKey = join(stateDir, 'ssh_host_ed25519_key');
+  return { privateKey, publicKey: `${privateKey}.pub` };
 }

@@ -10,6 +10,12 @@ import { WORKER_SOCKET_HIGH_WATER, WriteGate } from './write-gate.js';
 
 export type SshClient = ssh2.Client;
 
+/** A channel running a command on the worker, and the bound on its connection's unsent bytes. */
+export interface WorkerChannel {
+  channel: ClientChannel;
+  gate: WriteGate | undefined;
+}
+
 export class HostKeyMismatch extends Error {
   override name = 'HostKeyMismatch';
 }
