@@ -9,7 +9,7 @@
  *
  * ssh2 1.17 keeps the window in `channel.incoming.window` and sends grants through its protocol
  * object; both are internal, so this module is the one place that touches them, and
- * test/channel-window.test.ts checks the peer's view on a real connection.
+ * test/ssh/channel-window.test.ts checks the peer's view on a real connection.
  */
 import type { Connection } from 'ssh2';
 
