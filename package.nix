@@ -31,11 +31,11 @@ buildNpmPackage {
   # bench/README.md are with the binding, and this file is not evaluated in CI.
   npmRebuildFlags = [ "--ignore-scripts" ];
 
-  # The bin's node flags are on the first line of dist/src/cli.js (`#!/usr/bin/env -S node FLAGS`,
-  # see there why); the wrapper buildNpmPackage makes runs `node cli.js` without them.
+  # The bin's node flags are on the first line of dist/src/cli/main.js (`#!/usr/bin/env -S node FLAGS`,
+  # see there why); the wrapper buildNpmPackage makes runs `node main.js` without them.
   nativeBuildInputs = [ makeWrapper ];
   postInstall = ''
-    cli=$out/lib/node_modules/${manifest.name}/dist/src/cli.js
+    cli=$out/lib/node_modules/${manifest.name}/dist/src/cli/main.js
     flags=$(sed -n '1s|^#!/usr/bin/env -S node ||p' "$cli")
     makeWrapper ${nodejs_20}/bin/node $out/bin/nix-hcloud-builder --add-flags "$flags $cli"
   '';

@@ -6,7 +6,7 @@
  * served, where they went, and how long they waited (client side: time to first byte; daemon side:
  * `waitedMs` of its "session started" line).
  */
-import { LABEL_POOL } from '../src/labels.js';
+import { LABEL_POOL } from '../src/core/labels.js';
 import { fixed, median, percentile, progress, say, sleep, table } from './lib.js';
 import { BURST_JOBS_PER_WORKER, BURST_MAX_WORKERS, BURST_POOL, ENDPOINT_ALIAS, type BenchRig } from './rig.js';
 import { serveHandshake } from './ssh.js';

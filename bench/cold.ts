@@ -5,7 +5,7 @@
  * cloud's server did (polled in this process every few ms).
  */
 import type { LogLine } from '../test/rig/rig.js';
-import { LABEL_POOL } from '../src/labels.js';
+import { LABEL_POOL } from '../src/core/labels.js';
 import { fixed, median, progress, say, table } from './lib.js';
 import { COLD_POOL, ENDPOINT_ALIAS, type BenchRig } from './rig.js';
 import { serveHandshake } from './ssh.js';

@@ -9,7 +9,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CLI, DaemonProcess, nodeFlagsOf, Rig, TOKEN } from '../test/rig/rig.js';
-import type { StateData, WorkerRecord } from '../src/state.js';
+import type { StateData, WorkerRecord } from '../src/daemon/state.js';
 
 /** Host alias of our endpoint in the generated ssh_config. */
 export const ENDPOINT_ALIAS = 'bench-endpoint';
@@ -28,7 +28,7 @@ export const WIDE_POOL = 'wide';
 export const WIDE_JOBS_PER_WORKER = 64;
 
 export interface BenchRigOptions {
-  /** The daemon's built CLI (dist/src/cli.js of this tree unless another build is measured). */
+  /** The daemon's built CLI (dist/src/cli/main.js of this tree unless another build is measured). */
   cli?: string;
   /** Extra node arguments for the daemon, e.g. --cpu-prof --cpu-prof-dir=DIR to profile it. */
   nodeArgs?: string[];

@@ -25,7 +25,7 @@
  *   BENCH_BOOT_MS      the fake cloud's boot delay (default 1000)
  *   BENCH_READY_MS     the fake cloud's delay from sshd up to cloud-init's runcmd (default 500)
  *   BENCH_STALL_S      a transfer that moves no byte for this long is killed and reported as stalled (default 20)
- *   BENCH_CLI          the daemon's built CLI to measure (default dist/src/cli.js of this tree), e.g. another build
+ *   BENCH_CLI          the daemon's built CLI to measure (default dist/src/cli/main.js of this tree), e.g. another build
  *   BENCH_DAEMON_NODE_ARGS  comma list of node arguments for the daemon, e.g. --cpu-prof,--cpu-prof-dir=DIR
  *   BENCH_JSON         also write every figure to this file as JSON
  *   BENCH_VERBOSE      show the fake cloud's log lines
@@ -86,7 +86,7 @@ async function versions(): Promise<Record<string, string>> {
     nix: await first('nix', ['--version']),
     openssh: await first('ssh', ['-V']),
     ssh2: `${ssh2Version} (native crypto binding: ${crypto.bindingAvailable ? 'yes' : 'NO: expect several times slower'})`,
-    daemon: `${process.env.BENCH_CLI ? `BENCH_CLI=${process.env.BENCH_CLI}` : 'dist/src/cli.js of this tree'}${process.env.BENCH_DAEMON_NODE_ARGS ? ` with node ${process.env.BENCH_DAEMON_NODE_ARGS}` : ''}`,
+    daemon: `${process.env.BENCH_CLI ? `BENCH_CLI=${process.env.BENCH_CLI}` : 'dist/src/cli/main.js of this tree'}${process.env.BENCH_DAEMON_NODE_ARGS ? ` with node ${process.env.BENCH_DAEMON_NODE_ARGS}` : ''}`,
     'load average at start': readFileSync('/proc/loadavg', 'utf8').trim().split(' ').slice(0, 3).join(' '),
   };
 }

@@ -1,6 +1,6 @@
 # What Nix needs to build through nix-hcloud-builder, in plain Nix (builtins only, no nixpkgs):
 # the daemon's JSON config, one machines line (or nix.buildMachines entry) per pool, and the
-# ssh_config Host alias. The same as `nix-hcloud-builder setup` writes (src/machines.ts); the
+# ssh_config Host alias. The same as `nix-hcloud-builder setup` writes (src/setup/machines.ts); the
 # tests compare both for the same settings.
 #
 #   let nhb = import ./lib.nix; config = nhb.mkConfig { settings = { ... }; pools = { ... }; };
@@ -9,7 +9,7 @@ let
   defaultAlias = "hcloud-builder";
   defaultClientKey = "/root/.ssh/nix-hcloud-builder";
 
-  # The daemon's defaults (src/config.ts) for what the lines are made of.
+  # The daemon's defaults (src/core/config.ts) for what the lines are made of.
   listenDefaults = { host = "127.0.0.1"; port = 2222; };
   poolDefaults = {
     systems = [ "x86_64-linux" ];

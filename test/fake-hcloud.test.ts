@@ -8,7 +8,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { generateKeyPair } from '../src/keys.js';
+import { generateKeyPair } from '../src/ssh/keys.js';
 import ssh2 from 'ssh2';
 import { FakeCloud, type FakeCloudOptions } from './fake-hcloud/index.js';
 import { checkSchema } from './fake-hcloud/openapi.js';

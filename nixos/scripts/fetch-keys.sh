@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Worker boot, before sshd: takes the sshd host key and root's authorized key from the user data
 # that nix-hcloud-builder created the server with ("#cloud-config" then JSON, see
-# src/user-data.ts), as served by the Hetzner metadata service. So the daemon knows the host key
+# src/daemon/user-data.ts), as served by the Hetzner metadata service. So the daemon knows the host key
 # before the first connection, and only its per-worker key can log in.
 #
 # Environment (for tests): NHB_METADATA_URL, NHB_ROOT (a folder standing for /),

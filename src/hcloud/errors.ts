@@ -86,10 +86,6 @@ export class HcloudError extends Error {
   }
 }
 
-export function isHcloudError(err: unknown): err is HcloudError {
-  return err instanceof HcloudError;
-}
-
 /** True for a 404 `not_found`, e.g. deleting or getting a server that is already gone. */
 export function isNotFound(err: unknown): boolean {
   return err instanceof HcloudError && err.status === 404;

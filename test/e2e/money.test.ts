@@ -1,7 +1,7 @@
 /** Money guards against the fake cloud: budget, the sweep of unknown servers, gc, lifetime caps, graceful stop. */
 import t from 'tap';
-import { serverLabels } from '../../src/labels.js';
-import { DELETE_RETRY_FIRST_MS, deleteRetryDelayMs } from '../../src/pool.js';
+import { serverLabels } from '../../src/core/labels.js';
+import { DELETE_RETRY_FIRST_MS, deleteRetryDelayMs } from '../../src/daemon/pool.js';
 import { Rig, TOKEN, waitUntil } from '../rig/rig.js';
 
 async function createForeign(rig: Rig, name: string, labels: Record<string, string>): Promise<number> {

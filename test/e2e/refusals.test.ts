@@ -2,7 +2,7 @@
 import t from 'tap';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { generateKeyPair } from '../../src/keys.js';
+import { generateKeyPair } from '../../src/ssh/keys.js';
 import { Rig, run } from '../rig/rig.js';
 
 t.test('refusals', async (t) => {

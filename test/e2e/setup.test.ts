@@ -17,7 +17,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { basename, join } from 'node:path';
-import { generateKeyPair } from '../../src/keys.js';
+import { generateKeyPair } from '../../src/ssh/keys.js';
 import { BUILD_NIX, CLI, Rig, run } from '../rig/rig.js';
 import { rigNixConf } from '../rig/nix-config.js';
 

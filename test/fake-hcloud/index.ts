@@ -14,7 +14,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import ssh2 from 'ssh2';
-import { generateKeyPair } from '../../src/keys.js';
+import { generateKeyPair } from '../../src/ssh/keys.js';
 import type { components } from '../../src/hcloud/openapi.js';
 import { LOCATIONS, DATA_CENTERS, SERVER_TYPES, systemImages, includedTraffic, type Image, type ServerType, type Location, type DataCenter } from './catalog.js';
 import { labelProblems, parseSelector, matches, SelectorError, type Labels } from './labels.js';

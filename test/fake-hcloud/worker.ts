@@ -23,7 +23,7 @@ import { appendFileSync, chmodSync, copyFileSync, existsSync, mkdirSync, openSyn
 import { connect } from 'node:net';
 import { dirname, join, posix } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { generateKeyPair } from '../../src/keys.js';
+import { generateKeyPair } from '../../src/ssh/keys.js';
 import { RIG_NIX_CONF_FILE } from '../rig/nix-config.js';
 import { shellQuote, type CloudConfig } from './cloud-config.js';
 

@@ -10,10 +10,10 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Writable } from 'node:stream';
 import { FakeCloud, type FakeCloudOptions } from '../fake-hcloud/index.js';
-import { parseConfig, type Config } from '../../src/config.js';
-import { Daemon, type DaemonOptions } from '../../src/daemon.js';
-import { generateKeyPair } from '../../src/keys.js';
-import { createLogger } from '../../src/log.js';
+import { parseConfig, type Config } from '../../src/core/config.js';
+import { Daemon, type DaemonOptions } from '../../src/daemon/daemon.js';
+import { generateKeyPair } from '../../src/ssh/keys.js';
+import { createLogger } from '../../src/core/log.js';
 import { useRigNixConfig } from './nix-config.js';
 import { run } from './process.js';
 
@@ -23,7 +23,7 @@ useRigNixConfig();
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export { run, waitUntil } from './process.js';
-export const CLI = join(ROOT, 'dist', 'src', 'cli.js');
+export const CLI = join(ROOT, 'dist', 'src', 'cli', 'main.js');
 
 /** The node flags of a CLI build's shebang (`#!/usr/bin/env -S node FLAGS`): started as users start it. */
 export function nodeFlagsOf(cli: string): string[] {

@@ -1,0 +1,287 @@
+/**
+ * `serve`: the daemon. Steps, each logged:
+ *   1. lock the state folder and read what an earlier run left;
+ *   2. load (or make) the endpoint's host key and the authorized keys;
+ *   3. reconcile: adopt our servers that the state knows and that answer, delete the rest;
+ *   4. listen for Nix;
+ *   5. on SIGTERM/SIGINT: stop listening, delete every worker (unless keepWorkers), exit.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import type { Server as ControlServer } from 'node:net';
+import type { Config } from '../core/config.js';
+import { Endpoint, parseAuthorizedKeys } from '../ssh/endpoint.js';
+import { HcloudClient } from '../hcloud/client.js';
+import type { Server, ServerType } from '../hcloud/types.js';
+import { generateKeyPair, hostKeyPaths } from '../ssh/keys.js';
+import { Ledger } from './ledger.js';
+import { instanceSelector, LABEL_POOL } from '../core/labels.js';
+import type { Logger } from '../core/log.js';
+import { serveControl } from './control.js';
+import { Pool } from './pool.js';
+import { checkPoolServerTypes } from './server-types.js';
+import { writeFileAtomic } from '../core/atomic-file.js';
+import { isRecordOf, StateFile, type WorkerRecord } from './state.js';
+import { Worker, type WorkerDeps } from './worker.js';
+
+export interface DaemonOptions {
+  config: Config;
+  token: string;
+  log: Logger;
+  /** How long an adoption attempt may take per server at start. */
+  adoptTimeoutMs?: number;
+  /** First wait before a failed delete is retried (default DELETE_RETRY_FIRST_MS, 30 s). */
+  deleteRetryFirstMs?: number;
+}
+
+/** The endpoint's host key, made on first start; its public line goes into the machines file. */
+export function ensureHostKey(stateDir: string): { privateKey: string; publicKey: string } {
+  const paths = hostKeyPaths(stateDir);
+  if (!existsSync(paths.privateKey)) {
+    const pair = generateKeyPair('nix-hcloud-builder');
+    writeFileAtomic(paths.privateKey, pair.privateKey, 0o600);
+    writeFileAtomic(paths.publicKey, `${pair.publicKey}\n`, 0o644);
+  }
+  return { privateKey: readFileSync(paths.privateKey, 'utf8'), publicKey: readFileSync(paths.publicKey, 'utf8').trim() };
+}
+
+export function loadAuthorizedKeys(config: Config): string[] {
+  const lines = [...config.authorizedKeys];
+  if (config.authorizedKeysFile) {
+    try {
+      lines.push(...readFileSync(config.authorizedKeysFile, 'utf8').split('\n'));
+    } catch (err) {
+      throw new Error(`cannot read authorizedKeysFile ${config.authorizedKeysFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  }
+  return lines;
+}
+
+export class Daemon {
+  readonly pools = new Map<string, Pool>();
+  endpoint!: Endpoint;
+  port = 0;
+  private state!: StateFile;
+  /** Records of servers being deleted that belong to no pool (found at start). */
+  private readonly orphans: WorkerRecord[] = [];
+  private saveScheduled = false;
+  readonly hcloud: HcloudClient;
+  private readonly log: Logger;
+  private serverTypes: Promise<ServerType[]> | undefined;
+  private stopping: Promise<void> | undefined;
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private sweeping: Promise<void> | undefined;
+  private graceOver: (() => void) | undefined;
+  ledger!: Ledger;
+  private control: ControlServer | undefined;
+
+  constructor(private readonly options: DaemonOptions) {
+    this.log = options.log;
+    this.hcloud = new HcloudClient({ endpoint: options.config.hcloud.endpoint, token: options.token, logger: options.log.child({ component: 'hcloud' }) });
+  }
+
+  private get config(): Config {
+    return this.options.config;
+  }
+
+  async start(): Promise<void> {
+    const { config } = this;
+    // 1. Lock the state folder; read the previous state.
+    const { state, read } = await StateFile.open(config.stateDir, config.instance);
+    this.state = state;
+    if (read.problem) this.log.error({ keptAs: read.keptAs }, `${read.problem}; kept it aside and falling back to a label sweep`);
+    this.log.info({ stateDir: config.stateDir, known: state.data.workers.length, node: process.version, nodeFlags: process.execArgv }, 'step 1/4: state folder locked');
+
+    try {
+      // 2. Keys.
+      const hostKey = ensureHostKey(config.stateDir);
+      const authorizedKeys = parseAuthorizedKeys(loadAuthorizedKeys(config));
+      if (authorizedKeys.length === 0) this.log.warn('no authorized keys: nobody can log in (set authorizedKeys or authorizedKeysFile)');
+      this.log.info({ hostKey: hostKey.publicKey, authorizedKeys: authorizedKeys.length }, 'step 2/4: keys loaded');
+
+      this.ledger = Ledger.load(config.stateDir);
+      const deps: WorkerDeps = {
+        hcloud: this.hcloud,
+        ledger: this.ledger,
+        ...(config.budget ? { budget: config.budget } : {}),
+        log: this.log,
+        instance: config.instance,
+        save: () => this.saveNow(),
+        serverTypes: () => (this.serverTypes ??= this.hcloud.listServerTypes().catch((err: unknown) => {
+          this.serverTypes = undefined;
+          throw err;
+        })),
+      };
+      for (const pool of Object.values(config.pools)) {
+        this.pools.set(pool.name, new Pool(pool, {
+          ...deps,
+          changed: () => this.scheduleSave(),
+          ...(this.options.deleteRetryFirstMs !== undefined ? { deleteRetryFirstMs: this.options.deleteRetryFirstMs } : {}),
+        }));
+      }
+
+      // The pools' server types must exist and match their systems' architecture.
+      const types = await deps.serverTypes();
+      for (const pool of Object.values(config.pools)) {
+        for (const warning of checkPoolServerTypes(pool, types)) this.log.warn(warning);
+      }
+
+      // 3. Reconcile with what the API says is ours.
+      await this.reconcile(state.data.workers, deps);
+
+      // 4. Listen.
+      this.endpoint = new Endpoint({
+        hostKey: hostKey.privateKey, authorizedKeys, pools: this.pools, log: this.log,
+        loginGraceMs: config.limits.loginGraceMs, maxConnectionsPerSource: config.limits.maxConnectionsPerSource,
+      });
+      this.port = await this.endpoint.listen(config.listen.port, config.listen.host);
+      this.log.info({ host: config.listen.host, port: this.port, pools: [...this.pools.keys()] }, 'step 4/4: listening for Nix');
+      this.control = await serveControl(config.stateDir, (request, progress) => this.up(request.pools, request.workers, progress));
+      this.sweepTimer = setInterval(() => void this.sweep(), config.sweepIntervalMs);
+      this.sweepTimer.unref();
+    } catch (err) {
+      await this.state.close();
+      throw err;
+    }
+  }
+
+  private async reconcile(previous: WorkerRecord[], deps: WorkerDeps): Promise<void> {
+    const servers: Server[] = await this.hcloud.listServers({ labelSelector: instanceSelector(this.config.instance) });
+    const adopted: string[] = [];
+    const deleting: Promise<void>[] = [];
+    for (const server of servers) {
+      const record = previous.find((r) => isRecordOf(r, server));
+      const pool = this.pools.get(server.labels[LABEL_POOL] ?? '');
+      if (record && pool && record.phase === 'ready' && record.address && server.status === 'running') {
+        const worker = new Worker(pool.config, { ...record, id: server.id }, deps);
+        try {
+          await worker.adopt(this.options.adoptTimeoutMs ?? 15_000);
+          pool.adopt(worker);
+          adopted.push(server.name);
+          continue;
+        } catch (err) {
+          worker.client?.end();
+          this.log.warn({ server: server.name, err: (err as Error).message }, 'cannot adopt our server; deleting it');
+        }
+      } else {
+        this.log.warn({ server: server.name, id: server.id, known: Boolean(record) }, 'our server is not adoptable; deleting it');
+      }
+      deleting.push(this.deleteOrphan(server, record));
+    }
+    await Promise.all(deleting);
+    this.scheduleSave();
+    this.log.info({ found: servers.length, adopted: adopted.length, deleted: deleting.length }, 'step 3/4: reconciled with the cloud');
+  }
+
+  /**
+   * The periodic sweep: a server labelled as ours that no pool knows is deleted (a leak from a
+   * crash or a lost create answer), and lifetime caps are enforced. Never two sweeps at once.
+   */
+  sweep(): Promise<void> {
+    this.sweeping ??= (async () => {
+      try {
+        for (const pool of this.pools.values()) pool.enforceLifetime();
+        const servers = await this.hcloud.listServers({ labelSelector: instanceSelector(this.config.instance) });
+        const unknown = servers.filter((s) => ![...this.pools.values()].some((p) => p.knows(s)) && !this.orphans.some((o) => o.id === s.id));
+        for (const server of unknown) this.log.warn({ server: server.name, id: server.id }, 'sweep: our label, but no worker of ours; deleting it');
+        await Promise.all(unknown.map((server) => this.deleteOrphan(server, undefined)));
+        this.log.debug({ found: servers.length, deleted: unknown.length }, 'sweep done');
+      } catch (err) {
+        this.log.error({ err }, 'sweep failed; trying again next interval');
+      } finally {
+        this.sweeping = undefined;
+      }
+    })();
+    return this.sweeping;
+  }
+
+  private async deleteOrphan(server: Server, record: WorkerRecord | undefined): Promise<void> {
+    const orphan: WorkerRecord = record ? { ...record, id: server.id, phase: 'deleting' } : {
+      id: server.id, name: server.name, pool: server.labels[LABEL_POOL] ?? '', serverType: server.server_type.name, location: server.datacenter.location.name,
+      phase: 'deleting', sshPort: 0, hostPublicKey: '', loginPrivateKey: '', createdAt: server.created, activeSessions: 0,
+    };
+    this.orphans.push(orphan);
+    await this.saveNow();
+    try {
+      await this.hcloud.deleteServerAndWait(server.id);
+      this.log.info({ server: server.name, id: server.id }, 'deleted');
+    } catch (err) {
+      // Kept in the state: the next start tries again.
+      this.log.error({ err, server: server.name }, 'could not delete our server');
+      return;
+    }
+    this.orphans.splice(this.orphans.indexOf(orphan), 1);
+  }
+
+  private collect(): WorkerRecord[] {
+    return [...[...this.pools.values()].flatMap((p) => p.records), ...this.orphans];
+  }
+
+  private saveNow(): Promise<void> {
+    this.state.data.workers = this.collect();
+    return this.state.save();
+  }
+
+  /** Coalesces bursts of changes (sessions starting and ending) into one write. */
+  private scheduleSave(): void {
+    if (this.saveScheduled) return;
+    this.saveScheduled = true;
+    setImmediate(() => {
+      this.saveScheduled = false;
+      this.saveNow().catch((err: unknown) => this.log.error({ err }, 'cannot write the state file'));
+    });
+  }
+
+  /**
+   * Stops accepting, lets running sessions finish for up to shutdownGrace (or until
+   * `skipGrace()`), then ends them and deletes every worker unless `keepWorkers`.
+   */
+  stop(keepWorkers = false): Promise<void> {
+    this.stopping ??= (async () => {
+      clearInterval(this.sweepTimer);
+      this.control?.close();
+      const graceMs = this.config.shutdownGraceMs;
+      this.log.info({ keepWorkers, activeSessions: this.endpoint?.activeSessions ?? 0, graceMs }, keepWorkers ? 'stopping; keeping the workers' : 'stopping; then deleting every worker');
+      // close() waits for open connections; it resolves once the sessions are gone.
+      const closed = this.endpoint?.stopListening();
+      if (this.endpoint && this.endpoint.activeSessions > 0) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, graceMs);
+          timer.unref();
+          this.graceOver = resolve;
+          const poll = setInterval(() => {
+            if (this.endpoint.activeSessions === 0) resolve();
+          }, 200);
+          poll.unref();
+          void closed?.then(resolve);
+        });
+      }
+      this.endpoint?.closeAll();
+      await closed;
+      await this.sweeping;
+      await Promise.allSettled([...this.pools.values()].map((p) => p.close(keepWorkers)));
+      await this.saveNow().catch(() => undefined);
+      await this.state.close();
+      this.log.info('stopped');
+    })();
+    return this.stopping;
+  }
+
+  /** `up`: boots workers in the given pools (all when empty) ahead of a build. */
+  async up(poolNames: string[], workers: number, progress: (line: string) => void): Promise<Record<string, number>> {
+    const names = poolNames.length > 0 ? poolNames : [...this.pools.keys()];
+    for (const name of names) {
+      if (!this.pools.has(name)) throw new Error(`unknown pool "${name}"; pools: ${[...this.pools.keys()].join(', ')}`);
+    }
+    this.log.info({ pools: names, workers }, 'up: booting workers ahead of builds');
+    const ready: Record<string, number> = {};
+    await Promise.all(names.map(async (name) => {
+      ready[name] = await (this.pools.get(name) as Pool).warm(workers, progress);
+    }));
+    return ready;
+  }
+
+  /** A second signal: end the grace period now (workers are still deleted). */
+  skipGrace(): void {
+    this.graceOver?.();
+  }
+}

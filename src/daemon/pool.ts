@@ -1,0 +1,337 @@
+/**
+ * Places Nix sessions on a pool's workers: the least loaded ready worker with a free slot, else a
+ * booting one with room, else a new boot while fewer than maxWorkers exist, else a queue. Sessions
+ * that arrive during a boot wait for that same boot: a burst creates one server, not one each.
+ */
+import type { PoolConfig } from '../core/config.js';
+import { IdleTimer, systemClock, untilBeforeNextBilledHour, type Clock } from './idle-timer.js';
+import { formatDuration } from '../core/duration.js';
+import type { Logger } from '../core/log.js';
+import type { AcquireOptions, SessionPool } from '../ssh/endpoint.js';
+import { isRecordOf, type WorkerRecord } from './state.js';
+import { Worker, type WorkerDeps } from './worker.js';
+
+export interface Lease {
+  worker: Worker;
+  /** Gives the slot back; safe to call more than once. */
+  release(): void;
+}
+
+interface Waiter extends AcquireOptions {
+  resolve(lease: Lease): void;
+  reject(err: Error): void;
+}
+
+export interface PoolDeps extends WorkerDeps {
+  /** Called when the pool's set of workers or their counts change (state file, status). */
+  changed: () => void;
+  clock?: Clock;
+  /** First wait before retrying a failed delete (DELETE_RETRY_FIRST_MS; tests shorten it). */
+  deleteRetryFirstMs?: number;
+}
+
+/** A failed delete is retried after 30 s, then after twice as long each time, up to every 5 min. */
+export const DELETE_RETRY_FIRST_MS = 30_000;
+
+/** Wait before delete attempt `attempt + 1`: money keeps it trying, the cap (10 × the first wait) keeps the log readable. */
+export function deleteRetryDelayMs(attempt: number, firstMs = DELETE_RETRY_FIRST_MS): number {
+  return Math.min(10 * firstMs, firstMs * 2 ** Math.max(0, attempt - 1));
+}
+
+export class Pool implements SessionPool {
+  readonly workers: Worker[] = [];
+  private readonly queue: Waiter[] = [];
+  private readonly idleTimers = new Map<Worker, IdleTimer>();
+  /** Boots in progress; waiters that join a boot attach to its promise. */
+  private readonly boots = new Map<Worker, Promise<void>>();
+  private readonly log: Logger;
+  private closed = false;
+
+  constructor(readonly config: PoolConfig, private readonly deps: PoolDeps) {
+    this.log = deps.log.child({ pool: config.name });
+  }
+
+  get records(): WorkerRecord[] {
+    return this.workers.map((w) => w.record);
+  }
+
+  /** Waits for a slot on a ready worker, booting one when needed. */
+  acquire(options: AcquireOptions): Promise<Lease> {
+    if (this.closed) return Promise.reject(new Error(`pool ${this.config.name} is shutting down`));
+    return new Promise((resolve, reject) => {
+      const waiter: Waiter = { ...options, resolve, reject };
+      this.queue.push(waiter);
+      options.signal.addEventListener('abort', () => this.abandon(waiter), { once: true });
+      this.dispatch();
+    });
+  }
+
+  private abandon(waiter: Waiter): void {
+    const index = this.queue.indexOf(waiter);
+    if (index >= 0) this.queue.splice(index, 1);
+    waiter.reject(new Error('the client went away'));
+  }
+
+  private now(): number {
+    return (this.deps.clock ?? systemClock).now();
+  }
+
+  /** Past maxLifetime a worker takes no new sessions and goes once its sessions end. */
+  private draining(worker: Worker): boolean {
+    return this.now() - Date.parse(worker.record.createdAt) >= this.config.maxLifetimeMs;
+  }
+
+  private leastLoaded(phase: Worker['phase']): Worker | undefined {
+    let best: Worker | undefined;
+    for (const w of this.workers) {
+      if (w.phase !== phase || w.used >= this.config.jobsPerWorker) continue;
+      if (phase === 'ready' && (!w.client || this.draining(w))) continue;
+      if (!best || w.used < best.used) best = w;
+    }
+    return best;
+  }
+
+  private dispatch(): void {
+    while (this.queue.length > 0 && !this.closed) {
+      const ready = this.leastLoaded('ready');
+      if (ready) {
+        this.lease(ready, this.queue.shift() as Waiter);
+        continue;
+      }
+      const booting = this.leastLoaded('booting') ?? this.leastLoaded('creating');
+      if (booting) {
+        this.joinBoot(booting, this.queue.shift() as Waiter);
+        continue;
+      }
+      if (this.workers.length < this.config.maxWorkers) {
+        this.startBoot();
+        continue;
+      }
+      break;
+    }
+  }
+
+  /** Hands a slot to a waiter; `reserved` when the waiter already holds it (it joined a boot). */
+  private lease(worker: Worker, waiter: Waiter, reserved = false): void {
+    if (!reserved) worker.used++;
+    this.idleTimers.get(worker)?.cancel();
+    worker.record.activeSessions = worker.used;
+    delete worker.record.idleSince;
+    this.deps.changed();
+    let released = false;
+    waiter.resolve({
+      worker,
+      release: () => {
+        if (released) return;
+        released = true;
+        this.release(worker);
+      },
+    });
+  }
+
+  private release(worker: Worker): void {
+    worker.used--;
+    worker.record.activeSessions = worker.used;
+    if (worker.used === 0 && worker.phase === 'ready') this.becameIdle(worker);
+    this.deps.changed();
+    this.dispatch();
+  }
+
+  private becameIdle(worker: Worker): void {
+    if (this.draining(worker)) {
+      this.log.info({ worker: worker.record.name }, 'worker reached maxLifetime and is idle; deleting it');
+      void this.retire(worker, 'maxLifetime reached').catch(() => undefined);
+      return;
+    }
+    const delayMs = this.config.idlePolicy === 'billing-hour'
+      ? untilBeforeNextBilledHour(Date.parse(worker.record.createdAt), this.now(), this.config.billingMarginMs)
+      : this.config.idleTimeoutMs;
+    this.timerFor(worker).start(delayMs);
+    worker.record.idleSince = new Date(this.now()).toISOString();
+    this.log.info({ worker: worker.record.name, idlePolicy: this.config.idlePolicy, deleteInMs: delayMs }, 'worker idle; idle timer started');
+  }
+
+  /**
+   * Lifetime caps, checked by the daemon's periodic sweep: an idle worker past maxLifetime is
+   * deleted; any worker past twice that is deleted even with sessions running.
+   */
+  enforceLifetime(): void {
+    for (const worker of [...this.workers]) {
+      if (worker.phase !== 'ready') continue;
+      const age = this.now() - Date.parse(worker.record.createdAt);
+      if (age >= 2 * this.config.maxLifetimeMs) {
+        this.log.warn({ worker: worker.record.name, sessions: worker.used }, 'worker is past twice maxLifetime; deleting it with its sessions');
+        void this.retire(worker, 'hard lifetime cap').catch(() => undefined);
+      } else if (age >= this.config.maxLifetimeMs && worker.used === 0) {
+        void this.retire(worker, 'maxLifetime reached').catch(() => undefined);
+      }
+    }
+  }
+
+  /** Whether this pool manages a server of that id or name (the sweep deletes what no pool knows). */
+  knows(server: { id: number; name: string }): boolean {
+    return this.workers.some((w) => isRecordOf(w.record, server));
+  }
+
+  /** A waiter takes a slot on a booting worker now and gets its lease when the boot ends. */
+  private joinBoot(worker: Worker, waiter: Waiter): void {
+    worker.used++;
+    const stopProgress = worker.onProgress(waiter.progress);
+    const booted = this.boots.get(worker) as Promise<void>;
+    booted.then(
+      () => {
+        stopProgress();
+        if (waiter.signal.aborted) {
+          waiter.reject(new Error('the client went away'));
+          this.release(worker);
+          return;
+        }
+        this.lease(worker, waiter, true);
+      },
+      (err: Error) => {
+        stopProgress();
+        waiter.reject(err);
+      },
+    );
+  }
+
+  /**
+   * `up`: boots workers until the pool has `count` (at most maxWorkers), and waits until they are
+   * ready. Each then idles like any other worker until sessions come.
+   */
+  async warm(count: number, progress: (line: string) => void): Promise<number> {
+    const target = Math.min(count, this.config.maxWorkers);
+    while (this.workers.filter((w) => w.phase !== 'deleting').length < target) this.startBoot();
+    const boots = [...this.boots.entries()];
+    const stops = boots.map(([worker]) => worker.onProgress(progress));
+    try {
+      await Promise.all(boots.map(([, boot]) => boot));
+    } finally {
+      for (const stop of stops) stop();
+    }
+    return this.workers.filter((w) => w.phase === 'ready').length;
+  }
+
+  private startBoot(): void {
+    const { record, userData } = Worker.plan(this.config, this.deps.instance);
+    const worker = new Worker(this.config, record, this.deps, userData);
+    this.workers.push(worker);
+    this.deps.changed();
+    this.log.info({ worker: record.name, waiting: this.queue.length }, 'booting a new worker');
+    const boot = worker.boot().then(
+      () => {
+        this.boots.delete(worker);
+        this.watch(worker);
+        this.deps.changed();
+        this.dispatch();
+        // Booted with nobody waiting (pre-warmed, or every waiter left): idle from now.
+        if (worker.used === 0) this.becameIdle(worker);
+      },
+      (err: Error) => {
+        this.boots.delete(worker);
+        // Deleted in the background (with retries); the waiters fail now, not after the delete.
+        void this.retire(worker, 'boot failed').catch(() => undefined);
+        throw err;
+      },
+    );
+    // Waiters attach to `boot`; this catch only keeps a failure with no waiter from being unhandled.
+    boot.catch(() => undefined);
+    this.boots.set(worker, boot);
+  }
+
+  /** Adds a worker found running after a restart; it gets an idle timer like any idle worker. */
+  adopt(worker: Worker): void {
+    this.workers.push(worker);
+    this.watch(worker);
+    this.becameIdle(worker);
+    this.deps.changed();
+  }
+
+  private watch(worker: Worker): void {
+    const client = worker.client;
+    if (!client) return;
+    const lost = (why: string): void => {
+      if (worker.client !== client) return;
+      worker.client = undefined;
+      this.log.warn({ worker: worker.record.name, why }, 'lost the connection to the worker; deleting it');
+      void this.retire(worker, `connection lost: ${why}`);
+    };
+    client.on('error', (err: Error) => lost(err.message));
+    client.on('close', () => lost('closed'));
+  }
+
+  private timerFor(worker: Worker): IdleTimer {
+    let timer = this.idleTimers.get(worker);
+    if (!timer) {
+      timer = new IdleTimer(this.config.idleTimeoutMs, () => void this.onIdle(worker), this.deps.clock ?? systemClock);
+      this.idleTimers.set(worker, timer);
+    }
+    return timer;
+  }
+
+  private async onIdle(worker: Worker): Promise<void> {
+    if (worker.used > 0 || worker.phase !== 'ready') return;
+    this.log.info({ worker: worker.record.name }, 'idle timeout reached; deleting the worker');
+    await this.retire(worker, 'idle timeout');
+  }
+
+  private remove(worker: Worker): void {
+    const index = this.workers.indexOf(worker);
+    if (index >= 0) this.workers.splice(index, 1);
+    this.idleTimers.get(worker)?.cancel();
+    this.idleTimers.delete(worker);
+    this.deps.changed();
+  }
+
+  private readonly retiring = new Map<Worker, Promise<void>>();
+
+  /**
+   * Deletes a worker's server; the record stays (phase "deleting") until the delete succeeded.
+   * Called twice for one worker, both callers get the same promise.
+   */
+  retire(worker: Worker, reason: string): Promise<void> {
+    let retiring = this.retiring.get(worker);
+    if (!retiring) {
+      retiring = this.deleteWithRetries(worker, reason).finally(() => this.retiring.delete(worker));
+      this.retiring.set(worker, retiring);
+    }
+    return retiring;
+  }
+
+  private async deleteWithRetries(worker: Worker, reason: string): Promise<void> {
+    this.idleTimers.get(worker)?.cancel();
+    worker.record.phase = 'deleting';
+    this.deps.changed();
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await worker.destroy(reason);
+        break;
+      } catch (err) {
+        // Money: keep trying. The record stays in the state, so a restart deletes it too.
+        if (this.closed && attempt >= 3) {
+          this.log.error({ err, worker: worker.record.name, attempt }, 'deleting the server failed; giving up on stop (the next start deletes it)');
+          throw err;
+        }
+        const delayMs = deleteRetryDelayMs(attempt, this.deps.deleteRetryFirstMs);
+        this.log.error({ err, worker: worker.record.name, attempt, retryInMs: delayMs }, `deleting the server failed; retrying in ${formatDuration(delayMs)}`);
+        await new Promise((r) => setTimeout(r, delayMs).unref());
+      }
+    }
+    this.remove(worker);
+    this.dispatch();
+  }
+
+  /** Fails waiters, stops timers, and deletes every worker (unless `keep`). */
+  async close(keep: boolean): Promise<void> {
+    this.closed = true;
+    for (const waiter of this.queue.splice(0)) waiter.reject(new Error('the daemon is shutting down'));
+    for (const timer of this.idleTimers.values()) timer.cancel();
+    for (const worker of this.boots.keys()) worker.cancelBoot('the daemon is shutting down');
+    await Promise.allSettled([...this.boots.values()]);
+    if (keep) {
+      for (const w of this.workers) w.client?.end();
+      return;
+    }
+    await Promise.all([...this.workers].map((w) => this.retire(w, 'daemon stopped')));
+  }
+}

@@ -1,0 +1,421 @@
+/**
+ * `setup`: makes this machine's Nix build through the daemon with no extra flags.
+ *
+ *   1. a client key for nix-daemon (root), made if missing;
+ *   2. its public key in the daemon's authorized keys (the config's `authorizedKeysFile`);
+ *   3. the endpoint's host key, made if the daemon has not started yet (owned by the daemon's user);
+ *   4. the ssh_config `Host` alias, as a marked block in the system ssh config;
+ *   5. one machines line per pool, as a marked block in the machines file;
+ *   6. hints about nix.conf (`builders-use-substitutes`, a `builders` that skips the machines file).
+ *
+ * Idempotent: a second run finds nothing to change. Without `write` it only shows the changes.
+ * Marked blocks are replaced in place, and everything outside them is kept as it is.
+ */
+import { chownSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { dirname, join } from 'node:path';
+import ssh2 from 'ssh2';
+import { loadConfig, type Config } from '../core/config.js';
+import { writeFileAtomic } from '../core/atomic-file.js';
+import { generateKeyPair, hostKeyPaths } from '../ssh/keys.js';
+import { DEFAULT_ALIAS, DEFAULT_CLIENT_KEY, machinesLines, sshHostBlock, type ClientSettings } from './machines.js';
+
+export const BEGIN_MARK = '# BEGIN nix-hcloud-builder';
+export const END_MARK = '# END nix-hcloud-builder';
+const MANAGED_NOTE = '# Managed by "nix-hcloud-builder setup": it replaces this block on every run.';
+
+export const DEFAULT_SSH_CONFIG = '/etc/ssh/ssh_config';
+export const DEFAULT_MACHINES = '/etc/nix/machines';
+export const DEFAULT_NIX_CONF = '/etc/nix/nix.conf';
+
+export class SetupError extends Error {
+  override name = 'SetupError';
+}
+
+export interface SetupOptions {
+  config: Config;
+  configFile: string;
+  sshConfig?: string;
+  machines?: string;
+  nixConf?: string;
+  clientKey?: string;
+  alias?: string;
+}
+
+interface Owner {
+  uid: number;
+  gid: number;
+}
+
+export interface FileChange {
+  path: string;
+  /** Content before (null: the file does not exist) and after. */
+  before: string | null;
+  after: string;
+  mode: number;
+  /** Set for files the daemon's user must own (it may not be the user running setup). */
+  owner?: Owner;
+  /** Never shown (private keys). */
+  secret?: boolean;
+  what: string;
+}
+
+export interface DirChange {
+  path: string;
+  mode: number;
+  owner?: Owner;
+}
+
+export interface SetupPlan {
+  dirs: DirChange[];
+  files: FileChange[];
+  /** Files already as they should be. */
+  unchanged: string[];
+  hints: string[];
+  /** What setup cannot do by itself; the user must. */
+  manual: string[];
+  machinesLines: string[];
+  sshBlock: string[];
+}
+
+function readText(path: string): string | null {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw new SetupError(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}
+
+function splitLines(text: string): string[] {
+  if (text === '') return [];
+  const lines = text.split('\n');
+  if (lines[lines.length - 1] === '') lines.pop();
+  return lines;
+}
+
+function joinLines(lines: string[]): string {
+  return lines.length === 0 ? '' : `${lines.join('\n')}\n`;
+}
+
+/**
+ * Puts `block` between the markers: in place of an earlier block, else before the first
+ * `Host`/`Match` line (`beforeFirstSection`, for ssh_config: OpenSSH takes the first value it
+ * finds, so an alias after `Host *` could lose to it), else at the end.
+ */
+export function upsertMarkedBlock(text: string | null, block: string[], beforeFirstSection = false): string {
+  const lines = splitLines(text ?? '');
+  const marked = [BEGIN_MARK, MANAGED_NOTE, ...block, END_MARK];
+  const begin = lines.findIndex((l) => l.trim() === BEGIN_MARK);
+  if (begin >= 0) {
+    const end = lines.findIndex((l, i) => i > begin && l.trim() === END_MARK);
+    if (end < 0) throw new SetupError(`found "${BEGIN_MARK}" but no "${END_MARK}" after it: fix the file by hand, then run setup again`);
+    if (lines.some((l, i) => i > end && l.trim() === BEGIN_MARK)) throw new SetupError(`found "${BEGIN_MARK}" twice: remove one block by hand, then run setup again`);
+    return joinLines([...lines.slice(0, begin), ...marked, ...lines.slice(end + 1)]);
+  }
+  if (beforeFirstSection) {
+    const first = lines.findIndex((l) => /^\s*(Host|Match)(\s|=)/i.test(l));
+    if (first >= 0) return joinLines([...lines.slice(0, first), ...marked, '', ...lines.slice(first)]);
+  }
+  const sep = lines.length > 0 && lines[lines.length - 1]?.trim() !== '' ? [''] : [];
+  return joinLines([...lines, ...sep, ...marked]);
+}
+
+type Op = { op: ' ' | '-' | '+'; line: string };
+
+/** Line diff (longest common subsequence; the files here are small). */
+function diffOps(a: string[], b: string[]): Op[] {
+  const n = a.length;
+  const m = b.length;
+  const lcs: number[][] = Array.from({ length: n + 1 }, () => new Array<number>(m + 1).fill(0));
+  for (let i = n - 1; i >= 0; i--) {
+    for (let j = m - 1; j >= 0; j--) {
+      lcs[i]![j] = a[i] === b[j] ? lcs[i + 1]![j + 1]! + 1 : Math.max(lcs[i + 1]![j]!, lcs[i]![j + 1]!);
+    }
+  }
+  const ops: Op[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < n || j < m) {
+    if (i < n && j < m && a[i] === b[j]) {
+      ops.push({ op: ' ', line: a[i++]! });
+      j++;
+    } else if (j < m && (i >= n || lcs[i]![j + 1]! > lcs[i + 1]![j]!)) {
+      ops.push({ op: '+', line: b[j++]! });
+    } else {
+      ops.push({ op: '-', line: a[i++]! });
+    }
+  }
+  return ops;
+}
+
+/** A unified diff (`---`/`+++`/`@@` hunks with 2 lines of context). */
+export function unifiedDiff(path: string, before: string | null, after: string, context = 2): string[] {
+  const ops = diffOps(splitLines(before ?? ''), splitLines(after));
+  const out = [`--- ${before === null ? '/dev/null' : path}`, `+++ ${path}`];
+  let k = 0;
+  while (k < ops.length) {
+    if (ops[k]!.op === ' ') {
+      k++;
+      continue;
+    }
+    const start = Math.max(0, k - context);
+    let end = k;
+    // Extend the hunk while the next change is within 2 × context lines.
+    for (;;) {
+      while (end < ops.length && ops[end]!.op !== ' ') end++;
+      let next = end;
+      while (next < ops.length && ops[next]!.op === ' ') next++;
+      if (next < ops.length && next - end <= 2 * context) end = next;
+      else break;
+    }
+    end = Math.min(ops.length, end + context);
+    let oldStart = 1;
+    let newStart = 1;
+    for (let x = 0; x < start; x++) {
+      if (ops[x]!.op !== '+') oldStart++;
+      if (ops[x]!.op !== '-') newStart++;
+    }
+    const hunk = ops.slice(start, end);
+    const oldCount = hunk.filter((o) => o.op !== '+').length;
+    const newCount = hunk.filter((o) => o.op !== '-').length;
+    out.push(`@@ -${oldCount === 0 ? oldStart - 1 : oldStart},${oldCount} +${newCount === 0 ? newStart - 1 : newStart},${newCount} @@`);
+    for (const o of hunk) out.push(`${o.op}${o.line}`);
+    k = end;
+  }
+  return out;
+}
+
+/** The base64 key of a public key line, or of an authorized_keys line with options in front. */
+function keyBody(line: string): string | null {
+  const tokens = line.trim().split(/\s+/);
+  const at = tokens.findIndex((t) => /^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+@openssh\.com)$/.test(t));
+  return at >= 0 ? (tokens[at + 1] ?? null) : null;
+}
+
+function hasKey(lines: string[], publicKey: string): boolean {
+  const body = keyBody(publicKey);
+  return lines.some((l) => !l.trim().startsWith('#') && keyBody(l) === body);
+}
+
+/** The public key line of an unencrypted OpenSSH private key. */
+function publicFromPrivate(path: string, text: string): string {
+  const parsed = ssh2.utils.parseKey(text);
+  const key = Array.isArray(parsed) ? parsed[0] : parsed;
+  if (!key || key instanceof Error) {
+    throw new SetupError(`client key ${path} is not an unencrypted OpenSSH private key (nix-daemon cannot type a passphrase): ${key instanceof Error ? key.message : 'empty'}`);
+  }
+  return `${key.type} ${key.getPublicSSH().toString('base64')}`;
+}
+
+function ownerOf(path: string): Owner {
+  const st = statSync(path);
+  return { uid: st.uid, gid: st.gid };
+}
+
+function parseNixConf(text: string): Map<string, string> {
+  const settings = new Map<string, string>();
+  for (const raw of splitLines(text)) {
+    const line = raw.replace(/#.*/, '').trim();
+    const m = /^([A-Za-z0-9_-]+)\s*=\s*(.*)$/.exec(line);
+    if (!m) continue;
+    const [, key, value] = m as unknown as [string, string, string];
+    if (key.startsWith('extra-')) {
+      const base = key.slice('extra-'.length);
+      settings.set(base, `${settings.get(base) ?? ''} ${value}`.trim());
+    } else {
+      settings.set(key, value.trim());
+    }
+  }
+  return settings;
+}
+
+export function resolveClient(options: SetupOptions): ClientSettings {
+  return { alias: options.alias ?? DEFAULT_ALIAS, clientKey: options.clientKey ?? DEFAULT_CLIENT_KEY };
+}
+
+/** Reads everything and works out what to change; writes nothing. */
+export function planSetup(options: SetupOptions): SetupPlan {
+  const { config } = options;
+  const client = resolveClient(options);
+  const sshConfigPath = options.sshConfig ?? DEFAULT_SSH_CONFIG;
+  const machinesPath = options.machines ?? DEFAULT_MACHINES;
+  const nixConfPath = options.nixConf ?? DEFAULT_NIX_CONF;
+  const daemonOwner = existsSync(options.configFile) ? ownerOf(options.configFile) : undefined;
+
+  const plan: SetupPlan = { dirs: [], files: [], unchanged: [], hints: [], manual: [], machinesLines: [], sshBlock: [] };
+  const addFile = (change: FileChange): void => {
+    if (change.before === change.after) plan.unchanged.push(change.path);
+    else plan.files.push(change);
+  };
+  const addDir = (path: string, mode: number, owner?: Owner): void => {
+    if (!existsSync(path) && !plan.dirs.some((d) => d.path === path)) plan.dirs.push(owner ? { path, mode, owner } : { path, mode });
+  };
+
+  // 1. The client key nix-daemon logs in with.
+  let clientPublic: string;
+  const clientPrivateText = readText(client.clientKey);
+  if (clientPrivateText === null) {
+    const pair = generateKeyPair(`nix-daemon@${hostname()}`);
+    clientPublic = pair.publicKey;
+    addDir(dirname(client.clientKey), 0o700);
+    addFile({ path: client.clientKey, before: null, after: pair.privateKey, mode: 0o600, secret: true, what: 'client key for nix-daemon (ed25519)' });
+    addFile({ path: `${client.clientKey}.pub`, before: readText(`${client.clientKey}.pub`), after: `${pair.publicKey}\n`, mode: 0o644, what: 'its public key' });
+  } else {
+    clientPublic = publicFromPrivate(client.clientKey, clientPrivateText);
+    const mode = statSync(client.clientKey).mode & 0o777;
+    if (mode & 0o077) {
+      plan.manual.push(`client key ${client.clientKey} has mode 0${mode.toString(8)}: ssh refuses a private key that others can read; run: chmod 600 ${client.clientKey}`);
+    }
+    plan.unchanged.push(client.clientKey);
+  }
+
+  // 2. Our authorized keys.
+  let keysChanged = false;
+  if (config.authorizedKeysFile) {
+    const before = readText(config.authorizedKeysFile);
+    const lines = splitLines(before ?? '');
+    const after = hasKey(lines, clientPublic) ? before : joinLines([...lines, clientPublic.trim()]);
+    keysChanged = after !== before;
+    const change: FileChange = { path: config.authorizedKeysFile, before, after: after ?? '', mode: 0o644, what: "the daemon's authorized keys" };
+    if (before === null && daemonOwner) {
+      change.owner = daemonOwner;
+      addDir(dirname(config.authorizedKeysFile), 0o755, daemonOwner);
+    }
+    addFile(change);
+  } else if (!hasKey(config.authorizedKeys, clientPublic)) {
+    plan.manual.push([
+      `the config sets no "authorizedKeysFile", and setup does not rewrite ${options.configFile}.`,
+      `  Add this key to "authorizedKeys" there (or set "authorizedKeysFile" and run setup again), then restart the daemon:`,
+      `  ${clientPublic.trim()}`,
+    ].join('\n'));
+  }
+  if (keysChanged) plan.hints.push('the daemon reads its authorized keys when it starts: restart it after --write (systemctl --user restart nix-hcloud-builder)');
+
+  // 3. The endpoint's host key (field 8 of the machines lines).
+  const hostKey = hostKeyPaths(config.stateDir);
+  let hostPublic = readText(hostKey.publicKey)?.trim();
+  if (!hostPublic) {
+    if (existsSync(hostKey.privateKey)) {
+      throw new SetupError(`${hostKey.privateKey} exists but ${hostKey.publicKey} does not: restore it, or remove both and run setup again`);
+    }
+    const pair = generateKeyPair('nix-hcloud-builder');
+    hostPublic = pair.publicKey;
+    addDir(config.stateDir, 0o700, daemonOwner);
+    const owner = daemonOwner ? { owner: daemonOwner } : {};
+    addFile({ path: hostKey.privateKey, before: null, after: pair.privateKey, mode: 0o600, secret: true, what: "the endpoint's host key (the daemon would make it on its first start)", ...owner });
+    addFile({ path: hostKey.publicKey, before: null, after: `${pair.publicKey}\n`, mode: 0o644, what: 'its public key', ...owner });
+  }
+
+  // 4. The ssh alias.
+  plan.sshBlock = sshHostBlock(config, client);
+  const sshBefore = readText(sshConfigPath);
+  addFile({ path: sshConfigPath, before: sshBefore, after: upsertMarkedBlock(sshBefore, plan.sshBlock, true), mode: 0o644, what: `ssh alias "${client.alias}"` });
+
+  // 5. The machines lines.
+  plan.machinesLines = machinesLines(config, hostPublic, client);
+  const machinesBefore = readText(machinesPath);
+  addFile({ path: machinesPath, before: machinesBefore, after: upsertMarkedBlock(machinesBefore, plan.machinesLines), mode: 0o644, what: 'Nix build machines, one per pool' });
+
+  // 6. nix.conf: only hints, it is the user's file.
+  const nixConf = parseNixConf(readText(nixConfPath) ?? '');
+  if (nixConf.get('builders-use-substitutes') !== 'true') {
+    plan.hints.push(`builders-use-substitutes is off in ${nixConfPath}: with "builders-use-substitutes = true" the workers fetch build inputs from the binary caches themselves instead of receiving them from this machine`);
+  }
+  const builders = nixConf.get('builders');
+  const defaultMachines = join(dirname(nixConfPath), 'machines');
+  if (builders !== undefined && !builders.split(/[\s;]+/).includes(`@${machinesPath}`)) {
+    plan.hints.push(`${nixConfPath} sets "builders = ${builders}", so Nix does not read ${machinesPath}: add @${machinesPath} to it`);
+  } else if (builders === undefined && machinesPath !== defaultMachines) {
+    plan.hints.push(`Nix reads ${defaultMachines} unless told otherwise: add "builders = @${machinesPath}" to ${nixConfPath}`);
+  }
+  return plan;
+}
+
+export function planChanges(plan: SetupPlan): number {
+  return plan.dirs.length + plan.files.length;
+}
+
+/** The diff-like listing of a plan. */
+export function formatPlan(plan: SetupPlan, write: boolean): string {
+  const out: string[] = [];
+  for (const d of plan.dirs) out.push(`create directory ${d.path} (mode 0${d.mode.toString(8)})`);
+  for (const f of plan.files) {
+    const verb = f.before === null ? 'create' : 'update';
+    out.push(`${verb} ${f.path}: ${f.what}${f.before === null ? ` (mode 0${f.mode.toString(8)})` : ''}`);
+    if (f.secret) out.push('  (private key: not shown)');
+    else out.push(...unifiedDiff(f.path, f.before, f.after).map((l) => `  ${l}`));
+  }
+  for (const path of plan.unchanged) out.push(`unchanged ${path}`);
+  for (const m of plan.manual) out.push(`to do by hand: ${m}`);
+  for (const h of plan.hints) out.push(`hint: ${h}`);
+  const n = planChanges(plan);
+  if (n === 0) out.push('nothing to change');
+  else if (write) out.push(`made ${n} change(s)`);
+  else out.push(`${n} change(s) to make: nothing written (dry run); run again with --write to make them`);
+  return `${out.join('\n')}\n`;
+}
+
+/** Makes the planned changes: directories, then files (atomically, keeping modes and owners). */
+export function applyPlan(plan: SetupPlan): void {
+  for (const d of plan.dirs) {
+    const firstMade = mkdirSync(d.path, { recursive: true, mode: d.mode });
+    // Every folder made on the way belongs to the owner too (e.g. a missing ~/.local/state).
+    for (let dir = d.path; d.owner && firstMade && dir.length >= firstMade.length; dir = dirname(dir)) {
+      chownSync(dir, d.owner.uid, d.owner.gid);
+    }
+  }
+  for (const f of plan.files) {
+    let mode = f.mode;
+    let owner = f.owner;
+    if (f.before !== null) {
+      const st = statSync(f.path);
+      mode = st.mode & 0o7777;
+      owner = { uid: st.uid, gid: st.gid };
+    }
+    mkdirSync(dirname(f.path), { recursive: true });
+    writeFileAtomic(f.path, f.after, mode);
+    if (owner) chownSync(f.path, owner.uid, owner.gid);
+  }
+}
+
+/** Home folder of a user id, from /etc/passwd. */
+function homeOf(uid: number): string | undefined {
+  const passwd = readText('/etc/passwd') ?? '';
+  for (const line of splitLines(passwd)) {
+    const f = line.split(':');
+    if (Number(f[2]) === uid && f[5]) return f[5];
+  }
+  return undefined;
+}
+
+/**
+ * Loads the config the way the daemon's own user would: setup runs as root, while the daemon
+ * (a user service) resolves `~` and its default state folder in its own home.
+ */
+export function loadConfigAsOwner(file: string): Config {
+  const uid = existsSync(file) ? statSync(file).uid : process.getuid?.();
+  const home = uid !== undefined && uid !== process.getuid?.() ? homeOf(uid) : undefined;
+  if (!home) return loadConfig(file);
+  const saved = process.env.HOME;
+  process.env.HOME = home;
+  try {
+    return loadConfig(file, { ...process.env, XDG_STATE_HOME: join(home, '.local', 'state') });
+  } finally {
+    if (saved === undefined) delete process.env.HOME;
+    else process.env.HOME = saved;
+  }
+}
+
+export interface SetupResult {
+  plan: SetupPlan;
+  output: string;
+  exitCode: number;
+}
+
+export function runSetup(options: SetupOptions, write: boolean): SetupResult {
+  const plan = planSetup(options);
+  if (write) applyPlan(plan);
+  const exitCode = write && plan.manual.length > 0 ? 1 : 0;
+  return { plan, output: formatPlan(plan, write), exitCode };
+}

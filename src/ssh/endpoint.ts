@@ -1,0 +1,289 @@
+/**
+ * The SSH endpoint Nix logs in to. Public-key auth against the authorized keys; the user name
+ * picks the pool; only the Nix remote-store commands run, each piped to a worker of that pool.
+ * Everything else is refused with one line on stderr, and the daemon keeps serving.
+ */
+import { timingSafeEqual } from 'node:crypto';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import ssh2 from 'ssh2';
+import type { AuthContext, Connection, ServerChannel, Session } from 'ssh2';
+import type { Logger } from '../core/log.js';
+import { CommandRefused, parseNixCommand, renderNixCommand, type NixCommand } from './nix-command.js';
+import { limitChannelWindows } from './channel-window.js';
+import { pipeSession } from './session-pipe.js';
+import type { WorkerChannel } from './worker-connection.js';
+import { CLIENT_SOCKET_HIGH_WATER, WriteGate } from './write-gate.js';
+
+type ParsedKey = ssh2.ParsedKey;
+
+export interface EndpointOptions {
+  hostKey: string;
+  authorizedKeys: ParsedKey[];
+  pools: Map<string, SessionPool>;
+  log: Logger;
+  /** A connection that has not authenticated by then is dropped. */
+  loginGraceMs: number;
+  /** Open connections allowed from one source address; more are dropped at once. */
+  maxConnectionsPerSource: number;
+}
+
+/** What a session needs of its pool (the daemon's Pool): a slot on a worker, waited for if need be. */
+export interface SessionPool {
+  acquire(options: AcquireOptions): Promise<SessionLease>;
+}
+
+export interface AcquireOptions {
+  /** Progress lines for the user (boot steps), written to the session's stderr. */
+  progress: (line: string) => void;
+  /** Aborted when the client goes away while waiting. */
+  signal: AbortSignal;
+}
+
+/** A slot on a worker, held for one session. */
+export interface SessionLease {
+  worker: {
+    readonly record: { readonly name: string };
+    exec(command: string): Promise<WorkerChannel>;
+  };
+  /** Gives the slot back; safe to call more than once. */
+  release(): void;
+}
+
+export function parseAuthorizedKeys(lines: string[]): ParsedKey[] {
+  const keys: ParsedKey[] = [];
+  for (const line of lines) {
+    const trimmed = line.trim();
+    if (!trimmed || trimmed.startsWith('#')) continue;
+    // Skip an options prefix (from="…" etc.) as in authorized_keys files: the key starts at its type.
+    const start = trimmed.search(/(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+@openssh\.com) /);
+    const parsed = ssh2.utils.parseKey(start >= 0 ? trimmed.slice(start) : trimmed);
+    if (parsed instanceof Error) throw new Error(`authorized key "${trimmed.slice(0, 40)}…" is not a valid public key: ${parsed.message}`);
+    keys.push(Array.isArray(parsed) ? (parsed[0] as ParsedKey) : parsed);
+  }
+  return keys;
+}
+
+function keyMatches(ctx: AuthContext & { method: 'publickey' }, allowed: ParsedKey): boolean {
+  const blob = allowed.getPublicSSH();
+  if (ctx.key.algo !== allowed.type || ctx.key.data.length !== blob.length || !timingSafeEqual(ctx.key.data, blob)) return false;
+  // Without a signature the client only asks whether this key would do; with one, verify it.
+  if (!ctx.signature || !ctx.blob) return true;
+  return allowed.verify(ctx.blob, ctx.signature, ctx.hashAlgo) === true;
+}
+
+/** Refuses a request on an accepted channel with one line on stderr and exit status 1. */
+function refuse(channel: ServerChannel, message: string): void {
+  channel.stderr.write(`nix-hcloud-builder: ${message}\n`);
+  channel.exit(1);
+  channel.end();
+}
+
+export class Endpoint {
+  readonly server: ssh2.Server;
+  private readonly log: Logger;
+  /** Open client connections, for shutdown and for tests that count leaks. */
+  readonly connections = new Set<Connection>();
+  private readonly perSource = new Map<string, number>();
+  /** "ip:port" of connections that logged in (the login grace timer spares them). */
+  private readonly authenticated = new Set<string>();
+  /** The write gate of each open client socket, by peer ("ip:port"): ssh2 does not expose the socket. */
+  private readonly gates = new Map<string, WriteGate>();
+  private readonly tcp: Server = createServer((socket) => this.onSocket(socket));
+  activeSessions = 0;
+
+  constructor(private readonly options: EndpointOptions) {
+    this.log = options.log.child({ component: 'endpoint' });
+    this.server = new ssh2.Server({ hostKeys: [options.hostKey], ident: 'nix-hcloud-builder' }, (client, info) => this.onConnection(client, info));
+    this.server.on('error', (err: Error) => this.log.error({ err }, 'endpoint error'));
+  }
+
+  /**
+   * Listens with our own TCP server and hands accepted sockets to ssh2: limits apply from the
+   * first byte (ssh2 reports a connection only after the client's banner, so a client that never
+   * speaks would otherwise be held forever).
+   */
+  listen(port: number, host: string): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.tcp.once('error', reject);
+      this.tcp.listen(port, host, () => {
+        this.tcp.removeListener('error', reject);
+        this.tcp.on('error', (err: Error) => this.log.error({ err }, 'endpoint error'));
+        resolve((this.tcp.address() as AddressInfo).port);
+      });
+    });
+  }
+
+  /** Stops accepting connections; resolves when every open connection has ended. */
+  stopListening(): Promise<void> {
+    return new Promise((resolve) => this.tcp.close(() => resolve()));
+  }
+
+  private onSocket(socket: Socket): void {
+    const ip = socket.remoteAddress ?? '?';
+    const peer = `${ip}:${socket.remotePort ?? 0}`;
+    // ssh2 never sets it; Nagle plus delayed ACKs cost ≈ 40 ms per round trip.
+    socket.setNoDelay(true);
+    const fromSource = (this.perSource.get(ip) ?? 0) + 1;
+    this.perSource.set(ip, fromSource);
+    socket.once('close', () => {
+      const left = (this.perSource.get(ip) ?? 1) - 1;
+      if (left > 0) this.perSource.set(ip, left);
+      else this.perSource.delete(ip);
+      this.authenticated.delete(peer);
+      this.gates.delete(peer);
+    });
+    socket.on('error', () => undefined);
+    if (fromSource > this.options.maxConnectionsPerSource) {
+      this.log.warn({ peer, open: fromSource - 1, max: this.options.maxConnectionsPerSource }, 'refused: too many connections from this address');
+      socket.destroy();
+      return;
+    }
+    const loginTimer = setTimeout(() => {
+      if (this.authenticated.has(peer)) return;
+      this.log.warn({ peer }, 'dropped: no login within the login grace time');
+      socket.destroy();
+    }, this.options.loginGraceMs);
+    loginTimer.unref();
+    socket.once('close', () => clearTimeout(loginTimer));
+    this.gates.set(peer, new WriteGate(socket, CLIENT_SOCKET_HIGH_WATER));
+    this.server.injectSocket(socket);
+  }
+
+  /** Client sockets the endpoint still tracks (for their write gates); 0 once all are closed. */
+  get trackedSockets(): number {
+    return this.gates.size;
+  }
+
+  closeAll(): void {
+    for (const c of this.connections) c.end();
+  }
+
+  private onConnection(client: Connection, info: ssh2.ClientInfo): void {
+    const log = this.log.child({ peer: `${info.ip}:${info.port}` });
+    this.connections.add(client);
+    if (!limitChannelWindows(client)) log.debug('ssh2 internals not as expected: client channels keep the 2 MiB window');
+    client.on('close', () => this.connections.delete(client));
+    // Errors (garbage instead of an SSH banner, resets) end that connection only.
+    client.on('error', (err: Error) => log.debug({ err: err.message }, 'client connection error'));
+    let user = '';
+
+    client.on('authentication', (ctx) => {
+      user = ctx.username;
+      if (ctx.method !== 'publickey') {
+        ctx.reject(['publickey']);
+        return;
+      }
+      if (this.options.authorizedKeys.some((key) => keyMatches(ctx, key))) {
+        ctx.accept();
+        return;
+      }
+      if (ctx.signature) log.warn({ user, keyType: ctx.key.algo }, 'refused: public key not authorized');
+      ctx.reject(['publickey']);
+    });
+    client.on('ready', () => {
+      this.authenticated.add(`${info.ip}:${info.port}`);
+      log.debug({ user }, 'authenticated');
+      const gate = this.gates.get(`${info.ip}:${info.port}`);
+      client.on('session', (accept) => this.onSession(accept(), user, log, gate));
+      client.on('tcpip', (_accept, reject) => {
+        log.warn({ user }, 'refused: port forwarding');
+        reject();
+      });
+      client.on('openssh.streamlocal', (_accept, reject) => {
+        log.warn({ user }, 'refused: unix socket forwarding');
+        reject();
+      });
+    });
+    client.on('request', (accept, reject, name) => {
+      log.warn({ user, request: name }, 'refused: forwarding request');
+      reject?.();
+    });
+  }
+
+  private onSession(session: Session, user: string, log: Logger, clientGate: WriteGate | undefined): void {
+    let execStarted = false;
+    session.on('env', (accept) => accept?.());
+    session.on('pty', (_accept, reject) => {
+      log.warn({ user }, 'refused: pty');
+      reject?.();
+    });
+    session.on('auth-agent', (_accept, reject) => {
+      log.warn({ user }, 'refused: agent forwarding');
+      reject?.();
+    });
+    session.on('x11', (_accept, reject) => {
+      log.warn({ user }, 'refused: X11 forwarding');
+      reject?.();
+    });
+    session.on('window-change', (accept) => accept?.());
+    session.on('signal', (accept) => accept?.());
+    session.on('shell', (accept) => {
+      log.warn({ user }, 'refused: shell');
+      refuse(accept(), 'this endpoint runs Nix remote builds only (nix-daemon --stdio, nix-store --serve); no shell');
+    });
+    session.on('subsystem', (accept, _reject, info) => {
+      log.warn({ user, subsystem: info.name }, 'refused: subsystem');
+      refuse(accept(), `subsystem ${JSON.stringify(info.name)} is not available; this endpoint runs Nix remote builds only`);
+    });
+    session.on('exec', (accept, _reject, info) => {
+      // Accept at once: a late accept() after the client's EOF returns nothing.
+      const channel = accept();
+      if (execStarted) return refuse(channel, 'one command per session');
+      execStarted = true;
+      void this.onExec(channel, user, info.command, log, clientGate);
+    });
+  }
+
+  private async onExec(channel: ServerChannel, user: string, raw: string, log: Logger, clientGate: WriteGate | undefined): Promise<void> {
+    const pool = this.options.pools.get(user);
+    if (!pool) {
+      log.warn({ user }, 'refused: unknown pool');
+      return refuse(channel, `unknown pool ${JSON.stringify(user.slice(0, 64))}: log in as one of ${[...this.options.pools.keys()].join(', ')}`);
+    }
+    let command: NixCommand;
+    try {
+      command = parseNixCommand(raw);
+    } catch (err) {
+      if (!(err instanceof CommandRefused)) throw err;
+      log.warn({ user, command: raw.slice(0, 200), reason: err.message }, 'refused: command');
+      return refuse(channel, `command refused (${err.message}); only "nix-daemon --stdio" and "nix-store --serve [--write]" are allowed`);
+    }
+    // The Nix side's stdin stays buffered (by the SSH window) until the worker is ready.
+    channel.pause();
+    const abort = new AbortController();
+    const onEarlyClose = (): void => abort.abort();
+    channel.once('close', onEarlyClose);
+    this.activeSessions++;
+    let lease: SessionLease | undefined;
+    const started = Date.now();
+    try {
+      lease = await pool.acquire({ signal: abort.signal, progress: (line) => channel.stderr.write(`${line}\n`) });
+      if (abort.signal.aborted) return;
+      const upstream = await lease.worker.exec(renderNixCommand(command));
+      // The client may have gone while the channel opened: then nobody would close it, and its
+      // slot would keep the worker from ever idling.
+      if (abort.signal.aborted) {
+        upstream.channel.close();
+        return;
+      }
+      channel.removeListener('close', onEarlyClose);
+      const waitedMs = Date.now() - started;
+      log.info({ user, worker: lease.worker.record.name, command: command.mode, waitedMs }, 'session started');
+      const result = await pipeSession(channel, upstream.channel, { toClient: clientGate, toWorker: upstream.gate });
+      log.info({ user, worker: lease.worker.record.name, up: result.bytesUp, down: result.bytesDown, code: result.code, clientClosed: result.clientClosed, ms: Date.now() - started }, 'session ended');
+    } catch (err) {
+      if (!abort.signal.aborted) {
+        log.warn({ user, err: (err as Error).message }, 'session failed');
+        try {
+          refuse(channel, (err as Error).message);
+        } catch {
+          // The client is gone already.
+        }
+      }
+    } finally {
+      this.activeSessions--;
+      channel.removeListener('close', onEarlyClose);
+      lease?.release();
+    }
+  }
+}

@@ -1,0 +1,87 @@
+import t from 'tap';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ConfigError, DEFAULT_READY_COMMAND, loadConfig, parseConfig } from '../../src/core/config.js';
+import { parseDuration } from '../../src/core/duration.js';
+
+const minimal = { pools: { x86_64: { serverTypes: ['ccx33'] } } };
+
+t.test('defaults fill everything a minimal config leaves out', async (t) => {
+  const c = parseConfig(minimal, '/etc/nhb', { XDG_STATE_HOME: '/var/state' });
+  t.same(c.listen, { host: '127.0.0.1', port: 2222 });
+  t.equal(c.stateDir, '/var/state/nix-hcloud-builder');
+  t.equal(c.hcloud.endpoint, 'https://api.hetzner.cloud/v1');
+  const pool = c.pools.x86_64;
+  t.ok(pool);
+  t.same(pool?.serverTypes, ['ccx33']);
+  t.same(pool?.locations, ['fsn1', 'nbg1', 'hel1']);
+  t.same(pool?.image, { name: 'ubuntu-24.04' });
+  t.equal(pool?.maxWorkers, 1);
+  t.equal(pool?.idleTimeoutMs, 600_000);
+  t.equal(pool?.readyCommand, DEFAULT_READY_COMMAND);
+  t.match(c.instance, /^[a-z0-9]([a-z0-9_.-]*[a-z0-9])?$/);
+});
+
+t.test('durations, paths and image forms', async (t) => {
+  const c = parseConfig({
+    stateDir: 'state', authorizedKeysFile: 'keys', hcloud: { tokenFile: 'token', endpoint: 'http://127.0.0.1:9/v1/' },
+    pools: {
+      a: { serverTypes: ['cx23'], idleTimeout: '90s', bootTimeout: 300, image: 123 },
+      b: { serverTypes: ['cax11'], idleTimeout: '1h30m', image: { labelSelector: 'role=worker' } },
+      c: { serverTypes: ['cx23'], image: '456' },
+    },
+  }, '/srv/conf');
+  t.equal(c.stateDir, '/srv/conf/state');
+  t.equal(c.authorizedKeysFile, '/srv/conf/keys');
+  t.equal(c.hcloud.tokenFile, '/srv/conf/token');
+  t.equal(c.hcloud.endpoint, 'http://127.0.0.1:9/v1');
+  t.equal(c.pools.a?.idleTimeoutMs, 90_000);
+  t.equal(c.pools.a?.bootTimeoutMs, 300_000);
+  t.same(c.pools.a?.image, { id: 123 });
+  t.equal(c.pools.b?.idleTimeoutMs, 5_400_000);
+  t.same(c.pools.b?.image, { labelSelector: 'role=worker' });
+  t.same(c.pools.c?.image, { id: 456 });
+});
+
+t.test('errors name the key and the expected value', async (t) => {
+  const cases: [unknown, RegExp][] = [
+    [[], /expected a JSON object/],
+    [{}, /"pools"/],
+    [{ pools: {} }, /at least one pool/],
+    [{ pools: { x86_64: {} } }, /"pools\.x86_64\.serverTypes": expected a list/],
+    [{ pools: { x86_64: { serverTypes: [] } } }, /"pools\.x86_64\.serverTypes": expected at least one/],
+    [{ pools: { x86_64: { serverTypes: ['cx23'], idleTimeout: 'soon' } } }, /"pools\.x86_64\.idleTimeout": expected a duration/],
+    [{ pools: { x86_64: { serverTypes: ['cx23'], maxWorkers: 0 } } }, /"pools\.x86_64\.maxWorkers": expected an integer from 1/],
+    [{ pools: { x86_64: { serverTypes: ['cx23'], maxWorker: 2 } } }, /"pools\.x86_64\.maxWorker" is not known/],
+    [{ pools: { 'Bad Name': { serverTypes: ['cx23'] } } }, /"pools\.Bad Name": a pool name/],
+    [{ ...minimal, listen: { port: 'x' } }, /"listen\.port": expected an integer/],
+    [{ ...minimal, lsten: {} }, /"lsten" is not known/],
+    [{ ...minimal, hcloud: { tokenFile: 'a', tokenCommand: 'b' } }, /one of them, not both/],
+    [{ ...minimal, hcloud: { endpoint: 'ftp://x' } }, /"hcloud\.endpoint": expected an http/],
+    [{ ...minimal, log: { level: 'loud' } }, /"log\.level": expected one of/],
+    [{ ...minimal, instance: '-x-' }, /"instance"/],
+  ];
+  for (const [input, message] of cases) {
+    t.throws(() => parseConfig(input, '/'), { name: 'ConfigError', message }, JSON.stringify(input));
+  }
+});
+
+t.test('loadConfig reports unreadable and invalid files', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nhb-config-'));
+  t.throws(() => loadConfig(join(dir, 'missing.json')), new ConfigError(`cannot read config file ${join(dir, 'missing.json')}: ENOENT`));
+  writeFileSync(join(dir, 'bad.json'), '{ pools: ');
+  t.throws(() => loadConfig(join(dir, 'bad.json')), { message: /is not valid JSON/ });
+  writeFileSync(join(dir, 'ok.json'), JSON.stringify(minimal));
+  t.equal(loadConfig(join(dir, 'ok.json')).pools.x86_64?.name, 'x86_64');
+});
+
+t.test('parseDuration', async (t) => {
+  t.equal(parseDuration(90), 90_000);
+  t.equal(parseDuration('90'), 90_000);
+  t.equal(parseDuration('90s'), 90_000);
+  t.equal(parseDuration('10m'), 600_000);
+  t.equal(parseDuration('1h30m'), 5_400_000);
+  t.equal(parseDuration('250ms'), 250);
+  for (const bad of ['', '10 minutes', '5x', '-3', -1, null, {}]) t.throws(() => parseDuration(bad), JSON.stringify(bad));
+});
