@@ -147,6 +147,8 @@ export class Rig {
       sshPort: WORKER_SSH_PORT,
       bootDelayMs: 300,
       readyDelayMs: 200,
+      // Two rigs at once on one machine (two work trees) need servers on other addresses.
+      ...(process.env.NHB_RIG_FIRST_ADDRESS ? { firstAddress: Number(process.env.NHB_RIG_FIRST_ADDRESS) } : {}),
       ...options.fake,
     });
     rig.writeConfig();
