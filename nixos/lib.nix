@@ -16,7 +16,7 @@ let
     maxWorkers = 1;
     jobsPerWorker = 8;
     speedFactor = 1;
-    supportedFeatures = [ "big-parallel" "kvm" "nixos-test" "benchmark" ];
+    supportedFeatures = [ "big-parallel" "nixos-test" "benchmark" ];
     mandatoryFeatures = [ ];
   };
 

@@ -20,9 +20,18 @@ let
   authorizedKeysFile = "${stateDir}/authorized_keys";
   knownHostsFile = "${stateDir}/known_hosts";
 
+  types = lib.types;
+
+  # Keys of the pools' typed options left at null are left out: the daemon fills in its defaults.
+  poolSettings = lib.mapAttrs (_: p: lib.filterAttrs (k: v: v != null && k != "_module") p) cfg.pools;
+
+  # Settings only this module sets: the service's sandbox and StateDirectory are made for these
+  # values, so a different one in `settings` is refused (assertions below) rather than merged.
+  moduleKeys = [ [ "stateDir" ] [ "authorizedKeysFile" ] [ "pools" ] [ "hcloud" "tokenFile" ] ];
+
   daemonConfig = nhb.mkConfig {
-    settings = { inherit stateDir authorizedKeysFile; } // cfg.settings;
-    inherit (cfg) pools;
+    settings = cfg.settings // { inherit stateDir authorizedKeysFile; };
+    pools = poolSettings;
     tokenFile = if cfg.tokenFile == null then null else tokenCredential;
   };
   configFile = settingsFormat.generate "nix-hcloud-builder.json" daemonConfig;
@@ -48,6 +57,96 @@ let
       echo "${cfg.sshAlias} $(cut -d' ' -f1,2 "$key.pub")" > ${knownHostsFile}
     ''}
   '';
+
+  # "90s", "10m", "1h30m" or a number of seconds (src/duration.ts).
+  duration = types.either (types.strMatching "([0-9]+([.][0-9]+)?(ms|s|m|h|d)?)+") types.ints.unsigned // {
+    description = "duration (\"90s\", \"10m\", \"1h30m\") or a number of seconds";
+  };
+  optionalPoolKey = type: description: lib.mkOption {
+    type = types.nullOr type;
+    default = null;
+    description = "${description} Null: the daemon's default (README, config table).";
+  };
+
+  # One pool (src/config.ts, parsePool): the keys the daemon knows, typed, so that a wrong type
+  # fails when the system is evaluated and not when the daemon starts. Other keys pass through as
+  # JSON (and the daemon refuses the ones it does not know).
+  poolModule = {
+    freeformType = settingsFormat.type;
+    options = {
+      serverTypes = lib.mkOption {
+        type = types.nonEmptyListOf types.nonEmptyStr;
+        example = [ "ccx33" "cpx42" ];
+        description = "Server types in order of preference.";
+      };
+      systems = optionalPoolKey (types.nonEmptyListOf types.nonEmptyStr) "Systems the pool builds, e.g. [ \"aarch64-linux\" ] (with `cax…` server types).";
+      locations = optionalPoolKey (types.nonEmptyListOf types.nonEmptyStr) "Locations in order of preference.";
+      image = optionalPoolKey
+        (types.oneOf [
+          types.nonEmptyStr
+          types.ints.positive
+          (types.addCheck (types.attrsOf types.nonEmptyStr) (a: builtins.attrNames a == [ "labelSelector" ]) // {
+            description = "{ labelSelector = \"k=v\"; }";
+          })
+        ])
+        "An image name, an image id, or { labelSelector = \"k=v\"; } for the newest matching snapshot.";
+      maxWorkers = optionalPoolKey (types.ints.between 1 100) "Servers the pool may run at once.";
+      jobsPerWorker = optionalPoolKey (types.ints.between 1 1024) "Sessions per server.";
+      idleTimeout = optionalPoolKey duration "Delete a server this long after its last session ended.";
+      bootTimeout = optionalPoolKey duration "Give up on a boot after this long.";
+      maxLifetime = optionalPoolKey duration "Past this a worker takes no new sessions.";
+      idlePolicy = optionalPoolKey (types.enum [ "timeout" "billing-hour" ]) "When an idle worker is deleted.";
+      billingMargin = optionalPoolKey duration "With idlePolicy \"billing-hour\": how long before the next hour.";
+      keepaliveInterval = optionalPoolKey duration "ssh keepalive towards the worker.";
+      readyCommand = optionalPoolKey types.nonEmptyStr "Run on the worker until it exits 0.";
+      sshPort = optionalPoolKey (types.ints.between 1 65535) "The worker's sshd port.";
+      ipv4 = optionalPoolKey types.bool "Give servers a public IPv4.";
+      speedFactor = optionalPoolKey types.numbers.positive "For the machines line.";
+      supportedFeatures = optionalPoolKey (types.listOf types.nonEmptyStr)
+        "For the machines line. Add \"kvm\" only for servers that really have /dev/kvm (Hetzner Cloud servers do not).";
+      mandatoryFeatures = optionalPoolKey (types.listOf types.nonEmptyStr) "For the machines line.";
+    };
+  };
+
+  # The service's sandbox, each a default a host may override. The daemon needs the network (an
+  # SSH server, and the Hetzner API) and writes only its state directory. No
+  # MemoryDenyWriteExecute: V8's JIT needs writable and executable memory.
+  hardening = {
+    UMask = "0077";
+    NoNewPrivileges = true;
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    PrivateUsers = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    PrivateMounts = true;
+    KeyringMode = "private";
+    DevicePolicy = "closed";
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    ProtectProc = "invisible";
+    ProcSubset = "pid";
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    RemoveIPC = true;
+    LockPersonality = true;
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [ "@system-service" "~@privileged" ];
+    SystemCallErrorNumber = "EPERM";
+  };
+
+  hcloudSettings = cfg.settings.hcloud or { };
+  # HCLOUD_TOKEN may also come from the host's own additions to the service.
+  service = config.systemd.services.nix-hcloud-builder or { };
+  tokenFromEnvironment = (service.environment or { }) ? HCLOUD_TOKEN || (service.serviceConfig or { }) ? EnvironmentFile;
 in
 {
   options.services.nix-hcloud-builder = {
@@ -66,15 +165,19 @@ in
       example = { listen.port = 2222; log.level = "debug"; };
       description = ''
         The daemon's JSON config (every key is described in the README). `stateDir`,
-        `authorizedKeysFile`, `pools` and `hcloud.tokenFile` are set by this module.
+        `authorizedKeysFile`, `pools` and `hcloud.tokenFile` are set by this module (use the
+        options `pools` and `tokenFile`); setting them here is an error.
       '';
     };
 
     pools = lib.mkOption {
-      type = lib.types.attrsOf settingsFormat.type;
+      type = types.attrsOf (types.submodule poolModule);
       default = { };
       example = { x86_64 = { serverTypes = [ "ccx33" ]; maxWorkers = 2; idleTimeout = "15m"; }; };
-      description = "The pools (config key `pools`): each is the ssh user of one machines line.";
+      description = ''
+        The pools (config key `pools`): each is the ssh user of one machines line. The keys the
+        daemon knows are typed; at least one pool is needed.
+      '';
     };
 
     tokenFile = lib.mkOption {
@@ -108,6 +211,35 @@ in
   };
 
   config = lib.mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.pools != { };
+        message = "services.nix-hcloud-builder.pools: define at least one pool, e.g. pools.x86_64.serverTypes = [ \"ccx33\" ];";
+      }
+      {
+        assertion = cfg.tokenFile != null || hcloudSettings ? tokenCommand || tokenFromEnvironment;
+        message = "services.nix-hcloud-builder: no Hetzner API token: set tokenFile, or settings.hcloud.tokenCommand, or HCLOUD_TOKEN in the service's environment (systemd.services.nix-hcloud-builder.environment or serviceConfig.EnvironmentFile).";
+      }
+      {
+        assertion = !(cfg.tokenFile != null && hcloudSettings ? tokenCommand);
+        message = "services.nix-hcloud-builder: set tokenFile or settings.hcloud.tokenCommand, not both.";
+      }
+    ]
+    ++ map
+      (key: {
+        assertion = !(lib.hasAttrByPath key cfg.settings);
+        message = "services.nix-hcloud-builder.settings.${lib.concatStringsSep "." key} is set by this module (the service's StateDirectory and sandbox are made for its value): use ${
+          { stateDir = "the state directory ${stateDir} as it is"; authorizedKeysFile = "the authorized keys the service writes"; pools = "services.nix-hcloud-builder.pools"; hcloud = "services.nix-hcloud-builder.tokenFile"; }.${builtins.head key}
+        } instead.";
+      })
+      moduleKeys
+    ++ lib.mapAttrsToList
+      (name: _: {
+        assertion = builtins.match "[a-z0-9]([a-z0-9_-]{0,30}[a-z0-9])?" name != null;
+        message = "services.nix-hcloud-builder.pools.${name}: a pool name is the ssh user name Nix logs in with: 1 to 32 lowercase letters, digits, \"-\" or \"_\".";
+      })
+      cfg.pools;
+
     users.users.nix-hcloud-builder = { isSystemUser = true; group = "nix-hcloud-builder"; home = stateDir; };
     users.groups.nix-hcloud-builder = { };
 
@@ -130,22 +262,7 @@ in
         KillMode = "mixed";
         StateDirectory = "nix-hcloud-builder";
         StateDirectoryMode = "0700";
-        UMask = "0077";
-        NoNewPrivileges = true;
-        PrivateTmp = true;
-        PrivateDevices = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectControlGroups = true;
-        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
-        RestrictNamespaces = true;
-        LockPersonality = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        SystemCallArchitectures = "native";
-      };
+      } // lib.mapAttrs (_: lib.mkDefault) hardening;
     };
 
     nix.distributedBuilds = true;

@@ -145,6 +145,7 @@ interface StubEval {
     nix: { distributedBuilds: boolean; buildMachines: Record<string, unknown>[] };
     ssh: string;
     serviceConfig: Record<string, unknown>;
+    failedAssertions: string[];
     configJson: string;
     prepare: string;
   };
@@ -158,11 +159,12 @@ interface StubEval {
   };
 }
 
-function evalStubs(hostPublicKey?: string): StubEval {
+function evalStubs(hostPublicKey?: string, extraSettings?: Record<string, unknown>): StubEval {
   // --read-write-mode: the modules write their generated files (config JSON, a script) with
   // builtins.toFile, and the test reads them back.
   const argv = ['--read-write-mode', '--eval', '--strict', '--json', join(ROOT, 'test', 'fixtures', 'nixos-stubs.nix'), '--arg', 'root', ROOT];
   if (hostPublicKey) argv.push('--argstr', 'hostPublicKey', hostPublicKey);
+  if (extraSettings) argv.push('--argstr', 'extraSettingsJson', JSON.stringify(extraSettings));
   const r = spawnSync('nix-instantiate', argv, { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`nix-instantiate failed: ${r.stderr}`);
   return JSON.parse(r.stdout) as StubEval;
@@ -189,6 +191,11 @@ t.test('nixos/module.nix, evaluated with stand-ins for lib and pkgs', async (t) 
   t.equal(module.serviceConfig.User, 'nix-hcloud-builder');
   t.equal(module.serviceConfig.Restart, 'on-failure');
   t.equal(module.serviceConfig.TimeoutStopSec, '3min');
+  t.same(module.failedAssertions, [], 'a pool and a token: no assertion fails');
+  t.equal(module.serviceConfig.CapabilityBoundingSet, '', 'no capabilities');
+  t.same(module.serviceConfig.SystemCallFilter, ['@system-service', '~@privileged']);
+  t.match(module.serviceConfig, { ProtectSystem: 'strict', ProtectProc: 'invisible', ProcSubset: 'pid', PrivateUsers: true, RemoveIPC: true, ProtectClock: true });
+  t.notOk('MemoryDenyWriteExecute' in module.serviceConfig, 'V8 needs writable and executable memory');
 
   // nix.buildMachines and the alias: what setup would write for the same config.
   const setup = runSetup({ config, configFile: join(dir, 'config.json'), sshConfig: join(dir, 'ssh'), machines: join(dir, 'machines'), nixConf: join(dir, 'nix.conf') }, false);
@@ -202,6 +209,14 @@ t.test('nixos/module.nix, evaluated with stand-ins for lib and pkgs', async (t) 
   t.equal(withKey.ssh, `${setup.plan.sshBlock.join('\n')}\n`, 'with hostPublicKey: exactly the alias setup writes');
   t.equal(withKey.nix.buildMachines[0]?.publicHostKey, Buffer.from(HOST_KEY).toString('base64'));
   t.notMatch(withKey.prepare, /ssh_host_ed25519_key/, 'and the service makes no host key');
+});
+
+t.test('nixos/module.nix refuses settings it sets itself, and its own values win', async (t) => {
+  const { module } = evalStubs(undefined, { stateDir: '/srv/nhb', hcloud: { tokenFile: '/etc/token' } });
+  t.same(module.failedAssertions.map((m) => /settings\.([\w.]+) is set by this module/.exec(m)?.[1]), ['stateDir', 'hcloud.tokenFile']);
+  const config = JSON.parse(module.configJson) as { stateDir: string; hcloud: { tokenFile: string } };
+  t.equal(config.stateDir, '/var/lib/nix-hcloud-builder', 'the state directory the sandbox allows');
+  t.equal(config.hcloud.tokenFile, '/run/credentials/nix-hcloud-builder.service/hcloud-token');
 });
 
 t.test('nixos/worker.nix, evaluated with stand-ins for lib and pkgs', async (t) => {

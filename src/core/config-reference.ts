@@ -34,7 +34,7 @@ export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
   { key: 'pools.<name>.sshPort', default: '`22`', meaning: 'the worker\'s sshd port' },
   { key: 'pools.<name>.ipv4', default: '`true`', meaning: 'give servers a public IPv4 (about €0.50/month extra; IPv6 is free)' },
   { key: 'pools.<name>.speedFactor', default: '`1`', meaning: 'for the machines line' },
-  { key: 'pools.<name>.supportedFeatures', default: '`["big-parallel","kvm","nixos-test","benchmark"]`', meaning: 'for the machines line' },
+  { key: 'pools.<name>.supportedFeatures', default: '`["big-parallel","nixos-test","benchmark"]`', meaning: 'for the machines line. No `kvm`: Hetzner Cloud servers have no nested virtualisation; add it only for servers that really have `/dev/kvm`' },
   { key: 'pools.<name>.mandatoryFeatures', default: '`[]`', meaning: 'for the machines line' },
   { key: 'pools.<name>.maxLifetime', default: '`12h`', meaning: 'past this a worker takes no new sessions and is deleted once idle; past twice this it is deleted even with sessions running' },
   { key: 'pools.<name>.idlePolicy', default: '`"timeout"`', meaning: '`"timeout"`: delete `idleTimeout` after the last session. `"billing-hour"`: Hetzner bills every started hour, so keep an idle worker until `billingMargin` before its next hour starts' },

@@ -196,7 +196,7 @@ function parsePool(name: string, f: Fields): PoolConfig {
     sshPort: f.integer('sshPort', 22, 1, 65535),
     ipv4: f.boolean('ipv4', true),
     speedFactor: f.number('speedFactor', 1),
-    supportedFeatures: f.strings('supportedFeatures', ['big-parallel', 'kvm', 'nixos-test', 'benchmark']),
+    supportedFeatures: f.strings('supportedFeatures', ['big-parallel', 'nixos-test', 'benchmark']),
     mandatoryFeatures: f.strings('mandatoryFeatures', []),
     maxLifetimeMs: f.duration('maxLifetime', '12h'),
     idlePolicy: f.oneOf('idlePolicy', ['timeout', 'billing-hour'] as const, 'timeout'),

@@ -15,7 +15,7 @@ t.test('one machines line per pool, with every field', async (t) => {
   }, '/etc/nhb');
   const b64 = Buffer.from(HOST_KEY).toString('base64');
   t.same(machinesLines(config, `${HOST_KEY}\n`, client), [
-    `ssh-ng://x86_64@hcloud-builder x86_64-linux /root/.ssh/nix-hcloud-builder 12 1 big-parallel,kvm,nixos-test,benchmark - ${b64}`,
+    `ssh-ng://x86_64@hcloud-builder x86_64-linux /root/.ssh/nix-hcloud-builder 12 1 big-parallel,nixos-test,benchmark - ${b64}`,
     `ssh-ng://arm@hcloud-builder aarch64-linux,armv7l-linux /root/.ssh/nix-hcloud-builder 8 3 - big-parallel ${b64}`,
   ]);
   t.equal(Buffer.from(hostKeyBase64(HOST_KEY), 'base64').toString(), HOST_KEY, 'field 8 decodes to the host key line, as `base64 -w0` of the .pub file');

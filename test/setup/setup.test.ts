@@ -90,7 +90,7 @@ t.test('--write makes the changes with the right modes, and a second run changes
   t.equal(machines, [
     BEGIN_MARK,
     '# Managed by "nix-hcloud-builder setup": it replaces this block on every run.',
-    `ssh-ng://x86_64@hcloud-builder x86_64-linux ${key} 8 1 big-parallel,kvm,nixos-test,benchmark - ${Buffer.from(hostPub).toString('base64')}`,
+    `ssh-ng://x86_64@hcloud-builder x86_64-linux ${key} 8 1 big-parallel,nixos-test,benchmark - ${Buffer.from(hostPub).toString('base64')}`,
     END_MARK,
     '',
   ].join('\n'));
