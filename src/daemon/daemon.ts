@@ -113,7 +113,8 @@ export class Daemon {
       };
       for (const pool of Object.values(config.pools)) {
         this.pools.set(pool.name, new Pool(pool, {
-          ...deps,
+          log: this.log,
+          createWorker: () => Worker.planned(pool, deps),
           changed: () => this.scheduleSave(),
           ...(this.options.deleteRetryFirstMs !== undefined ? { deleteRetryFirstMs: this.options.deleteRetryFirstMs } : {}),
         }));
@@ -159,7 +160,7 @@ export class Daemon {
           adopted.push(server.name);
           continue;
         } catch (err) {
-          worker.client?.end();
+          worker.disconnect();
           this.log.warn({ server: server.name, err: (err as Error).message }, 'cannot adopt our server; deleting it');
         }
       } else {
