@@ -258,23 +258,23 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   private watch(worker: W): void {
     worker.onConnectionLost((why) => {
       this.log.warn({ worker: worker.record.name, why }, 'lost the connection to the worker; deleting it');
-      void this.retire(worker, `connection lost: ${why}`);
+      this.retireInBackground(worker, `connection lost: ${why}`);
     });
   }
 
   private timerFor(worker: W): IdleTimer {
     let timer = this.idleTimers.get(worker);
     if (!timer) {
-      timer = new IdleTimer(this.config.idleTimeoutMs, () => void this.onIdle(worker), this.clock);
+      timer = new IdleTimer(this.config.idleTimeoutMs, () => this.onIdle(worker), this.clock);
       this.idleTimers.set(worker, timer);
     }
     return timer;
   }
 
-  private async onIdle(worker: W): Promise<void> {
+  private onIdle(worker: W): void {
     if (worker.used > 0 || worker.phase !== 'ready') return;
     this.log.info({ worker: worker.record.name }, 'idle timeout reached; deleting the worker');
-    await this.retire(worker, 'idle timeout');
+    this.retireInBackground(worker, 'idle timeout');
   }
 
   private remove(worker: W): void {

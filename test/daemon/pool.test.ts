@@ -342,6 +342,39 @@ t.test('delete retries: while they fail the worker stays, as "deleting"', async 
   t.ok(pool.knows({ id: 0, name: 'a' }), 'the sweep does not take it for a leak');
 });
 
+t.test('no unhandled rejection when a delete started in the background is given up on stop', async (t) => {
+  const unhandled: unknown[] = [];
+  const onUnhandled = (reason: unknown): void => {
+    unhandled.push(reason);
+  };
+  process.on('unhandledRejection', onUnhandled);
+  t.teardown(() => {
+    process.off('unhandledRejection', onUnhandled);
+  });
+  const { clock, pool, readyWorker } = setup({ idleTimeoutMs: 10 * MINUTE });
+  const idle = readyWorker('idle');
+  const lost = readyWorker('lost');
+  idle.failDeletes = Infinity;
+  lost.failDeletes = Infinity;
+  clock.advance(5 * MINUTE);
+  lost.loseConnection('closed');
+  clock.advance(5 * MINUTE);
+  await settle();
+  t.equal(idle.deletes.length, 1, 'the idle timer started a delete');
+  t.equal(lost.deletes.length, 1, 'the lost connection started a delete');
+  // Handled from the start: only the pool's own promises may go unhandled here.
+  const closed = t.rejects(pool.close(false), /delete failed/, 'stop gives up after three attempts and says so');
+  for (let i = 0; i < 5; i++) {
+    await settle();
+    clock.advance(5 * MINUTE);
+  }
+  await closed;
+  t.equal(idle.deletes.length, 3);
+  t.equal(lost.deletes.length, 3);
+  for (let i = 0; i < 3; i++) await settle();
+  t.same(unhandled, [], 'no unhandled rejection');
+});
+
 t.test('close: fails waiters, cancels boots, deletes every worker, or keeps them', async (t) => {
   const { pool, readyWorker, acquire, created } = setup({ jobsPerWorker: 1, maxWorkers: 2 });
   const a = readyWorker('a');
