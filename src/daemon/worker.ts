@@ -175,10 +175,7 @@ export class Worker {
     for (const listener of this.listeners) listener(text);
   }
 
-  /**
-   * Boots the server within the pool's bootTimeout. A failure is reported to the waiting sessions
-   * and thrown; the caller deletes the server (see Pool), also when the create never answered.
-   */
+  /** Aborts the boot in progress (bootTimeout, or cancelBoot()). */
   private bootAbort: AbortController | undefined;
 
   /** Stops a boot in progress; the boot then fails with this reason. */
@@ -186,6 +183,10 @@ export class Worker {
     this.bootAbort?.abort(new BootError(reason));
   }
 
+  /**
+   * Boots the server within the pool's bootTimeout. A failure is reported to the waiting sessions
+   * and thrown; the caller deletes the server (see Pool), also when the create never answered.
+   */
   async boot(): Promise<void> {
     const started = Date.now();
     const abort = new AbortController();
@@ -399,10 +400,6 @@ export class Worker {
     );
     const client = await this.opening;
     return { channel: await execChannel(client, command), gate: writeGateOf(client) };
-  }
-
-  get connectionCount(): number {
-    return (this.client ? 1 : 0) + this.extraClients.length;
   }
 
   /** Reconnects to a server we created earlier (after a daemon restart) and checks it is usable. */
