@@ -17,6 +17,7 @@ import { Ledger } from './ledger.js';
 import { instanceSelector, LABEL_POOL } from '../core/labels.js';
 import type { Logger } from '../core/log.js';
 import { serveControl } from './control.js';
+import { startGrace, type Grace } from './grace.js';
 import { Pool } from './pool.js';
 import { checkPoolServerTypes } from './server-types.js';
 import { writeFileAtomic } from '../core/atomic-file.js';
@@ -70,7 +71,7 @@ export class Daemon {
   private stopping: Promise<void> | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private sweeping: Promise<void> | undefined;
-  private graceOver: (() => void) | undefined;
+  private grace: Grace | undefined;
   ledger!: Ledger;
   private control: ControlServer | undefined;
 
@@ -113,7 +114,8 @@ export class Daemon {
       };
       for (const pool of Object.values(config.pools)) {
         this.pools.set(pool.name, new Pool(pool, {
-          ...deps,
+          log: this.log,
+          createWorker: () => Worker.planned(pool, deps),
           changed: () => this.scheduleSave(),
           ...(this.options.deleteRetryFirstMs !== undefined ? { deleteRetryFirstMs: this.options.deleteRetryFirstMs } : {}),
         }));
@@ -159,7 +161,7 @@ export class Daemon {
           adopted.push(server.name);
           continue;
         } catch (err) {
-          worker.client?.end();
+          worker.disconnect();
           this.log.warn({ server: server.name, err: (err as Error).message }, 'cannot adopt our server; deleting it');
         }
       } else {
@@ -244,16 +246,9 @@ export class Daemon {
       // close() waits for open connections; it resolves once the sessions are gone.
       const closed = this.endpoint?.stopListening();
       if (this.endpoint && this.endpoint.activeSessions > 0) {
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, graceMs);
-          timer.unref();
-          this.graceOver = resolve;
-          const poll = setInterval(() => {
-            if (this.endpoint.activeSessions === 0) resolve();
-          }, 200);
-          poll.unref();
-          void closed?.then(resolve);
-        });
+        const endpoint = this.endpoint;
+        this.grace = startGrace({ graceMs, activeSessions: () => endpoint.activeSessions, closed });
+        await this.grace.done;
       }
       this.endpoint?.closeAll();
       await closed;
@@ -282,6 +277,6 @@ export class Daemon {
 
   /** A second signal: end the grace period now (workers are still deleted). */
   skipGrace(): void {
-    this.graceOver?.();
+    this.grace?.end();
   }
 }

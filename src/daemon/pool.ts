@@ -9,22 +9,31 @@ import { formatDuration } from '../core/duration.js';
 import type { Logger } from '../core/log.js';
 import type { AcquireOptions, SessionPool } from '../ssh/endpoint.js';
 import { isRecordOf, type WorkerRecord } from './state.js';
-import { Worker, type WorkerDeps } from './worker.js';
+import type { Worker } from './worker.js';
 
-export interface Lease {
-  worker: Worker;
+/** What the pool uses of a worker: `Worker`, or a fake in the pool's unit tests. */
+export type PoolWorker = Pick<Worker,
+  | 'record' | 'phase' | 'used' | 'connected' | 'reserve' | 'release' | 'markBusy' | 'markIdle' | 'markDeleting'
+  | 'onProgress' | 'onConnectionLost' | 'boot' | 'cancelBoot' | 'destroy' | 'disconnect' | 'exec'>;
+
+export interface Lease<W extends PoolWorker = Worker> {
+  worker: W;
   /** Gives the slot back; safe to call more than once. */
   release(): void;
 }
 
-interface Waiter extends AcquireOptions {
-  resolve(lease: Lease): void;
+interface Waiter<W extends PoolWorker> extends AcquireOptions {
+  resolve(lease: Lease<W>): void;
   reject(err: Error): void;
 }
 
-export interface PoolDeps extends WorkerDeps {
+export interface PoolDeps<W extends PoolWorker = Worker> {
+  log: Logger;
+  /** A new worker to boot (the daemon plans a `Worker`). */
+  createWorker: () => W;
   /** Called when the pool's set of workers or their counts change (state file, status). */
   changed: () => void;
+  /** Idle timers, delete retries and the lifetime caps' "now" (tests pass a fake one). */
   clock?: Clock;
   /** First wait before retrying a failed delete (DELETE_RETRY_FIRST_MS; tests shorten it). */
   deleteRetryFirstMs?: number;
@@ -38,54 +47,56 @@ export function deleteRetryDelayMs(attempt: number, firstMs = DELETE_RETRY_FIRST
   return Math.min(10 * firstMs, firstMs * 2 ** Math.max(0, attempt - 1));
 }
 
-export class Pool implements SessionPool {
-  readonly workers: Worker[] = [];
-  private readonly queue: Waiter[] = [];
-  private readonly idleTimers = new Map<Worker, IdleTimer>();
+export class Pool<W extends PoolWorker = Worker> implements SessionPool {
+  readonly workers: W[] = [];
+  private readonly queue: Waiter<W>[] = [];
+  private readonly idleTimers = new Map<W, IdleTimer>();
   /** Boots in progress; waiters that join a boot attach to its promise. */
-  private readonly boots = new Map<Worker, Promise<void>>();
+  private readonly boots = new Map<W, Promise<void>>();
   private readonly log: Logger;
+  private readonly clock: Clock;
   private closed = false;
 
-  constructor(readonly config: PoolConfig, private readonly deps: PoolDeps) {
+  constructor(readonly config: PoolConfig, private readonly deps: PoolDeps<W>) {
     this.log = deps.log.child({ pool: config.name });
+    this.clock = deps.clock ?? systemClock;
   }
 
-  get records(): WorkerRecord[] {
+  get records(): Readonly<WorkerRecord>[] {
     return this.workers.map((w) => w.record);
   }
 
   /** Waits for a slot on a ready worker, booting one when needed. */
-  acquire(options: AcquireOptions): Promise<Lease> {
+  acquire(options: AcquireOptions): Promise<Lease<W>> {
     if (this.closed) return Promise.reject(new Error(`pool ${this.config.name} is shutting down`));
     return new Promise((resolve, reject) => {
-      const waiter: Waiter = { ...options, resolve, reject };
+      const waiter: Waiter<W> = { ...options, resolve, reject };
       this.queue.push(waiter);
       options.signal.addEventListener('abort', () => this.abandon(waiter), { once: true });
       this.dispatch();
     });
   }
 
-  private abandon(waiter: Waiter): void {
+  private abandon(waiter: Waiter<W>): void {
     const index = this.queue.indexOf(waiter);
     if (index >= 0) this.queue.splice(index, 1);
     waiter.reject(new Error('the client went away'));
   }
 
   private now(): number {
-    return (this.deps.clock ?? systemClock).now();
+    return this.clock.now();
   }
 
   /** Past maxLifetime a worker takes no new sessions and goes once its sessions end. */
-  private draining(worker: Worker): boolean {
+  private draining(worker: W): boolean {
     return this.now() - Date.parse(worker.record.createdAt) >= this.config.maxLifetimeMs;
   }
 
-  private leastLoaded(phase: Worker['phase']): Worker | undefined {
-    let best: Worker | undefined;
+  private leastLoaded(phase: W['phase']): W | undefined {
+    let best: W | undefined;
     for (const w of this.workers) {
       if (w.phase !== phase || w.used >= this.config.jobsPerWorker) continue;
-      if (phase === 'ready' && (!w.client || this.draining(w))) continue;
+      if (phase === 'ready' && (!w.connected || this.draining(w))) continue;
       if (!best || w.used < best.used) best = w;
     }
     return best;
@@ -95,12 +106,12 @@ export class Pool implements SessionPool {
     while (this.queue.length > 0 && !this.closed) {
       const ready = this.leastLoaded('ready');
       if (ready) {
-        this.lease(ready, this.queue.shift() as Waiter);
+        this.lease(ready, this.queue.shift() as Waiter<W>);
         continue;
       }
       const booting = this.leastLoaded('booting') ?? this.leastLoaded('creating');
       if (booting) {
-        this.joinBoot(booting, this.queue.shift() as Waiter);
+        this.joinBoot(booting, this.queue.shift() as Waiter<W>);
         continue;
       }
       if (this.workers.length < this.config.maxWorkers) {
@@ -112,11 +123,10 @@ export class Pool implements SessionPool {
   }
 
   /** Hands a slot to a waiter; `reserved` when the waiter already holds it (it joined a boot). */
-  private lease(worker: Worker, waiter: Waiter, reserved = false): void {
-    if (!reserved) worker.used++;
+  private lease(worker: W, waiter: Waiter<W>, reserved = false): void {
+    if (!reserved) worker.reserve();
     this.idleTimers.get(worker)?.cancel();
-    worker.record.activeSessions = worker.used;
-    delete worker.record.idleSince;
+    worker.markBusy();
     this.deps.changed();
     let released = false;
     waiter.resolve({
@@ -129,25 +139,24 @@ export class Pool implements SessionPool {
     });
   }
 
-  private release(worker: Worker): void {
-    worker.used--;
-    worker.record.activeSessions = worker.used;
+  private release(worker: W): void {
+    worker.release();
     if (worker.used === 0 && worker.phase === 'ready') this.becameIdle(worker);
     this.deps.changed();
     this.dispatch();
   }
 
-  private becameIdle(worker: Worker): void {
+  private becameIdle(worker: W): void {
     if (this.draining(worker)) {
       this.log.info({ worker: worker.record.name }, 'worker reached maxLifetime and is idle; deleting it');
-      void this.retire(worker, 'maxLifetime reached').catch(() => undefined);
+      this.retireInBackground(worker, 'maxLifetime reached');
       return;
     }
     const delayMs = this.config.idlePolicy === 'billing-hour'
       ? untilBeforeNextBilledHour(Date.parse(worker.record.createdAt), this.now(), this.config.billingMarginMs)
       : this.config.idleTimeoutMs;
     this.timerFor(worker).start(delayMs);
-    worker.record.idleSince = new Date(this.now()).toISOString();
+    worker.markIdle(this.now());
     this.log.info({ worker: worker.record.name, idlePolicy: this.config.idlePolicy, deleteInMs: delayMs }, 'worker idle; idle timer started');
   }
 
@@ -161,9 +170,9 @@ export class Pool implements SessionPool {
       const age = this.now() - Date.parse(worker.record.createdAt);
       if (age >= 2 * this.config.maxLifetimeMs) {
         this.log.warn({ worker: worker.record.name, sessions: worker.used }, 'worker is past twice maxLifetime; deleting it with its sessions');
-        void this.retire(worker, 'hard lifetime cap').catch(() => undefined);
+        this.retireInBackground(worker, 'hard lifetime cap');
       } else if (age >= this.config.maxLifetimeMs && worker.used === 0) {
-        void this.retire(worker, 'maxLifetime reached').catch(() => undefined);
+        this.retireInBackground(worker, 'maxLifetime reached');
       }
     }
   }
@@ -174,8 +183,8 @@ export class Pool implements SessionPool {
   }
 
   /** A waiter takes a slot on a booting worker now and gets its lease when the boot ends. */
-  private joinBoot(worker: Worker, waiter: Waiter): void {
-    worker.used++;
+  private joinBoot(worker: W, waiter: Waiter<W>): void {
+    worker.reserve();
     const stopProgress = worker.onProgress(waiter.progress);
     const booted = this.boots.get(worker) as Promise<void>;
     booted.then(
@@ -213,11 +222,10 @@ export class Pool implements SessionPool {
   }
 
   private startBoot(): void {
-    const { record, userData } = Worker.plan(this.config, this.deps.instance);
-    const worker = new Worker(this.config, record, this.deps, userData);
+    const worker = this.deps.createWorker();
     this.workers.push(worker);
     this.deps.changed();
-    this.log.info({ worker: record.name, waiting: this.queue.length }, 'booting a new worker');
+    this.log.info({ worker: worker.record.name, waiting: this.queue.length }, 'booting a new worker');
     const boot = worker.boot().then(
       () => {
         this.boots.delete(worker);
@@ -230,7 +238,7 @@ export class Pool implements SessionPool {
       (err: Error) => {
         this.boots.delete(worker);
         // Deleted in the background (with retries); the waiters fail now, not after the delete.
-        void this.retire(worker, 'boot failed').catch(() => undefined);
+        this.retireInBackground(worker, 'boot failed');
         throw err;
       },
     );
@@ -240,42 +248,36 @@ export class Pool implements SessionPool {
   }
 
   /** Adds a worker found running after a restart; it gets an idle timer like any idle worker. */
-  adopt(worker: Worker): void {
+  adopt(worker: W): void {
     this.workers.push(worker);
     this.watch(worker);
     this.becameIdle(worker);
     this.deps.changed();
   }
 
-  private watch(worker: Worker): void {
-    const client = worker.client;
-    if (!client) return;
-    const lost = (why: string): void => {
-      if (worker.client !== client) return;
-      worker.client = undefined;
+  private watch(worker: W): void {
+    worker.onConnectionLost((why) => {
       this.log.warn({ worker: worker.record.name, why }, 'lost the connection to the worker; deleting it');
-      void this.retire(worker, `connection lost: ${why}`);
-    };
-    client.on('error', (err: Error) => lost(err.message));
-    client.on('close', () => lost('closed'));
+      this.retireInBackground(worker, `connection lost: ${why}`);
+    });
   }
 
-  private timerFor(worker: Worker): IdleTimer {
+  private timerFor(worker: W): IdleTimer {
     let timer = this.idleTimers.get(worker);
     if (!timer) {
-      timer = new IdleTimer(this.config.idleTimeoutMs, () => void this.onIdle(worker), this.deps.clock ?? systemClock);
+      timer = new IdleTimer(this.config.idleTimeoutMs, () => this.onIdle(worker), this.clock);
       this.idleTimers.set(worker, timer);
     }
     return timer;
   }
 
-  private async onIdle(worker: Worker): Promise<void> {
+  private onIdle(worker: W): void {
     if (worker.used > 0 || worker.phase !== 'ready') return;
     this.log.info({ worker: worker.record.name }, 'idle timeout reached; deleting the worker');
-    await this.retire(worker, 'idle timeout');
+    this.retireInBackground(worker, 'idle timeout');
   }
 
-  private remove(worker: Worker): void {
+  private remove(worker: W): void {
     const index = this.workers.indexOf(worker);
     if (index >= 0) this.workers.splice(index, 1);
     this.idleTimers.get(worker)?.cancel();
@@ -283,13 +285,13 @@ export class Pool implements SessionPool {
     this.deps.changed();
   }
 
-  private readonly retiring = new Map<Worker, Promise<void>>();
+  private readonly retiring = new Map<W, Promise<void>>();
 
   /**
    * Deletes a worker's server; the record stays (phase "deleting") until the delete succeeded.
    * Called twice for one worker, both callers get the same promise.
    */
-  retire(worker: Worker, reason: string): Promise<void> {
+  retire(worker: W, reason: string): Promise<void> {
     let retiring = this.retiring.get(worker);
     if (!retiring) {
       retiring = this.deleteWithRetries(worker, reason).finally(() => this.retiring.delete(worker));
@@ -298,9 +300,17 @@ export class Pool implements SessionPool {
     return retiring;
   }
 
-  private async deleteWithRetries(worker: Worker, reason: string): Promise<void> {
+  /**
+   * `retire` for callers that do not wait: a delete given up on stop has been logged, and its
+   * record stays in the state for the next start, so the rejection is handled here, not unhandled.
+   */
+  private retireInBackground(worker: W, reason: string): void {
+    this.retire(worker, reason).catch(() => undefined);
+  }
+
+  private async deleteWithRetries(worker: W, reason: string): Promise<void> {
     this.idleTimers.get(worker)?.cancel();
-    worker.record.phase = 'deleting';
+    worker.markDeleting();
     this.deps.changed();
     for (let attempt = 1; ; attempt++) {
       try {
@@ -314,7 +324,7 @@ export class Pool implements SessionPool {
         }
         const delayMs = deleteRetryDelayMs(attempt, this.deps.deleteRetryFirstMs);
         this.log.error({ err, worker: worker.record.name, attempt, retryInMs: delayMs }, `deleting the server failed; retrying in ${formatDuration(delayMs)}`);
-        await new Promise((r) => setTimeout(r, delayMs).unref());
+        await new Promise<void>((r) => this.clock.setTimeout(r, delayMs));
       }
     }
     this.remove(worker);
@@ -329,7 +339,7 @@ export class Pool implements SessionPool {
     for (const worker of this.boots.keys()) worker.cancelBoot('the daemon is shutting down');
     await Promise.allSettled([...this.boots.values()]);
     if (keep) {
-      for (const w of this.workers) w.client?.end();
+      for (const w of this.workers) w.disconnect();
       return;
     }
     await Promise.all([...this.workers].map((w) => this.retire(w, 'daemon stopped')));

@@ -37,20 +37,31 @@ export interface WorkerDeps {
 
 export type ProgressListener = (line: string) => void;
 
+/**
+ * The worker's state is its own: others read it through getters and change it only through the
+ * methods below (the pool: reserve, release, markBusy, markIdle, markDeleting; the daemon:
+ * disconnect). Inside, reads go through the getters and writes to the private fields.
+ */
 export class Worker {
   /** The kept connection; its loss means the worker is gone. */
-  client: SshClient | undefined;
+  private connection: SshClient | undefined;
   /** More connections, opened when the worker's sshd refuses more channels on the others (MaxSessions). */
   private readonly extraClients: SshClient[] = [];
   private opening: Promise<SshClient> | undefined;
   /** Sessions running plus sessions promised a slot on this worker. */
-  used = 0;
+  private sessions = 0;
   private readonly listeners = new Set<ProgressListener>();
   private readonly log: Logger;
 
   /** `userData` is given for a worker to boot, not for one adopted after a restart. */
-  constructor(readonly pool: PoolConfig, readonly record: WorkerRecord, private readonly deps: WorkerDeps, private userData?: string) {
-    this.log = deps.log.child({ pool: pool.name, worker: record.name });
+  constructor(readonly pool: PoolConfig, private readonly rec: WorkerRecord, private readonly deps: WorkerDeps, private userData?: string) {
+    this.log = deps.log.child({ pool: pool.name, worker: rec.name });
+  }
+
+  /** A worker planned by `plan()`, ready to boot. */
+  static planned(pool: PoolConfig, deps: WorkerDeps): Worker {
+    const { record, userData } = Worker.plan(pool, deps.instance);
+    return new Worker(pool, record, deps, userData);
   }
 
   /**
@@ -78,8 +89,79 @@ export class Worker {
     return { record, userData: workerUserData({ hostKey: host, loginPublicKey: login.publicKey }) };
   }
 
+  /** The state file's entry for this server; it changes only through this worker. */
+  get record(): Readonly<WorkerRecord> {
+    return this.rec;
+  }
+
   get phase(): WorkerRecord['phase'] {
-    return this.record.phase;
+    return this.rec.phase;
+  }
+
+  /** The kept connection, while there is one. */
+  get client(): SshClient | undefined {
+    return this.connection;
+  }
+
+  get connected(): boolean {
+    return this.connection !== undefined;
+  }
+
+  /** Sessions running plus sessions promised a slot on this worker. */
+  get used(): number {
+    return this.sessions;
+  }
+
+  /** Promises a slot to a session (one waiting for the boot, or one about to start). */
+  reserve(): void {
+    this.sessions++;
+  }
+
+  /** Gives a slot back. */
+  release(): void {
+    this.sessions--;
+    this.rec.activeSessions = this.sessions;
+  }
+
+  /** A session got its slot: the record counts it, and the worker is no longer idle. */
+  markBusy(): void {
+    this.rec.activeSessions = this.sessions;
+    delete this.rec.idleSince;
+  }
+
+  /** The last session ended and the idle timer started at `now` (ms since the epoch). */
+  markIdle(now: number): void {
+    this.rec.idleSince = new Date(now).toISOString();
+  }
+
+  /** The server is to be deleted; the record stays, as "deleting", until it is. */
+  markDeleting(): void {
+    this.rec.phase = 'deleting';
+  }
+
+  /**
+   * Calls `listener` once when the kept connection fails or closes, unless `disconnect()` or a
+   * delete ended it first. The worker is unusable from then on.
+   */
+  onConnectionLost(listener: (why: string) => void): void {
+    const client = this.connection;
+    if (!client) return;
+    const lost = (why: string): void => {
+      if (this.connection !== client) return;
+      this.connection = undefined;
+      listener(why);
+    };
+    client.on('error', (err: Error) => lost(err.message));
+    client.on('close', () => lost('closed'));
+  }
+
+  /** Ends every connection to the worker; the server keeps running. */
+  disconnect(): void {
+    const client = this.connection;
+    // Forgotten before it ends, so that its close is not taken for a lost worker.
+    this.connection = undefined;
+    client?.end();
+    for (const extra of this.extraClients.splice(0)) extra.end();
   }
 
   onProgress(listener: ProgressListener): () => void {
@@ -93,10 +175,7 @@ export class Worker {
     for (const listener of this.listeners) listener(text);
   }
 
-  /**
-   * Boots the server within the pool's bootTimeout. A failure is reported to the waiting sessions
-   * and thrown; the caller deletes the server (see Pool), also when the create never answered.
-   */
+  /** Aborts the boot in progress (bootTimeout, or cancelBoot()). */
   private bootAbort: AbortController | undefined;
 
   /** Stops a boot in progress; the boot then fails with this reason. */
@@ -104,6 +183,10 @@ export class Worker {
     this.bootAbort?.abort(new BootError(reason));
   }
 
+  /**
+   * Boots the server within the pool's bootTimeout. A failure is reported to the waiting sessions
+   * and thrown; the caller deletes the server (see Pool), also when the create never answered.
+   */
   async boot(): Promise<void> {
     const started = Date.now();
     const abort = new AbortController();
@@ -113,8 +196,7 @@ export class Worker {
       await this.bootSteps(abort.signal, started);
     } catch (err) {
       const reason = abort.signal.aborted ? (abort.signal.reason as Error) : (err as Error);
-      this.client?.end();
-      this.client = undefined;
+      this.disconnect();
       this.log.error({ err: reason }, 'boot failed');
       for (const listener of this.listeners) listener(`nix-hcloud-builder: boot of ${this.record.name} failed: ${reason.message}`);
       throw reason instanceof BootError ? reason : new BootError(reason.message);
@@ -135,7 +217,7 @@ export class Worker {
     // 1. Create the server: first location that has the first server type, and so on.
     const created = await this.create(image, userData, signal);
     const price = this.record.hourlyPriceEur;
-    this.record.phase = 'booting';
+    this.rec.phase = 'booting';
     await this.deps.save();
     this.step(1, STEPS, `created server ${this.record.name} (id ${this.record.id}), type ${this.record.serverType} in ${this.record.location}${price ? `, €${Number(price).toFixed(4)}/h` : ''}`, { id: this.record.id });
 
@@ -145,18 +227,18 @@ export class Worker {
 
     // 3. Wait for an address: IPv4 when the pool has one, else IPv6.
     const address = await this.waitForAddress(signal);
-    this.record.address = address;
+    this.rec.address = address;
     await this.deps.save();
     this.step(3, STEPS, `address ${address}`);
 
     // 4. Wait for sshd, with the host key pinned.
-    this.client = await this.waitForSsh(signal);
+    this.connection = await this.waitForSsh(signal);
     this.step(4, STEPS, `sshd answers with the expected host key (${formatDuration(Date.now() - started)})`);
 
     // 5. Wait for readyCommand (disk expansion done, Nix up).
     await this.waitForReady(signal);
-    this.record.phase = 'ready';
-    this.record.readyAt = new Date().toISOString();
+    this.rec.phase = 'ready';
+    this.rec.readyAt = new Date().toISOString();
     await this.deps.save();
     this.step(5, STEPS, `worker ${this.record.name} is ready after ${formatDuration(Date.now() - started)}`, { bootMs: Date.now() - started });
   }
@@ -189,9 +271,9 @@ export class Worker {
             continue;
           }
         }
-        this.record.serverType = serverType;
-        this.record.location = location;
-        if (price !== undefined) this.record.hourlyPriceEur = price;
+        this.rec.serverType = serverType;
+        this.rec.location = location;
+        if (price !== undefined) this.rec.hourlyPriceEur = price;
         // Saved before the call: if we die during it, the restart finds the server by its name.
         await this.deps.save();
         try {
@@ -208,7 +290,7 @@ export class Worker {
             },
             signal,
           );
-          this.record.id = answer.server.id;
+          this.rec.id = answer.server.id;
           this.deps.ledger.opened({
             id: answer.server.id, name: this.record.name, pool: this.pool.name, serverType, location,
             hourlyEur: Number(price ?? 0), createdAt: answer.server.created,
@@ -320,32 +402,27 @@ export class Worker {
     return { channel: await execChannel(client, command), gate: writeGateOf(client) };
   }
 
-  get connectionCount(): number {
-    return (this.client ? 1 : 0) + this.extraClients.length;
-  }
-
   /** Reconnects to a server we created earlier (after a daemon restart) and checks it is usable. */
   async adopt(timeoutMs: number): Promise<void> {
-    this.client = await connectWorker(this.target(), timeoutMs);
-    const result = await runCommand(this.client, this.pool.readyCommand, timeoutMs);
+    const client = await connectWorker(this.target(), timeoutMs);
+    this.connection = client;
+    const result = await runCommand(client, this.pool.readyCommand, timeoutMs);
     if (result.code !== 0) throw new Error(`readyCommand failed with status ${result.code}`);
-    this.record.phase = 'ready';
-    this.record.activeSessions = 0;
+    this.rec.phase = 'ready';
+    this.rec.activeSessions = 0;
   }
 
   /** Deletes the server and waits for the delete action; not-found counts as deleted. */
   async destroy(reason: string): Promise<void> {
-    this.record.phase = 'deleting';
-    this.client?.end();
-    this.client = undefined;
-    for (const extra of this.extraClients.splice(0)) extra.end();
+    this.markDeleting();
+    this.disconnect();
     if (this.record.id === 0) {
       // The create call never answered: look the server up by its (unique) name.
       // A failed lookup throws: the caller retries rather than forget a server that may exist.
       const found = await this.deps.hcloud.listServers({ name: this.record.name });
       const server = found[0];
       if (!server) return;
-      this.record.id = server.id;
+      this.rec.id = server.id;
     }
     await this.deps.save().catch(() => undefined);
     const started = Date.now();

@@ -1,32 +1,6 @@
 import t from 'tap';
-import { IdleTimer, type Clock } from '../../src/daemon/idle-timer.js';
-
-/** A clock that only moves when told to. */
-class FakeClock implements Clock {
-  private time = 0;
-  private timers: { at: number; fn: () => void; id: number }[] = [];
-  private nextId = 1;
-  now(): number {
-    return this.time;
-  }
-  setTimeout(fn: () => void, ms: number): unknown {
-    const id = this.nextId++;
-    this.timers.push({ at: this.time + ms, fn, id });
-    return id;
-  }
-  clearTimeout(handle: unknown): void {
-    this.timers = this.timers.filter((x) => x.id !== handle);
-  }
-  advance(ms: number): void {
-    this.time += ms;
-    const due = this.timers.filter((x) => x.at <= this.time);
-    this.timers = this.timers.filter((x) => x.at > this.time);
-    for (const x of due) x.fn();
-  }
-  get pending(): number {
-    return this.timers.length;
-  }
-}
+import { IdleTimer } from '../../src/daemon/idle-timer.js';
+import { FakeClock } from './fake-clock.js';
 
 t.test('fires once after the delay', async (t) => {
   const clock = new FakeClock();
