@@ -591,7 +591,7 @@ export class HcloudClient {
     let rateLimitReset: string | null = null;
     let text: string;
     try {
-      const res = await fetch(url, { method, headers, body, signal });
+      const res = await fetch(url, { method, headers, body: body ?? null, signal });
       status = res.status;
       requestId = res.headers.get('x-correlation-id') ?? undefined;
       rateLimitReset = res.headers.get('ratelimit-reset');

@@ -112,8 +112,8 @@ export class SerialWriter {
 
 /** The sockets of the two connections a session rides on (each shared with other sessions on the worker side). */
 export interface SessionGates {
-  toClient?: Pick<WriteGate, 'open' | 'whenOpen'>;
-  toWorker?: Pick<WriteGate, 'open' | 'whenOpen'>;
+  toClient?: Pick<WriteGate, 'open' | 'whenOpen'> | undefined;
+  toWorker?: Pick<WriteGate, 'open' | 'whenOpen'> | undefined;
 }
 
 export function pipeSession(client: ServerChannel, worker: ClientChannel, gates: SessionGates = {}): Promise<PipeResult> {
