@@ -49,7 +49,7 @@ async function api(cloud: FakeCloud, method: string, path: string, body?: unknow
   const res = await fetch(`${cloud.url}${path}`, {
     method,
     headers,
-    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+    body: body === undefined ? null : typeof body === 'string' ? body : JSON.stringify(body),
   });
   return { status: res.status, headers: res.headers, json: await res.json() };
 }

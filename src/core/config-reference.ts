@@ -43,7 +43,7 @@ export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
   { key: 'budget.maxEurPerMonth', default: '– (no cap)', meaning: 'refuse to create a server when this month\'s spend plus one hour of it would pass this' },
   { key: 'sweepInterval', default: '`5m`', meaning: 'how often labelled servers are checked against the state (unknown ones deleted) and lifetimes enforced' },
   { key: 'shutdownGrace', default: '`60s`', meaning: 'on SIGTERM, how long running sessions may go on before workers are deleted anyway' },
-  { key: 'limits.loginGrace', default: '`20s`', meaning: 'a connection that has not logged in by then is dropped' },
+  { key: 'limits.loginGrace', default: '`20s`', meaning: 'a connection that has not logged in by then is dropped (one whose first line is not an SSH identification line is dropped at once)' },
   { key: 'limits.maxConnectionsPerSource', default: '`128`', meaning: 'open connections from one address; more are closed at once' },
   { key: 'log.level', default: '`info`', meaning: '`fatal` … `trace`, `silent`' },
 ];

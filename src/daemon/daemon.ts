@@ -10,6 +10,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import type { Server as ControlServer } from 'node:net';
 import type { Config } from '../core/config.js';
 import { Endpoint, parseAuthorizedKeys } from '../ssh/endpoint.js';
+import { warnIfSsh2InternalsDiffer } from '../ssh/ssh2-internals.js';
 import { HcloudClient } from '../hcloud/client.js';
 import type { Server, ServerType } from '../hcloud/types.js';
 import { generateKeyPair, hostKeyPaths } from '../ssh/keys.js';
@@ -98,6 +99,8 @@ export class Daemon {
       const authorizedKeys = parseAuthorizedKeys(loadAuthorizedKeys(config));
       if (authorizedKeys.length === 0) this.log.warn('no authorized keys: nobody can log in (set authorizedKeys or authorizedKeysFile)');
       this.log.info({ hostKey: hostKey.publicKey, authorizedKeys: authorizedKeys.length }, 'step 2/4: keys loaded');
+      // A different ssh2 silently loses the channel window limit: say so once, at start.
+      await warnIfSsh2InternalsDiffer(this.log);
 
       this.ledger = Ledger.load(config.stateDir);
       const deps: WorkerDeps = {

@@ -4,7 +4,7 @@
  * one retry policy (`retry.ts`) and one action waiter (`waitForActions`).
  */
 import type { operations } from './openapi.js';
-import { HcloudError, apiErrorMessage } from './errors.js';
+import { HcloudError, apiErrorMessage, isNotFound } from './errors.js';
 import {
   abortableSleep,
   backoffDelay,
@@ -277,7 +277,7 @@ export class HcloudClient {
       await this.waitForActions([action], { timeoutMs: opts.timeoutMs ?? 120_000, ...(opts.signal ? { signal: opts.signal } : {}) });
       return true;
     } catch (err) {
-      if (err instanceof HcloudError && err.code === 'not_found') return false;
+      if (isNotFound(err)) return false;
       throw err;
     }
   }
@@ -591,7 +591,7 @@ export class HcloudClient {
     let rateLimitReset: string | null = null;
     let text: string;
     try {
-      const res = await fetch(url, { method, headers, body, signal });
+      const res = await fetch(url, { method, headers, body: body ?? null, signal });
       status = res.status;
       requestId = res.headers.get('x-correlation-id') ?? undefined;
       rateLimitReset = res.headers.get('ratelimit-reset');

@@ -86,9 +86,14 @@ export class HcloudError extends Error {
   }
 }
 
-/** True for a 404 `not_found`, e.g. deleting or getting a server that is already gone. */
+/**
+ * True when the API said the resource does not exist: a 404 answer with the API's `not_found`
+ * code, e.g. deleting or getting a server that is already gone. The one test of "gone" (a caller
+ * deleting takes it as done). Not a 404 without the API's error body (a proxy's page, a wrong
+ * endpoint), nor a failed action whose code is `not_found`: those prove nothing is gone.
+ */
 export function isNotFound(err: unknown): boolean {
-  return err instanceof HcloudError && err.status === 404;
+  return err instanceof HcloudError && err.status === 404 && err.code === 'not_found';
 }
 
 /** The message of an API error answer, with a hint for the two token problems. */

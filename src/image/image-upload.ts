@@ -606,12 +606,13 @@ export const IMAGE_USAGE = `usage:
 export interface ImageCommandOptions {
   hcloud: HcloudClient;
   args: string[];
-  arch?: string;
+  // `| undefined`: the command line passes its unset options as they are.
+  arch?: string | undefined;
   labels: string[];
-  serverType?: string;
-  location?: string;
-  description?: string;
-  sshPort?: string;
+  serverType?: string | undefined;
+  location?: string | undefined;
+  description?: string | undefined;
+  sshPort?: string | undefined;
   dryRun: boolean;
   log: Logger;
   /** Progress lines (stderr). */

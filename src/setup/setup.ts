@@ -35,11 +35,12 @@ export class SetupError extends Error {
 export interface SetupOptions {
   config: Config;
   configFile: string;
-  sshConfig?: string;
-  machines?: string;
-  nixConf?: string;
-  clientKey?: string;
-  alias?: string;
+  // `| undefined`: the command line passes its unset options as they are.
+  sshConfig?: string | undefined;
+  machines?: string | undefined;
+  nixConf?: string | undefined;
+  clientKey?: string | undefined;
+  alias?: string | undefined;
 }
 
 interface Owner {

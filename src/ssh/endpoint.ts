@@ -10,6 +10,7 @@ import type { AuthContext, Connection, ServerChannel, Session } from 'ssh2';
 import type { Logger } from '../core/log.js';
 import { CommandRefused, parseNixCommand, renderNixCommand, type NixCommand } from './nix-command.js';
 import { limitChannelWindows } from './channel-window.js';
+import { watchIdentLine } from './ident-line.js';
 import { pipeSession } from './session-pipe.js';
 import type { WorkerChannel } from './worker-connection.js';
 import { CLIENT_SOCKET_HIGH_WATER, WriteGate } from './write-gate.js';
@@ -100,7 +101,7 @@ export class Endpoint {
   /**
    * Listens with our own TCP server and hands accepted sockets to ssh2: limits apply from the
    * first byte (ssh2 reports a connection only after the client's banner, so a client that never
-   * speaks would otherwise be held forever).
+   * speaks would otherwise be held forever, and one that sends no valid banner up to 8 KiB).
    */
   listen(port: number, host: string): Promise<number> {
     return new Promise((resolve, reject) => {
@@ -147,6 +148,11 @@ export class Endpoint {
     socket.once('close', () => clearTimeout(loginTimer));
     this.gates.set(peer, new WriteGate(socket, CLIENT_SOCKET_HIGH_WATER));
     this.server.injectSocket(socket);
+    // Not an SSH client: drop it now, as sshd does, rather than at the login grace time.
+    watchIdentLine(socket, (why) => {
+      this.log.warn({ peer, why }, 'dropped: not an SSH identification line');
+      socket.destroy();
+    });
   }
 
   /** Client sockets the endpoint still tracks (for their write gates); 0 once all are closed. */

@@ -6,8 +6,8 @@
  * - ending the client channel before `exit()` drops the exit status: so drain, exit, then end;
  * - the worker channel's `close` can come before its stderr ended: wait for both.
  */
-import type { Readable } from 'node:stream';
 import type { ClientChannel, ServerChannel } from 'ssh2';
+import { limitReadBuffer } from './ssh2-internals.js';
 import type { WriteGate } from './write-gate.js';
 
 /**
@@ -20,15 +20,10 @@ export const HIGH_WATER = 256 * 1024;
  * What a paused channel may hold before ssh2 stops granting its peer more window. ssh2 grants
  * window while `push()` returns true, i.e. below the stream's high-water mark, which it sets to
  * 2 MiB: so a paused channel held up to 2 MiB plus the window granted meanwhile (2 MiB). With one
- * packet, a paused channel holds at most what its peer was already allowed to send.
+ * packet, a paused channel holds at most what its peer was already allowed to send. Set through
+ * ssh2-internals.ts (`limitReadBuffer`).
  */
 export const PAUSED_READ_BUFFER = 32 * 1024;
-
-/** Lowers a stream's read high-water mark (ssh2 fixes it at construction; Node has no setter). */
-export function limitReadBuffer(stream: Readable, bytes: number): void {
-  const state = (stream as unknown as { _readableState?: { highWaterMark?: unknown } })._readableState;
-  if (state && typeof state.highWaterMark === 'number') state.highWaterMark = bytes;
-}
 
 const SIGNALS = new Set(['ABRT', 'ALRM', 'FPE', 'HUP', 'ILL', 'INT', 'KILL', 'PIPE', 'QUIT', 'SEGV', 'TERM', 'USR1', 'USR2']);
 
@@ -117,8 +112,8 @@ export class SerialWriter {
 
 /** The sockets of the two connections a session rides on (each shared with other sessions on the worker side). */
 export interface SessionGates {
-  toClient?: Pick<WriteGate, 'open' | 'whenOpen'>;
-  toWorker?: Pick<WriteGate, 'open' | 'whenOpen'>;
+  toClient?: Pick<WriteGate, 'open' | 'whenOpen'> | undefined;
+  toWorker?: Pick<WriteGate, 'open' | 'whenOpen'> | undefined;
 }
 
 export function pipeSession(client: ServerChannel, worker: ClientChannel, gates: SessionGates = {}): Promise<PipeResult> {

@@ -97,13 +97,26 @@ export async function connectWorker(target: WorkerSshTarget, timeoutMs: number):
 }
 
 /**
- * True when the worker's sshd refused to open another channel on this connection (OpenSSH's
- * MaxSessions): ssh2 gives such errors the SSH reason code as `reason`. Also true when ssh2 itself
- * has no free channel id left. Either way another connection can take the session.
+ * The SSH_MSG_CHANNEL_OPEN_FAILURE reason codes (RFC 4254 5.1) that mean "not on this
+ * connection": OpenSSH's MaxSessions answers CONNECT_FAILED (older releases
+ * ADMINISTRATIVELY_PROHIBITED), other servers RESOURCE_SHORTAGE. UNKNOWN_CHANNEL_TYPE would be
+ * the same on any connection.
+ */
+const REFUSAL_REASONS: ReadonlySet<number> = new Set([
+  1, // SSH_OPEN_ADMINISTRATIVELY_PROHIBITED
+  2, // SSH_OPEN_CONNECT_FAILED
+  4, // SSH_OPEN_RESOURCE_SHORTAGE
+]);
+
+/**
+ * True when the worker's sshd refused to open another channel on this connection, so that another
+ * connection can take the session. ssh2 puts the peer's numeric reason code in `reason`; it sets
+ * `reason` to '' when the channel closed instead of opening (the connection died), which is no
+ * refusal.
  */
 export function isChannelRefusal(err: unknown): boolean {
-  if (!(err instanceof Error)) return false;
-  return 'reason' in err || err.message === 'No free channels available';
+  if (!(err instanceof Error) || !('reason' in err)) return false;
+  return typeof err.reason === 'number' && REFUSAL_REASONS.has(err.reason);
 }
 
 export function execChannel(client: SshClient, command: string): Promise<ClientChannel> {
@@ -153,10 +166,4 @@ export async function runCommand(client: SshClient, command: string, timeoutMs: 
       resolve(result);
     });
   });
-}
-
-/** Channels open on a worker connection (ssh2 keeps the count internally; used by tests and status). */
-export function openChannelCount(client: SshClient): number {
-  const manager = (client as unknown as { _chanMgr?: { _count?: number } })._chanMgr;
-  return manager?._count ?? 0;
 }

@@ -8,7 +8,7 @@ import type { EventEmitter } from 'node:events';
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { openChannelCount } from '../../src/ssh/worker-connection.js';
+import { openChannelCount } from '../../src/ssh/ssh2-internals.js';
 import { Rig, TOKEN, waitUntil } from '../rig/rig.js';
 
 const SERVE_HELLO = Buffer.from('eb9d0c39000000000702000000000000', 'hex');

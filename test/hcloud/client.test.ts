@@ -219,6 +219,31 @@ t.test('a 2xx that is not JSON is invalid_response', async (t) => {
   t.equal(err.retryable, false);
 });
 
+t.test('isNotFound is the one test of "gone": a 404 with the API\'s not_found code, nothing else', async (t) => {
+  t.ok(isNotFound(new HcloudError({ status: 404, code: 'not_found', message: 'server with ID 3 not found' })));
+  t.notOk(isNotFound(new HcloudError({ status: 404, code: 'http_404', message: '<html>Not Found</html>' })), "a 404 without the API's error body (a proxy, a wrong endpoint)");
+  t.notOk(isNotFound(new HcloudError({ status: 0, code: 'not_found', message: 'action failed', action: action(9, 'error', 0, 'delete_server') })), 'a failed action');
+  t.notOk(isNotFound(new HcloudError({ status: 410, code: 'not_found', message: 'gone?' })));
+  t.notOk(isNotFound(Object.assign(new Error('not found'), { status: 404, code: 'not_found' })), 'only HcloudError');
+});
+
+t.test('deleteServerAndWait takes a server as gone exactly when isNotFound says so', async (t) => {
+  const failedDelete: Action = { ...action(7, 'error', 0, 'delete_server'), error: { code: 'not_found', message: 'server vanished mid-delete' } };
+  const stub = await startStub(t, (req) => {
+    if (req.path === '/servers/1') return apiError(404, 'not_found', 'server with ID 1 not found');
+    if (req.path === '/servers/2') return { status: 404, text: '<html>Not Found</html>' };
+    if (req.path === '/servers/3') return { json: { action: action(7, 'running', 0, 'delete_server') } };
+    if (req.path === '/actions') return { json: { actions: [failedDelete], meta: { pagination: { page: 1, next_page: null } } } };
+    return { json: { action: failedDelete } };
+  });
+  const { client } = makeClient(stub.url);
+  t.equal(await client.deleteServerAndWait(1), false, 'API 404 not_found: already gone');
+  t.equal((await rejection(client.deleteServerAndWait(2))).code, 'http_404', 'a bare 404: an error, not "gone"');
+  const failed = await rejection(client.deleteServerAndWait(3));
+  t.equal(failed.code, 'not_found', 'a delete action that failed with not_found: an error, not "gone"');
+  t.ok(failed.action, 'the failed action');
+});
+
 // ------------------------------------------------------------------------ retries
 
 t.test('429 waits until RateLimit-Reset', async (t) => {

@@ -12,7 +12,8 @@ import ssh2 from 'ssh2';
 import type { ClientChannel, ServerChannel } from 'ssh2';
 import { CLIENT_WINDOW, limitChannelWindows } from '../../src/ssh/channel-window.js';
 import { generateKeyPair } from '../../src/ssh/keys.js';
-import { limitReadBuffer, PAUSED_READ_BUFFER } from '../../src/ssh/session-pipe.js';
+import { PAUSED_READ_BUFFER } from '../../src/ssh/session-pipe.js';
+import { limitReadBuffer } from '../../src/ssh/ssh2-internals.js';
 
 const PAYLOAD = randomBytes(8 * 1024 * 1024);
 

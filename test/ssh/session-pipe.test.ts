@@ -1,7 +1,8 @@
 import t from 'tap';
 import { EventEmitter } from 'node:events';
 import { PassThrough } from 'node:stream';
-import { HIGH_WATER, limitReadBuffer, pipeSession, SerialWriter } from '../../src/ssh/session-pipe.js';
+import { HIGH_WATER, pipeSession, SerialWriter } from '../../src/ssh/session-pipe.js';
+import { limitReadBuffer } from '../../src/ssh/ssh2-internals.js';
 
 /** A channel whose writes complete only when the test says so, like an SSH channel waiting for window. */
 function slowChannel() {
