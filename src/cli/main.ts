@@ -59,6 +59,8 @@ setup options (run it as root: nix-daemon is root):
   --nix-conf FILE    nix.conf to check (default ${DEFAULT_NIX_CONF})
   --client-key FILE  nix-daemon's key to log in with, made if missing (default ${DEFAULT_CLIENT_KEY})
   --alias NAME       ssh Host alias in the machines lines (default ${DEFAULT_ALIAS})
+  --substitutes      set builders-use-substitutes = true in the nix.conf: workers fetch
+                     inputs from the binary caches instead of through this machine
 `;
 
 function defaultConfigPath(): string {
@@ -82,6 +84,7 @@ async function main(argv: string[]): Promise<number> {
       'nix-conf': { type: 'string' },
       'client-key': { type: 'string' },
       alias: { type: 'string' },
+      substitutes: { type: 'boolean' },
       'dry-run': { type: 'boolean' },
       workers: { type: 'string', short: 'n' },
       arch: { type: 'string' },
@@ -165,6 +168,7 @@ async function main(argv: string[]): Promise<number> {
         nixConf: values['nix-conf'],
         clientKey: values['client-key'],
         alias: values.alias,
+        substitutes: values.substitutes === true,
       }, values.write === true);
       process.stdout.write(result.output);
       return result.exitCode;

@@ -5,10 +5,11 @@
  * Pure functions: `setup` writes their output, and `nixos/lib.nix` computes the same text in
  * plain Nix (the tests compare both).
  *
- * Why an alias: nix-daemon runs ssh as root, and Nix before 2.31 cannot take a port in a store
- * URI. The alias needs `HostKeyAlias`: Nix writes field 8 of the machines line to a temporary
- * known_hosts under the host name of the URI (the alias), while OpenSSH would otherwise look the
- * key up under the alias's HostName and Port.
+ * Why an alias: nix-daemon runs ssh as root, and Nix before 2.31 (Lix before 2.93) cannot take a
+ * port in a store URI; newer ones get the address in the URI instead (`BuilderAddress`). The
+ * alias needs `HostKeyAlias`: Nix writes field 8 of the machines line to a temporary known_hosts
+ * under the host name of the URI (the alias), while OpenSSH would otherwise look the key up under
+ * the alias's HostName and Port.
  */
 import type { Config, PoolConfig } from '../core/config.js';
 
@@ -66,9 +67,28 @@ function listField(values: string[]): string {
   return values.length === 0 ? '-' : values.join(',');
 }
 
-export function machinesLine(pool: PoolConfig, client: ClientSettings, hostPublicKey: string): string {
+/**
+ * How a machines line names the endpoint: the ssh alias (any Nix), or its address and port in
+ * the URI itself (`authority`: CppNix ≥ 2.31, `query`: Lix ≥ 2.93), which needs no ssh_config.
+ * With a port in the URI, Nix writes field 8 under the bare host and passes `-p`; OpenSSH 9.2
+ * accepts that entry for the non-default port.
+ */
+export type BuilderAddress = { style: 'alias' } | { style: 'authority' | 'query'; host: string; port: number };
+
+export function storeUri(pool: PoolConfig, client: ClientSettings, address: BuilderAddress = { style: 'alias' }): string {
+  switch (address.style) {
+    case 'alias':
+      return `ssh-ng://${pool.name}@${client.alias}`;
+    case 'authority':
+      return `ssh-ng://${pool.name}@${address.host}:${address.port}`;
+    case 'query':
+      return `ssh-ng://${pool.name}@${address.host}?port=${address.port}`;
+  }
+}
+
+export function machinesLine(pool: PoolConfig, client: ClientSettings, hostPublicKey: string, address?: BuilderAddress): string {
   return [
-    `ssh-ng://${pool.name}@${client.alias}`,
+    storeUri(pool, client, address),
     listField(pool.systems),
     client.clientKey,
     String(pool.maxWorkers * pool.jobsPerWorker),
@@ -80,9 +100,9 @@ export function machinesLine(pool: PoolConfig, client: ClientSettings, hostPubli
 }
 
 /** One line per pool, in the config's pool order. */
-export function machinesLines(config: Config, hostPublicKey: string, client: ClientSettings): string[] {
+export function machinesLines(config: Config, hostPublicKey: string, client: ClientSettings, address?: BuilderAddress): string[] {
   checkClientSettings(client);
-  return Object.values(config.pools).map((pool) => machinesLine(pool, client, hostPublicKey));
+  return Object.values(config.pools).map((pool) => machinesLine(pool, client, hostPublicKey, address));
 }
 
 /** The ssh_config `Host` block for the alias (no trailing empty line). */

@@ -4,9 +4,11 @@
  *   1. a client key for nix-daemon (root), made if missing;
  *   2. its public key in the daemon's authorized keys (the config's `authorizedKeysFile`);
  *   3. the endpoint's host key, made if the daemon has not started yet (owned by the daemon's user);
- *   4. the ssh_config `Host` alias, as a marked block in the system ssh config;
+ *   4. the ssh_config `Host` alias, as a marked block in the system ssh config, unless the Nix
+ *      that runs the builds takes the port in the URI (CppNix ≥ 2.31, Lix ≥ 2.93);
  *   5. one machines line per pool, as a marked block in the machines file;
- *   6. hints about nix.conf (`builders-use-substitutes`, a `builders` that skips the machines file).
+ *   6. nix.conf: `builders-use-substitutes = true` with `substitutes`, else a hint; a hint when
+ *      `builders` skips the machines file.
  *
  * Idempotent: a second run finds nothing to change. Without `write` it only shows the changes.
  * Marked blocks are replaced in place, and everything outside them is kept as it is.
@@ -18,7 +20,8 @@ import ssh2 from 'ssh2';
 import { loadConfig, type Config } from '../core/config.js';
 import { writeFileAtomic } from '../core/atomic-file.js';
 import { generateKeyPair, hostKeyPaths } from '../ssh/keys.js';
-import { DEFAULT_ALIAS, DEFAULT_CLIENT_KEY, machinesLines, sshHostBlock, type ClientSettings } from './machines.js';
+import { DEFAULT_ALIAS, DEFAULT_CLIENT_KEY, endpointAddress, machinesLines, sshHostBlock, type BuilderAddress, type ClientSettings } from './machines.js';
+import { choosePortStyle, detectNixVersion, parseNixVersion, type DetectedNix, type PortChoice } from './nix-version.js';
 
 export const BEGIN_MARK = '# BEGIN nix-hcloud-builder';
 export const END_MARK = '# END nix-hcloud-builder';
@@ -41,6 +44,10 @@ export interface SetupOptions {
   nixConf?: string | undefined;
   clientKey?: string | undefined;
   alias?: string | undefined;
+  /** The Nix that runs the builds; detected on PATH when not given. */
+  nix?: DetectedNix | undefined;
+  /** Set `builders-use-substitutes = true` in nix.conf (else only a hint). */
+  substitutes?: boolean | undefined;
 }
 
 interface Owner {
@@ -76,7 +83,10 @@ export interface SetupPlan {
   /** What setup cannot do by itself; the user must. */
   manual: string[];
   machinesLines: string[];
+  /** Empty when the machines lines need no alias. */
   sshBlock: string[];
+  /** How the machines lines name the endpoint, and why. */
+  portChoice: PortChoice;
 }
 
 function readText(path: string): string | null {
@@ -244,7 +254,7 @@ export function planSetup(options: SetupOptions): SetupPlan {
   const nixConfPath = options.nixConf ?? DEFAULT_NIX_CONF;
   const daemonOwner = existsSync(options.configFile) ? ownerOf(options.configFile) : undefined;
 
-  const plan: SetupPlan = { dirs: [], files: [], unchanged: [], hints: [], manual: [], machinesLines: [], sshBlock: [] };
+  const plan: SetupPlan = { dirs: [], files: [], unchanged: [], hints: [], manual: [], machinesLines: [], sshBlock: [], portChoice: portChoiceFor(options) };
   const addFile = (change: FileChange): void => {
     if (change.before === change.after) plan.unchanged.push(change.path);
     else plan.files.push(change);
@@ -308,20 +318,33 @@ export function planSetup(options: SetupOptions): SetupPlan {
     addFile({ path: hostKey.publicKey, before: null, after: `${pair.publicKey}\n`, mode: 0o644, what: 'its public key', ...owner });
   }
 
-  // 4. The ssh alias.
-  plan.sshBlock = sshHostBlock(config, client);
-  const sshBefore = readText(sshConfigPath);
-  addFile({ path: sshConfigPath, before: sshBefore, after: upsertMarkedBlock(sshBefore, plan.sshBlock, true), mode: 0o644, what: `ssh alias "${client.alias}"` });
+  // 4. The ssh alias, only for a Nix that cannot take the port in the URI.
+  let address: BuilderAddress = { style: 'alias' };
+  if (plan.portChoice.style === 'alias') {
+    plan.sshBlock = sshHostBlock(config, client);
+    const sshBefore = readText(sshConfigPath);
+    addFile({ path: sshConfigPath, before: sshBefore, after: upsertMarkedBlock(sshBefore, plan.sshBlock, true), mode: 0o644, what: `ssh alias "${client.alias}"` });
+  } else {
+    address = { style: plan.portChoice.style, ...endpointAddress(config) };
+    if ((readText(sshConfigPath) ?? '').split('\n').some((l) => l.trim() === BEGIN_MARK)) {
+      plan.hints.push(`the machines lines no longer use the ssh alias: its block in ${sshConfigPath} (between the nix-hcloud-builder markers) can be removed`);
+    }
+  }
 
   // 5. The machines lines.
-  plan.machinesLines = machinesLines(config, hostPublic, client);
+  plan.machinesLines = machinesLines(config, hostPublic, client, address);
   const machinesBefore = readText(machinesPath);
   addFile({ path: machinesPath, before: machinesBefore, after: upsertMarkedBlock(machinesBefore, plan.machinesLines), mode: 0o644, what: 'Nix build machines, one per pool' });
 
-  // 6. nix.conf: only hints, it is the user's file.
-  const nixConf = parseNixConf(readText(nixConfPath) ?? '');
-  if (nixConf.get('builders-use-substitutes') !== 'true') {
-    plan.hints.push(`builders-use-substitutes is off in ${nixConfPath}: with "builders-use-substitutes = true" the workers fetch build inputs from the binary caches themselves instead of receiving them from this machine`);
+  // 6. nix.conf: the user's file, so only the one line `substitutes` asks for, else hints.
+  const nixConfText = readText(nixConfPath);
+  const nixConf = parseNixConf(nixConfText ?? '');
+  if (options.substitutes) {
+    const after = setNixConfOption(nixConfText, 'builders-use-substitutes', 'true');
+    addFile({ path: nixConfPath, before: nixConfText, after, mode: 0o644, what: 'builders-use-substitutes: workers fetch inputs from the binary caches' });
+    if (after !== nixConfText) plan.hints.push('nix-daemon reads nix.conf when it starts: restart it after --write (systemctl restart nix-daemon)');
+  } else if (nixConf.get('builders-use-substitutes') !== 'true') {
+    plan.hints.push(`builders-use-substitutes is off in ${nixConfPath}: with "builders-use-substitutes = true" (setup --substitutes sets it) the workers fetch build inputs from the binary caches themselves instead of receiving them from this machine`);
   }
   const builders = nixConf.get('builders');
   const defaultMachines = join(dirname(nixConfPath), 'machines');
@@ -333,13 +356,34 @@ export function planSetup(options: SetupOptions): SetupPlan {
   return plan;
 }
 
+/** The port style for the Nix given in the options, else the one found on PATH. */
+function portChoiceFor(options: SetupOptions): PortChoice {
+  const nix = options.nix ?? detectNixVersion();
+  const version = nix.text === undefined ? undefined : parseNixVersion(nix.text);
+  const source = nix.text !== undefined && !version ? `${nix.source} printed ${JSON.stringify(nix.text.slice(0, 60))}` : nix.source;
+  const { host } = endpointAddress(options.config);
+  return choosePortStyle(version, source, !host.includes(':'));
+}
+
+/**
+ * Sets one nix.conf option with the least change: every line that sets it is replaced (Nix takes
+ * the last, and a stale one would confuse a reader), else a line is appended.
+ */
+export function setNixConfOption(text: string | null, key: string, value: string): string {
+  const lines = splitLines(text ?? '');
+  const setting = `${key} = ${value}`;
+  const sets = (l: string): boolean => new RegExp(`^\\s*${key}\\s*=`).test(l);
+  if (lines.some(sets)) return joinLines(lines.map((l) => (sets(l) ? setting : l)));
+  return joinLines([...lines, setting]);
+}
+
 export function planChanges(plan: SetupPlan): number {
   return plan.dirs.length + plan.files.length;
 }
 
 /** The diff-like listing of a plan. */
 export function formatPlan(plan: SetupPlan, write: boolean): string {
-  const out: string[] = [];
+  const out: string[] = [plan.portChoice.reason];
   for (const d of plan.dirs) out.push(`create directory ${d.path} (mode 0${d.mode.toString(8)})`);
   for (const f of plan.files) {
     const verb = f.before === null ? 'create' : 'update';

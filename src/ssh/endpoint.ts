@@ -11,6 +11,7 @@ import type { Logger } from '../core/log.js';
 import { CommandRefused, parseNixCommand, renderNixCommand, type NixCommand } from './nix-command.js';
 import { limitChannelWindows } from './channel-window.js';
 import { watchIdentLine } from './ident-line.js';
+import { readShellBootstrap, SHELL_BOOTSTRAP_COMMAND } from './shell-bootstrap.js';
 import { pipeSession } from './session-pipe.js';
 import type { WorkerChannel } from './worker-connection.js';
 import { CLIENT_SOCKET_HIGH_WATER, WriteGate } from './write-gate.js';
@@ -248,11 +249,16 @@ export class Endpoint {
     }
     let command: NixCommand;
     try {
-      command = parseNixCommand(raw);
+      // Lix 2.93.0 execs `bash` and writes the command on stdin (see shell-bootstrap.ts).
+      command = raw === SHELL_BOOTSTRAP_COMMAND ? await readShellBootstrap(channel) : parseNixCommand(raw);
     } catch (err) {
       if (!(err instanceof CommandRefused)) throw err;
       log.warn({ user, command: raw.slice(0, 200), reason: err.message }, 'refused: command');
-      return refuse(channel, `command refused (${err.message}); only "nix-daemon --stdio" and "nix-store --serve [--write]" are allowed`);
+      try {
+        return refuse(channel, `command refused (${err.message}); only "nix-daemon --stdio" and "nix-store --serve [--write]" are allowed`);
+      } catch {
+        return; // The client is gone already (it closed during the shell lines).
+      }
     }
     // The Nix side's stdin stays buffered (by the SSH window) until the worker is ready.
     channel.pause();

@@ -11,6 +11,9 @@
  *
  * Then the NixOS module's way without a known host key: machines lines without field 8, and the
  * key in a GlobalKnownHostsFile named by the alias block (a wrong key there stops the build).
+ *
+ * Last, the machines line setup writes for a Nix that takes the port in the URI (≥ 2.31, forced
+ * through the environment since the Nix here is 2.8), used by ssh exactly as that Nix runs it.
  */
 import t from 'tap';
 import { spawn } from 'node:child_process';
@@ -28,6 +31,27 @@ function freePort(): Promise<number> {
     server.listen(0, '127.0.0.1', () => {
       const { port } = server.address() as { port: number };
       server.close(() => resolve(port));
+    });
+  });
+}
+
+/** ssh with binary stdin and stdout; ends once 8 bytes came back (the handshake's magic) or ssh exits. */
+function sshBinary(args: string[], input: Buffer): Promise<{ code: number | null; stdout: Buffer; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn('ssh', args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const chunks: Buffer[] = [];
+    let stderr = '';
+    const timer = setTimeout(() => child.kill('SIGKILL'), 90_000);
+    child.stdout.on('data', (c: Buffer) => {
+      chunks.push(c);
+      if (Buffer.concat(chunks).length >= 8) child.kill('SIGKILL');
+    });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.stdin.on('error', () => undefined);
+    child.stdin.write(input);
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout: Buffer.concat(chunks), stderr });
     });
   });
 }
@@ -57,6 +81,7 @@ t.test('setup --write, then a plain nix-build through a multi-user nix-daemon bu
 
   const setup = await run(process.execPath, [...setupArgs, '--write']);
   t.equal(setup.code, 0, 'setup --write succeeded', { stdout: setup.stdout, stderr: setup.stderr });
+  t.match(setup.stdout, /^machines lines name the ssh alias: Nix 2\.8\.0 \(nix-daemon --version\)/, 'Nix 2.8 on PATH: the alias');
   t.match(setup.stdout, /hint: builders-use-substitutes is off/);
   t.notMatch(setup.stdout, /unless told otherwise/, 'the machines file is the one nix-daemon reads by default');
   const again = await run(process.execPath, setupArgs);
@@ -141,4 +166,34 @@ t.test('setup --write, then a plain nix-build through a multi-user nix-daemon bu
   t.not(build3.code, 0, 'a wrong host key fails the build');
   t.match(nixDaemonLog.join(''), /Host key verification failed/, 'ssh refused the endpoint');
   t.equal(daemon.lines.filter((l) => l.msg === 'session started').length, sessions, 'no session reached our daemon');
+});
+
+t.test('a host:port machines line (Nix ≥ 2.31) works with ssh as Nix runs it, with no ssh config', async (t) => {
+  const rig = await Rig.start();
+  t.teardown(() => rig.stop());
+  const port = await freePort();
+  rig.writeConfig({ listen: { host: '127.0.0.1', port } });
+  const machines = join(rig.dir, 'machines');
+  const setup = await run(process.execPath, [CLI, 'setup', '--config', rig.configFile, '--ssh-config', join(rig.dir, 'ssh_config'), '--machines', machines, '--nix-conf', join(rig.dir, 'nix.conf'), '--client-key', join(rig.dir, 'root-ssh', 'key'), '--write'], {
+    env: { ...process.env, NIX_HCLOUD_BUILDER_NIX_VERSION: 'nix (Nix) 2.31.0' },
+  });
+  t.equal(setup.code, 0, setup.stderr);
+  t.notOk(existsSync(join(rig.dir, 'ssh_config')), 'no ssh config written');
+  const line = readFileSync(machines, 'utf8').split('\n').find((l) => l.startsWith('ssh-ng://')) ?? '';
+  const [uri, , keyFile, , , , , hostKey] = line.split(' ');
+  t.equal(uri, `ssh-ng://x86_64@127.0.0.1:${port}`);
+  await rig.startDaemon();
+
+  // What Nix 2.31 runs for that line (ssh.cc): field 8 under the URI's bare host in a temporary
+  // known_hosts, field 3 as -i, the port as -p. `-F /dev/null`: no ssh config at all.
+  const knownHosts = join(rig.dir, 'nix-host-key');
+  writeFileSync(knownHosts, `127.0.0.1 ${Buffer.from(hostKey ?? '', 'base64').toString()}\n`);
+  const ssh = (hostKeys: string) => sshBinary(['x86_64@127.0.0.1', '-x', '-F', '/dev/null', '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=yes', '-o', 'GlobalKnownHostsFile=/dev/null', '-i', keyFile ?? '', `-oUserKnownHostsFile=${hostKeys}`, `-p${port}`, '--', 'nix-store', '--serve', '--write'],
+    Buffer.from('eb9d0c39000000000702000000000000', 'hex'));
+  const serve = await ssh(knownHosts);
+  t.equal(serve.stdout.subarray(0, 8).toString('hex'), 'cbee525400000000', 'the worker answered the serve handshake', { stderr: serve.stderr });
+  writeFileSync(knownHosts, `127.0.0.1 ${generateKeyPair('other').publicKey}\n`);
+  const wrong = await ssh(knownHosts);
+  t.equal(wrong.code, 255, 'another key under that host: refused');
+  t.match(wrong.stderr, /Host key verification failed/);
 });

@@ -30,6 +30,8 @@ function scene(t: Test, config: Record<string, unknown> = {}): { dir: string; op
     machines: join(dir, 'machines'),
     nixConf: join(dir, 'nix.conf'),
     clientKey: join(dir, 'root-ssh', 'nix-hcloud-builder'),
+    // A Nix that needs the alias, whatever Nix this machine has.
+    nix: { text: 'nix-daemon (Nix) 2.8.0', source: 'test' },
   });
   // Every file below dir, by relative path, with its content and mode.
   const files = (): Record<string, string> => {
@@ -168,6 +170,69 @@ t.test('nix.conf hints', async (t) => {
   t.match(out, /builders-use-substitutes is off/);
 });
 
+t.test('a Nix that takes the port in the URI: machines lines without the alias, ssh config left alone', async (t) => {
+  const { dir, options } = scene(t);
+  const nix = (text: string) => ({ ...options(), nix: { text, source: 'nix-daemon --version' } });
+  const hostKeyField = (line: string | undefined): string => Buffer.from(line?.split(' ')[7] ?? '', 'base64').toString();
+
+  const cpp = runSetup(nix('nix (Nix) 2.31.0'), true);
+  t.equal(cpp.output.split('\n')[0], 'machines lines name host:port, no ssh alias needed: Nix 2.31.0 (nix-daemon --version) takes a port in the builder URI (Nix ≥ 2.31)', 'the first line says which and why');
+  t.equal(readFileSync(join(dir, 'ssh_config'), 'utf8'), DEBIAN_SSH_CONFIG, 'the ssh config is untouched');
+  t.same(cpp.plan.sshBlock, []);
+  const cppLine = cpp.plan.machinesLines[0];
+  t.match(cppLine, new RegExp(`^ssh-ng://x86_64@127\\.0\\.0\\.1:2222 x86_64-linux ${join(dir, 'root-ssh', 'nix-hcloud-builder')} 8 1 `), 'address and port in the URI; the key in field 3');
+  t.equal(hostKeyField(cppLine), readFileSync(join(dir, 'state', 'ssh_host_ed25519_key.pub'), 'utf8').trim(), 'the host key in field 8');
+  t.match(readFileSync(join(dir, 'machines'), 'utf8'), cppLine as string);
+  t.match(runSetup(nix('nix (Nix) 2.31.0'), false).output, /nothing to change\n$/, 'idempotent');
+
+  const lix = runSetup(nix('nix (Lix, like Nix) 2.93.0'), true);
+  t.match(lix.output, /^machines lines name \?port=, no ssh alias needed: Lix 2\.93\.0/);
+  t.match(lix.plan.machinesLines[0], /^ssh-ng:\/\/x86_64@127\.0\.0\.1\?port=2222 x86_64-linux /);
+  t.equal(readFileSync(join(dir, 'ssh_config'), 'utf8'), DEBIAN_SSH_CONFIG, 'still untouched');
+
+  for (const older of ['nix (Nix) 2.30.2', 'nix (Lix, like Nix) 2.92.0', 'nix (Nix) 2.8.0']) {
+    const r = runSetup(nix(older), false);
+    t.match(r.output, /^machines lines name the ssh alias: .* cannot take a port/, older);
+    t.match(r.plan.machinesLines[0], /^ssh-ng:\/\/x86_64@hcloud-builder /, `${older}: the alias`);
+    t.match(r.output, /update .*ssh_config: ssh alias "hcloud-builder"/, `${older}: the alias block`);
+  }
+  // Back from the alias to a newer Nix: the old block is left, with a hint.
+  runSetup(nix('nix (Nix) 2.8.0'), true);
+  t.match(runSetup(nix('nix (Nix) 2.31.0'), false).output, /the machines lines no longer use the ssh alias: its block in .*ssh_config .* can be removed/);
+});
+
+t.test('an IPv6 endpoint keeps the alias', async (t) => {
+  const { options } = scene(t, { listen: { host: '::1', port: 2222 } });
+  const r = runSetup({ ...options(), nix: { text: 'nix (Nix) 2.31.0', source: 'test' } }, false);
+  t.match(r.output, /^machines lines name the ssh alias: the endpoint listens on an IPv6 address/);
+  t.match(r.plan.machinesLines[0], /^ssh-ng:\/\/x86_64@hcloud-builder /);
+});
+
+t.test('--substitutes sets builders-use-substitutes in nix.conf with the least change', async (t) => {
+  const { dir, options } = scene(t);
+  const nixConf = join(dir, 'nix.conf');
+  const dry = runSetup({ ...options(), substitutes: true }, false);
+  t.match(dry.output, /update .*nix\.conf: builders-use-substitutes: workers fetch inputs from the binary caches\n {2}--- .*nix\.conf\n {2}\+\+\+ .*nix\.conf\n {2}@@ -1,1 \+1,2 @@\n {3}sandbox = false\n {2}\+builders-use-substitutes = true\n/, 'shown as a diff');
+  t.notMatch(dry.output, /builders-use-substitutes is off/, 'no hint when it is being set');
+  t.equal(readFileSync(nixConf, 'utf8'), 'sandbox = false\n', 'the dry run wrote nothing');
+  runSetup({ ...options(), substitutes: true }, true);
+  t.equal(readFileSync(nixConf, 'utf8'), 'sandbox = false\nbuilders-use-substitutes = true\n', 'appended');
+  t.notMatch(runSetup({ ...options(), substitutes: true }, false).output, /nix\.conf:/, 'a second run leaves it');
+
+  writeFileSync(nixConf, '# mine\nbuilders-use-substitutes = false # slow uplink?\nsandbox = false\n');
+  chmodSync(nixConf, 0o640);
+  runSetup({ ...options(), substitutes: true }, true);
+  t.equal(readFileSync(nixConf, 'utf8'), '# mine\nbuilders-use-substitutes = true\nsandbox = false\n', 'an existing line is replaced in place');
+  t.equal(statSync(nixConf).mode & 0o777, 0o640, 'its mode kept');
+
+  rmSync(nixConf);
+  runSetup({ ...options(), substitutes: true }, true);
+  t.equal(readFileSync(nixConf, 'utf8'), 'builders-use-substitutes = true\n', 'a missing nix.conf is created with the one line');
+  writeFileSync(nixConf, 'sandbox = false\n');
+  t.match(runSetup(options(), false).output, /hint: builders-use-substitutes is off .*setup --substitutes sets it/, 'without the flag: only the hint');
+  t.equal(readFileSync(nixConf, 'utf8'), 'sandbox = false\n');
+});
+
 t.test('files for the daemon belong to the config file\'s owner; its home is used for defaults', async (t) => {
   const { dir, options } = scene(t, { stateDir: 'home/.local/state/nix-hcloud-builder' });
   chownSync(join(dir, 'config.json'), 65534, 65534);
@@ -204,12 +269,18 @@ t.test('the CLI: setup --write, then setup finds nothing to do', async (t) => {
   const o = options();
   const args = ['--import', 'tsx', join(import.meta.dirname, '..', '..', 'src', 'cli', 'main.ts'), 'setup', '--config', o.configFile,
     '--ssh-config', o.sshConfig!, '--machines', o.machines!, '--nix-conf', o.nixConf!, '--client-key', o.clientKey!, '--alias', 'hb'];
-  const w = spawnSync(process.execPath, [...args, '--write'], { encoding: 'utf8' });
+  const env = { ...process.env, NIX_HCLOUD_BUILDER_NIX_VERSION: 'nix (Nix) 2.8.0' };
+  const w = spawnSync(process.execPath, [...args, '--write'], { encoding: 'utf8', env });
   t.equal(w.status, 0, w.stderr);
   t.match(readFileSync(join(dir, 'machines'), 'utf8'), /^ssh-ng:\/\/x86_64@hb /m);
-  const again = spawnSync(process.execPath, args, { encoding: 'utf8' });
+  t.match(w.stdout, /^machines lines name the ssh alias: Nix 2\.8\.0 \(\$NIX_HCLOUD_BUILDER_NIX_VERSION\)/);
+  const again = spawnSync(process.execPath, args, { encoding: 'utf8', env });
   t.equal(again.status, 0, again.stderr);
   t.match(again.stdout, /nothing to change\n$/);
+  const subst = spawnSync(process.execPath, [...args, '--substitutes', '--write'], { encoding: 'utf8', env: { ...env, NIX_HCLOUD_BUILDER_NIX_VERSION: 'nix (Nix) 2.31.0' } });
+  t.equal(subst.status, 0, subst.stderr);
+  t.match(readFileSync(join(dir, 'nix.conf'), 'utf8'), /^builders-use-substitutes = true$/m, '--substitutes reaches setup');
+  t.match(readFileSync(join(dir, 'machines'), 'utf8'), /^ssh-ng:\/\/x86_64@127\.0\.0\.1:2222 /m, 'the override reaches setup');
   const bad = spawnSync(process.execPath, [...args, '--alias', 'no spaces'], { encoding: 'utf8' });
   t.equal(bad.status, 1);
   t.match(bad.stderr, /^nix-hcloud-builder: ssh alias "no spaces"/);
