@@ -11,6 +11,7 @@
  * key up under the alias's HostName and Port.
  */
 import type { Config, PoolConfig } from '../core/config.js';
+import { UserError } from '../core/errors.js';
 
 export const DEFAULT_ALIAS = 'hcloud-builder';
 export const DEFAULT_CLIENT_KEY = '/root/.ssh/nix-hcloud-builder';
@@ -22,7 +23,7 @@ export interface ClientSettings {
   clientKey: string;
 }
 
-export class MachinesError extends Error {
+export class MachinesError extends UserError {
   override name = 'MachinesError';
 }
 

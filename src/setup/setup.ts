@@ -19,6 +19,7 @@ import { loadConfig, type Config } from '../core/config.js';
 import { writeFileAtomic } from '../core/atomic-file.js';
 import { generateKeyPair, hostKeyPaths } from '../ssh/keys.js';
 import { DEFAULT_ALIAS, DEFAULT_CLIENT_KEY, machinesLines, sshHostBlock, type ClientSettings } from './machines.js';
+import { UserError } from '../core/errors.js';
 
 export const BEGIN_MARK = '# BEGIN nix-hcloud-builder';
 export const END_MARK = '# END nix-hcloud-builder';
@@ -28,7 +29,7 @@ export const DEFAULT_SSH_CONFIG = '/etc/ssh/ssh_config';
 export const DEFAULT_MACHINES = '/etc/nix/machines';
 export const DEFAULT_NIX_CONF = '/etc/nix/nix.conf';
 
-export class SetupError extends Error {
+export class SetupError extends UserError {
   override name = 'SetupError';
 }
 
