@@ -29,9 +29,12 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    const message = err instanceof Error ? err.message : String(err);
-    process.stderr.write(`${PROGRAM}: ${message}\n`);
-    if (!(err instanceof UserError) && process.env.NIX_HCLOUD_BUILDER_DEBUG) process.stderr.write(`${(err as Error).stack}\n`);
-    process.exitCode = err instanceof UserError ? err.exitCode : 1;
+    process.stderr.write(`${PROGRAM}: ${err instanceof Error ? err.message : String(err)}\n`);
+    if (err instanceof UserError) {
+      process.exitCode = err.exitCode;
+      return;
+    }
+    if (process.env.NIX_HCLOUD_BUILDER_DEBUG && err instanceof Error) process.stderr.write(`${err.stack}\n`);
+    process.exitCode = 1;
   },
 );
