@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { hostname, homedir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { parseDuration } from './duration.js';
+import { UserError } from './errors.js';
 
 export type ImageRef = { name: string } | { id: number } | { labelSelector: string };
 
@@ -61,7 +62,7 @@ export interface Config {
 export const READY_MARKER = '/run/nix-hcloud-builder/ready';
 export const DEFAULT_READY_COMMAND = `test -e ${READY_MARKER} && nix-store --version`;
 
-export class ConfigError extends Error {
+export class ConfigError extends UserError {
   override name = 'ConfigError';
 }
 

@@ -2,8 +2,9 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync, statSync } from 'node:fs';
 import type { Config } from './config.js';
+import { UserError } from './errors.js';
 
-export class TokenError extends Error {
+export class TokenError extends UserError {
   override name = 'TokenError';
 }
 

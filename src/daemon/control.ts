@@ -6,6 +6,7 @@
 import { existsSync, rmSync } from 'node:fs';
 import { createConnection, createServer, type Server } from 'node:net';
 import { join } from 'node:path';
+import { UserError } from '../core/errors.js';
 
 export interface UpRequest {
   command: 'up';
@@ -15,6 +16,11 @@ export interface UpRequest {
 }
 
 export type ControlReply = { line: string } | { ok: true; ready: Record<string, number> } | { error: string };
+
+/** Why `up` got no answer: no daemon, or the daemon's own refusal (an unknown pool). */
+export class ControlError extends UserError {
+  override name = 'ControlError';
+}
 
 export function controlSocketPath(stateDir: string): string {
   return join(stateDir, 'control.sock');
@@ -71,7 +77,7 @@ export function requestControl(stateDir: string, request: UpRequest, onLine: (li
   const path = controlSocketPath(stateDir);
   return new Promise((resolve, reject) => {
     if (!existsSync(path)) {
-      reject(new Error(`no daemon is running for the state folder ${stateDir} (no ${path}); start "nix-hcloud-builder serve" first`));
+      reject(new ControlError(`no daemon is running for the state folder ${stateDir} (no ${path}); start "nix-hcloud-builder serve" first`));
       return;
     }
     const socket = createConnection(path);
@@ -88,14 +94,14 @@ export function requestControl(stateDir: string, request: UpRequest, onLine: (li
         if ('line' in reply) onLine(reply.line);
         else {
           done = true;
-          if ('error' in reply) reject(new Error(reply.error));
+          if ('error' in reply) reject(new ControlError(reply.error));
           else resolve(reply.ready);
         }
       }
     });
-    socket.on('error', (err) => reject(new Error(`cannot reach the daemon at ${path}: ${err.message}`)));
+    socket.on('error', (err) => reject(new ControlError(`cannot reach the daemon at ${path}: ${err.message}`)));
     socket.on('close', () => {
-      if (!done) reject(new Error('the daemon closed the control connection without an answer'));
+      if (!done) reject(new ControlError('the daemon closed the control connection without an answer'));
     });
   });
 }

@@ -1,6 +1,7 @@
 /** Checks a pool's server types against `GET /server_types`: each must exist and fit the pool's systems. */
 import type { PoolConfig } from '../core/config.js';
 import type { ServerType } from '../hcloud/types.js';
+import { UserError } from '../core/errors.js';
 
 const SYSTEM_ARCH: Record<string, 'x86' | 'arm'> = {
   'x86_64-linux': 'x86',
@@ -9,7 +10,7 @@ const SYSTEM_ARCH: Record<string, 'x86' | 'arm'> = {
   'armv7l-linux': 'arm',
 };
 
-export class PoolTypeError extends Error {
+export class PoolTypeError extends UserError {
   override name = 'PoolTypeError';
 }
 

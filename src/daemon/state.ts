@@ -7,6 +7,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync } fr
 import { join } from 'node:path';
 import lockfile from 'proper-lockfile';
 import { writeFileAtomic } from '../core/atomic-file.js';
+import { UserError } from '../core/errors.js';
 
 export const STATE_VERSION = 1;
 
@@ -46,7 +47,7 @@ export function isRecordOf(record: Pick<WorkerRecord, 'id' | 'name'>, server: { 
   return (record.id !== 0 && record.id === server.id) || record.name === server.name;
 }
 
-export class StateError extends Error {
+export class StateError extends UserError {
   override name = 'StateError';
 }
 

@@ -8,6 +8,7 @@ import type { PoolConfig } from '../core/config.js';
 import { formatDuration } from '../core/duration.js';
 import type { HcloudClient } from '../hcloud/client.js';
 import { HcloudError } from '../hcloud/errors.js';
+import { serverAddress } from '../hcloud/address.js';
 import type { CreateServerResponse, Server, ServerType } from '../hcloud/types.js';
 import { generateKeyPair } from '../ssh/keys.js';
 import { serverLabels, serverName } from '../core/labels.js';
@@ -320,7 +321,7 @@ export class Worker {
     for (;;) {
       const server: Server = await this.deps.hcloud.getServer(this.record.id, signal);
       if (server.status === 'running') {
-        const ip = server.public_net.ipv4?.ip ?? hostOf(server.public_net.ipv6?.ip);
+        const ip = serverAddress(server);
         if (ip) return ip;
       }
       await sleep(500, undefined, { signal });
@@ -430,10 +431,4 @@ export class Worker {
     this.deps.ledger.closed(this.record.name);
     this.log.info({ id: this.record.id, reason, deleteMs: Date.now() - started }, `deleted server ${this.record.name}`);
   }
-}
-
-function hostOf(ipv6Net: string | undefined): string | undefined {
-  // Hetzner gives the /64 network ("2a01:db8::/64"); the server itself is ::1 in it.
-  if (!ipv6Net) return undefined;
-  return `${ipv6Net.split('/')[0]}1`;
 }

@@ -12,6 +12,7 @@
  * Messages and fields never contain the API token or request headers.
  */
 import type { Action } from './types.js';
+import { UserError } from '../core/errors.js';
 
 export type ClientErrorCode = 'network_error' | 'timeout' | 'aborted' | 'invalid_response' | 'action_wait_timeout';
 
@@ -31,7 +32,7 @@ export interface HcloudErrorInit {
 const RETRYABLE_STATUS = new Set([429, 500, 502, 503, 504]);
 const RETRYABLE_CLIENT_CODES = new Set(['network_error', 'timeout']);
 
-export class HcloudError extends Error {
+export class HcloudError extends UserError {
   override readonly name = 'HcloudError';
   /** HTTP status; 0 when there was no answer (network error, timeout, abort) or for a failed action. */
   readonly status: number;

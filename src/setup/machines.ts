@@ -12,6 +12,7 @@
  * the alias's HostName and Port.
  */
 import type { Config, PoolConfig } from '../core/config.js';
+import { UserError } from '../core/errors.js';
 
 export const DEFAULT_ALIAS = 'hcloud-builder';
 export const DEFAULT_CLIENT_KEY = '/root/.ssh/nix-hcloud-builder';
@@ -23,7 +24,7 @@ export interface ClientSettings {
   clientKey: string;
 }
 
-export class MachinesError extends Error {
+export class MachinesError extends UserError {
   override name = 'MachinesError';
 }
 

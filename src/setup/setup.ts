@@ -22,6 +22,7 @@ import { writeFileAtomic } from '../core/atomic-file.js';
 import { generateKeyPair, hostKeyPaths } from '../ssh/keys.js';
 import { DEFAULT_ALIAS, DEFAULT_CLIENT_KEY, endpointAddress, machinesLines, sshHostBlock, type BuilderAddress, type ClientSettings } from './machines.js';
 import { choosePortStyle, detectNixVersion, parseNixVersion, type DetectedNix, type PortChoice } from './nix-version.js';
+import { UserError } from '../core/errors.js';
 
 export const BEGIN_MARK = '# BEGIN nix-hcloud-builder';
 export const END_MARK = '# END nix-hcloud-builder';
@@ -31,7 +32,7 @@ export const DEFAULT_SSH_CONFIG = '/etc/ssh/ssh_config';
 export const DEFAULT_MACHINES = '/etc/nix/machines';
 export const DEFAULT_NIX_CONF = '/etc/nix/nix.conf';
 
-export class SetupError extends Error {
+export class SetupError extends UserError {
   override name = 'SetupError';
 }
 

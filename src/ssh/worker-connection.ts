@@ -1,6 +1,8 @@
 /**
  * The upstream side: ssh2 client connections to a worker's sshd, always with the host key pinned
  * to the one we generated for that server. A different key is an error, never accepted.
+ * `connectRoot` is the handshake itself; `image upload` uses it for the rescue system, whose host
+ * key cannot be known in advance.
  */
 import { connect as netConnect, type Socket } from 'node:net';
 import ssh2 from 'ssh2';
@@ -33,21 +35,32 @@ export interface WorkerSshTarget {
 export const KEEPALIVE_INTERVAL_MS = 10_000;
 export const KEEPALIVE_COUNT_MAX = 3;
 
-function tcpConnect(host: string, port: number, timeoutMs: number): Promise<Socket> {
+function tcpConnect(host: string, port: number, timeoutMs: number, signal?: AbortSignal): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const sock = netConnect({ host, port });
+    const done = (): void => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+    };
     const timer = setTimeout(() => {
+      done();
       sock.destroy();
       reject(new Error(`TCP connect to ${host}:${port} timed out`));
     }, timeoutMs);
+    const onAbort = (): void => {
+      done();
+      sock.destroy();
+      reject(signal?.reason);
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
     sock.once('connect', () => {
-      clearTimeout(timer);
+      done();
       // ssh2 never sets it; Nagle plus delayed ACKs cost ≈ 40 ms per round trip.
       sock.setNoDelay(true);
       resolve(sock);
     });
     sock.once('error', (err) => {
-      clearTimeout(timer);
+      done();
       reject(err);
     });
   });
@@ -60,20 +73,41 @@ export function writeGateOf(client: SshClient): WriteGate | undefined {
   return writeGates.get(client);
 }
 
-export async function connectWorker(target: WorkerSshTarget, timeoutMs: number): Promise<SshClient> {
-  const expected = publicKeyBlob(target.hostPublicKey);
-  const sock = await tcpConnect(target.host, target.port, timeoutMs);
+/** A root login over ssh: where, with which key, and which host keys to accept. */
+export interface RootLogin {
+  host: string;
+  port: number;
+  privateKey: string;
+  /** Sees the server's host key (the raw blob) during the handshake; false ends the connection. */
+  hostVerifier: (key: Buffer) => boolean;
+  keepaliveIntervalMs?: number;
+  /** Ends an attempt that is still connecting; it rejects with the signal's reason. */
+  signal?: AbortSignal;
+}
+
+/**
+ * Opens an ssh connection as root: TCP (with no-delay), the handshake, keepalives, and the bound
+ * on the socket's unsent bytes (`writeGateOf`). Rejects when any of it fails or takes longer than
+ * `timeoutMs`. Errors after the handshake are the caller's to listen for.
+ */
+export async function connectRoot(login: RootLogin, timeoutMs: number): Promise<SshClient> {
+  const { signal } = login;
+  signal?.throwIfAborted();
+  const sock = await tcpConnect(login.host, login.port, timeoutMs, signal);
   return new Promise((resolve, reject) => {
     const client = new ssh2.Client();
-    let mismatch = false;
-    const fail = (err: Error): void => {
+    const fail = (err: unknown): void => {
+      signal?.removeEventListener('abort', onAbort);
       client.removeAllListeners('ready');
       client.end();
       sock.destroy();
-      reject(mismatch ? new HostKeyMismatch(`the worker at ${target.host} presented a host key other than the one it was created with`) : err);
+      reject(err);
     };
-    const closedEarly = (): void => fail(new Error(`connection to ${target.host}:${target.port} closed during the handshake`));
+    const onAbort = (): void => fail(signal?.reason);
+    const closedEarly = (): void => fail(new Error(`connection to ${login.host}:${login.port} closed during the handshake`));
+    signal?.addEventListener('abort', onAbort, { once: true });
     client.once('ready', () => {
+      signal?.removeEventListener('abort', onAbort);
       client.removeListener('error', fail);
       client.removeListener('close', closedEarly);
       writeGates.set(client, new WriteGate(sock, WORKER_SOCKET_HIGH_WATER));
@@ -84,16 +118,34 @@ export async function connectWorker(target: WorkerSshTarget, timeoutMs: number):
     client.connect({
       sock,
       username: 'root',
-      privateKey: target.loginPrivateKey,
+      privateKey: login.privateKey,
       readyTimeout: timeoutMs,
-      keepaliveInterval: target.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS,
+      keepaliveInterval: login.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS,
       keepaliveCountMax: KEEPALIVE_COUNT_MAX,
+      hostVerifier: login.hostVerifier,
+    });
+  });
+}
+
+/** A connection to a worker, its host key pinned to the one it was created with. */
+export async function connectWorker(target: WorkerSshTarget, timeoutMs: number): Promise<SshClient> {
+  const expected = publicKeyBlob(target.hostPublicKey);
+  let mismatch = false;
+  try {
+    return await connectRoot({
+      host: target.host,
+      port: target.port,
+      privateKey: target.loginPrivateKey,
+      ...(target.keepaliveIntervalMs === undefined ? {} : { keepaliveIntervalMs: target.keepaliveIntervalMs }),
       hostVerifier: (key: Buffer) => {
         mismatch = !key.equals(expected);
         return !mismatch;
       },
-    });
-  });
+    }, timeoutMs);
+  } catch (err) {
+    if (mismatch) throw new HostKeyMismatch(`the worker at ${target.host} presented a host key other than the one it was created with`);
+    throw err;
+  }
 }
 
 /**

@@ -22,17 +22,10 @@ import { LABEL_MANAGED_BY, MANAGED_BY } from '../../src/core/labels.js';
 import { loadConfig } from '../../src/core/config.js';
 import { Worker } from '../../src/daemon/worker.js';
 import type { WorkerDeps } from '../../src/daemon/worker.js';
-import {
-  cleanupUploads,
-  LABEL_ROLE,
-  LABEL_UPLOAD_RUN,
-  parseLabels,
-  ROLE_IMAGE_UPLOAD,
-  uploadImage,
-  uploadLeftoverSelector,
-  writeCommand,
-  type UploadOptions,
-} from '../../src/image/image-upload.js';
+import { cleanupUploads } from '../../src/image/cleanup.js';
+import { writeCommand } from '../../src/image/rescue.js';
+import { LABEL_ROLE, LABEL_UPLOAD_RUN, ROLE_IMAGE_UPLOAD, uploadLeftoverSelector } from '../../src/image/temporary.js';
+import { parseLabels, uploadImage, type UploadOptions } from '../../src/image/upload.js';
 
 const TOKEN = 'image-upload-test-token';
 /** Not 22: the machine may run its own sshd there. */

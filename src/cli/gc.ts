@@ -1,0 +1,52 @@
+/** `gc`: the daemon's sweep, on demand. */
+import type { Config } from '../core/config.js';
+import { instanceSelector, LABEL_POOL } from '../core/labels.js';
+import type { Logger } from '../core/log.js';
+import { loadToken } from '../core/token.js';
+import { isRecordOf, peekState } from '../daemon/state.js';
+import { HcloudClient } from '../hcloud/client.js';
+import type { Server } from '../hcloud/types.js';
+import { defineCommand } from './command.js';
+import { openConfig, say } from './common.js';
+
+/**
+ * `gc`: the daemon's sweep, on demand. Deletes this instance's servers that the state does not
+ * know, or that are past twice their pool's maxLifetime; lists each one; `dryRun` only lists.
+ */
+export async function garbageCollect(config: Config, token: string, log: Logger, say: (line: string) => void, dryRun: boolean): Promise<number> {
+  const hcloud = new HcloudClient({ endpoint: config.hcloud.endpoint, token, logger: log });
+  const { state, problem } = peekState(config.stateDir);
+  if (problem) say(`${problem}: every labelled server counts as unknown`);
+  const servers = await hcloud.listServers({ labelSelector: instanceSelector(config.instance) });
+  const doomed: { server: Server; reason: string }[] = [];
+  for (const server of servers) {
+    const record = state?.workers.find((w) => isRecordOf(w, server));
+    const pool = config.pools[server.labels[LABEL_POOL] ?? ''];
+    const age = Date.now() - Date.parse(server.created);
+    if (!record) doomed.push({ server, reason: 'not in the state' });
+    else if (!pool) doomed.push({ server, reason: `its pool "${server.labels[LABEL_POOL] ?? ''}" is not in the config` });
+    else if (age >= 2 * pool.maxLifetimeMs) doomed.push({ server, reason: 'past twice its pool\'s maxLifetime' });
+  }
+  for (const { server, reason } of doomed) {
+    say(`${dryRun ? 'would delete' : 'deleting'} ${server.name} (id ${server.id}, ${server.server_type.name} in ${server.datacenter.location.name}): ${reason}`);
+  }
+  if (dryRun) return doomed.length;
+  await Promise.all(doomed.map(({ server }) => hcloud.deleteServerAndWait(server.id)));
+  return doomed.length;
+}
+
+export const gc = defineCommand({
+  name: 'gc',
+  synopsis: '[--dry-run]',
+  summary: "delete this instance's servers that the state does not know or that outlived their pool's hard lifetime (2 × maxLifetime), naming each and why",
+  options: {
+    'dry-run': { type: 'boolean', description: 'only list them' },
+  },
+  async run(o, { configFile }) {
+    const { config, log } = openConfig(configFile);
+    const dryRun = o.dryRun === true;
+    const count = await garbageCollect(config, loadToken(config).token, log, say, dryRun);
+    say(`${dryRun ? 'would delete' : 'deleted'} ${count} server(s)`);
+    return 0;
+  },
+});

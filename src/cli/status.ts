@@ -1,0 +1,127 @@
+/**
+ * `status`: this instance's workers from the state file, with the API's live status when there is
+ * a token; works with or without a running daemon.
+ */
+import { loadConfig, type Config } from '../core/config.js';
+import { HcloudClient } from '../hcloud/client.js';
+import type { Server } from '../hcloud/types.js';
+import { instanceSelector, LABEL_POOL } from '../core/labels.js';
+import { Ledger } from '../daemon/ledger.js';
+import { isRecordOf, peekState } from '../daemon/state.js';
+import { serverAddress } from '../hcloud/address.js';
+import { defineCommand } from './command.js';
+import { tryToken } from './common.js';
+
+export interface StatusRow {
+  id: number;
+  name: string;
+  pool: string;
+  /** Our phase (creating, booting, ready, deleting), or "unknown to the daemon" for a labelled server the state lacks. */
+  phase: string;
+  /** The API's server status, when the API could be asked. */
+  status?: string;
+  address?: string;
+  serverType: string;
+  location: string;
+  activeSessions: number;
+  createdAt: string;
+  idleSince?: string;
+  hourlyPriceEur?: string;
+  /** EUR billed for this server so far (every started hour). */
+  costSoFarEur?: number;
+}
+
+export interface StatusReport {
+  workers: StatusRow[];
+  /** EUR billed this calendar month (UTC) for servers this daemon created. */
+  spentThisMonthEur: number;
+  budgetEurPerMonth?: number;
+}
+
+export async function gatherStatus(config: Config, token: string | undefined): Promise<StatusReport> {
+  const ledger = Ledger.load(config.stateDir);
+  const workers = await gatherRows(config, token);
+  for (const row of workers) {
+    const cost = ledger.costSoFar(row.name);
+    if (cost !== undefined) row.costSoFarEur = round(cost);
+  }
+  const report: StatusReport = { workers, spentThisMonthEur: round(ledger.spentThisMonth()) };
+  if (config.budget) report.budgetEurPerMonth = config.budget.maxEurPerMonth;
+  return report;
+}
+
+function round(eur: number): number {
+  return Math.round(eur * 10_000) / 10_000;
+}
+
+async function gatherRows(config: Config, token: string | undefined): Promise<StatusRow[]> {
+  const { state, problem } = peekState(config.stateDir);
+  if (problem) process.stderr.write(`nix-hcloud-builder: ${problem}\n`);
+  const rows: StatusRow[] = (state?.workers ?? []).map((w) => {
+    const row: StatusRow = {
+      id: w.id, name: w.name, pool: w.pool, phase: w.phase, serverType: w.serverType, location: w.location,
+      activeSessions: w.activeSessions, createdAt: w.createdAt,
+    };
+    if (w.address) row.address = w.address;
+    if (w.idleSince) row.idleSince = w.idleSince;
+    if (w.hourlyPriceEur) row.hourlyPriceEur = w.hourlyPriceEur;
+    return row;
+  });
+  if (!token) return rows;
+  const hcloud = new HcloudClient({ endpoint: config.hcloud.endpoint, token, retry: { maxRetries: 1 } });
+  let servers: Server[];
+  try {
+    servers = await hcloud.listServers({ labelSelector: instanceSelector(config.instance) });
+  } catch (err) {
+    process.stderr.write(`nix-hcloud-builder: cannot ask the API for live status: ${(err as Error).message}\n`);
+    return rows;
+  }
+  for (const server of servers) {
+    const row = rows.find((r) => isRecordOf(r, server));
+    if (row) row.status = server.status;
+    else {
+      const address = serverAddress(server);
+      rows.push({
+        id: server.id, name: server.name, pool: server.labels[LABEL_POOL] ?? '', phase: 'unknown to the daemon', status: server.status,
+        serverType: server.server_type.name, location: server.datacenter.location.name, activeSessions: 0, createdAt: server.created,
+        ...(address === undefined ? {} : { address }),
+      });
+    }
+  }
+  for (const row of rows) if (row.status === undefined && row.id !== 0) row.status = 'gone';
+  return rows;
+}
+
+export function formatStatus(report: StatusReport): string {
+  const money = `spent this month: €${report.spentThisMonthEur.toFixed(2)}${report.budgetEurPerMonth === undefined ? '' : ` of a €${report.budgetEurPerMonth.toFixed(2)} budget`}\n`;
+  const rows = report.workers;
+  if (rows.length === 0) return `no workers\n${money}`;
+  const header = ['ID', 'NAME', 'POOL', 'PHASE', 'STATUS', 'ADDRESS', 'TYPE', 'LOCATION', 'SESSIONS', 'AGE', 'IDLE', '€/H', 'COST €'];
+  const age = (iso: string | undefined): string => {
+    if (!iso) return '-';
+    const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+    return s < 120 ? `${s}s` : s < 7200 ? `${Math.round(s / 60)}m` : `${Math.round(s / 3600)}h`;
+  };
+  const table = [header, ...rows.map((r) => [
+    String(r.id), r.name, r.pool, r.phase, r.status ?? '?', r.address ?? '-', r.serverType || '-', r.location || '-',
+    String(r.activeSessions), age(r.createdAt), r.idleSince ? age(r.idleSince) : '-', r.hourlyPriceEur ? Number(r.hourlyPriceEur).toFixed(4) : '-',
+    r.costSoFarEur === undefined ? '-' : r.costSoFarEur.toFixed(4),
+  ])];
+  const widths = header.map((_, i) => Math.max(...table.map((row) => (row[i] as string).length)));
+  return `${table.map((row) => row.map((cell, i) => cell.padEnd(widths[i] as number)).join('  ').trimEnd()).join('\n')}\n${money}`;
+}
+
+export const status = defineCommand({
+  name: 'status',
+  synopsis: '[--json]',
+  summary: "list this instance's workers: phase, the API's status, address, sessions, age, price; and this month's spend",
+  options: {
+    json: { type: 'boolean', description: 'the report as JSON, for scripts' },
+  },
+  async run(o, { configFile }) {
+    const config = loadConfig(configFile);
+    const report = await gatherStatus(config, tryToken(config));
+    process.stdout.write(o.json ? `${JSON.stringify(report, null, 2)}\n` : formatStatus(report));
+    return 0;
+  },
+});
