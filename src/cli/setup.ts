@@ -26,7 +26,7 @@ type SetupSettings = Pick<SetupOptions, keyof Omit<OptionValues<typeof options>,
 
 export const setup = defineCommand({
   name: 'setup',
-  synopsis: '[--write]',
+  synopsis: '[--write] [--substitutes]',
   summary: "show (and with --write make) the changes that let this machine's Nix build through the daemon with no extra flags: a client key for nix-daemon, that key in our authorized keys, the ssh alias, one machines line per pool. Run it as root: nix-daemon is root",
   options,
   async run({ write, ...settings }, { configFile }) {
