@@ -51,7 +51,9 @@ async function api(cloud: FakeCloud, method: string, path: string, body?: unknow
     headers,
     body: body === undefined ? null : typeof body === 'string' ? body : JSON.stringify(body),
   });
-  return { status: res.status, headers: res.headers, json: await res.json() };
+  const text = await res.text();
+  // A 204 (DELETE of a volume, an image, an ssh key) has no body.
+  return { status: res.status, headers: res.headers, json: text === '' ? null : JSON.parse(text) };
 }
 
 function errorCode(r: Reply): string {
@@ -79,6 +81,8 @@ async function startCloud(t: Test, opts: Partial<FakeCloudOptions> = {}): Promis
     deleteDelayMs: 40,
     readyDelayMs: 50,
     sshPort: SSH_PORT,
+    // Real servers take addresses machine-wide: the rig's range keeps this test off other rigs'.
+    ...(opts.realServers && process.env.NHB_RIG_FIRST_ADDRESS ? { firstAddress: Number(process.env.NHB_RIG_FIRST_ADDRESS) } : {}),
     log: (l) => {
       logs.push(l);
       if (process.env['FAKE_HCLOUD_VERBOSE']) process.stderr.write(`[fake-hcloud ${new Date().toISOString()}] ${l}\n`);
@@ -797,5 +801,163 @@ t.test('real servers: a NixOS worker image boots by its own scripts, with the us
   const dir4 = info(fourth.id)?.dir ?? '';
   await cloud.stop();
   t.same(loopsUnder(dir4), [], 'stop() detached the disk of a server still booting');
+  t.same(cloud.schemaErrors, []);
+});
+
+// ---------------------------------------------------------------- volumes
+
+async function actionDone(cloud: FakeCloud, id: number): Promise<Schemas['action']> {
+  return until(`action ${id}`, async () => {
+    const a = obj((await api(cloud, 'GET', `/actions/${id}`)).json)['action'] as Schemas['action'];
+    return a.status !== 'running' ? a : null;
+  });
+}
+
+t.test('volumes: create, list, attach, detach, delete with Hetzner\'s rules', async (t) => {
+  // Volume actions take a quarter of the boot delay (at most 200 ms): long enough to see a lock.
+  const { cloud } = await startCloud(t, { bootDelayMs: 400 });
+  const a = (obj((await api(cloud, 'POST', '/servers', { ...baseServer, name: 'va' })).json) as unknown as Schemas['create_server_response']).server;
+  const created = await api(cloud, 'POST', '/volumes', { name: 'store-1', size: 10, location: 'fsn1', labels: { pool: 'x86' }, format: 'ext4', automount: false });
+  t.equal(created.status, 201);
+  const c = obj(created.json) as unknown as Schemas['create_volume_response'];
+  t.match(c.volume, { name: 'store-1', size: 10, server: null, status: 'creating', format: 'ext4', location: { name: 'fsn1' } });
+  t.equal(c.volume.linux_device, `/dev/disk/by-id/scsi-0HC_Volume_${c.volume.id}`);
+  t.equal(c.action.command, 'create_volume');
+  t.same(c.next_actions, []);
+  const vid = c.volume.id;
+  t.ok(existsSync(cloud.volumeDir(vid)), 'the volume has its folder');
+
+  // Input errors.
+  const bad = async (body: unknown) => obj((await api(cloud, 'POST', '/volumes', body)).json)['error'];
+  t.match(await bad({ name: 'small', size: 9, location: 'fsn1' }), { code: 'invalid_input', details: { fields: [{ name: 'size' }] } });
+  t.match(await bad({ name: 'big', size: 10241, location: 'fsn1' }), { code: 'invalid_input', details: { fields: [{ name: 'size' }] } });
+  t.match(await bad({ name: '-x', size: 10, location: 'fsn1' }), { code: 'invalid_input', details: { fields: [{ name: 'name' }] } });
+  t.match(await bad({ name: 'nowhere', size: 10 }), { code: 'invalid_input', details: { fields: [{ name: 'location' }] } });
+  t.match(await bad({ name: 'store-1', size: 10, location: 'nbg1' }), { code: 'uniqueness_error' });
+  t.match(await bad({ name: 'fmt', size: 10, location: 'fsn1', format: 'btrfs' }), { code: 'invalid_input' });
+
+  // Locked while its create action runs.
+  const early = await api(cloud, 'POST', `/volumes/${vid}/actions/attach`, { server: a.id, automount: false });
+  t.equal(early.status, 423);
+  t.equal(errorCode(early), 'locked');
+  await actionDone(cloud, c.action.id);
+  t.equal((obj((await api(cloud, 'GET', `/volumes/${vid}`)).json)['volume'] as Schemas['volume']).status, 'available');
+
+  // Location must match.
+  const far = (obj((await api(cloud, 'POST', '/servers', { ...baseServer, name: 'far', location: 'nbg1' })).json) as unknown as Schemas['create_server_response']).server;
+  const wrongPlace = await api(cloud, 'POST', `/volumes/${vid}/actions/attach`, { server: far.id });
+  t.equal(wrongPlace.status, 422);
+  t.equal(errorCode(wrongPlace), 'invalid_input');
+
+  // Attach; one server at a time; delete refused while attached.
+  const attach = await api(cloud, 'POST', `/volumes/${vid}/actions/attach`, { server: a.id, automount: false });
+  t.equal(attach.status, 201);
+  const attachAction = obj(attach.json)['action'] as Schemas['action'];
+  t.equal(attachAction.command, 'attach_volume');
+  t.same(attachAction.resources.map((r) => r.type).sort(), ['server', 'volume']);
+  t.equal((await actionDone(cloud, attachAction.id)).status, 'success');
+  t.same((obj((await api(cloud, 'GET', `/servers/${a.id}`)).json)['server'] as Schemas['server']).volumes, [vid], 'the server lists it');
+  const b = (obj((await api(cloud, 'POST', '/servers', { ...baseServer, name: 'vb' })).json) as unknown as Schemas['create_server_response']).server;
+  const second = await api(cloud, 'POST', `/volumes/${vid}/actions/attach`, { server: b.id });
+  t.equal(second.status, 422);
+  t.equal(errorCode(second), 'volume_already_attached');
+  const del = await api(cloud, 'DELETE', `/volumes/${vid}`);
+  t.equal(del.status, 422);
+  t.match(obj(del.json)['error'], { code: 'service_error', message: /still attached/ });
+  const busy = await api(cloud, 'POST', '/servers', { ...baseServer, name: 'vc', volumes: [vid] });
+  t.equal(errorCode(busy), 'volume_already_attached', 'a server cannot be created with an attached volume');
+
+  // Detach; detach again is refused.
+  const detach = await api(cloud, 'POST', `/volumes/${vid}/actions/detach`);
+  t.equal(detach.status, 201);
+  await actionDone(cloud, (obj(detach.json)['action'] as Schemas['action']).id);
+  t.equal((obj((await api(cloud, 'GET', `/volumes/${vid}`)).json)['volume'] as Schemas['volume']).server, null);
+  t.same((obj((await api(cloud, 'GET', `/servers/${a.id}`)).json)['server'] as Schemas['server']).volumes, []);
+  const again = await api(cloud, 'POST', `/volumes/${vid}/actions/detach`);
+  t.equal(again.status, 422);
+  t.equal(errorCode(again), 'service_error');
+
+  // Server create with the volume; deleting the server detaches it.
+  const withVol = await api(cloud, 'POST', '/servers', { ...baseServer, name: 'vd', volumes: [vid] });
+  t.equal(withVol.status, 201);
+  const wv = obj(withVol.json) as unknown as Schemas['create_server_response'];
+  t.same(wv.server.volumes, [vid]);
+  t.ok(wv.next_actions.some((x) => x.command === 'attach_volume'), 'an attach_volume next action');
+  const farCreate = await api(cloud, 'POST', '/servers', { ...baseServer, name: 've', location: 'nbg1', volumes: [vid] });
+  t.equal(errorCode(farCreate), 'locked', 'refused while its attach action runs');
+  const missing = await api(cloud, 'POST', '/servers', { ...baseServer, name: 'vf', volumes: [1] });
+  t.match(obj(missing.json)['error'], { code: 'invalid_input', details: { fields: [{ name: 'volumes' }] } });
+  await Promise.all(wv.next_actions.map((x) => actionDone(cloud, x.id)));
+  await api(cloud, 'DELETE', `/servers/${wv.server.id}`);
+  await until('volume detached by the server delete', async () => (obj((await api(cloud, 'GET', `/volumes/${vid}`)).json)['volume'] as Schemas['volume']).server === null);
+
+  // List, filters, paging, labels, rename, actions, delete.
+  for (let i = 2; i <= 4; i++) await api(cloud, 'POST', '/volumes', { name: `store-${i}`, size: 10 * i, location: 'fsn1', labels: { pool: i % 2 ? 'arm' : 'x86' } });
+  const page = obj((await api(cloud, 'GET', '/volumes?label_selector=pool%3Dx86&per_page=1&page=2')).json);
+  t.same((page['volumes'] as Schemas['volume'][]).map((v) => v.name), ['store-2']);
+  t.match(obj(page['meta'])['pagination'], { page: 2, per_page: 1, total_entries: 3, last_page: 3 });
+  t.same((obj((await api(cloud, 'GET', '/volumes?name=store-3')).json)['volumes'] as Schemas['volume'][]).map((v) => v.size), [30]);
+  const renamed = await api(cloud, 'PUT', `/volumes/${vid}`, { name: 'store-one', labels: { pool: 'x86', slot: '0' } });
+  t.match(obj(renamed.json)['volume'], { name: 'store-one', labels: { pool: 'x86', slot: '0' } });
+  t.equal(errorCode(await api(cloud, 'PUT', `/volumes/${vid}`, { name: 'store-2' })), 'uniqueness_error');
+  const actions = (obj((await api(cloud, 'GET', `/volumes/${vid}/actions`)).json)['actions'] as Schemas['action'][]).map((x) => x.command);
+  t.same(actions, ['create_volume', 'attach_volume', 'detach_volume', 'attach_volume']);
+  t.equal((await api(cloud, 'DELETE', `/volumes/${vid}`)).status, 204);
+  t.notOk(existsSync(cloud.volumeDir(vid)), 'its data is gone');
+  t.equal((await api(cloud, 'GET', `/volumes/${vid}`)).status, 404);
+  t.equal(cloud.volumes().length, 3);
+
+  // Pricing; faults on the new routes.
+  const prices = obj(obj((await api(cloud, 'GET', '/pricing')).json)['pricing']);
+  t.same(obj(prices['volume'])['price_per_gb_month'], { net: '0.0440000000', gross: '0.0523600000000000' });
+  cloud.inject({ method: 'POST', path: /^\/volumes\/\d+\/actions\/attach$/, status: 503, code: 'unavailable' });
+  const faulted = await api(cloud, 'POST', `/volumes/${vid + 1}/actions/attach`, { server: a.id });
+  t.equal(faulted.status, 503);
+  t.equal(errorCode(faulted), 'unavailable');
+  t.same(cloud.schemaErrors, [], 'every answer matches openapi.json');
+});
+
+t.test('real servers: a volume\'s data outlives the server it was written on', { skip: canRunServers ? false : 'needs root, /usr/sbin/sshd, /nix, unshare and nsenter' }, async (t) => {
+  const { cloud } = await startCloud(t, { realServers: true, bootDelayMs: 100, readyDelayMs: 50, deleteDelayMs: 50 });
+  const host = keyPair('test');
+  const login = keyPair('test');
+  const userData = `#cloud-config\n${JSON.stringify({ ssh_keys: { ed25519_private: host.private, ed25519_public: host.public }, users: [{ name: 'root', ssh_authorized_keys: [login.public] }] })}\n`;
+  const vol = obj((await api(cloud, 'POST', '/volumes', { name: 'store', size: 10, location: 'fsn1' })).json) as unknown as Schemas['create_volume_response'];
+  const vid = vol.volume.id;
+  await actionDone(cloud, vol.action.id);
+  const mnt = `/mnt/HC_Volume_${vid}`;
+
+  const boot = async (name: string, extra: Record<string, unknown>): Promise<{ id: number; client: Client }> => {
+    const r = obj((await api(cloud, 'POST', '/servers', { ...baseServer, name, user_data: userData, ...extra })).json) as unknown as Schemas['create_server_response'];
+    await until(`${name} sshd`, () => cloud.liveServers().find((s) => s.id === r.server.id)?.sshdRunning);
+    return { id: r.server.id, client: await sshConnect(r.server.public_net.ipv4?.ip ?? '', login.private, host.public) };
+  };
+
+  // Server A boots with the volume and writes into it.
+  const a = await boot('vol-a', { volumes: [vid] });
+  const wrote = await sshExec(a.client, `echo from-a > ${mnt}/proof && findmnt -n -o TARGET ${mnt}`);
+  t.equal(wrote.code, 0, wrote.stderr);
+  t.equal(wrote.stdout.trim(), mnt, 'mounted where automount puts it');
+  a.client.end();
+  t.equal(readFileSync(join(cloud.volumeDir(vid), 'proof'), 'utf8'), 'from-a\n', 'written into the volume folder');
+  t.notOk(existsSync(`${mnt}`), "the host's /mnt is untouched");
+  await api(cloud, 'DELETE', `/servers/${a.id}`);
+  await until('A deleted and the volume free', async () => (obj((await api(cloud, 'GET', `/volumes/${vid}`)).json)['volume'] as Schemas['volume']).server === null);
+
+  // Server B, booted later with no volume, gets it hot-plugged and reads A's file.
+  const b = await boot('vol-b', {});
+  t.equal((await sshExec(b.client, `test -e ${mnt} && echo there || echo absent`)).stdout, 'absent\n');
+  const attach = obj((await api(cloud, 'POST', `/volumes/${vid}/actions/attach`, { server: b.id, automount: false })).json)['action'] as Schemas['action'];
+  await actionDone(cloud, attach.id);
+  t.equal((await sshExec(b.client, `cat ${mnt}/proof`)).stdout, 'from-a\n', "A's file is on B");
+  const detach = obj((await api(cloud, 'POST', `/volumes/${vid}/actions/detach`)).json)['action'] as Schemas['action'];
+  await actionDone(cloud, detach.id);
+  t.equal((await sshExec(b.client, `test -e ${mnt} && echo there || echo absent`)).stdout, 'absent\n', 'gone from B once detached');
+  b.client.end();
+
+  // Server C boots with it, after B was left running without it.
+  const c = await boot('vol-c', { volumes: [vid] });
+  t.equal((await sshExec(c.client, `cat ${mnt}/proof`)).stdout, 'from-a\n', 'and on C, attached at boot');
+  c.client.end();
   t.same(cloud.schemaErrors, []);
 });

@@ -23,6 +23,8 @@ import type {
   CreateServerRequest,
   CreateServerResponse,
   CreateSshKeyRequest,
+  CreateVolumeOptions,
+  CreateVolumeResponse,
   EnableRescueRequest,
   EnableRescueResponse,
   Image,
@@ -30,14 +32,18 @@ import type {
   ListMeta,
   ListServersQuery,
   ListSshKeysQuery,
+  ListVolumesQuery,
   Location,
   Logger,
   OkAnswer,
+  Pricing,
   QueryOf,
   Server,
   ServerType,
   SshKey,
   UpdateImageRequest,
+  UpdateVolumeRequest,
+  Volume,
 } from './types.js';
 
 export interface HcloudClientOptions {
@@ -138,6 +144,17 @@ function asArray<T>(value: T | T[] | undefined): T[] | undefined {
   return Array.isArray(value) ? value : [value];
 }
 
+/**
+ * Whether a failed create of a uniquely named resource may have created it all the same: a resend
+ * after an unknown outcome was refused as a duplicate name, or a 2xx answer could not be read.
+ */
+function answerWasLost(err: unknown, outcome: { unknown: boolean }): err is HcloudError {
+  return (
+    err instanceof HcloudError &&
+    ((err.code === 'uniqueness_error' && outcome.unknown) || (err.code === 'invalid_response' && err.status >= 200 && err.status < 300))
+  );
+}
+
 function sameProgress(a: Action, b: Action): boolean {
   return a.status === b.status && a.progress === b.progress;
 }
@@ -202,10 +219,7 @@ export class HcloudClient {
       }
       return answer;
     } catch (err) {
-      const lost =
-        err instanceof HcloudError &&
-        ((err.code === 'uniqueness_error' && outcome.unknown) || (err.code === 'invalid_response' && err.status >= 200 && err.status < 300));
-      if (!lost) throw err;
+      if (!answerWasLost(err, outcome)) throw err;
       const adopted = await this.#adoptServer(req, startedAt, signal);
       if (adopted === undefined) throw err;
       this.#log.warn(
@@ -467,10 +481,7 @@ export class HcloudClient {
       if (!isRecord(answer) || !isRecord(answer.ssh_key)) throw this.#invalid('POST', '/ssh_keys', 201, 'answer lacks ssh_key');
       return answer.ssh_key;
     } catch (err) {
-      const lost =
-        err instanceof HcloudError &&
-        ((err.code === 'uniqueness_error' && outcome.unknown) || (err.code === 'invalid_response' && err.status >= 200 && err.status < 300));
-      if (!lost) throw err;
+      if (!answerWasLost(err, outcome)) throw err;
       const body = (line: string): string => line.trim().split(/\s+/).slice(0, 2).join(' ');
       const found = (await this.listSshKeys({ name: req.name }, signal)).find((k) => k.name === req.name && body(k.public_key) === body(req.public_key));
       if (found === undefined) throw err;
@@ -493,6 +504,116 @@ export class HcloudClient {
   /** `DELETE /ssh_keys/{id}`; a key already gone throws `not_found`. */
   async deleteSshKey(id: number, signal?: AbortSignal): Promise<void> {
     await this.#request('delete_ssh_key', { method: 'DELETE', path: `/ssh_keys/${id}`, signal });
+  }
+
+  // ---------------------------------------------------------------- volumes
+
+  /**
+   * `POST /volumes`: a volume in a location, detached, never automounted. Retried as
+   * `unique_name` (volume names are unique per project, so a resend cannot make a second, billed
+   * volume); after an unknown outcome answered `uniqueness_error`, the volume of that name is
+   * adopted when its location, size and labels are the requested ones and it was created after
+   * this call began (15 min margin), with its `create_volume` action and no `next_actions`.
+   */
+  async createVolume(opts: CreateVolumeOptions, signal?: AbortSignal): Promise<CreateVolumeResponse> {
+    const startedAt = this.#now();
+    const outcome = { unknown: false };
+    const body = {
+      name: opts.name,
+      size: opts.size,
+      location: opts.location,
+      labels: opts.labels ?? {},
+      ...(opts.format === undefined ? {} : { format: opts.format }),
+    };
+    try {
+      const answer = await this.#request('create_volume', { method: 'POST', path: '/volumes', body, signal, replay: 'unique_name', outcome });
+      if (!isRecord(answer) || !isRecord(answer.volume) || !isRecord(answer.action)) throw this.#invalid('POST', '/volumes', 201, 'answer lacks volume or action');
+      return answer;
+    } catch (err) {
+      if (!answerWasLost(err, outcome)) throw err;
+      const found = (await this.listVolumes({ name: opts.name }, signal)).find((v) => v.name === opts.name);
+      const labelsMatch = found !== undefined && Object.entries(body.labels).every(([k, v]) => found.labels[k] === v);
+      const fits =
+        found !== undefined &&
+        labelsMatch &&
+        found.size === opts.size &&
+        (found.location.name === opts.location || String(found.location.id) === opts.location) &&
+        Date.parse(found.created) >= startedAt - ADOPT_CLOCK_MARGIN_MS;
+      if (!fits) throw err;
+      const actions = await this.#paginate('list_actions_for_volume', `/volumes/${found.id}/actions`, { sort: ['id:asc'] }, (a) => a.actions, signal);
+      const create = actions.find((a) => a.command === 'create_volume');
+      if (create === undefined) throw err;
+      this.#log.warn({ volumeId: found.id, name: opts.name, code: err.code }, 'adopted the volume created by a create request whose answer was lost');
+      return { volume: found, action: create, next_actions: [] };
+    }
+  }
+
+  /** `GET /volumes/{id}`; a missing volume throws `not_found`. */
+  async getVolume(id: number, signal?: AbortSignal): Promise<Volume> {
+    const path = `/volumes/${id}`;
+    const answer = await this.#request('get_volume', { method: 'GET', path, signal });
+    if (!isRecord(answer) || !isRecord(answer.volume)) throw this.#invalid('GET', path, 200, 'answer lacks volume');
+    return answer.volume;
+  }
+
+  /** `GET /volumes`, following pagination to the end. */
+  async listVolumes(q: ListVolumesQuery = {}, signal?: AbortSignal): Promise<Volume[]> {
+    const query: QueryOf<'list_volumes'> = {};
+    if (q.labelSelector !== undefined) query.label_selector = q.labelSelector;
+    if (q.name !== undefined) query.name = q.name;
+    if (q.status !== undefined) query.status = q.status;
+    const sort = asArray(q.sort);
+    if (sort !== undefined) query.sort = sort;
+    return this.#paginate('list_volumes', '/volumes', query, (a) => a.volumes, signal);
+  }
+
+  /** `PUT /volumes/{id}`: name and/or labels. Resent like a GET: the same body twice leaves the same volume. */
+  async updateVolume(id: number, req: UpdateVolumeRequest, signal?: AbortSignal): Promise<Volume> {
+    const path = `/volumes/${id}`;
+    const answer = await this.#request('replace_volume', { method: 'PUT', path, body: req, signal, replay: 'idempotent' });
+    if (!isRecord(answer) || !isRecord(answer.volume)) throw this.#invalid('PUT', path, 200, 'answer lacks volume');
+    return answer.volume;
+  }
+
+  /**
+   * `POST /volumes/{id}/actions/attach`, answering the `attach_volume` action. The server must be
+   * in the volume's location (`invalid_input`), the volume attached nowhere (`volume_already_attached`,
+   * see `isVolumeAttached`) and idle (423 `locked`). A plain POST: resent only when the failure
+   * proves it was not applied.
+   */
+  async attachVolume(volumeId: number, serverId: number, automount = false, signal?: AbortSignal): Promise<Action> {
+    const path = `/volumes/${volumeId}/actions/attach`;
+    const answer = await this.#request('attach_volume_to_server', { method: 'POST', path, body: { server: serverId, automount }, signal });
+    if (!isRecord(answer) || !isRecord(answer.action)) throw this.#invalid('POST', path, 201, 'answer lacks action');
+    return answer.action;
+  }
+
+  /** `POST /volumes/{id}/actions/detach`, answering the `detach_volume` action. */
+  async detachVolume(volumeId: number, signal?: AbortSignal): Promise<Action> {
+    const path = `/volumes/${volumeId}/actions/detach`;
+    const answer = await this.#request('detach_volume', { method: 'POST', path, signal });
+    if (!isRecord(answer) || !isRecord(answer.action)) throw this.#invalid('POST', path, 201, 'answer lacks action');
+    return answer.action;
+  }
+
+  /**
+   * `DELETE /volumes/{id}`: its data is gone for good. Refused while attached (see
+   * `isVolumeAttached`: detach first, or delete the server); a volume already gone throws `not_found`.
+   */
+  async deleteVolume(id: number, signal?: AbortSignal): Promise<void> {
+    await this.#request('delete_volume', { method: 'DELETE', path: `/volumes/${id}`, signal });
+  }
+
+  // ---------------------------------------------------------------- pricing
+
+  /**
+   * `GET /pricing`: the project's prices (net and gross, its currency and VAT), among them
+   * `volume.price_per_gb_month` and `image.price_per_gb_month`.
+   */
+  async getPricing(signal?: AbortSignal): Promise<Pricing> {
+    const answer = await this.#request('list_prices', { method: 'GET', path: '/pricing', signal });
+    if (!isRecord(answer) || !isRecord(answer.pricing)) throw this.#invalid('GET', '/pricing', 200, 'answer lacks pricing');
+    return answer.pricing;
   }
 
   // ---------------------------------------------------------------- transport

@@ -97,6 +97,17 @@ export function isNotFound(err: unknown): boolean {
   return err instanceof HcloudError && err.status === 404 && err.code === 'not_found';
 }
 
+/**
+ * True when the API refused because a volume is attached: an attach of a volume attached
+ * elsewhere (`volume_already_attached`), or a delete of an attached volume, which Hetzner answers
+ * with the generic `service_error` and the message "volume with ID '…' is still attached to a
+ * server" (the message is all that tells it from other service errors).
+ */
+export function isVolumeAttached(err: unknown): boolean {
+  if (!(err instanceof HcloudError)) return false;
+  return err.code === 'volume_already_attached' || (err.code === 'service_error' && /still attached/i.test(err.message));
+}
+
 /** The message of an API error answer, with a hint for the two token problems. */
 export function apiErrorMessage(status: number, code: string, apiMessage: string, method: string, path: string): string {
   const where = `${method} ${path}`;

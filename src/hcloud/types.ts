@@ -43,6 +43,16 @@ export type CreateImageResponse = Schemas['create_image_from_server_response'];
 /** Body of `PUT /images/{id}`: description and labels (the labels given replace all of them). */
 export type UpdateImageRequest = Schemas['replace_image_request'];
 
+export type Volume = Schemas['volume'];
+export type VolumeStatus = Volume['status'];
+export type CreateVolumeResponse = Schemas['create_volume_response'];
+/** Body of `PUT /volumes/{id}`: name and labels (the labels given replace all of them). */
+export type UpdateVolumeRequest = Schemas['replace_volume_request'];
+/** `GET /pricing`: every resource's price, net and gross, in the project's currency. */
+export type Pricing = OkAnswer<'list_prices'>['pricing'];
+/** A price as the API writes it: decimal strings, `{net, gross}`. */
+export type Price = Schemas['price'];
+
 /** Query parameters of an operation (never `undefined`). */
 export type QueryOf<Op extends keyof operations> = NonNullable<operations[Op]['parameters']['query']>;
 
@@ -92,6 +102,33 @@ export interface ListSshKeysQuery {
   name?: string;
   fingerprint?: string;
   sort?: SshKeySort | SshKeySort[];
+}
+
+export type VolumeSort = ListQueryItem<'list_volumes', 'sort'>;
+
+/** Filters for `HcloudClient.listVolumes`. */
+export interface ListVolumesQuery {
+  labelSelector?: string;
+  name?: string;
+  status?: VolumeStatus[];
+  sort?: VolumeSort | VolumeSort[];
+}
+
+/**
+ * What `HcloudClient.createVolume` asks for: a volume in a location, not attached (attach it
+ * with `attachVolume`, or give its id in a server's `volumes`). Never automounted: the worker
+ * decides where its file system goes.
+ */
+export interface CreateVolumeOptions {
+  /** Unique per project: alphanumeric ends, dashes, underscores, dots, at most 64. */
+  name: string;
+  /** GB, 10..10240. */
+  size: number;
+  /** Location name or id, e.g. `fsn1`. */
+  location: string;
+  labels?: Labels;
+  /** Formatted once at creation; unformatted (a raw block device) when absent. */
+  format?: 'xfs' | 'ext4';
 }
 
 /** A pino-compatible logger (pino's `Logger` fits). */

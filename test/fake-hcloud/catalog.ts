@@ -193,3 +193,35 @@ export function systemImages(): Image[] {
 export function includedTraffic(type: ServerType, location: string): number | null {
   return type.prices.find((p) => p.location === location)?.included_traffic ?? null;
 }
+
+export type Pricing = components['schemas']['list_prices_response']['pricing'];
+
+/** Volumes cost this much per GB and month, net (Hetzner's price since 2024). */
+export const VOLUME_PRICE_PER_GB_MONTH = '0.0440';
+
+/**
+ * `GET /pricing`: the catalogue's server type prices, and the other resources at Hetzner's list
+ * prices (EUR, 19 % VAT) as of 2025.
+ */
+export function pricing(): Pricing {
+  const perLocation = (hourly: string, monthly: string) =>
+    LOCATION_ROWS.map((l) => ({ location: l.name, price_hourly: price(hourly), price_monthly: price(monthly) }));
+  return {
+    currency: 'EUR',
+    vat_rate: '19.00',
+    image: { price_per_gb_month: price('0.0110') },
+    volume: { price_per_gb_month: price(VOLUME_PRICE_PER_GB_MONTH) },
+    server_backup: { percentage: '20.00' },
+    floating_ip: { price_monthly: price('3.0000') },
+    floating_ips: (['ipv4', 'ipv6'] as const).map((type) => ({
+      type,
+      prices: LOCATION_ROWS.map((l) => ({ location: l.name, price_monthly: price(type === 'ipv4' ? '3.0000' : '2.5000') })),
+    })),
+    primary_ips: [
+      { type: 'ipv4', prices: perLocation('0.0008', '0.5000') },
+      { type: 'ipv6', prices: perLocation('0.0000', '0.0000') },
+    ],
+    load_balancer_types: [],
+    server_types: SERVER_TYPES.map((t) => ({ id: t.id, name: t.name, prices: t.prices })),
+  };
+}

@@ -16,10 +16,12 @@ import { join, resolve } from 'node:path';
 import ssh2 from 'ssh2';
 import { generateKeyPair } from '../../src/ssh/keys.js';
 import type { components } from '../../src/hcloud/openapi.js';
-import { LOCATIONS, DATA_CENTERS, SERVER_TYPES, systemImages, includedTraffic, type Image, type ServerType, type Location, type DataCenter } from './catalog.js';
+import { LOCATIONS, DATA_CENTERS, SERVER_TYPES, systemImages, includedTraffic, pricing, type Image, type ServerType, type Location, type DataCenter } from './catalog.js';
 import { labelProblems, parseSelector, matches, SelectorError, type Labels } from './labels.js';
 import { checkRequestBody, checkResponse, checkSchema } from './openapi.js';
 import { parseUserData } from './cloud-config.js';
+import { ApiError, invalidInput, iso } from './api.js';
+import { VolumeStore, type Volume, type VolumeRecord } from './volumes.js';
 import { Worker, releaseAllDisksSync, type NixosBoot, type UnitState, NIXOS_UNITS } from './worker.js';
 
 type Schemas = components['schemas'];
@@ -38,7 +40,7 @@ export interface SnapshotDisk {
 export interface FakeCloudOptions {
   /** The only accepted Bearer token; others get 401 unauthorized. */
   token: string;
-  /** Per-server folders go in dataDir/servers/<id>/. */
+  /** Per-server folders go in dataDir/servers/<id>/, per-volume folders in dataDir/volumes/<id>/. */
   dataDir: string;
   /** API listen host, default 127.0.0.1 (the port is random). */
   host?: string;
@@ -215,25 +217,6 @@ interface Answer {
   headers?: Record<string, string>;
 }
 
-class ApiError extends Error {
-  constructor(
-    readonly status: number,
-    readonly code: string,
-    message: string,
-    readonly details: unknown = null,
-  ) {
-    super(message);
-  }
-}
-
-const invalidInput = (message: string, fields: { name: string; messages: string[] }[]) =>
-  new ApiError(422, 'invalid_input', message, { fields });
-
-/** RFC 3339 time as the real API writes it: "2016-01-30T23:50:00+00:00". */
-function iso(d: Date): string {
-  return d.toISOString().replace(/\.\d{3}Z$/, '+00:00');
-}
-
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -377,6 +360,7 @@ export class FakeCloud {
   private nextAddressOffset = 0;
   private stopping = false;
   private readonly bucket: { limit: number; refill: number; tokens: number; at: number };
+  private readonly volumeStore: VolumeStore;
 
   private constructor(opts: FakeCloudOptions, http: HttpServer, url: string) {
     this.opts = {
@@ -405,12 +389,13 @@ export class FakeCloud {
     this.bucket = { limit, refill: opts.rateLimit?.refillPerSecond ?? 1, tokens: limit, at: Date.now() };
     this.http = http;
     this.url = url;
+    this.volumeStore = new VolumeStore(join(this.opts.dataDir, 'volumes'));
     this.defineRoutes();
   }
 
   static async start(opts: FakeCloudOptions): Promise<FakeCloud> {
     const dataDir = resolve(opts.dataDir);
-    for (const p of ['/nix', '/run', '/etc']) {
+    for (const p of ['/nix', '/run', '/etc', '/mnt']) {
       if (dataDir === p || dataDir.startsWith(`${p}/`)) {
         throw new Error(`dataDir must not be under ${p}: the servers mount their own ${p}`);
       }
@@ -421,6 +406,8 @@ export class FakeCloud {
     // Each server bind-mounts its own store at /nix, which needs the mount point. A fresh machine
     // with Debian's nix-bin has none until its first Nix command (which makes the same folder).
     mkdirSync('/nix', { recursive: true });
+    // Each server has a private tmpfs at /mnt, for the volumes attached to it (worker.ts).
+    mkdirSync('/mnt', { recursive: true });
     let cloud: FakeCloud | null = null;
     const http = createServer((req, res) => {
       if (cloud) void cloud.handle(req, res);
@@ -490,6 +477,20 @@ export class FakeCloud {
   /** The disk a snapshot made by `create_image` remembers (undefined for other images). */
   snapshotDisk(imageId: number): SnapshotDisk | undefined {
     return this.snapshotDisks.get(imageId);
+  }
+
+  /** The volumes as the API lists them. */
+  volumes(): Volume[] {
+    return this.volumeStore.all().map((v) => this.volumeStore.json(v));
+  }
+
+  /**
+   * The folder that stands for a volume's block device (`dataDir/volumes/<id>/`): what a server
+   * with the volume attached sees at /mnt/HC_Volume_<id>. It exists from the volume's creation to
+   * its deletion, across every server it is attached to.
+   */
+  volumeDir(id: number): string {
+    return this.volumeStore.dir(id);
   }
 
   /**
@@ -568,6 +569,7 @@ export class FakeCloud {
     for (const s of this.serversById.values()) if (!s.deleted) unlockAddress(`${s.address}:${this.opts.sshPort}`);
     liveClouds.delete(this);
     rmSync(join(this.opts.dataDir, 'servers'), { recursive: true, force: true });
+    this.volumeStore.removeAll();
   }
 
   /** Synchronous last-resort cleanup (process exit): kills every server, detaches their disks. */
@@ -646,7 +648,7 @@ export class FakeCloud {
       included_traffic: includedTraffic(s.type, s.location.name),
       protection: { delete: false, rebuild: false },
       labels: { ...s.labels },
-      volumes: [],
+      volumes: this.volumeStore.attachedTo(s.id),
       load_balancers: [],
       primary_disk_size: s.type.disk,
       placement_group: null,
@@ -654,6 +656,11 @@ export class FakeCloud {
   }
 
   private newAction(command: string, serverId: number): Action {
+    return this.newResourceAction(command, [{ id: serverId, type: 'server' }]);
+  }
+
+  /** An action about these resources, listed among the actions of each server and volume of them. */
+  private newResourceAction(command: string, resources: Action['resources']): Action {
     const action: Action = {
       id: this.nextActionId++,
       command,
@@ -661,11 +668,14 @@ export class FakeCloud {
       progress: 0,
       started: iso(new Date()),
       finished: null,
-      resources: [{ id: serverId, type: 'server' }],
+      resources: resources.map((r) => ({ ...r })),
       error: null,
     };
     this.actions.set(action.id, action);
-    this.serversById.get(serverId)?.actionIds.push(action.id);
+    for (const r of resources) {
+      if (r.type === 'server') this.serversById.get(r.id)?.actionIds.push(action.id);
+      if (r.type === 'volume') this.volumeStore.all().find((v) => v.id === r.id)?.actionIds.push(action.id);
+    }
     return action;
   }
 
@@ -676,6 +686,7 @@ export class FakeCloud {
     a.error = error;
     a.progress = 100;
     a.finished = iso(new Date());
+    this.volumeStore.unlock(id);
   }
 
   private async allocateAddress(): Promise<string | null> {
@@ -924,6 +935,22 @@ export class FakeCloud {
     add('POST', '/servers/{id}/actions/shutdown', (c) => this.powerOff(c, 'shutdown_server'));
     add('POST', '/servers/{id}/actions/poweroff', (c) => this.powerOff(c, 'stop_server'));
     add('POST', '/servers/{id}/actions/create_image', (c) => this.createImage(c));
+    add('GET', '/volumes', (c) => this.listVolumes(c));
+    add('POST', '/volumes', (c) => this.createVolume(c));
+    add('GET', '/volumes/{id}', (c) => ({ status: 200, body: { volume: this.volumeStore.json(this.volumeStore.get(c.params['id'] ?? -1)) } }));
+    add('PUT', '/volumes/{id}', (c) => this.updateVolume(c));
+    add('DELETE', '/volumes/{id}', (c) => {
+      this.volumeStore.delete(this.volumeStore.get(c.params['id'] ?? -1));
+      return { status: 204, body: null };
+    });
+    add('GET', '/volumes/{id}/actions', (c) => {
+      const v = this.volumeStore.get(c.params['id'] ?? -1);
+      const p = this.paginate(v.actionIds.map((id) => this.actions.get(id)).filter((a): a is Action => a !== undefined), c.query);
+      return { status: 200, body: { actions: p.items, meta: p.meta } };
+    });
+    add('POST', '/volumes/{id}/actions/attach', (c) => this.attachVolume(c));
+    add('POST', '/volumes/{id}/actions/detach', (c) => this.detachVolume(c));
+    add('GET', '/pricing', () => ({ status: 200, body: { pricing: pricing() } }));
     add('GET', '/actions/{id}', (c) => {
       const a = this.actions.get(c.params['id'] ?? -1);
       if (!a) throw new ApiError(404, 'not_found', `action with ID '${c.params['id']}' not found`);
@@ -1155,6 +1182,16 @@ export class FakeCloud {
     if (req.user_data !== undefined && Buffer.byteLength(req.user_data, 'utf8') > 32 * 1024) {
       throw invalidInput(`invalid input in field 'user_data'`, [{ name: 'user_data', messages: ['user_data must be at most 32 KiB'] }]);
     }
+    // Volumes to attach at creation: each must exist, be free and be in the server's location.
+    const volumes = (req.volumes ?? []).map((id) => {
+      const v = this.volumeStore.all().find((x) => x.id === id);
+      if (!v) throw invalidInput(`volume with ID '${id}' not found`, [{ name: 'volumes', messages: [`volume ${id} not found`] }]);
+      return v;
+    });
+    if (new Set(volumes.map((v) => v.id)).size !== volumes.length) {
+      throw invalidInput(`invalid input in field 'volumes'`, [{ name: 'volumes', messages: ['a volume is listed twice'] }]);
+    }
+    for (const v of volumes) this.volumeStore.checkAttach(v, { id: 0, location: loc });
     const live = [...this.serversById.values()].filter((s) => !s.deleted);
     if (live.some((s) => s.name === req.name)) {
       throw new ApiError(409, 'uniqueness_error', 'server name is already used', { fields: [{ name: 'name' }] });
@@ -1211,6 +1248,17 @@ export class FakeCloud {
     const create = this.newAction('create_server', id);
     const startAfterCreate = req.start_after_create ?? true;
     const next = startAfterCreate ? [this.newAction('start_server', id)] : [];
+    // Attached at once, so that the server boots with them; each attach action ends with the create.
+    const attaches = volumes.map((v) => {
+      v.server = id;
+      const a = this.newResourceAction('attach_volume', [{ id, type: 'server' }, { id: v.id, type: 'volume' }]);
+      v.lockedBy = a.id;
+      return a;
+    });
+    next.push(...attaches);
+    this.later(s, this.opts.bootDelayMs / 2, () => {
+      for (const a of attaches) this.finishAction(a.id);
+    });
     const rootPassword = (req.ssh_keys ?? []).length === 0 ? randomBytes(15).toString('base64url') : null;
     const response: Schemas['create_server_response'] = {
       server: this.serverJson(s),
@@ -1218,7 +1266,7 @@ export class FakeCloud {
       next_actions: next.map((a) => ({ ...a, resources: [...a.resources] })),
       root_password: rootPassword,
     };
-    this.scheduleBoot(s, create.id, next[0]?.id ?? null);
+    this.scheduleBoot(s, create.id, startAfterCreate ? (next[0]?.id ?? null) : null);
     return { status: 201, body: response };
   }
 
@@ -1271,6 +1319,7 @@ export class FakeCloud {
       readyDelayMs: this.opts.readyDelayMs,
       maxSessions: this.opts.maxSessions,
       log: this.opts.log,
+      volumes: this.volumeMounts(s),
     });
     s.worker = worker;
     try {
@@ -1306,6 +1355,7 @@ export class FakeCloud {
       readyDelayMs: this.opts.readyDelayMs,
       maxSessions: this.opts.maxSessions,
       log: this.opts.log,
+      volumes: this.volumeMounts(s),
       nixos,
     });
     s.worker = worker;
@@ -1391,6 +1441,8 @@ export class FakeCloud {
     this.later(s, this.opts.deleteDelayMs, () => {
       void (s.workerStopped ?? Promise.resolve()).then(() => {
         s.deleted = true;
+        // As on Hetzner, deleting a server detaches its volumes; their data stays.
+        for (const v of this.volumeStore.all()) if (v.server === s.id) v.server = null;
         this.finishAction(action.id);
         unlockAddress(`${s.address}:${this.opts.sshPort}`);
       });
@@ -1602,6 +1654,91 @@ export class FakeCloud {
     return { status: 204, body: null };
   }
 
+  // ---------------------------------------------------------------- volumes
+
+  private listVolumes(c: RequestContext): Answer {
+    const name = c.query.get('name');
+    const statuses = c.query.getAll('status');
+    const sel = this.selector(c.query);
+    const items = this.volumeStore
+      .all()
+      .filter((v) => (name === null || v.name === name) && (statuses.length === 0 || statuses.includes(v.status)) && (sel === null || sel(v.labels)))
+      .map((v) => this.volumeStore.json(v))
+      .sort(this.sorter(c.query, ['id', 'name', 'created']));
+    const p = this.paginate(items, c.query);
+    return { status: 200, body: { volumes: p.items, meta: p.meta } };
+  }
+
+  /** How long a volume action (create, attach, detach) runs. */
+  private get volumeActionMs(): number {
+    return Math.min(200, this.opts.bootDelayMs / 4);
+  }
+
+  private createVolume(c: RequestContext): Answer {
+    const req = this.jsonBody(c) as Schemas['create_volume_request'];
+    let server: ServerRecord | null = null;
+    if (req.server !== undefined) {
+      server = this.serversById.get(req.server) ?? null;
+      if (!server || server.deleted) throw invalidInput(`server with ID '${req.server}' not found`, [{ name: 'server', messages: ['server not found'] }]);
+    }
+    const v = this.volumeStore.create(req, server);
+    const create = this.newResourceAction('create_volume', [{ id: v.id, type: 'volume' }]);
+    v.lockedBy = create.id;
+    const next = server ? [this.newResourceAction('attach_volume', [{ id: server.id, type: 'server' }, { id: v.id, type: 'volume' }])] : [];
+    this.later(null, this.volumeActionMs, () => {
+      v.status = 'available';
+      this.finishAction(create.id);
+      const attach = next[0];
+      if (attach && server) void this.mountVolume(server, v).then(() => this.finishAction(attach.id));
+    });
+    const body: Schemas['create_volume_response'] = {
+      volume: this.volumeStore.json(v),
+      action: { ...create, resources: [...create.resources] },
+      next_actions: next.map((a) => ({ ...a, resources: [...a.resources] })),
+    };
+    return { status: 201, body };
+  }
+
+  private updateVolume(c: RequestContext): Answer {
+    const v = this.volumeStore.get(c.params['id'] ?? -1);
+    this.volumeStore.update(v, this.jsonBody(c) as Schemas['replace_volume_request']);
+    return { status: 200, body: { volume: this.volumeStore.json(v) } };
+  }
+
+  private attachVolume(c: RequestContext): Answer {
+    const v = this.volumeStore.get(c.params['id'] ?? -1);
+    const req = this.jsonBody(c) as Schemas['attach_volume_to_server_request'];
+    const s = this.serversById.get(req.server);
+    if (!s || s.deleted || s.status === 'deleting') throw invalidInput(`server with ID '${req.server}' not found`, [{ name: 'server', messages: ['server not found'] }]);
+    this.volumeStore.checkAttach(v, s);
+    v.server = s.id;
+    const action = this.newResourceAction('attach_volume', [{ id: s.id, type: 'server' }, { id: v.id, type: 'volume' }]);
+    v.lockedBy = action.id;
+    this.later(null, this.volumeActionMs, () => void this.mountVolume(s, v).then(() => this.finishAction(action.id)));
+    return { status: 201, body: { action: { ...action, resources: [...action.resources] } } };
+  }
+
+  private detachVolume(c: RequestContext): Answer {
+    const v = this.volumeStore.get(c.params['id'] ?? -1);
+    const serverId = this.volumeStore.checkDetach(v);
+    v.server = null;
+    const action = this.newResourceAction('detach_volume', [{ id: serverId, type: 'server' }, { id: v.id, type: 'volume' }]);
+    v.lockedBy = action.id;
+    const s = this.serversById.get(serverId);
+    this.later(null, this.volumeActionMs, () => void (s?.worker?.unmountVolume(v.id) ?? Promise.resolve()).then(() => this.finishAction(action.id)));
+    return { status: 201, body: { action: { ...action, resources: [...action.resources] } } };
+  }
+
+  /** Hot-plugs the volume into the running server, if it runs and the volume is still its own. */
+  private async mountVolume(s: ServerRecord, v: VolumeRecord): Promise<void> {
+    if (s.worker && v.server === s.id) await s.worker.mountVolume(v.id, this.volumeStore.dir(v.id));
+  }
+
+  /** The volumes a booting server has, with their folders (see worker.ts). */
+  private volumeMounts(s: ServerRecord): { id: number; dir: string }[] {
+    return this.volumeStore.attachedTo(s.id).map((id) => ({ id, dir: this.volumeStore.dir(id) }));
+  }
+
   /**
    * Boots the rescue system: an sshd as for a normal server (same namespace mechanism), with a
    * fresh host key, root's authorized keys = the project keys given to `enable_rescue`, no
@@ -1633,6 +1770,7 @@ export class FakeCloud {
       readyDelayMs: 0,
       maxSessions: this.opts.maxSessions,
       log: this.opts.log,
+      volumes: this.volumeMounts(s),
       rescueDisk: join(s.dir, 'disk'),
     });
     s.worker = worker;

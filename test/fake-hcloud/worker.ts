@@ -86,10 +86,20 @@ const SETUP_SCRIPT = [
   '  mount --bind "$2" /dev/sda',
   '  umount -l "$1/host-dev"',
   'fi',
+  // The server's own /mnt, holding the volumes attached at boot ($4: one "<id> <folder>" a line),
+  // each at /mnt/HC_Volume_<id>, where Hetzner's automount puts it (see VolumeMount).
+  'mount -t tmpfs -o mode=0755 tmpfs /mnt',
+  'if [ -n "$4" ]; then',
+  '  printf "%s\\n" "$4" | while read -r id src; do mkdir "/mnt/HC_Volume_$id"; mount --bind "$src" "/mnt/HC_Volume_$id"; done',
+  'fi',
   'echo mounted',
   'read -r _go',
   'exec /usr/sbin/sshd -D -e -f "$1/sshd_config" </dev/null >/dev/null',
 ].join('\n');
+
+/** Hot-plugging a volume inside the namespace ($1 = id, $2 = its folder), and unplugging it. */
+const MOUNT_VOLUME = 'mkdir -p "/mnt/HC_Volume_$1" && mount --bind "$2" "/mnt/HC_Volume_$1"';
+const UNMOUNT_VOLUME = 'umount -l "/mnt/HC_Volume_$1" && rmdir "/mnt/HC_Volume_$1"';
 
 export interface WorkerOptions {
   id: number;
@@ -112,6 +122,21 @@ export interface WorkerOptions {
   rescueDisk?: string;
   /** Boot as the NixOS worker image (nixos/worker.nix): no cloud-init, its boot scripts instead. */
   nixos?: NixosBoot;
+  /** The volumes attached when the server boots. */
+  volumes?: VolumeMount[];
+}
+
+/**
+ * A volume as a server sees it. On Hetzner an attached volume is a block device,
+ * /dev/disk/by-id/scsi-0HC_Volume_<id>, which automount formats once and mounts at
+ * /mnt/HC_Volume_<id>. A folder cannot be a block device, so the fake gives the server the
+ * volume's folder, bind-mounted at /mnt/HC_Volume_<id> in its private /mnt, whatever automount
+ * said: the file system is already there and mounted, and there is no device node.
+ */
+export interface VolumeMount {
+  id: number;
+  /** The folder standing for the volume's content (dataDir/volumes/<id>). */
+  dir: string;
 }
 
 /**
@@ -227,9 +252,12 @@ export class Worker {
   private exited: Promise<void> = Promise.resolve();
   private readonly helpers = new Set<ChildProcess>();
   private readonly timers = new Set<NodeJS.Timeout>();
+  /** The volumes the server has now: given at boot, then hot-plugged (`mountVolume`). */
+  private readonly volumes = new Map<number, string>();
 
   constructor(private readonly o: WorkerOptions) {
     this.units = o.nixos ? { keys: 'waiting', expand: 'waiting', sshd: 'waiting', ready: 'waiting' } : null;
+    for (const v of o.volumes ?? []) this.volumes.set(v.id, v.dir);
   }
 
   get sshdPid(): number | null {
@@ -298,9 +326,11 @@ export class Worker {
   private async spawnNamespace(mode: '' | 'nixos'): Promise<ChildProcess | null> {
     const { dir } = this.o;
     const logFd = openSync(join(dir, 'sshd.log'), 'a');
+    const atBoot = new Map(this.volumes);
     let child: ChildProcess;
     try {
-      child = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', SETUP_SCRIPT, 'sh', dir, this.o.rescueDisk ?? '', mode], {
+      const bootVolumes = [...atBoot].map(([id, src]) => `${id} ${src}`).join('\n');
+      child = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', SETUP_SCRIPT, 'sh', dir, this.o.rescueDisk ?? '', mode, bootVolumes], {
         detached: true,
         stdio: ['pipe', 'pipe', logFd],
         env: CHILD_ENV,
@@ -349,6 +379,13 @@ export class Worker {
     this.nsFd = openSync(`/proc/${pid}/ns/mnt`, 'r');
     this.mntNs = ns;
     child.stdout?.destroy();
+    // Volumes attached or detached while the namespace was being set up.
+    for (const [id, src] of this.volumes) {
+      if (!atBoot.has(id)) await this.nsScript(MOUNT_VOLUME, [String(id), src], `mount volume ${id}`);
+    }
+    for (const id of atBoot.keys()) {
+      if (!this.volumes.has(id)) await this.nsScript(UNMOUNT_VOLUME, [String(id)], `unmount volume ${id}`);
+    }
     if (this.stopped) {
       await this.stop();
       return null;
@@ -545,6 +582,36 @@ export class Worker {
       // worker.nix has MaxSessions 256; the fake's maxSessions option wins, so tests can lower it.
       maxStartups: '256:30:1024',
     });
+  }
+
+  /**
+   * Hot-plugs a volume (attached while the server runs): bind-mounts its folder at
+   * /mnt/HC_Volume_<id> in the namespace. Before the namespace exists, it is only noted, and the
+   * boot mounts it.
+   */
+  async mountVolume(id: number, dir: string): Promise<void> {
+    const known = this.volumes.has(id);
+    this.volumes.set(id, dir);
+    if (known || this.mntNs === null || this.stopped) return;
+    await this.nsScript(MOUNT_VOLUME, [String(id), dir], `mount volume ${id}`);
+  }
+
+  /** Unplugs a volume (detached while the server runs): its mount point goes away. */
+  async unmountVolume(id: number): Promise<void> {
+    if (!this.volumes.delete(id) || this.mntNs === null || this.stopped) return;
+    await this.nsScript(UNMOUNT_VOLUME, [String(id)], `unmount volume ${id}`);
+  }
+
+  /** Runs a short script in the namespace; a failure is logged. */
+  private async nsScript(script: string, args: string[], what: string): Promise<void> {
+    const child = this.inNamespace(script, args, ['ignore', 'ignore', 'pipe']);
+    let err = '';
+    child.stderr?.on('data', (b: Buffer) => (err += b.toString()));
+    const code = await new Promise<number | null>((resolve) => {
+      child.once('close', (c) => resolve(c));
+      child.once('error', () => resolve(-1));
+    });
+    if (code !== 0) this.o.log(`server ${this.o.id}: ${what} failed: ${err.trim()}`);
   }
 
   /** Reads a file as the server sees it (inside its namespace); null when it cannot. */

@@ -6,7 +6,7 @@ import net, { type AddressInfo } from 'node:net';
 import t, { type Test } from 'tap';
 import { pino } from 'pino';
 import { HcloudClient, type HcloudClientOptions } from '../../src/hcloud/client.js';
-import { HcloudError, isNotFound } from '../../src/hcloud/errors.js';
+import { HcloudError, isNotFound, isVolumeAttached } from '../../src/hcloud/errors.js';
 import {
   abortableSleep,
   backoffDelay,
@@ -660,4 +660,75 @@ t.test('a long-lived caller signal keeps no listeners after requests', async (t)
   for (let i = 0; i < 5; i++) await client.getServer(1, shutdown.signal);
   await client.waitForActions([action(1, 'success')], { signal: shutdown.signal });
   t.equal(getEventListeners(shutdown.signal, 'abort').length, 0);
+});
+
+t.test('volume calls: each request\'s method, path, query and body', async (t) => {
+  const meta = { pagination: { page: 1, per_page: 50, previous_page: null, next_page: null, last_page: 1, total_entries: 1 } };
+  const volume = { id: 7, name: 'store-0', size: 10, server: null, labels: {} };
+  const stub = await startStub(t, (req) => {
+    if (req.method === 'POST' && req.path === '/volumes') return { status: 201, json: { volume, action: action(1, 'running', 0, 'create_volume'), next_actions: [] } };
+    if (req.method === 'GET' && req.path === '/volumes') return { json: { volumes: [volume], meta } };
+    if (req.method === 'GET' && req.path === '/volumes/7') return { json: { volume } };
+    if (req.method === 'PUT' && req.path === '/volumes/7') return { json: { volume } };
+    if (req.path === '/volumes/7/actions/attach') return { status: 201, json: { action: action(2, 'running', 0, 'attach_volume') } };
+    if (req.path === '/volumes/7/actions/detach') return { status: 201, json: { action: action(3, 'running', 0, 'detach_volume') } };
+    if (req.method === 'DELETE' && req.path === '/volumes/7') return { status: 204 };
+    if (req.path === '/pricing') return { json: { pricing: { currency: 'EUR', volume: { price_per_gb_month: { net: '0.0440000000', gross: '0.0523600000000000' } } } } };
+    return apiError(404, 'not_found', 'no route');
+  });
+  const { client } = makeClient(stub.url);
+  const created = await client.createVolume({ name: 'store-0', size: 10, location: 'fsn1', labels: { 'nix-hcloud-builder/slot': '0' }, format: 'ext4' });
+  t.equal(created.action.command, 'create_volume');
+  await client.getVolume(7);
+  await client.listVolumes({ labelSelector: 'nix-hcloud-builder/pool=x86', name: 'store-0', status: ['available'], sort: 'id:asc' });
+  await client.updateVolume(7, { labels: { a: 'b' } });
+  t.equal((await client.attachVolume(7, 42)).command, 'attach_volume');
+  await client.attachVolume(7, 43, true);
+  t.equal((await client.detachVolume(7)).command, 'detach_volume');
+  t.equal(await client.deleteVolume(7), undefined);
+  const pricing = await client.getPricing();
+  t.equal(pricing.volume.price_per_gb_month.net, '0.0440000000');
+
+  const seen = stub.requests.map((r) => ({ method: r.method, path: r.path, body: r.body === '' ? null : (JSON.parse(r.body) as unknown) }));
+  t.same(seen, [
+    // No automount: the worker mounts the volume itself; no server: created detached.
+    { method: 'POST', path: '/volumes', body: { name: 'store-0', size: 10, location: 'fsn1', labels: { 'nix-hcloud-builder/slot': '0' }, format: 'ext4' } },
+    { method: 'GET', path: '/volumes/7', body: null },
+    { method: 'GET', path: '/volumes', body: null },
+    { method: 'PUT', path: '/volumes/7', body: { labels: { a: 'b' } } },
+    { method: 'POST', path: '/volumes/7/actions/attach', body: { server: 42, automount: false } },
+    { method: 'POST', path: '/volumes/7/actions/attach', body: { server: 43, automount: true } },
+    { method: 'POST', path: '/volumes/7/actions/detach', body: null },
+    { method: 'DELETE', path: '/volumes/7', body: null },
+    { method: 'GET', path: '/pricing', body: null },
+  ]);
+  const list = stub.requests[2];
+  t.equal(list?.query.get('label_selector'), 'nix-hcloud-builder/pool=x86');
+  t.equal(list?.query.get('name'), 'store-0');
+  t.same(list?.query.getAll('status'), ['available']);
+  t.same(list?.query.getAll('sort'), ['id:asc']);
+  t.equal(list?.query.get('per_page'), '50');
+});
+
+t.test('a refused delete of an attached volume is an HcloudError, not retried', async (t) => {
+  const stub = await startStub(t, (req) =>
+    req.method === 'DELETE'
+      ? apiError(422, 'service_error', "volume with ID '7' is still attached to a server")
+      : apiError(422, 'volume_already_attached', 'Volume is already attached to a server, detach first'),
+  );
+  const { client, slept } = makeClient(stub.url);
+  const del = await rejection(client.deleteVolume(7));
+  t.equal(del.status, 422);
+  t.equal(del.code, 'service_error');
+  t.match(del.message, /still attached/);
+  t.equal(del.path, '/volumes/7');
+  t.ok(isVolumeAttached(del), 'recognised as a volume still attached');
+  t.notOk(del.retryable);
+  const attach = await rejection(client.attachVolume(7, 42));
+  t.equal(attach.code, 'volume_already_attached');
+  t.ok(isVolumeAttached(attach));
+  t.notOk(isVolumeAttached(new HcloudError({ status: 422, code: 'service_error', message: 'something else' })));
+  t.notOk(isVolumeAttached(new Error('still attached')));
+  t.equal(stub.requests.length, 2, 'each sent once');
+  t.same(slept, []);
 });

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { FakeCloud } from '../fake-hcloud/index.js';
 import { HcloudClient, type HcloudClientOptions } from '../../src/hcloud/client.js';
-import { isNotFound } from '../../src/hcloud/errors.js';
+import { isNotFound, isVolumeAttached } from '../../src/hcloud/errors.js';
 import { abortableSleep } from '../../src/hcloud/retry.js';
 import type { CreateServerRequest } from '../../src/hcloud/types.js';
 import { rejection } from './rejection.js';
@@ -146,4 +146,54 @@ t.test('wrong token, catalogue', async (t) => {
   const found = await api.listImages({ type: 'snapshot', labelSelector: 'nix-hcloud-builder/image=nixos', sort: 'created:desc' });
   t.same(found.map((i) => i.id), [snap.id]);
   t.same(cloud.schemaErrors, []);
+});
+
+t.test('volumes: create, attach at server create, refused delete, detach, delete; pricing', async (t) => {
+  const cloud = await startCloud(t);
+  const api = client(cloud);
+  const labels = { 'nix-hcloud-builder/pool': 'test', 'nix-hcloud-builder/slot': '0' };
+  const created = await api.createVolume({ name: 'nhb-test-0', size: 10, location: 'fsn1', labels });
+  t.match(created.volume, { name: 'nhb-test-0', size: 10, server: null, labels, location: { name: 'fsn1' } });
+  await api.waitForActions([created.action], { timeoutMs: 10_000 });
+  t.equal((await api.getVolume(created.volume.id)).status, 'available');
+  t.same((await api.listVolumes({ labelSelector: 'nix-hcloud-builder/pool=test' })).map((v) => v.id), [created.volume.id]);
+
+  // The CreateServerRequest type takes `volumes`.
+  const server = await api.createServer(request('builder-v', { volumes: [created.volume.id] }));
+  t.same(server.server.volumes, [created.volume.id]);
+  await api.waitForActions([server.action, ...server.next_actions], { timeoutMs: 10_000 });
+  t.equal((await api.getVolume(created.volume.id)).server, server.server.id);
+
+  const refused = await rejection(api.deleteVolume(created.volume.id));
+  t.ok(isVolumeAttached(refused), `${refused.code}: ${refused.message}`);
+  t.equal(cloud.requests.filter((r) => r.method === 'DELETE').length, 1, 'not retried');
+
+  await api.waitForActions([await api.detachVolume(created.volume.id)], { timeoutMs: 10_000 });
+  const other = await api.createServer(request('builder-w'));
+  await api.waitForActions([other.action, ...other.next_actions], { timeoutMs: 10_000 });
+  await api.waitForActions([await api.attachVolume(created.volume.id, other.server.id)], { timeoutMs: 10_000 });
+  t.same((await api.getServer(other.server.id)).volumes, [created.volume.id]);
+  await api.waitForActions([await api.detachVolume(created.volume.id)], { timeoutMs: 10_000 });
+  t.same((await api.updateVolume(created.volume.id, { labels: { ...labels, used: 'yes' } })).labels, { ...labels, used: 'yes' });
+  await api.deleteVolume(created.volume.id);
+  t.ok(isNotFound(await rejection(api.getVolume(created.volume.id))));
+
+  const pricing = await api.getPricing();
+  t.match(pricing.volume.price_per_gb_month, { net: /^\d+\.\d+$/, gross: /^\d+\.\d+$/ });
+  t.same(cloud.schemaErrors, []);
+});
+
+t.test('a volume create whose answer is lost is adopted, not repeated', async (t) => {
+  const cloud = await startCloud(t);
+  const api = client(cloud);
+  cloud.inject({ method: 'POST', path: '/volumes', status: 504, afterHandling: true });
+  const res = await api.createVolume({ name: 'nhb-lost', size: 20, location: 'fsn1', labels: { 'nix-hcloud-builder/pool': 'test' } });
+  t.equal(res.volume.name, 'nhb-lost');
+  t.equal(res.action.command, 'create_volume');
+  t.equal(cloud.volumes().length, 1, 'one volume, not two');
+  t.equal(cloud.requests.filter((r) => r.method === 'POST' && r.path === '/volumes').length, 2);
+  // Another size is not the volume asked for: the uniqueness error stands.
+  cloud.inject({ method: 'POST', path: '/volumes', status: 504 });
+  const clash = await rejection(api.createVolume({ name: 'nhb-lost', size: 30, location: 'fsn1' }));
+  t.equal(clash.code, 'uniqueness_error');
 });
