@@ -152,3 +152,43 @@ t.test('the check reports hand-made bad imports and passes good ones', async (t)
   t.equal(problems.length, expected.length, 'one report per bad import');
   t.match(problems[0], /^src\/core\/log\.ts:1 imports '\.\.\/daemon\/daemon\.js' \(daemon, rank 2\) from core, rank 0/);
 });
+
+/**
+ * The rig (test/rig, test/fake-hcloud) is shared by the tests, the demo and the benchmarks: it
+ * and bench/ and scripts/ may import src/ and the rig, never a test.
+ */
+function rigViolations(files: Map<string, string>): string[] {
+  const allowed = ['src/', 'test/rig/', 'test/fake-hcloud/', 'bench/', 'scripts/'];
+  const problems: string[] = [];
+  for (const [file, text] of files) {
+    for (const site of relativeImports(file, text)) {
+      const target = posix.normalize(posix.join(posix.dirname(file), site.specifier));
+      const own = file.startsWith('bench/') || file.startsWith('scripts/') ? file.split('/')[0] : undefined;
+      const ok = allowed.some((p) => target.startsWith(p)) && !target.endsWith('.test.js') && (own === undefined || !target.startsWith(own === 'bench' ? 'scripts/' : 'bench/'));
+      if (!ok) problems.push(`${file}:${site.line} imports '${site.specifier}' (${target}): the rig, bench/ and scripts/ import only src/ and the rig`);
+    }
+  }
+  return problems;
+}
+
+function filesUnder(...dirs: string[]): Map<string, string> {
+  const files = new Map<string, string>();
+  for (const dir of dirs) {
+    for (const name of readdirSync(join(ROOT, dir)).sort()) {
+      if (name.endsWith('.ts')) files.set(posix.join(dir, name), readFileSync(join(ROOT, dir, name), 'utf8'));
+    }
+  }
+  return files;
+}
+
+t.test('the rig, the benchmarks and the scripts import no test', async (t) => {
+  const files = filesUnder('test/rig', 'test/fake-hcloud', 'bench', 'scripts');
+  t.ok(files.size >= 20, `${files.size} files checked`);
+  t.same(rigViolations(files), [], 'only src/ and the rig');
+  const bad = rigViolations(new Map([
+    ['bench/lib.ts', "import { run } from '../test/e2e/builder.test.js';\n"],
+    ['test/rig/rig.ts', "import { x } from '../e2e/helpers.js';\n"],
+    ['scripts/demo.ts', "import { Rig } from '../test/rig/rig.js';\nimport { say } from '../bench/lib.js';\n"],
+  ]));
+  t.equal(bad.length, 3, 'a test, an e2e helper and bench from scripts are each reported');
+});

@@ -174,7 +174,6 @@ export class Rig {
     writeFileSync(this.configFile, JSON.stringify(config, null, 2));
   }
 
-  /** Starts `nix-hcloud-builder serve` and waits until it listens. */
   /**
    * The daemon in this process (its internals can be inspected), on this rig's config, logging
    * JSON lines into `lines`. Stopped by the caller.
@@ -195,6 +194,7 @@ export class Rig {
     return { daemon, lines, config };
   }
 
+  /** Starts `nix-hcloud-builder serve` as a child process and waits until it listens. */
   async startDaemon(args: string[] = [], env: Record<string, string> = { HCLOUD_TOKEN: TOKEN }): Promise<DaemonProcess> {
     const proc = this.spawnDaemon(args, env);
     const daemon = new DaemonProcess(proc);
