@@ -35,7 +35,9 @@ function verify(unitFile: string): { status: number | null; output: string } {
 
 t.test('the user unit passes systemd-analyze verify once the command is installed', async (t) => {
   const r = verify(UNIT);
-  t.equal(r.output, 'usage: nix-hcloud-builder <command> [options]\n', 'the installed command is the CLI, and verify reports nothing');
+  const usage = spawnSync(process.execPath, [CLI, '--help'], { encoding: 'utf8' }).stdout.split('\n', 1)[0] ?? '';
+  t.match(usage, /^usage: nix-hcloud-builder /);
+  t.equal(r.output, `${usage}\n`, 'the installed command is the CLI, and verify reports nothing');
   t.equal(r.status, 0);
 });
 
