@@ -38,7 +38,8 @@ running=
 cleanup() {
   local code=$?
   # Everything a command started dies with its namespace's first process (unshare --kill-child).
-  if [ -n "$running" ]; then kill "$running" 2>/dev/null; wait "$running" 2>/dev/null; fi
+  # SIGKILL: unshare --fork ignores SIGTERM while it waits for its child.
+  if [ -n "$running" ]; then kill -KILL "$running" 2>/dev/null; wait "$running" 2>/dev/null; fi
   umount -R -l "$root" 2>/dev/null || true
   if [ "${NHB_CI_KEEP:-0}" = 1 ]; then echo "ci: root kept at $root" >&2
   elif ! findmnt -R "$root" >/dev/null 2>&1; then rm -rf --one-file-system "$root"
