@@ -37,9 +37,10 @@ root=$(mktemp -d /var/tmp/nhb-ci-root.XXXXXX)
 running=
 cleanup() {
   local code=$?
+  set +e  # clean up as far as possible, whatever fails
   # Everything a command started dies with its namespace's first process (unshare --kill-child).
   # SIGKILL: unshare --fork ignores SIGTERM while it waits for its child.
-  if [ -n "$running" ]; then kill -KILL "$running" 2>/dev/null; wait "$running" 2>/dev/null; fi
+  if [ -n "$running" ]; then kill -KILL "$running" 2>/dev/null; wait "$running" 2>/dev/null || true; fi
   umount -R -l "$root" 2>/dev/null || true
   if [ "${NHB_CI_KEEP:-0}" = 1 ]; then echo "ci: root kept at $root" >&2
   elif ! findmnt -R "$root" >/dev/null 2>&1; then rm -rf --one-file-system "$root"
