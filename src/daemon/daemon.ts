@@ -24,6 +24,7 @@ import { checkPoolServerTypes } from './server-types.js';
 import { writeFileAtomic } from '../core/atomic-file.js';
 import { isRecordOf, StateFile, type WorkerRecord } from './state.js';
 import { Worker, type WorkerDeps } from './worker.js';
+import { StoreVolumes } from './store-volumes.js';
 
 export interface DaemonOptions {
   config: Config;
@@ -60,6 +61,8 @@ export function loadAuthorizedKeys(config: Config): string[] {
 
 export class Daemon {
   readonly pools = new Map<string, Pool>();
+  /** The warm store's volumes of each pool that has one. */
+  readonly stores = new Map<string, StoreVolumes>();
   endpoint!: Endpoint;
   port = 0;
   private state!: StateFile;
@@ -116,9 +119,11 @@ export class Daemon {
         })),
       };
       for (const pool of Object.values(config.pools)) {
+        const store = pool.store ? new StoreVolumes({ ...pool, store: pool.store }, { hcloud: this.hcloud, instance: config.instance, log: this.log }) : undefined;
+        if (store) this.stores.set(pool.name, store);
         this.pools.set(pool.name, new Pool(pool, {
           log: this.log,
-          createWorker: () => Worker.planned(pool, deps),
+          createWorker: () => Worker.planned(pool, deps, store),
           changed: () => this.scheduleSave(),
           ...(this.options.deleteRetryFirstMs !== undefined ? { deleteRetryFirstMs: this.options.deleteRetryFirstMs } : {}),
         }));
@@ -151,6 +156,10 @@ export class Daemon {
 
   private async reconcile(previous: WorkerRecord[], deps: WorkerDeps): Promise<void> {
     const servers: Server[] = await this.hcloud.listServers({ labelSelector: instanceSelector(this.config.instance) });
+    // The store volumes first: an adopted server keeps the slot of the volume it has.
+    for (const store of this.stores.values()) {
+      await store.load().catch((err: unknown) => this.log.error({ err }, 'cannot list the store volumes; trying again at the next boot'));
+    }
     const adopted: string[] = [];
     const deleting: Promise<void>[] = [];
     for (const server of servers) {
@@ -160,6 +169,7 @@ export class Daemon {
         const worker = new Worker(pool.config, { ...record, id: server.id }, deps);
         try {
           await worker.adopt(this.options.adoptTimeoutMs ?? 15_000);
+          worker.holdStore(this.stores.get(pool.config.name)?.claim(server.volumes ?? []));
           pool.adopt(worker);
           adopted.push(server.name);
           continue;
