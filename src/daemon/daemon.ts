@@ -14,7 +14,7 @@ import { warnIfSsh2InternalsDiffer } from '../ssh/ssh2-internals.js';
 import { HcloudClient } from '../hcloud/client.js';
 import type { Server, ServerType } from '../hcloud/types.js';
 import { generateKeyPair, hostKeyPaths } from '../ssh/keys.js';
-import { Ledger } from './ledger.js';
+import { BudgetExceeded, Ledger } from './ledger.js';
 import { instanceSelector, LABEL_POOL } from '../core/labels.js';
 import type { Logger } from '../core/log.js';
 import { serveControl } from './control.js';
@@ -72,6 +72,8 @@ export class Daemon {
   readonly hcloud: HcloudClient;
   private readonly log: Logger;
   private serverTypes: Promise<ServerType[]> | undefined;
+  /** Gross EUR per GB-month of a volume, from GET /pricing, asked once (again after a failure). */
+  private volumePrice: Promise<number> | undefined;
   private stopping: Promise<void> | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private sweeping: Promise<void> | undefined;
@@ -117,9 +119,22 @@ export class Daemon {
           this.serverTypes = undefined;
           throw err;
         })),
+        ...(Object.values(config.pools).some((p) => p.store) ? { volumesEurPerMonth: () => this.volumesEurPerMonth() } : {}),
+      };
+      // A new store volume counts against the budget for a whole month; unknown price: refused.
+      const checkBudget = async (sizeGb: number, what: string): Promise<void> => {
+        const budget = config.budget;
+        if (!budget) return;
+        let perGb: number;
+        try {
+          perGb = await this.volumePricePerGbMonth();
+        } catch (err) {
+          throw new BudgetExceeded(`budget: no volume price known (${(err as Error).message})`);
+        }
+        this.ledger.checkVolume(budget.maxEurPerMonth, sizeGb * perGb, what, await this.volumesEurPerMonth());
       };
       for (const pool of Object.values(config.pools)) {
-        const store = pool.store ? new StoreVolumes({ ...pool, store: pool.store }, { hcloud: this.hcloud, instance: config.instance, log: this.log }) : undefined;
+        const store = pool.store ? new StoreVolumes({ ...pool, store: pool.store }, { hcloud: this.hcloud, instance: config.instance, log: this.log, checkBudget }) : undefined;
         if (store) this.stores.set(pool.name, store);
         this.pools.set(pool.name, new Pool(pool, {
           log: this.log,
@@ -185,6 +200,25 @@ export class Daemon {
     await Promise.all(deleting);
     this.scheduleSave();
     this.log.info({ found: servers.length, adopted: adopted.length, deleted: deleting.length }, 'step 3/4: reconciled with the cloud');
+  }
+
+  /** Gross EUR per GB-month of a volume (GET /pricing). */
+  volumePricePerGbMonth(): Promise<number> {
+    this.volumePrice ??= this.hcloud.getPricing().then((pricing) => {
+      const price = Number(pricing.volume.price_per_gb_month.gross);
+      if (!Number.isFinite(price)) throw new Error(`GET /pricing gave no usable volume price (${JSON.stringify(pricing.volume)})`);
+      return price;
+    }).catch((err: unknown) => {
+      this.volumePrice = undefined;
+      throw err;
+    });
+    return this.volumePrice;
+  }
+
+  /** What the store volumes this daemon knows of cost a month, at the API's price. */
+  async volumesEurPerMonth(): Promise<number> {
+    const gb = [...this.stores.values()].flatMap((s) => s.volumes).reduce((sum, v) => sum + v.sizeGb, 0);
+    return gb === 0 ? 0 : gb * await this.volumePricePerGbMonth();
   }
 
   /**

@@ -12,6 +12,7 @@ import { LABEL_POOL, LABEL_SLOT, poolSelector, volumeLabels, volumeName } from '
 import type { Logger } from '../core/log.js';
 import type { HcloudClient } from '../hcloud/client.js';
 import type { Volume } from '../hcloud/types.js';
+import { isNotFound } from '../hcloud/errors.js';
 
 export interface StoreVolume {
   id: number;
@@ -35,6 +36,8 @@ export interface StoreVolumesDeps {
   log: Logger;
   /** How long a boot waits for its volume to be detached from a server being deleted; default 60 s. */
   detachWaitMs?: number;
+  /** Throws (BudgetExceeded) when a volume of `sizeGb` may not be created: the boot then goes cold. */
+  checkBudget?: (sizeGb: number, what: string) => Promise<void>;
 }
 
 /** The slot a volume of ours stands for, or undefined when its label is not a slot number. */
@@ -121,6 +124,7 @@ export class StoreVolumes {
   private async create(slot: number, signal: AbortSignal, note: (line: string) => void): Promise<StoreVolume> {
     const location = this.pool.locations[0] as string;
     const name = volumeName(this.deps.instance, this.pool.name, slot);
+    await this.deps.checkBudget?.(this.pool.store.volumeGb, `store volume ${name} (${this.pool.store.volumeGb} GB in ${location})`);
     const answer = await this.deps.hcloud.createVolume(
       { name, size: this.pool.store.volumeGb, location, format: 'ext4', labels: volumeLabels(this.deps.instance, this.pool.name, slot) },
       signal,
@@ -151,5 +155,56 @@ export class StoreVolumes {
       released = true;
       this.held.delete(slot);
     };
+  }
+}
+
+/** A volume labelled as this instance's that no configured pool slot uses, and why. */
+export interface UnusedVolume {
+  volume: Volume;
+  reason: string;
+}
+
+/**
+ * This instance's volumes that no slot of the config uses: their pool is gone or keeps no store,
+ * their slot is past maxWorkers, or another volume (the older one) serves their slot.
+ */
+export function unusedVolumes(pools: Record<string, PoolConfig>, volumes: Volume[]): UnusedVolume[] {
+  const unused: UnusedVolume[] = [];
+  const served = new Set<string>();
+  for (const volume of [...volumes].sort((a, b) => a.id - b.id)) {
+    const poolName = volume.labels[LABEL_POOL] ?? '';
+    const pool = pools[poolName];
+    const slot = slotOf(volume);
+    if (!pool) unused.push({ volume, reason: `its pool "${poolName}" is not in the config` });
+    else if (!pool.store) unused.push({ volume, reason: `its pool "${poolName}" has no store` });
+    else if (slot === undefined || slot >= pool.maxWorkers) unused.push({ volume, reason: `its slot ${volume.labels[LABEL_SLOT] ?? '(none)'} is not one of the pool's ${pool.maxWorkers}` });
+    else if (served.has(`${poolName}/${slot}`)) unused.push({ volume, reason: `an older volume serves slot ${slot}` });
+    else served.add(`${poolName}/${slot}`);
+  }
+  return unused;
+}
+
+/**
+ * Deletes a volume for good: detached first when a server has it (Hetzner refuses to delete an
+ * attached volume), each step retried while the volume is busy (423 locked) or the API fails, up
+ * to `attempts` times. A volume already gone counts as deleted.
+ */
+export async function removeVolume(
+  hcloud: Pick<HcloudClient, 'getVolume' | 'detachVolume' | 'deleteVolume' | 'waitForActions'>,
+  id: number,
+  options: { attempts?: number; waitMs?: number } = {},
+): Promise<void> {
+  const attempts = options.attempts ?? 5;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const live = await hcloud.getVolume(id);
+      if (live.server !== null && live.server !== undefined) await hcloud.waitForActions([await hcloud.detachVolume(id)], { timeoutMs: 120_000 });
+      await hcloud.deleteVolume(id);
+      return;
+    } catch (err) {
+      if (isNotFound(err)) return;
+      if (attempt >= attempts) throw err;
+      await sleep((options.waitMs ?? 2000) * attempt);
+    }
   }
 }

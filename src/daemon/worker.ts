@@ -35,6 +35,8 @@ export interface WorkerDeps {
   /** Persists the record after each change that matters on restart. */
   save: () => Promise<void>;
   serverTypes: () => Promise<ServerType[]>;
+  /** What the store volumes of every pool cost a month (for the budget); throws when their price is unknown. */
+  volumesEurPerMonth?: () => Promise<number>;
 }
 
 /** The user data of a planned worker, with or without its store volume (known only at create). */
@@ -311,7 +313,8 @@ export class Worker {
         try {
           // Fail closed: with a budget set, a server whose price we cannot read is not created.
           if (price === undefined) throw new BudgetExceeded(`budget: no price known for ${serverType} in ${location}`);
-          this.deps.ledger.check(this.deps.budget.maxEurPerMonth, Number(price), `${serverType} in ${location}`);
+          const volumes = await this.volumesEurPerMonth();
+          this.deps.ledger.check(this.deps.budget.maxEurPerMonth, Number(price), `${serverType} in ${location}`, Date.now(), volumes);
         } catch (err) {
           if (!(err instanceof BudgetExceeded)) throw err;
           tried.push(`${serverType} in ${location} (${err.message})`);
@@ -357,6 +360,16 @@ export class Worker {
       }
     }
     throw new BootError(`no server could be created; tried ${tried.join(', ')}`);
+  }
+
+  /** The store volumes' monthly cost; unknown with a budget set is refused like an unknown server price. */
+  private async volumesEurPerMonth(): Promise<number> {
+    if (!this.deps.volumesEurPerMonth) return 0;
+    try {
+      return await this.deps.volumesEurPerMonth();
+    } catch (err) {
+      throw new BudgetExceeded(`budget: the store volumes' price is unknown (${(err as Error).message})`);
+    }
   }
 
   private async hourlyPrice(serverType: string, location: string, signal?: AbortSignal): Promise<string | undefined> {
