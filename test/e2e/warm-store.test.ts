@@ -131,3 +131,101 @@ t.test('two workers never share a volume; a third boot waits', async (t) => {
   await waitUntil(() => rig.fake.liveServers().length === 0 && rig.fake.volumes().every((v) => v.server === null), 30_000);
   t.equal(rig.fake.volumes().length, 2, 'idle deletion keeps the volumes');
 });
+
+t.test('the volume\'s location out of capacity: the boot goes cold in the next one, says so, and nothing leaks', async (t) => {
+  const rig = await Rig.start({ pool: { store: { volumeGb: 10 }, serverTypes: ['cx23', 'cx33'], locations: ['fsn1', 'nbg1'], idleTimeout: '2s' } });
+  t.teardown(() => rig.stop());
+  const input = await addBigInput(rig);
+  const daemon = await rig.startDaemon();
+  const nonce = `cold-${Date.now()}`;
+  const first = await build(rig, daemon, warm(input, `${nonce}-a`));
+  t.equal(first.code, 0, 'build A succeeded');
+  const volume = rig.fake.volumes()[0];
+  t.equal(volume?.location.name, 'fsn1', 'the volume lives in the first location');
+  await waitUntil(() => rig.fake.liveServers().length === 0 && rig.fake.volumes()[0]?.server === null, 30_000);
+
+  // Both server types are sold out in fsn1 for the next two creates.
+  rig.fake.inject({ method: 'POST', path: '/servers', status: 412, code: 'resource_unavailable', message: 'sold out', times: 2 });
+  const before = daemon.lines.length;
+  const second = await build(rig, daemon, warm(input, `${nonce}-b`));
+  t.equal(second.code, 0, 'build B succeeded, cold');
+  t.match(second.stderr, new RegExp(`store volume ${volume?.name ?? '?'} is in fsn1, which cannot take a server now \\(cx23 in fsn1 \\(resource_unavailable\\), cx33 in fsn1 \\(resource_unavailable\\)\\); booting elsewhere with an empty store`));
+  const cold = rig.fake.servers()[1];
+  t.equal(cold?.location, 'nbg1');
+  t.notMatch(cold?.userData ?? '', /HC_Volume/, 'created without the volume');
+  t.ok(await bytesUp(daemon, before) > 64 * MIB, 'a cold store: the input went up again');
+  t.equal(rig.fake.volumes()[0]?.server, null, 'the volume stayed detached');
+
+  await waitUntil(() => rig.fake.liveServers().length === 0, 30_000);
+  t.same(rig.fake.liveServers(), [], 'the cold worker idled out');
+  t.equal(rig.fake.volumes().length, 1, 'no second volume');
+
+  // With capacity back, the slot's volume is used again.
+  const from = daemon.lines.length;
+  const third = await build(rig, daemon, warm(input, `${nonce}-c`));
+  t.equal(third.code, 0, 'build C succeeded');
+  t.equal(rig.fake.servers()[2]?.location, 'fsn1');
+  t.ok(await bytesUp(daemon, from) < MIB, 'warm again');
+});
+
+t.test('SIGKILL with the volume attached: adopted after a restart, the slot kept, then handed on', async (t) => {
+  const rig = await Rig.start({ pool: { store: { volumeGb: 10 }, idleTimeout: '4s', maxWorkers: 2, jobsPerWorker: 1 } });
+  t.teardown(() => rig.stop());
+  const input = await addBigInput(rig);
+  const nonce = `kill-${Date.now()}`;
+  const daemon = await rig.startDaemon();
+  const first = await build(rig, daemon, warm(input, `${nonce}-a`));
+  t.equal(first.code, 0, 'build A succeeded');
+  daemon.proc.kill('SIGKILL');
+  await daemon.exited;
+  const server = rig.fake.liveServers()[0];
+  const volume = rig.fake.volumes()[0];
+  t.equal(volume?.server, server?.id, 'the volume is attached to the running server');
+
+  const restarted = await rig.startDaemon();
+  t.ok(restarted.lines.some((l) => l.msg === 'step 3/4: reconciled with the cloud' && l.adopted === 1), 'the server was adopted');
+  const before = restarted.lines.length;
+  const second = await build(rig, restarted, warm(input, `${nonce}-b`));
+  t.equal(second.code, 0, 'build B succeeded');
+  t.equal(rig.fake.servers().length, 1, 'on the adopted server');
+  t.ok(await bytesUp(restarted, before) < MIB, 'whose store had the input');
+
+  // The adopted worker holds slot 0: a second worker, booted beside it, gets slot 1's volume.
+  const sleepy = (n: number): string => `(import ${join(ROOT, 'test', 'fixtures', 'build.nix')} { nonce = "${nonce}-s${n}"; sleep = "3"; })`;
+  const pair = await build(rig, restarted, `[ ${sleepy(1)} ${sleepy(2)} ]`, 2);
+  t.equal(pair.code, 0, 'two concurrent builds succeeded');
+  t.equal(rig.fake.servers().length, 2, 'a second worker booted');
+  t.same(rig.fake.volumes().map((v) => v.labels['nix-hcloud-builder/slot']), ['0', '1'], 'with a volume of its own, not the adopted worker\'s');
+  t.notMatch(pair.stderr, /empty store/, 'nobody went cold waiting for slot 0');
+
+  // Idle deletion frees the adopted worker's slot: the next worker gets its volume.
+  await waitUntil(() => rig.fake.liveServers().length === 0 && rig.fake.volumes().every((v) => v.server === null), 30_000);
+  const from = restarted.lines.length;
+  const third = await build(rig, restarted, warm(input, `${nonce}-c`));
+  t.equal(third.code, 0, 'build C succeeded');
+  t.equal(rig.fake.servers().length, 3);
+  t.equal(rig.fake.volumes()[0]?.server, rig.fake.servers()[2]?.id, 'the new server has slot 0\'s volume');
+  t.ok(await bytesUp(restarted, from) < MIB, 'warm');
+});
+
+t.test('SIGKILL during a boot with the volume: the server is deleted at restart, the volume survives for the next worker', async (t) => {
+  const rig = await Rig.start({ pool: { store: { volumeGb: 10 }, idleTimeout: '2s', bootTimeout: '20s' } });
+  t.teardown(() => rig.stop());
+  const daemon = await rig.startDaemon();
+  rig.fake.behaveNext('never-ready');
+  void rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`kboot-${Date.now()}`] });
+  await daemon.waitForMsg(/boot step 4\/5/);
+  daemon.proc.kill('SIGKILL');
+  await daemon.exited;
+  const volume = rig.fake.volumes()[0];
+  t.ok(volume?.server, 'the volume is attached to the booting server');
+
+  const restarted = await rig.startDaemon();
+  await waitUntil(() => rig.fake.liveServers().length === 0, 20_000);
+  t.same(rig.fake.liveServers(), [], 'the unadoptable server was deleted');
+  t.equal(rig.fake.volumes().length, 1, 'the volume was not');
+  const built = await rig.nixBuild(restarted, { scheme: 'ssh-ng', nonces: [`kboot-after-${Date.now()}`] });
+  t.equal(built.code, 0, 'the next build works');
+  t.equal(rig.fake.volumes()[0]?.server, rig.fake.servers()[1]?.id, 'on a worker with the same volume');
+  t.equal(rig.fake.volumes().length, 1);
+});
