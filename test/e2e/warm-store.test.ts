@@ -229,3 +229,26 @@ t.test('SIGKILL during a boot with the volume: the server is deleted at restart,
   t.equal(rig.fake.volumes()[0]?.server, rig.fake.servers()[1]?.id, 'on a worker with the same volume');
   t.equal(rig.fake.volumes().length, 1);
 });
+
+t.test('gcAtPercent: a store fuller than that is collected at boot, before the worker is ready', async (t) => {
+  // The fake's volume is a folder on this machine's disk, which is more than 1 % full.
+  const rig = await Rig.start({ pool: { store: { volumeGb: 10, gcAtPercent: 1 }, idleTimeout: '2s' } });
+  t.teardown(() => rig.stop());
+  const input = await addBigInput(rig);
+  const daemon = await rig.startDaemon();
+  const nonce = `gc-${Date.now()}`;
+  const first = await build(rig, daemon, warm(input, `${nonce}-a`));
+  t.equal(first.code, 0, 'build A succeeded');
+  const volume = rig.fake.volumes()[0];
+  const onVolume = join(rig.fake.volumeDir(volume?.id ?? 0), 'store', basename(input));
+  t.ok(existsSync(onVolume), 'the input is on the volume');
+  await waitUntil(() => rig.fake.liveServers().length === 0 && rig.fake.volumes()[0]?.server === null, 30_000);
+
+  const before = daemon.lines.length;
+  const second = await build(rig, daemon, warm(input, `${nonce}-b`));
+  t.equal(second.code, 0, 'build B succeeded');
+  const log = readFileSync(join(rig.fake.servers()[1]?.dir ?? '/nonexistent', 'cloud-init-output.log'), 'utf8');
+  t.match(log, /the store is \d+% full \(gcAtPercent 1\); freeing \d+ bytes/, 'the boot collected garbage');
+  t.ok(log.search(/the store is \d+% full/) < log.indexOf('touch /run/nix-hcloud-builder/ready'), 'before the ready marker');
+  t.ok(await bytesUp(daemon, before) > 64 * MIB, 'so the input went up again');
+});
