@@ -12,7 +12,7 @@ import { LABEL_POOL, LABEL_SLOT, poolSelector, volumeLabels, volumeName } from '
 import type { Logger } from '../core/log.js';
 import type { HcloudClient } from '../hcloud/client.js';
 import type { Volume } from '../hcloud/types.js';
-import { isNotFound } from '../hcloud/errors.js';
+import { HcloudError, isNotFound } from '../hcloud/errors.js';
 
 export interface StoreVolume {
   id: number;
@@ -107,8 +107,14 @@ export class StoreVolumes {
     const release = this.releaser(slot);
     try {
       await this.load(signal);
-      const volume = this.bySlot.get(slot) ?? await this.create(slot, signal, note);
-      await this.waitDetached(volume, signal);
+      let volume = this.bySlot.get(slot) ?? await this.create(slot, signal, note);
+      if (!await this.waitDetached(volume, signal)) {
+        // Deleted behind our back (down --volumes while we run): the slot gets a new, empty one.
+        this.log.warn({ volume: volume.name, id: volume.id }, 'the slot\'s store volume is gone; creating another');
+        this.bySlot.delete(slot);
+        volume = await this.create(slot, signal, note);
+        await this.waitDetached(volume, signal);
+      }
       return { slot, volume, release };
     } catch (err) {
       if (signal.aborted) {
@@ -125,25 +131,43 @@ export class StoreVolumes {
     const location = this.pool.locations[0] as string;
     const name = volumeName(this.deps.instance, this.pool.name, slot);
     await this.deps.checkBudget?.(this.pool.store.volumeGb, `store volume ${name} (${this.pool.store.volumeGb} GB in ${location})`);
-    const answer = await this.deps.hcloud.createVolume(
-      { name, size: this.pool.store.volumeGb, location, format: 'ext4', labels: volumeLabels(this.deps.instance, this.pool.name, slot) },
-      signal,
-    );
-    await this.deps.hcloud.waitForActions([answer.action, ...answer.next_actions], { signal });
-    const volume = storeVolumeOf(answer.volume, slot);
+    const labels = volumeLabels(this.deps.instance, this.pool.name, slot);
+    let volume: StoreVolume;
+    try {
+      const answer = await this.deps.hcloud.createVolume({ name, size: this.pool.store.volumeGb, location, format: 'ext4', labels }, signal);
+      await this.deps.hcloud.waitForActions([answer.action, ...answer.next_actions], { signal });
+      volume = storeVolumeOf(answer.volume, slot);
+    } catch (err) {
+      // Ours already, by name and labels: made by a boot aborted after its create was sent.
+      if (!(err instanceof HcloudError && err.code === 'uniqueness_error')) throw err;
+      const found = (await this.deps.hcloud.listVolumes({ name }, signal)).find((v) => v.name === name && Object.entries(labels).every(([key, value]) => v.labels[key] === value));
+      if (!found) throw err;
+      volume = storeVolumeOf(found, slot);
+      this.bySlot.set(slot, volume);
+      this.log.info({ volume: name, id: volume.id }, 'found the slot\'s store volume by its name');
+      return volume;
+    }
     this.bySlot.set(slot, volume);
     this.log.info({ volume: name, id: volume.id, location, sizeGb: volume.sizeGb }, 'created a store volume');
     note(`created store volume ${name} (id ${volume.id}, ${volume.sizeGb} GB in ${location})`);
     return volume;
   }
 
-  /** A server being deleted (after a restart, say) still holds the volume until its delete ends. */
-  private async waitDetached(volume: StoreVolume, signal: AbortSignal): Promise<void> {
+  /**
+   * Waits until the volume is available and attached nowhere: a server being deleted (after a
+   * restart, say) holds it until its delete ends. False when the volume is gone.
+   */
+  private async waitDetached(volume: StoreVolume, signal: AbortSignal): Promise<boolean> {
     const deadline = Date.now() + (this.deps.detachWaitMs ?? 60_000);
     for (;;) {
-      const live = await this.deps.hcloud.getVolume(volume.id, signal);
-      if (live.server === null || live.server === undefined) return;
-      if (Date.now() >= deadline) throw new Error(`volume ${volume.name} is still attached to server ${live.server}`);
+      const live = await this.deps.hcloud.getVolume(volume.id, signal).catch((err: unknown) => {
+        if (isNotFound(err)) return undefined;
+        throw err;
+      });
+      if (!live) return false;
+      const attached = live.server !== null && live.server !== undefined;
+      if (!attached && live.status === 'available') return true;
+      if (Date.now() >= deadline) throw new Error(attached ? `volume ${volume.name} is still attached to server ${live.server}` : `volume ${volume.name} is still ${live.status}`);
       await sleep(1000, undefined, { signal });
     }
   }
