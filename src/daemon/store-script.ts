@@ -10,7 +10,16 @@
  * (or with Hetzner's automount) the volume is a folder at /mnt/HC_Volume_<id>: bind-mounted at
  * /nix. Either way /nix is the volume before Nix is installed or started, and every later ssh
  * session (same mount namespace) sees it.
+ *
+ * cloud-init writes all runcmd entries into one script, so each snippet is a subshell: its
+ * `exit` ends the snippet, never the commands after it (the ready marker's among them). A mount
+ * made in the subshell stays: mounts belong to the mount namespace, not to the process.
  */
+
+/** `( lines )`: a runcmd entry whose `exit` cannot end the whole runcmd script. */
+function subshell(lines: string[]): string {
+  return ['(', ...lines.map((l) => `  ${l}`), ')'].join('\n');
+}
 
 /** Written once the volume is the store: the check step runs only then. */
 export const STORE_MARKER = '/run/nix-hcloud-builder/store-volume';
@@ -18,7 +27,7 @@ export const STORE_MARKER = '/run/nix-hcloud-builder/store-volume';
 /** Mounts volume `volumeId` at /nix; exits non-zero (the worker then builds on a cold, local store) when it cannot. */
 export function mountStoreScript(volumeId: number): string {
   const id = Math.trunc(volumeId);
-  return [
+  return subshell([
     `id=${id}; dev="/dev/disk/by-id/scsi-0HC_Volume_$id"; dir="/mnt/HC_Volume_$id"; n=0`,
     // The device (or automount's folder) may appear a little after boot.
     'while [ ! -b "$dev" ] && [ ! -d "$dir" ] && [ "$n" -lt 60 ]; do n=$((n + 1)); sleep 1; done',
@@ -33,7 +42,7 @@ export function mountStoreScript(volumeId: number): string {
     '  echo "nix-hcloud-builder: volume $id did not appear; the store starts empty" >&2; exit 1',
     'fi',
     `mkdir -p "$(dirname ${STORE_MARKER})" && echo "$id" > ${STORE_MARKER}`,
-  ].join('\n');
+  ]);
 }
 
 /**
@@ -44,7 +53,7 @@ export function mountStoreScript(volumeId: number): string {
 export function checkStoreScript(gcAtPercent: number): string {
   const at = Math.trunc(gcAtPercent);
   const target = Math.floor((at * 3) / 4);
-  return [
+  return subshell([
     `[ -e ${STORE_MARKER} ] || exit 0`,
     'nix-store --verify || echo "nix-hcloud-builder: nix-store --verify reported problems" >&2',
     'used=$(df -P /nix | awk \'NR == 2 { sub(/%/, "", $5); print $5 }\')',
@@ -53,5 +62,5 @@ export function checkStoreScript(gcAtPercent: number): string {
     `  echo "nix-hcloud-builder: the store is $used% full (gcAtPercent ${at}); freeing $bytes bytes"`,
     '  nix-store --gc --max-freed "$bytes"',
     'fi',
-  ].join('\n');
+  ]);
 }

@@ -4,7 +4,7 @@ import { READY_MARKER } from '../../src/core/config.js';
 import { generateKeyPair } from '../../src/ssh/keys.js';
 import { instanceSelector, serverLabels, serverName } from '../../src/core/labels.js';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { USER_DATA_LIMIT, workerSetupCommands, workerUserData } from '../../src/daemon/user-data.js';
@@ -69,6 +69,16 @@ t.test('the store snippets pass shellcheck as POSIX sh', async (t) => {
   });
   const r = spawnSync('shellcheck', ['--shell=sh', ...files], { encoding: 'utf8' });
   t.equal(r.status, 0, r.stdout + r.stderr);
+});
+
+t.test('the store snippets never end the runcmd script (cloud-init runs all entries as one script)', async (t) => {
+  const runcmd = workerSetupCommands({ volumeId: 12, gcAtPercent: 80 });
+  t.match(runcmd[0], /^\(\n[\s\S]*\n\)$/, 'the mount is a subshell');
+  t.match(runcmd[2], /^\(\n[\s\S]*\n\)$/, 'the check is a subshell');
+  // Without a mounted volume the check exits at once; what follows it still runs.
+  t.notOk(existsSync(STORE_MARKER), 'this machine has no store marker');
+  const r = spawnSync('sh', ['-c', `${checkStoreScript(80)}\necho after`], { encoding: 'utf8' });
+  t.equal(r.stdout, 'after\n', r.stderr);
 });
 
 t.test('store volume labels and names', async (t) => {
