@@ -475,6 +475,18 @@ export class Worker {
     this.rec.activeSessions = 0;
   }
 
+  /**
+   * A server's delete is a power cut for its volume: what the store wrote is flushed first (ext4's
+   * journal and Nix's database keep it consistent without, but recent paths could be lost).
+   */
+  private async flushStore(): Promise<void> {
+    const client = this.connection;
+    if (!this.storeLease?.volume || !client) return;
+    const result = await runCommand(client, 'sync', 10_000).catch((err: unknown) => ({ code: -1, stderr: (err as Error).message }));
+    if (result.code === 0) this.log.info({ volume: this.storeLease.volume.name }, 'flushed the store volume before deleting the server');
+    else this.log.warn({ volume: this.storeLease.volume.name, code: result.code }, 'could not flush the store volume; deleting the server anyway');
+  }
+
   private releaseStore(): void {
     this.storeLease?.release();
     this.storeLease = undefined;
@@ -483,6 +495,7 @@ export class Worker {
   /** Deletes the server and waits for the delete action; not-found counts as deleted. */
   async destroy(reason: string): Promise<void> {
     this.markDeleting();
+    await this.flushStore();
     this.disconnect();
     if (this.record.id === 0) {
       // The create call never answered: look the server up by its (unique) name.

@@ -71,6 +71,7 @@ t.test('the store outlives its worker: the second build uploads nothing big', as
 
   // The worker idles out; its server goes, the volume stays, detached.
   await daemon.waitForMsg(/deleted server/, 30_000);
+  t.ok(daemon.lines.some((l) => l.msg === 'flushed the store volume before deleting the server'), 'the store was flushed before the delete');
   await waitUntil(() => rig.fake.volumes()[0]?.server === null, 10_000);
   t.equal(rig.fake.volumes().length, 1, 'the volume was not deleted with its server');
   t.equal(rig.fake.volumes()[0]?.server, null, 'and it is detached');
