@@ -4,6 +4,7 @@ import { instanceSelector } from '../core/labels.js';
 import type { Logger } from '../core/log.js';
 import { loadToken } from '../core/token.js';
 import { StateFile } from '../daemon/state.js';
+import { removeVolume } from '../daemon/store-volumes.js';
 import { HcloudClient } from '../hcloud/client.js';
 import { defineCommand } from './command.js';
 import { openConfig, say } from './common.js';
@@ -31,14 +32,37 @@ export async function deleteAllServers(config: Config, token: string, log: Logge
   return deleted;
 }
 
+/** `down --volumes`: deletes every store volume of this instance (after its server is gone, or detached). */
+export async function deleteAllVolumes(config: Config, token: string, log: Logger, say: (line: string) => void): Promise<number> {
+  const hcloud = new HcloudClient({ endpoint: config.hcloud.endpoint, token, logger: log });
+  const volumes = await hcloud.listVolumes({ labelSelector: instanceSelector(config.instance) });
+  let failed = 0;
+  await Promise.all(volumes.map(async (volume) => {
+    say(`deleting volume ${volume.name} (id ${volume.id}, ${volume.size} GB in ${volume.location.name})`);
+    try {
+      await removeVolume(hcloud, volume.id);
+    } catch (err) {
+      failed++;
+      say(`could not delete volume ${volume.name}: ${(err as Error).message}`);
+    }
+  }));
+  if (failed > 0) throw new Error(`${failed} volume(s) could not be deleted; run down --volumes again`);
+  return volumes.length;
+}
+
 export const down = defineCommand({
   name: 'down',
+  synopsis: '[--volumes]',
   summary: 'delete every server labelled with this instance now, whether or not the daemon runs',
-  options: {},
-  async run(_o, { configFile }) {
+  options: {
+    volumes: { type: 'boolean', description: "also delete this instance's store volumes (the warm stores: their data is gone for good)" },
+  },
+  async run(o, { configFile }) {
     const { config, log } = openConfig(configFile);
-    const deleted = await deleteAllServers(config, loadToken(config).token, log, say);
+    const token = loadToken(config).token;
+    const deleted = await deleteAllServers(config, token, log, say);
     say(`deleted ${deleted} server(s)`);
+    if (o.volumes === true) say(`deleted ${await deleteAllVolumes(config, token, log, say)} volume(s)`);
     return 0;
   },
 });

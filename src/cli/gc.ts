@@ -4,6 +4,7 @@ import { instanceSelector, LABEL_POOL } from '../core/labels.js';
 import type { Logger } from '../core/log.js';
 import { loadToken } from '../core/token.js';
 import { isRecordOf, peekState } from '../daemon/state.js';
+import { removeVolume, unusedVolumes } from '../daemon/store-volumes.js';
 import { HcloudClient } from '../hcloud/client.js';
 import type { Server } from '../hcloud/types.js';
 import { defineCommand } from './command.js';
@@ -35,18 +36,38 @@ export async function garbageCollect(config: Config, token: string, log: Logger,
   return doomed.length;
 }
 
+/**
+ * This instance's volumes that no configured pool slot uses: listed, and deleted only with
+ * `remove` (a volume is a warm store, and its data is gone for good once deleted).
+ */
+export async function collectVolumes(config: Config, token: string, log: Logger, say: (line: string) => void, remove: boolean): Promise<number> {
+  const hcloud = new HcloudClient({ endpoint: config.hcloud.endpoint, token, logger: log });
+  const unused = unusedVolumes(config.pools, await hcloud.listVolumes({ labelSelector: instanceSelector(config.instance) }));
+  for (const { volume, reason } of unused) {
+    say(`${remove ? 'deleting' : 'unused'} volume ${volume.name} (id ${volume.id}, ${volume.size} GB in ${volume.location.name}): ${reason}`);
+  }
+  if (!remove) return unused.length;
+  await Promise.all(unused.map(({ volume }) => removeVolume(hcloud, volume.id)));
+  return unused.length;
+}
+
 export const gc = defineCommand({
   name: 'gc',
-  synopsis: '[--dry-run]',
+  synopsis: '[--dry-run] [--volumes]',
   summary: "delete this instance's servers that the state does not know or that outlived their pool's hard lifetime (2 × maxLifetime), naming each and why",
   options: {
     'dry-run': { type: 'boolean', description: 'only list them' },
+    volumes: { type: 'boolean', description: 'also delete the store volumes that no configured pool slot uses (without it they are only listed)' },
   },
   async run(o, { configFile }) {
     const { config, log } = openConfig(configFile);
     const dryRun = o.dryRun === true;
-    const count = await garbageCollect(config, loadToken(config).token, log, say, dryRun);
+    const token = loadToken(config).token;
+    const count = await garbageCollect(config, token, log, say, dryRun);
     say(`${dryRun ? 'would delete' : 'deleted'} ${count} server(s)`);
+    const remove = o.volumes === true && !dryRun;
+    const volumes = await collectVolumes(config, token, log, say, remove);
+    if (volumes > 0) say(remove ? `deleted ${volumes} volume(s)` : `${volumes} unused volume(s); gc --volumes deletes them`);
     return 0;
   },
 });

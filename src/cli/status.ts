@@ -4,8 +4,8 @@
  */
 import { loadConfig, type Config } from '../core/config.js';
 import { HcloudClient } from '../hcloud/client.js';
-import type { Server } from '../hcloud/types.js';
-import { instanceSelector, LABEL_POOL } from '../core/labels.js';
+import type { Server, Volume } from '../hcloud/types.js';
+import { instanceSelector, LABEL_POOL, LABEL_SLOT } from '../core/labels.js';
 import { Ledger } from '../daemon/ledger.js';
 import { isRecordOf, peekState } from '../daemon/state.js';
 import { serverAddress } from '../hcloud/address.js';
@@ -31,8 +31,24 @@ export interface StatusRow {
   costSoFarEur?: number;
 }
 
+/** A store volume of this instance (the warm store), as the API lists it. */
+export interface VolumeRow {
+  id: number;
+  name: string;
+  pool: string;
+  slot: string;
+  sizeGb: number;
+  location: string;
+  /** The server it is attached to (name, else id), or undefined when detached. */
+  attachedTo?: string;
+  /** Gross EUR per month (size × the API's price per GB-month), when the price could be read. */
+  eurPerMonth?: number;
+}
+
 export interface StatusReport {
   workers: StatusRow[];
+  /** This instance's store volumes; absent when the API could not be asked. */
+  volumes?: VolumeRow[];
   /** EUR billed this calendar month (UTC) for servers this daemon created. */
   spentThisMonthEur: number;
   budgetEurPerMonth?: number;
@@ -40,21 +56,48 @@ export interface StatusReport {
 
 export async function gatherStatus(config: Config, token: string | undefined): Promise<StatusReport> {
   const ledger = Ledger.load(config.stateDir);
-  const workers = await gatherRows(config, token);
+  const { rows: workers, hcloud, servers } = await gatherRows(config, token);
   for (const row of workers) {
     const cost = ledger.costSoFar(row.name);
     if (cost !== undefined) row.costSoFarEur = round(cost);
   }
   const report: StatusReport = { workers, spentThisMonthEur: round(ledger.spentThisMonth()) };
   if (config.budget) report.budgetEurPerMonth = config.budget.maxEurPerMonth;
+  if (hcloud) {
+    const volumes = await gatherVolumes(config, hcloud, servers);
+    if (volumes) report.volumes = volumes;
+  }
   return report;
+}
+
+async function gatherVolumes(config: Config, hcloud: HcloudClient, servers: Server[]): Promise<VolumeRow[] | undefined> {
+  let volumes: Volume[];
+  try {
+    volumes = await hcloud.listVolumes({ labelSelector: instanceSelector(config.instance), sort: ['id:asc'] });
+  } catch (err) {
+    process.stderr.write(`nix-hcloud-builder: cannot list the store volumes: ${(err as Error).message}\n`);
+    return undefined;
+  }
+  if (volumes.length === 0) return [];
+  const perGb = await hcloud.getPricing().then((p) => Number(p.volume.price_per_gb_month.gross), () => Number.NaN);
+  return Promise.all(volumes.map(async (v) => {
+    const row: VolumeRow = { id: v.id, name: v.name, pool: v.labels[LABEL_POOL] ?? '', slot: v.labels[LABEL_SLOT] ?? '', sizeGb: v.size, location: v.location.name };
+    const holder = v.server;
+    if (holder !== null && holder !== undefined) {
+      // A server not labelled as ours may hold one (attached by hand): asked for by id.
+      const name = servers.find((s) => s.id === holder)?.name ?? await hcloud.getServer(holder).then((s) => s.name, () => undefined);
+      row.attachedTo = name ?? `server ${holder}`;
+    }
+    if (Number.isFinite(perGb)) row.eurPerMonth = round(v.size * perGb);
+    return row;
+  }));
 }
 
 function round(eur: number): number {
   return Math.round(eur * 10_000) / 10_000;
 }
 
-async function gatherRows(config: Config, token: string | undefined): Promise<StatusRow[]> {
+async function gatherRows(config: Config, token: string | undefined): Promise<{ rows: StatusRow[]; hcloud?: HcloudClient; servers: Server[] }> {
   const { state, problem } = peekState(config.stateDir);
   if (problem) process.stderr.write(`nix-hcloud-builder: ${problem}\n`);
   const rows: StatusRow[] = (state?.workers ?? []).map((w) => {
@@ -67,14 +110,14 @@ async function gatherRows(config: Config, token: string | undefined): Promise<St
     if (w.hourlyPriceEur) row.hourlyPriceEur = w.hourlyPriceEur;
     return row;
   });
-  if (!token) return rows;
+  if (!token) return { rows, servers: [] };
   const hcloud = new HcloudClient({ endpoint: config.hcloud.endpoint, token, retry: { maxRetries: 1 } });
   let servers: Server[];
   try {
     servers = await hcloud.listServers({ labelSelector: instanceSelector(config.instance) });
   } catch (err) {
     process.stderr.write(`nix-hcloud-builder: cannot ask the API for live status: ${(err as Error).message}\n`);
-    return rows;
+    return { rows, servers: [] };
   }
   for (const server of servers) {
     const row = rows.find((r) => isRecordOf(r, server));
@@ -89,13 +132,14 @@ async function gatherRows(config: Config, token: string | undefined): Promise<St
     }
   }
   for (const row of rows) if (row.status === undefined && row.id !== 0) row.status = 'gone';
-  return rows;
+  return { rows, hcloud, servers };
 }
 
 export function formatStatus(report: StatusReport): string {
   const money = `spent this month: €${report.spentThisMonthEur.toFixed(2)}${report.budgetEurPerMonth === undefined ? '' : ` of a €${report.budgetEurPerMonth.toFixed(2)} budget`}\n`;
   const rows = report.workers;
-  if (rows.length === 0) return `no workers\n${money}`;
+  const volumes = formatVolumes(report.volumes ?? []);
+  if (rows.length === 0) return `no workers\n${volumes}${money}`;
   const header = ['ID', 'NAME', 'POOL', 'PHASE', 'STATUS', 'ADDRESS', 'TYPE', 'LOCATION', 'SESSIONS', 'AGE', 'IDLE', '€/H', 'COST €'];
   const age = (iso: string | undefined): string => {
     if (!iso) return '-';
@@ -107,8 +151,23 @@ export function formatStatus(report: StatusReport): string {
     String(r.activeSessions), age(r.createdAt), r.idleSince ? age(r.idleSince) : '-', r.hourlyPriceEur ? Number(r.hourlyPriceEur).toFixed(4) : '-',
     r.costSoFarEur === undefined ? '-' : r.costSoFarEur.toFixed(4),
   ])];
-  const widths = header.map((_, i) => Math.max(...table.map((row) => (row[i] as string).length)));
-  return `${table.map((row) => row.map((cell, i) => cell.padEnd(widths[i] as number)).join('  ').trimEnd()).join('\n')}\n${money}`;
+  return `${formatTable(table)}${volumes}${money}`;
+}
+
+function formatTable(table: string[][]): string {
+  const widths = (table[0] as string[]).map((_, i) => Math.max(...table.map((row) => (row[i] as string).length)));
+  return `${table.map((row) => row.map((cell, i) => cell.padEnd(widths[i] as number)).join('  ').trimEnd()).join('\n')}\n`;
+}
+
+/** The store volumes' table, after the workers'; nothing when there are none. */
+function formatVolumes(volumes: VolumeRow[]): string {
+  if (volumes.length === 0) return '';
+  const header = ['VOLUME', 'NAME', 'POOL', 'SLOT', 'SIZE', 'LOCATION', 'ATTACHED TO', '€/MONTH'];
+  const table = [header, ...volumes.map((v) => [
+    String(v.id), v.name, v.pool || '-', v.slot || '-', `${v.sizeGb} GB`, v.location, v.attachedTo ?? '-', v.eurPerMonth === undefined ? '-' : v.eurPerMonth.toFixed(2),
+  ])];
+  const monthly = volumes.reduce((sum, v) => sum + (v.eurPerMonth ?? 0), 0);
+  return `${formatTable(table)}store volumes: €${monthly.toFixed(2)}/month, billed whether attached or not\n`;
 }
 
 export const status = defineCommand({

@@ -40,6 +40,8 @@ export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
   { key: 'pools.<name>.idlePolicy', default: '`"timeout"`', meaning: '`"timeout"`: delete `idleTimeout` after the last session. `"billing-hour"`: Hetzner bills every started hour, so keep an idle worker until `billingMargin` before its next hour starts' },
   { key: 'pools.<name>.billingMargin', default: '`3m`', meaning: 'with `"billing-hour"`' },
   { key: 'pools.<name>.keepaliveInterval', default: '`10s`', meaning: 'ssh keepalive towards the worker; three missed ones end the connection, fail its sessions and delete the worker' },
+  { key: 'pools.<name>.store.volumeGb', default: '– (no warm store)', meaning: 'keep the Nix store of each worker slot (`maxWorkers` of them) on a Hetzner Volume of this many GB (10 to 10240), so the next worker finds what earlier builds uploaded. Each volume is billed per GB-month whether attached or not (200 GB ≈ €11/month); it lives in the pool\'s first location, see *Warm store*' },
+  { key: 'pools.<name>.store.gcAtPercent', default: '`80`', meaning: 'at boot, garbage-collect the store when its volume is fuller than this percentage (1 to 99)' },
   { key: 'budget.maxEurPerMonth', default: '– (no cap)', meaning: 'refuse to create a server when this month\'s spend plus one hour of it would pass this' },
   { key: 'sweepInterval', default: '`5m`', meaning: 'how often labelled servers are checked against the state (unknown ones deleted) and lifetimes enforced' },
   { key: 'shutdownGrace', default: '`60s`', meaning: 'on SIGTERM, how long running sessions may go on before workers are deleted anyway' },

@@ -34,7 +34,30 @@ export interface PoolConfig {
   billingMarginMs: number;
   /** ssh keepalive towards the worker; 3 missed ones end the connection (a silent worker is noticed within 3 × this). */
   keepaliveIntervalMs: number;
+  /** The warm store: each worker slot's Nix store on a Hetzner Volume; absent = every worker starts empty. */
+  store?: StoreConfig;
 }
+
+// ---- warm store (pools.<name>.store): kept in one block ----
+/** `pools.<name>.store`: a Hetzner Volume per worker slot that carries the Nix store from one worker to the next. */
+export interface StoreConfig {
+  /** Size of each volume in GB (Hetzner: 10..10240), billed per GB-month whether attached or not. */
+  volumeGb: number;
+  /** Garbage-collect the store at boot when its file system is fuller than this percentage. */
+  gcAtPercent: number;
+}
+
+export const DEFAULT_GC_AT_PERCENT = 80;
+
+function parseStore(f: Fields): StoreConfig | undefined {
+  const s = f.object('store');
+  if (!s) return undefined;
+  const store = { volumeGb: s.integer('volumeGb', Number.NaN, 10, 10240), gcAtPercent: s.integer('gcAtPercent', DEFAULT_GC_AT_PERCENT, 1, 99) };
+  if (Number.isNaN(store.volumeGb)) s.fail('volumeGb', 'an integer from 10 to 10240 (GB of the volume that holds the store)', undefined);
+  s.done();
+  return store;
+}
+// ---- end of warm store ----
 
 export interface Config {
   /** Marks the servers this daemon owns (label value); two daemons on one project need different ones. */
@@ -204,6 +227,8 @@ function parsePool(name: string, f: Fields): PoolConfig {
     billingMarginMs: f.duration('billingMargin', '3m'),
     keepaliveIntervalMs: f.duration('keepaliveInterval', '10s'),
   };
+  const store = parseStore(f);
+  if (store) pool.store = store;
   if (pool.keepaliveIntervalMs < 1000) f.fail('keepaliveInterval', 'at least 1s', pool.keepaliveIntervalMs / 1000);
   if (pool.serverTypes.length === 0) f.fail('serverTypes', 'at least one server type', []);
   if (pool.locations.length === 0) f.fail('locations', 'at least one location', []);

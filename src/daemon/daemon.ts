@@ -14,7 +14,7 @@ import { warnIfSsh2InternalsDiffer } from '../ssh/ssh2-internals.js';
 import { HcloudClient } from '../hcloud/client.js';
 import type { Server, ServerType } from '../hcloud/types.js';
 import { generateKeyPair, hostKeyPaths } from '../ssh/keys.js';
-import { Ledger } from './ledger.js';
+import { BudgetExceeded, Ledger } from './ledger.js';
 import { instanceSelector, LABEL_POOL } from '../core/labels.js';
 import type { Logger } from '../core/log.js';
 import { serveControl } from './control.js';
@@ -24,6 +24,7 @@ import { checkPoolServerTypes } from './server-types.js';
 import { writeFileAtomic } from '../core/atomic-file.js';
 import { isRecordOf, StateFile, type WorkerRecord } from './state.js';
 import { Worker, type WorkerDeps } from './worker.js';
+import { StoreVolumes } from './store-volumes.js';
 
 export interface DaemonOptions {
   config: Config;
@@ -60,6 +61,8 @@ export function loadAuthorizedKeys(config: Config): string[] {
 
 export class Daemon {
   readonly pools = new Map<string, Pool>();
+  /** The warm store's volumes of each pool that has one. */
+  readonly stores = new Map<string, StoreVolumes>();
   endpoint!: Endpoint;
   port = 0;
   private state!: StateFile;
@@ -69,6 +72,8 @@ export class Daemon {
   readonly hcloud: HcloudClient;
   private readonly log: Logger;
   private serverTypes: Promise<ServerType[]> | undefined;
+  /** Gross EUR per GB-month of a volume, from GET /pricing, asked once (again after a failure). */
+  private volumePrice: Promise<number> | undefined;
   private stopping: Promise<void> | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private sweeping: Promise<void> | undefined;
@@ -114,11 +119,26 @@ export class Daemon {
           this.serverTypes = undefined;
           throw err;
         })),
+        ...(Object.values(config.pools).some((p) => p.store) ? { volumesEurPerMonth: () => this.volumesEurPerMonth() } : {}),
+      };
+      // A new store volume counts against the budget for a whole month; unknown price: refused.
+      const checkBudget = async (sizeGb: number, what: string): Promise<void> => {
+        const budget = config.budget;
+        if (!budget) return;
+        let perGb: number;
+        try {
+          perGb = await this.volumePricePerGbMonth();
+        } catch (err) {
+          throw new BudgetExceeded(`budget: no volume price known (${(err as Error).message})`);
+        }
+        this.ledger.checkVolume(budget.maxEurPerMonth, sizeGb * perGb, what, await this.volumesEurPerMonth());
       };
       for (const pool of Object.values(config.pools)) {
+        const store = pool.store ? new StoreVolumes({ ...pool, store: pool.store }, { hcloud: this.hcloud, instance: config.instance, log: this.log, checkBudget }) : undefined;
+        if (store) this.stores.set(pool.name, store);
         this.pools.set(pool.name, new Pool(pool, {
           log: this.log,
-          createWorker: () => Worker.planned(pool, deps),
+          createWorker: () => Worker.planned(pool, deps, store),
           changed: () => this.scheduleSave(),
           ...(this.options.deleteRetryFirstMs !== undefined ? { deleteRetryFirstMs: this.options.deleteRetryFirstMs } : {}),
         }));
@@ -151,6 +171,10 @@ export class Daemon {
 
   private async reconcile(previous: WorkerRecord[], deps: WorkerDeps): Promise<void> {
     const servers: Server[] = await this.hcloud.listServers({ labelSelector: instanceSelector(this.config.instance) });
+    // The store volumes first: an adopted server keeps the slot of the volume it has.
+    for (const store of this.stores.values()) {
+      await store.load().catch((err: unknown) => this.log.error({ err }, 'cannot list the store volumes; trying again at the next boot'));
+    }
     const adopted: string[] = [];
     const deleting: Promise<void>[] = [];
     for (const server of servers) {
@@ -160,6 +184,7 @@ export class Daemon {
         const worker = new Worker(pool.config, { ...record, id: server.id }, deps);
         try {
           await worker.adopt(this.options.adoptTimeoutMs ?? 15_000);
+          worker.holdStore(this.stores.get(pool.config.name)?.claim(server.volumes ?? []));
           pool.adopt(worker);
           adopted.push(server.name);
           continue;
@@ -175,6 +200,25 @@ export class Daemon {
     await Promise.all(deleting);
     this.scheduleSave();
     this.log.info({ found: servers.length, adopted: adopted.length, deleted: deleting.length }, 'step 3/4: reconciled with the cloud');
+  }
+
+  /** Gross EUR per GB-month of a volume (GET /pricing). */
+  volumePricePerGbMonth(): Promise<number> {
+    this.volumePrice ??= this.hcloud.getPricing().then((pricing) => {
+      const price = Number(pricing.volume.price_per_gb_month.gross);
+      if (!Number.isFinite(price)) throw new Error(`GET /pricing gave no usable volume price (${JSON.stringify(pricing.volume)})`);
+      return price;
+    }).catch((err: unknown) => {
+      this.volumePrice = undefined;
+      throw err;
+    });
+    return this.volumePrice;
+  }
+
+  /** What the store volumes this daemon knows of cost a month, at the API's price. */
+  async volumesEurPerMonth(): Promise<number> {
+    const gb = [...this.stores.values()].flatMap((s) => s.volumes).reduce((sum, v) => sum + v.sizeGb, 0);
+    return gb === 0 ? 0 : gb * await this.volumePricePerGbMonth();
   }
 
   /**

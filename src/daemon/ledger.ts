@@ -89,11 +89,27 @@ export class Ledger {
     return entry ? billedHours(entry, 0, now) * entry.hourlyEur : undefined;
   }
 
-  /** Throws when one more hour of a server at `hourlyEur` would take this month past `maxEurPerMonth`. */
-  check(maxEurPerMonth: number, hourlyEur: number, what: string, now = Date.now()): void {
+  /**
+   * Throws when one more hour of a server at `hourlyEur` would take this month past
+   * `maxEurPerMonth`. `volumesEurPerMonth`: the store volumes', counted for a whole month each
+   * (they bill whether attached or not, so a month of them is as good as spent).
+   */
+  check(maxEurPerMonth: number, hourlyEur: number, what: string, now = Date.now(), volumesEurPerMonth = 0): void {
     const spent = this.spentThisMonth(now);
-    if (spent + hourlyEur > maxEurPerMonth) {
-      throw new BudgetExceeded(`budget: creating ${what} (€${hourlyEur.toFixed(4)}/h) would exceed budget.maxEurPerMonth (€${maxEurPerMonth.toFixed(2)}; spent this month €${spent.toFixed(2)})`);
+    if (spent + volumesEurPerMonth + hourlyEur > maxEurPerMonth) {
+      throw new BudgetExceeded(`budget: creating ${what} (€${hourlyEur.toFixed(4)}/h) would exceed budget.maxEurPerMonth (€${maxEurPerMonth.toFixed(2)}; spent this month €${spent.toFixed(2)}${volumesText(volumesEurPerMonth)})`);
     }
   }
+
+  /** Throws when a new volume at `eurPerMonth` would take this month past `maxEurPerMonth`, as `check`. */
+  checkVolume(maxEurPerMonth: number, eurPerMonth: number, what: string, volumesEurPerMonth: number, now = Date.now()): void {
+    const spent = this.spentThisMonth(now);
+    if (spent + volumesEurPerMonth + eurPerMonth > maxEurPerMonth) {
+      throw new BudgetExceeded(`budget: creating ${what} (€${eurPerMonth.toFixed(2)}/month) would exceed budget.maxEurPerMonth (€${maxEurPerMonth.toFixed(2)}; spent this month €${spent.toFixed(2)}${volumesText(volumesEurPerMonth)})`);
+    }
+  }
+}
+
+function volumesText(eurPerMonth: number): string {
+  return eurPerMonth > 0 ? `, store volumes €${eurPerMonth.toFixed(2)}/month` : '';
 }

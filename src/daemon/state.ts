@@ -28,6 +28,8 @@ export interface WorkerRecord {
   /** Secret: root's login key on the worker, valid for this one server only. */
   loginPrivateKey: string;
   hourlyPriceEur?: string;
+  /** The store volume the server was created with (warm store pools). */
+  volumeId?: number;
   createdAt: string;
   readyAt?: string;
   activeSessions: number;

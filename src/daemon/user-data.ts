@@ -8,18 +8,44 @@
  */
 import { READY_MARKER } from '../core/config.js';
 import type { KeyPair } from '../ssh/keys.js';
+import { checkStoreScript, mountStoreScript } from './store-script.js';
 
 export const USER_DATA_LIMIT = 32 * 1024;
 
 const NIX_INSTALLER = 'https://nixos.org/nix/install';
 
+/** The worker's store volume: its id, and when to collect garbage. */
+export interface StoreVolumeInput {
+  volumeId: number;
+  gcAtPercent: number;
+}
+
+/**
+ * A Nix installed earlier on the store volume, by a worker before this one: the stock image's
+ * root disk has none of the rest (build users, nix.conf, the daemon's units, the links), so that
+ * is redone here instead of running the installer, which refuses an existing /nix.
+ */
+const REUSE_NIX_ON_VOLUME = [
+  'groupadd -f -r nixbld',
+  'for i in $(seq 1 32); do id "nixbld$i" >/dev/null 2>&1 || useradd -r -g nixbld -G nixbld -d /var/empty -s /usr/sbin/nologin "nixbld$i"; done',
+  'mkdir -p /etc/nix && { [ -e /etc/nix/nix.conf ] || echo "build-users-group = nixbld" > /etc/nix/nix.conf; }',
+  'for u in nix-daemon.socket nix-daemon.service; do ln -sf "/nix/var/nix/profiles/default/lib/systemd/system/$u" /etc/systemd/system/; done',
+  'systemctl daemon-reload && systemctl start nix-daemon.socket',
+].join('; ');
+
 /** Commands run by cloud-init's final stage, in order; each is idempotent. */
-export function workerSetupCommands(): string[] {
+export function workerSetupCommands(store?: StoreVolumeInput): string[] {
   const markerDir = READY_MARKER.slice(0, READY_MARKER.lastIndexOf('/'));
+  const link = 'ln -sf /nix/var/nix/profiles/default/bin/* /usr/local/bin/';
   return [
+    // The store volume becomes /nix before anything of Nix runs or is installed.
+    ...(store ? [mountStoreScript(store.volumeId)] : []),
     // Stock images (Ubuntu, Debian) have no Nix: install it multi-user, and put its tools on the
     // PATH of non-interactive ssh commands, which read no profile. Images with Nix skip this.
-    `command -v nix-store >/dev/null || { curl -fsSL ${NIX_INSTALLER} | sh -s -- --daemon --yes && ln -sf /nix/var/nix/profiles/default/bin/* /usr/local/bin/; }`,
+    store
+      ? `command -v nix-store >/dev/null || if [ -x /nix/var/nix/profiles/default/bin/nix-store ]; then ${REUSE_NIX_ON_VOLUME}; ${link}; else curl -fsSL ${NIX_INSTALLER} | sh -s -- --daemon --yes && ${link}; fi`
+      : `command -v nix-store >/dev/null || { curl -fsSL ${NIX_INSTALLER} | sh -s -- --daemon --yes && ${link}; }`,
+    ...(store ? [checkStoreScript(store.gcAtPercent)] : []),
     `mkdir -p ${markerDir} && touch ${READY_MARKER}`,
   ];
 }
@@ -27,6 +53,8 @@ export function workerSetupCommands(): string[] {
 export interface WorkerUserDataInput {
   hostKey: KeyPair;
   loginPublicKey: string;
+  /** The store volume this server is created with; absent: the store is the server's own disk. */
+  store?: StoreVolumeInput;
 }
 
 export function workerUserData(input: WorkerUserDataInput): string {
@@ -40,7 +68,7 @@ export function workerUserData(input: WorkerUserDataInput): string {
       ed25519_public: input.hostKey.publicKey,
     },
     users: [{ name: 'root', ssh_authorized_keys: [input.loginPublicKey] }],
-    runcmd: workerSetupCommands(),
+    runcmd: workerSetupCommands(input.store),
   };
   const text = `#cloud-config\n${JSON.stringify(config, null, 1)}\n`;
   if (Buffer.byteLength(text) > USER_DATA_LIMIT) throw new Error(`user data is ${Buffer.byteLength(text)} bytes, over Hetzner's 32 KiB limit`);

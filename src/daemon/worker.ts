@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { PoolConfig } from '../core/config.js';
 import { formatDuration } from '../core/duration.js';
 import type { HcloudClient } from '../hcloud/client.js';
-import { HcloudError } from '../hcloud/errors.js';
+import { HcloudError, isVolumeAttached } from '../hcloud/errors.js';
 import { serverAddress } from '../hcloud/address.js';
 import type { CreateServerResponse, Server, ServerType } from '../hcloud/types.js';
 import { generateKeyPair } from '../ssh/keys.js';
@@ -15,7 +15,8 @@ import { serverLabels, serverName } from '../core/labels.js';
 import type { Logger } from '../core/log.js';
 import { BudgetExceeded, type Ledger } from './ledger.js';
 import type { WorkerRecord } from './state.js';
-import { workerUserData } from './user-data.js';
+import { workerUserData, type StoreVolumeInput } from './user-data.js';
+import type { StoreLease, StoreVolumes } from './store-volumes.js';
 import { connectWorker, execChannel, HostKeyMismatch, isChannelRefusal, runCommand, writeGateOf, type SshClient, type WorkerChannel, type WorkerSshTarget } from '../ssh/worker-connection.js';
 
 export class BootError extends Error {
@@ -34,7 +35,12 @@ export interface WorkerDeps {
   /** Persists the record after each change that matters on restart. */
   save: () => Promise<void>;
   serverTypes: () => Promise<ServerType[]>;
+  /** What the store volumes of every pool cost a month (for the budget); throws when their price is unknown. */
+  volumesEurPerMonth?: () => Promise<number>;
 }
+
+/** The user data of a planned worker, with or without its store volume (known only at create). */
+export type UserDataFor = (store?: StoreVolumeInput) => string;
 
 export type ProgressListener = (line: string) => void;
 
@@ -53,23 +59,34 @@ export class Worker {
   private sessions = 0;
   private readonly listeners = new Set<ProgressListener>();
   private readonly log: Logger;
+  /** The store slot this worker holds (warm store pools); given back once its server is gone. */
+  private storeLease: StoreLease | undefined;
 
-  /** `userData` is given for a worker to boot, not for one adopted after a restart. */
-  constructor(readonly pool: PoolConfig, private readonly rec: WorkerRecord, private readonly deps: WorkerDeps, private userData?: string) {
+  /**
+   * `userData` is given for a worker to boot, not for one adopted after a restart; `store` is the
+   * pool's store volumes, for a pool with a warm store.
+   */
+  constructor(readonly pool: PoolConfig, private readonly rec: WorkerRecord, private readonly deps: WorkerDeps, private userData?: UserDataFor, private readonly store?: StoreVolumes) {
     this.log = deps.log.child({ pool: pool.name, worker: rec.name });
   }
 
   /** A worker planned by `plan()`, ready to boot. */
-  static planned(pool: PoolConfig, deps: WorkerDeps): Worker {
+  static planned(pool: PoolConfig, deps: WorkerDeps, store?: StoreVolumes): Worker {
     const { record, userData } = Worker.plan(pool, deps.instance);
-    return new Worker(pool, record, deps, userData);
+    return new Worker(pool, record, deps, userData, store);
+  }
+
+  /** An adopted worker keeps the store slot of the volume its server has (after a restart). */
+  holdStore(lease: StoreLease | undefined): void {
+    this.storeLease = lease;
+    if (lease?.volume) this.rec.volumeId = lease.volume.id;
   }
 
   /**
    * A fresh record for a server not created yet, and the user data to create it with. The host
    * private key lives only in that user data: the state keeps the public half, to pin it.
    */
-  static plan(pool: PoolConfig, instance: string): { record: WorkerRecord; userData: string } {
+  static plan(pool: PoolConfig, instance: string): { record: WorkerRecord; userData: UserDataFor } {
     const suffix = `${Date.now().toString(36)}${randomBytes(2).toString('hex')}`;
     const name = serverName(instance, pool.name, suffix);
     const host = generateKeyPair(`${name}-host`);
@@ -87,7 +104,10 @@ export class Worker {
       createdAt: new Date().toISOString(),
       activeSessions: 0,
     };
-    return { record, userData: workerUserData({ hostKey: host, loginPublicKey: login.publicKey }) };
+    return {
+      record,
+      userData: (store) => workerUserData({ hostKey: host, loginPublicKey: login.publicKey, ...(store ? { store } : {}) }),
+    };
   }
 
   /** The state file's entry for this server; it changes only through this worker. */
@@ -172,6 +192,11 @@ export class Worker {
 
   private step(n: number, of: number, line: string, fields: Record<string, unknown> = {}): void {
     this.log.info(fields, `boot step ${n}/${of}: ${line}`);
+    this.say(line);
+  }
+
+  /** A line for the sessions waiting for this boot (their stderr). */
+  private say(line: string): void {
     const text = `nix-hcloud-builder: ${line}`;
     for (const listener of this.listeners) listener(text);
   }
@@ -215,7 +240,9 @@ export class Worker {
     this.userData = undefined;
     const image = await this.resolveImage(signal);
 
-    // 1. Create the server: first location that has the first server type, and so on.
+    // 1. Create the server: first location that has the first server type, and so on; with a warm
+    // store, first in its volume's location, with the volume.
+    if (this.store) this.storeLease = await this.store.acquire(signal, (line) => this.say(line));
     const created = await this.create(image, userData, signal);
     const price = this.record.hourlyPriceEur;
     this.rec.phase = 'booting';
@@ -255,59 +282,94 @@ export class Worker {
     return String(newest.id);
   }
 
-  private async create(image: string, userData: string, signal: AbortSignal): Promise<Pick<CreateServerResponse, 'action' | 'next_actions'>> {
+  /**
+   * Where to try, in order: every server type in the store volume's location, with the volume;
+   * then, as without one, each server type in each other location, cold.
+   */
+  private attempts(): { serverType: string; location: string; volume?: StoreVolumeInput & { name: string } }[] {
+    const volume = this.storeLease?.volume;
+    const store = this.pool.store;
+    const all = this.pool.serverTypes.flatMap((serverType) => this.pool.locations.map((location) => ({ serverType, location })));
+    if (!volume || !store) return all;
+    const warm = this.pool.serverTypes.map((serverType) => ({ serverType, location: volume.location, volume: { volumeId: volume.id, gcAtPercent: store.gcAtPercent, name: volume.name } }));
+    return [...warm, ...all.filter((a) => a.location !== volume.location)];
+  }
+
+  private async create(image: string, userData: UserDataFor, signal: AbortSignal): Promise<Pick<CreateServerResponse, 'action' | 'next_actions'>> {
     const tried: string[] = [];
-    for (const serverType of this.pool.serverTypes) {
-      for (const location of this.pool.locations) {
-        const price = await this.hourlyPrice(serverType, location, signal).catch(() => undefined);
-        if (this.deps.budget) {
-          try {
-            // Fail closed: with a budget set, a server whose price we cannot read is not created.
-            if (price === undefined) throw new BudgetExceeded(`budget: no price known for ${serverType} in ${location}`);
-            this.deps.ledger.check(this.deps.budget.maxEurPerMonth, Number(price), `${serverType} in ${location}`);
-          } catch (err) {
-            if (!(err instanceof BudgetExceeded)) throw err;
-            tried.push(`${serverType} in ${location} (${err.message})`);
-            this.log.warn({ serverType, location }, err.message);
-            continue;
-          }
-        }
-        this.rec.serverType = serverType;
-        this.rec.location = location;
-        if (price !== undefined) this.rec.hourlyPriceEur = price;
-        // Saved before the call: if we die during it, the restart finds the server by its name.
-        await this.deps.save();
+    let wentCold = false;
+    for (const { serverType, location, volume } of this.attempts()) {
+      if (!volume && this.storeLease?.volume && !wentCold) {
+        // The volume's location cannot take a server now: boot elsewhere with an empty store.
+        wentCold = true;
+        const lease = this.storeLease;
+        this.storeLease = undefined;
+        lease.release();
+        this.log.warn({ volume: lease.volume?.name, location: lease.volume?.location }, 'the store volume\'s location cannot take a server; booting with an empty store elsewhere');
+        this.say(`store volume ${lease.volume?.name ?? ''} is in ${lease.volume?.location ?? ''}, which cannot take a server now (${tried.join(', ')}); booting elsewhere with an empty store`);
+      }
+      const price = await this.hourlyPrice(serverType, location, signal).catch(() => undefined);
+      if (this.deps.budget) {
         try {
-          const answer = await this.deps.hcloud.createServer(
-            {
-              name: this.record.name,
-              server_type: serverType,
-              image,
-              location,
-              user_data: userData,
-              labels: serverLabels(this.deps.instance, this.pool.name),
-              start_after_create: true,
-              public_net: { enable_ipv4: this.pool.ipv4, enable_ipv6: true },
-            },
-            signal,
-          );
-          this.rec.id = answer.server.id;
-          this.deps.ledger.opened({
-            id: answer.server.id, name: this.record.name, pool: this.pool.name, serverType, location,
-            hourlyEur: Number(price ?? 0), createdAt: answer.server.created,
-          });
-          return { action: answer.action, next_actions: answer.next_actions };
+          // Fail closed: with a budget set, a server whose price we cannot read is not created.
+          if (price === undefined) throw new BudgetExceeded(`budget: no price known for ${serverType} in ${location}`);
+          const volumes = await this.volumesEurPerMonth();
+          this.deps.ledger.check(this.deps.budget.maxEurPerMonth, Number(price), `${serverType} in ${location}`, Date.now(), volumes);
         } catch (err) {
-          if (err instanceof HcloudError && TRY_ELSEWHERE.has(err.code)) {
-            tried.push(`${serverType} in ${location} (${err.code})`);
-            this.log.warn({ serverType, location, code: err.code }, `cannot create here: ${err.message}`);
-            continue;
-          }
-          throw err;
+          if (!(err instanceof BudgetExceeded)) throw err;
+          tried.push(`${serverType} in ${location} (${err.message})`);
+          this.log.warn({ serverType, location }, err.message);
+          continue;
         }
+      }
+      this.rec.serverType = serverType;
+      this.rec.location = location;
+      if (price !== undefined) this.rec.hourlyPriceEur = price;
+      // Saved before the call: if we die during it, the restart finds the server by its name.
+      await this.deps.save();
+      try {
+        const answer = await this.deps.hcloud.createServer(
+          {
+            name: this.record.name,
+            server_type: serverType,
+            image,
+            location,
+            user_data: userData(volume),
+            labels: serverLabels(this.deps.instance, this.pool.name),
+            start_after_create: true,
+            ...(volume ? { volumes: [volume.volumeId], automount: false } : {}),
+            public_net: { enable_ipv4: this.pool.ipv4, enable_ipv6: true },
+          },
+          signal,
+        );
+        this.rec.id = answer.server.id;
+        if (volume) this.rec.volumeId = volume.volumeId;
+        this.deps.ledger.opened({
+          id: answer.server.id, name: this.record.name, pool: this.pool.name, serverType, location,
+          hourlyEur: Number(price ?? 0), createdAt: answer.server.created,
+        });
+        return { action: answer.action, next_actions: answer.next_actions };
+      } catch (err) {
+        // A volume still attached elsewhere (never two servers on one): go on as if out of capacity here.
+        if (err instanceof HcloudError && (TRY_ELSEWHERE.has(err.code) || (volume !== undefined && isVolumeAttached(err)))) {
+          tried.push(`${serverType} in ${location} (${err.code})`);
+          this.log.warn({ serverType, location, code: err.code }, `cannot create here: ${err.message}`);
+          continue;
+        }
+        throw err;
       }
     }
     throw new BootError(`no server could be created; tried ${tried.join(', ')}`);
+  }
+
+  /** The store volumes' monthly cost; unknown with a budget set is refused like an unknown server price. */
+  private async volumesEurPerMonth(): Promise<number> {
+    if (!this.deps.volumesEurPerMonth) return 0;
+    try {
+      return await this.deps.volumesEurPerMonth();
+    } catch (err) {
+      throw new BudgetExceeded(`budget: the store volumes' price is unknown (${(err as Error).message})`);
+    }
   }
 
   private async hourlyPrice(serverType: string, location: string, signal?: AbortSignal): Promise<string | undefined> {
@@ -413,21 +475,44 @@ export class Worker {
     this.rec.activeSessions = 0;
   }
 
+  /**
+   * A server's delete is a power cut for its volume: what the store wrote is flushed first (ext4's
+   * journal and Nix's database keep it consistent without, but recent paths could be lost).
+   */
+  private async flushStore(): Promise<void> {
+    const client = this.connection;
+    if (!this.storeLease?.volume || !client) return;
+    const result = await runCommand(client, 'sync', 10_000).catch((err: unknown) => ({ code: -1, stderr: (err as Error).message }));
+    if (result.code === 0) this.log.info({ volume: this.storeLease.volume.name }, 'flushed the store volume before deleting the server');
+    else this.log.warn({ volume: this.storeLease.volume.name, code: result.code }, 'could not flush the store volume; deleting the server anyway');
+  }
+
+  private releaseStore(): void {
+    this.storeLease?.release();
+    this.storeLease = undefined;
+  }
+
   /** Deletes the server and waits for the delete action; not-found counts as deleted. */
   async destroy(reason: string): Promise<void> {
     this.markDeleting();
+    await this.flushStore();
     this.disconnect();
     if (this.record.id === 0) {
       // The create call never answered: look the server up by its (unique) name.
       // A failed lookup throws: the caller retries rather than forget a server that may exist.
       const found = await this.deps.hcloud.listServers({ name: this.record.name });
       const server = found[0];
-      if (!server) return;
+      if (!server) {
+        this.releaseStore();
+        return;
+      }
       this.rec.id = server.id;
     }
     await this.deps.save().catch(() => undefined);
     const started = Date.now();
     await this.deps.hcloud.deleteServerAndWait(this.record.id);
+    // The delete action has ended, so Hetzner has detached the volume: the slot is free again.
+    this.releaseStore();
     this.deps.ledger.closed(this.record.name);
     this.log.info({ id: this.record.id, reason, deleteMs: Date.now() - started }, `deleted server ${this.record.name}`);
   }

@@ -67,6 +67,28 @@ t.test('errors name the key and the expected value', async (t) => {
   }
 });
 
+t.test('pools.<name>.store: the warm store', async (t) => {
+  t.equal(parseConfig(minimal, '/').pools.x86_64?.store, undefined, 'no store unless asked for');
+  const c = parseConfig({ pools: { x86_64: { serverTypes: ['ccx33'], store: { volumeGb: 200 } }, arm: { serverTypes: ['cax11'], store: { volumeGb: 10, gcAtPercent: 95 } } } }, '/');
+  t.same(c.pools.x86_64?.store, { volumeGb: 200, gcAtPercent: 80 });
+  t.same(c.pools.arm?.store, { volumeGb: 10, gcAtPercent: 95 });
+  const pool = (store: unknown) => ({ pools: { x86_64: { serverTypes: ['ccx33'], store } } });
+  const cases: [unknown, RegExp][] = [
+    [pool({}), /"pools\.x86_64\.store\.volumeGb": expected an integer from 10 to 10240 \(GB/],
+    [pool({ volumeGb: 9 }), /"pools\.x86_64\.store\.volumeGb": expected an integer from 10 to 10240, got 9/],
+    [pool({ volumeGb: 10241 }), /store\.volumeGb": expected an integer from 10 to 10240/],
+    [pool({ volumeGb: 20.5 }), /store\.volumeGb": expected an integer/],
+    [pool({ volumeGb: '200' }), /store\.volumeGb": expected an integer/],
+    [pool({ volumeGb: 200, gcAtPercent: 100 }), /"pools\.x86_64\.store\.gcAtPercent": expected an integer from 1 to 99/],
+    [pool({ volumeGb: 200, gcAtPercent: 0 }), /store\.gcAtPercent": expected an integer from 1 to 99/],
+    [pool({ volumeGb: 200, size: 1 }), /"pools\.x86_64\.store\.size" is not known/],
+    [pool(200), /"pools\.x86_64\.store": expected an object/],
+  ];
+  for (const [input, message] of cases) {
+    t.throws(() => parseConfig(input, '/'), { name: 'ConfigError', message }, JSON.stringify(input));
+  }
+});
+
 t.test('loadConfig reports unreadable and invalid files', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'nhb-config-'));
   t.throws(() => loadConfig(join(dir, 'missing.json')), new ConfigError(`cannot read config file ${join(dir, 'missing.json')}: ENOENT`));

@@ -30,6 +30,10 @@ t.test('spend, cost so far and the budget check', async (t) => {
   t.ok(Math.abs(ledger.spentThisMonth(now) - 0.21) < 1e-9, `spent ${ledger.spentThisMonth(now)}`);
   t.doesNotThrow(() => ledger.check(1, 0.5, 'x', now));
   t.throws(() => ledger.check(0.5, 0.5, 'ccx63 in fsn1', now), { name: 'BudgetExceeded', message: /budget: creating ccx63 in fsn1 \(€0\.5000\/h\) would exceed budget\.maxEurPerMonth \(€0\.50; spent this month €0\.2\d\)/ });
+  t.doesNotThrow(() => ledger.check(12, 0.5, 'x', now, 11), 'store volumes count for their month');
+  t.throws(() => ledger.check(11.5, 0.5, 'cx23 in fsn1', now, 11), { name: 'BudgetExceeded', message: /spent this month €0\.2\d, store volumes €11\.00\/month\)$/ });
+  t.throws(() => ledger.checkVolume(11.5, 10.47, 'store volume v (200 GB in fsn1)', 1, now), { name: 'BudgetExceeded', message: /^budget: creating store volume v \(200 GB in fsn1\) \(€10\.47\/month\) would exceed budget\.maxEurPerMonth \(€11\.50; spent this month €0\.2\d, store volumes €1\.00\/month\)$/ });
+  t.doesNotThrow(() => ledger.checkVolume(12, 10.47, 'v', 1, now));
 });
 
 t.test('billing-hour idle policy: keep until just before the next paid hour', async (t) => {

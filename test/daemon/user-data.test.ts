@@ -3,7 +3,13 @@ import { parse } from 'yaml';
 import { READY_MARKER } from '../../src/core/config.js';
 import { generateKeyPair } from '../../src/ssh/keys.js';
 import { instanceSelector, serverLabels, serverName } from '../../src/core/labels.js';
-import { USER_DATA_LIMIT, workerUserData } from '../../src/daemon/user-data.js';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { USER_DATA_LIMIT, workerSetupCommands, workerUserData } from '../../src/daemon/user-data.js';
+import { checkStoreScript, mountStoreScript, STORE_MARKER } from '../../src/daemon/store-script.js';
+import { volumeLabels, volumeName } from '../../src/core/labels.js';
 
 t.test('cloud-config pins the host key and authorises the login key', async (t) => {
   const host = generateKeyPair('host');
@@ -31,4 +37,55 @@ t.test('labels and names follow the API rules', async (t) => {
   const name = serverName('my.host_1', 'x86_64', 'abc123');
   t.match(name, /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/);
   t.ok(serverName('a'.repeat(63), 'p', 's').length <= 63);
+});
+
+t.test('a warm store: the volume becomes /nix before Nix, and is checked before the ready marker', async (t) => {
+  const host = generateKeyPair('host');
+  const login = generateKeyPair('login');
+  const doc = parse(workerUserData({ hostKey: host, loginPublicKey: login.publicKey, store: { volumeId: 4711, gcAtPercent: 85 } })) as { runcmd: string[] };
+  const [mount, install, check, ready] = doc.runcmd;
+  t.equal(doc.runcmd.length, 4);
+  t.match(mount, '/dev/disk/by-id/scsi-0HC_Volume_$id');
+  t.match(mount, 'id=4711;');
+  t.match(mount, 'mount --bind "$dir" /nix', 'the fake (or automount): the folder is bind-mounted');
+  t.match(mount, /blkid -p[^\n]*\n[^\n]*"\$rc" -eq 2 \]; then mkfs\.ext4/, 'formatted only when blkid finds no file system');
+  t.match(install, /command -v nix-store/);
+  t.match(install, '/nix/var/nix/profiles/default/bin/nix-store', 'a Nix already on the volume is reused');
+  t.match(check, STORE_MARKER, 'checked only when the volume is the store');
+  t.match(check, 'nix-store --verify');
+  t.notMatch(check, '--check-contents');
+  t.match(check, '-gt 85 ]');
+  t.match(check, 'nix-store --gc --max-freed');
+  t.match(ready, READY_MARKER);
+  t.same(workerSetupCommands().length, 2, 'no store: as before');
+});
+
+t.test('the store snippets pass shellcheck as POSIX sh', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nhb-store-sh-'));
+  const files = [['mount.sh', mountStoreScript(12)], ['check.sh', checkStoreScript(80)], ...workerSetupCommands({ volumeId: 12, gcAtPercent: 80 }).map((c, i) => [`runcmd-${i}.sh`, c])].map(([name, text]) => {
+    const file = join(dir, name as string);
+    writeFileSync(file, `#!/bin/sh\n${text as string}\n`);
+    return file;
+  });
+  const r = spawnSync('shellcheck', ['--shell=sh', ...files], { encoding: 'utf8' });
+  t.equal(r.status, 0, r.stdout + r.stderr);
+});
+
+t.test('the store snippets never end the runcmd script (cloud-init runs all entries as one script)', async (t) => {
+  const runcmd = workerSetupCommands({ volumeId: 12, gcAtPercent: 80 });
+  t.match(runcmd[0], /^\(\n[\s\S]*\n\)$/, 'the mount is a subshell');
+  t.match(runcmd[2], /^\(\n[\s\S]*\n\)$/, 'the check is a subshell');
+  // Without a mounted volume the check exits at once; what follows it still runs.
+  t.notOk(existsSync(STORE_MARKER), 'this machine has no store marker');
+  const r = spawnSync('sh', ['-c', `${checkStoreScript(80)}\necho after`], { encoding: 'utf8' });
+  t.equal(r.stdout, 'after\n', r.stderr);
+});
+
+t.test('store volume labels and names', async (t) => {
+  t.same(volumeLabels('laptop', 'x86_64', 1), { 'managed-by': 'nix-hcloud-builder', 'nix-hcloud-builder/instance': 'laptop', 'nix-hcloud-builder/pool': 'x86_64', 'nix-hcloud-builder/slot': '1' });
+  t.equal(volumeName('laptop', 'x86_64', 0), 'nhb-laptop-x86-64-store-0');
+  const long = volumeName('a'.repeat(63), 'b'.repeat(32), 17);
+  t.ok(long.length <= 64);
+  t.match(long, /-store-17$/);
+  t.not(volumeName('a'.repeat(63), 'p', 1), volumeName('a'.repeat(63), 'p', 2));
 });
