@@ -17,6 +17,7 @@ import { BudgetExceeded, type Ledger } from './ledger.js';
 import type { WorkerRecord } from './state.js';
 import { workerUserData, type StoreVolumeInput } from './user-data.js';
 import type { StoreLease, StoreVolumes } from './store-volumes.js';
+import { STORE_MARKER } from './store-script.js';
 import { connectWorker, execChannel, HostKeyMismatch, isChannelRefusal, runCommand, writeGateOf, type SshClient, type WorkerChannel, type WorkerSshTarget } from '../ssh/worker-connection.js';
 
 export class BootError extends Error {
@@ -265,6 +266,7 @@ export class Worker {
 
     // 5. Wait for readyCommand (disk expansion done, Nix up).
     await this.waitForReady(signal);
+    if (this.rec.volumeId !== undefined) await this.checkStoreVolume();
     this.rec.phase = 'ready';
     this.rec.readyAt = new Date().toISOString();
     await this.deps.save();
@@ -415,6 +417,19 @@ export class Worker {
       // Short first retries: sshd usually comes up within a second of "running".
       await sleep(Math.min(100 * attempt, 2000), undefined, { signal });
     }
+  }
+
+  /**
+   * A volume is billed whether it is used or not: say so loudly when the worker did not put its
+   * store on it (an image without cloud-init, such as the NixOS worker image, never mounts it;
+   * or the mount failed and the store started empty).
+   */
+  private async checkStoreVolume(): Promise<void> {
+    const result = await runCommand(this.client as SshClient, `test -e ${STORE_MARKER}`, 30_000);
+    if (result.code === 0) return;
+    const line = `store volume ${this.rec.volumeId} is attached but this worker's store is not on it (no ${STORE_MARKER}): the build runs on an empty store while the volume is billed; an image without cloud-init (the NixOS worker image) does not mount it, so unset "store" for such a pool`;
+    this.log.warn({ volumeId: this.rec.volumeId }, line);
+    this.say(line);
   }
 
   private async waitForReady(signal: AbortSignal): Promise<void> {

@@ -191,3 +191,18 @@ t.test('the metadata service fails (404, then garbage): the worker never becomes
   t.equal(hostState(), before, 'the host\'s /etc/ssh and /root/.ssh are unchanged');
   t.same(rig.fake.schemaErrors, []);
 });
+
+t.test('a NixOS worker image pool with a store volume: the build runs, and the unused, billed volume is named on stderr and in the log', async (t) => {
+  const rig = await Rig.start({
+    pool: { image: { labelSelector: SELECTOR }, idleTimeout: '4s', bootTimeout: '30s', store: { volumeGb: 10 } },
+    fake: { nixosWorker: { fetchAttempts: 3, swapMib: 16 } },
+  });
+  t.teardown(() => rig.stop());
+  rig.fake.addImage({ description: 'nix-hcloud-builder worker (nixos/worker.nix)', labels: { [LABEL]: 'nixos-worker' }, worker: 'nixos' });
+  const daemon = await rig.startDaemon();
+  const result = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`nixos-image-store-${Date.now()}`] });
+  t.equal(result.code, 0, 'nix-build succeeded', { stderr: result.stderr });
+  t.match(result.stderr, /store volume \d+ is attached but this worker's store is not on it/, 'the waiting session was told');
+  const warning = await daemon.waitFor((l) => l.level === 40 && /is attached but this worker's store is not on it/.test(l.msg), 10_000);
+  t.ok(typeof warning.volumeId === 'number', 'a warning names the volume');
+});
