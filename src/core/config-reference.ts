@@ -40,6 +40,7 @@ export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
   { key: 'pools.<name>.idlePolicy', default: '`"timeout"`', meaning: '`"timeout"`: delete `idleTimeout` after the last session. `"billing-hour"`: Hetzner bills every started hour, so keep an idle worker until `billingMargin` before its next hour starts' },
   { key: 'pools.<name>.billingMargin', default: '`3m`', meaning: 'with `"billing-hour"`' },
   { key: 'pools.<name>.keepaliveInterval', default: '`10s`', meaning: 'ssh keepalive towards the worker; three missed ones end the connection, fail its sessions and delete the worker' },
+  { key: 'pools.<name>.compression', default: '`"none"`', meaning: 'compression of the ssh connection to the worker, the leg that crosses your uplink: `"none"` or `"zlib"` (SSH\'s zlib@openssh.com; falls back to none if the worker\'s sshd does not offer it). See "Which compression for which link"' },
   { key: 'budget.maxEurPerMonth', default: '– (no cap)', meaning: 'refuse to create a server when this month\'s spend plus one hour of it would pass this' },
   { key: 'sweepInterval', default: '`5m`', meaning: 'how often labelled servers are checked against the state (unknown ones deleted) and lifetimes enforced' },
   { key: 'shutdownGrace', default: '`60s`', meaning: 'on SIGTERM, how long running sessions may go on before workers are deleted anyway' },

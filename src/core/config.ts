@@ -7,6 +7,14 @@ import { hostname, homedir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { parseDuration } from './duration.js';
 
+/**
+ * Compression of the SSH connection to the worker (the leg that crosses the user's uplink).
+ * "zlib" is SSH's own zlib@openssh.com, which every OpenSSH sshd offers by default.
+ */
+export const WORKER_COMPRESSIONS = ['none', 'zlib'] as const;
+export type WorkerCompression = (typeof WORKER_COMPRESSIONS)[number];
+export const DEFAULT_WORKER_COMPRESSION: WorkerCompression = 'none';
+
 export type ImageRef = { name: string } | { id: number } | { labelSelector: string };
 
 export interface PoolConfig {
@@ -33,6 +41,8 @@ export interface PoolConfig {
   billingMarginMs: number;
   /** ssh keepalive towards the worker; 3 missed ones end the connection (a silent worker is noticed within 3 × this). */
   keepaliveIntervalMs: number;
+  /** Compression of the ssh connection to the worker. */
+  compression: WorkerCompression;
 }
 
 export interface Config {
@@ -202,6 +212,7 @@ function parsePool(name: string, f: Fields): PoolConfig {
     idlePolicy: f.oneOf('idlePolicy', ['timeout', 'billing-hour'] as const, 'timeout'),
     billingMarginMs: f.duration('billingMargin', '3m'),
     keepaliveIntervalMs: f.duration('keepaliveInterval', '10s'),
+    compression: f.oneOf('compression', WORKER_COMPRESSIONS, DEFAULT_WORKER_COMPRESSION),
   };
   if (pool.keepaliveIntervalMs < 1000) f.fail('keepaliveInterval', 'at least 1s', pool.keepaliveIntervalMs / 1000);
   if (pool.serverTypes.length === 0) f.fail('serverTypes', 'at least one server type', []);

@@ -15,7 +15,7 @@ import type { Logger } from '../core/log.js';
 import { BudgetExceeded, type Ledger } from './ledger.js';
 import type { WorkerRecord } from './state.js';
 import { workerUserData } from './user-data.js';
-import { connectWorker, execChannel, HostKeyMismatch, isChannelRefusal, runCommand, writeGateOf, type SshClient, type WorkerChannel, type WorkerSshTarget } from '../ssh/worker-connection.js';
+import { connectWorker, execChannel, negotiatedCompression, HostKeyMismatch, isChannelRefusal, runCommand, writeGateOf, type SshClient, type WorkerChannel, type WorkerSshTarget } from '../ssh/worker-connection.js';
 
 export class BootError extends Error {
   override name = 'BootError';
@@ -151,7 +151,7 @@ export class Worker {
 
     // 4. Wait for sshd, with the host key pinned.
     this.client = await this.waitForSsh(signal);
-    this.step(4, STEPS, `sshd answers with the expected host key (${formatDuration(Date.now() - started)})`);
+    this.step(4, STEPS, `sshd answers with the expected host key (${formatDuration(Date.now() - started)})`, { compression: negotiatedCompression(this.client) });
 
     // 5. Wait for readyCommand (disk expansion done, Nix up).
     await this.waitForReady(signal);
@@ -252,6 +252,7 @@ export class Worker {
       hostPublicKey: this.record.hostPublicKey,
       loginPrivateKey: this.record.loginPrivateKey,
       keepaliveIntervalMs: this.pool.keepaliveIntervalMs,
+      compression: this.pool.compression,
     };
   }
 
