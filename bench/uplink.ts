@@ -16,12 +16,16 @@ import type { WorkerRecord } from '../src/daemon/state.js';
 import { linkProfile, type LinkBytes, type LinkProfile } from '../test/rig/link.js';
 import { cmd, cmdWatched, fixed, GiB, MiB, processCpuSeconds, progress, say, table, writeRandomFile } from './lib.js';
 import { BenchRig, ENDPOINT_ALIAS } from './rig.js';
+import { ROOT } from '../test/rig/rig.js';
 import { serveHandshake } from './ssh.js';
 
 /** Folders of this machine whose files make the realistic payload (those that exist), mixed by bytes. */
 const REALISTIC_SOURCES = ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/bin', '/usr/share/perl', '/usr/share/perl5', '/usr/lib/python3', '/usr/include', '/usr/share/doc'];
 
-export type Direction = 'upload' | 'download';
+/** `build`: a nix-build whose input is the payload (uploaded by Nix's build hook), small output. */
+export type Direction = 'upload' | 'download' | 'build';
+const DIRECTIONS: Direction[] = ['upload', 'download', 'build'];
+const INPUTS_NIX = join(ROOT, 'test', 'fixtures', 'inputs.nix');
 export type PayloadKind = 'realistic' | 'random';
 
 interface Route {
@@ -204,21 +208,31 @@ async function profileRuns(profile: LinkProfile, bytes: number, runsPer: number,
     const config = writeSshConfig(b, workers);
     const payloads = new Payloads(b, bytes);
     for (const kind of ['realistic', 'random'] as PayloadKind[]) {
-      for (const direction of ['upload', 'download'] as Direction[]) {
+      for (const direction of DIRECTIONS) {
+        // The build runs with the realistic payload only: its point is the real remote-build path.
+        if (direction === 'build' && kind !== 'realistic') continue;
         const all = routes();
         for (let i = 0; i < runsPer; i++) {
           // Rotate the order from run to run, so that no route always goes first.
           const order = all.map((_, k) => all[(k + i) % all.length] as Route);
           for (const route of order) {
             const source = await payloads.add(kind, config, direction === 'download' ? route.workerAlias : undefined);
+            const outputs: string[] = [];
             if (!result.compressibility.some((c) => c.payload === kind)) result.compressibility.push(await compressibility(kind, source.path, source.narBytes));
             try {
               await cmd('sync', []);
               const w = workers[route.pool];
               const wire0 = { ...wireOf(b, w) };
               const cpu0 = processCpuSeconds(b.pid);
-              const args = ['--extra-experimental-features', 'nix-command', 'copy', '--no-check-sigs', direction === 'upload' ? '--to' : '--from', route.uri, source.path];
-              const r = await cmdWatched('nix', args, { env: { ...process.env, NIX_SSHOPTS: `-F ${config}` }, stallMs });
+              const env = { ...process.env, NIX_SSHOPTS: `-F ${config}` };
+              const r = direction === 'build'
+                ? await cmdWatched('nix-build', [
+                  '-E', `import ${INPUTS_NIX} { input = builtins.storePath "${source.path}"; nonce = "${randomBytes(6).toString('hex')}"; }`,
+                  '--no-out-link', '--max-jobs', '0', '--builders', `${route.uri} x86_64-linux - 1 1 - - -`,
+                  '--option', 'substituters', '', '--option', 'builders-use-substitutes', 'false',
+                ], { env, stallMs })
+                : await cmdWatched('nix', ['--extra-experimental-features', 'nix-command', 'copy', '--no-check-sigs', direction === 'upload' ? '--to' : '--from', route.uri, source.path], { env, stallMs });
+              if (direction === 'build') outputs.push(r.stdout.trim());
               const wire1 = wireOf(b, w);
               const run: UplinkRun = {
                 profile: profile.name,
@@ -234,8 +248,10 @@ async function profileRuns(profile: LinkProfile, bytes: number, runsPer: number,
               result.runs.push(run);
               progress(`${profile.name} ${kind} ${direction} ${route.label}: ${r.stalled ? 'STALLED' : `${fixed(r.ms / 1000, 2)} s, ${fixed(source.narBytes / r.ms / 1000, 1)} MB/s`}, wire ${fixed(run.wire.up / 1e6, 1)} MB up / ${fixed(run.wire.down / 1e6, 1)} MB down`);
             } finally {
-              await cmd('nix-store', ['--delete', source.path], { allowFail: true });
-              await cmd('ssh', ['-F', config, route.workerAlias, `nix-store --delete ${source.path}`], { allowFail: true });
+              for (const p of [...outputs.splice(0), source.path]) {
+                await cmd('nix-store', ['--delete', p], { allowFail: true });
+                await cmd('ssh', ['-F', config, route.workerAlias, `nix-store --delete ${p}`], { allowFail: true });
+              }
             }
           }
         }
@@ -285,18 +301,19 @@ function report(r: UplinkResult, profiles: LinkProfile[]): void {
     say();
     const rows: string[][] = [];
     for (const payload of ['realistic', 'random'] as PayloadKind[]) {
-      for (const direction of ['upload', 'download'] as Direction[]) {
+      for (const direction of DIRECTIONS) {
+        if (direction === 'build' && payload !== 'realistic') continue;
         const direct = pick(p.name, payload, direction, 'direct OpenSSH');
         for (const route of routes()) {
           const x = pick(p.name, payload, direction, route.label);
           if (!x) {
-            rows.push([payload, direction, route.label, 'stalled', '', '', '', '', '', '']);
+            rows.push([payload, direction === 'build' ? 'nix-build' : direction, route.label, 'stalled', '', '', '', '', '', '']);
             continue;
           }
           const wire = x.wire.up + x.wire.down;
           rows.push([
             payload,
-            direction,
+            direction === 'build' ? 'nix-build' : direction,
             route.label,
             fixed(x.ms / 1000, 2),
             fixed(x.narBytes / x.ms / 1000, 1),
