@@ -8,7 +8,8 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CLI, DaemonProcess, nodeFlagsOf, Rig, TOKEN } from '../test/rig/rig.js';
+import { CLI, DaemonProcess, nodeFlagsOf, Rig, TOKEN, type PoolOverrides } from '../test/rig/rig.js';
+import type { FakeCloudOptions } from '../test/fake-hcloud/index.js';
 import type { StateData, WorkerRecord } from '../src/daemon/state.js';
 
 /** Host alias of our endpoint in the generated ssh_config. */
@@ -35,6 +36,10 @@ export interface BenchRigOptions {
   bootDelayMs: number;
   readyDelayMs: number;
   verbose: boolean;
+  /** Other pools instead of the usual four (the uplink section has one per compression setting). */
+  pools?: Record<string, PoolOverrides>;
+  /** More fake cloud options, e.g. an emulated link in front of every server. */
+  fake?: Partial<FakeCloudOptions>;
 }
 
 export class BenchRig {
@@ -56,8 +61,9 @@ export class BenchRig {
         // Schema checks of every answer cost the fake time that is not the daemon's.
         validateResponses: false,
         log: options.verbose ? (line: string) => void process.stderr.write(`[fake] ${line}\n`) : () => undefined,
+        ...options.fake,
       },
-      pools: {
+      pools: options.pools ?? {
         // One warm worker for the whole run: nothing is deleted while measuring.
         [WARM_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '60m' },
         // Deleted one second after each session, so that every session there is a cold start.

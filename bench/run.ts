@@ -4,7 +4,7 @@
  * a baseline measured in the same run. See bench/README.md.
  *
  * Environment (all optional):
- *   BENCH_ONLY         comma list of cold,setup,throughput,burst,build,memory,soak (default: all)
+ *   BENCH_ONLY         comma list of cold,setup,throughput,burst,build,memory,soak,uplink (default: all)
  *   BENCH_MIB          size of each throughput path in MiB (default 1024)
  *   BENCH_RUNS         throughput runs per direction and path (default 5)
  *   BENCH_FIXED_RUNS   runs of the tiny paths that give the fixed cost of one nix copy (default 3)
@@ -22,6 +22,9 @@
  *   BENCH_SOAK_S       length of the soak in seconds (default 600)
  *   BENCH_SOAK_LANES   serve-handshake lanes of the soak, besides its one lane of small copies (default 4)
  *   BENCH_SOAK_KIB     size of the soak's small copies in KiB (default 1024)
+ *   BENCH_UPLINK_MIB   size of each uplink payload in MiB (default 256)
+ *   BENCH_UPLINK_RUNS  uplink runs per route, payload and direction (default 1)
+ *   BENCH_UPLINK_PROFILES  link profiles of the uplink section: home, office or UP_MBIT/DOWN_MBIT/DELAY_MS (default home,office)
  *   BENCH_BOOT_MS      the fake cloud's boot delay (default 1000)
  *   BENCH_READY_MS     the fake cloud's delay from sshd up to cloud-init's runcmd (default 500)
  *   BENCH_STALL_S      a transfer that moves no byte for this long is killed and reported as stalled (default 20)
@@ -42,8 +45,9 @@ import { BenchRig, BURST_POOL, COLD_POOL, ENDPOINT_ALIAS, WARM_POOL, WIDE_POOL }
 import { sessionSetup, type SetupResult } from './setup.js';
 import { serveHandshake } from './ssh.js';
 import { throughput, type ThroughputResult } from './throughput.js';
+import { uplink, type UplinkResult } from './uplink.js';
 
-const SECTIONS = ['cold', 'setup', 'throughput', 'burst', 'build', 'memory', 'soak'] as const;
+const SECTIONS = ['cold', 'setup', 'throughput', 'burst', 'build', 'memory', 'soak', 'uplink'] as const;
 type Section = (typeof SECTIONS)[number];
 
 const only = envList('BENCH_ONLY', [...SECTIONS]);
@@ -68,6 +72,9 @@ const settings = {
   soakS: envInt('BENCH_SOAK_S', 600, 10),
   soakLanes: envInt('BENCH_SOAK_LANES', 4, 1),
   soakKib: envInt('BENCH_SOAK_KIB', 1024, 1),
+  uplinkMib: envInt('BENCH_UPLINK_MIB', 256, 1),
+  uplinkRuns: envInt('BENCH_UPLINK_RUNS', 1, 1),
+  uplinkProfiles: envList('BENCH_UPLINK_PROFILES', ['home', 'office']),
   bootDelayMs: envInt('BENCH_BOOT_MS', 1000),
   readyDelayMs: envInt('BENCH_READY_MS', 500),
 };
@@ -100,6 +107,31 @@ async function main(): Promise<void> {
   say(`- settings: ${JSON.stringify(settings)}${only.length < SECTIONS.length ? `, only ${only.join(',')}` : ''}`);
   say();
 
+  const results: Results = { info, settings, throughput: [] };
+  if (only.some((s) => s !== 'uplink')) await mainSections(results);
+  if (wanted('uplink')) {
+    // Its own rigs (one per link profile), after the others: the link is the fake cloud's.
+    progress(`uplink: ${settings.uplinkProfiles.join(', ')}`);
+    results.uplink = await uplink({
+      mib: settings.uplinkMib,
+      runs: settings.uplinkRuns,
+      profiles: settings.uplinkProfiles,
+      stallMs: settings.stallS * 1000,
+      bootDelayMs: settings.bootDelayMs,
+      readyDelayMs: settings.readyDelayMs,
+      verbose: Boolean(process.env.BENCH_VERBOSE),
+      ...(process.env.BENCH_CLI ? { cli: process.env.BENCH_CLI } : {}),
+    });
+  }
+  results.totalS = (Date.now() - started) / 1000;
+  say(`Total time ${fixed(results.totalS, 0)} s; load average at the end ${readFileSync('/proc/loadavg', 'utf8').trim().split(' ').slice(0, 3).join(' ')} (anything else running on the machine skews the figures).`);
+  if (process.env.BENCH_JSON) writeFileSync(process.env.BENCH_JSON, `${JSON.stringify(results, null, 2)}\n`);
+}
+
+type Results = { info: Record<string, string>; settings: typeof settings; cold?: ColdResult; setup?: SetupResult; throughput: ThroughputResult[]; burst?: BurstResult; build?: BuildResult; memory?: MemoryResult; soak?: SoakResult; uplink?: UplinkResult; daemonIdleRssMiB?: number; totalS?: number };
+
+/** The sections that share one rig (the usual four pools, no emulated link). */
+async function mainSections(results: Results): Promise<void> {
   const b = await BenchRig.start({ ...(process.env.BENCH_CLI ? { cli: process.env.BENCH_CLI } : {}), nodeArgs: envList('BENCH_DAEMON_NODE_ARGS', []), bootDelayMs: settings.bootDelayMs, readyDelayMs: settings.readyDelayMs, verbose: Boolean(process.env.BENCH_VERBOSE) });
   let interrupted = false;
   const onSignal = (signal: NodeJS.Signals): void => {
@@ -111,7 +143,6 @@ async function main(): Promise<void> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
 
-  const results: { info: Record<string, string>; settings: typeof settings; cold?: ColdResult; setup?: SetupResult; throughput: ThroughputResult[]; burst?: BurstResult; build?: BuildResult; memory?: MemoryResult; soak?: SoakResult; daemonIdleRssMiB?: number; totalS?: number } = { info, settings, throughput: [] };
   try {
     const plain = b.sshConfig();
     if (wanted('cold')) {
@@ -154,9 +185,6 @@ async function main(): Promise<void> {
       say();
     }
   }
-  results.totalS = (Date.now() - started) / 1000;
-  say(`Total time ${fixed(results.totalS, 0)} s; load average at the end ${readFileSync('/proc/loadavg', 'utf8').trim().split(' ').slice(0, 3).join(' ')} (anything else running on the machine skews the figures).`);
-  if (process.env.BENCH_JSON) writeFileSync(process.env.BENCH_JSON, `${JSON.stringify(results, null, 2)}\n`);
 }
 
 main().catch((err: unknown) => {

@@ -8,6 +8,14 @@ import { join, resolve, dirname } from 'node:path';
 import { parseDuration } from './duration.js';
 import { UserError } from './errors.js';
 
+/**
+ * Compression of the SSH connection to the worker (the leg that crosses the user's uplink).
+ * "zlib" is SSH's own zlib@openssh.com, which every OpenSSH sshd offers by default.
+ */
+export const WORKER_COMPRESSIONS = ['none', 'zlib'] as const;
+export type WorkerCompression = (typeof WORKER_COMPRESSIONS)[number];
+export const DEFAULT_WORKER_COMPRESSION: WorkerCompression = 'none';
+
 export type ImageRef = { name: string } | { id: number } | { labelSelector: string };
 
 export interface PoolConfig {
@@ -34,6 +42,8 @@ export interface PoolConfig {
   billingMarginMs: number;
   /** ssh keepalive towards the worker; 3 missed ones end the connection (a silent worker is noticed within 3 × this). */
   keepaliveIntervalMs: number;
+  /** Compression of the ssh connection to the worker. */
+  compression: WorkerCompression;
   /** The warm store: each worker slot's Nix store on a Hetzner Volume; absent = every worker starts empty. */
   store?: StoreConfig;
 }
@@ -226,6 +236,7 @@ function parsePool(name: string, f: Fields): PoolConfig {
     idlePolicy: f.oneOf('idlePolicy', ['timeout', 'billing-hour'] as const, 'timeout'),
     billingMarginMs: f.duration('billingMargin', '3m'),
     keepaliveIntervalMs: f.duration('keepaliveInterval', '10s'),
+    compression: f.oneOf('compression', WORKER_COMPRESSIONS, DEFAULT_WORKER_COMPRESSION),
   };
   const store = parseStore(f);
   if (store) pool.store = store;

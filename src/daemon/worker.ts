@@ -18,7 +18,7 @@ import type { WorkerRecord } from './state.js';
 import { workerUserData, type StoreVolumeInput } from './user-data.js';
 import type { StoreLease, StoreVolumes } from './store-volumes.js';
 import { STORE_MARKER } from './store-script.js';
-import { connectWorker, execChannel, HostKeyMismatch, isChannelRefusal, runCommand, writeGateOf, type SshClient, type WorkerChannel, type WorkerSshTarget } from '../ssh/worker-connection.js';
+import { connectWorker, execChannel, negotiatedCompression, HostKeyMismatch, isChannelRefusal, runCommand, writeGateOf, type SshClient, type WorkerChannel, type WorkerSshTarget } from '../ssh/worker-connection.js';
 
 export class BootError extends Error {
   override name = 'BootError';
@@ -262,7 +262,7 @@ export class Worker {
 
     // 4. Wait for sshd, with the host key pinned.
     this.connection = await this.waitForSsh(signal);
-    this.step(4, STEPS, `sshd answers with the expected host key (${formatDuration(Date.now() - started)})`);
+    this.step(4, STEPS, `sshd answers with the expected host key (${formatDuration(Date.now() - started)})`, { compression: negotiatedCompression(this.connection) });
 
     // 5. Wait for readyCommand (disk expansion done, Nix up).
     await this.waitForReady(signal);
@@ -399,6 +399,7 @@ export class Worker {
       hostPublicKey: this.record.hostPublicKey,
       loginPrivateKey: this.record.loginPrivateKey,
       keepaliveIntervalMs: this.pool.keepaliveIntervalMs,
+      compression: this.pool.compression,
     };
   }
 

@@ -6,7 +6,8 @@
  */
 import { connect as netConnect, type Socket } from 'node:net';
 import ssh2 from 'ssh2';
-import type { ClientChannel } from 'ssh2';
+import type { ClientChannel, CompressionAlgorithm } from 'ssh2';
+import type { WorkerCompression } from '../core/config.js';
 import { publicKeyBlob } from './keys.js';
 import { WORKER_SOCKET_HIGH_WATER, WriteGate } from './write-gate.js';
 
@@ -29,7 +30,19 @@ export interface WorkerSshTarget {
   loginPrivateKey: string;
   /** Keepalive every this many ms; KEEPALIVE_COUNT_MAX missed ones end the connection. */
   keepaliveIntervalMs?: number;
+  /** Compression to ask for; the negotiated one is `negotiatedCompression(client)`. Default none. */
+  compression?: WorkerCompression;
 }
+
+/**
+ * What we offer per setting, in order of preference. zlib@openssh.com starts after login (what
+ * OpenSSH's sshd offers by default); plain zlib and none follow, so that a worker whose sshd has
+ * compression off still connects (uncompressed, which the connect log line shows).
+ */
+const COMPRESS_OFFER: Record<WorkerCompression, CompressionAlgorithm[]> = {
+  none: ['none'],
+  zlib: ['zlib@openssh.com', 'zlib', 'none'],
+};
 
 /** By default a keepalive every 10 s, and 3 missed ones end the connection: a dead worker is noticed in ≈ 30 s. */
 export const KEEPALIVE_INTERVAL_MS = 10_000;
@@ -67,6 +80,12 @@ function tcpConnect(host: string, port: number, timeoutMs: number, signal?: Abor
 }
 
 const writeGates = new WeakMap<SshClient, WriteGate>();
+const compressions = new WeakMap<SshClient, string>();
+
+/** The compression negotiated on a connection, e.g. "none" or "zlib@openssh.com". */
+export function negotiatedCompression(client: SshClient): string | undefined {
+  return compressions.get(client);
+}
 
 /** The bound on unsent bytes of a worker connection's socket, shared by its sessions. */
 export function writeGateOf(client: SshClient): WriteGate | undefined {
@@ -81,6 +100,8 @@ export interface RootLogin {
   /** Sees the server's host key (the raw blob) during the handshake; false ends the connection. */
   hostVerifier: (key: Buffer) => boolean;
   keepaliveIntervalMs?: number;
+  /** Compression to ask for (default none); the negotiated one is `negotiatedCompression(client)`. */
+  compression?: WorkerCompression;
   /** Ends an attempt that is still connecting; it rejects with the signal's reason. */
   signal?: AbortSignal;
 }
@@ -115,6 +136,11 @@ export async function connectRoot(login: RootLogin, timeoutMs: number): Promise<
     });
     client.once('error', fail);
     client.once('close', closedEarly);
+    client.once('handshake', (negotiated) => {
+      // Both sides get the same offer, so both directions agree; name both should they differ.
+      const { cs, sc } = negotiated;
+      compressions.set(client, cs.compress === sc.compress ? cs.compress : `${cs.compress} up, ${sc.compress} down`);
+    });
     client.connect({
       sock,
       username: 'root',
@@ -122,6 +148,7 @@ export async function connectRoot(login: RootLogin, timeoutMs: number): Promise<
       readyTimeout: timeoutMs,
       keepaliveInterval: login.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS,
       keepaliveCountMax: KEEPALIVE_COUNT_MAX,
+      algorithms: { compress: COMPRESS_OFFER[login.compression ?? 'none'] },
       hostVerifier: login.hostVerifier,
     });
   });
@@ -137,6 +164,7 @@ export async function connectWorker(target: WorkerSshTarget, timeoutMs: number):
       port: target.port,
       privateKey: target.loginPrivateKey,
       ...(target.keepaliveIntervalMs === undefined ? {} : { keepaliveIntervalMs: target.keepaliveIntervalMs }),
+      ...(target.compression === undefined ? {} : { compression: target.compression }),
       hostVerifier: (key: Buffer) => {
         mismatch = !key.equals(expected);
         return !mismatch;

@@ -20,6 +20,7 @@ t.test('defaults fill everything a minimal config leaves out', async (t) => {
   t.equal(pool?.maxWorkers, 1);
   t.equal(pool?.idleTimeoutMs, 600_000);
   t.equal(pool?.readyCommand, DEFAULT_READY_COMMAND);
+  t.equal(pool?.compression, 'none');
   t.match(c.instance, /^[a-z0-9]([a-z0-9_.-]*[a-z0-9])?$/);
 });
 
@@ -29,9 +30,10 @@ t.test('durations, paths and image forms', async (t) => {
     pools: {
       a: { serverTypes: ['cx23'], idleTimeout: '90s', bootTimeout: 300, image: 123 },
       b: { serverTypes: ['cax11'], idleTimeout: '1h30m', image: { labelSelector: 'role=worker' } },
-      c: { serverTypes: ['cx23'], image: '456' },
+      c: { serverTypes: ['cx23'], image: '456', compression: 'zlib' },
     },
   }, '/srv/conf');
+  t.equal(c.pools.c?.compression, 'zlib');
   t.equal(c.stateDir, '/srv/conf/state');
   t.equal(c.authorizedKeysFile, '/srv/conf/keys');
   t.equal(c.hcloud.tokenFile, '/srv/conf/token');
@@ -55,6 +57,7 @@ t.test('errors name the key and the expected value', async (t) => {
     [{ pools: { x86_64: { serverTypes: ['cx23'], maxWorkers: 0 } } }, /"pools\.x86_64\.maxWorkers": expected an integer from 1/],
     [{ pools: { x86_64: { serverTypes: ['cx23'], maxWorker: 2 } } }, /"pools\.x86_64\.maxWorker" is not known/],
     [{ pools: { 'Bad Name': { serverTypes: ['cx23'] } } }, /"pools\.Bad Name": a pool name/],
+    [{ pools: { x86_64: { serverTypes: ['cx23'], compression: 'zstd' } } }, /"pools\.x86_64\.compression": expected one of "none", "zlib", got "zstd"/],
     [{ ...minimal, listen: { port: 'x' } }, /"listen\.port": expected an integer/],
     [{ ...minimal, lsten: {} }, /"lsten" is not known/],
     [{ ...minimal, hcloud: { tokenFile: 'a', tokenCommand: 'b' } }, /one of them, not both/],

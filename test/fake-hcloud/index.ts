@@ -23,6 +23,7 @@ import { parseUserData } from './cloud-config.js';
 import { ApiError, invalidInput, iso } from './api.js';
 import { VolumeStore, type Volume, type VolumeRecord } from './volumes.js';
 import { Worker, releaseAllDisksSync, type NixosBoot, type UnitState, NIXOS_UNITS } from './worker.js';
+import { LinkRelay, type LinkBytes, type LinkProfile } from '../rig/link.js';
 
 type Schemas = components['schemas'];
 type ApiServer = Schemas['server'];
@@ -37,6 +38,9 @@ export interface SnapshotDisk {
   bytes: number;
 }
 
+/** With the `link` option, each server's sshd listens this far above `sshPort` (the relay on `sshPort`). */
+export const LINK_INNER_PORT_OFFSET = 10_000;
+
 export interface FakeCloudOptions {
   /** The only accepted Bearer token; others get 401 unauthorized. */
   token: string;
@@ -48,6 +52,12 @@ export interface FakeCloudOptions {
   realServers?: boolean;
   /** Port each server's sshd listens on, default 22. */
   sshPort?: number;
+  /**
+   * An emulated uplink in front of every server (cloud-init boots): its sshd listens on
+   * `sshPort + LINK_INNER_PORT_OFFSET` and a relay with this profile on `sshPort`, so that
+   * everything that reaches the server's ssh port (the daemon, direct OpenSSH) crosses the link.
+   */
+  link?: LinkProfile;
   /** Each server's sshd MaxSessions (channels per connection), default 64. */
   maxSessions?: number;
   /** Servers get 127.0.0.<firstAddress + k>, default 10 (wraps before 255, reuses freed ones). */
@@ -147,6 +157,8 @@ export interface FakeServerInfo {
   behaviour: ServerBehaviour;
   /** sshd accepts connections. */
   sshdRunning: boolean;
+  /** Bytes through the emulated link so far (up = towards the server), with the `link` option. */
+  linkBytes: LinkBytes | null;
   /** The cloud-config runcmd has finished. */
   cloudInitDone: boolean;
   /** Rescue mode is enabled for the next boot (`enable_rescue`, not yet booted into). */
@@ -200,6 +212,8 @@ interface ServerRecord {
   bootMode: BootMode;
   /** The units of the last NixOS boot (kept when its worker is gone). */
   lastUnits: NixosUnits | null;
+  /** The emulated link in front of its sshd (with the `link` option). */
+  link: LinkRelay | null;
 }
 
 interface RequestContext {
@@ -335,8 +349,9 @@ export class FakeCloud {
   readonly metadataRequests: { server: number; path: string; status: number }[] = [];
   readonly schemaErrors: string[] = [];
 
-  private readonly opts: Required<Omit<FakeCloudOptions, 'rateLimit' | 'serverLimit' | 'log' | 'nixosWorker'>> & {
+  private readonly opts: Required<Omit<FakeCloudOptions, 'rateLimit' | 'serverLimit' | 'log' | 'nixosWorker' | 'link'>> & {
     serverLimit: number;
+    link: LinkProfile | undefined;
     log: (line: string) => void;
     nixosWorker: Required<NonNullable<FakeCloudOptions['nixosWorker']>>;
   };
@@ -376,6 +391,7 @@ export class FakeCloud {
       deleteDelayMs: opts.deleteDelayMs ?? 200,
       validateResponses: opts.validateResponses ?? true,
       serverLimit: opts.serverLimit ?? Number.POSITIVE_INFINITY,
+      link: opts.link,
       logRequests: opts.logRequests ?? false,
       log: opts.log ?? ((line: string) => process.stderr.write(`fake-hcloud: ${line}\n`)),
       nixosWorker: {
@@ -562,6 +578,7 @@ export class FakeCloud {
     for (const s of this.serversById.values()) {
       for (const t of s.timers) clearTimeout(t);
       s.timers.clear();
+      waits.push(this.stopLink(s));
       if (s.worker) waits.push(s.worker.stop());
       if (s.workerStopped) waits.push(s.workerStopped);
     }
@@ -606,6 +623,7 @@ export class FakeCloud {
       createdAt: s.createdAt,
       behaviour: s.behaviour,
       sshdRunning: s.worker?.listening ?? false,
+      linkBytes: s.link ? { ...s.link.bytes } : null,
       cloudInitDone: s.worker?.cloudInitDone ?? false,
       rescueEnabled: s.rescueKeys !== null,
       inRescue: s.inRescue,
@@ -1241,6 +1259,7 @@ export class FakeCloud {
       disk: this.snapshotDisks.get(image.id) ?? null,
       bootMode: this.nixosImages.has(image.id) ? 'nixos' : 'cloud-init',
       lastUnits: null,
+      link: null,
     };
     this.serversById.set(id, s);
     if (this.opts.realServers) Worker.prepare(s.dir, s.userData);
@@ -1312,7 +1331,7 @@ export class FakeCloud {
       id: s.id,
       dir: s.dir,
       address: s.address,
-      sshPort: this.opts.sshPort,
+      sshPort: this.opts.link ? this.opts.sshPort + LINK_INNER_PORT_OFFSET : this.opts.sshPort,
       config,
       wrongHostKey: s.behaviour === 'wrong-host-key',
       neverReady: s.behaviour === 'never-ready',
@@ -1324,9 +1343,32 @@ export class FakeCloud {
     s.worker = worker;
     try {
       await worker.start();
+      await this.startLink(s);
     } catch (e) {
       if (!s.deleted && s.status !== 'deleting' && !this.stopping) this.opts.log(`server ${s.id}: ${(e as Error).message}`);
     }
+  }
+
+  /**
+   * With the `link` option: the relay on the server's ssh port, towards its sshd, once sshd
+   * listens (before that, connections are refused as by a booting server).
+   */
+  private async startLink(s: ServerRecord): Promise<void> {
+    const profile = this.opts.link;
+    if (!profile || !s.worker?.listening || s.deleted || s.status === 'deleting' || this.stopping) return;
+    s.link = await LinkRelay.start({
+      listenHost: s.address,
+      listenPort: this.opts.sshPort,
+      targetHost: s.address,
+      targetPort: this.opts.sshPort + LINK_INNER_PORT_OFFSET,
+      profile,
+    });
+  }
+
+  private stopLink(s: ServerRecord): Promise<void> {
+    const link = s.link;
+    s.link = null;
+    return link ? link.stop() : Promise.resolve();
   }
 
   /**
@@ -1437,7 +1479,7 @@ export class FakeCloud {
         this.finishAction(a.id, { code: 'action_failed', message: 'server was deleted' });
       }
     }
-    s.workerStopped = s.worker ? s.worker.stop() : (s.workerStopped ?? Promise.resolve());
+    s.workerStopped = Promise.all([this.stopLink(s), s.worker ? s.worker.stop() : (s.workerStopped ?? Promise.resolve())]).then(() => undefined);
     this.later(s, this.opts.deleteDelayMs, () => {
       void (s.workerStopped ?? Promise.resolve()).then(() => {
         s.deleted = true;

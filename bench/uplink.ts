@@ -1,0 +1,359 @@
+/**
+ * Benchmark "uplink": `nix copy` through an emulated uplink (test/rig/link.ts), through our daemon
+ * with each `compression` setting against direct OpenSSH to the same kind of worker through the
+ * same link, plain and with `-C`. Realistic payloads (this machine's binaries, libraries and text)
+ * and one random payload as the worst case. See bench/README.md, section "Uplink".
+ *
+ * One rig per link profile: the fake cloud puts the link in front of every server's sshd, and the
+ * daemon has one warm pool per compression setting (pool name = setting). Bytes on the wire come
+ * from the relay's counters of the server the copy went to.
+ */
+import { copyFileSync, lstatSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { WORKER_COMPRESSIONS, type WorkerCompression } from '../src/core/config.js';
+import type { WorkerRecord } from '../src/daemon/state.js';
+import { linkProfile, type LinkBytes, type LinkProfile } from '../test/rig/link.js';
+import { cmd, cmdWatched, fixed, GiB, MiB, processCpuSeconds, progress, say, table, writeRandomFile } from './lib.js';
+import { BenchRig, ENDPOINT_ALIAS } from './rig.js';
+import { ROOT } from '../test/rig/rig.js';
+import { serveHandshake } from './ssh.js';
+
+/** Folders of this machine whose files make the realistic payload (those that exist), mixed by bytes. */
+const REALISTIC_SOURCES = ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/bin', '/usr/share/perl', '/usr/share/perl5', '/usr/lib/python3', '/usr/include', '/usr/share/doc'];
+
+/** `build`: a nix-build whose input is the payload (uploaded by Nix's build hook), small output. */
+export type Direction = 'upload' | 'download' | 'build';
+const DIRECTIONS: Direction[] = ['upload', 'download', 'build'];
+const INPUTS_NIX = join(ROOT, 'test', 'fixtures', 'inputs.nix');
+export type PayloadKind = 'realistic' | 'random';
+
+interface Route {
+  label: string;
+  via: 'ours' | 'direct';
+  /** ssh_config alias of the worker this route ends on (for making and deleting paths there). */
+  workerAlias: string;
+  /** Pool whose worker the route reaches (its link counters). */
+  pool: WorkerCompression;
+  uri: string;
+}
+
+export interface UplinkRun {
+  profile: string;
+  payload: PayloadKind;
+  direction: Direction;
+  route: string;
+  narBytes: number;
+  ms: number;
+  wire: LinkBytes;
+  daemonCpuS: number;
+  stalled: boolean;
+}
+
+export interface Compressibility {
+  payload: PayloadKind;
+  narBytes: number;
+  gzip6: number;
+  zstd3: number;
+}
+
+export interface UplinkResult {
+  mib: number;
+  runs: UplinkRun[];
+  compressibility: Compressibility[];
+}
+
+const workerAlias = (c: WorkerCompression): string => `bench-worker-${c}`;
+const DIRECT_C_ALIAS = `${workerAlias('none')}-c`;
+
+function routes(): Route[] {
+  return [
+    ...WORKER_COMPRESSIONS.map((c): Route => ({ label: `ours, compression ${c}`, via: 'ours', workerAlias: workerAlias(c), pool: c, uri: `ssh-ng://${c}@${ENDPOINT_ALIAS}` })),
+    { label: 'direct OpenSSH', via: 'direct', workerAlias: workerAlias('none'), pool: 'none', uri: `ssh-ng://root@${workerAlias('none')}` },
+    { label: 'direct OpenSSH -C', via: 'direct', workerAlias: workerAlias('none'), pool: 'none', uri: `ssh-ng://root@${DIRECT_C_ALIAS}` },
+  ];
+}
+
+/** An ssh_config with our endpoint, each pool's worker, and the `none` worker again with `Compression yes` (ssh -C). */
+function writeSshConfig(b: BenchRig, workers: Record<WorkerCompression, WorkerRecord>): string {
+  const hostKey = (line: string): string => line.trim().split(/\s+/).slice(0, 2).join(' ');
+  const endpointKey = hostKey(Buffer.from(b.rig.hostKeyBase64(), 'base64').toString());
+  const known = [`${ENDPOINT_ALIAS} ${endpointKey}`];
+  const lines = [`Host ${ENDPOINT_ALIAS}`, '  HostName 127.0.0.1', `  Port ${b.daemon.port}`, `  HostKeyAlias ${ENDPOINT_ALIAS}`, `  IdentityFile ${b.rig.clientKeyFile}`, '  Compression no'];
+  for (const c of WORKER_COMPRESSIONS) {
+    const w = workers[c];
+    const key = join(b.dir, `login_${c}`);
+    writeFileSync(key, w.loginPrivateKey, { mode: 0o600 });
+    known.push(`${workerAlias(c)} ${hostKey(w.hostPublicKey)}`);
+    const aliases = c === 'none' ? [[workerAlias(c), 'no'], [DIRECT_C_ALIAS, 'yes']] : [[workerAlias(c), 'no']];
+    for (const [alias, compression] of aliases) {
+      lines.push(`Host ${alias}`, `  HostName ${w.address as string}`, `  Port ${w.sshPort}`, `  HostKeyAlias ${workerAlias(c)}`, `  IdentityFile ${key}`, '  User root', `  Compression ${compression}`);
+    }
+  }
+  const knownHosts = join(b.dir, 'known_hosts_uplink');
+  writeFileSync(knownHosts, `${known.join('\n')}\n`);
+  const file = join(b.dir, 'ssh_config_uplink');
+  writeFileSync(file, [
+    ...lines,
+    'Host *',
+    '  IdentitiesOnly yes',
+    `  UserKnownHostsFile ${knownHosts}`,
+    '  GlobalKnownHostsFile /dev/null',
+    '  StrictHostKeyChecking yes',
+    '  UpdateHostKeys no',
+    '  ControlMaster no',
+    '  ControlPath none',
+    '  LogLevel ERROR',
+    '',
+  ].join('\n'));
+  return file;
+}
+
+/** Copies files of the source folders into `folder` until it holds `bytes`, taking from whichever source has given least. */
+function makeRealistic(folder: string, bytes: number): number {
+  const walkers = REALISTIC_SOURCES.filter((s) => {
+    try {
+      return lstatSync(s).isDirectory();
+    } catch {
+      return false;
+    }
+  }).map((root) => ({ root, stack: [root], given: 0, files: [] as string[] }));
+  if (walkers.length === 0) throw new Error(`none of ${REALISTIC_SOURCES.join(', ')} exists`);
+  const next = (w: (typeof walkers)[number]): string | undefined => {
+    while (w.files.length === 0 && w.stack.length > 0) {
+      const dir = w.stack.pop() as string;
+      let entries: string[];
+      try {
+        entries = readdirSync(dir).sort();
+      } catch {
+        continue;
+      }
+      for (const e of entries.reverse()) {
+        const p = join(dir, e);
+        const st = lstatSync(p);
+        if (st.isDirectory()) w.stack.push(p);
+        else if (st.isFile() && st.size > 0) w.files.push(p);
+      }
+    }
+    return w.files.pop();
+  };
+  let total = 0;
+  let n = 0;
+  while (total < bytes) {
+    const open = walkers.filter((w) => w.stack.length > 0 || w.files.length > 0);
+    if (open.length === 0) break;
+    const w = open.reduce((a, c) => (c.given < a.given ? c : a));
+    const file = next(w);
+    if (!file) continue;
+    const size = lstatSync(file).size;
+    if (size > bytes - total + MiB) continue; // no single file much past the target
+    copyFileSync(file, join(folder, `${String(n++).padStart(6, '0')}-${file.replaceAll('/', '_')}`));
+    w.given += size;
+    total += size;
+  }
+  return total;
+}
+
+class Payloads {
+  private readonly folders = new Map<PayloadKind, string>();
+  constructor(private readonly b: BenchRig, private readonly bytes: number) {}
+
+  folder(kind: PayloadKind): string {
+    const known = this.folders.get(kind);
+    if (known) return known;
+    const folder = join(this.b.dir, `uplink-${kind}`);
+    mkdirSync(folder);
+    if (kind === 'random') writeRandomFile(join(folder, 'data'), this.bytes);
+    else progress(`realistic payload: ${fixed(makeRealistic(folder, this.bytes) / MiB, 0)} MiB of files from ${REALISTIC_SOURCES.join(', ')} (those that exist)`);
+    this.folders.set(kind, folder);
+    return folder;
+  }
+
+  /** A new store path of the payload (a fresh nonce), here or on a worker (which shares this machine's /tmp). */
+  async add(kind: PayloadKind, config: string, onWorker: string | undefined): Promise<{ path: string; narBytes: number }> {
+    const folder = this.folder(kind);
+    writeFileSync(join(folder, 'nonce'), `${randomBytes(16).toString('hex')}\n`);
+    const on = (args: string[]): Promise<{ stdout: string }> => (onWorker ? cmd('ssh', ['-F', config, onWorker, `nix-store ${args.join(' ')}`]) : cmd('nix-store', args));
+    const path = (await on(['--add', folder])).stdout.trim();
+    if (!path.startsWith('/nix/store/')) throw new Error(`nix-store --add printed ${JSON.stringify(path)}`);
+    return { path, narBytes: Number((await on(['-q', '--size', path])).stdout.trim()) };
+  }
+}
+
+async function compressibility(kind: PayloadKind, path: string, narBytes: number): Promise<Compressibility> {
+  const size = async (filter: string): Promise<number> => Number((await cmd('sh', ['-c', `nix-store --dump '${path}' | ${filter} | wc -c`])).stdout.trim());
+  return { payload: kind, narBytes, gzip6: narBytes / (await size('gzip -6')), zstd3: narBytes / (await size('zstd -3 -c')) };
+}
+
+function wireOf(b: BenchRig, w: WorkerRecord): LinkBytes {
+  const server = b.rig.fake.liveServers().find((s) => s.address === w.address);
+  if (!server?.linkBytes) throw new Error(`no emulated link in front of ${w.address as string}`);
+  return server.linkBytes;
+}
+
+async function profileRuns(profile: LinkProfile, bytes: number, runsPer: number, stallMs: number, base: { bootDelayMs: number; readyDelayMs: number; verbose: boolean; cli?: string }, result: UplinkResult): Promise<void> {
+  progress(`uplink ${profile.name}: ${profile.upBitsPerSecond / 1e6} Mbit/s up, ${profile.downBitsPerSecond / 1e6} Mbit/s down, ${profile.delayMs} ms one way`);
+  const b = await BenchRig.start({
+    ...base,
+    fake: { link: profile },
+    pools: Object.fromEntries(WORKER_COMPRESSIONS.map((c) => [c, { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '60m', compression: c }])),
+  });
+  try {
+    const plain = b.sshConfig();
+    const workers = {} as Record<WorkerCompression, WorkerRecord>;
+    for (const c of WORKER_COMPRESSIONS) {
+      await serveHandshake(plain, `${c}@${ENDPOINT_ALIAS}`);
+      workers[c] = b.workerRecord(c);
+    }
+    const config = writeSshConfig(b, workers);
+    const payloads = new Payloads(b, bytes);
+    for (const kind of ['realistic', 'random'] as PayloadKind[]) {
+      for (const direction of DIRECTIONS) {
+        // The build runs with the realistic payload only: its point is the real remote-build path.
+        if (direction === 'build' && kind !== 'realistic') continue;
+        const all = routes();
+        for (let i = 0; i < runsPer; i++) {
+          // Rotate the order from run to run, so that no route always goes first.
+          const order = all.map((_, k) => all[(k + i) % all.length] as Route);
+          for (const route of order) {
+            const source = await payloads.add(kind, config, direction === 'download' ? route.workerAlias : undefined);
+            const outputs: string[] = [];
+            if (!result.compressibility.some((c) => c.payload === kind)) result.compressibility.push(await compressibility(kind, source.path, source.narBytes));
+            try {
+              await cmd('sync', []);
+              const w = workers[route.pool];
+              const wire0 = { ...wireOf(b, w) };
+              const cpu0 = processCpuSeconds(b.pid);
+              const env = { ...process.env, NIX_SSHOPTS: `-F ${config}` };
+              const r = direction === 'build'
+                ? await cmdWatched('nix-build', [
+                  '-E', `import ${INPUTS_NIX} { input = builtins.storePath "${source.path}"; nonce = "${randomBytes(6).toString('hex')}"; }`,
+                  '--no-out-link', '--max-jobs', '0', '--builders', `${route.uri} x86_64-linux - 1 1 - - -`,
+                  '--option', 'substituters', '', '--option', 'builders-use-substitutes', 'false',
+                ], { env, stallMs })
+                : await cmdWatched('nix', ['--extra-experimental-features', 'nix-command', 'copy', '--no-check-sigs', direction === 'upload' ? '--to' : '--from', route.uri, source.path], { env, stallMs });
+              if (direction === 'build') outputs.push(r.stdout.trim());
+              const wire1 = wireOf(b, w);
+              const run: UplinkRun = {
+                profile: profile.name,
+                payload: kind,
+                direction,
+                route: route.label,
+                narBytes: source.narBytes,
+                ms: r.ms,
+                wire: { up: wire1.up - wire0.up, down: wire1.down - wire0.down },
+                daemonCpuS: route.via === 'ours' ? processCpuSeconds(b.pid) - cpu0 : 0,
+                stalled: r.stalled,
+              };
+              result.runs.push(run);
+              progress(`${profile.name} ${kind} ${direction} ${route.label}: ${r.stalled ? 'STALLED' : `${fixed(r.ms / 1000, 2)} s, ${fixed(source.narBytes / r.ms / 1000, 1)} MB/s`}, wire ${fixed(run.wire.up / 1e6, 1)} MB up / ${fixed(run.wire.down / 1e6, 1)} MB down`);
+            } finally {
+              for (const p of [...outputs.splice(0), source.path]) {
+                await cmd('nix-store', ['--delete', p], { allowFail: true });
+                await cmd('ssh', ['-F', config, route.workerAlias, `nix-store --delete ${p}`], { allowFail: true });
+              }
+            }
+          }
+        }
+      }
+    }
+  } finally {
+    await b.stop();
+  }
+}
+
+export interface UplinkSettings {
+  mib: number;
+  runs: number;
+  profiles: string[];
+  stallMs: number;
+  bootDelayMs: number;
+  readyDelayMs: number;
+  verbose: boolean;
+  cli?: string;
+}
+
+export async function uplink(s: UplinkSettings): Promise<UplinkResult> {
+  const result: UplinkResult = { mib: s.mib, runs: [], compressibility: [] };
+  const profiles = s.profiles.map(linkProfile);
+  for (const profile of profiles) {
+    await profileRuns(profile, s.mib * MiB, s.runs, s.stallMs, { bootDelayMs: s.bootDelayMs, readyDelayMs: s.readyDelayMs, verbose: s.verbose, ...(s.cli ? { cli: s.cli } : {}) }, result);
+  }
+  report(result, profiles);
+  return result;
+}
+
+/** Median wall time of a route, or NaN when no run finished. */
+function medianOf(runs: UplinkRun[]): UplinkRun | undefined {
+  const done = runs.filter((r) => !r.stalled).sort((a, b) => a.ms - b.ms);
+  return done[Math.floor((done.length - 1) / 2)];
+}
+
+function report(r: UplinkResult, profiles: LinkProfile[]): void {
+  say(`### Uplink: nix copy through an emulated link, ${r.mib} MiB payloads (median of the runs per route)`);
+  say();
+  say(table(['payload', 'NAR MB', 'gzip -6 ratio', 'zstd -3 ratio'], r.compressibility.map((c) => [c.payload, fixed(c.narBytes / 1e6, 1), fixed(c.gzip6, 2), fixed(c.zstd3, 2)])));
+  say();
+  const pick = (profile: string, payload: PayloadKind, direction: Direction, route: string): UplinkRun | undefined =>
+    medianOf(r.runs.filter((x) => x.profile === profile && x.payload === payload && x.direction === direction && x.route === route));
+  for (const p of profiles) {
+    say(`#### ${p.name}: ${p.upBitsPerSecond / 1e6} Mbit/s up, ${p.downBitsPerSecond / 1e6} Mbit/s down, ${p.delayMs} ms one way`);
+    say();
+    const rows: string[][] = [];
+    for (const payload of ['realistic', 'random'] as PayloadKind[]) {
+      for (const direction of DIRECTIONS) {
+        if (direction === 'build' && payload !== 'realistic') continue;
+        const direct = pick(p.name, payload, direction, 'direct OpenSSH');
+        for (const route of routes()) {
+          const x = pick(p.name, payload, direction, route.label);
+          if (!x) {
+            rows.push([payload, direction === 'build' ? 'nix-build' : direction, route.label, 'stalled', '', '', '', '', '', '']);
+            continue;
+          }
+          const wire = x.wire.up + x.wire.down;
+          rows.push([
+            payload,
+            direction === 'build' ? 'nix-build' : direction,
+            route.label,
+            fixed(x.ms / 1000, 2),
+            fixed(x.narBytes / x.ms / 1000, 1),
+            fixed(x.wire.up / 1e6, 1),
+            fixed(x.wire.down / 1e6, 1),
+            fixed(wire / x.narBytes, 2),
+            route.via === 'ours' ? fixed(x.daemonCpuS / (x.narBytes / GiB), 2) : '—',
+            direct ? fixed(x.ms / direct.ms, 2) : 'n/a',
+          ]);
+        }
+      }
+    }
+    say(table(['payload', 'direction', 'path', 'wall s', 'payload MB/s', 'wire MB up', 'wire MB down', 'wire ÷ payload', 'daemon CPU-s/GiB', 'time ÷ direct'], rows));
+    say();
+  }
+  goals(r, pick);
+}
+
+function goals(r: UplinkResult, pick: (profile: string, payload: PayloadKind, direction: Direction, route: string) => UplinkRun | undefined): void {
+  const time = (profile: string, payload: PayloadKind, route: string): number => pick(profile, payload, 'upload', route)?.ms ?? Number.NaN;
+  const rows: string[][] = [];
+  for (const c of WORKER_COMPRESSIONS) {
+    const ours = `ours, compression ${c}`;
+    const verdict = (ok: boolean): string => (ok ? 'met' : '**not met**');
+    const homeVsPlain = time('home', 'realistic', ours) / time('home', 'realistic', 'direct OpenSSH');
+    const homeVsC = time('home', 'realistic', ours) / time('home', 'realistic', 'direct OpenSSH -C');
+    const randomHome = time('home', 'random', 'direct OpenSSH') / time('home', 'random', ours);
+    const office = (['upload', 'download'] as Direction[]).map((d) => (pick('office', 'realistic', d, 'direct OpenSSH')?.ms ?? Number.NaN) / (pick('office', 'realistic', d, ours)?.ms ?? Number.NaN));
+    const homeUp = pick('home', 'realistic', 'upload', ours);
+    // What two cores can feed at the home rate: payload bytes per second that cross 40 Mbit/s at this wire ratio.
+    const cpuPerGiB = homeUp ? homeUp.daemonCpuS / (homeUp.narBytes / GiB) : Number.NaN;
+    const payloadGiBPerS = homeUp ? homeUp.narBytes / homeUp.ms / 1000 / (GiB / 1e6) : Number.NaN;
+    rows.push(
+      [c, 'home, realistic, upload: time ÷ direct', '≤ 0.5', fixed(homeVsPlain, 2), verdict(homeVsPlain <= 0.5)],
+      [c, 'home, realistic, upload: time ÷ direct -C', '≤ 0.8', fixed(homeVsC, 2), verdict(homeVsC <= 0.8)],
+      [c, 'office, realistic: throughput ÷ direct (up / down)', '≥ 0.9', office.map((x) => fixed(x, 2)).join(' / '), verdict(office.every((x) => x >= 0.9))],
+      [c, 'home, random, upload: throughput ÷ direct', '≥ 0.95', fixed(randomHome, 2), verdict(randomHome >= 0.95)],
+      [c, 'home, realistic, upload: daemon CPU-s/GiB × payload GiB/s (cores busy)', '≤ 2', `${fixed(cpuPerGiB, 2)} × ${fixed(payloadGiBPerS, 3)} = ${fixed(cpuPerGiB * payloadGiBPerS, 3)}`, verdict(cpuPerGiB * payloadGiBPerS <= 2)],
+    );
+  }
+  say(table(['compression', 'goal', 'target', 'measured', 'verdict'], rows));
+  say();
+}

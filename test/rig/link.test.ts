@@ -1,0 +1,139 @@
+/**
+ * The link emulator of the rig: a raw TCP copy through it reaches the set rate in each direction
+ * (and no more), the round trip of small messages is twice the one-way delay, and the byte
+ * counters count what crossed.
+ */
+import t from 'tap';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { HOME, LinkRelay, linkProfile, type LinkProfile } from './link.js';
+
+const HOST = '127.0.0.1';
+
+async function listen(server: Server): Promise<number> {
+  await new Promise<void>((resolve) => server.listen({ host: HOST, port: 0 }, resolve));
+  return (server.address() as { port: number }).port;
+}
+
+async function relayTo(server: Server, profile: LinkProfile): Promise<LinkRelay> {
+  return LinkRelay.start({ listenHost: HOST, listenPort: 0, targetHost: HOST, targetPort: await listen(server), profile });
+}
+
+function connected(port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ host: HOST, port }, () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
+/** Sends `bytes` one way and returns the rate seen by the receiver, in bit/s (first byte sent → last byte received, less one delay). */
+async function copyRate(direction: 'up' | 'down', bytes: number, profile: LinkProfile): Promise<{ bitsPerSecond: number; relay: LinkRelay }> {
+  const payload = Buffer.alloc(bytes, 0x5a);
+  let received = 0;
+  let started = 0;
+  const done = new Promise<number>((resolve) => {
+    const count = (s: Socket): void => {
+      s.on('data', (chunk: Buffer) => {
+        received += chunk.length;
+        if (received === bytes) resolve(performance.now());
+      });
+    };
+    const server = createServer((s) => {
+      if (direction === 'up') count(s);
+      else {
+        started = performance.now();
+        s.end(payload);
+      }
+    });
+    servers.push(server);
+    void relayTo(server, profile).then(async (relay) => {
+      relays.push(relay);
+      const client = await connected(relay.port);
+      sockets.push(client);
+      if (direction === 'up') {
+        started = performance.now();
+        client.end(payload);
+      } else count(client);
+    });
+  });
+  const finished = await done;
+  const relay = relays[relays.length - 1] as LinkRelay;
+  return { bitsPerSecond: (bytes * 8 * 1000) / (finished - started - profile.delayMs), relay };
+}
+
+const servers: Server[] = [];
+const relays: LinkRelay[] = [];
+const sockets: Socket[] = [];
+t.teardown(async () => {
+  for (const s of sockets) s.destroy();
+  await Promise.all(relays.map((r) => r.stop()));
+  for (const s of servers) s.close();
+});
+
+t.test('upload: a copy through the home profile runs at 90–100 % of 40 Mbit/s, and the counter counts it', async (t) => {
+  const bytes = 5_000_000; // ≈ 1 s at 40 Mbit/s
+  const { bitsPerSecond, relay } = await copyRate('up', bytes, HOME);
+  const share = bitsPerSecond / HOME.upBitsPerSecond;
+  t.ok(share >= 0.9 && share <= 1.0, `rate ${(bitsPerSecond / 1e6).toFixed(1)} Mbit/s = ${(share * 100).toFixed(1)} % of the set rate`);
+  t.equal(relay.bytes.up, bytes, 'every byte counted upwards');
+  t.equal(relay.bytes.down, 0, 'nothing came back');
+});
+
+t.test('download: a copy through the home profile runs at 90–100 % of 250 Mbit/s', async (t) => {
+  const bytes = 25_000_000; // ≈ 0.8 s at 250 Mbit/s
+  const { bitsPerSecond, relay } = await copyRate('down', bytes, HOME);
+  const share = bitsPerSecond / HOME.downBitsPerSecond;
+  t.ok(share >= 0.9 && share <= 1.0, `rate ${(bitsPerSecond / 1e6).toFixed(1)} Mbit/s = ${(share * 100).toFixed(1)} % of the set rate`);
+  t.equal(relay.bytes.down, bytes, 'every byte counted downwards');
+});
+
+t.test('a round trip of small messages takes 2 × the one-way delay (within 10 %)', async (t) => {
+  const server = createServer((s) => s.pipe(s));
+  servers.push(server);
+  const relay = await relayTo(server, HOME);
+  relays.push(relay);
+  const client = await connected(relay.port);
+  sockets.push(client);
+  client.setNoDelay(true);
+  const rtts: number[] = [];
+  for (let i = 0; i < 20; i++) {
+    const sent = performance.now();
+    await new Promise<void>((resolve) => {
+      client.once('data', () => resolve());
+      client.write('ping');
+    });
+    rtts.push(performance.now() - sent);
+  }
+  rtts.sort((a, b) => a - b);
+  const median = rtts[10] as number;
+  const expected = 2 * HOME.delayMs;
+  t.ok(Math.abs(median - expected) <= expected * 0.1, `median round trip ${median.toFixed(1)} ms, expected ${expected} ms`);
+  t.equal(relay.bytes.up, 80, 'bytes up counted');
+  t.equal(relay.bytes.down, 80, 'bytes down counted');
+});
+
+t.test('the queue pushes back: a sender faster than the link is held to the link\'s buffer', async (t) => {
+  // No reader on the far side would hide nothing: here the far side reads, the link is the limit.
+  const profile = linkProfile('8/8/10');
+  let serverSocket: Socket | undefined;
+  const server = createServer((s) => (serverSocket = s));
+  servers.push(server);
+  const relay = await relayTo(server, profile);
+  relays.push(relay);
+  const client = await connected(relay.port);
+  sockets.push(client);
+  // 8 MB into a 1 MB/s link: after 200 ms, at most ≈ 200 kB crossed, and the client's own
+  // buffer holds the rest (write() returned false) rather than the relay's memory.
+  const accepted = client.write(Buffer.alloc(8_000_000));
+  await new Promise((r) => setTimeout(r, 200));
+  t.notOk(accepted, 'the sender is told to wait');
+  t.ok(relay.bytes.up < 400_000, `${relay.bytes.up} bytes crossed in 200 ms at 8 Mbit/s`);
+  t.ok(client.writableLength > 4_000_000, `${client.writableLength} bytes still wait in the sender`);
+  serverSocket?.destroy();
+});
+
+t.test('profiles by name or as UP/DOWN/DELAY', async (t) => {
+  t.equal(linkProfile('home'), HOME);
+  t.same(linkProfile('100/200/5'), { name: '100/200/5', upBitsPerSecond: 100e6, downBitsPerSecond: 200e6, delayMs: 5 });
+  t.throws(() => linkProfile('fast'), /expected home, office or UP_MBIT\/DOWN_MBIT\/DELAY_MS/);
+});
