@@ -61,6 +61,24 @@ async function copyRate(direction: 'up' | 'down', bytes: number, profile: LinkPr
   return { bitsPerSecond: (bytes * 8 * 1000) / (finished - started - profile.delayMs), relay };
 }
 
+/**
+ * The rate as a share of the set one, in up to three copies: the upper bound must hold for each,
+ * the lower one for the best. The relay shares two cores with the test's own sender and receiver,
+ * so a copy slowed by the machine says nothing about the emulator, while one over the set rate does.
+ */
+async function rateShares(direction: 'up' | 'down', bytes: number, profile: LinkProfile, setRate: number): Promise<{ shares: number[]; relay: LinkRelay }> {
+  const shares: number[] = [];
+  let relay: LinkRelay | undefined;
+  while (shares.length < 3 && (shares.length === 0 || Math.max(...shares) < 0.9)) {
+    const copy = await copyRate(direction, bytes, profile);
+    shares.push(copy.bitsPerSecond / setRate);
+    relay = copy.relay;
+  }
+  return { shares, relay: relay as LinkRelay };
+}
+
+const percents = (shares: number[]): string => shares.map((s) => `${(s * 100).toFixed(1)} %`).join(', ');
+
 const servers: Server[] = [];
 const relays: LinkRelay[] = [];
 const sockets: Socket[] = [];
@@ -72,18 +90,18 @@ t.teardown(async () => {
 
 t.test('upload: a copy through the home profile runs at 90–100 % of 40 Mbit/s, and the counter counts it', async (t) => {
   const bytes = 5_000_000; // ≈ 1 s at 40 Mbit/s
-  const { bitsPerSecond, relay } = await copyRate('up', bytes, HOME);
-  const share = bitsPerSecond / HOME.upBitsPerSecond;
-  t.ok(share >= 0.9 && share <= 1.0, `rate ${(bitsPerSecond / 1e6).toFixed(1)} Mbit/s = ${(share * 100).toFixed(1)} % of the set rate`);
+  const { shares, relay } = await rateShares('up', bytes, HOME, HOME.upBitsPerSecond);
+  t.ok(shares.every((s) => s <= 1.0), `never above the set rate: ${percents(shares)}`);
+  t.ok(Math.max(...shares) >= 0.9, `at least 90 % of it: ${percents(shares)}`);
   t.equal(relay.bytes.up, bytes, 'every byte counted upwards');
   t.equal(relay.bytes.down, 0, 'nothing came back');
 });
 
 t.test('download: a copy through the home profile runs at 90–100 % of 250 Mbit/s', async (t) => {
   const bytes = 25_000_000; // ≈ 0.8 s at 250 Mbit/s
-  const { bitsPerSecond, relay } = await copyRate('down', bytes, HOME);
-  const share = bitsPerSecond / HOME.downBitsPerSecond;
-  t.ok(share >= 0.9 && share <= 1.0, `rate ${(bitsPerSecond / 1e6).toFixed(1)} Mbit/s = ${(share * 100).toFixed(1)} % of the set rate`);
+  const { shares, relay } = await rateShares('down', bytes, HOME, HOME.downBitsPerSecond);
+  t.ok(shares.every((s) => s <= 1.0), `never above the set rate: ${percents(shares)}`);
+  t.ok(Math.max(...shares) >= 0.9, `at least 90 % of it: ${percents(shares)}`);
   t.equal(relay.bytes.down, bytes, 'every byte counted downwards');
 });
 
@@ -95,21 +113,29 @@ t.test('a round trip of small messages takes 2 × the one-way delay (within 10 %
   const client = await connected(relay.port);
   sockets.push(client);
   client.setNoDelay(true);
-  const rtts: number[] = [];
-  for (let i = 0; i < 20; i++) {
-    const sent = performance.now();
-    await new Promise<void>((resolve) => {
-      client.once('data', () => resolve());
-      client.write('ping');
-    });
-    rtts.push(performance.now() - sent);
-  }
-  rtts.sort((a, b) => a - b);
-  const median = rtts[10] as number;
   const expected = 2 * HOME.delayMs;
-  t.ok(Math.abs(median - expected) <= expected * 0.1, `median round trip ${median.toFixed(1)} ms, expected ${expected} ms`);
-  t.equal(relay.bytes.up, 80, 'bytes up counted');
-  t.equal(relay.bytes.down, 80, 'bytes down counted');
+  // Rounds of 20 pings, up to three (as for the rates: a busy machine can only add time).
+  const medians: number[] = [];
+  let fastest = Number.POSITIVE_INFINITY;
+  while (medians.length < 3 && (medians.length === 0 || Math.min(...medians) > expected * 1.1)) {
+    const rtts: number[] = [];
+    for (let i = 0; i < 20; i++) {
+      const sent = performance.now();
+      await new Promise<void>((resolve) => {
+        client.once('data', () => resolve());
+        client.write('ping');
+      });
+      rtts.push(performance.now() - sent);
+    }
+    rtts.sort((a, b) => a - b);
+    fastest = Math.min(fastest, rtts[0] as number);
+    medians.push(rtts[10] as number);
+  }
+  const shown = medians.map((m) => `${m.toFixed(1)} ms`).join(', ');
+  t.ok(fastest >= expected * 0.9, `no round trip shorter than 2 × the delay less 10 %: fastest ${fastest.toFixed(1)} ms, expected ${expected} ms`);
+  t.ok(Math.min(...medians) <= expected * 1.1, `median round trip within 10 %: ${shown}, expected ${expected} ms`);
+  t.equal(relay.bytes.up, 4 * 20 * medians.length, 'bytes up counted');
+  t.equal(relay.bytes.down, 4 * 20 * medians.length, 'bytes down counted');
 });
 
 t.test('the queue pushes back: a sender faster than the link is held to the link\'s buffer', async (t) => {
