@@ -58,3 +58,27 @@ t.test('a daemon killed during a boot: the restart deletes the half-booted serve
   t.same(rig.fake.liveServers(), [], 'no server of ours is left');
   await second.stop();
 });
+
+t.test('serve --keep-workers: a stop leaves the ready worker running, and the next start adopts it', async (t) => {
+  const rig = await Rig.start({ pool: { idleTimeout: '10m' } });
+  t.teardown(() => rig.stop());
+  const first = await rig.startDaemon(['--keep-workers']);
+  const one = await rig.nixBuild(first, { scheme: 'ssh-ng', nonces: [`keep-a-${Date.now()}`] });
+  t.equal(one.code, 0, one.stderr);
+  t.equal(rig.fake.liveServers().length, 1);
+
+  t.equal(await first.stop('SIGTERM'), 0, 'a clean stop');
+  // Ending the kept connection must not be taken for a lost worker (which would delete it).
+  await new Promise((r) => setTimeout(r, 3000));
+  t.equal(rig.fake.liveServers().length, 1, 'the server is still there after the stop');
+  t.notOk(first.lines.some((l) => /deleted server/.test(l.msg)), 'the daemon deleted nothing');
+
+  const second = await rig.startDaemon();
+  const reconciled = await second.waitForMsg(/reconciled/);
+  t.equal(reconciled.adopted, 1, 'the next start adopted it');
+  const two = await rig.nixBuild(second, { scheme: 'ssh-ng', nonces: [`keep-b-${Date.now()}`] });
+  t.equal(two.code, 0, two.stderr);
+  t.equal(rig.fake.servers().length, 1, 'and used it: no new server');
+  await second.stop();
+  t.same(rig.fake.liveServers(), [], 'a stop without --keep-workers deletes it');
+});
