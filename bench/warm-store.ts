@@ -172,7 +172,11 @@ export async function warmStore(s: WarmSettings): Promise<WarmResult> {
     report(result, profile);
     return result;
   } finally {
-    for (const p of cleanup) await cmd('nix-store', ['--delete', p], { allowFail: true });
+    // Outputs first, then the payload together with its referrers (the builds' .drv files), which keep it alive.
+    for (const p of cleanup) {
+      const referrers = (await cmd('nix-store', ['-q', '--referrers', p], { allowFail: true })).stdout.split('\n').filter((r) => r.startsWith('/nix/store/') && r !== p);
+      await cmd('nix-store', ['--delete', ...referrers, p], { allowFail: true });
+    }
     await b.stop();
   }
 }
