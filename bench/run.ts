@@ -4,7 +4,7 @@
  * a baseline measured in the same run. See bench/README.md.
  *
  * Environment (all optional):
- *   BENCH_ONLY         comma list of cold,setup,throughput,burst,build,memory,soak,uplink (default: all)
+ *   BENCH_ONLY         comma list of cold,setup,throughput,burst,build,memory,soak,uplink,warm (default: all)
  *   BENCH_MIB          size of each throughput path in MiB (default 1024)
  *   BENCH_RUNS         throughput runs per direction and path (default 5)
  *   BENCH_FIXED_RUNS   runs of the tiny paths that give the fixed cost of one nix copy (default 3)
@@ -25,6 +25,8 @@
  *   BENCH_UPLINK_MIB   size of each uplink payload in MiB (default 256)
  *   BENCH_UPLINK_RUNS  uplink runs per route, payload and direction (default 1)
  *   BENCH_UPLINK_PROFILES  link profiles of the uplink section: home, office or UP_MBIT/DOWN_MBIT/DELAY_MS (default home,office)
+ *   BENCH_WARM_MIB     size of the warm-store section's payload in MiB (default 128)
+ *   BENCH_WARM_PROFILE link profile of the warm-store section (default home)
  *   BENCH_BOOT_MS      the fake cloud's boot delay (default 1000)
  *   BENCH_READY_MS     the fake cloud's delay from sshd up to cloud-init's runcmd (default 500)
  *   BENCH_STALL_S      a transfer that moves no byte for this long is killed and reported as stalled (default 20)
@@ -46,8 +48,9 @@ import { sessionSetup, type SetupResult } from './setup.js';
 import { serveHandshake } from './ssh.js';
 import { throughput, type ThroughputResult } from './throughput.js';
 import { uplink, type UplinkResult } from './uplink.js';
+import { warmStore, type WarmResult } from './warm-store.js';
 
-const SECTIONS = ['cold', 'setup', 'throughput', 'burst', 'build', 'memory', 'soak', 'uplink'] as const;
+const SECTIONS = ['cold', 'setup', 'throughput', 'burst', 'build', 'memory', 'soak', 'uplink', 'warm'] as const;
 type Section = (typeof SECTIONS)[number];
 
 const only = envList('BENCH_ONLY', [...SECTIONS]);
@@ -75,6 +78,8 @@ const settings = {
   uplinkMib: envInt('BENCH_UPLINK_MIB', 256, 1),
   uplinkRuns: envInt('BENCH_UPLINK_RUNS', 1, 1),
   uplinkProfiles: envList('BENCH_UPLINK_PROFILES', ['home', 'office']),
+  warmMib: envInt('BENCH_WARM_MIB', 128, 1),
+  warmProfile: process.env.BENCH_WARM_PROFILE || 'home',
   bootDelayMs: envInt('BENCH_BOOT_MS', 1000),
   readyDelayMs: envInt('BENCH_READY_MS', 500),
 };
@@ -108,7 +113,7 @@ async function main(): Promise<void> {
   say();
 
   const results: Results = { info, settings, throughput: [] };
-  if (only.some((s) => s !== 'uplink')) await mainSections(results);
+  if (only.some((s) => s !== 'uplink' && s !== 'warm')) await mainSections(results);
   if (wanted('uplink')) {
     // Its own rigs (one per link profile), after the others: the link is the fake cloud's.
     progress(`uplink: ${settings.uplinkProfiles.join(', ')}`);
@@ -123,12 +128,24 @@ async function main(): Promise<void> {
       ...(process.env.BENCH_CLI ? { cli: process.env.BENCH_CLI } : {}),
     });
   }
+  if (wanted('warm')) {
+    // Its own rig too: a pool with a store volume and one without, behind an emulated link.
+    progress(`warm store: ${settings.warmMib} MiB over ${settings.warmProfile}`);
+    results.warm = await warmStore({
+      mib: settings.warmMib,
+      profile: settings.warmProfile,
+      bootDelayMs: settings.bootDelayMs,
+      readyDelayMs: settings.readyDelayMs,
+      verbose: Boolean(process.env.BENCH_VERBOSE),
+      ...(process.env.BENCH_CLI ? { cli: process.env.BENCH_CLI } : {}),
+    });
+  }
   results.totalS = (Date.now() - started) / 1000;
   say(`Total time ${fixed(results.totalS, 0)} s; load average at the end ${readFileSync('/proc/loadavg', 'utf8').trim().split(' ').slice(0, 3).join(' ')} (anything else running on the machine skews the figures).`);
   if (process.env.BENCH_JSON) writeFileSync(process.env.BENCH_JSON, `${JSON.stringify(results, null, 2)}\n`);
 }
 
-type Results = { info: Record<string, string>; settings: typeof settings; cold?: ColdResult; setup?: SetupResult; throughput: ThroughputResult[]; burst?: BurstResult; build?: BuildResult; memory?: MemoryResult; soak?: SoakResult; uplink?: UplinkResult; daemonIdleRssMiB?: number; totalS?: number };
+type Results = { info: Record<string, string>; settings: typeof settings; cold?: ColdResult; setup?: SetupResult; throughput: ThroughputResult[]; burst?: BurstResult; build?: BuildResult; memory?: MemoryResult; soak?: SoakResult; uplink?: UplinkResult; warm?: WarmResult; daemonIdleRssMiB?: number; totalS?: number };
 
 /** The sections that share one rig (the usual four pools, no emulated link). */
 async function mainSections(results: Results): Promise<void> {

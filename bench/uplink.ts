@@ -8,19 +8,17 @@
  * daemon has one warm pool per compression setting (pool name = setting). Bytes on the wire come
  * from the relay's counters of the server the copy went to.
  */
-import { copyFileSync, lstatSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { WORKER_COMPRESSIONS, type WorkerCompression } from '../src/core/config.js';
 import type { WorkerRecord } from '../src/daemon/state.js';
 import { linkProfile, type LinkBytes, type LinkProfile } from '../test/rig/link.js';
 import { cmd, cmdWatched, fixed, GiB, MiB, processCpuSeconds, progress, say, table, writeRandomFile } from './lib.js';
+import { makeRealistic, REALISTIC_SOURCES } from './payload.js';
 import { BenchRig, ENDPOINT_ALIAS } from './rig.js';
 import { ROOT } from '../test/rig/rig.js';
 import { serveHandshake } from './ssh.js';
-
-/** Folders of this machine whose files make the realistic payload (those that exist), mixed by bytes. */
-const REALISTIC_SOURCES = ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/bin', '/usr/share/perl', '/usr/share/perl5', '/usr/lib/python3', '/usr/include', '/usr/share/doc'];
 
 /** `build`: a nix-build whose input is the payload (uploaded by Nix's build hook), small output. */
 export type Direction = 'upload' | 'download' | 'build';
@@ -107,51 +105,6 @@ function writeSshConfig(b: BenchRig, workers: Record<WorkerCompression, WorkerRe
     '',
   ].join('\n'));
   return file;
-}
-
-/** Copies files of the source folders into `folder` until it holds `bytes`, taking from whichever source has given least. */
-function makeRealistic(folder: string, bytes: number): number {
-  const walkers = REALISTIC_SOURCES.filter((s) => {
-    try {
-      return lstatSync(s).isDirectory();
-    } catch {
-      return false;
-    }
-  }).map((root) => ({ root, stack: [root], given: 0, files: [] as string[] }));
-  if (walkers.length === 0) throw new Error(`none of ${REALISTIC_SOURCES.join(', ')} exists`);
-  const next = (w: (typeof walkers)[number]): string | undefined => {
-    while (w.files.length === 0 && w.stack.length > 0) {
-      const dir = w.stack.pop() as string;
-      let entries: string[];
-      try {
-        entries = readdirSync(dir).sort();
-      } catch {
-        continue;
-      }
-      for (const e of entries.reverse()) {
-        const p = join(dir, e);
-        const st = lstatSync(p);
-        if (st.isDirectory()) w.stack.push(p);
-        else if (st.isFile() && st.size > 0) w.files.push(p);
-      }
-    }
-    return w.files.pop();
-  };
-  let total = 0;
-  let n = 0;
-  while (total < bytes) {
-    const open = walkers.filter((w) => w.stack.length > 0 || w.files.length > 0);
-    if (open.length === 0) break;
-    const w = open.reduce((a, c) => (c.given < a.given ? c : a));
-    const file = next(w);
-    if (!file) continue;
-    const size = lstatSync(file).size;
-    if (size > bytes - total + MiB) continue; // no single file much past the target
-    copyFileSync(file, join(folder, `${String(n++).padStart(6, '0')}-${file.replaceAll('/', '_')}`));
-    w.given += size;
-    total += size;
-  }
-  return total;
 }
 
 class Payloads {
