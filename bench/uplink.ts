@@ -170,7 +170,6 @@ async function profileRuns(profile: LinkProfile, bytes: number, runsPer: number,
           const order = all.map((_, k) => all[(k + i) % all.length] as Route);
           for (const route of order) {
             const source = await payloads.add(kind, config, direction === 'download' ? route.workerAlias : undefined);
-            const outputs: string[] = [];
             if (!result.compressibility.some((c) => c.payload === kind)) result.compressibility.push(await compressibility(kind, source.path, source.narBytes));
             try {
               await cmd('sync', []);
@@ -185,7 +184,6 @@ async function profileRuns(profile: LinkProfile, bytes: number, runsPer: number,
                   '--option', 'substituters', '', '--option', 'builders-use-substitutes', 'false',
                 ], { env, stallMs })
                 : await cmdWatched('nix', ['--extra-experimental-features', 'nix-command', 'copy', '--no-check-sigs', direction === 'upload' ? '--to' : '--from', route.uri, source.path], { env, stallMs });
-              if (direction === 'build') outputs.push(r.stdout.trim());
               const wire1 = wireOf(b, w);
               const run: UplinkRun = {
                 profile: profile.name,
@@ -201,10 +199,11 @@ async function profileRuns(profile: LinkProfile, bytes: number, runsPer: number,
               result.runs.push(run);
               progress(`${profile.name} ${kind} ${direction} ${route.label}: ${r.stalled ? 'STALLED' : `${fixed(r.ms / 1000, 2)} s, ${fixed(source.narBytes / r.ms / 1000, 1)} MB/s`}, wire ${fixed(run.wire.up / 1e6, 1)} MB up / ${fixed(run.wire.down / 1e6, 1)} MB down`);
             } finally {
-              for (const p of [...outputs.splice(0), source.path]) {
-                await cmd('nix-store', ['--delete', p], { allowFail: true });
-                await cmd('ssh', ['-F', config, route.workerAlias, `nix-store --delete ${p}`], { allowFail: true });
-              }
+              // The payload with everything that refers to it (a build's .drv and output): a
+              // path that stayed on the worker would be skipped by the next run's upload.
+              const closure = (await cmd('nix-store', ['-q', '--referrers-closure', source.path], { allowFail: true })).stdout.split('\n').filter((l) => l.startsWith('/nix/store/'));
+              await cmd('nix-store', ['--delete', ...(closure.length > 0 ? closure : [source.path])], { allowFail: true });
+              await cmd('ssh', ['-F', config, route.workerAlias, `nix-store --delete $(nix-store -q --referrers-closure ${source.path})`], { allowFail: true });
             }
           }
         }
