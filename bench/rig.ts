@@ -12,6 +12,24 @@ import { CLI, DaemonProcess, nodeFlagsOf, Rig, TOKEN, type PoolOverrides } from 
 import type { FakeCloudOptions } from '../test/fake-hcloud/index.js';
 import type { StateData, WorkerRecord } from '../src/daemon/state.js';
 
+/**
+ * The `Host *` block of every ssh_config the benchmarks write: only the given key, only the rig's
+ * known hosts, no connection sharing, quiet. Compression is the caller's (a route of its own).
+ */
+export function sshClientDefaults(knownHosts: string): string[] {
+  return [
+    'Host *',
+    '  IdentitiesOnly yes',
+    `  UserKnownHostsFile ${knownHosts}`,
+    '  GlobalKnownHostsFile /dev/null',
+    '  StrictHostKeyChecking yes',
+    '  UpdateHostKeys no',
+    '  ControlMaster no',
+    '  ControlPath none',
+    '  LogLevel ERROR',
+  ];
+}
+
 /** Host alias of our endpoint in the generated ssh_config. */
 export const ENDPOINT_ALIAS = 'bench-endpoint';
 /** Host alias of the warm worker (direct OpenSSH, the baseline). */
@@ -141,16 +159,8 @@ export class BenchRig {
     const file = join(this.dir, `ssh_config${worker ? '' : '.endpoint'}${cipher ? `.${cipher.replace(/[^A-Za-z0-9]+/g, '-')}` : ''}`);
     writeFileSync(file, [
       ...lines,
-      'Host *',
-      '  IdentitiesOnly yes',
-      `  UserKnownHostsFile ${knownHosts}`,
-      '  GlobalKnownHostsFile /dev/null',
-      '  StrictHostKeyChecking yes',
-      '  UpdateHostKeys no',
-      '  ControlMaster no',
-      '  ControlPath none',
+      ...sshClientDefaults(knownHosts),
       '  Compression no',
-      '  LogLevel ERROR',
       ...(cipher ? [`  Ciphers ${cipher}`] : []),
       '',
     ].join('\n'));

@@ -16,7 +16,7 @@ import type { WorkerRecord } from '../src/daemon/state.js';
 import { linkProfile, type LinkBytes, type LinkProfile } from '../test/rig/link.js';
 import { cmd, cmdWatched, fixed, GiB, MiB, processCpuSeconds, progress, say, table, writeRandomFile } from './lib.js';
 import { makeRealistic, REALISTIC_SOURCES } from './payload.js';
-import { BenchRig, ENDPOINT_ALIAS } from './rig.js';
+import { BenchRig, ENDPOINT_ALIAS, sshClientDefaults } from './rig.js';
 import { ROOT } from '../test/rig/rig.js';
 import { serveHandshake } from './ssh.js';
 
@@ -93,15 +93,7 @@ function writeSshConfig(b: BenchRig, workers: Record<WorkerCompression, WorkerRe
   const file = join(b.dir, 'ssh_config_uplink');
   writeFileSync(file, [
     ...lines,
-    'Host *',
-    '  IdentitiesOnly yes',
-    `  UserKnownHostsFile ${knownHosts}`,
-    '  GlobalKnownHostsFile /dev/null',
-    '  StrictHostKeyChecking yes',
-    '  UpdateHostKeys no',
-    '  ControlMaster no',
-    '  ControlPath none',
-    '  LogLevel ERROR',
+    ...sshClientDefaults(knownHosts),
     '',
   ].join('\n'));
   return file;
