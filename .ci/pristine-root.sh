@@ -85,8 +85,8 @@ mount --bind "$root" "$root"
 mount -t sysfs sysfs "$root/sys"
 mount --rbind /dev "$root/dev" && mount --make-rslave "$root/dev"
 mount -t tmpfs -o mode=0755 tmpfs "$root/run"
-mkdir -p "$root/work"
-git clone -q "$repo" "$root/work/nix-hcloud-builder"
+mkdir -p "$root/build"
+git clone -q "$repo" "$root/build/nix-hcloud-builder"
 
 # A command ($2) in the root as on a machine of its own: a new mount namespace whose root IS the
 # pristine root (pivot_root, not chroot: Nix re-enters its saved mount namespace with setns, which
@@ -101,7 +101,7 @@ inside() {
     umount -l /.host && rmdir /.host
     exec /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb CI=true \
       PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-      bash -c "cd /work/nix-hcloud-builder && $2"' _ "$root" "$2" > >(tee "$1") 2>&1 &
+      bash -c "cd /build/nix-hcloud-builder && $2"' _ "$root" "$2" > >(tee "$1") 2>&1 &
   running=$!
   local status=0
   wait "$running" || status=$?
@@ -112,7 +112,7 @@ inside() {
 # tap's closing counts, added up over the phases, for the last line.
 passed=0 failed=0
 tests() {
-  local out="$root/work/tests-$1.log" counts status=0
+  local out="$root/build/tests-$1.log" counts status=0
   inside "$out" "$2" || status=$?
   counts=$(grep -E '^# \{ total: [0-9]+' "$out" | tail -n 1 || true)
   passed=$(( passed + $(sed -n 's/.*pass: \([0-9]*\).*/\1/p' <<< "$counts" | grep . || echo 0) ))
@@ -126,7 +126,7 @@ tests() {
 
 # The demo's output is what a new user reads: the boot steps, the build, the deletion, no noise.
 demo_clean() {
-  local out="$root/work/demo-$1.log"
+  local out="$root/build/demo-$1.log"
   if ! inside "$out" "${2:-}npm run demo"; then echo "ci: npm run demo failed ($1)" >&2; return 1; fi
   if grep -nEi 'nixbld|cache\.nixos\.org|warning:|unable to download' "$out"; then
     echo "ci: the demo's output ($1) has the lines above, which a new user must not see" >&2
@@ -150,7 +150,7 @@ if [ "${NHB_CI_STOCK:-1}" = 1 ]; then
   printf '%s\n' 'build-users-group = nixbld' 'sandbox = true' 'substituters = https://cache.nixos.org/' \
     'trusted-public-keys = cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=' > "$root/etc/nix/nix.conf"
   echo 'ssh://nobody@builder.invalid x86_64-linux - 4 1' > "$root/etc/nix/machines"
-  inside "$root/work/stock-setup.log" 'groupadd -r nixbld && for i in 1 2; do useradd -r -g nixbld -G nixbld -M -d /var/empty -s /usr/sbin/nologin nixbld$i; done && ssh-keygen -A'
+  inside "$root/build/stock-setup.log" 'groupadd -r nixbld && for i in 1 2; do useradd -r -g nixbld -G nixbld -M -d /var/empty -s /usr/sbin/nologin nixbld$i; done && ssh-keygen -A'
   sshd='mkdir -p /run/sshd && /usr/sbin/sshd -o ListenAddress=127.0.0.1 -o Port=22 && '
   step "7. npm run demo (stock /etc/nix)"
   demo_clean stock "$sshd"
