@@ -101,7 +101,7 @@ export class Transfers {
     if (big) linkSync(this.baseFile(), join(folder, 'data'));
     writeFileSync(join(folder, 'nonce'), `${randomBytes(16).toString('hex')}\n`);
     try {
-      // The worker shares this machine's /tmp (only /nix, /run and /etc/nix are its own).
+      // The worker shares this machine's /tmp (its /nix, /run, /etc and /mnt are its own).
       const onSource = (args: string[]): Promise<{ stdout: string }> => (direction === 'upload' ? cmd('nix-store', args) : cmd('ssh', ['-F', configFile, WORKER, `nix-store ${args.join(' ')}`]));
       const path = (await onSource(['--add', folder])).stdout.trim();
       if (!path.startsWith('/nix/store/')) throw new Error(`nix-store --add printed ${JSON.stringify(path)}`);

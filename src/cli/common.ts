@@ -3,6 +3,7 @@ import { loadConfig, type Config } from '../core/config.js';
 import { UserError } from '../core/errors.js';
 import { createLogger, type Logger } from '../core/log.js';
 import { loadToken } from '../core/token.js';
+import { HcloudClient } from '../hcloud/client.js';
 import type { OptionSpecs } from './command.js';
 
 export const PROGRAM = 'nix-hcloud-builder';
@@ -48,4 +49,9 @@ export function tryToken(config: Config): string | undefined {
 /** Writes a line to stdout (results; progress goes to stderr). */
 export function say(line: string): void {
   process.stdout.write(`${line}\n`);
+}
+
+/** The Hetzner API client of a one-shot command, for this config's endpoint. */
+export function cloudClient(config: Config, token: string, log: Logger): HcloudClient {
+  return new HcloudClient({ endpoint: config.hcloud.endpoint, token, logger: log });
 }

@@ -5,16 +5,15 @@ import type { Logger } from '../core/log.js';
 import { loadToken } from '../core/token.js';
 import { StateFile } from '../daemon/state.js';
 import { removeVolume } from '../daemon/store-volumes.js';
-import { HcloudClient } from '../hcloud/client.js';
 import { defineCommand } from './command.js';
-import { openConfig, say } from './common.js';
+import { cloudClient, openConfig, say } from './common.js';
 
 /**
  * Deletes every server labelled as this instance's. When no daemon holds the state folder, the
  * state is emptied as well; a running daemon notices the loss of its workers by itself.
  */
 export async function deleteAllServers(config: Config, token: string, log: Logger, say: (line: string) => void): Promise<number> {
-  const hcloud = new HcloudClient({ endpoint: config.hcloud.endpoint, token, logger: log });
+  const hcloud = cloudClient(config, token, log);
   const servers = await hcloud.listServers({ labelSelector: instanceSelector(config.instance) });
   let deleted = 0;
   await Promise.all(servers.map(async (server) => {
@@ -34,7 +33,7 @@ export async function deleteAllServers(config: Config, token: string, log: Logge
 
 /** `down --volumes`: deletes every store volume of this instance (after its server is gone, or detached). */
 export async function deleteAllVolumes(config: Config, token: string, log: Logger, say: (line: string) => void): Promise<number> {
-  const hcloud = new HcloudClient({ endpoint: config.hcloud.endpoint, token, logger: log });
+  const hcloud = cloudClient(config, token, log);
   const volumes = await hcloud.listVolumes({ labelSelector: instanceSelector(config.instance) });
   let failed = 0;
   await Promise.all(volumes.map(async (volume) => {

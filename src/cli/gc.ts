@@ -5,17 +5,16 @@ import type { Logger } from '../core/log.js';
 import { loadToken } from '../core/token.js';
 import { isRecordOf, peekState } from '../daemon/state.js';
 import { removeVolume, unusedVolumes } from '../daemon/store-volumes.js';
-import { HcloudClient } from '../hcloud/client.js';
 import type { Server } from '../hcloud/types.js';
 import { defineCommand } from './command.js';
-import { openConfig, say } from './common.js';
+import { cloudClient, openConfig, say } from './common.js';
 
 /**
  * `gc`: the daemon's sweep, on demand. Deletes this instance's servers that the state does not
  * know, or that are past twice their pool's maxLifetime; lists each one; `dryRun` only lists.
  */
 export async function garbageCollect(config: Config, token: string, log: Logger, say: (line: string) => void, dryRun: boolean): Promise<number> {
-  const hcloud = new HcloudClient({ endpoint: config.hcloud.endpoint, token, logger: log });
+  const hcloud = cloudClient(config, token, log);
   const { state, problem } = peekState(config.stateDir);
   if (problem) say(`${problem}: every labelled server counts as unknown`);
   const servers = await hcloud.listServers({ labelSelector: instanceSelector(config.instance) });
@@ -41,7 +40,7 @@ export async function garbageCollect(config: Config, token: string, log: Logger,
  * `remove` (a volume is a warm store, and its data is gone for good once deleted).
  */
 export async function collectVolumes(config: Config, token: string, log: Logger, say: (line: string) => void, remove: boolean): Promise<number> {
-  const hcloud = new HcloudClient({ endpoint: config.hcloud.endpoint, token, logger: log });
+  const hcloud = cloudClient(config, token, log);
   const unused = unusedVolumes(config.pools, await hcloud.listVolumes({ labelSelector: instanceSelector(config.instance) }));
   for (const { volume, reason } of unused) {
     say(`${remove ? 'deleting' : 'unused'} volume ${volume.name} (id ${volume.id}, ${volume.size} GB in ${volume.location.name}): ${reason}`);
