@@ -8,6 +8,9 @@
 #   - the sshd host key and root's authorized key come from the Hetzner metadata service's user
 #     data (nix-hcloud-builder-keys, before sshd): no key is baked into the image;
 #   - Nix with trusted-users = root and max-jobs = the number of cores;
+#   - the warm store (a pool's `store`): nix-hcloud-builder-store (after the keys, before the
+#     ready marker) mounts the store volume named in the user data as the upper layer of an
+#     overlay over /nix (see scripts/store-volume.sh);
 #   - the ready marker that the daemon's default readyCommand waits for, written last.
 #
 # The scripts are in ./scripts so that the tests run them outside NixOS.
@@ -21,6 +24,7 @@ let
   fetchKeys = script "fetch-keys" [ pkgs.curl pkgs.jq pkgs.coreutils pkgs.gnused ];
   zpoolExpand = script "zpool-expand" [ config.boot.zfs.package pkgs.gptfdisk pkgs.util-linux pkgs.coreutils pkgs.gawk pkgs.gnused pkgs.systemd ];
   readyMarker = script "ready-marker" [ config.nix.package pkgs.coreutils ];
+  storeVolume = script "store-volume" [ config.nix.package pkgs.jq pkgs.coreutils pkgs.util-linux pkgs.e2fsprogs pkgs.findutils pkgs.gawk pkgs.systemd ];
   oneshot = {
     Type = "oneshot";
     RemainAfterExit = true;
@@ -72,11 +76,23 @@ in
     serviceConfig = oneshot // { ExecStart = lib.getExe fetchKeys; };
   };
 
+  # After the keys: fetch-keys.sh leaves the store volume's settings from the user data. It stops
+  # nix-daemon (socket and service) while it mounts the overlay over /nix, and starts the socket
+  # again. Its failure leaves the image's own store: the ready unit only wants it.
+  systemd.services.nix-hcloud-builder-store = {
+    description = "Put the Nix store on the pool's store volume (an overlay over /nix)";
+    wantedBy = [ "multi-user.target" ];
+    after = [ "local-fs.target" "nix-hcloud-builder-keys.service" ];
+    before = [ "nix-hcloud-builder-ready.service" ];
+    serviceConfig = oneshot // { ExecStart = lib.getExe storeVolume; };
+  };
+
   systemd.services.nix-hcloud-builder-ready = {
     description = "Tell nix-hcloud-builder that this worker is ready";
     wantedBy = [ "multi-user.target" ];
     requires = [ "zpool-expand.service" "nix-hcloud-builder-keys.service" ];
-    after = [ "zpool-expand.service" "nix-hcloud-builder-keys.service" "sshd.service" "nix-daemon.socket" ];
+    wants = [ "nix-hcloud-builder-store.service" ];
+    after = [ "zpool-expand.service" "nix-hcloud-builder-keys.service" "nix-hcloud-builder-store.service" "sshd.service" "nix-daemon.socket" ];
     serviceConfig = oneshot // { ExecStart = lib.getExe readyMarker; };
   };
 

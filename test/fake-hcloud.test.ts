@@ -556,7 +556,8 @@ t.test('real servers', { skip: canRunServers ? false : 'needs root, /usr/sbin/ss
         { path: '/run/fake-test/config', content: 'written by write_files\n', permissions: '0600' },
         { path: '/etc/motd-from-test', content: 'kept off the host\n' },
       ],
-      runcmd: ['false', ['sh', '-c', 'mkdir -p /run/fake-test && echo ran > /run/fake-test/ready && echo proof > /nix/runcmd-proof']],
+      // One script, as cloud-init runs runcmd: a failing line goes on to the next; `exit` ends the rest.
+      runcmd: ['false', ['sh', '-c', 'mkdir -p /run/fake-test && echo ran > /run/fake-test/ready && echo proof > /nix/runcmd-proof'], 'echo "in the script: $0"', 'exit 0', 'echo after > /run/fake-test/after-exit'],
     });
 
   const created = await api(cloud, 'POST', '/servers', { ...baseServer, name: 'real-1', user_data: userData, labels: { role: 'worker' } });
@@ -588,8 +589,13 @@ t.test('real servers', { skip: canRunServers ? false : 'needs root, /usr/sbin/ss
     t.notOk(existsSync('/run/fake-test'), "the host's /run is untouched");
     t.notOk(existsSync('/etc/motd-from-test'), "the host's /etc is untouched");
     t.equal(readFileSync(join(info?.dir ?? '', 'rootfs', 'etc', 'motd-from-test'), 'utf8'), 'kept off the host\n');
+    const after = await sshExec(client, 'test -e /run/fake-test/after-exit && echo ran || echo "not run"');
+    t.equal(after.stdout, 'not run\n', 'an `exit 0` entry ends the runcmd script: later entries never run (as on cloud-init)');
+    const script = `#!/bin/sh\nfalse\n'sh' '-c' 'mkdir -p /run/fake-test && echo ran > /run/fake-test/ready && echo proof > /nix/runcmd-proof'\necho "in the script: $0"\nexit 0\necho after > /run/fake-test/after-exit\n`;
+    t.equal(readFileSync(join(info?.dir ?? '', 'runcmd'), 'utf8'), script, 'string entries verbatim, list entries quoted, one line each');
     const log = readFileSync(join(info?.dir ?? '', 'cloud-init-output.log'), 'utf8');
-    t.match(log, /runcmd\[0\] failed \(1\); continuing/, 'a failing runcmd entry is logged, the rest still run');
+    t.match(log, `runcmd start: 5 command(s) as one script, ${join(info?.dir ?? '', 'runcmd')}:\n${script}Cloud-init (fake) runcmd output:\nin the script: ${join(info?.dir ?? '', 'runcmd')}\nCloud-init (fake) finished\n`, 'the script and its output are logged; all entries ran in one sh');
+    t.ok(existsSync(join(info?.dir ?? '', 'boot-finished')), 'boot-finished, however the script ended');
     // The store is usable: `nix-store --serve` answers the serve-protocol handshake.
     const hello = await new Promise<Buffer>((resolve, reject) => {
       client.exec('nix-store --serve --write', (err, stream) => {
@@ -738,7 +744,7 @@ t.test('real servers: a NixOS worker image boots by its own scripts, with the us
   // The healthy one: keys, disk, sshd, ready marker.
   await until('nixos-1 ready', () => info(ok.id)?.cloudInitDone, 20_000);
   const s1 = info(ok.id);
-  t.same(s1?.units, { keys: 'done', expand: 'done', sshd: 'done', ready: 'done' });
+  t.same(s1?.units, { keys: 'done', expand: 'done', store: 'done', sshd: 'done', ready: 'done' });
   t.equal(s1?.bootMode, 'nixos');
   t.ok(s1?.loopDevice, 'its disk is on a loop device');
   const c = await sshConnect(ok.public_net.ipv4?.ip ?? '', login.private, host.public);
@@ -786,7 +792,7 @@ t.test('real servers: a NixOS worker image boots by its own scripts, with the us
   await until('both sshds up', () => info(wrong.id)?.sshdRunning && info(never.id)?.sshdRunning, 20_000);
   await t.rejects(sshConnect(wrong.public_net.ipv4?.ip ?? '', login.private, host.public), /host/i, 'wrong-host-key: host key verification fails');
   await new Promise((r) => setTimeout(r, 300));
-  t.same(info(never.id)?.units, { keys: 'done', expand: 'done', sshd: 'done', ready: 'waiting' }, 'never-ready: the ready unit never runs');
+  t.same(info(never.id)?.units, { keys: 'done', expand: 'done', store: 'done', sshd: 'done', ready: 'waiting' }, 'never-ready: the ready unit never runs');
   const cn = await sshConnect(never.public_net.ipv4?.ip ?? '', login.private, host.public);
   t.equal((await sshExec(cn, 'test -e /run/nix-hcloud-builder/ready || echo not-ready')).stdout, 'not-ready\n');
   cn.end();

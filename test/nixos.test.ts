@@ -17,6 +17,7 @@ import { generateKeyPair } from '../src/ssh/keys.js';
 import { runSetup } from '../src/setup/setup.js';
 import { loadConfig } from '../src/core/config.js';
 import { workerUserData } from '../src/daemon/user-data.js';
+import { attachVolumeLines, checkStoreLines, STORE_MARKER, STORE_SETTINGS_FILE } from '../src/daemon/store-script.js';
 import { ROOT, run } from './rig/rig.js';
 
 const SCRIPTS = join(ROOT, 'nixos', 'scripts');
@@ -153,7 +154,7 @@ interface StubEval {
     fileSystems: Record<string, { device: string; fsType: string }>;
     nix: { settings: Record<string, unknown> };
     openssh: { settings: Record<string, unknown> };
-    services: Record<string, { ExecStart: string; Type: string; before?: string[]; after?: string[]; requires?: string[]; requiredBy?: string[] }>;
+    services: Record<string, { ExecStart: string; Type: string; before?: string[]; after?: string[]; requires?: string[]; requiredBy?: string[]; wants?: string[]; wantedBy?: string[] }>;
     scriptTexts: string[];
     rawImageIsLazy: boolean;
   };
@@ -231,16 +232,35 @@ t.test('nixos/worker.nix, evaluated with stand-ins for lib and pkgs', async (t) 
   t.ok(s['nix-hcloud-builder-keys']?.before?.includes('sshd.service') && s['nix-hcloud-builder-keys']?.requiredBy?.includes('sshd.service'), 'sshd needs the keys from the user data');
   t.same(s['nix-hcloud-builder-ready']?.requires, ['zpool-expand.service', 'nix-hcloud-builder-keys.service'], 'no marker unless the disk grew and the keys came');
   t.ok(s['nix-hcloud-builder-ready']?.after?.includes('sshd.service'));
+  const store = s['nix-hcloud-builder-store'];
+  t.ok(store?.after?.includes('nix-hcloud-builder-keys.service'), 'the store unit runs after the keys unit, which leaves it the volume\'s settings');
+  t.ok(store?.after?.includes('local-fs.target'));
+  t.same(store?.before, ['nix-hcloud-builder-ready.service'], 'and before the ready marker');
+  t.same(store?.wantedBy, ['multi-user.target']);
+  t.ok(s['nix-hcloud-builder-ready']?.after?.includes('nix-hcloud-builder-store.service'), 'the ready unit waits for it');
+  t.same(s['nix-hcloud-builder-ready']?.wants, ['nix-hcloud-builder-store.service'], 'but only wants it: a worker whose volume fails builds on the image\'s store');
   for (const name of Object.keys(s)) t.equal(s[name]?.Type, 'oneshot', `${name} is a oneshot`);
-  t.same(worker.scriptTexts, ['fetch-keys.sh', 'zpool-expand.sh', 'ready-marker.sh'].map((f) => readFileSync(join(SCRIPTS, f), 'utf8')), 'the image runs the scripts the tests run');
+  t.same(worker.scriptTexts, ['fetch-keys.sh', 'zpool-expand.sh', 'ready-marker.sh', 'store-volume.sh'].map((f) => readFileSync(join(SCRIPTS, f), 'utf8')), 'the image runs the scripts the tests run');
   t.ok(worker.rawImageIsLazy, 'system.build.rawImage is defined (built only with nixpkgs)');
 });
 
 t.test('the worker scripts pass shellcheck', async (t) => {
   const scripts = readdirSync(SCRIPTS).filter((f) => f.endsWith('.sh'));
-  t.same(scripts.sort(), ['fetch-keys.sh', 'ready-marker.sh', 'zpool-expand.sh']);
+  t.same(scripts.sort(), ['fetch-keys.sh', 'ready-marker.sh', 'store-volume.sh', 'zpool-expand.sh']);
   const r = spawnSync('shellcheck', ['--shell=bash', ...scripts.map((s) => join(SCRIPTS, s))], { encoding: 'utf8' });
   t.equal(r.status, 0, r.stdout + r.stderr);
+});
+
+t.test('store-volume.sh runs the lines stock images run to attach and check the volume', async (t) => {
+  const text = readFileSync(join(SCRIPTS, 'store-volume.sh'), 'utf8');
+  // Each as a function whose body is a subshell with `set +e`: the lines expect no errexit, and
+  // their `exit` ends only the function.
+  const fn = (name: string, lines: string[]): string => `${name}() (\n  set +e\n${lines.map((l) => `  ${l}`).join('\n')}\n)\n`;
+  t.ok(text.includes(fn('attach_volume', attachVolumeLines())), `attach_volume is attachVolumeLines() of src/daemon/store-script.ts; paste:\n${fn('attach_volume', attachVolumeLines())}`);
+  t.ok(text.includes(fn('check_store', checkStoreLines())), `check_store is checkStoreLines(); paste:\n${fn('check_store', checkStoreLines())}`);
+  t.match(text, `\nsettings=\${NHB_STORE_SETTINGS:-${STORE_SETTINGS_FILE}}\n`, 'it reads the settings file fetch-keys.sh writes');
+  t.match(text, `\nmarker=${STORE_MARKER}\n`, 'and writes the marker the daemon checks');
+  t.match(readFileSync(join(SCRIPTS, 'fetch-keys.sh'), 'utf8'), `\nsettings_path=${STORE_SETTINGS_FILE}\n`);
 });
 
 function serve(handler: (n: number) => { status: number; body: string }): Promise<{ server: Server; url: string; requests: () => number }> {
@@ -280,6 +300,33 @@ t.test('fetch-keys.sh takes the host key and authorized key from the user data',
   // sshd will read it: ssh-keygen derives the same public key from the private one.
   const derived = spawnSync('ssh-keygen', ['-y', '-f', key], { encoding: 'utf8' });
   t.equal(derived.stdout.split(' ').slice(0, 2).join(' '), hostKey.publicKey.split(' ').slice(0, 2).join(' '));
+});
+
+t.test('fetch-keys.sh leaves the store volume\'s settings for store-volume.sh when the user data has them', async (t) => {
+  const hostKey = generateKeyPair('worker-host');
+  const login = generateKeyPair('nix-hcloud-builder-login');
+  const root = mkdtempSync(join(tmpdir(), 'nhb-worker-root-'));
+  t.teardown(() => rmSync(root, { recursive: true, force: true }));
+  const settings = join(root, STORE_SETTINGS_FILE);
+  for (const store of [{ volumeId: 4711, gcAtPercent: 85 }, undefined]) {
+    const meta = await serve(() => ({ status: 200, body: workerUserData({ hostKey, loginPublicKey: login.publicKey, ...(store ? { store } : {}) }) }));
+    const r = await run('bash', [join(SCRIPTS, 'fetch-keys.sh')], { env: { ...process.env, NHB_METADATA_URL: meta.url, NHB_ROOT: root, NHB_FETCH_ATTEMPTS: '2' } });
+    meta.server.close();
+    t.equal(r.code, 0, r.stderr);
+    if (store) {
+      t.same(JSON.parse(readFileSync(settings, 'utf8')), store, 'the settings, as the daemon gave them');
+      t.equal(statSync(settings).mode & 0o777, 0o644);
+      t.match(r.stdout, 'store volume settings {"volumeId":4711,"gcAtPercent":85}');
+    } else {
+      t.notOk(existsSync(settings), 'no store: no settings file (and an old one is gone)');
+    }
+  }
+  const bad = workerUserData({ hostKey, loginPublicKey: login.publicKey, store: { volumeId: 1, gcAtPercent: 80 } }).replace('\\"volumeId\\":1', '\\"volume\\":1');
+  const meta = await serve(() => ({ status: 200, body: bad }));
+  t.teardown(() => meta.server.close());
+  const r = await run('bash', [join(SCRIPTS, 'fetch-keys.sh')], { env: { ...process.env, NHB_METADATA_URL: meta.url, NHB_ROOT: join(root, 'bad'), NHB_FETCH_ATTEMPTS: '2' } });
+  t.not(r.code, 0, 'malformed settings fail the unit');
+  t.match(r.stderr, /store volume settings in the user data are not/);
 });
 
 t.test('fetch-keys.sh fails clearly and writes nothing on bad user data or no service', async (t) => {

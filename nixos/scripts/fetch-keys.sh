@@ -2,7 +2,10 @@
 # Worker boot, before sshd: takes the sshd host key and root's authorized key from the user data
 # that nix-hcloud-builder created the server with ("#cloud-config" then JSON, see
 # src/daemon/user-data.ts), as served by the Hetzner metadata service. So the daemon knows the host key
-# before the first connection, and only its per-worker key can log in.
+# before the first connection, and only its per-worker key can log in. When the pool has a warm
+# store, the user data also carries the store volume's settings (a write_files entry at
+# /run/nix-hcloud-builder/store-volume.json): written there, as cloud-init would, for
+# store-volume.sh, which runs next.
 #
 # Environment (for tests): NHB_METADATA_URL, NHB_ROOT (a folder standing for /),
 # NHB_FETCH_ATTEMPTS (one a second; the network may come up late).
@@ -33,6 +36,12 @@ if ! jq -e 'type == "object"' >/dev/null 2>&1 <<<"$json"; then
 fi
 private=$(jq -er '.ssh_keys.ed25519_private // error("no ssh_keys.ed25519_private")' <<<"$json")
 public=$(jq -er '.ssh_keys.ed25519_public // error("no ssh_keys.ed25519_public")' <<<"$json")
+settings_path=/run/nix-hcloud-builder/store-volume.json
+settings=$(jq -r --arg p "$settings_path" '[.write_files[]? | select(.path == $p) | .content] | first // empty' <<<"$json")
+if [ -n "$settings" ] && ! jq -e '(.volumeId | type == "number") and (.gcAtPercent | type == "number")' >/dev/null 2>&1 <<<"$settings"; then
+  echo "fetch-keys: the store volume settings in the user data are not {\"volumeId\": N, \"gcAtPercent\": N}" >&2
+  exit 1
+fi
 authorized=$(jq -er '[.users[]? | select(.name == "root") | .ssh_authorized_keys[]?]
   | if length == 0 then error("no ssh_authorized_keys for root") else .[] end' <<<"$json")
 
@@ -49,4 +58,10 @@ chmod 0700 "$root/root/.ssh"
 put 0600 "$root/etc/ssh/ssh_host_ed25519_key" "$private"
 put 0644 "$root/etc/ssh/ssh_host_ed25519_key.pub" "$public"
 put 0600 "$root/root/.ssh/authorized_keys" "$authorized"
-echo "fetch-keys: host key $(cut -d' ' -f1,2 <<<"$public"), $(wc -l <<<"$authorized") authorized key(s) for root"
+rm -f "$root$settings_path"
+if [ -n "$settings" ]; then
+  mkdir -p "$root${settings_path%/*}"
+  chmod 0755 "$root${settings_path%/*}"
+  put 0644 "$root$settings_path" "$settings"
+fi
+echo "fetch-keys: host key $(cut -d' ' -f1,2 <<<"$public"), $(wc -l <<<"$authorized") authorized key(s) for root${settings:+, store volume settings $settings}"

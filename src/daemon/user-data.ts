@@ -8,7 +8,7 @@
  */
 import { READY_MARKER } from '../core/config.js';
 import type { KeyPair } from '../ssh/keys.js';
-import { checkStoreScript, mountStoreScript } from './store-script.js';
+import { checkStoreScript, mountStoreScript, STORE_SETTINGS_FILE } from './store-script.js';
 
 export const USER_DATA_LIMIT = 32 * 1024;
 
@@ -50,6 +50,12 @@ export function workerSetupCommands(store?: StoreVolumeInput): string[] {
   ];
 }
 
+/** The write_files entry that carries the store volume's settings (STORE_SETTINGS_FILE). */
+function storeSettingsFile(store: StoreVolumeInput): { path: string; permissions: string; content: string } {
+  const settings = { volumeId: Math.trunc(store.volumeId), gcAtPercent: Math.trunc(store.gcAtPercent) };
+  return { path: STORE_SETTINGS_FILE, permissions: '0644', content: `${JSON.stringify(settings)}\n` };
+}
+
 export interface WorkerUserDataInput {
   hostKey: KeyPair;
   loginPublicKey: string;
@@ -68,6 +74,9 @@ export function workerUserData(input: WorkerUserDataInput): string {
       ed25519_public: input.hostKey.publicKey,
     },
     users: [{ name: 'root', ssh_authorized_keys: [input.loginPublicKey] }],
+    // The store volume's settings as data, for an image without cloud-init (the NixOS worker
+    // image reads them from here; see nixos/scripts/store-volume.sh). cloud-init just writes them.
+    ...(input.store ? { write_files: [storeSettingsFile(input.store)] } : {}),
     runcmd: workerSetupCommands(input.store),
   };
   const text = `#cloud-config\n${JSON.stringify(config, null, 1)}\n`;

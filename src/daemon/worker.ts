@@ -422,13 +422,13 @@ export class Worker {
 
   /**
    * A volume is billed whether it is used or not: say so loudly when the worker did not put its
-   * store on it (an image without cloud-init, such as the NixOS worker image, never mounts it;
-   * or the mount failed and the store started empty).
+   * store on it (the mount failed and the store started empty, or the image cannot use it: one
+   * with neither cloud-init nor the NixOS worker image's store unit).
    */
   private async checkStoreVolume(): Promise<void> {
     const result = await runCommand(this.client as SshClient, `test -e ${STORE_MARKER}`, 30_000);
     if (result.code === 0) return;
-    const line = `store volume ${this.rec.volumeId} is attached but this worker's store is not on it (no ${STORE_MARKER}): the build runs on an empty store while the volume is billed; an image without cloud-init (the NixOS worker image) does not mount it, so unset "store" for such a pool`;
+    const line = `store volume ${this.rec.volumeId} is attached but this worker's store is not on it (no ${STORE_MARKER}): the build runs on an empty store while the volume is billed; the volume did not appear or could not be mounted (see the worker's boot log), or the image uses neither cloud-init nor nixos/worker.nix's store unit (a NixOS worker image built before it: rebuild it, or unset "store")`;
     this.log.warn({ volumeId: this.rec.volumeId }, line);
     this.say(line);
   }

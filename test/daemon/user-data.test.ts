@@ -8,7 +8,7 @@ import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { USER_DATA_LIMIT, workerSetupCommands, workerUserData } from '../../src/daemon/user-data.js';
-import { checkStoreScript, mountStoreScript, STORE_MARKER } from '../../src/daemon/store-script.js';
+import { checkStoreScript, mountStoreScript, STORE_MARKER, STORE_SETTINGS_FILE } from '../../src/daemon/store-script.js';
 import { volumeLabels, volumeName } from '../../src/core/labels.js';
 
 t.test('cloud-config pins the host key and authorises the login key', async (t) => {
@@ -42,22 +42,26 @@ t.test('labels and names follow the API rules', async (t) => {
 t.test('a warm store: the volume becomes /nix before Nix, and is checked before the ready marker', async (t) => {
   const host = generateKeyPair('host');
   const login = generateKeyPair('login');
-  const doc = parse(workerUserData({ hostKey: host, loginPublicKey: login.publicKey, store: { volumeId: 4711, gcAtPercent: 85 } })) as { runcmd: string[] };
+  const doc = parse(workerUserData({ hostKey: host, loginPublicKey: login.publicKey, store: { volumeId: 4711, gcAtPercent: 85 } })) as { runcmd: string[]; write_files: { path: string; permissions: string; content: string }[] };
   const [mount, install, check, ready] = doc.runcmd;
   t.equal(doc.runcmd.length, 4);
   t.match(mount, '/dev/disk/by-id/scsi-0HC_Volume_$id');
-  t.match(mount, 'id=4711;');
-  t.match(mount, 'mount --bind "$dir" /nix', 'the fake (or automount): the folder is bind-mounted');
+  t.match(mount, 'id=4711; target=/nix\n');
+  t.match(mount, 'mount --bind "$dir" "$target"', 'the fake (or automount): the folder is bind-mounted');
   t.match(mount, /blkid -p[^\n]*\n[^\n]*"\$rc" -eq 2 \]; then mkfs\.ext4/, 'formatted only when blkid finds no file system');
   t.match(install, /command -v nix-store/);
   t.match(install, '/nix/var/nix/profiles/default/bin/nix-store', 'a Nix already on the volume is reused');
   t.match(check, STORE_MARKER, 'checked only when the volume is the store');
   t.match(check, 'nix-store --verify');
   t.notMatch(check, '--check-contents');
-  t.match(check, '-gt 85 ]');
+  t.match(check, /^\(\n  at=85\n/);
+  t.match(check, '-gt "$at" ]');
   t.match(check, 'nix-store --gc --max-freed');
   t.match(ready, READY_MARKER);
   t.same(workerSetupCommands().length, 2, 'no store: as before');
+  // The same settings as data, for an image without cloud-init (nixos/scripts/store-volume.sh).
+  t.same(doc.write_files, [{ path: STORE_SETTINGS_FILE, permissions: '0644', content: '{"volumeId":4711,"gcAtPercent":85}\n' }]);
+  t.notOk('write_files' in (parse(workerUserData({ hostKey: host, loginPublicKey: login.publicKey })) as object), 'no store: no write_files');
 });
 
 t.test('the store snippets pass shellcheck as POSIX sh', async (t) => {

@@ -4,46 +4,12 @@
  * against the fake cloud, whose volumes are folders seen in a server at /mnt/HC_Volume_<id>.
  */
 import t from 'tap';
-import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { readFileSync, existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { connectWorker, runCommand } from '../../src/ssh/worker-connection.js';
 import type { StateData } from '../../src/daemon/state.js';
-import { ROOT, Rig, run, waitUntil, type DaemonProcess, type LogLine } from '../rig/rig.js';
-
-const WARM_NIX = join(ROOT, 'test', 'fixtures', 'warm.nix');
-const MIB = 1024 * 1024;
-
-/** A 64 MiB path of random bytes in the client's store only (never built, so it must be uploaded). */
-async function addBigInput(rig: Rig): Promise<string> {
-  const file = join(rig.dir, `warm-input-${Date.now()}`);
-  writeFileSync(file, randomBytes(64 * MIB));
-  const added = await run('nix-store', ['--add', file]);
-  if (added.code !== 0) throw new Error(`nix-store --add failed: ${added.stderr}`);
-  return added.stdout.trim();
-}
-
-function build(rig: Rig, daemon: DaemonProcess, expr: string, maxJobs = 4): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return run('nix-build', [
-    '-E', expr, '--no-out-link', '--max-jobs', '0',
-    '--builders', rig.machinesLine('ssh-ng', 'x86_64', maxJobs),
-    '--option', 'substituters', '', '--option', 'builders-use-substitutes', 'false',
-  ], { env: { ...process.env, NIX_SSHOPTS: `-F ${rig.sshConfig(daemon.port)}` } });
-}
-
-function warm(input: string, nonce: string, after?: string): string {
-  return `(import ${WARM_NIX} { input = "${input}"; nonce = "${nonce}";${after ? ` after = ${after};` : ''} })`;
-}
-
-/**
- * Bytes the sessions logged from `from` on sent up to workers (the daemon logs each session's
- * count when it ends, which may be just after nix-build exits: wait for every started one).
- */
-async function bytesUp(daemon: DaemonProcess, from: number): Promise<number> {
-  const count = (msg: string): number => daemon.lines.slice(from).filter((l) => l.msg === msg).length;
-  await waitUntil(() => count('session started') > 0 && count('session ended') === count('session started'), 10_000);
-  return daemon.lines.slice(from).filter((l: LogLine) => l.msg === 'session ended').reduce((sum, l) => sum + Number(l.up), 0);
-}
+import { ROOT, Rig, waitUntil } from '../rig/rig.js';
+import { addBigInput, build, bytesUp, MIB, warm } from '../rig/warm-store.js';
 
 t.test('the store outlives its worker: the second build uploads nothing big', async (t) => {
   const rig = await Rig.start({ pool: { store: { volumeGb: 10 }, idleTimeout: '3s' } });
@@ -250,6 +216,9 @@ t.test('gcAtPercent: a store fuller than that is collected at boot, before the w
   t.equal(second.code, 0, 'build B succeeded');
   const log = readFileSync(join(rig.fake.servers()[1]?.dir ?? '/nonexistent', 'cloud-init-output.log'), 'utf8');
   t.match(log, /the store is \d+% full \(gcAtPercent 1\); freeing \d+ bytes/, 'the boot collected garbage');
-  t.ok(log.search(/the store is \d+% full/) < log.indexOf('touch /run/nix-hcloud-builder/ready'), 'before the ready marker');
+  // runcmd is one script: its listing, then its output. The check comes before the marker in it.
+  const [listing, output] = log.split('Cloud-init (fake) runcmd output:\n', 2) as [string, string];
+  t.match(output, /the store is \d+% full/, 'collected by the runcmd script');
+  t.ok(listing.indexOf('nix-store --gc') < listing.indexOf('touch /run/nix-hcloud-builder/ready'), 'before the ready marker');
   t.ok(await bytesUp(daemon, before) > 64 * MIB, 'so the input went up again');
 });

@@ -98,7 +98,8 @@ t.test('a pool on the NixOS worker image: the image\'s own boot scripts make the
   t.equal(server.image, String(image.id), 'created from the snapshot the label selector picked');
   t.equal(server.bootMode, 'nixos', 'booted as the NixOS worker image');
   t.ok(existsSync(join(server.storeDir, 'store', basename(outPath))), 'built in the worker\'s own store');
-  t.same(server.units, { keys: 'done', expand: 'done', sshd: 'done', ready: 'done' }, 'every unit ran');
+  t.same(server.units, { keys: 'done', expand: 'done', store: 'done', sshd: 'done', ready: 'done' }, 'every unit ran');
+  t.match(readFileSync(join(server.dir, 'store-volume.log'), 'utf8'), 'store-volume: no store volume in the user data; the store is the image\'s\n', 'no store: the store unit did nothing');
   t.notOk(existsSync(join(server.dir, 'cloud-init-output.log')), 'no cloud-init: the user data\'s runcmd never ran');
 
   // The keys came from fetch-keys.sh, through the metadata service, into the server's own /etc/ssh
@@ -192,17 +193,18 @@ t.test('the metadata service fails (404, then garbage): the worker never becomes
   t.same(rig.fake.schemaErrors, []);
 });
 
-t.test('a NixOS worker image pool with a store volume: the build runs, and the unused, billed volume is named on stderr and in the log', async (t) => {
+t.test('a NixOS worker image built before the store unit, in a pool with a store volume: the build runs, and the unused, billed volume is named on stderr and in the log', async (t) => {
   const rig = await Rig.start({
     pool: { image: { labelSelector: SELECTOR }, idleTimeout: '4s', bootTimeout: '30s', store: { volumeGb: 10 } },
     fake: { nixosWorker: { fetchAttempts: 3, swapMib: 16 } },
   });
   t.teardown(() => rig.stop());
-  rig.fake.addImage({ description: 'nix-hcloud-builder worker (nixos/worker.nix)', labels: { [LABEL]: 'nixos-worker' }, worker: 'nixos' });
+  rig.fake.addImage({ description: 'nix-hcloud-builder worker (an older nixos/worker.nix)', labels: { [LABEL]: 'nixos-worker' }, worker: 'nixos', storeUnit: false });
   const daemon = await rig.startDaemon();
   const result = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`nixos-image-store-${Date.now()}`] });
   t.equal(result.code, 0, 'nix-build succeeded', { stderr: result.stderr });
   t.match(result.stderr, /store volume \d+ is attached but this worker's store is not on it/, 'the waiting session was told');
   const warning = await daemon.waitFor((l) => l.level === 40 && /is attached but this worker's store is not on it/.test(l.msg), 10_000);
   t.ok(typeof warning.volumeId === 'number', 'a warning names the volume');
+  t.equal(rig.fake.servers()[0]?.units?.store, 'absent', 'the image had no store unit');
 });

@@ -363,6 +363,8 @@ export class FakeCloud {
   private readonly snapshotDisks = new Map<number, SnapshotDisk>();
   /** Ids of the images whose servers boot as NixOS workers. */
   private readonly nixosImages = new Set<number>();
+  /** NixOS worker images built before the store unit (`addImage({ storeUnit: false })`). */
+  private readonly nixosImagesWithoutStore = new Set<number>();
   private readonly metadataFaults: (MetadataFault & { left: number })[] = [];
   private nextSshKeyId = 9_000_001;
   private readonly faults: (Fault & { left: number })[] = [];
@@ -512,7 +514,8 @@ export class FakeCloud {
   /**
    * Adds an image (a snapshot by default), e.g. a prepared NixOS image; returns it. With
    * `worker: 'nixos'` it is the NixOS worker image of nixos/worker.nix: its servers boot by that
-   * image's units (fetch-keys.sh, zpool-expand.sh, sshd, ready-marker.sh), not by cloud-init.
+   * image's units (fetch-keys.sh, zpool-expand.sh, store-volume.sh, sshd, ready-marker.sh), not
+   * by cloud-init. `storeUnit: false`: an image built before nixos/worker.nix had the store unit.
    */
   addImage(img: {
     description: string;
@@ -523,6 +526,7 @@ export class FakeCloud {
     diskSize?: number;
     imageSize?: number;
     worker?: 'nixos';
+    storeUnit?: boolean;
   }): Image {
     const image: Image = {
       id: this.nextImageId++,
@@ -546,6 +550,7 @@ export class FakeCloud {
     };
     this.images.push(image);
     if (img.worker === 'nixos') this.nixosImages.add(image.id);
+    if (img.worker === 'nixos' && img.storeUnit === false) this.nixosImagesWithoutStore.add(image.id);
     return image;
   }
 
@@ -1385,6 +1390,7 @@ export class FakeCloud {
       swapMib: n.swapMib,
       imageMib: n.imageMib,
       diskMib: n.diskMib,
+      storeUnit: !this.nixosImagesWithoutStore.has(s.image.id),
     };
     const worker = new Worker({
       id: s.id,

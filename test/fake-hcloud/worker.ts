@@ -11,11 +11,12 @@
 //   rootfs/                  where write_files entries for other paths land
 //   ssh_host_ed25519_key     host key (0600), authorized_keys, sshd_config
 //   sshd.log, cloud-init-output.log, user-data, boot-finished
+//   runcmd                   the runcmd entries as one script (cloud-init's scripts/runcmd)
 // and for a NixOS worker image:
 //   worker-disk.img          the server's disk (sparse), attached to a loop device while it runs
 //   scripts/                 the copies of nixos/scripts/*.sh that ran
-//   bin/                     stand-ins for zpool and swapon, first on the scripts' PATH
-//   fetch-keys.log, zpool-expand.log, ready-marker.log   each script's output
+//   bin/                     stand-ins for zpool, swapon and systemctl, first on the scripts' PATH
+//   fetch-keys.log, zpool-expand.log, store-volume.log, ready-marker.log   each script's output
 //   stub-calls.log           every call of the stand-ins
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -145,8 +146,11 @@ export interface VolumeMount {
  * namespace, in systemd's order:
  *
  *   nix-hcloud-builder-keys (fetch-keys.sh) and zpool-expand (zpool-expand.sh), side by side;
+ *   nix-hcloud-builder-store (store-volume.sh): after the keys unit, whatever it did (`after`
+ *     only), beside sshd; absent from an image built before it (`storeUnit: false`);
  *   sshd: after both, only when the keys unit succeeded (it is `requiredBy` sshd);
- *   nix-hcloud-builder-ready (ready-marker.sh): only when both units succeeded (`requires`).
+ *   nix-hcloud-builder-ready (ready-marker.sh): only when both units succeeded (`requires`), and
+ *     after the store unit (which it only `wants`).
  *
  * A unit that requires a failed one is skipped at once.
  *
@@ -166,18 +170,21 @@ export interface NixosBoot {
   imageMib: number;
   /** Size of the server's disk. */
   diskMib: number;
+  /** The image has the store unit (nix-hcloud-builder-store); false for an image built before it. */
+  storeUnit: boolean;
 }
 
 /**
- * A unit's state: not started yet, running, done (a script exited 0; sshd listens), failed, or
- * skipped (a unit it requires failed).
+ * A unit's state: not started yet, running, done (a script exited 0; sshd listens), failed,
+ * skipped (a unit it requires failed), or absent (not in this image).
  */
-export type UnitState = 'waiting' | 'running' | 'done' | 'failed' | 'skipped';
+export type UnitState = 'waiting' | 'running' | 'done' | 'failed' | 'skipped' | 'absent';
 
 /** The units of nixos/worker.nix that the fake runs, with their scripts and log files. */
 export const NIXOS_UNITS = {
   keys: { unit: 'nix-hcloud-builder-keys.service', script: 'fetch-keys.sh', log: 'fetch-keys.log' },
   expand: { unit: 'zpool-expand.service', script: 'zpool-expand.sh', log: 'zpool-expand.log' },
+  store: { unit: 'nix-hcloud-builder-store.service', script: 'store-volume.sh', log: 'store-volume.log' },
   sshd: { unit: 'sshd.service', script: null, log: 'sshd.log' },
   ready: { unit: 'nix-hcloud-builder-ready.service', script: 'ready-marker.sh', log: 'ready-marker.log' },
 } as const;
@@ -256,7 +263,7 @@ export class Worker {
   private readonly volumes = new Map<number, string>();
 
   constructor(private readonly o: WorkerOptions) {
-    this.units = o.nixos ? { keys: 'waiting', expand: 'waiting', sshd: 'waiting', ready: 'waiting' } : null;
+    this.units = o.nixos ? { keys: 'waiting', expand: 'waiting', store: o.nixos.storeUnit ? 'waiting' : 'absent', sshd: 'waiting', ready: 'waiting' } : null;
     for (const v of o.volumes ?? []) this.volumes.set(v.id, v.dir);
   }
 
@@ -432,6 +439,8 @@ export class Worker {
       });
     const keysOk = await this.runUnit('keys', { PATH: path, NHB_METADATA_URL: n.metadataUrl, NHB_FETCH_ATTEMPTS: String(n.fetchAttempts) });
     if (this.stopped) return;
+    // Ordered after the keys unit only: it runs whatever that did, beside sshd.
+    const store = n.storeUnit ? this.runUnit('store', { PATH: path }).catch(() => false) : Promise.resolve(true);
     if (!keysOk) {
       units.sshd = 'skipped';
       units.ready = 'skipped';
@@ -465,7 +474,8 @@ export class Worker {
     if (this.o.neverReady) return;
     const t = setTimeout(() => {
       this.timers.delete(t);
-      void this.runUnit('ready', {}).then((ok) => {
+      // After the store unit, whatever it did (the ready unit only wants it).
+      void store.then(() => (this.stopped ? false : this.runUnit('ready', {}))).then((ok) => {
         if (ok) {
           writeFileSync(join(dir, 'boot-finished'), `${new Date().toISOString()}\n`);
           this.cloudInitDone = true;
@@ -480,7 +490,7 @@ export class Worker {
    * Runs one unit's script inside the namespace with bash (the image wraps each in
    * writeShellApplication), its output going to its log file in the server folder.
    */
-  private async runUnit(which: 'keys' | 'expand' | 'ready', env: NodeJS.ProcessEnv): Promise<boolean> {
+  private async runUnit(which: 'keys' | 'expand' | 'store' | 'ready', env: NodeJS.ProcessEnv): Promise<boolean> {
     const u = NIXOS_UNITS[which];
     const units = this.units as Record<keyof typeof NIXOS_UNITS, UnitState>;
     const logPath = join(this.o.dir, u.log);
@@ -560,8 +570,9 @@ export class Worker {
       '',
     ].join('\n'));
     writeFileSync(join(dir, 'bin', 'swapon'), `#!/bin/sh\n# Stand-in for swapon: the machine's swap must not change.\necho "swapon $*" >> ${calls}\n`);
-    chmodSync(join(dir, 'bin', 'zpool'), 0o755);
-    chmodSync(join(dir, 'bin', 'swapon'), 0o755);
+    // No systemd in the fake, and no nix-daemon: sessions run Nix as root on the local store.
+    writeFileSync(join(dir, 'bin', 'systemctl'), `#!/bin/sh\n# Stand-in for systemctl: the fake runs no systemd (and no nix-daemon to stop).\necho "systemctl $*" >> ${calls}\n`);
+    for (const stub of ['zpool', 'swapon', 'systemctl']) chmodSync(join(dir, 'bin', stub), 0o755);
   }
 
   /** Detaches the loop device (once every process in the server is gone, or lazily before). */
@@ -725,34 +736,36 @@ export class Worker {
     if (code !== 0) this.o.log(`server ${this.o.id}: write_files ${path} failed: ${err.trim()}`);
   }
 
+  /**
+   * cloud-init's runcmd: every entry a line of one shell script (string entries verbatim, list
+   * entries shell-quoted by parseUserData), written to DIR/runcmd as cloud-init writes
+   * /var/lib/cloud/instance/scripts/runcmd, and run once with sh inside the namespace. As there,
+   * a failing line does not stop the next (no `set -e`), and an `exit` ends the rest. The script
+   * and then its output go to cloud-init-output.log; boot-finished is written however it ended.
+   */
   private async runcmd(): Promise<void> {
     const logPath = join(this.o.dir, 'cloud-init-output.log');
-    const note = (line: string) => {
-      const fd = openSync(logPath, 'a');
-      try {
-        writeFileSync(fd, `${line}\n`);
-      } finally {
-        closeSync(fd);
-      }
-    };
-    note(`Cloud-init (fake) runcmd start: ${this.o.config.runcmd.length} command(s)`);
-    for (const [i, cmd] of this.o.config.runcmd.entries()) {
-      if (this.stopped) return;
-      note(`+ runcmd[${i}]: ${cmd}`);
-      const fd = openSync(logPath, 'a');
-      let child: ChildProcess;
-      try {
-        child = this.inNamespace(cmd, [], ['ignore', fd, fd]);
-      } finally {
-        closeSync(fd);
-      }
-      const result = await new Promise<string>((resolve) => {
-        child.once('exit', (code, signal) => resolve(signal ?? String(code)));
-        child.once('error', (e) => resolve(e.message));
-      });
-      if (this.stopped) return;
-      if (result !== '0') note(`runcmd[${i}] failed (${result}); continuing`);
+    const note = (line: string) => appendFileSync(logPath, `${line}\n`);
+    const entries = this.o.config.runcmd;
+    const script = `#!/bin/sh\n${entries.map((c) => `${c}\n`).join('')}`;
+    const file = join(this.o.dir, 'runcmd');
+    writeFileSync(file, script, { mode: 0o700 });
+    note(`Cloud-init (fake) runcmd start: ${entries.length} command(s) as one script, ${file}:`);
+    note(script.trimEnd());
+    note('Cloud-init (fake) runcmd output:');
+    const fd = openSync(logPath, 'a');
+    let child: ChildProcess;
+    try {
+      child = this.nsExec(['sh', file], ['ignore', fd, fd], {});
+    } finally {
+      closeSync(fd);
     }
+    const result = await new Promise<string>((resolve) => {
+      child.once('exit', (code, signal) => resolve(signal ?? String(code)));
+      child.once('error', (e) => resolve(e.message));
+    });
+    if (this.stopped) return;
+    if (result !== '0') note(`runcmd script failed (${result})`);
     note('Cloud-init (fake) finished');
     writeFileSync(join(this.o.dir, 'boot-finished'), `${new Date().toISOString()}\n`);
     this.cloudInitDone = true;

@@ -1,0 +1,42 @@
+/**
+ * Helpers of the warm-store end-to-end tests (test/e2e/warm-store*.test.ts): a big input only the
+ * client has, builds of test/fixtures/warm.nix through the daemon, and the bytes sent up.
+ */
+import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ROOT, run, waitUntil, type DaemonProcess, type LogLine, type Rig } from './rig.js';
+
+const WARM_NIX = join(ROOT, 'test', 'fixtures', 'warm.nix');
+export const MIB = 1024 * 1024;
+
+/** A 64 MiB path of random bytes in the client's store only (never built, so it must be uploaded). */
+export async function addBigInput(rig: Rig): Promise<string> {
+  const file = join(rig.dir, `warm-input-${Date.now()}`);
+  writeFileSync(file, randomBytes(64 * MIB));
+  const added = await run('nix-store', ['--add', file]);
+  if (added.code !== 0) throw new Error(`nix-store --add failed: ${added.stderr}`);
+  return added.stdout.trim();
+}
+
+export function build(rig: Rig, daemon: DaemonProcess, expr: string, maxJobs = 4): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return run('nix-build', [
+    '-E', expr, '--no-out-link', '--max-jobs', '0',
+    '--builders', rig.machinesLine('ssh-ng', 'x86_64', maxJobs),
+    '--option', 'substituters', '', '--option', 'builders-use-substitutes', 'false',
+  ], { env: { ...process.env, NIX_SSHOPTS: `-F ${rig.sshConfig(daemon.port)}` } });
+}
+
+export function warm(input: string, nonce: string, after?: string): string {
+  return `(import ${WARM_NIX} { input = "${input}"; nonce = "${nonce}";${after ? ` after = ${after};` : ''} })`;
+}
+
+/**
+ * Bytes the sessions logged from `from` on sent up to workers (the daemon logs each session's
+ * count when it ends, which may be just after nix-build exits: wait for every started one).
+ */
+export async function bytesUp(daemon: DaemonProcess, from: number): Promise<number> {
+  const count = (msg: string): number => daemon.lines.slice(from).filter((l) => l.msg === msg).length;
+  await waitUntil(() => count('session started') > 0 && count('session ended') === count('session started'), 10_000);
+  return daemon.lines.slice(from).filter((l: LogLine) => l.msg === 'session ended').reduce((sum, l) => sum + Number(l.up), 0);
+}
