@@ -79,6 +79,8 @@ in
   # After the keys: fetch-keys.sh leaves the store volume's settings from the user data. It stops
   # nix-daemon (socket and service) while it mounts the overlay over /nix, and starts the socket
   # again. Its failure leaves the image's own store: the ready unit only wants it.
+  # The overlay's module, loaded at boot rather than on the first mount.
+  boot.kernelModules = [ "overlay" ];
   systemd.services.nix-hcloud-builder-store = {
     description = "Put the Nix store on the pool's store volume (an overlay over /nix)";
     wantedBy = [ "multi-user.target" ];

@@ -155,6 +155,7 @@ interface StubEval {
     nix: { settings: Record<string, unknown> };
     openssh: { settings: Record<string, unknown> };
     services: Record<string, { ExecStart: string; Type: string; before?: string[]; after?: string[]; requires?: string[]; requiredBy?: string[]; wants?: string[]; wantedBy?: string[] }>;
+    kernelModules: string[];
     scriptTexts: string[];
     rawImageIsLazy: boolean;
   };
@@ -237,6 +238,7 @@ t.test('nixos/worker.nix, evaluated with stand-ins for lib and pkgs', async (t) 
   t.ok(store?.after?.includes('local-fs.target'));
   t.same(store?.before, ['nix-hcloud-builder-ready.service'], 'and before the ready marker');
   t.same(store?.wantedBy, ['multi-user.target']);
+  t.same(worker.kernelModules, ['overlay'], 'the overlay module is loaded at boot');
   t.ok(s['nix-hcloud-builder-ready']?.after?.includes('nix-hcloud-builder-store.service'), 'the ready unit waits for it');
   t.same(s['nix-hcloud-builder-ready']?.wants, ['nix-hcloud-builder-store.service'], 'but only wants it: a worker whose volume fails builds on the image\'s store');
   for (const name of Object.keys(s)) t.equal(s[name]?.Type, 'oneshot', `${name} is a oneshot`);
