@@ -78,7 +78,9 @@ in
 
   # After the keys: fetch-keys.sh leaves the store volume's settings from the user data. It stops
   # nix-daemon (socket and service) while it mounts the overlay over /nix, and starts the socket
-  # again. Its failure leaves the image's own store: the ready unit only wants it.
+  # again: a unit after the network cannot be ordered before nix-daemon.socket (sockets.target
+  # comes before basic.target, which ordinary services come after) without a cycle. Its failure
+  # leaves the image's own store: the ready unit only wants it.
   # The overlay's module, loaded at boot rather than on the first mount.
   boot.kernelModules = [ "overlay" ];
   systemd.services.nix-hcloud-builder-store = {
