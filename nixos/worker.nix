@@ -8,6 +8,7 @@
 #   - the sshd host key and root's authorized key come from the Hetzner metadata service's user
 #     data (nix-hcloud-builder-keys, before sshd): no key is baked into the image;
 #   - Nix with trusted-users = root and max-jobs = the number of cores;
+#   - the zstd relay for pools with compression "zstd" (Python and libzstd);
 #   - the ready marker that the daemon's default readyCommand waits for, written last.
 #
 # The scripts are in ./scripts so that the tests run them outside NixOS.
@@ -21,6 +22,16 @@ let
   fetchKeys = script "fetch-keys" [ pkgs.curl pkgs.jq pkgs.coreutils pkgs.gnused ];
   zpoolExpand = script "zpool-expand" [ config.boot.zfs.package pkgs.gptfdisk pkgs.util-linux pkgs.coreutils pkgs.gawk pkgs.gnused pkgs.systemd ];
   readyMarker = script "ready-marker" [ config.nix.package pkgs.coreutils ];
+  # The worker's end of compression "zstd" (worker/zstd-relay.py, the file the stock images' cloud-config
+  # writes), on every session's PATH. It finds libzstd by this variable: NixOS has no ldconfig cache.
+  zstdRelay = pkgs.writeShellApplication {
+    name = "nix-hcloud-builder-zstd-relay";
+    runtimeInputs = [ config.nix.package ];
+    text = ''
+      export NIX_HCLOUD_BUILDER_LIBZSTD=${lib.getLib pkgs.zstd}/lib/libzstd.so.1
+      exec ${pkgs.python3}/bin/python3 ${pkgs.writeText "zstd-relay.py" (builtins.readFile ../worker/zstd-relay.py)} "$@"
+    '';
+  };
   oneshot = {
     Type = "oneshot";
     RemainAfterExit = true;
@@ -95,6 +106,7 @@ in
     };
   };
   users.users.root.hashedPassword = "!";
+  environment.systemPackages = [ zstdRelay ];
 
   nix.settings = {
     trusted-users = [ "root" ];

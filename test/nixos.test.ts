@@ -156,6 +156,7 @@ interface StubEval {
     services: Record<string, { ExecStart: string; Type: string; before?: string[]; after?: string[]; requires?: string[]; requiredBy?: string[] }>;
     scriptTexts: string[];
     rawImageIsLazy: boolean;
+    packages: { name: string; text: string }[];
   };
 }
 
@@ -234,6 +235,11 @@ t.test('nixos/worker.nix, evaluated with stand-ins for lib and pkgs', async (t) 
   for (const name of Object.keys(s)) t.equal(s[name]?.Type, 'oneshot', `${name} is a oneshot`);
   t.same(worker.scriptTexts, ['fetch-keys.sh', 'zpool-expand.sh', 'ready-marker.sh'].map((f) => readFileSync(join(SCRIPTS, f), 'utf8')), 'the image runs the scripts the tests run');
   t.ok(worker.rawImageIsLazy, 'system.build.rawImage is defined (built only with nixpkgs)');
+  const relay = worker.packages.find((p) => p.name === 'nix-hcloud-builder-zstd-relay');
+  t.ok(relay, 'the zstd relay is on the system PATH');
+  const source = /python3 (\S+) "\$@"/.exec(relay?.text ?? '')?.[1];
+  t.equal(source && readFileSync(source, 'utf8'), readFileSync(join(ROOT, 'worker', 'zstd-relay.py'), 'utf8'), 'it runs worker/zstd-relay.py, the file the cloud-config writes');
+  t.match(relay?.text ?? '', /NIX_HCLOUD_BUILDER_LIBZSTD=\/stub\/zstd\/lib\/libzstd\.so\.1/, 'with libzstd named');
 });
 
 t.test('the worker scripts pass shellcheck', async (t) => {

@@ -7,7 +7,9 @@
  * same user data with jq instead of a YAML parser.
  */
 import { READY_MARKER } from '../core/config.js';
+import { readPackageFile } from '../core/package-file.js';
 import type { KeyPair } from '../ssh/keys.js';
+import { ZSTD_RELAY_PATH, ZSTD_RELAY_SOURCE } from '../ssh/zstd-codec.js';
 import { checkStoreScript, mountStoreScript } from './store-script.js';
 
 export const USER_DATA_LIMIT = 32 * 1024;
@@ -55,6 +57,8 @@ export interface WorkerUserDataInput {
   loginPublicKey: string;
   /** The store volume this server is created with; absent: the store is the server's own disk. */
   store?: StoreVolumeInput;
+  /** Install the worker's end of compression "zstd" (stock images; the NixOS image has it). */
+  zstdRelay?: boolean;
 }
 
 export function workerUserData(input: WorkerUserDataInput): string {
@@ -68,6 +72,7 @@ export function workerUserData(input: WorkerUserDataInput): string {
       ed25519_public: input.hostKey.publicKey,
     },
     users: [{ name: 'root', ssh_authorized_keys: [input.loginPublicKey] }],
+    ...(input.zstdRelay ? { write_files: [{ path: ZSTD_RELAY_PATH, permissions: '0755', content: readPackageFile(ZSTD_RELAY_SOURCE) }] } : {}),
     runcmd: workerSetupCommands(input.store),
   };
   const text = `#cloud-config\n${JSON.stringify(config, null, 1)}\n`;
