@@ -19,7 +19,7 @@ import { workerUserData, type StoreVolumeInput } from './user-data.js';
 import type { StoreLease, StoreVolumes } from './store-volumes.js';
 import { STORE_MARKER } from './store-script.js';
 import { renderNixCommand, type NixCommand } from '../ssh/nix-command.js';
-import { ZSTD_RELAY_CHECK, ZstdDecoder, ZstdEncoder, zstdRelayCommand } from '../ssh/zstd-codec.js';
+import { ZSTD_RELAY_CHECK, ZstdDecoder, zstdEncoderFor, zstdRelayCommand } from '../ssh/zstd-codec.js';
 import { connectWorker, execChannel, negotiatedCompression, HostKeyMismatch, isChannelRefusal, runCommand, writeGateOf, type SshClient, type WorkerChannel, type WorkerSshTarget } from '../ssh/worker-connection.js';
 
 export class BootError extends Error {
@@ -465,7 +465,7 @@ export class Worker {
     const rendered = renderNixCommand(command);
     if (!this.zstd) return this.exec(rendered);
     const upstream = await this.exec(zstdRelayCommand(rendered));
-    return { ...upstream, codec: { encoder: new ZstdEncoder({ level: this.pool.compressionLevel }), decoder: new ZstdDecoder() } };
+    return { ...upstream, codec: { encoder: zstdEncoderFor(this.pool.compressionLevel), decoder: new ZstdDecoder() } };
   }
 
   private async waitForReady(signal: AbortSignal): Promise<void> {

@@ -56,6 +56,20 @@ export interface ZstdEncoderOptions {
   longWindowLog?: number;
 }
 
+/**
+ * From this level up, the encoder also looks back 2^27 bytes (128 MiB) for repeats (zstd's
+ * long-distance matching): store paths repeat across files (the same libraries, the same
+ * headers), and the high levels are for slow uplinks, where bytes cost more than memory. A busy
+ * session then holds up to ≈ 150 MB; the relay accepts windows up to 2 GiB.
+ */
+export const LONG_WINDOW_FROM_LEVEL = 9;
+const LONG_WINDOW_LOG = 27;
+
+/** The encoder for a pool's `compressionLevel`. */
+export function zstdEncoderFor(level: number): ZstdEncoder {
+  return new ZstdEncoder({ level, ...(level >= LONG_WINDOW_FROM_LEVEL ? { longWindowLog: LONG_WINDOW_LOG } : {}) });
+}
+
 const OUT_CHUNK = 128 * 1024;
 
 /** One zstd stream: `push` data, `flush` when the peer must see everything so far, `end` once. */
