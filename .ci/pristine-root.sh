@@ -54,7 +54,7 @@ tar -C "$root" -xf "$base"
 chmod 0755 "$root"  # mktemp made it 0700: apt's _apt user and sshd's privilege separation need to pass
 
 # 2. What the machine's kind gives every fresh machine: its package source (and how apt reaches
-#    it), name resolution, and Node with npm and npm's own settings (its CA file among them).
+#    it), name resolution, and Node with its headers, npm and npm's own settings (its CA file among them).
 step "2. the machine's apt source, resolver, Node $(node --version) and npm $(npm --version)"
 if [ -f /etc/apt/sources.list.d/debian.sources ]; then
   rm -f "$root/etc/apt/sources.list"
@@ -74,6 +74,8 @@ cp -a "$prefix/lib/node_modules/npm" "$root/usr/lib/node_modules/"
 ln -sf ../lib/node_modules/npm/bin/npm-cli.js "$root/usr/bin/npm"
 ln -sf ../lib/node_modules/npm/bin/npx-cli.js "$root/usr/bin/npx"
 if [ -f "$prefix/etc/npmrc" ]; then mkdir -p "$root/usr/etc" && cp "$prefix/etc/npmrc" "$root/usr/etc/npmrc"; fi
+# Node's headers, for native addons (zstd-napi) built by node-gyp; npm's nodedir names them.
+if [ -d "$prefix/include/node" ]; then mkdir -p "$root/usr/include" && cp -a "$prefix/include/node" "$root/usr/include/"; fi
 cafile=$(npm config get cafile 2>/dev/null || true)
 if [ -n "$cafile" ] && [ "$cafile" != null ] && [ -f "$cafile" ]; then
   mkdir -p "$root$(dirname "$cafile")" && cp "$cafile" "$root$cafile"

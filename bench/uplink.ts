@@ -32,7 +32,7 @@ interface Route {
   /** ssh_config alias of the worker this route ends on (for making and deleting paths there). */
   workerAlias: string;
   /** Pool whose worker the route reaches (its link counters). */
-  pool: WorkerCompression;
+  pool: string;
   uri: string;
 }
 
@@ -61,25 +61,39 @@ export interface UplinkResult {
   compressibility: Compressibility[];
 }
 
-const workerAlias = (c: WorkerCompression): string => `bench-worker-${c}`;
+/** The daemon's pools of this section: one per compression setting measured (the pool's name is the setting's). */
+interface Setting {
+  pool: string;
+  label: string;
+  compression: WorkerCompression;
+  compressionLevel?: number;
+}
+
+/** Every setting at its default level, and zstd once more at the level for slow uplinks. */
+const SETTINGS: Setting[] = [
+  ...WORKER_COMPRESSIONS.map((c): Setting => ({ pool: c, label: `ours, compression ${c}`, compression: c })),
+  { pool: 'zstd12', label: 'ours, compression zstd, level 12', compression: 'zstd', compressionLevel: 12 },
+];
+
+const workerAlias = (pool: string): string => `bench-worker-${pool}`;
 const DIRECT_C_ALIAS = `${workerAlias('none')}-c`;
 
 function routes(): Route[] {
   return [
-    ...WORKER_COMPRESSIONS.map((c): Route => ({ label: `ours, compression ${c}`, via: 'ours', workerAlias: workerAlias(c), pool: c, uri: `ssh-ng://${c}@${ENDPOINT_ALIAS}` })),
+    ...SETTINGS.map((c): Route => ({ label: c.label, via: 'ours', workerAlias: workerAlias(c.pool), pool: c.pool, uri: `ssh-ng://${c.pool}@${ENDPOINT_ALIAS}` })),
     { label: 'direct OpenSSH', via: 'direct', workerAlias: workerAlias('none'), pool: 'none', uri: `ssh-ng://root@${workerAlias('none')}` },
     { label: 'direct OpenSSH -C', via: 'direct', workerAlias: workerAlias('none'), pool: 'none', uri: `ssh-ng://root@${DIRECT_C_ALIAS}` },
   ];
 }
 
 /** An ssh_config with our endpoint, each pool's worker, and the `none` worker again with `Compression yes` (ssh -C). */
-function writeSshConfig(b: BenchRig, workers: Record<WorkerCompression, WorkerRecord>): string {
+function writeSshConfig(b: BenchRig, workers: Record<string, WorkerRecord>): string {
   const hostKey = (line: string): string => line.trim().split(/\s+/).slice(0, 2).join(' ');
   const endpointKey = hostKey(Buffer.from(b.rig.hostKeyBase64(), 'base64').toString());
   const known = [`${ENDPOINT_ALIAS} ${endpointKey}`];
   const lines = [`Host ${ENDPOINT_ALIAS}`, '  HostName 127.0.0.1', `  Port ${b.daemon.port}`, `  HostKeyAlias ${ENDPOINT_ALIAS}`, `  IdentityFile ${b.rig.clientKeyFile}`, '  Compression no'];
-  for (const c of WORKER_COMPRESSIONS) {
-    const w = workers[c];
+  for (const { pool: c } of SETTINGS) {
+    const w = workers[c] as WorkerRecord;
     const key = join(b.dir, `login_${c}`);
     writeFileSync(key, w.loginPrivateKey, { mode: 0o600 });
     known.push(`${workerAlias(c)} ${hostKey(w.hostPublicKey)}`);
@@ -141,12 +155,12 @@ async function profileRuns(profile: LinkProfile, bytes: number, runsPer: number,
   const b = await BenchRig.start({
     ...base,
     fake: { link: profile },
-    pools: Object.fromEntries(WORKER_COMPRESSIONS.map((c) => [c, { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '60m', compression: c }])),
+    pools: Object.fromEntries(SETTINGS.map((c) => [c.pool, { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '60m', compression: c.compression, ...(c.compressionLevel ? { compressionLevel: c.compressionLevel } : {}) }])),
   });
   try {
     const plain = b.sshConfig();
-    const workers = {} as Record<WorkerCompression, WorkerRecord>;
-    for (const c of WORKER_COMPRESSIONS) {
+    const workers: Record<string, WorkerRecord> = {};
+    for (const { pool: c } of SETTINGS) {
       await serveHandshake(plain, `${c}@${ENDPOINT_ALIAS}`);
       workers[c] = b.workerRecord(c);
     }
@@ -165,7 +179,7 @@ async function profileRuns(profile: LinkProfile, bytes: number, runsPer: number,
             if (!result.compressibility.some((c) => c.payload === kind)) result.compressibility.push(await compressibility(kind, source.path, source.narBytes));
             try {
               await cmd('sync', []);
-              const w = workers[route.pool];
+              const w = workers[route.pool] as WorkerRecord;
               const wire0 = { ...wireOf(b, w) };
               const cpu0 = processCpuSeconds(b.pid);
               const env = { ...process.env, NIX_SSHOPTS: `-F ${config}` };
@@ -279,8 +293,7 @@ function report(r: UplinkResult, profiles: LinkProfile[]): void {
 function goals(r: UplinkResult, pick: (profile: string, payload: PayloadKind, direction: Direction, route: string) => UplinkRun | undefined): void {
   const time = (profile: string, payload: PayloadKind, route: string): number => pick(profile, payload, 'upload', route)?.ms ?? Number.NaN;
   const rows: string[][] = [];
-  for (const c of WORKER_COMPRESSIONS) {
-    const ours = `ours, compression ${c}`;
+  for (const { label: ours, pool: c } of SETTINGS) {
     const verdict = (ok: boolean): string => (ok ? 'met' : '**not met**');
     const homeVsPlain = time('home', 'realistic', ours) / time('home', 'realistic', 'direct OpenSSH');
     const homeVsC = time('home', 'realistic', ours) / time('home', 'realistic', 'direct OpenSSH -C');

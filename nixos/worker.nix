@@ -11,6 +11,7 @@
 #   - the warm store (a pool's `store`): nix-hcloud-builder-store (after the keys, before the
 #     ready marker) mounts the store volume named in the user data as the upper layer of an
 #     overlay over /nix (see scripts/store-volume.sh);
+#   - the zstd relay for pools with compression "zstd" (Python and libzstd);
 #   - the ready marker that the daemon's default readyCommand waits for, written last.
 #
 # The scripts are in ./scripts so that the tests run them outside NixOS.
@@ -25,6 +26,16 @@ let
   zpoolExpand = script "zpool-expand" [ config.boot.zfs.package pkgs.gptfdisk pkgs.util-linux pkgs.coreutils pkgs.gawk pkgs.gnused pkgs.systemd ];
   readyMarker = script "ready-marker" [ config.nix.package pkgs.coreutils ];
   storeVolume = script "store-volume" [ config.nix.package pkgs.jq pkgs.coreutils pkgs.util-linux pkgs.e2fsprogs pkgs.findutils pkgs.gawk pkgs.systemd ];
+  # The worker's end of compression "zstd" (worker/zstd-relay.py, the file the stock images' cloud-config
+  # writes), on every session's PATH. It finds libzstd by this variable: NixOS has no ldconfig cache.
+  zstdRelay = pkgs.writeShellApplication {
+    name = "nix-hcloud-builder-zstd-relay";
+    runtimeInputs = [ config.nix.package ];
+    text = ''
+      export NIX_HCLOUD_BUILDER_LIBZSTD=${lib.getLib pkgs.zstd}/lib/libzstd.so.1
+      exec ${pkgs.python3}/bin/python3 ${pkgs.writeText "zstd-relay.py" (builtins.readFile ../worker/zstd-relay.py)} "$@"
+    '';
+  };
   oneshot = {
     Type = "oneshot";
     RemainAfterExit = true;
@@ -115,6 +126,7 @@ in
     };
   };
   users.users.root.hashedPassword = "!";
+  environment.systemPackages = [ zstdRelay ];
 
   nix.settings = {
     trusted-users = [ "root" ];

@@ -158,6 +158,7 @@ interface StubEval {
     kernelModules: string[];
     scriptTexts: string[];
     rawImageIsLazy: boolean;
+    packages: { name: string; text: string }[];
   };
 }
 
@@ -244,6 +245,11 @@ t.test('nixos/worker.nix, evaluated with stand-ins for lib and pkgs', async (t) 
   for (const name of Object.keys(s)) t.equal(s[name]?.Type, 'oneshot', `${name} is a oneshot`);
   t.same(worker.scriptTexts, ['fetch-keys.sh', 'zpool-expand.sh', 'ready-marker.sh', 'store-volume.sh'].map((f) => readFileSync(join(SCRIPTS, f), 'utf8')), 'the image runs the scripts the tests run');
   t.ok(worker.rawImageIsLazy, 'system.build.rawImage is defined (built only with nixpkgs)');
+  const relay = worker.packages.find((p) => p.name === 'nix-hcloud-builder-zstd-relay');
+  t.ok(relay, 'the zstd relay is on the system PATH');
+  const source = /python3 (\S+) "\$@"/.exec(relay?.text ?? '')?.[1];
+  t.equal(source && readFileSync(source, 'utf8'), readFileSync(join(ROOT, 'worker', 'zstd-relay.py'), 'utf8'), 'it runs worker/zstd-relay.py, the file the cloud-config writes');
+  t.match(relay?.text ?? '', /NIX_HCLOUD_BUILDER_LIBZSTD=\/stub\/zstd\/lib\/libzstd\.so\.1/, 'with libzstd named');
 });
 
 t.test('the worker scripts pass shellcheck', async (t) => {

@@ -10,11 +10,14 @@ import { UserError } from './errors.js';
 
 /**
  * Compression of the SSH connection to the worker (the leg that crosses the user's uplink).
- * "zlib" is SSH's own zlib@openssh.com, which every OpenSSH sshd offers by default.
+ * "zlib" is SSH's own zlib@openssh.com, which every OpenSSH sshd offers by default; "zstd" runs
+ * each session through a relay on the worker (worker/zstd-relay.py) with one zstd stream each way.
  */
-export const WORKER_COMPRESSIONS = ['none', 'zlib'] as const;
+export const WORKER_COMPRESSIONS = ['none', 'zlib', 'zstd'] as const;
 export type WorkerCompression = (typeof WORKER_COMPRESSIONS)[number];
 export const DEFAULT_WORKER_COMPRESSION: WorkerCompression = 'none';
+/** zstd's level for what the daemon sends up (the worker answers at 3: its downlink is the fast one). */
+export const DEFAULT_ZSTD_LEVEL = 3;
 
 export type ImageRef = { name: string } | { id: number } | { labelSelector: string };
 
@@ -44,6 +47,8 @@ export interface PoolConfig {
   keepaliveIntervalMs: number;
   /** Compression of the ssh connection to the worker. */
   compression: WorkerCompression;
+  /** With compression "zstd": the level of the upload stream (1 to 19). */
+  compressionLevel: number;
   /** The warm store: each worker slot's Nix store on a Hetzner Volume; absent = every worker starts empty. */
   store?: StoreConfig;
 }
@@ -237,6 +242,7 @@ function parsePool(name: string, f: Fields): PoolConfig {
     billingMarginMs: f.duration('billingMargin', '3m'),
     keepaliveIntervalMs: f.duration('keepaliveInterval', '10s'),
     compression: f.oneOf('compression', WORKER_COMPRESSIONS, DEFAULT_WORKER_COMPRESSION),
+    compressionLevel: f.integer('compressionLevel', DEFAULT_ZSTD_LEVEL, 1, 19),
   };
   const store = parseStore(f);
   if (store) pool.store = store;

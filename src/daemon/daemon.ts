@@ -11,6 +11,7 @@ import type { Server as ControlServer } from 'node:net';
 import type { Config } from '../core/config.js';
 import { Endpoint, parseAuthorizedKeys } from '../ssh/endpoint.js';
 import { warnIfSsh2InternalsDiffer } from '../ssh/ssh2-internals.js';
+import { zstdBinding } from '../ssh/zstd-codec.js';
 import { HcloudClient } from '../hcloud/client.js';
 import type { Server, ServerType } from '../hcloud/types.js';
 import { generateKeyPair, hostKeyPaths } from '../ssh/keys.js';
@@ -106,6 +107,9 @@ export class Daemon {
       this.log.info({ hostKey: hostKey.publicKey, authorizedKeys: authorizedKeys.length }, 'step 2/4: keys loaded');
       // A different ssh2 silently loses the channel window limit: say so once, at start.
       await warnIfSsh2InternalsDiffer(this.log);
+      // A pool with compression "zstd" needs libzstd here: fail at start, not at the first build.
+      const zstdPools = [...Object.values(config.pools)].filter((p) => p.compression === 'zstd');
+      if (zstdPools.length > 0) this.log.info({ pools: zstdPools.map((p) => p.name), libzstd: zstdBinding().versionString() }, 'compression zstd: libzstd loaded');
 
       this.ledger = Ledger.load(config.stateDir);
       const deps: WorkerDeps = {

@@ -14,7 +14,7 @@ import type { Worker } from './worker.js';
 /** What the pool uses of a worker: `Worker`, or a fake in the pool's unit tests. */
 export type PoolWorker = Pick<Worker,
   | 'record' | 'phase' | 'used' | 'connected' | 'reserve' | 'release' | 'markBusy' | 'markIdle' | 'markDeleting'
-  | 'onProgress' | 'onConnectionLost' | 'boot' | 'cancelBoot' | 'destroy' | 'disconnect' | 'exec'>;
+  | 'onProgress' | 'onConnectionLost' | 'boot' | 'cancelBoot' | 'destroy' | 'disconnect' | 'execNix'>;
 
 export interface Lease<W extends PoolWorker = Worker> {
   worker: W;

@@ -7,7 +7,9 @@
  * same user data with jq instead of a YAML parser.
  */
 import { READY_MARKER } from '../core/config.js';
+import { readPackageFile } from '../core/package-file.js';
 import type { KeyPair } from '../ssh/keys.js';
+import { ZSTD_RELAY_PATH, ZSTD_RELAY_SOURCE } from '../ssh/zstd-codec.js';
 import { checkStoreScript, mountStoreScript, STORE_SETTINGS_FILE } from './store-script.js';
 
 export const USER_DATA_LIMIT = 32 * 1024;
@@ -61,9 +63,18 @@ export interface WorkerUserDataInput {
   loginPublicKey: string;
   /** The store volume this server is created with; absent: the store is the server's own disk. */
   store?: StoreVolumeInput;
+  /** Install the worker's end of compression "zstd" (stock images; the NixOS image has it). */
+  zstdRelay?: boolean;
 }
 
 export function workerUserData(input: WorkerUserDataInput): string {
+  const files = [
+    // The store volume's settings as data, for an image without cloud-init (the NixOS worker
+    // image reads them from here; see nixos/scripts/store-volume.sh). cloud-init just writes them.
+    ...(input.store ? [storeSettingsFile(input.store)] : []),
+    // The worker's end of compression "zstd" (the NixOS worker image has it on its PATH).
+    ...(input.zstdRelay ? [{ path: ZSTD_RELAY_PATH, permissions: '0755', content: readPackageFile(ZSTD_RELAY_SOURCE) }] : []),
+  ];
   const config = {
     disable_root: false,
     ssh_pwauth: false,
@@ -74,9 +85,7 @@ export function workerUserData(input: WorkerUserDataInput): string {
       ed25519_public: input.hostKey.publicKey,
     },
     users: [{ name: 'root', ssh_authorized_keys: [input.loginPublicKey] }],
-    // The store volume's settings as data, for an image without cloud-init (the NixOS worker
-    // image reads them from here; see nixos/scripts/store-volume.sh). cloud-init just writes them.
-    ...(input.store ? { write_files: [storeSettingsFile(input.store)] } : {}),
+    ...(files.length > 0 ? { write_files: files } : {}),
     runcmd: workerSetupCommands(input.store),
   };
   const text = `#cloud-config\n${JSON.stringify(config, null, 1)}\n`;

@@ -18,6 +18,8 @@ import type { WorkerRecord } from './state.js';
 import { workerUserData, type StoreVolumeInput } from './user-data.js';
 import type { StoreLease, StoreVolumes } from './store-volumes.js';
 import { STORE_MARKER } from './store-script.js';
+import { renderNixCommand, type NixCommand } from '../ssh/nix-command.js';
+import { ZSTD_RELAY_CHECK, ZstdDecoder, zstdEncoderFor, zstdRelayCommand } from '../ssh/zstd-codec.js';
 import { connectWorker, execChannel, negotiatedCompression, HostKeyMismatch, isChannelRefusal, runCommand, writeGateOf, type SshClient, type WorkerChannel, type WorkerSshTarget } from '../ssh/worker-connection.js';
 
 export class BootError extends Error {
@@ -56,6 +58,8 @@ export class Worker {
   /** More connections, opened when the worker's sshd refuses more channels on the others (MaxSessions). */
   private readonly extraClients: SshClient[] = [];
   private opening: Promise<SshClient> | undefined;
+  /** Sessions go through the worker's zstd relay (compression "zstd", and the relay answered). */
+  private zstd = false;
   /** Sessions running plus sessions promised a slot on this worker. */
   private sessions = 0;
   private readonly listeners = new Set<ProgressListener>();
@@ -107,7 +111,7 @@ export class Worker {
     };
     return {
       record,
-      userData: (store) => workerUserData({ hostKey: host, loginPublicKey: login.publicKey, ...(store ? { store } : {}) }),
+      userData: (store) => workerUserData({ hostKey: host, loginPublicKey: login.publicKey, zstdRelay: pool.compression === 'zstd', ...(store ? { store } : {}) }),
     };
   }
 
@@ -267,6 +271,7 @@ export class Worker {
     // 5. Wait for readyCommand (disk expansion done, Nix up).
     await this.waitForReady(signal);
     if (this.rec.volumeId !== undefined) await this.checkStoreVolume();
+    await this.checkZstdRelay();
     this.rec.phase = 'ready';
     this.rec.readyAt = new Date().toISOString();
     await this.deps.save();
@@ -433,6 +438,36 @@ export class Worker {
     this.say(line);
   }
 
+  /**
+   * With compression "zstd", sessions run through the worker's relay: check once that it runs
+   * (Python, libzstd). Without it sessions go uncompressed, said loudly, rather than failing.
+   */
+  private async checkZstdRelay(): Promise<void> {
+    this.zstd = false;
+    if (this.pool.compression !== 'zstd') return;
+    const result = await runCommand(this.client as SshClient, ZSTD_RELAY_CHECK, 30_000);
+    if (result.code === 0) {
+      this.zstd = true;
+      this.log.info({ relay: result.stdout.trim() }, 'zstd relay answers');
+      return;
+    }
+    const why = (result.stderr || result.stdout).trim().split('\n').pop()?.slice(0, 200) ?? '';
+    const line = `compression "zstd": the worker's relay does not run (status ${result.code}${why ? `: ${why}` : ''}); its sessions go uncompressed`;
+    this.log.warn({ code: result.code }, line);
+    this.say(line);
+  }
+
+  /**
+   * Runs a Nix remote-store command for a session: as it is, or inside the zstd relay with the
+   * daemon's end of the two streams.
+   */
+  async execNix(command: NixCommand): Promise<WorkerChannel> {
+    const rendered = renderNixCommand(command);
+    if (!this.zstd) return this.exec(rendered);
+    const upstream = await this.exec(zstdRelayCommand(rendered));
+    return { ...upstream, codec: { encoder: zstdEncoderFor(this.pool.compressionLevel), decoder: new ZstdDecoder() } };
+  }
+
   private async waitForReady(signal: AbortSignal): Promise<void> {
     const client = this.client as SshClient;
     let last = '';
@@ -487,6 +522,7 @@ export class Worker {
     this.connection = client;
     const result = await runCommand(client, this.pool.readyCommand, timeoutMs);
     if (result.code !== 0) throw new Error(`readyCommand failed with status ${result.code}`);
+    await this.checkZstdRelay();
     this.rec.phase = 'ready';
     this.rec.activeSessions = 0;
   }

@@ -8,7 +8,7 @@ import { createServer, type AddressInfo, type Server, type Socket } from 'node:n
 import ssh2 from 'ssh2';
 import type { AuthContext, Connection, ServerChannel, Session } from 'ssh2';
 import type { Logger } from '../core/log.js';
-import { CommandRefused, parseNixCommand, renderNixCommand, type NixCommand } from './nix-command.js';
+import { CommandRefused, parseNixCommand, type NixCommand } from './nix-command.js';
 import { limitChannelWindows } from './channel-window.js';
 import { watchIdentLine } from './ident-line.js';
 import { readShellBootstrap, SHELL_BOOTSTRAP_COMMAND } from './shell-bootstrap.js';
@@ -45,7 +45,8 @@ export interface AcquireOptions {
 export interface SessionLease {
   worker: {
     readonly record: { readonly name: string };
-    exec(command: string): Promise<WorkerChannel>;
+    /** Runs the checked Nix command for a session (rendered for the worker's shell by the worker). */
+    execNix(command: NixCommand): Promise<WorkerChannel>;
   };
   /** Gives the slot back; safe to call more than once. */
   release(): void;
@@ -271,7 +272,7 @@ export class Endpoint {
     try {
       lease = await pool.acquire({ signal: abort.signal, progress: (line) => channel.stderr.write(`${line}\n`) });
       if (abort.signal.aborted) return;
-      const upstream = await lease.worker.exec(renderNixCommand(command));
+      const upstream = await lease.worker.execNix(command);
       // The client may have gone while the channel opened: then nobody would close it, and its
       // slot would keep the worker from ever idling.
       if (abort.signal.aborted) {
@@ -281,8 +282,8 @@ export class Endpoint {
       channel.removeListener('close', onEarlyClose);
       const waitedMs = Date.now() - started;
       log.info({ user, worker: lease.worker.record.name, command: command.mode, waitedMs }, 'session started');
-      const result = await pipeSession(channel, upstream.channel, { toClient: clientGate, toWorker: upstream.gate });
-      log.info({ user, worker: lease.worker.record.name, up: result.bytesUp, down: result.bytesDown, code: result.code, clientClosed: result.clientClosed, ms: Date.now() - started }, 'session ended');
+      const result = await pipeSession(channel, upstream.channel, { toClient: clientGate, toWorker: upstream.gate }, upstream.codec);
+      log.info({ user, worker: lease.worker.record.name, up: result.bytesUp, down: result.bytesDown, ...(upstream.codec ? { wireUp: result.wireUp, wireDown: result.wireDown } : {}), code: result.code, clientClosed: result.clientClosed, ms: Date.now() - started }, 'session ended');
     } catch (err) {
       if (!abort.signal.aborted) {
         log.warn({ user, err: (err as Error).message }, 'session failed');

@@ -8,6 +8,7 @@
  */
 import type { ClientChannel, ServerChannel } from 'ssh2';
 import { limitReadBuffer } from './ssh2-internals.js';
+import type { SessionCodec } from './worker-connection.js';
 import type { WriteGate } from './write-gate.js';
 
 /**
@@ -35,6 +36,9 @@ export interface PipeResult {
   clientClosed: boolean;
   bytesUp: number;
   bytesDown: number;
+  /** Bytes of stdin and stdout on the worker's channel: with a codec, what crossed the link compressed. */
+  wireUp: number;
+  wireDown: number;
 }
 
 /** Writes stdout and stderr chunks to a server channel strictly one after the other. */
@@ -116,9 +120,14 @@ export interface SessionGates {
   toWorker?: Pick<WriteGate, 'open' | 'whenOpen'> | undefined;
 }
 
-export function pipeSession(client: ServerChannel, worker: ClientChannel, gates: SessionGates = {}): Promise<PipeResult> {
+/**
+ * With a codec (compression "zstd"), stdin is encoded on its way up and stdout decoded on its way
+ * down; the encoder is flushed as soon as the client pauses (once per turn of the event loop), so
+ * a protocol message never waits in it, while a bulk upload still makes full zstd blocks.
+ */
+export function pipeSession(client: ServerChannel, worker: ClientChannel, gates: SessionGates = {}, codec?: SessionCodec): Promise<PipeResult> {
   return new Promise((resolve) => {
-    const result: PipeResult = { clientClosed: false, bytesUp: 0, bytesDown: 0 };
+    const result: PipeResult = { clientClosed: false, bytesUp: 0, bytesDown: 0, wireUp: 0, wireDown: 0 };
     let stdoutEnded = false;
     let stderrEnded = false;
     let workerClosed = false;
@@ -160,10 +169,23 @@ export function pipeSession(client: ServerChannel, worker: ClientChannel, gates:
     const onUpWritten = (): void => {
       if (!upWaitsForGate) resumeUp();
     };
+    const writeUp = (chunk: Buffer): void => {
+      result.wireUp += chunk.length;
+      worker.write(chunk, onUpWritten);
+    };
+    let flushScheduled: NodeJS.Immediate | undefined;
+    const flushUp = (): void => {
+      flushScheduled = undefined;
+      if (!codec || workerClosed || !worker.writable) return;
+      for (const part of codec.encoder.flush()) writeUp(part);
+    };
     client.on('data', (chunk: Buffer) => {
       result.bytesUp += chunk.length;
       if (workerClosed || !worker.writable) return;
-      worker.write(chunk, onUpWritten);
+      if (codec) {
+        for (const part of codec.encoder.push(chunk)) writeUp(part);
+        flushScheduled ??= setImmediate(flushUp);
+      } else writeUp(chunk);
       if (!upPaused && upBlocked()) {
         upPaused = true;
         client.pause();
@@ -171,15 +193,41 @@ export function pipeSession(client: ServerChannel, worker: ClientChannel, gates:
       }
     });
     client.once('end', () => {
-      if (!workerClosed) worker.end();
+      if (workerClosed) return;
+      if (codec && worker.writable) {
+        if (flushScheduled) clearImmediate(flushScheduled);
+        flushScheduled = undefined;
+        for (const part of codec.encoder.end()) writeUp(part);
+      }
+      worker.end();
     });
     // A channel error (write after the worker closed, a dead connection) ends in 'close' below.
     worker.on('error', () => undefined);
     client.resume();
 
+    let corrupt = false;
     worker.on('data', (chunk: Buffer) => {
-      result.bytesDown += chunk.length;
-      writer.push(false, chunk);
+      result.wireDown += chunk.length;
+      if (!codec) {
+        result.bytesDown += chunk.length;
+        writer.push(false, chunk);
+        return;
+      }
+      if (corrupt) return;
+      let parts: Buffer[];
+      try {
+        parts = codec.decoder.push(chunk);
+      } catch (err) {
+        // Not a zstd stream: nothing after this can be trusted; end the session with a reason.
+        corrupt = true;
+        writer.push(true, Buffer.from(`nix-hcloud-builder: the worker's zstd stream is corrupt (${(err as Error).message}); ending the session\n`));
+        worker.close();
+        return;
+      }
+      for (const part of parts) {
+        result.bytesDown += part.length;
+        writer.push(false, part);
+      }
     });
     worker.stderr.on('data', (chunk: Buffer) => writer.push(true, chunk));
     worker.on('end', () => {
@@ -227,6 +275,7 @@ export function pipeSession(client: ServerChannel, worker: ClientChannel, gates:
     }
 
     client.on('close', () => {
+      if (flushScheduled) clearImmediate(flushScheduled);
       if (finished) return;
       // Nix SIGKILLs its ssh when done: the normal end. Stop the remote command's channel too.
       result.clientClosed = true;

@@ -17,6 +17,14 @@ export type SshClient = ssh2.Client;
 export interface WorkerChannel {
   channel: ClientChannel;
   gate: WriteGate | undefined;
+  /** The session's streams are compressed (the relay runs on the worker): the daemon's ends. */
+  codec?: SessionCodec;
+}
+
+/** The daemon's end of a session's compressed streams: stdin encoded, stdout decoded (stderr is plain). */
+export interface SessionCodec {
+  encoder: { push(chunk: Buffer): Buffer[]; flush(): Buffer[]; end(): Buffer[] };
+  decoder: { push(chunk: Buffer): Buffer[] };
 }
 
 export class HostKeyMismatch extends Error {
@@ -42,6 +50,8 @@ export interface WorkerSshTarget {
 const COMPRESS_OFFER: Record<WorkerCompression, CompressionAlgorithm[]> = {
   none: ['none'],
   zlib: ['zlib@openssh.com', 'zlib', 'none'],
+  // zstd is not SSH's: each session runs through the worker's relay (zstd-codec.ts).
+  zstd: ['none'],
 };
 
 /** By default a keepalive every 10 s, and 3 missed ones end the connection: a dead worker is noticed in ≈ 30 s. */

@@ -108,7 +108,7 @@ class FakeWorker implements PoolWorker {
     this.disconnects++;
   }
 
-  exec(): Promise<WorkerChannel> {
+  execNix(): Promise<WorkerChannel> {
     return Promise.reject(new Error('no channels in unit tests'));
   }
 }

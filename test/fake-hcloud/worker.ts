@@ -33,7 +33,7 @@ import { shellQuote, type CloudConfig } from './cloud-config.js';
  * go to DIR/rootfs instead of the host (/etc/ssh and /root only on a NixOS worker image).
  */
 function privatePrefixes(nixos: boolean): string[] {
-  const own = ['/nix/', '/run/', '/etc/nix/'];
+  const own = ['/nix/', '/run/', '/etc/nix/', '/usr/local/'];
   return nixos ? [...own, '/etc/ssh/', '/root/'] : own;
 }
 
@@ -57,6 +57,9 @@ const SETUP_SCRIPT = [
   'mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1/etc-layer/upper,workdir=$1/etc-layer/work" /etc',
   'mkdir -p /etc/nix',
   'mount --bind "$1/etc-nix" /etc/nix',
+  // Its own /usr/local too (cloud-config installs the zstd relay there), the same way.
+  'mkdir "$1/etc-layer/usr-local" "$1/etc-layer/usr-local-work"',
+  'mount -t overlay overlay -o "lowerdir=/usr/local,upperdir=$1/etc-layer/usr-local,workdir=$1/etc-layer/usr-local-work" /usr/local',
   // NixOS worker image only ($3 = nixos): its boot scripts write /etc/ssh and /root/.ssh, so both
   // are the server's own: a private /etc/ssh holding only the host's moduli (as NixOS has one), and
   // a private, empty /root (the host may have no /root/.ssh to mount over, and a fresh server's

@@ -1,0 +1,136 @@
+/**
+ * The daemon's end of compression "zstd": one zstd stream each way per session, through
+ * libzstd's streaming API (npm `zstd-napi`, loaded only when a pool uses zstd). The worker's end
+ * is worker/zstd-relay.py. The Nix protocols are request and answer, so a message must never sit
+ * in a compressor: the encoder is flushed whenever the client pauses (see session-pipe.ts),
+ * which ends a zstd block but keeps the stream's history, so later data still refers back to it.
+ */
+import { createRequire } from 'node:module';
+import type * as ZstdBinding from 'zstd-napi/binding.js';
+import { UserError } from '../core/errors.js';
+
+type Binding = typeof ZstdBinding;
+
+let loaded: Binding | Error | undefined;
+
+/** The relay's name on the worker's PATH (the cloud-config and nixos/worker.nix install it). */
+export const ZSTD_RELAY = 'nix-hcloud-builder-zstd-relay';
+
+/** Where the stock-image cloud-config writes the relay. */
+export const ZSTD_RELAY_PATH = `/usr/local/bin/${ZSTD_RELAY}`;
+
+/** The relay's source, from the package (worker/zstd-relay.py). */
+export const ZSTD_RELAY_SOURCE = 'worker/zstd-relay.py';
+
+/** The worker's command line: the relay around the Nix command, which renderNixCommand already quoted. */
+export function zstdRelayCommand(renderedNixCommand: string): string {
+  return `${ZSTD_RELAY} -- ${renderedNixCommand}`;
+}
+
+/** Answers 0 (and libzstd's version) on a worker whose relay can run. */
+export const ZSTD_RELAY_CHECK = `${ZSTD_RELAY} --check`;
+
+export class ZstdUnavailable extends UserError {
+  override name = 'ZstdUnavailable';
+}
+
+/** libzstd through zstd-napi, or a ZstdUnavailable saying why not (a build without a compiler, say). */
+export function zstdBinding(): Binding {
+  if (loaded === undefined) {
+    try {
+      loaded = createRequire(import.meta.url)('zstd-napi/binding.js') as Binding;
+    } catch (err) {
+      loaded = err as Error;
+    }
+  }
+  if (loaded instanceof Error) {
+    throw new ZstdUnavailable(`compression "zstd" needs the npm package zstd-napi, which did not load (${loaded.message.split('\n')[0]}); reinstall with a C++ compiler, or use "zlib" or "none"`);
+  }
+  return loaded;
+}
+
+/** Encoder settings: the level, and a long-distance window (2^windowLog bytes) when set. */
+export interface ZstdEncoderOptions {
+  level: number;
+  /** Enables long-distance matching over a window of 2^windowLog bytes (memory: about that much per session). */
+  longWindowLog?: number;
+}
+
+/**
+ * From this level up, the encoder also looks back 2^27 bytes (128 MiB) for repeats (zstd's
+ * long-distance matching): store paths repeat across files (the same libraries, the same
+ * headers), and the high levels are for slow uplinks, where bytes cost more than memory. A busy
+ * session then holds up to ≈ 150 MB; the relay accepts windows up to 2 GiB.
+ */
+export const LONG_WINDOW_FROM_LEVEL = 9;
+const LONG_WINDOW_LOG = 27;
+
+/** The encoder for a pool's `compressionLevel`. */
+export function zstdEncoderFor(level: number): ZstdEncoder {
+  return new ZstdEncoder({ level, ...(level >= LONG_WINDOW_FROM_LEVEL ? { longWindowLog: LONG_WINDOW_LOG } : {}) });
+}
+
+const OUT_CHUNK = 128 * 1024;
+
+/** One zstd stream: `push` data, `flush` when the peer must see everything so far, `end` once. */
+export class ZstdEncoder {
+  private readonly binding = zstdBinding();
+  private readonly cctx = new this.binding.CCtx();
+  private readonly out = Buffer.allocUnsafe(OUT_CHUNK);
+  /** Bytes taken since the last flush. */
+  pending = 0;
+
+  constructor(options: ZstdEncoderOptions) {
+    const p = this.binding.CParameter;
+    this.cctx.setParameter(p.compressionLevel, options.level);
+    if (options.longWindowLog !== undefined) {
+      this.cctx.setParameter(p.enableLongDistanceMatching, 1);
+      this.cctx.setParameter(p.windowLog, options.longWindowLog);
+    }
+  }
+
+  push(chunk: Buffer): Buffer[] {
+    this.pending += chunk.length;
+    return this.run(chunk, this.binding.EndDirective.continue);
+  }
+
+  flush(): Buffer[] {
+    this.pending = 0;
+    return this.run(Buffer.alloc(0), this.binding.EndDirective.flush);
+  }
+
+  end(): Buffer[] {
+    this.pending = 0;
+    return this.run(Buffer.alloc(0), this.binding.EndDirective.end);
+  }
+
+  private run(input: Buffer, directive: ZstdBinding.EndDirective): Buffer[] {
+    const parts: Buffer[] = [];
+    let src = input;
+    for (;;) {
+      const [left, written, read] = this.cctx.compressStream2(this.out, src, directive);
+      if (written > 0) parts.push(Buffer.from(this.out.subarray(0, written)));
+      src = src.subarray(read);
+      // continue: done once the input is taken; flush and end: once nothing is left to write.
+      if (src.length === 0 && (directive === this.binding.EndDirective.continue || left === 0)) return parts;
+    }
+  }
+}
+
+/** The other side's zstd stream, decompressed as it arrives. */
+export class ZstdDecoder {
+  private readonly binding = zstdBinding();
+  private readonly dctx = new this.binding.DCtx();
+  private readonly out = Buffer.allocUnsafe(OUT_CHUNK);
+
+  push(chunk: Buffer): Buffer[] {
+    const parts: Buffer[] = [];
+    let src = chunk;
+    for (;;) {
+      const [, written, read] = this.dctx.decompressStream(this.out, src);
+      if (written > 0) parts.push(Buffer.from(this.out.subarray(0, written)));
+      src = src.subarray(read);
+      if (src.length === 0 && written < this.out.length) return parts;
+    }
+  }
+}

@@ -1,0 +1,68 @@
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import t from 'tap';
+import { ZstdDecoder, ZstdEncoder, zstdRelayCommand } from '../../src/ssh/zstd-codec.js';
+
+/** Text that compresses, but not trivially: the kind of bytes a NAR of binaries and text holds. */
+function sample(bytes: number): Buffer {
+  const words = ['nix', 'store', 'derivation', '/nix/store/', 'lib', '.so', 'ELF', '\0\0\0\0', 'x86_64'];
+  const parts: Buffer[] = [];
+  let n = 0;
+  while (n < bytes) {
+    const part = Math.random() < 0.05 ? randomBytes(8) : Buffer.from(words[Math.floor(Math.random() * words.length)] as string);
+    parts.push(part);
+    n += part.length;
+  }
+  return Buffer.concat(parts).subarray(0, bytes);
+}
+
+t.test('what the encoder writes is one zstd stream that the zstd program reads back', async (t) => {
+  const input = sample(3 * 1024 * 1024);
+  const encoder = new ZstdEncoder({ level: 3 });
+  const out: Buffer[] = [];
+  for (let i = 0; i < input.length; i += 40_000) {
+    out.push(...encoder.push(input.subarray(i, i + 40_000)));
+    if (i % 400_000 === 0) out.push(...encoder.flush());
+  }
+  out.push(...encoder.end());
+  const compressed = Buffer.concat(out);
+  t.ok(compressed.length < input.length / 2, `compressed to ${compressed.length} of ${input.length} bytes`);
+  const zstd = spawnSync('zstd', ['-d', '-c'], { input: compressed, maxBuffer: 64 * 1024 * 1024 });
+  t.equal(zstd.status, 0, zstd.stderr.toString());
+  t.ok(zstd.stdout.equals(input), 'zstd -d gives the input back');
+});
+
+t.test('the decoder reads what the zstd program writes, in pieces of any size', async (t) => {
+  const input = sample(2 * 1024 * 1024);
+  const zstd = spawnSync('zstd', ['-3', '-c'], { input, maxBuffer: 64 * 1024 * 1024 });
+  t.equal(zstd.status, 0);
+  const decoder = new ZstdDecoder();
+  const out: Buffer[] = [];
+  for (let i = 0; i < zstd.stdout.length; i += 777) out.push(...decoder.push(zstd.stdout.subarray(i, i + 777)));
+  t.ok(Buffer.concat(out).equals(input));
+});
+
+t.test('after a flush the peer can read every byte pushed so far: no message waits in the compressor', async (t) => {
+  const encoder = new ZstdEncoder({ level: 19, longWindowLog: 24 });
+  const decoder = new ZstdDecoder();
+  let sent = Buffer.alloc(0);
+  let received = Buffer.alloc(0);
+  for (const size of [8, 1, 4096, 100_000, 13]) {
+    const message = sample(size);
+    sent = Buffer.concat([sent, message]);
+    const held = encoder.push(message);
+    const flushed = encoder.flush();
+    t.ok(flushed.length > 0, `a flush after ${size} bytes writes something`);
+    for (const part of [...held, ...flushed]) received = Buffer.concat([received, ...decoder.push(part)]);
+    t.ok(received.equals(sent), `all ${sent.length} bytes readable after the flush`);
+  }
+});
+
+t.test('a corrupt stream is an error, not garbage', async (t) => {
+  const decoder = new ZstdDecoder();
+  t.throws(() => decoder.push(Buffer.from('this is not zstd at all, just text')));
+});
+
+t.test('the relay wraps the command the endpoint rendered, and nothing else', async (t) => {
+  t.equal(zstdRelayCommand("nix-store --serve --write --store 'local?root=/mnt'"), "nix-hcloud-builder-zstd-relay -- nix-store --serve --write --store 'local?root=/mnt'");
+});

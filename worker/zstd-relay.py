@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""The worker's end of compression "zstd" (see README, "Which compression for which link").
+
+    nix-hcloud-builder-zstd-relay [--level N] -- nix-daemon --stdio
+    nix-hcloud-builder-zstd-relay --check
+
+Runs the Nix command (the same allow-list as the daemon's endpoint: nix-daemon --stdio or
+nix-store --serve [--write], optionally --store URI) without a shell, and relays its stdin and
+stdout through zstd: stdin is one zstd stream from the daemon, decompressed into the command;
+the command's stdout is compressed at level N (default 3) and flushed whenever the command
+pauses, so every protocol message reaches the daemon at once. stderr passes through as it is.
+
+Python 3 and libzstd are what cloud-init images have anyway (cloud-init is Python; Debian's
+dpkg and Ubuntu's depend on libzstd), so a stock image needs nothing installed; the NixOS
+worker image names its libzstd in NIX_HCLOUD_BUILDER_LIBZSTD. libzstd is used through ctypes,
+whose calls release the GIL: the two directions run in parallel threads.
+"""
+import ctypes
+import ctypes.util
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+
+CHUNK = 128 * 1024
+# Flush at least this often while the command writes without pause, so the daemon never waits long.
+MAX_UNFLUSHED = 1024 * 1024
+
+PROGRAM_PATH = re.compile(r"^/[A-Za-z0-9._+/-]*/(nix-daemon|nix-store)$")
+STORE_URI = re.compile(r"^[A-Za-z0-9._~:/?#@&+,=%-]+$")
+
+
+class Refused(Exception):
+    pass
+
+
+def check_nix_command(argv):
+    """The endpoint's allow-list (src/ssh/nix-command.ts), applied to the words it rendered."""
+    if not argv:
+        raise Refused("empty command")
+    first, rest = argv[0], list(argv[1:])
+    match = PROGRAM_PATH.match(first)
+    if first in ("nix-daemon", "nix-store"):
+        program = first
+    elif match:
+        program = match.group(1)
+    else:
+        raise Refused("program %r is not a Nix remote-store program" % first[:80])
+    saw_mode = write = store = False
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--stdio" and program == "nix-daemon" and not saw_mode:
+            saw_mode = True
+        elif arg == "--serve" and program == "nix-store" and not saw_mode:
+            saw_mode = True
+        elif arg == "--write" and program == "nix-store" and not write:
+            write = True
+        elif arg == "--store" and not store:
+            value = rest.pop(0) if rest else ""
+            if not value or len(value) > 1024 or not STORE_URI.match(value):
+                raise Refused("--store needs a store URI")
+            store = True
+        else:
+            raise Refused("argument %r is not allowed" % arg[:80])
+    if not saw_mode:
+        raise Refused("nix-daemon needs --stdio" if program == "nix-daemon" else "nix-store needs --serve")
+    return argv
+
+
+class InBuffer(ctypes.Structure):
+    _fields_ = [("src", ctypes.c_void_p), ("size", ctypes.c_size_t), ("pos", ctypes.c_size_t)]
+
+
+class OutBuffer(ctypes.Structure):
+    _fields_ = [("dst", ctypes.c_void_p), ("size", ctypes.c_size_t), ("pos", ctypes.c_size_t)]
+
+
+ZSTD_C_COMPRESSION_LEVEL = 100
+ZSTD_D_WINDOW_LOG_MAX = 100
+ZSTD_E_CONTINUE, ZSTD_E_FLUSH, ZSTD_E_END = 0, 1, 2
+
+
+def load_zstd():
+    name = os.environ.get("NIX_HCLOUD_BUILDER_LIBZSTD") or ctypes.util.find_library("zstd") or "libzstd.so.1"
+    lib = ctypes.CDLL(name)
+    lib.ZSTD_createCCtx.restype = ctypes.c_void_p
+    lib.ZSTD_createDCtx.restype = ctypes.c_void_p
+    lib.ZSTD_CCtx_setParameter.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.ZSTD_CCtx_setParameter.restype = ctypes.c_size_t
+    lib.ZSTD_DCtx_setParameter.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.ZSTD_DCtx_setParameter.restype = ctypes.c_size_t
+    lib.ZSTD_compressStream2.argtypes = [ctypes.c_void_p, ctypes.POINTER(OutBuffer), ctypes.POINTER(InBuffer), ctypes.c_int]
+    lib.ZSTD_compressStream2.restype = ctypes.c_size_t
+    lib.ZSTD_decompressStream.argtypes = [ctypes.c_void_p, ctypes.POINTER(OutBuffer), ctypes.POINTER(InBuffer)]
+    lib.ZSTD_decompressStream.restype = ctypes.c_size_t
+    lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
+    lib.ZSTD_isError.restype = ctypes.c_uint
+    lib.ZSTD_getErrorName.argtypes = [ctypes.c_size_t]
+    lib.ZSTD_getErrorName.restype = ctypes.c_char_p
+    lib.ZSTD_versionString.restype = ctypes.c_char_p
+    return lib
+
+
+def checked(lib, code):
+    if lib.ZSTD_isError(code):
+        raise RuntimeError("zstd: " + lib.ZSTD_getErrorName(code).decode())
+    return code
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def decompress_into(lib, src_fd, dst_fd):
+    """The daemon's zstd stream on src_fd, decompressed into dst_fd until EOF."""
+    dctx = lib.ZSTD_createDCtx()
+    # The daemon may compress with a long window (up to 2 GiB); the default limit is 128 MiB.
+    checked(lib, lib.ZSTD_DCtx_setParameter(dctx, ZSTD_D_WINDOW_LOG_MAX, 31))
+    out = ctypes.create_string_buffer(CHUNK)
+    while True:
+        data = os.read(src_fd, CHUNK)
+        if not data:
+            return
+        src = ctypes.create_string_buffer(data, len(data))
+        inb = InBuffer(ctypes.cast(src, ctypes.c_void_p), len(data), 0)
+        while True:
+            outb = OutBuffer(ctypes.cast(out, ctypes.c_void_p), CHUNK, 0)
+            checked(lib, lib.ZSTD_decompressStream(dctx, ctypes.byref(outb), ctypes.byref(inb)))
+            if outb.pos:
+                write_all(dst_fd, out.raw[: outb.pos])
+            if inb.pos == inb.size and outb.pos < outb.size:
+                break
+
+
+def compress_into(lib, level, src_fd, dst_fd):
+    """src_fd compressed into dst_fd as one zstd stream, flushed whenever src_fd has nothing more to read."""
+    cctx = lib.ZSTD_createCCtx()
+    checked(lib, lib.ZSTD_CCtx_setParameter(cctx, ZSTD_C_COMPRESSION_LEVEL, level))
+    out = ctypes.create_string_buffer(CHUNK)
+
+    def step(data, directive):
+        src = ctypes.create_string_buffer(data, len(data)) if data else None
+        inb = InBuffer(ctypes.cast(src, ctypes.c_void_p) if src else None, len(data), 0)
+        while True:
+            outb = OutBuffer(ctypes.cast(out, ctypes.c_void_p), CHUNK, 0)
+            left = checked(lib, lib.ZSTD_compressStream2(cctx, ctypes.byref(outb), ctypes.byref(inb), directive))
+            if outb.pos:
+                write_all(dst_fd, out.raw[: outb.pos])
+            done = inb.pos == inb.size and (left == 0 if directive != ZSTD_E_CONTINUE else True)
+            if done:
+                return
+
+    unflushed = 0
+    while True:
+        data = os.read(src_fd, CHUNK)
+        if not data:
+            step(b"", ZSTD_E_END)
+            return
+        step(data, ZSTD_E_CONTINUE)
+        unflushed += len(data)
+        more, _, _ = select.select([src_fd], [], [], 0)
+        if not more or unflushed >= MAX_UNFLUSHED:
+            step(b"", ZSTD_E_FLUSH)
+            unflushed = 0
+
+
+def main(args):
+    if args == ["--check"]:
+        lib = load_zstd()
+        print("libzstd " + lib.ZSTD_versionString().decode())
+        return 0
+    level = 3
+    if len(args) >= 2 and args[0] == "--level":
+        if not re.match(r"^-?[0-9]{1,2}$", args[1]):
+            raise Refused("--level needs a number")
+        level = int(args[1])
+        args = args[2:]
+    if not args or args[0] != "--":
+        raise Refused("usage: nix-hcloud-builder-zstd-relay [--level N] -- NIX-COMMAND…")
+    command = check_nix_command(args[1:])
+    lib = load_zstd()
+    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+    failures = []
+
+    def up():
+        try:
+            decompress_into(lib, 0, child.stdin.fileno())
+        except Exception as err:  # a corrupt stream, or the command gone: end its input
+            if not isinstance(err, BrokenPipeError):
+                failures.append(err)
+        finally:
+            child.stdin.close()
+
+    upward = threading.Thread(target=up, daemon=True)
+    upward.start()
+    try:
+        compress_into(lib, level, child.stdout.fileno(), 1)
+    except BrokenPipeError:
+        child.terminate()
+    code = child.wait()
+    for err in failures:
+        sys.stderr.write("nix-hcloud-builder-zstd-relay: %s\n" % err)
+    if code < 0:
+        # Die of the command's signal, so that sshd reports it as the command's own.
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code if not failures else (code or 1)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except Refused as refused:
+        sys.stderr.write("nix-hcloud-builder-zstd-relay: command refused (%s)\n" % refused)
+        sys.exit(2)
