@@ -4,12 +4,14 @@ import { READY_MARKER } from '../../src/core/config.js';
 import { generateKeyPair } from '../../src/ssh/keys.js';
 import { instanceSelector, serverLabels, serverName } from '../../src/core/labels.js';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { USER_DATA_LIMIT, workerSetupCommands, workerUserData } from '../../src/daemon/user-data.js';
 import { checkStoreScript, mountStoreScript, STORE_MARKER, STORE_SETTINGS_FILE } from '../../src/daemon/store-script.js';
 import { volumeLabels, volumeName } from '../../src/core/labels.js';
+import { packageRoot } from '../../src/core/package-file.js';
+import { ZSTD_RELAY_PATH, ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-codec.js';
 
 t.test('cloud-config pins the host key and authorises the login key', async (t) => {
   const host = generateKeyPair('host');
@@ -92,4 +94,18 @@ t.test('store volume labels and names', async (t) => {
   t.ok(long.length <= 64);
   t.match(long, /-store-17$/);
   t.not(volumeName('a'.repeat(63), 'p', 1), volumeName('a'.repeat(63), 'p', 2));
+});
+
+t.test('with compression "zstd" the cloud-config writes the relay, executable, and stays under the limit', async (t) => {
+  const host = generateKeyPair('host');
+  const login = generateKeyPair('login');
+  const plain = parse(workerUserData({ hostKey: host, loginPublicKey: login.publicKey })) as Record<string, unknown>;
+  t.equal(plain.write_files, undefined, 'no relay without zstd');
+  const text = workerUserData({ hostKey: host, loginPublicKey: login.publicKey, zstdRelay: true, store: { volumeId: 7, gcAtPercent: 80 } });
+  t.ok(Buffer.byteLength(text) < USER_DATA_LIMIT, `${Buffer.byteLength(text)} bytes with the relay and a store volume`);
+  const files = (parse(text) as { write_files: { path: string; permissions: string; content: string }[] }).write_files;
+  t.equal(files.length, 1);
+  t.equal(files[0]?.path, ZSTD_RELAY_PATH);
+  t.equal(files[0]?.permissions, '0755');
+  t.equal(files[0]?.content, readFileSync(join(packageRoot(), ZSTD_RELAY_SOURCE), 'utf8'), 'the relay as the package ships it');
 });
