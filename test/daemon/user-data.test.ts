@@ -104,8 +104,8 @@ t.test('with compression "zstd" the cloud-config writes the relay, executable, a
   const text = workerUserData({ hostKey: host, loginPublicKey: login.publicKey, zstdRelay: true, store: { volumeId: 7, gcAtPercent: 80 } });
   t.ok(Buffer.byteLength(text) < USER_DATA_LIMIT, `${Buffer.byteLength(text)} bytes with the relay and a store volume`);
   const files = (parse(text) as { write_files: { path: string; permissions: string; content: string }[] }).write_files;
-  t.equal(files.length, 1);
-  t.equal(files[0]?.path, ZSTD_RELAY_PATH);
-  t.equal(files[0]?.permissions, '0755');
-  t.equal(files[0]?.content, readFileSync(join(packageRoot(), ZSTD_RELAY_SOURCE), 'utf8'), 'the relay as the package ships it');
+  t.same(files.map((f) => f.path), [STORE_SETTINGS_FILE, ZSTD_RELAY_PATH], 'the store settings and the relay');
+  const relay = files.find((f) => f.path === ZSTD_RELAY_PATH);
+  t.equal(relay?.permissions, '0755');
+  t.equal(relay?.content, readFileSync(join(packageRoot(), ZSTD_RELAY_SOURCE), 'utf8'), 'the relay as the package ships it');
 });
