@@ -81,13 +81,15 @@ export class BenchRig {
         log: options.verbose ? (line: string) => void process.stderr.write(`[fake] ${line}\n`) : () => undefined,
         ...options.fake,
       },
+      // These sections measure the pipe itself against direct OpenSSH over loopback, where bytes
+      // are free: compression off, as direct OpenSSH has it (the uplink section measures it).
       pools: options.pools ?? {
         // One warm worker for the whole run: nothing is deleted while measuring.
-        [WARM_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '60m' },
+        [WARM_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '60m', compression: 'none' },
         // Deleted one second after each session, so that every session there is a cold start.
-        [COLD_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '1s' },
-        [BURST_POOL]: { maxWorkers: BURST_MAX_WORKERS, jobsPerWorker: BURST_JOBS_PER_WORKER, idleTimeout: '1s' },
-        [WIDE_POOL]: { maxWorkers: 1, jobsPerWorker: WIDE_JOBS_PER_WORKER, idleTimeout: '60m' },
+        [COLD_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '1s', compression: 'none' },
+        [BURST_POOL]: { maxWorkers: BURST_MAX_WORKERS, jobsPerWorker: BURST_JOBS_PER_WORKER, idleTimeout: '1s', compression: 'none' },
+        [WIDE_POOL]: { maxWorkers: 1, jobsPerWorker: WIDE_JOBS_PER_WORKER, idleTimeout: '60m', compression: 'none' },
       },
     });
     try {

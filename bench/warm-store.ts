@@ -147,9 +147,10 @@ export async function warmStore(s: WarmSettings): Promise<WarmResult> {
     verbose: s.verbose,
     ...(s.cli ? { cli: s.cli } : {}),
     fake: { link: profile },
+    // Uncompressed: the bytes a warm store saves are the bytes of paths not sent at all.
     pools: {
-      [WARM]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: IDLE_TIMEOUT, store: { volumeGb: 10 } },
-      [BARE]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: IDLE_TIMEOUT },
+      [WARM]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: IDLE_TIMEOUT, store: { volumeGb: 10 }, compression: 'none' },
+      [BARE]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: IDLE_TIMEOUT, compression: 'none' },
     },
   });
   const cleanup: string[] = [];

@@ -15,7 +15,7 @@ import { UserError } from './errors.js';
  */
 export const WORKER_COMPRESSIONS = ['none', 'zlib', 'zstd'] as const;
 export type WorkerCompression = (typeof WORKER_COMPRESSIONS)[number];
-export const DEFAULT_WORKER_COMPRESSION: WorkerCompression = 'none';
+export const DEFAULT_WORKER_COMPRESSION: WorkerCompression = 'zstd';
 /** zstd's level for what the daemon sends up (the worker answers at 3: its downlink is the fast one). */
 export const DEFAULT_ZSTD_LEVEL = 3;
 

@@ -12,6 +12,7 @@ import type { Config } from '../core/config.js';
 import { Endpoint, parseAuthorizedKeys } from '../ssh/endpoint.js';
 import { warnIfSsh2InternalsDiffer } from '../ssh/ssh2-internals.js';
 import { zstdBinding } from '../ssh/zstd-codec.js';
+import { resolvePoolCompression } from './compression.js';
 import { HcloudClient } from '../hcloud/client.js';
 import type { Server, ServerType } from '../hcloud/types.js';
 import { generateKeyPair, hostKeyPaths } from '../ssh/keys.js';
@@ -107,9 +108,11 @@ export class Daemon {
       this.log.info({ hostKey: hostKey.publicKey, authorizedKeys: authorizedKeys.length }, 'step 2/4: keys loaded');
       // A different ssh2 silently loses the channel window limit: say so once, at start.
       await warnIfSsh2InternalsDiffer(this.log);
-      // A pool with compression "zstd" needs libzstd here: fail at start, not at the first build.
-      const zstdPools = [...Object.values(config.pools)].filter((p) => p.compression === 'zstd');
-      if (zstdPools.length > 0) this.log.info({ pools: zstdPools.map((p) => p.name), libzstd: zstdBinding().versionString() }, 'compression zstd: libzstd loaded');
+      // Compression "zstd" needs libzstd here; without it those pools run uncompressed, said now.
+      const { pools, libzstd, unavailable } = resolvePoolCompression(Object.values(config.pools), zstdBinding);
+      const zstdPools = Object.values(config.pools).filter((p) => p.compression === 'zstd').map((p) => p.name);
+      if (libzstd) this.log.info({ pools: zstdPools, libzstd }, 'compression zstd: libzstd loaded');
+      if (unavailable) this.log.warn({ pools: zstdPools }, `${unavailable}; these pools run with compression "none"`);
 
       this.ledger = Ledger.load(config.stateDir);
       const deps: WorkerDeps = {
@@ -137,7 +140,7 @@ export class Daemon {
         }
         this.ledger.checkVolume(budget.maxEurPerMonth, sizeGb * perGb, what, await this.volumesEurPerMonth());
       };
-      for (const pool of Object.values(config.pools)) {
+      for (const pool of pools) {
         const store = pool.store ? new StoreVolumes({ ...pool, store: pool.store }, { hcloud: this.hcloud, instance: config.instance, log: this.log, checkBudget }) : undefined;
         if (store) this.stores.set(pool.name, store);
         this.pools.set(pool.name, new Pool(pool, {
@@ -150,7 +153,7 @@ export class Daemon {
 
       // The pools' server types must exist and match their systems' architecture.
       const types = await deps.serverTypes();
-      for (const pool of Object.values(config.pools)) {
+      for (const pool of pools) {
         for (const warning of checkPoolServerTypes(pool, types)) this.log.warn(warning);
       }
 
