@@ -20,7 +20,8 @@ t.test('defaults fill everything a minimal config leaves out', async (t) => {
   t.equal(pool?.maxWorkers, 1);
   t.equal(pool?.idleTimeoutMs, 600_000);
   t.equal(pool?.readyCommand, DEFAULT_READY_COMMAND);
-  t.equal(pool?.compression, 'none');
+  t.equal(pool?.compression, 'zstd');
+  t.equal(pool?.compressionLevel, 3);
   t.match(c.instance, /^[a-z0-9]([a-z0-9_.-]*[a-z0-9])?$/);
 });
 

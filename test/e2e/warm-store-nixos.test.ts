@@ -45,6 +45,9 @@ t.test('a NixOS-image pool keeps its store on the volume: the second build, on a
   t.notOk(existsSync(join(server1.storeDir, 'store', basename(input))), 'not in the image\'s own store');
   t.notMatch(first.stderr, /is attached but this worker's store is not on it/, 'no warning: the store is on the volume');
   t.notOk(daemon.lines.some((l) => /is attached but/.test(l.msg)), 'none in the log either');
+  // The pool's default compression, zstd: the image's relay answered, and A's upload went through it.
+  t.ok(daemon.lines.some((l) => l.msg === 'zstd relay answers'), 'the NixOS worker\'s zstd relay answered');
+  t.notMatch(first.stderr, /relay does not run/);
 
   // The worker idles out; the volume stays, detached.
   await daemon.waitForMsg(/deleted server/, 30_000);

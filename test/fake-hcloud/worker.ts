@@ -25,6 +25,8 @@ import { connect } from 'node:net';
 import { dirname, join, posix } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { generateKeyPair } from '../../src/ssh/keys.js';
+import { packageRoot } from '../../src/core/package-file.js';
+import { ZSTD_RELAY_PATH, ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-codec.js';
 import { RIG_NIX_CONF_FILE } from '../rig/nix-config.js';
 import { shellQuote, type CloudConfig } from './cloud-config.js';
 
@@ -429,6 +431,9 @@ export class Worker {
     }
     const child = await this.spawnNamespace('nixos');
     if (child === null) return;
+    // The image's system packages that sessions use: the zstd relay, which nixos/worker.nix puts on
+    // the PATH; here in the server's own /usr/local/bin, on every session's PATH.
+    await this.writeFile(ZSTD_RELAY_PATH, readFileSync(join(packageRoot(), ZSTD_RELAY_SOURCE)), 0o755, false);
 
     const path = `${join(dir, 'bin')}:${CHILD_ENV.PATH ?? ''}`;
     // Both are ordered before sshd and not after each other: systemd starts them side by side. A
