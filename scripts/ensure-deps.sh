@@ -35,6 +35,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# node-gyp builds zstd-napi against Node's headers: those of the node that runs here, when it has
+# them beside it (distribution and official builds do), rather than a download from nodejs.org.
+if [ -z "${npm_config_nodedir:-}" ]; then
+  node_prefix=$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")
+  if [ -f "$node_prefix/include/node/node_api.h" ]; then export npm_config_nodedir="$node_prefix"; fi
+fi
+
 # npm ci when node_modules is missing or older than the lock file.
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund
