@@ -8,6 +8,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { WorkerCompression } from '../src/core/config.js';
 import { CLI, DaemonProcess, nodeFlagsOf, Rig, TOKEN, type PoolOverrides } from '../test/rig/rig.js';
 import type { FakeCloudOptions } from '../test/fake-hcloud/index.js';
 import type { StateData, WorkerRecord } from '../src/daemon/state.js';
@@ -56,6 +57,8 @@ export interface BenchRigOptions {
   verbose: boolean;
   /** Other pools instead of the usual four (the uplink section has one per compression setting). */
   pools?: Record<string, PoolOverrides>;
+  /** Compression of the usual four pools (default "none", as direct OpenSSH has it). */
+  compression?: WorkerCompression;
   /** More fake cloud options, e.g. an emulated link in front of every server. */
   fake?: Partial<FakeCloudOptions>;
 }
@@ -72,6 +75,7 @@ export class BenchRig {
   }
 
   static async start(options: BenchRigOptions): Promise<BenchRig> {
+    const compression = options.compression ?? 'none';
     const rig = await Rig.start({
       fake: {
         bootDelayMs: options.bootDelayMs,
@@ -82,14 +86,15 @@ export class BenchRig {
         ...options.fake,
       },
       // These sections measure the pipe itself against direct OpenSSH over loopback, where bytes
-      // are free: compression off, as direct OpenSSH has it (the uplink section measures it).
+      // are free: compression off by default, as direct OpenSSH has it (the uplink section
+      // measures compression; BENCH_COMPRESSION=zstd measures what the default costs here).
       pools: options.pools ?? {
         // One warm worker for the whole run: nothing is deleted while measuring.
-        [WARM_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '60m', compression: 'none' },
+        [WARM_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '60m', compression },
         // Deleted one second after each session, so that every session there is a cold start.
-        [COLD_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '1s', compression: 'none' },
-        [BURST_POOL]: { maxWorkers: BURST_MAX_WORKERS, jobsPerWorker: BURST_JOBS_PER_WORKER, idleTimeout: '1s', compression: 'none' },
-        [WIDE_POOL]: { maxWorkers: 1, jobsPerWorker: WIDE_JOBS_PER_WORKER, idleTimeout: '60m', compression: 'none' },
+        [COLD_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '1s', compression },
+        [BURST_POOL]: { maxWorkers: BURST_MAX_WORKERS, jobsPerWorker: BURST_JOBS_PER_WORKER, idleTimeout: '1s', compression },
+        [WIDE_POOL]: { maxWorkers: 1, jobsPerWorker: WIDE_JOBS_PER_WORKER, idleTimeout: '60m', compression },
       },
     });
     try {

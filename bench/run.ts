@@ -31,6 +31,7 @@
  *   BENCH_READY_MS     the fake cloud's delay from sshd up to cloud-init's runcmd (default 500)
  *   BENCH_STALL_S      a transfer that moves no byte for this long is killed and reported as stalled (default 20)
  *   BENCH_CLI          the daemon's built CLI to measure (default dist/src/cli/main.js of this tree), e.g. another build
+ *   BENCH_COMPRESSION  compression of the loopback sections' pools: none (default), zlib or zstd
  *   BENCH_DAEMON_NODE_ARGS  comma list of node arguments for the daemon, e.g. --cpu-prof,--cpu-prof-dir=DIR
  *   BENCH_JSON         also write every figure to this file as JSON
  *   BENCH_VERBOSE      show the fake cloud's log lines
@@ -38,6 +39,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { createRequire } from 'node:module';
+import { WORKER_COMPRESSIONS, type WorkerCompression } from '../src/core/config.js';
 import { buildWorkload, type BuildResult } from './build.js';
 import { burst, type BurstResult } from './burst.js';
 import { coldStart, type ColdResult } from './cold.js';
@@ -56,6 +58,13 @@ type Section = (typeof SECTIONS)[number];
 const only = envList('BENCH_ONLY', [...SECTIONS]);
 for (const s of only) if (!(SECTIONS as readonly string[]).includes(s)) throw new Error(`BENCH_ONLY: unknown section ${JSON.stringify(s)} (known: ${SECTIONS.join(', ')})`);
 const wanted = (s: Section): boolean => only.includes(s);
+
+function envCompression(): WorkerCompression {
+  const value = process.env.BENCH_COMPRESSION || 'none';
+  const known = WORKER_COMPRESSIONS.find((c) => c === value);
+  if (!known) throw new Error(`BENCH_COMPRESSION must be one of ${WORKER_COMPRESSIONS.join(', ')}, not ${JSON.stringify(value)}`);
+  return known;
+}
 
 const settings = {
   mib: envInt('BENCH_MIB', 1024),
@@ -80,6 +89,7 @@ const settings = {
   uplinkProfiles: envList('BENCH_UPLINK_PROFILES', ['home', 'office']),
   warmMib: envInt('BENCH_WARM_MIB', 128, 1),
   warmProfile: process.env.BENCH_WARM_PROFILE || 'home',
+  compression: envCompression(),
   bootDelayMs: envInt('BENCH_BOOT_MS', 1000),
   readyDelayMs: envInt('BENCH_READY_MS', 500),
 };
@@ -149,7 +159,7 @@ type Results = { info: Record<string, string>; settings: typeof settings; cold?:
 
 /** The sections that share one rig (the usual four pools, no emulated link). */
 async function mainSections(results: Results): Promise<void> {
-  const b = await BenchRig.start({ ...(process.env.BENCH_CLI ? { cli: process.env.BENCH_CLI } : {}), nodeArgs: envList('BENCH_DAEMON_NODE_ARGS', []), bootDelayMs: settings.bootDelayMs, readyDelayMs: settings.readyDelayMs, verbose: Boolean(process.env.BENCH_VERBOSE) });
+  const b = await BenchRig.start({ ...(process.env.BENCH_CLI ? { cli: process.env.BENCH_CLI } : {}), nodeArgs: envList('BENCH_DAEMON_NODE_ARGS', []), bootDelayMs: settings.bootDelayMs, readyDelayMs: settings.readyDelayMs, verbose: Boolean(process.env.BENCH_VERBOSE), compression: settings.compression });
   let interrupted = false;
   const onSignal = (signal: NodeJS.Signals): void => {
     if (interrupted) return;

@@ -79,6 +79,9 @@ class OutBuffer(ctypes.Structure):
 
 
 ZSTD_C_COMPRESSION_LEVEL = 100
+ZSTD_C_WINDOW_LOG = 101
+# The daemon's decoder holds one window per session: 512 KiB, as the daemon's own encoder uses.
+WINDOW_LOG = 19
 ZSTD_D_WINDOW_LOG_MAX = 100
 ZSTD_E_CONTINUE, ZSTD_E_FLUSH, ZSTD_E_END = 0, 1, 2
 
@@ -141,6 +144,7 @@ def compress_into(lib, level, src_fd, dst_fd):
     """src_fd compressed into dst_fd as one zstd stream, flushed whenever src_fd has nothing more to read."""
     cctx = lib.ZSTD_createCCtx()
     checked(lib, lib.ZSTD_CCtx_setParameter(cctx, ZSTD_C_COMPRESSION_LEVEL, level))
+    checked(lib, lib.ZSTD_CCtx_setParameter(cctx, ZSTD_C_WINDOW_LOG, WINDOW_LOG))
     out = ctypes.create_string_buffer(CHUNK)
 
     def step(data, directive):
