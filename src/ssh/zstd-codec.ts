@@ -54,8 +54,6 @@ export interface ZstdEncoderOptions {
   level: number;
   /** Enables long-distance matching over a window of 2^windowLog bytes (memory: about that much per session). */
   longWindowLog?: number;
-  /** The window, 2^windowLog bytes, without long-distance matching. */
-  windowLog?: number;
 }
 
 /**
@@ -67,16 +65,9 @@ export interface ZstdEncoderOptions {
 export const LONG_WINDOW_FROM_LEVEL = 9;
 const LONG_WINDOW_LOG = 27;
 
-/**
- * Below that, a 512 KiB window (zstd's own for level 3 is 2 MiB): a session's encoder and the
- * peer's decoder each hold about one window, and many sessions stream at once; the smaller
- * window costs 1.5 % of the bytes on the bench's payload. The relay uses the same.
- */
-export const SESSION_WINDOW_LOG = 19;
-
 /** The encoder for a pool's `compressionLevel`. */
 export function zstdEncoderFor(level: number): ZstdEncoder {
-  return new ZstdEncoder({ level, ...(level >= LONG_WINDOW_FROM_LEVEL ? { longWindowLog: LONG_WINDOW_LOG } : { windowLog: SESSION_WINDOW_LOG }) });
+  return new ZstdEncoder({ level, ...(level >= LONG_WINDOW_FROM_LEVEL ? { longWindowLog: LONG_WINDOW_LOG } : {}) });
 }
 
 const OUT_CHUNK = 128 * 1024;
@@ -95,7 +86,7 @@ export class ZstdEncoder {
     if (options.longWindowLog !== undefined) {
       this.cctx.setParameter(p.enableLongDistanceMatching, 1);
       this.cctx.setParameter(p.windowLog, options.longWindowLog);
-    } else if (options.windowLog !== undefined) this.cctx.setParameter(p.windowLog, options.windowLog);
+    }
   }
 
   push(chunk: Buffer): Buffer[] {
