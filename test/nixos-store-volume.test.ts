@@ -6,6 +6,7 @@
  * and /nix, so nothing of this machine changes; `systemctl` is a stand-in that records its calls.
  * The fake cloud (test/e2e/warm-store-nixos.test.ts) covers the folder path end to end.
  */
+import { attachLoopDevice } from './rig/loop-device.js';
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -62,20 +63,8 @@ function boot(dir: string, loop: string, lower: string, prepare: string, after: 
 const add = (name: string, text: string): string => `mkdir -p /tmp/nhb-add && printf '%s\\n' '${text}' > /tmp/nhb-add/${name} && nix-store --add /tmp/nhb-add/${name}`;
 
 t.test('the volume becomes the upper layer of /nix; a newer image\'s paths stay valid and survive GC', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'nhb-nixos-store-'));
-  const image = join(dir, 'volume.img');
-  spawnSync('truncate', ['-s', '128M', image]);
-  const attach = spawnSync('losetup', ['-f', '--show', image], { encoding: 'utf8' });
-  if (attach.status !== 0) {
-    t.plan(0, `no loop device here: ${attach.stderr.trim()}`);
-    rmSync(dir, { recursive: true, force: true });
-    return;
-  }
-  const loop = attach.stdout.trim();
-  t.teardown(() => {
-    spawnSync('losetup', ['-d', loop]);
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const { dir, device: loop, image, release } = attachLoopDevice('nhb-nixos-store-', 128);
+  t.teardown(release);
   mkdirSync(join(dir, 'bin'));
   writeFileSync(join(dir, 'bin', 'systemctl'), '#!/bin/sh\necho "systemctl $*" >> "$NHB_CALLS"\n');
   chmodSync(join(dir, 'bin', 'systemctl'), 0o755);

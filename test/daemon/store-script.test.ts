@@ -4,10 +4,9 @@
  * namespace with its own /dev, /run and /nix, so nothing of this machine changes. The fake cloud
  * (test/e2e/warm-store.test.ts) covers the folder path.
  */
+import { attachLoopDevice } from '../rig/loop-device.js';
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { mountStoreScript, STORE_MARKER } from '../../src/daemon/store-script.js';
 
@@ -34,21 +33,8 @@ function inNamespace(dir: string, loop: string, script: string): { code: number 
 }
 
 t.test('a blank volume is formatted once and mounted at /nix; a formatted one keeps its data', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'nhb-store-vol-'));
-  const image = join(dir, 'volume.img');
-  writeFileSync(image, Buffer.alloc(0));
-  spawnSync('truncate', ['-s', '64M', image]);
-  const attach = spawnSync('losetup', ['-f', '--show', image], { encoding: 'utf8' });
-  if (attach.status !== 0) {
-    t.plan(0, `no loop device here: ${attach.stderr.trim()}`);
-    rmSync(dir, { recursive: true, force: true });
-    return;
-  }
-  const loop = attach.stdout.trim();
-  t.teardown(() => {
-    spawnSync('losetup', ['-d', loop]);
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const { dir, device: loop, image, release } = attachLoopDevice('nhb-store-vol-', 64);
+  t.teardown(release);
 
   const first = inNamespace(dir, loop, `${mountStoreScript(ID)}\necho "status $?"\nfindmnt -n -o FSTYPE /nix | tail -n 1\ncat ${STORE_MARKER}\necho kept > /nix/probe`);
   t.match(first.out, /status 0\next4\n7\n/, `formatted, mounted at /nix, marker written:\n${first.out}`);
