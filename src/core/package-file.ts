@@ -18,7 +18,11 @@ export function packageRoot(): string {
   }
 }
 
-/** The text of a file shipped with the package, by its path from the package's root. */
+const texts = new Map<string, string>();
+
+/** The text of a file shipped with the package, by its path from the package's root; read once (it does not change while we run). */
 export function readPackageFile(relative: string): string {
-  return readFileSync(join(packageRoot(), relative), 'utf8');
+  let text = texts.get(relative);
+  if (text === undefined) texts.set(relative, (text = readFileSync(join(packageRoot(), relative), 'utf8')));
+  return text;
 }

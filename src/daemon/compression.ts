@@ -7,6 +7,8 @@ import type { PoolConfig } from '../core/config.js';
 
 export interface PoolCompression {
   pools: PoolConfig[];
+  /** The pools configured with zstd (whether or not it loaded). */
+  zstdPools: string[];
   /** libzstd's version, when a pool uses zstd and it loaded. */
   libzstd?: string;
   /** Why the zstd pools run with "none" instead. */
@@ -14,12 +16,14 @@ export interface PoolCompression {
 }
 
 export function resolvePoolCompression(pools: PoolConfig[], loadZstd: () => { versionString(): string }): PoolCompression {
-  if (!pools.some((p) => p.compression === 'zstd')) return { pools };
+  const zstdPools = pools.filter((p) => p.compression === 'zstd').map((p) => p.name);
+  if (zstdPools.length === 0) return { pools, zstdPools };
   try {
-    return { pools, libzstd: loadZstd().versionString() };
+    return { pools, zstdPools, libzstd: loadZstd().versionString() };
   } catch (err) {
     return {
       pools: pools.map((p) => (p.compression === 'zstd' ? { ...p, compression: 'none' } : p)),
+      zstdPools,
       unavailable: (err as Error).message,
     };
   }

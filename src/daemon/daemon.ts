@@ -109,8 +109,7 @@ export class Daemon {
       // A different ssh2 silently loses the channel window limit: say so once, at start.
       await warnIfSsh2InternalsDiffer(this.log);
       // Compression "zstd" needs libzstd here; without it those pools run uncompressed, said now.
-      const { pools, libzstd, unavailable } = resolvePoolCompression(Object.values(config.pools), zstdBinding);
-      const zstdPools = Object.values(config.pools).filter((p) => p.compression === 'zstd').map((p) => p.name);
+      const { pools, zstdPools, libzstd, unavailable } = resolvePoolCompression(Object.values(config.pools), zstdBinding);
       if (libzstd) this.log.info({ pools: zstdPools, libzstd }, 'compression zstd: libzstd loaded');
       if (unavailable) this.log.warn({ pools: zstdPools }, `${unavailable}; these pools run with compression "none"`);
 

@@ -71,14 +71,14 @@ export function zstdEncoderFor(level: number): ZstdEncoder {
 }
 
 const OUT_CHUNK = 128 * 1024;
+/** A flush or an end takes no input: one empty buffer for all of them (flushes are per event-loop turn). */
+const NO_INPUT = Buffer.alloc(0);
 
 /** One zstd stream: `push` data, `flush` when the peer must see everything so far, `end` once. */
 export class ZstdEncoder {
   private readonly binding = zstdBinding();
   private readonly cctx = new this.binding.CCtx();
   private readonly out = Buffer.allocUnsafe(OUT_CHUNK);
-  /** Bytes taken since the last flush. */
-  pending = 0;
 
   constructor(options: ZstdEncoderOptions) {
     const p = this.binding.CParameter;
@@ -90,18 +90,15 @@ export class ZstdEncoder {
   }
 
   push(chunk: Buffer): Buffer[] {
-    this.pending += chunk.length;
     return this.run(chunk, this.binding.EndDirective.continue);
   }
 
   flush(): Buffer[] {
-    this.pending = 0;
-    return this.run(Buffer.alloc(0), this.binding.EndDirective.flush);
+    return this.run(NO_INPUT, this.binding.EndDirective.flush);
   }
 
   end(): Buffer[] {
-    this.pending = 0;
-    return this.run(Buffer.alloc(0), this.binding.EndDirective.end);
+    return this.run(NO_INPUT, this.binding.EndDirective.end);
   }
 
   private run(input: Buffer, directive: ZstdBinding.EndDirective): Buffer[] {

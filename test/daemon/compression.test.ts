@@ -15,6 +15,7 @@ t.test('the default is zstd', async (t) => {
 t.test('with libzstd loaded every pool keeps its setting', async (t) => {
   const r = resolvePoolCompression(pools, () => ({ versionString: () => '1.5.7' }));
   t.equal(r.libzstd, '1.5.7');
+  t.same(r.zstdPools, ['a', 'c']);
   t.equal(r.unavailable, undefined);
   t.same(r.pools.map((p) => p.compression), ['zstd', 'zlib', 'zstd']);
 });
@@ -36,5 +37,5 @@ t.test('no pool with zstd: the addon is not even loaded', async (t) => {
     return { versionString: () => 'x' };
   });
   t.notOk(loaded);
-  t.same(r, { pools: plain });
+  t.same(r, { pools: plain, zstdPools: [] });
 });
