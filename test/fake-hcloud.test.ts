@@ -186,11 +186,13 @@ t.test('server lifecycle: create, get, actions, delete', async (t) => {
   t.equal(noId.status, 422, 'the full action listing is gone');
   t.equal(errorCode(noId), 'invalid_input');
 
+  const releaseDeletes = cloud.holdActions('delete_server');
   const del = await api(cloud, 'DELETE', `/servers/${id}`);
   t.equal(del.status, 200);
   const delAction = obj(del.json)['action'] as Schemas['action'];
   t.match(delAction, { command: 'delete_server', status: 'running' });
   t.equal((obj((await api(cloud, 'GET', `/servers/${id}`)).json)['server'] as Schemas['server']).status, 'deleting');
+  releaseDeletes();
   await until('deleted', async () => (await api(cloud, 'GET', `/servers/${id}`)).status === 404);
   const gone = await api(cloud, 'GET', `/servers/${id}`);
   t.equal(errorCode(gone), 'not_found');
@@ -823,6 +825,7 @@ t.test('volumes: create, list, attach, detach, delete with Hetzner\'s rules', as
   // Volume actions take a quarter of the boot delay (at most 200 ms): long enough to see a lock.
   const { cloud } = await startCloud(t, { bootDelayMs: 400 });
   const a = (obj((await api(cloud, 'POST', '/servers', { ...baseServer, name: 'va' })).json) as unknown as Schemas['create_server_response']).server;
+  const releaseCreates = cloud.holdActions('create_volume');
   const created = await api(cloud, 'POST', '/volumes', { name: 'store-1', size: 10, location: 'fsn1', labels: { pool: 'x86' }, format: 'ext4', automount: false });
   t.equal(created.status, 201);
   const c = obj(created.json) as unknown as Schemas['create_volume_response'];
@@ -846,6 +849,7 @@ t.test('volumes: create, list, attach, detach, delete with Hetzner\'s rules', as
   const early = await api(cloud, 'POST', `/volumes/${vid}/actions/attach`, { server: a.id, automount: false });
   t.equal(early.status, 423);
   t.equal(errorCode(early), 'locked');
+  releaseCreates();
   await actionDone(cloud, c.action.id);
   t.equal((obj((await api(cloud, 'GET', `/volumes/${vid}`)).json)['volume'] as Schemas['volume']).status, 'available');
 
@@ -884,6 +888,7 @@ t.test('volumes: create, list, attach, detach, delete with Hetzner\'s rules', as
   t.equal(errorCode(again), 'service_error');
 
   // Server create with the volume; deleting the server detaches it.
+  const releaseAttaches = cloud.holdActions('attach_volume');
   const withVol = await api(cloud, 'POST', '/servers', { ...baseServer, name: 'vd', volumes: [vid] });
   t.equal(withVol.status, 201);
   const wv = obj(withVol.json) as unknown as Schemas['create_server_response'];
@@ -891,6 +896,7 @@ t.test('volumes: create, list, attach, detach, delete with Hetzner\'s rules', as
   t.ok(wv.next_actions.some((x) => x.command === 'attach_volume'), 'an attach_volume next action');
   const farCreate = await api(cloud, 'POST', '/servers', { ...baseServer, name: 've', location: 'nbg1', volumes: [vid] });
   t.equal(errorCode(farCreate), 'locked', 'refused while its attach action runs');
+  releaseAttaches();
   const missing = await api(cloud, 'POST', '/servers', { ...baseServer, name: 'vf', volumes: [1] });
   t.match(obj(missing.json)['error'], { code: 'invalid_input', details: { fields: [{ name: 'volumes' }] } });
   await Promise.all(wv.next_actions.map((x) => actionDone(cloud, x.id)));

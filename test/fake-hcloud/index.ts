@@ -368,6 +368,8 @@ export class FakeCloud {
   private readonly metadataFaults: (MetadataFault & { left: number })[] = [];
   private nextSshKeyId = 9_000_001;
   private readonly faults: (Fault & { left: number })[] = [];
+  /** Commands whose actions are held running (`holdActions`), with how each would have ended. */
+  private readonly actionHolds = new Map<string, (() => void)[]>();
   private readonly behaviours: ServerBehaviour[] = [];
   private readonly routes: Route[] = [];
   private readonly globalTimers = new Set<NodeJS.Timeout>();
@@ -702,9 +704,30 @@ export class FakeCloud {
     return action;
   }
 
+  /**
+   * Keeps every action of this command running until the returned function is called (then they
+   * end as they would have): for tests of what holds while an action runs, without racing its timer.
+   */
+  holdActions(command: string): () => void {
+    const held: (() => void)[] = [];
+    this.actionHolds.set(command, held);
+    return () => {
+      if (this.actionHolds.get(command) === held) this.actionHolds.delete(command);
+      for (const finish of held) finish();
+    };
+  }
+
+  /** True when actions of `command` are held: then `later` runs at the release instead. */
+  private held(command: string, later: () => void): boolean {
+    const held = this.actionHolds.get(command);
+    held?.push(later);
+    return held !== undefined;
+  }
+
   private finishAction(id: number, error: { code: string; message: string } | null = null): void {
     const a = this.actions.get(id);
     if (!a || a.status !== 'running') return;
+    if (this.held(a.command, () => this.finishAction(id, error))) return;
     a.status = error ? 'error' : 'success';
     a.error = error;
     a.progress = 100;
@@ -1486,7 +1509,7 @@ export class FakeCloud {
       }
     }
     s.workerStopped = Promise.all([this.stopLink(s), s.worker ? s.worker.stop() : (s.workerStopped ?? Promise.resolve())]).then(() => undefined);
-    this.later(s, this.opts.deleteDelayMs, () => {
+    const removed = (): void => {
       void (s.workerStopped ?? Promise.resolve()).then(() => {
         s.deleted = true;
         // As on Hetzner, deleting a server detaches its volumes; their data stays.
@@ -1494,6 +1517,10 @@ export class FakeCloud {
         this.finishAction(action.id);
         unlockAddress(`${s.address}:${this.opts.sshPort}`);
       });
+    };
+    // A held delete keeps the server in "deleting" until released.
+    this.later(s, this.opts.deleteDelayMs, () => {
+      if (!this.held('delete_server', removed)) removed();
     });
     return { status: 200, body: { action: { ...action, resources: [...action.resources] } } };
   }

@@ -44,6 +44,13 @@ export interface LinkBytes {
   down: number;
 }
 
+/** What one direction's queue did: its limit, the most it held, how often it paused its source. */
+export interface LaneQueueStats {
+  limit: number;
+  peakQueued: number;
+  pauses: number;
+}
+
 /** What a router queue holds beyond the bandwidth-delay product (and what absorbs timer jitter). */
 const QUEUE_EXTRA_BYTES = 256 * 1024;
 /** Chunks are cut to this size, so that one big read does not leave the wire as one lump. */
@@ -58,7 +65,12 @@ class Lane {
   private timer: NodeJS.Timeout | undefined;
   private ended = false;
   private blocked = false;
-  private readonly limit: number;
+  /** Most bytes inbound that should wait before the source is paused. */
+  readonly limit: number;
+  /** The most this lane ever held in its queue: what the emulator's memory costs at worst. */
+  peakQueued = 0;
+  /** How often the source was paused because the queue was full. */
+  pauses = 0;
 
   constructor(
     private readonly from: Socket,
@@ -88,7 +100,11 @@ class Lane {
       this.queue.push({ at: this.wireFreeAt + this.delayMs, data });
       this.queued += data.length;
     }
-    if (this.queued > this.limit) this.from.pause();
+    this.peakQueued = Math.max(this.peakQueued, this.queued);
+    if (this.queued > this.limit && !this.from.isPaused()) {
+      this.from.pause();
+      this.pauses++;
+    }
     this.schedule();
   }
 
@@ -136,6 +152,8 @@ export interface LinkRelayOptions {
 /** Listens on one address and relays each connection to the target through an emulated link. */
 export class LinkRelay {
   readonly bytes: LinkBytes = { up: 0, down: 0 };
+  /** Per direction, the queue of every connection so far (a lane's figures outlive its connection). */
+  readonly queues: { up: LaneQueueStats[]; down: LaneQueueStats[] } = { up: [], down: [] };
   private readonly sockets = new Set<Socket>();
   private readonly lanes = new Set<Lane>();
 
@@ -183,10 +201,11 @@ export class LinkRelay {
       }
     };
     target.once('connect', () => {
-      lanes.push(
-        new Lane(client, target, profile.upBitsPerSecond, profile.delayMs, (n) => (this.bytes.up += n)),
-        new Lane(target, client, profile.downBitsPerSecond, profile.delayMs, (n) => (this.bytes.down += n)),
-      );
+      const up = new Lane(client, target, profile.upBitsPerSecond, profile.delayMs, (n) => (this.bytes.up += n));
+      const down = new Lane(target, client, profile.downBitsPerSecond, profile.delayMs, (n) => (this.bytes.down += n));
+      lanes.push(up, down);
+      this.queues.up.push(up);
+      this.queues.down.push(down);
       for (const lane of lanes) this.lanes.add(lane);
       client.resume();
     });
