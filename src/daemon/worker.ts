@@ -4,7 +4,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { PoolConfig } from '../core/config.js';
+import { SETUP_FAILED_MARKER, type PoolConfig } from '../core/config.js';
 import { formatDuration } from '../core/duration.js';
 import type { HcloudClient } from '../hcloud/client.js';
 import { HcloudError, isVolumeAttached } from '../hcloud/errors.js';
@@ -111,7 +111,7 @@ export class Worker {
     };
     return {
       record,
-      userData: (store) => workerUserData({ hostKey: host, loginPublicKey: login.publicKey, zstdRelay: pool.compression === 'zstd', ...(store ? { store } : {}) }),
+      userData: (store) => workerUserData({ hostKey: host, loginPublicKey: login.publicKey, zstdRelay: pool.compression === 'zstd', nix: pool.nix, ...(store ? { store } : {}) }),
     };
   }
 
@@ -475,6 +475,11 @@ export class Worker {
       signal.throwIfAborted();
       const result = await runCommand(client, this.pool.readyCommand, 60_000);
       if (result.code === 0) return;
+      // A setup step the worker cannot do without failed (the cloud-config wrote why): it never
+      // becomes ready, so the boot fails now, with that reason, instead of at bootTimeout.
+      const failed = await runCommand(client, `cat ${SETUP_FAILED_MARKER} 2>/dev/null`, 60_000);
+      const reason = failed.code === 0 ? failed.stdout.trim().split('\n')[0]?.slice(0, 500) : undefined;
+      if (reason) throw new BootError(`the worker's setup failed: ${reason}`);
       last = (result.stderr || result.stdout).trim().split('\n').pop() ?? '';
       if (attempt === 1 || attempt % 40 === 0) this.log.info({ attempt, code: result.code, output: last.slice(0, 200) }, 'waiting for readyCommand');
       await sleep(250, undefined, { signal });
