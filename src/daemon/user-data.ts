@@ -11,7 +11,7 @@ import { READY_MARKER, SETUP_FAILED_MARKER } from '../core/config.js';
 import { PINNED_NIX_RELEASE, type NixRelease } from '../core/nix-release.js';
 import { readPackageFile } from '../core/package-file.js';
 import type { KeyPair } from '../ssh/keys.js';
-import { ZSTD_RELAY_PATH, ZSTD_RELAY_SOURCE } from '../ssh/zstd-codec.js';
+import { ZSTD_RELAY_PATH, ZSTD_RELAY_SOURCE } from '../ssh/zstd-relay.js';
 import { installNixLines } from './nix-install.js';
 import { checkStoreAtLines, mountStoreLines, STORE_SETTINGS_FILE } from './store-script.js';
 
