@@ -4,6 +4,7 @@
  * the loader's keys are the same set, so the docs cannot drift from the code.
  */
 import { DEFAULT_READY_COMMAND } from './config.js';
+import { NIX_RELEASE_URL, PINNED_NIX_RELEASE } from './nix-release.js';
 
 export interface ConfigKeyDoc {
   key: string;
@@ -44,6 +45,9 @@ export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
   { key: 'pools.<name>.compressionLevel', default: '`3`', meaning: 'with `"zstd"`: the level of what the daemon sends up (1 to 19; higher packs tighter and costs more CPU per byte; from 9 on it also finds repeats up to 128 MiB back, taking up to ≈ 150 MB per busy session). See [Which compression for which link](compression.md)' },
   { key: 'pools.<name>.store.volumeGb', default: '– (no warm store)', meaning: 'keep the Nix store of each worker slot (`maxWorkers` of them) on a Hetzner Volume of this many GB (10 to 10240), so the next worker finds what earlier builds uploaded. Each volume is billed per GB-month whether attached or not (200 GB ≈ €11/month); it lives in the pool\'s first location, see [Warm store](warm-store.md)' },
   { key: 'pools.<name>.store.gcAtPercent', default: '`80`', meaning: 'at boot, garbage-collect the store when its volume is fuller than this percentage (1 to 99)' },
+  { key: 'pools.<name>.nix.version', default: `\`"${PINNED_NIX_RELEASE.version}"\``, meaning: 'the Nix release a worker on a stock image (no Nix: Ubuntu, Debian) installs with the release\'s own installer (multi-user, nix-daemon); an image that has Nix keeps its own. See [Which Nix a stock worker gets](worker-images.md#which-nix-a-stock-worker-gets)' },
+  { key: 'pools.<name>.nix.url', default: `\`"${NIX_RELEASE_URL}"\``, meaning: 'where the worker downloads the release tarball (5 attempts); `{version}` and `{system}` (`x86_64-linux`, `aarch64-linux`) are filled in. A mirror must serve the same bytes: they are checked against `sha256`' },
+  { key: 'pools.<name>.nix.sha256', default: `the pinned hashes of ${PINNED_NIX_RELEASE.version}`, meaning: '`{"x86_64-linux": "<hex>", "aarch64-linux": "<hex>"}`: the tarballs\' sha256 (releases.nixos.org has a `.sha256` file beside each). Required for another version, for every system of the pool; a tarball that does not match is not run, and the boot fails with that reason' },
   { key: 'budget.maxEurPerMonth', default: '– (no cap)', meaning: 'refuse to create a server when this month\'s spend plus one hour of it would pass this' },
   { key: 'sweepInterval', default: '`5m`', meaning: 'how often labelled servers are checked against the state (unknown ones deleted) and lifetimes enforced' },
   { key: 'shutdownGrace', default: '`60s`', meaning: 'on SIGTERM, how long running sessions may go on before workers are deleted anyway' },

@@ -3,7 +3,7 @@
  * to the sessions waiting for it; its kept ssh connection; and its deletion.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { PoolConfig } from '../core/config.js';
+import { SETUP_FAILED_MARKER, type PoolConfig } from '../core/config.js';
 import { formatDuration } from '../core/duration.js';
 import type { HcloudClient } from '../hcloud/client.js';
 import { HcloudError, isVolumeAttached } from '../hcloud/errors.js';
@@ -368,6 +368,11 @@ export class Worker {
       signal.throwIfAborted();
       const result = await link.run(this.pool.readyCommand, 60_000);
       if (result.code === 0) return;
+      // A setup step the worker cannot do without failed (the cloud-config wrote why): it never
+      // becomes ready, so the boot fails now, with that reason, instead of at bootTimeout.
+      const failed = await link.run(`cat ${SETUP_FAILED_MARKER} 2>/dev/null`, 60_000);
+      const reason = failed.code === 0 ? failed.stdout.trim().split('\n')[0]?.slice(0, 500) : undefined;
+      if (reason) throw new BootError(`the worker's setup failed: ${reason}`);
       last = (result.stderr || result.stdout).trim().split('\n').pop() ?? '';
       if (attempt === 1 || attempt % 40 === 0) this.log.info({ attempt, code: result.code, output: last.slice(0, 200) }, 'waiting for readyCommand');
       await sleep(250, undefined, { signal });

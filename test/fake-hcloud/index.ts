@@ -181,7 +181,7 @@ export interface FakeServerInfo {
   metadataUrl: string;
 }
 
-export type BootMode = 'cloud-init' | 'nixos';
+export type BootMode = 'cloud-init' | 'nixos' | 'stock';
 
 interface ServerRecord {
   id: number;
@@ -363,6 +363,8 @@ export class FakeCloud {
   private readonly snapshotDisks = new Map<number, SnapshotDisk>();
   /** Ids of the images whose servers boot as NixOS workers. */
   private readonly nixosImages = new Set<number>();
+  /** Stock images without Nix (`addImage({ worker: 'stock' })`): cloud-init boots, runcmd in cloud-final's environment. */
+  private readonly stockImages = new Set<number>();
   /** NixOS worker images built before the store unit (`addImage({ storeUnit: false })`). */
   private readonly nixosImagesWithoutStore = new Set<number>();
   private readonly metadataFaults: (MetadataFault & { left: number })[] = [];
@@ -518,6 +520,8 @@ export class FakeCloud {
    * `worker: 'nixos'` it is the NixOS worker image of nixos/worker.nix: its servers boot by that
    * image's units (fetch-keys.sh, zpool-expand.sh, store-volume.sh, sshd, ready-marker.sh), not
    * by cloud-init. `storeUnit: false`: an image built before nixos/worker.nix had the store unit.
+   * With `worker: 'stock'` it is a stock image without Nix (as Ubuntu's): cloud-init boots it,
+   * runcmd runs in cloud-final's environment and must install Nix itself.
    */
   addImage(img: {
     description: string;
@@ -527,7 +531,7 @@ export class FakeCloud {
     name?: string | null;
     diskSize?: number;
     imageSize?: number;
-    worker?: 'nixos';
+    worker?: 'nixos' | 'stock';
     storeUnit?: boolean;
   }): Image {
     const image: Image = {
@@ -552,6 +556,7 @@ export class FakeCloud {
     };
     this.images.push(image);
     if (img.worker === 'nixos') this.nixosImages.add(image.id);
+    if (img.worker === 'stock') this.stockImages.add(image.id);
     if (img.worker === 'nixos' && img.storeUnit === false) this.nixosImagesWithoutStore.add(image.id);
     return image;
   }
@@ -1285,7 +1290,7 @@ export class FakeCloud {
       rescueKeys: null,
       inRescue: false,
       disk: this.snapshotDisks.get(image.id) ?? null,
-      bootMode: this.nixosImages.has(image.id) ? 'nixos' : 'cloud-init',
+      bootMode: this.nixosImages.has(image.id) ? 'nixos' : this.stockImages.has(image.id) ? 'stock' : 'cloud-init',
       lastUnits: null,
       link: null,
     };
@@ -1367,6 +1372,7 @@ export class FakeCloud {
       maxSessions: this.opts.maxSessions,
       log: this.opts.log,
       volumes: this.volumeMounts(s),
+      stock: s.bootMode === 'stock',
     });
     s.worker = worker;
     try {
