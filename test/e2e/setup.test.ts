@@ -105,7 +105,10 @@ for (const client of testedSuites()) t.test(`${client}'s Nix: setup --write, the
   t.equal(readFileSync(join(rig.dir, 'state', 'ssh_host_ed25519_key.pub'), 'utf8'), hostKeyBefore, 'the daemon uses the host key in the machines lines');
 
   // A multi-user nix-daemon with its own socket and config folder.
-  const socket = join(rig.dir, 'nix-daemon.socket');
+  // Its own socket: the machine's Nix shares /nix, so one beside the test's files; another version
+  // has a store of its own, so the default place in it, where that Nix's build hook looks too.
+  const ownStore = rig.client.install.root !== undefined;
+  const socket = ownStore ? rig.client.local('/nix/var/nix/daemon-socket/socket') : join(rig.dir, 'nix-daemon.socket');
   const nixDaemonLog: string[] = [];
   const nixDaemon = spawn(rig.client.program('nix-daemon'), [], {
     detached: true,
@@ -115,7 +118,7 @@ for (const client of testedSuites()) t.test(`${client}'s Nix: setup --write, the
       HOME: '/root',
       NIX_CONF_DIR: confDir,
       NIX_USER_CONF_FILES: '',
-      NIX_DAEMON_SOCKET_PATH: socket,
+      ...(ownStore ? {} : { NIX_DAEMON_SOCKET_PATH: socket }),
       // How this daemon's ssh finds the alias block (in a real install: /etc/ssh/ssh_config).
       ...(alias ? { NIX_SSHOPTS: `-F ${sshConfig}` } : {}),
     },
@@ -137,7 +140,7 @@ for (const client of testedSuites()) t.test(`${client}'s Nix: setup --write, the
 
   // The client: plain nix-build, no --builders, no NIX_SSHOPTS; it reads the same nix.conf as its
   // daemon, as both read /etc/nix on a real machine.
-  const clientEnv: NodeJS.ProcessEnv = { ...process.env, NIX_REMOTE: 'daemon', NIX_DAEMON_SOCKET_PATH: socket, NIX_CONF_DIR: confDir };
+  const clientEnv: NodeJS.ProcessEnv = { ...process.env, NIX_REMOTE: 'daemon', ...(ownStore ? {} : { NIX_DAEMON_SOCKET_PATH: socket }), NIX_CONF_DIR: confDir };
   delete clientEnv.NIX_SSHOPTS;
   const nonce = `setup-${process.pid}-${Date.now()}`;
   const build = await rig.client.run('nix-build', [BUILD_NIX, '--argstr', 'nonce', nonce, '--no-out-link', '--max-jobs', '0'], { env: clientEnv });

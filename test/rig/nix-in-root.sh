@@ -32,5 +32,6 @@ exec unshare --mount --propagation private /bin/sh -c '
   cd "$root" && pivot_root . .host && cd /
   umount -l /.host
   cd "$cwd" 2>/dev/null || cd /
-  exec "$@"
+  # The root'"'"'s own programs only: the caller'"'"'s PATH may name stand-ins that run this script.
+  PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin exec "$@"
 ' sh "$root" "$nix" "$project" "$(pwd)" "$@"
