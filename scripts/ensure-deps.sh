@@ -2,9 +2,9 @@
 # Installs what the demo and the tests need: npm packages, and Debian's nix-bin and
 # openssh-server (the real Nix client and the workers' sshd) when they are missing, systemd (for
 # `systemd-analyze verify` of the unit), jq and curl (the NixOS worker's scripts use them),
-# shellcheck (checks those scripts), debootstrap (the other Nix versions' roots), gdisk (the disk-growing script runs on a loop device), zstd
-# (`image upload` of a .zst image decompresses it on the server; the tests make one), and python3,
-# make and g++ (below).
+# the checker of those scripts (shellcheck), debootstrap (the other Nix versions' roots), gdisk
+# (the disk-growing script runs on a loop device), zstd (`image upload` of a .zst image
+# decompresses it on the server; the tests make one), and python3, make and g++ (below).
 set -euo pipefail
 
 missing=()
