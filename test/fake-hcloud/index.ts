@@ -78,6 +78,11 @@ export interface FakeCloudOptions {
   logRequests?: boolean;
   /** Where log lines go (schema mismatches, server events, requests). Default: stderr. */
   log?: (line: string) => void;
+  /**
+   * The servers run Nix from this Debian root (test/rig/nix-roots.sh: another version than the
+   * machine's) instead of the machine's own. Default: the machine's.
+   */
+  nixRoot?: string;
   /** How servers of a NixOS worker image (`addImage({ worker: 'nixos' })`) boot. */
   nixosWorker?: {
     /** NHB_FETCH_ATTEMPTS for fetch-keys.sh (one a second), default 10. */
@@ -349,8 +354,9 @@ export class FakeCloud {
   readonly metadataRequests: { server: number; path: string; status: number }[] = [];
   readonly schemaErrors: string[] = [];
 
-  private readonly opts: Required<Omit<FakeCloudOptions, 'rateLimit' | 'serverLimit' | 'log' | 'nixosWorker' | 'link'>> & {
+  private readonly opts: Required<Omit<FakeCloudOptions, 'rateLimit' | 'serverLimit' | 'log' | 'nixosWorker' | 'link' | 'nixRoot'>> & {
     serverLimit: number;
+    nixRoot: string | undefined;
     link: LinkProfile | undefined;
     log: (line: string) => void;
     nixosWorker: Required<NonNullable<FakeCloudOptions['nixosWorker']>>;
@@ -398,6 +404,7 @@ export class FakeCloud {
       validateResponses: opts.validateResponses ?? true,
       serverLimit: opts.serverLimit ?? Number.POSITIVE_INFINITY,
       link: opts.link,
+      nixRoot: opts.nixRoot,
       logRequests: opts.logRequests ?? false,
       log: opts.log ?? ((line: string) => process.stderr.write(`fake-hcloud: ${line}\n`)),
       nixosWorker: {
@@ -1373,6 +1380,7 @@ export class FakeCloud {
       log: this.opts.log,
       volumes: this.volumeMounts(s),
       stock: s.bootMode === 'stock',
+      ...(this.opts.nixRoot === undefined ? {} : { nixRoot: this.opts.nixRoot }),
     });
     s.worker = worker;
     try {
@@ -1434,6 +1442,7 @@ export class FakeCloud {
       log: this.opts.log,
       volumes: this.volumeMounts(s),
       nixos,
+      ...(this.opts.nixRoot === undefined ? {} : { nixRoot: this.opts.nixRoot }),
     });
     s.worker = worker;
     s.lastUnits = worker.units;

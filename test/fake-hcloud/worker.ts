@@ -31,6 +31,7 @@ import { generateKeyPair } from '../../src/ssh/keys.js';
 import { packageRoot } from '../../src/core/package-file.js';
 import { ZSTD_RELAY_PATH, ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-relay.js';
 import { RIG_NIX_CONF_FILE } from '../rig/nix-config.js';
+import { nixWrapper } from '../rig/nix-client.js';
 import { shellQuote, type CloudConfig } from './cloud-config.js';
 
 /**
@@ -168,6 +169,8 @@ export interface WorkerOptions {
    * (CLOUD_FINAL_ENV). See SETUP_SCRIPT.
    */
   stock?: boolean;
+  /** Run Nix from this Debian root (test/rig/nix-roots.sh) instead of the machine's. */
+  nixRoot?: string;
 }
 
 /**
@@ -349,6 +352,7 @@ export class Worker {
     if (this.o.stock) this.writeStandIns();
     const child = await this.spawnNamespace(this.o.stock ? 'stock' : '');
     if (child === null) return;
+    await this.installNixRoot();
 
     // cloud-init writes files in its init stage, before sshd runs.
     for (const wf of config.writeFiles) {
@@ -366,6 +370,18 @@ export class Worker {
       }, this.o.readyDelayMs);
       t.unref();
       this.timers.add(t);
+    }
+  }
+
+  /**
+   * A worker with another Nix version: its own /usr/local/bin (first on every session's PATH) gets
+   * nix-daemon, nix-store and nix that run the root's programs on the server's /nix and /etc/nix.
+   */
+  private async installNixRoot(): Promise<void> {
+    const root = this.o.nixRoot;
+    if (root === undefined) return;
+    for (const program of ['nix-daemon', 'nix-store', 'nix'] as const) {
+      await this.writeFile(`/usr/local/bin/${program}`, Buffer.from(nixWrapper(root, '/nix', program)), 0o755, false);
     }
   }
 
@@ -473,6 +489,7 @@ export class Worker {
     // The image's system packages that sessions use: the zstd relay, which nixos/worker.nix puts on
     // the PATH; here in the server's own /usr/local/bin, on every session's PATH.
     await this.writeFile(ZSTD_RELAY_PATH, readFileSync(join(packageRoot(), ZSTD_RELAY_SOURCE)), 0o755, false);
+    await this.installNixRoot();
 
     const path = `${join(dir, 'bin')}:${CHILD_ENV.PATH ?? ''}`;
     // Both are ordered before sshd and not after each other: systemd starts them side by side. A
