@@ -139,6 +139,8 @@ function describeCause(err: unknown): string {
   return parts.filter((p) => p.length > 0).join(': ') || String(err);
 }
 
+type QueryScalar = string | number | boolean | null | undefined;
+
 function asArray<T>(value: T | T[] | undefined): T[] | undefined {
   if (value === undefined) return undefined;
   return Array.isArray(value) ? value : [value];
@@ -670,8 +672,9 @@ export class HcloudClient {
 
     const params = new URLSearchParams();
     if (spec.query !== undefined) {
-      for (const [key, value] of Object.entries(spec.query as object)) {
-        for (const item of asArray<unknown>(value) ?? []) {
+      // Query parameters are scalars or arrays of them (the description has no other kind).
+      for (const [key, value] of Object.entries(spec.query as Record<string, QueryScalar | QueryScalar[]>)) {
+        for (const item of asArray(value) ?? []) {
           if (item !== undefined && item !== null) params.append(key, String(item));
         }
       }

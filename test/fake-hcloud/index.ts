@@ -13,7 +13,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import ssh2 from 'ssh2';
+import ssh2, { type ParsedKey } from 'ssh2';
 import { generateKeyPair } from '../../src/ssh/keys.js';
 import type { components } from '../../src/hcloud/openapi.js';
 import { LOCATIONS, DATA_CENTERS, SERVER_TYPES, systemImages, includedTraffic, pricing, type Image, type ServerType, type Location, type DataCenter } from './catalog.js';
@@ -661,6 +661,7 @@ export class FakeCloud {
       },
       private_net: [],
       server_type: s.type,
+      // eslint-disable-next-line @typescript-eslint/no-deprecated -- the fake serves the API of before too; send() leaves it out after its removal date
       datacenter: s.datacenter,
       location: s.location,
       image: s.image,
@@ -1198,10 +1199,12 @@ export class FakeCloud {
     if (req.location !== undefined) {
       location = this.findByIdOrName(LOCATIONS, req.location)[0];
       if (!location) throw invalidInput(`location '${req.location}' not found`, [{ name: 'location', messages: ['location not found'] }]);
+    /* eslint-disable @typescript-eslint/no-deprecated -- the fake accepts what the API accepts, deprecated or not */
     } else if (req.datacenter !== undefined) {
       datacenter = this.findByIdOrName(DATA_CENTERS, req.datacenter)[0];
       if (!datacenter) throw invalidInput(`datacenter '${req.datacenter}' not found`, [{ name: 'datacenter', messages: ['datacenter not found'] }]);
       location = datacenter.location;
+    /* eslint-enable @typescript-eslint/no-deprecated */
     } else {
       const firstLoc = type.locations[0]?.name;
       location = LOCATIONS.find((l) => l.name === firstLoc);
@@ -1564,7 +1567,7 @@ export class FakeCloud {
   private createSshKey(c: RequestContext): Answer {
     const req = this.jsonBody(c) as Schemas['create_ssh_key_request'];
     const parsed = ssh2.utils.parseKey(req.public_key);
-    const key = Array.isArray(parsed) ? parsed[0] : parsed;
+    const key = Array.isArray(parsed) ? (parsed[0] as ParsedKey | undefined) : parsed;
     if (key === undefined || key instanceof Error || key.isPrivateKey()) {
       throw invalidInput(`invalid input in field 'public_key'`, [{ name: 'public_key', messages: ['is not a valid SSH public key'] }]);
     }
@@ -1776,7 +1779,7 @@ export class FakeCloud {
 
   private updateVolume(c: RequestContext): Answer {
     const v = this.volumeStore.get(c.params['id'] ?? -1);
-    this.volumeStore.update(v, this.jsonBody(c) as Schemas['replace_volume_request']);
+    this.volumeStore.update(v, this.jsonBody(c));
     return { status: 200, body: { volume: this.volumeStore.json(v) } };
   }
 

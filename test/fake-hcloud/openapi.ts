@@ -80,7 +80,7 @@ function loadSpec(): Spec {
 
   const ajv = new Ajv({ strict: false, allErrors: true, validateSchema: false, logger: false });
   const addFormats =
-    (addFormatsImport as unknown as { default?: FormatsPlugin }).default ??
+    addFormatsImport.default ??
     (addFormatsImport as unknown as FormatsPlugin);
   addFormats(ajv);
   // Prices are decimal numbers carried as strings ("1.1900000000").
