@@ -18,7 +18,7 @@ import { generateKeyPair } from '../../src/ssh/keys.js';
 import type { components } from '../../src/hcloud/openapi.js';
 import { LOCATIONS, DATA_CENTERS, SERVER_TYPES, systemImages, includedTraffic, pricing, type Image, type ServerType, type Location, type DataCenter } from './catalog.js';
 import { labelProblems, parseSelector, matches, SelectorError, type Labels } from './labels.js';
-import { checkRequestBody, checkResponse, checkSchema } from './openapi.js';
+import { checkRequestBody, checkResponse, checkSchema, withoutRemoved } from './openapi.js';
 import { parseUserData } from './cloud-config.js';
 import { ApiError, invalidInput, iso } from './api.js';
 import { VolumeStore, type Volume, type VolumeRecord } from './volumes.js';
@@ -70,6 +70,12 @@ export interface FakeCloudOptions {
   deleteDelayMs?: number;
   /** Default true: validate every JSON answer against openapi.json (mismatches go to schemaErrors and stderr). */
   validateResponses?: boolean;
+  /**
+   * The day whose API the fake answers as: a property that openapi.json marks deprecated with a
+   * removal date ("will be removed after the 1 July 2026") is left out of every answer from the
+   * day after. Default: now. An earlier day gives the API of before.
+   */
+  apiDate?: Date;
   /** Rate limit bucket: size (default 3600) and refill per second (default 1). */
   rateLimit?: { limit?: number; refillPerSecond?: number };
   /** Most live servers the project may have (403 resource_limit_exceeded past it); default: no limit. */
@@ -394,6 +400,7 @@ export class FakeCloud {
       readyDelayMs: opts.readyDelayMs ?? 500,
       deleteDelayMs: opts.deleteDelayMs ?? 200,
       validateResponses: opts.validateResponses ?? true,
+      apiDate: opts.apiDate ?? new Date(),
       serverLimit: opts.serverLimit ?? Number.POSITIVE_INFINITY,
       link: opts.link,
       logRequests: opts.logRequests ?? false,
@@ -474,6 +481,11 @@ export class FakeCloud {
   /** The next `count` (default 1) created servers behave so. */
   behaveNext(behaviour: ServerBehaviour, count = 1): void {
     for (let i = 0; i < count; i++) this.behaviours.push(behaviour);
+  }
+
+  /** The operations (method and path template of openapi.json) the fake answers. */
+  servedOperations(): { method: string; template: string }[] {
+    return this.routes.map(({ method, template }) => ({ method, template }));
   }
 
   servers(): FakeServerInfo[] {
@@ -910,11 +922,16 @@ export class FakeCloud {
     extraHeaders: Record<string, string>,
     record: (s: number) => void,
   ): void {
+    // The API of the fake's day: what it no longer sends is left out.
+    const body =
+      ctx.template === null || answer.status === 204
+        ? answer.body
+        : withoutRemoved(ctx.method, ctx.template, answer.status, answer.body, this.opts.apiDate);
     if (this.opts.validateResponses) {
       const problem =
         ctx.template !== null
-          ? checkResponse(ctx.method, ctx.template, answer.status, answer.status === 204 ? undefined : answer.body)
-          : checkSchema('error_response', answer.body);
+          ? checkResponse(ctx.method, ctx.template, answer.status, answer.status === 204 ? undefined : body, this.opts.apiDate)
+          : checkSchema('error_response', body, this.opts.apiDate);
       if (problem !== null) {
         this.schemaErrors.push(problem);
         this.opts.log(`schema mismatch: ${problem}`);
@@ -926,7 +943,7 @@ export class FakeCloud {
       res.end();
       return;
     }
-    const text = JSON.stringify(answer.body);
+    const text = JSON.stringify(body);
     const headers: Record<string, string> = {
       'Content-Type': 'application/json',
       'Content-Length': String(Buffer.byteLength(text)),
@@ -1541,7 +1558,7 @@ export class FakeCloud {
       }
     }
     if (!isRecord(body)) throw new ApiError(400, 'json_error', 'the request body must be a JSON object');
-    const problems = c.template === null ? [] : checkRequestBody(c.method, c.template, body);
+    const problems = c.template === null ? [] : checkRequestBody(c.method, c.template, body, this.opts.apiDate);
     if (problems.length > 0) {
       const fields = new Map<string, string[]>();
       for (const p of problems) fields.set(p.name, [...(fields.get(p.name) ?? []), p.message]);
