@@ -17,7 +17,7 @@ export async function deleteAllServers(config: Config, token: string, log: Logge
   const servers = await hcloud.listServers({ labelSelector: instanceSelector(config.instance) });
   let deleted = 0;
   await Promise.all(servers.map(async (server) => {
-    say(`deleting ${server.name} (id ${server.id}, ${server.server_type.name} in ${server.datacenter.location.name})`);
+    say(`deleting ${server.name} (id ${server.id}, ${server.server_type.name} in ${server.location.name})`);
     if (await hcloud.deleteServerAndWait(server.id)) deleted++;
   }));
   try {

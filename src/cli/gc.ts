@@ -28,7 +28,7 @@ export async function garbageCollect(config: Config, token: string, log: Logger,
     else if (age >= 2 * pool.maxLifetimeMs) doomed.push({ server, reason: 'past twice its pool\'s maxLifetime' });
   }
   for (const { server, reason } of doomed) {
-    say(`${dryRun ? 'would delete' : 'deleting'} ${server.name} (id ${server.id}, ${server.server_type.name} in ${server.datacenter.location.name}): ${reason}`);
+    say(`${dryRun ? 'would delete' : 'deleting'} ${server.name} (id ${server.id}, ${server.server_type.name} in ${server.location.name}): ${reason}`);
   }
   if (dryRun) return doomed.length;
   await Promise.all(doomed.map(({ server }) => hcloud.deleteServerAndWait(server.id)));

@@ -127,7 +127,7 @@ async function gatherRows(config: Config, token: string | undefined): Promise<{ 
       const address = serverAddress(server);
       rows.push({
         id: server.id, name: server.name, pool: server.labels[LABEL_POOL] ?? '', phase: 'unknown to the daemon', status: server.status,
-        serverType: server.server_type.name, location: server.datacenter.location.name, activeSessions: 0, createdAt: server.created,
+        serverType: server.server_type.name, location: server.location.name, activeSessions: 0, createdAt: server.created,
         ...(address === undefined ? {} : { address }),
       });
     }

@@ -216,7 +216,7 @@ export class Daemon {
 
   private async deleteOrphan(server: Server, record: WorkerRecord | undefined): Promise<void> {
     const orphan: WorkerRecord = record ? { ...record, id: server.id, phase: 'deleting' } : {
-      id: server.id, name: server.name, pool: server.labels[LABEL_POOL] ?? '', serverType: server.server_type.name, location: server.datacenter.location.name,
+      id: server.id, name: server.name, pool: server.labels[LABEL_POOL] ?? '', serverType: server.server_type.name, location: server.location.name,
       phase: 'deleting', sshPort: 0, hostPublicKey: '', loginPrivateKey: '', createdAt: server.created, activeSessions: 0,
     };
     this.orphans.push(orphan);

@@ -94,6 +94,8 @@ function describeCause(err: unknown): string {
   return parts.filter((p) => p.length > 0).join(': ') || String(err);
 }
 
+type QueryScalar = string | number | boolean | null | undefined;
+
 export function asArray<T>(value: T | T[] | undefined): T[] | undefined {
   if (value === undefined) return undefined;
   return Array.isArray(value) ? value : [value];
@@ -187,8 +189,9 @@ export class Transport {
 
     const params = new URLSearchParams();
     if (spec.query !== undefined) {
-      for (const [key, value] of Object.entries(spec.query as object)) {
-        for (const item of asArray<unknown>(value) ?? []) {
+      // Query parameters are scalars or arrays of them (the description has no other kind).
+      for (const [key, value] of Object.entries(spec.query as Record<string, QueryScalar | QueryScalar[]>)) {
+        for (const item of asArray(value) ?? []) {
           if (item !== undefined && item !== null) params.append(key, String(item));
         }
       }
@@ -332,5 +335,5 @@ export function listQuery<Op extends keyof operations>(filters: object): QueryOf
   for (const [key, value] of Object.entries(filters)) {
     if (value !== undefined) query[key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)] = value;
   }
-  return query as QueryOf<Op>;
+  return query;
 }

@@ -232,11 +232,11 @@ export function pipeSession(client: ServerChannel, worker: ClientChannel, gates:
     worker.stderr.on('data', (chunk: Buffer) => writer.push(true, chunk));
     worker.on('end', () => {
       stdoutEnded = true;
-      maybeFinish();
+      void maybeFinish();
     });
     worker.stderr.on('end', () => {
       stderrEnded = true;
-      maybeFinish();
+      void maybeFinish();
     });
     worker.on('exit', (code: number | null, signal?: string) => {
       if (typeof code === 'number') result.code = code;
@@ -247,7 +247,7 @@ export function pipeSession(client: ServerChannel, worker: ClientChannel, gates:
       // Some servers close without ending both streams; closing is final either way.
       stdoutEnded = true;
       stderrEnded = true;
-      maybeFinish();
+      void maybeFinish();
     });
 
     const finish = (): void => {

@@ -46,9 +46,10 @@ export interface WindowGrantPolicy {
   adjust(remote: number, amount: number): number;
 }
 
+// Properties, not methods: hookWindowGrants keeps the originals and calls them on the protocol.
 interface ProtocolInternals {
-  channelOpenConfirm(remote: number, local: number, window: number, packetSize: number): void;
-  channelWindowAdjust(remote: number, amount: number): void;
+  channelOpenConfirm: (remote: number, local: number, window: number, packetSize: number) => void;
+  channelWindowAdjust: (remote: number, amount: number) => void;
 }
 
 interface ChanInfo {

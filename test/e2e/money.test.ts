@@ -33,6 +33,12 @@ t.test('sweep and gc: servers with our label that no worker matches are deleted;
   const otherId = await createForeign(rig, 'other-1', serverLabels('another-instance', 'x86_64'));
   const unlabelledId = await createForeign(rig, 'mine-by-hand', {});
 
+  const status = await rig.cli(['status', '--json']);
+  t.equal(status.code, 0, status.stderr);
+  const unknown = (JSON.parse(status.stdout) as { workers: { id: number; phase: string; location: string }[] }).workers;
+  t.equal(unknown.length, 1, 'only the server with our instance label');
+  t.match(unknown[0], { id: strayId, phase: 'unknown to the daemon', location: 'fsn1' }, 'status lists the stray server, located by server.location');
+
   const dry = await rig.cli(['gc', '--dry-run']);
   t.equal(dry.code, 0, dry.stderr);
   t.match(dry.stdout, /would delete stray-1 \(id \d+, cx23 in fsn1\): not in the state/);

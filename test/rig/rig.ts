@@ -196,7 +196,7 @@ export class Rig {
         done();
       },
     });
-    const log = createLogger({ level: options.level ?? 'info', pretty: false, destination: destination as unknown as { write(s: string): void } });
+    const log = createLogger({ level: options.level ?? 'info', pretty: false, destination });
     const config = parseConfig(JSON.parse(readFileSync(this.configFile, 'utf8')), this.dir);
     const { level: _level, ...daemonOptions } = options;
     const daemon = new Daemon({ config, token: TOKEN, log, ...daemonOptions });

@@ -1,5 +1,4 @@
 import t from 'tap';
-import { EventEmitter } from 'node:events';
 import { PassThrough } from 'node:stream';
 import { CommandRefused } from '../../src/ssh/nix-command.js';
 import { parseExecLine, readShellBootstrap, ShellBootstrap } from '../../src/ssh/shell-bootstrap.js';
@@ -123,5 +122,5 @@ t.test('readShellBootstrap refuses on EOF, close and timeout', async (t) => {
 
   const silent = fakeChannel();
   await t.rejects(readShellBootstrap(silent, 50), { name: 'CommandRefused', message: /no exec line within 0.05 s/ });
-  t.equal(EventEmitter.listenerCount(silent, 'data'), 0, 'its listeners are gone');
+  t.equal(silent.listenerCount('data'), 0, 'its listeners are gone');
 });
