@@ -16,7 +16,6 @@ import { BudgetExceeded } from './ledger.js';
 import type { Money } from './money.js';
 import { placements, TRY_ELSEWHERE } from './placement.js';
 import type { WorkerRecord } from './state.js';
-import type { StoreVolumeInput } from './user-data.js';
 import { planWorker, type UserDataFor } from './worker-plan.js';
 import type { StoreLease, StoreVolumes } from './store-volumes.js';
 import { STORE_MARKER } from './store-script.js';
