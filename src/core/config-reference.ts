@@ -47,6 +47,8 @@ export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
   { key: 'budget.maxEurPerMonth', default: '– (no cap)', meaning: 'refuse to create a server when this month\'s spend plus one hour of it would pass this' },
   { key: 'sweepInterval', default: '`5m`', meaning: 'how often labelled servers are checked against the state (unknown ones deleted) and lifetimes enforced' },
   { key: 'shutdownGrace', default: '`60s`', meaning: 'on SIGTERM, how long running sessions may go on before workers are deleted anyway' },
+  { key: 'deleteRetry.firstWait', default: '`10s`', meaning: 'a server delete that fails (423 locked, 429, 5xx, any error) is tried again after this, then after twice as long each time, until the API says the server is gone; across sweeps and restarts (the state file keeps the pending deletes). Still failing after an hour: an error in the log and in `status`' },
+  { key: 'deleteRetry.maxWait', default: '`5m`', meaning: 'the waits between delete attempts stop growing here' },
   { key: 'limits.loginGrace', default: '`20s`', meaning: 'a connection that has not logged in by then is dropped (one whose first line is not an SSH identification line is dropped at once)' },
   { key: 'limits.maxConnectionsPerSource', default: '`128`', meaning: 'open connections from one address; more are closed at once' },
   { key: 'log.level', default: '`info`', meaning: '`fatal` … `trace`, `silent`' },

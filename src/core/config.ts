@@ -88,6 +88,8 @@ export interface Config {
   sweepIntervalMs: number;
   /** On SIGTERM: how long running sessions may go on before workers are deleted anyway. */
   shutdownGraceMs: number;
+  /** Waits between attempts to delete a server: doubling from the first, capped at the max. */
+  deleteRetry: { firstWaitMs: number; maxWaitMs: number };
   budget?: { maxEurPerMonth: number };
   limits: {
     /** A connection that has not authenticated within this time is dropped. */
@@ -293,6 +295,14 @@ export function parseConfig(input: unknown, baseDir: string, env: NodeJS.Process
 
   const sweepIntervalMs = top.duration('sweepInterval', '5m');
   const shutdownGraceMs = top.duration('shutdownGrace', '60s');
+  const deleteRetryFields = top.object('deleteRetry');
+  const deleteRetry = {
+    firstWaitMs: deleteRetryFields?.duration('firstWait', '10s') ?? 10_000,
+    maxWaitMs: deleteRetryFields?.duration('maxWait', '5m') ?? 300_000,
+  };
+  if (!(deleteRetry.firstWaitMs > 0)) deleteRetryFields?.fail('firstWait', 'a duration above 0', deleteRetry.firstWaitMs / 1000);
+  if (deleteRetry.maxWaitMs < deleteRetry.firstWaitMs) deleteRetryFields?.fail('maxWait', 'a duration no shorter than deleteRetry.firstWait', deleteRetry.maxWaitMs / 1000);
+  deleteRetryFields?.done();
   const budgetFields = top.object('budget');
   const budget = budgetFields ? { maxEurPerMonth: budgetFields.number('maxEurPerMonth', Number.NaN) } : undefined;
   if (budget && Number.isNaN(budget.maxEurPerMonth)) budgetFields?.fail('maxEurPerMonth', 'a positive number of euros', undefined);
@@ -320,6 +330,7 @@ export function parseConfig(input: unknown, baseDir: string, env: NodeJS.Process
     log: { level },
     sweepIntervalMs,
     shutdownGraceMs,
+    deleteRetry,
     limits,
   };
   if (budget) config.budget = budget;

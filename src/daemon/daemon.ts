@@ -25,6 +25,7 @@ import { Pool } from './pool.js';
 import { checkPoolServerTypes } from './server-types.js';
 import { writeFileAtomic } from '../core/atomic-file.js';
 import { isRecordOf, StateFile, type WorkerRecord } from './state.js';
+import { deletePolicyOf, Deletions } from './deletions.js';
 import { Worker, type WorkerDeps } from './worker.js';
 import { StoreVolumes } from './store-volumes.js';
 
@@ -34,9 +35,10 @@ export interface DaemonOptions {
   log: Logger;
   /** How long an adoption attempt may take per server at start. */
   adoptTimeoutMs?: number;
-  /** First wait before a failed delete is retried (default DELETE_RETRY_FIRST_MS, 30 s). */
-  deleteRetryFirstMs?: number;
 }
+
+/** On stop, how long deletes may go on before the daemon exits; what is left stays in the state for the next start. */
+export const STOP_DELETE_WAIT_MS = 60_000;
 
 /** The endpoint's host key, made on first start; its public line goes into the machines file. */
 export function ensureHostKey(stateDir: string): { privateKey: string; publicKey: string } {
@@ -68,8 +70,8 @@ export class Daemon {
   endpoint!: Endpoint;
   port = 0;
   private state!: StateFile;
-  /** Records of servers being deleted that belong to no pool (found at start). */
-  private readonly orphans: WorkerRecord[] = [];
+  /** Every server being deleted (workers, failed boots, orphans), retried until gone; kept in the state. */
+  deletions!: Deletions;
   private saveScheduled = false;
   readonly hcloud: HcloudClient;
   private readonly log: Logger;
@@ -98,7 +100,14 @@ export class Daemon {
     const { state, read } = await StateFile.open(config.stateDir, config.instance);
     this.state = state;
     if (read.problem) this.log.error({ keptAs: read.keptAs }, `${read.problem}; kept it aside and falling back to a label sweep`);
-    this.log.info({ stateDir: config.stateDir, known: state.data.workers.length, node: process.version, nodeFlags: process.execArgv }, 'step 1/4: state folder locked');
+    this.deletions = new Deletions({
+      hcloud: this.hcloud,
+      log: this.log,
+      policy: deletePolicyOf(config),
+      changed: () => this.scheduleSave(),
+      gone: (record) => this.ledger.closed(record.name),
+    }, state.data.deletions ?? []);
+    this.log.info({ stateDir: config.stateDir, known: state.data.workers.length, deleting: this.deletions.pending.length, node: process.version, nodeFlags: process.execArgv }, 'step 1/4: state folder locked');
 
     try {
       // 2. Keys.
@@ -117,6 +126,7 @@ export class Daemon {
       const deps: WorkerDeps = {
         hcloud: this.hcloud,
         ledger: this.ledger,
+        deletions: this.deletions,
         ...(config.budget ? { budget: config.budget } : {}),
         log: this.log,
         instance: config.instance,
@@ -146,7 +156,6 @@ export class Daemon {
           log: this.log,
           createWorker: () => Worker.planned(pool, deps, store),
           changed: () => this.scheduleSave(),
-          ...(this.options.deleteRetryFirstMs !== undefined ? { deleteRetryFirstMs: this.options.deleteRetryFirstMs } : {}),
         }));
       }
 
@@ -170,6 +179,7 @@ export class Daemon {
       this.sweepTimer = setInterval(() => void this.sweep(), config.sweepIntervalMs);
       this.sweepTimer.unref();
     } catch (err) {
+      this.deletions.stop();
       await this.state.close();
       throw err;
     }
@@ -181,11 +191,17 @@ export class Daemon {
     for (const store of this.stores.values()) {
       await store.load().catch((err: unknown) => this.log.error({ err }, 'cannot list the store volumes; trying again at the next boot'));
     }
+    // Deletes a former run left unfinished go on first; servers among them are not adopted.
+    this.deletions.resume();
     const adopted: string[] = [];
-    const deleting: Promise<void>[] = [];
+    let deleting = 0;
     for (const server of servers) {
       const record = previous.find((r) => isRecordOf(r, server));
       const pool = this.pools.get(server.labels[LABEL_POOL] ?? '');
+      if (this.deletions.has(server)) {
+        deleting++;
+        continue;
+      }
       if (record && pool && record.phase === 'ready' && record.address && server.status === 'running') {
         const worker = new Worker(pool.config, { ...record, id: server.id }, deps);
         try {
@@ -201,11 +217,11 @@ export class Daemon {
       } else {
         this.log.warn({ server: server.name, id: server.id, known: Boolean(record) }, 'our server is not adoptable; deleting it');
       }
-      deleting.push(this.deleteOrphan(server, record));
+      this.deleteOrphan(server, 'not adoptable at start');
+      deleting++;
     }
-    await Promise.all(deleting);
     this.scheduleSave();
-    this.log.info({ found: servers.length, adopted: adopted.length, deleted: deleting.length }, 'step 3/4: reconciled with the cloud');
+    this.log.info({ found: servers.length, adopted: adopted.length, deleted: deleting }, 'step 3/4: reconciled with the cloud; deletes go on in the background');
   }
 
   /** Gross EUR per GB-month of a volume (GET /pricing). */
@@ -236,10 +252,13 @@ export class Daemon {
       try {
         for (const pool of this.pools.values()) pool.enforceLifetime();
         const servers = await this.hcloud.listServers({ labelSelector: instanceSelector(this.config.instance) });
-        const unknown = servers.filter((s) => ![...this.pools.values()].some((p) => p.knows(s)) && !this.orphans.some((o) => o.id === s.id));
-        for (const server of unknown) this.log.warn({ server: server.name, id: server.id }, 'sweep: our label, but no worker of ours; deleting it');
-        await Promise.all(unknown.map((server) => this.deleteOrphan(server, undefined)));
-        this.log.debug({ found: servers.length, deleted: unknown.length }, 'sweep done');
+        // Servers whose delete is pending are the deletion queue's: it retries them on its own.
+        const unknown = servers.filter((s) => ![...this.pools.values()].some((p) => p.knows(s)) && !this.deletions.has(s));
+        for (const server of unknown) {
+          this.log.warn({ server: server.name, id: server.id }, 'sweep: our label, but no worker of ours; deleting it');
+          this.deleteOrphan(server, 'sweep: no worker of ours');
+        }
+        this.log.debug({ found: servers.length, deleted: unknown.length, deleting: this.deletions.pending.length }, 'sweep done');
       } catch (err) {
         this.log.error({ err }, 'sweep failed; trying again next interval');
       } finally {
@@ -249,30 +268,14 @@ export class Daemon {
     return this.sweeping;
   }
 
-  private async deleteOrphan(server: Server, record: WorkerRecord | undefined): Promise<void> {
-    const orphan: WorkerRecord = record ? { ...record, id: server.id, phase: 'deleting' } : {
-      id: server.id, name: server.name, pool: server.labels[LABEL_POOL] ?? '', serverType: server.server_type.name, location: server.datacenter.location.name,
-      phase: 'deleting', sshPort: 0, hostPublicKey: '', loginPrivateKey: '', createdAt: server.created, activeSessions: 0,
-    };
-    this.orphans.push(orphan);
-    await this.saveNow();
-    try {
-      await this.hcloud.deleteServerAndWait(server.id);
-      this.log.info({ server: server.name, id: server.id }, 'deleted');
-    } catch (err) {
-      // Kept in the state: the next start tries again.
-      this.log.error({ err, server: server.name }, 'could not delete our server');
-      return;
-    }
-    this.orphans.splice(this.orphans.indexOf(orphan), 1);
-  }
-
-  private collect(): WorkerRecord[] {
-    return [...[...this.pools.values()].flatMap((p) => p.records), ...this.orphans];
+  /** A server of ours that no pool manages: deleted in the background, retried until gone. */
+  private deleteOrphan(server: Server, reason: string): void {
+    this.deletions.delete(server, reason).catch(() => undefined);
   }
 
   private saveNow(): Promise<void> {
-    this.state.data.workers = this.collect();
+    this.state.data.workers = [...this.pools.values()].flatMap((p) => p.records);
+    this.state.data.deletions = this.deletions.pending;
     return this.state.save();
   }
 
@@ -306,7 +309,15 @@ export class Daemon {
       this.endpoint?.closeAll();
       await closed;
       await this.sweeping;
-      await Promise.allSettled([...this.pools.values()].map((p) => p.close(keepWorkers)));
+      // Deletes (the workers', orphans') get a bounded time; what is left stays in the state.
+      const closing = Promise.allSettled([...this.pools.values()].map((p) => p.close(keepWorkers)));
+      let timer: NodeJS.Timeout | undefined;
+      const waited = new Promise<false>((resolve) => { timer = setTimeout(() => resolve(false), STOP_DELETE_WAIT_MS); });
+      const done = await Promise.race([closing.then(() => this.deletions.drain(STOP_DELETE_WAIT_MS)), waited]);
+      clearTimeout(timer);
+      if (!done) this.log.error({ deleting: this.deletions.pending.map((d) => d.name) }, 'stopping with servers not yet deleted; the next start goes on deleting them');
+      this.deletions.stop();
+      await closing;
       await this.saveNow().catch(() => undefined);
       await this.state.close();
       this.log.info('stopped');

@@ -178,7 +178,7 @@ export class Rig {
    * The daemon in this process (its internals can be inspected), on this rig's config, logging
    * JSON lines into `lines`. Stopped by the caller.
    */
-  async startInProcessDaemon(options: { level?: string } & Pick<DaemonOptions, 'deleteRetryFirstMs'> = {}): Promise<{ daemon: Daemon; lines: string[]; config: Config }> {
+  async startInProcessDaemon(options: { level?: string } & Pick<DaemonOptions, 'adoptTimeoutMs'> = {}): Promise<{ daemon: Daemon; lines: string[]; config: Config }> {
     const lines: string[] = [];
     const destination = new Writable({
       write(chunk: Buffer, _encoding, done) {
