@@ -12,10 +12,10 @@ export interface ConfigKeyDoc {
 }
 
 export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
-  { key: 'instance', default: 'host name', meaning: 'value of the `nix-hcloud-builder/instance` label: which daemon owns a server. Two daemons on one Hetzner project need different instances' },
+  { key: 'instance', default: 'host name + random suffix kept in `<stateDir>/instance`', meaning: 'value of the `nix-hcloud-builder/instance` label: which daemon owns a server. Two daemons on one Hetzner project need different instances: a second daemon claiming a live one\'s instance refuses to start (see *One daemon per instance; moving a daemon*)' },
   { key: 'listen.host', default: '`127.0.0.1`', meaning: 'address Nix connects to' },
   { key: 'listen.port', default: '`2222`', meaning: 'port Nix connects to' },
-  { key: 'stateDir', default: '`$XDG_STATE_HOME/nix-hcloud-builder` (`~/.local/state/…`)', meaning: 'host key, `state.json`, `ledger.json`, lock, control socket; mode 0700' },
+  { key: 'stateDir', default: '`$XDG_STATE_HOME/nix-hcloud-builder` (`~/.local/state/…`)', meaning: 'host key, `state.json` (workers, pending deletes), `ledger.json`, `instance` (the default instance), lock, control socket; mode 0700' },
   { key: 'authorizedKeys', default: '`[]`', meaning: 'public key lines allowed to log in (the nix-daemon\'s key)' },
   { key: 'authorizedKeysFile', default: '–', meaning: 'a file of such lines, read at start' },
   { key: 'hcloud.endpoint', default: '`https://api.hetzner.cloud/v1`', meaning: 'API base URL' },

@@ -3,10 +3,11 @@
  * Every error names the key and what was expected, so a typo never becomes a silent default.
  */
 import { readFileSync } from 'node:fs';
-import { hostname, homedir } from 'node:os';
+import { homedir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { parseDuration } from './duration.js';
 import { UserError } from './errors.js';
+import { defaultInstance, LABEL_VALUE, type InstanceOrigin } from './instance.js';
 
 /**
  * Compression of the SSH connection to the worker (the leg that crosses the user's uplink).
@@ -77,6 +78,8 @@ function parseStore(f: Fields): StoreConfig | undefined {
 export interface Config {
   /** Marks the servers this daemon owns (label value); two daemons on one project need different ones. */
   instance: string;
+  /** "config" when set there; else the default's: kept in the state folder, or made now (the daemon keeps it at start). */
+  instanceOrigin: InstanceOrigin;
   listen: { host: string; port: number };
   stateDir: string;
   authorizedKeys: string[];
@@ -109,7 +112,6 @@ export class ConfigError extends UserError {
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 type JsonObject = { [key: string]: Json };
 
-const LABEL_VALUE = /^(?:[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)$/;
 const POOL_NAME = /^[a-z0-9](?:[a-z0-9_-]{0,30}[a-z0-9])?$/;
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
@@ -206,11 +208,6 @@ export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {
   return join(base, 'nix-hcloud-builder');
 }
 
-function defaultInstance(): string {
-  const cleaned = hostname().toLowerCase().replace(/[^a-z0-9_.-]/g, '-').replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, '');
-  return (cleaned || 'default').slice(0, 63).replace(/[^a-z0-9]+$/, '') || 'default';
-}
-
 function parseImage(f: Fields, k: string): ImageRef {
   const v = f.raw(k);
   if (v === undefined) return { name: 'ubuntu-24.04' };
@@ -261,14 +258,15 @@ export function parseConfig(input: unknown, baseDir: string, env: NodeJS.Process
   const top = new Fields(input, '');
   const path = (p: string): string => resolve(baseDir, p.replace(/^~(?=\/|$)/, homedir()));
 
-  const instance = top.string('instance', defaultInstance());
-  if (!LABEL_VALUE.test(instance)) top.fail('instance', 'at most 63 letters, digits, "-", "_" or ".", starting and ending with a letter or digit', instance);
+  const explicitInstance = top.optionalString('instance');
+  if (explicitInstance !== undefined && !LABEL_VALUE.test(explicitInstance)) top.fail('instance', 'at most 63 letters, digits, "-", "_" or ".", starting and ending with a letter or digit', explicitInstance);
 
   const listenFields = top.object('listen');
   const listen = { host: listenFields?.string('host', '127.0.0.1') ?? '127.0.0.1', port: listenFields?.integer('port', 2222, 0, 65535) ?? 2222 };
   listenFields?.done();
 
   const stateDir = path(top.string('stateDir', defaultStateDir(env)));
+  const { instance, origin: instanceOrigin } = explicitInstance === undefined ? defaultInstance(stateDir) : { instance: explicitInstance, origin: 'config' as const };
   const authorizedKeys = top.strings('authorizedKeys', []);
   const keysFile = top.optionalString('authorizedKeysFile');
 
@@ -322,6 +320,7 @@ export function parseConfig(input: unknown, baseDir: string, env: NodeJS.Process
 
   const config: Config = {
     instance,
+    instanceOrigin,
     listen,
     stateDir,
     authorizedKeys,

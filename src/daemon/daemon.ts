@@ -26,6 +26,8 @@ import { checkPoolServerTypes } from './server-types.js';
 import { writeFileAtomic } from '../core/atomic-file.js';
 import { isRecordOf, StateFile, type WorkerRecord } from './state.js';
 import { deletePolicyOf, Deletions } from './deletions.js';
+import { InstanceLease } from './instance-lease.js';
+import { instanceFilePath } from '../core/instance.js';
 import { Worker, type WorkerDeps } from './worker.js';
 import { StoreVolumes } from './store-volumes.js';
 
@@ -84,6 +86,10 @@ export class Daemon {
   private grace: Grace | undefined;
   ledger!: Ledger;
   private control: ControlServer | undefined;
+  private lease: InstanceLease | undefined;
+  /** Set when another daemon took the instance over: from then on nothing unknown is deleted. */
+  private instanceLost: string | undefined;
+  private readonly lostListeners: ((why: string) => void)[] = [];
 
   constructor(private readonly options: DaemonOptions) {
     this.log = options.log;
@@ -110,6 +116,16 @@ export class Daemon {
     this.log.info({ stateDir: config.stateDir, known: state.data.workers.length, deleting: this.deletions.pending.length, node: process.version, nodeFlags: process.execArgv }, 'step 1/4: state folder locked');
 
     try {
+      // A default instance made now is kept, so the next start has the same one.
+      if (config.instanceOrigin === 'new') writeFileAtomic(instanceFilePath(config.stateDir), `${config.instance}\n`, 0o644);
+      // No other live daemon may run as this instance (it would delete our servers, and we its).
+      this.lease = new InstanceLease({ hcloud: this.hcloud, instance: config.instance, log: this.log, ...(state.data.leaseHolder ? { previousHolder: state.data.leaseHolder } : {}) });
+      await this.lease.acquire();
+      state.data.leaseHolder = this.lease.holder;
+      await state.save();
+      this.lease.keepAlive((why) => this.loseInstance(why));
+      this.log.info({ instance: config.instance, instanceOrigin: config.instanceOrigin }, 'instance lease held');
+
       // 2. Keys.
       const hostKey = ensureHostKey(config.stateDir);
       const authorizedKeys = parseAuthorizedKeys(loadAuthorizedKeys(config));
@@ -180,6 +196,7 @@ export class Daemon {
       this.sweepTimer.unref();
     } catch (err) {
       this.deletions.stop();
+      await this.lease?.release();
       await this.state.close();
       throw err;
     }
@@ -252,6 +269,10 @@ export class Daemon {
       try {
         for (const pool of this.pools.values()) pool.enforceLifetime();
         const servers = await this.hcloud.listServers({ labelSelector: instanceSelector(this.config.instance) });
+        if (this.instanceLost) {
+          this.log.error({ why: this.instanceLost }, 'sweep skipped: another daemon holds this instance, so servers this daemon does not know may be its');
+          return;
+        }
         // Servers whose delete is pending are the deletion queue's: it retries them on its own.
         const unknown = servers.filter((s) => ![...this.pools.values()].some((p) => p.knows(s)) && !this.deletions.has(s));
         for (const server of unknown) {
@@ -266,6 +287,22 @@ export class Daemon {
       }
     })();
     return this.sweeping;
+  }
+
+  /**
+   * Another daemon took this instance over (its lease): this one deletes nothing it does not know
+   * from now on, and says so to whoever listens (`serve` stops).
+   */
+  private loseInstance(why: string): void {
+    this.instanceLost = why;
+    this.log.error({ instance: this.config.instance, why }, 'another daemon runs as this instance now; stopping (give each daemon its own instance)');
+    for (const listener of this.lostListeners.splice(0)) listener(why);
+  }
+
+  /** Called once if another daemon takes this instance over while this one runs. */
+  onInstanceLost(listener: (why: string) => void): void {
+    if (this.instanceLost) listener(this.instanceLost);
+    else this.lostListeners.push(listener);
   }
 
   /** A server of ours that no pool manages: deleted in the background, retried until gone. */
@@ -319,6 +356,7 @@ export class Daemon {
       this.deletions.stop();
       await closing;
       await this.saveNow().catch(() => undefined);
+      await this.lease?.release();
       await this.state.close();
       this.log.info('stopped');
     })();

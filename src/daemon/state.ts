@@ -45,6 +45,8 @@ export interface StateData {
   workers: WorkerRecord[];
   /** Servers being deleted (see deletions.ts); absent in files written before it existed. */
   deletions?: DeletionRecord[];
+  /** The instance lease's holder id this state folder's daemon wrote last (see instance-lease.ts). */
+  leaseHolder?: string;
 }
 
 /** Whether a record stands for a server: by id once the create answered, else by its unique name. */
@@ -125,6 +127,7 @@ export class StateFile {
 
   private constructor(readonly dir: string, instance: string, previous: StateData | undefined) {
     this.data = { version: STATE_VERSION, instance, pid: process.pid, updatedAt: new Date().toISOString(), workers: previous?.workers ?? [], deletions: previous?.deletions ?? [] };
+    if (previous?.leaseHolder !== undefined) this.data.leaseHolder = previous.leaseHolder;
   }
 
   /**

@@ -42,6 +42,7 @@ import type {
   ServerType,
   SshKey,
   UpdateImageRequest,
+  UpdateSshKeyRequest,
   UpdateVolumeRequest,
   Volume,
 } from './types.js';
@@ -499,6 +500,22 @@ export class HcloudClient {
     const sort = asArray(q.sort);
     if (sort !== undefined) query.sort = sort;
     return this.#paginate('list_ssh_keys', '/ssh_keys', query, (a) => a.ssh_keys, signal);
+  }
+
+  /** `GET /ssh_keys/{id}`; a missing key throws `not_found`. */
+  async getSshKey(id: number, signal?: AbortSignal): Promise<SshKey> {
+    const path = `/ssh_keys/${id}`;
+    const answer = await this.#request('get_ssh_key', { method: 'GET', path, signal });
+    if (!isRecord(answer) || !isRecord(answer.ssh_key)) throw this.#invalid('GET', path, 200, 'answer lacks ssh_key');
+    return answer.ssh_key;
+  }
+
+  /** `PUT /ssh_keys/{id}`: name and/or labels (labels replace the old ones). Resent like a GET: the same body twice leaves the same key. */
+  async updateSshKey(id: number, req: UpdateSshKeyRequest, signal?: AbortSignal): Promise<SshKey> {
+    const path = `/ssh_keys/${id}`;
+    const answer = await this.#request('replace_ssh_key', { method: 'PUT', path, body: req, signal, replay: 'idempotent' });
+    if (!isRecord(answer) || !isRecord(answer.ssh_key)) throw this.#invalid('PUT', path, 200, 'answer lacks ssh_key');
+    return answer.ssh_key;
   }
 
   /** `DELETE /ssh_keys/{id}`; a key already gone throws `not_found`. */
