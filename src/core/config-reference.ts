@@ -1,6 +1,6 @@
 /**
  * The config reference: every key the config loader knows, with its default and meaning. The
- * README's table is generated from this (`npm run docs`), and a test checks that this list and
+ * table in docs/configuration.md is generated from this (`npm run docs`), and a test checks that this list and
  * the loader's keys are the same set, so the docs cannot drift from the code.
  */
 import { DEFAULT_READY_COMMAND } from './config.js';
@@ -12,7 +12,7 @@ export interface ConfigKeyDoc {
 }
 
 export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
-  { key: 'instance', default: 'host name + random suffix kept in `<stateDir>/instance`', meaning: 'value of the `nix-hcloud-builder/instance` label: which daemon owns a server. Two daemons on one Hetzner project need different instances: a second daemon claiming a live one\'s instance refuses to start (see *One daemon per instance; moving a daemon*)' },
+  { key: 'instance', default: 'host name + random suffix kept in `<stateDir>/instance`', meaning: 'value of the `nix-hcloud-builder/instance` label: which daemon owns a server. Two daemons on one Hetzner project need different instances: a second daemon claiming a live one\'s instance refuses to start (see [Money](money.md#one-daemon-per-instance-moving-a-daemon))' },
   { key: 'listen.host', default: '`127.0.0.1`', meaning: 'address Nix connects to' },
   { key: 'listen.port', default: '`2222`', meaning: 'port Nix connects to' },
   { key: 'stateDir', default: '`$XDG_STATE_HOME/nix-hcloud-builder` (`~/.local/state/…`)', meaning: 'host key, `state.json` (workers, pending deletes), `ledger.json`, `instance` (the default instance), lock, control socket; mode 0700' },
@@ -41,8 +41,8 @@ export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
   { key: 'pools.<name>.billingMargin', default: '`3m`', meaning: 'with `"billing-hour"`' },
   { key: 'pools.<name>.keepaliveInterval', default: '`10s`', meaning: 'ssh keepalive towards the worker; three missed ones end the connection, fail its sessions and delete the worker' },
   { key: 'pools.<name>.compression', default: '`"zstd"`', meaning: 'compression of the leg to the worker, the one that crosses your uplink: `"zstd"` (each session through the worker\'s zstd relay, which the cloud-config and the NixOS worker image install; uncompressed, said on the build\'s stderr, on a worker without it, and said at start when the daemon\'s own zstd addon did not build), `"zlib"` (SSH\'s zlib@openssh.com; falls back to none if the worker\'s sshd does not offer it) or `"none"`. See "Which compression for which link"' },
-  { key: 'pools.<name>.compressionLevel', default: '`3`', meaning: 'with `"zstd"`: the level of what the daemon sends up (1 to 19; higher packs tighter and costs more CPU per byte; from 9 on it also finds repeats up to 128 MiB back, taking up to ≈ 150 MB per busy session). See *Which compression for which link*' },
-  { key: 'pools.<name>.store.volumeGb', default: '– (no warm store)', meaning: 'keep the Nix store of each worker slot (`maxWorkers` of them) on a Hetzner Volume of this many GB (10 to 10240), so the next worker finds what earlier builds uploaded. Each volume is billed per GB-month whether attached or not (200 GB ≈ €11/month); it lives in the pool\'s first location, see *Warm store*' },
+  { key: 'pools.<name>.compressionLevel', default: '`3`', meaning: 'with `"zstd"`: the level of what the daemon sends up (1 to 19; higher packs tighter and costs more CPU per byte; from 9 on it also finds repeats up to 128 MiB back, taking up to ≈ 150 MB per busy session). See [Which compression for which link](compression.md)' },
+  { key: 'pools.<name>.store.volumeGb', default: '– (no warm store)', meaning: 'keep the Nix store of each worker slot (`maxWorkers` of them) on a Hetzner Volume of this many GB (10 to 10240), so the next worker finds what earlier builds uploaded. Each volume is billed per GB-month whether attached or not (200 GB ≈ €11/month); it lives in the pool\'s first location, see [Warm store](warm-store.md)' },
   { key: 'pools.<name>.store.gcAtPercent', default: '`80`', meaning: 'at boot, garbage-collect the store when its volume is fuller than this percentage (1 to 99)' },
   { key: 'budget.maxEurPerMonth', default: '– (no cap)', meaning: 'refuse to create a server when this month\'s spend plus one hour of it would pass this' },
   { key: 'sweepInterval', default: '`5m`', meaning: 'how often labelled servers are checked against the state (unknown ones deleted) and lifetimes enforced' },

@@ -9,7 +9,7 @@
 import { READY_MARKER } from '../core/config.js';
 import { readPackageFile } from '../core/package-file.js';
 import type { KeyPair } from '../ssh/keys.js';
-import { ZSTD_RELAY_PATH, ZSTD_RELAY_SOURCE } from '../ssh/zstd-codec.js';
+import { ZSTD_RELAY_PATH, ZSTD_RELAY_SOURCE } from '../ssh/zstd-relay.js';
 import { checkStoreScript, mountStoreScript, STORE_SETTINGS_FILE } from './store-script.js';
 
 export const USER_DATA_LIMIT = 32 * 1024;

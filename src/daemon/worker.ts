@@ -20,7 +20,8 @@ import { workerUserData, type StoreVolumeInput } from './user-data.js';
 import type { StoreLease, StoreVolumes } from './store-volumes.js';
 import { STORE_MARKER } from './store-script.js';
 import { renderNixCommand, type NixCommand } from '../ssh/nix-command.js';
-import { ZSTD_RELAY_CHECK, ZstdDecoder, zstdEncoderFor, zstdRelayCommand } from '../ssh/zstd-codec.js';
+import { ZstdDecoder, zstdEncoderFor } from '../ssh/zstd-codec.js';
+import { ZSTD_RELAY_CHECK, zstdRelayCommand } from '../ssh/zstd-relay.js';
 import { connectWorker, execChannel, negotiatedCompression, HostKeyMismatch, isChannelRefusal, runCommand, writeGateOf, type SshClient, type WorkerChannel, type WorkerSshTarget } from '../ssh/worker-connection.js';
 
 export class BootError extends Error {

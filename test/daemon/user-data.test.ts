@@ -11,7 +11,7 @@ import { USER_DATA_LIMIT, workerSetupCommands, workerUserData } from '../../src/
 import { checkStoreScript, mountStoreScript, STORE_MARKER, STORE_SETTINGS_FILE } from '../../src/daemon/store-script.js';
 import { volumeLabels, volumeName } from '../../src/core/labels.js';
 import { packageRoot } from '../../src/core/package-file.js';
-import { ZSTD_RELAY_PATH, ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-codec.js';
+import { ZSTD_RELAY_PATH, ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-relay.js';
 
 t.test('cloud-config pins the host key and authorises the login key', async (t) => {
   const host = generateKeyPair('host');

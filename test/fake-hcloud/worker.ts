@@ -26,7 +26,7 @@ import { dirname, join, posix } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { generateKeyPair } from '../../src/ssh/keys.js';
 import { packageRoot } from '../../src/core/package-file.js';
-import { ZSTD_RELAY_PATH, ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-codec.js';
+import { ZSTD_RELAY_PATH, ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-relay.js';
 import { RIG_NIX_CONF_FILE } from '../rig/nix-config.js';
 import { shellQuote, type CloudConfig } from './cloud-config.js';
 
