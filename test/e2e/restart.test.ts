@@ -58,6 +58,7 @@ t.test('a daemon killed during a boot: the restart deletes the half-booted serve
   const reconciled = await second.waitForMsg(/reconciled/);
   t.equal(reconciled.adopted, 0);
   t.equal(reconciled.deleted, 1);
+  await second.waitForMsg(/^deleted server/, 30_000);
   t.same(rig.fake.liveServers(), [], 'no server of ours is left');
   await second.stop();
 });

@@ -1001,6 +1001,7 @@ export class FakeCloud {
     add('GET', '/ssh_keys', (c) => this.listSshKeysRoute(c));
     add('POST', '/ssh_keys', (c) => this.createSshKey(c));
     add('GET', '/ssh_keys/{id}', (c) => ({ status: 200, body: { ssh_key: this.byId([...this.sshKeys.values()], c, 'SSH key') } }));
+    add('PUT', '/ssh_keys/{id}', (c) => this.updateSshKey(c));
     add('DELETE', '/ssh_keys/{id}', (c) => {
       const key = this.byId([...this.sshKeys.values()], c, 'SSH key');
       this.sshKeys.delete(key.id);
@@ -1594,6 +1595,22 @@ export class FakeCloud {
       .sort(this.sorter(c.query, ['id', 'name']));
     const p = this.paginate(items, c.query);
     return { status: 200, body: { ssh_keys: p.items, meta: p.meta } };
+  }
+
+  /** `PUT /ssh_keys/{id}`: name and/or labels (labels replaced as a whole, as the API does). */
+  private updateSshKey(c: RequestContext): Answer {
+    const key = this.byId([...this.sshKeys.values()], c, 'SSH key');
+    const req = this.jsonBody(c) as Schemas['replace_ssh_key_request'];
+    if (req.labels !== undefined) {
+      const lp = labelProblems(req.labels);
+      if (lp.length > 0) throw invalidInput(`invalid input in field 'labels'`, [{ name: 'labels', messages: lp }]);
+    }
+    if (req.name !== undefined && req.name !== key.name && [...this.sshKeys.values()].some((k) => k.name === req.name)) {
+      throw new ApiError(409, 'uniqueness_error', 'SSH key with the same name already exists', { fields: [{ name: 'name' }] });
+    }
+    if (req.name !== undefined) key.name = req.name;
+    if (req.labels !== undefined) key.labels = { ...req.labels };
+    return { status: 200, body: { ssh_key: key } };
   }
 
   private createSshKey(c: RequestContext): Answer {
