@@ -61,12 +61,11 @@ function setup(options: { previous?: DeletionRecord[]; policy?: DeletionsDeps['p
   const logLines: { level: number; msg: string; overdue?: boolean; retryInMs?: number }[] = [];
   const log = createLogger({
     level: 'debug', pretty: false,
-    destination: new Writable({ write(chunk: Buffer, _e, done) { logLines.push(JSON.parse(chunk.toString()) as never); done(); } }) as never,
+    destination: new Writable({ write(chunk: Buffer, _e, done) { logLines.push(JSON.parse(chunk.toString()) as never); done(); } }),
   });
   const saved: DeletionRecord[][] = [];
   const gone: string[] = [];
-  let queue!: Deletions;
-  queue = new Deletions({
+  const queue: Deletions = new Deletions({
     hcloud: api.hcloud(), log, clock, ...(options.policy ? { policy: options.policy } : {}),
     changed: () => saved.push(queue.pending),
     gone: (r) => gone.push(r.name),

@@ -22,7 +22,7 @@ function keyStore(): { hcloud: LeaseDeps['hcloud']; keys: Map<number, SshKey> } 
       listSshKeys: async (q = {}) => [...keys.values()].filter((k) => (q.name === undefined || k.name === q.name) && (q.labelSelector === undefined || matches(k, q.labelSelector))),
       createSshKey: async (req) => {
         if ([...keys.values()].some((k) => k.name === req.name)) throw new HcloudError({ status: 409, code: 'uniqueness_error', message: 'name taken' });
-        const key = { id: next++, name: req.name, labels: { ...req.labels }, public_key: req.public_key, fingerprint: '', created: '' } as SshKey;
+        const key = { id: next++, name: req.name, labels: { ...req.labels }, public_key: req.public_key, fingerprint: '', created: '' };
         keys.set(key.id, key);
         return key;
       },
