@@ -10,6 +10,7 @@ import type { AuthContext, Connection, ServerChannel, Session } from 'ssh2';
 import type { Logger } from '../core/log.js';
 import { CommandRefused, parseNixCommand, type NixCommand } from './nix-command.js';
 import { limitChannelWindows } from './channel-window.js';
+import { replyChannelFailure } from './ssh2-internals.js';
 import { watchIdentLine } from './ident-line.js';
 import { readShellBootstrap, SHELL_BOOTSTRAP_COMMAND } from './shell-bootstrap.js';
 import { pipeSession } from './session-pipe.js';
@@ -79,6 +80,41 @@ function refuse(channel: ServerChannel, message: string): void {
   channel.stderr.write(`nix-hcloud-builder: ${message}\n`);
   channel.exit(1);
   channel.end();
+}
+
+/**
+ * A channel's streams, once its client is gone, fail every write with an `error` event
+ * (ERR_STREAM_WRITE_AFTER_END); unheard, that event would end the daemon and every session in it.
+ */
+/**
+ * Calls `gone` once the client closes `channel` or drops the connection, while the channel is
+ * paused. A paused channel emits no 'close': ssh2 waits for its 'end', which waits for the
+ * buffered stdin to be read. ssh2 ends the channel's writable side at the client's close, though
+ * (with no stdout write pending, 'finish' follows), and a dropped connection emits 'close'.
+ * Returns the function that stops watching.
+ */
+function onClientGone(client: Connection, channel: ServerChannel, gone: () => void): () => void {
+  let called = false;
+  const once = (): void => {
+    if (called) return;
+    called = true;
+    gone();
+  };
+  channel.once('close', once);
+  channel.once('finish', once);
+  client.once('close', once);
+  return () => {
+    channel.removeListener('close', once);
+    channel.removeListener('finish', once);
+    client.removeListener('close', once);
+  };
+}
+
+function quietOnClientGone(channel: ServerChannel, log: Logger): ServerChannel {
+  const onError = (err: Error): void => log.debug({ err: err.message }, 'write to a closed client channel');
+  channel.on('error', onError);
+  channel.stderr.on('error', onError);
+  return channel;
 }
 
 export class Endpoint {
@@ -192,7 +228,7 @@ export class Endpoint {
       this.authenticated.add(`${info.ip}:${info.port}`);
       log.debug({ user }, 'authenticated');
       const gate = this.gates.get(`${info.ip}:${info.port}`);
-      client.on('session', (accept) => this.onSession(accept(), user, log, gate));
+      client.on('session', (accept) => this.onSession(client, accept(), user, log, gate));
       client.on('tcpip', (_accept, reject) => {
         log.warn({ user }, 'refused: port forwarding');
         reject();
@@ -208,8 +244,22 @@ export class Endpoint {
     });
   }
 
-  private onSession(session: Session, user: string, log: Logger, clientGate: WriteGate | undefined): void {
-    let execStarted = false;
+  private onSession(client: Connection, session: Session, user: string, log: Logger, clientGate: WriteGate | undefined): void {
+    // One command per session, as in OpenSSH: a second exec, shell or subsystem request is
+    // answered with a failure (ssh2's accept() would return nothing), and the running command goes on.
+    let started = false;
+    const start = (request: string, accept: () => ServerChannel | undefined, reject: (() => void) | undefined): ServerChannel | undefined => {
+      if (started) {
+        log.warn({ user, request }, 'refused: a second command on one session');
+        // ssh2 passes reject only when the client wants a reply, and it no longer sends one itself.
+        if (reject && !replyChannelFailure(client, session)) log.debug('ssh2 internals not as expected: no failure reply sent');
+        return undefined;
+      }
+      started = true;
+      // Accept at once: a late accept() after the client's EOF returns nothing.
+      const channel = accept();
+      return channel && quietOnClientGone(channel, log);
+    };
     session.on('env', (accept) => accept?.());
     session.on('pty', (_accept, reject) => {
       log.warn({ user }, 'refused: pty');
@@ -225,24 +275,25 @@ export class Endpoint {
     });
     session.on('window-change', (accept) => accept?.());
     session.on('signal', (accept) => accept?.());
-    session.on('shell', (accept) => {
+    session.on('shell', (accept, reject) => {
+      const channel = start('shell', accept, reject);
+      if (!channel) return;
       log.warn({ user }, 'refused: shell');
-      refuse(accept(), 'this endpoint runs Nix remote builds only (nix-daemon --stdio, nix-store --serve); no shell');
+      refuse(channel, 'this endpoint runs Nix remote builds only (nix-daemon --stdio, nix-store --serve); no shell');
     });
-    session.on('subsystem', (accept, _reject, info) => {
+    session.on('subsystem', (accept, reject, info) => {
+      const channel = start('subsystem', accept, reject);
+      if (!channel) return;
       log.warn({ user, subsystem: info.name }, 'refused: subsystem');
-      refuse(accept(), `subsystem ${JSON.stringify(info.name)} is not available; this endpoint runs Nix remote builds only`);
+      refuse(channel, `subsystem ${JSON.stringify(info.name)} is not available; this endpoint runs Nix remote builds only`);
     });
-    session.on('exec', (accept, _reject, info) => {
-      // Accept at once: a late accept() after the client's EOF returns nothing.
-      const channel = accept();
-      if (execStarted) return refuse(channel, 'one command per session');
-      execStarted = true;
-      void this.onExec(channel, user, info.command, log, clientGate);
+    session.on('exec', (accept, reject, info) => {
+      const channel = start('exec', accept, reject);
+      if (channel) void this.onExec(client, channel, user, info.command, log, clientGate);
     });
   }
 
-  private async onExec(channel: ServerChannel, user: string, raw: string, log: Logger, clientGate: WriteGate | undefined): Promise<void> {
+  private async onExec(client: Connection, channel: ServerChannel, user: string, raw: string, log: Logger, clientGate: WriteGate | undefined): Promise<void> {
     const pool = this.options.pools.get(user);
     if (!pool) {
       log.warn({ user }, 'refused: unknown pool');
@@ -264,13 +315,15 @@ export class Endpoint {
     // The Nix side's stdin stays buffered (by the SSH window) until the worker is ready.
     channel.pause();
     const abort = new AbortController();
-    const onEarlyClose = (): void => abort.abort();
-    channel.once('close', onEarlyClose);
+    const stopWatching = onClientGone(client, channel, () => abort.abort());
     this.activeSessions++;
     let lease: SessionLease | undefined;
     const started = Date.now();
     try {
-      lease = await pool.acquire({ signal: abort.signal, progress: (line) => channel.stderr.write(`${line}\n`) });
+      const progress = (line: string): void => {
+        if (channel.stderr.writable) channel.stderr.write(`${line}\n`);
+      };
+      lease = await pool.acquire({ signal: abort.signal, progress });
       if (abort.signal.aborted) return;
       const upstream = await lease.worker.execNix(command);
       // The client may have gone while the channel opened: then nobody would close it, and its
@@ -279,7 +332,7 @@ export class Endpoint {
         upstream.channel.close();
         return;
       }
-      channel.removeListener('close', onEarlyClose);
+      stopWatching();
       const waitedMs = Date.now() - started;
       log.info({ user, worker: lease.worker.record.name, command: command.mode, waitedMs }, 'session started');
       const result = await pipeSession(channel, upstream.channel, { toClient: clientGate, toWorker: upstream.gate }, upstream.codec);
@@ -295,7 +348,7 @@ export class Endpoint {
       }
     } finally {
       this.activeSessions--;
-      channel.removeListener('close', onEarlyClose);
+      stopWatching();
       lease?.release();
     }
   }
