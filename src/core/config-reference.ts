@@ -49,6 +49,8 @@ export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
   { key: 'shutdownGrace', default: '`60s`', meaning: 'on SIGTERM, how long running sessions may go on before workers are deleted anyway' },
   { key: 'limits.loginGrace', default: '`20s`', meaning: 'a connection that has not logged in by then is dropped (one whose first line is not an SSH identification line is dropped at once)' },
   { key: 'limits.maxConnectionsPerSource', default: '`128`', meaning: 'open connections from one address; more are closed at once' },
+  { key: 'limits.maxStartups', default: '`100`', meaning: 'connections that have not logged in yet, from all addresses together (as sshd\'s `MaxStartups`); more are closed at once' },
+  { key: 'limits.maxAuthTries', default: '`6`', meaning: 'failed login attempts on one connection (as sshd\'s `MaxAuthTries`; each key a client offers that is not authorized counts); then it is closed' },
   { key: 'log.level', default: '`info`', meaning: '`fatal` … `trace`, `silent`' },
 ];
 

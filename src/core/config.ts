@@ -94,6 +94,10 @@ export interface Config {
     loginGraceMs: number;
     /** Open connections allowed from one source address. */
     maxConnectionsPerSource: number;
+    /** Connections not yet logged in, from all addresses together (sshd's MaxStartups). */
+    maxStartups: number;
+    /** Failed login attempts allowed per connection (sshd's MaxAuthTries). */
+    maxAuthTries: number;
   };
 }
 
@@ -301,6 +305,8 @@ export function parseConfig(input: unknown, baseDir: string, env: NodeJS.Process
   const limits = {
     loginGraceMs: limitsFields?.duration('loginGrace', '20s') ?? 20_000,
     maxConnectionsPerSource: limitsFields?.integer('maxConnectionsPerSource', 128, 1, 100_000) ?? 128,
+    maxStartups: limitsFields?.integer('maxStartups', 100, 1, 100_000) ?? 100,
+    maxAuthTries: limitsFields?.integer('maxAuthTries', 6, 1, 100) ?? 6,
   };
   limitsFields?.done();
 

@@ -9,6 +9,7 @@ import ssh2 from 'ssh2';
 import type { AuthContext, Connection, ServerChannel, Session } from 'ssh2';
 import type { Logger } from '../core/log.js';
 import { CommandRefused, parseNixCommand, type NixCommand } from './nix-command.js';
+import { keyRefusal, type AuthorizedKey } from './authorized-keys.js';
 import { limitChannelWindows } from './channel-window.js';
 import { replyChannelFailure } from './ssh2-internals.js';
 import { watchIdentLine } from './ident-line.js';
@@ -19,15 +20,21 @@ import { CLIENT_SOCKET_HIGH_WATER, WriteGate } from './write-gate.js';
 
 type ParsedKey = ssh2.ParsedKey;
 
+export { parseAuthorizedKeys } from './authorized-keys.js';
+
 export interface EndpointOptions {
   hostKey: string;
-  authorizedKeys: ParsedKey[];
+  authorizedKeys: AuthorizedKey[];
   pools: Map<string, SessionPool>;
   log: Logger;
   /** A connection that has not authenticated by then is dropped. */
   loginGraceMs: number;
   /** Open connections allowed from one source address; more are dropped at once. */
   maxConnectionsPerSource: number;
+  /** Connections not yet logged in, from all addresses together (sshd's MaxStartups); more are dropped at once. */
+  maxStartups: number;
+  /** Failed login attempts allowed on one connection (sshd's MaxAuthTries); then it is dropped. */
+  maxAuthTries: number;
 }
 
 /** What a session needs of its pool (the daemon's Pool): a slot on a worker, waited for if need be. */
@@ -42,6 +49,17 @@ export interface AcquireOptions {
   signal: AbortSignal;
 }
 
+/** A logged-in connection, as its sessions see it. */
+interface Login {
+  client: Connection;
+  user: string;
+  log: Logger;
+  /** The client socket's write gate. */
+  clientGate: WriteGate | undefined;
+  /** The `command="…"` of the authorized key the client logged in with. */
+  forcedCommand: NixCommand | undefined;
+}
+
 /** A slot on a worker, held for one session. */
 export interface SessionLease {
   worker: {
@@ -51,20 +69,6 @@ export interface SessionLease {
   };
   /** Gives the slot back; safe to call more than once. */
   release(): void;
-}
-
-export function parseAuthorizedKeys(lines: string[]): ParsedKey[] {
-  const keys: ParsedKey[] = [];
-  for (const line of lines) {
-    const trimmed = line.trim();
-    if (!trimmed || trimmed.startsWith('#')) continue;
-    // Skip an options prefix (from="…" etc.) as in authorized_keys files: the key starts at its type.
-    const start = trimmed.search(/(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+@openssh\.com) /);
-    const parsed = ssh2.utils.parseKey(start >= 0 ? trimmed.slice(start) : trimmed);
-    if (parsed instanceof Error) throw new Error(`authorized key "${trimmed.slice(0, 40)}…" is not a valid public key: ${parsed.message}`);
-    keys.push(Array.isArray(parsed) ? (parsed[0] as ParsedKey) : parsed);
-  }
-  return keys;
 }
 
 function keyMatches(ctx: AuthContext & { method: 'publickey' }, allowed: ParsedKey): boolean {
@@ -125,6 +129,8 @@ export class Endpoint {
   private readonly perSource = new Map<string, number>();
   /** "ip:port" of connections that logged in (the login grace timer spares them). */
   private readonly authenticated = new Set<string>();
+  /** "ip:port" of open connections that have not logged in yet (counted against maxStartups). */
+  private readonly preLogin = new Set<string>();
   /** The write gate of each open client socket, by peer ("ip:port"): ssh2 does not expose the socket. */
   private readonly gates = new Map<string, WriteGate>();
   private readonly tcp: Server = createServer((socket) => this.onSocket(socket));
@@ -169,6 +175,7 @@ export class Endpoint {
       if (left > 0) this.perSource.set(ip, left);
       else this.perSource.delete(ip);
       this.authenticated.delete(peer);
+      this.preLogin.delete(peer);
       this.gates.delete(peer);
     });
     socket.on('error', () => undefined);
@@ -177,6 +184,12 @@ export class Endpoint {
       socket.destroy();
       return;
     }
+    if (this.preLogin.size >= this.options.maxStartups) {
+      this.log.warn({ peer, notLoggedIn: this.preLogin.size, max: this.options.maxStartups }, 'refused: too many connections not logged in yet (limits.maxStartups)');
+      socket.destroy();
+      return;
+    }
+    this.preLogin.add(peer);
     const loginTimer = setTimeout(() => {
       if (this.authenticated.has(peer)) return;
       this.log.warn({ peer }, 'dropped: no login within the login grace time');
@@ -210,25 +223,47 @@ export class Endpoint {
     // Errors (garbage instead of an SSH banner, resets) end that connection only.
     client.on('error', (err: Error) => log.debug({ err: err.message }, 'client connection error'));
     let user = '';
+    /** The authorized_keys entry the client logged in with (its forced command, if any). */
+    let loggedInWith: AuthorizedKey | undefined;
+    let failures = 0;
+    let firstRequest = true;
 
     client.on('authentication', (ctx) => {
       user = ctx.username;
-      if (ctx.method !== 'publickey') {
+      // As sshd: the client's opening "none" request (which asks for the methods) is no attempt.
+      const counts = !(firstRequest && ctx.method === 'none');
+      firstRequest = false;
+      const reject = (): void => {
+        if (counts) failures++;
+        if (failures >= this.options.maxAuthTries) {
+          log.warn({ user, attempts: failures, max: this.options.maxAuthTries }, 'dropped: too many failed login attempts (limits.maxAuthTries)');
+          client.end();
+          return;
+        }
         ctx.reject(['publickey']);
-        return;
+      };
+      if (ctx.method !== 'publickey') return reject();
+      const match = this.options.authorizedKeys.find((entry) => keyMatches(ctx, entry.key));
+      if (!match) {
+        if (ctx.signature) log.warn({ user, keyType: ctx.key.algo }, 'refused: public key not authorized');
+        return reject();
       }
-      if (this.options.authorizedKeys.some((key) => keyMatches(ctx, key))) {
-        ctx.accept();
-        return;
+      const refusal = keyRefusal(match, info.ip, Date.now());
+      if (refusal) {
+        // Logged at the query too: a client told no does not go on to sign.
+        log.warn({ user, keyType: ctx.key.algo, why: refusal }, 'refused: public key not authorized now');
+        return reject();
       }
-      if (ctx.signature) log.warn({ user, keyType: ctx.key.algo }, 'refused: public key not authorized');
-      ctx.reject(['publickey']);
+      if (ctx.signature) loggedInWith = match;
+      ctx.accept();
     });
     client.on('ready', () => {
       this.authenticated.add(`${info.ip}:${info.port}`);
+      this.preLogin.delete(`${info.ip}:${info.port}`);
       log.debug({ user }, 'authenticated');
       const gate = this.gates.get(`${info.ip}:${info.port}`);
-      client.on('session', (accept) => this.onSession(client, accept(), user, log, gate));
+      const login: Login = { client, user, log, clientGate: gate, forcedCommand: loggedInWith?.command };
+      client.on('session', (accept) => this.onSession(login, accept()));
       client.on('tcpip', (_accept, reject) => {
         log.warn({ user }, 'refused: port forwarding');
         reject();
@@ -244,7 +279,8 @@ export class Endpoint {
     });
   }
 
-  private onSession(client: Connection, session: Session, user: string, log: Logger, clientGate: WriteGate | undefined): void {
+  private onSession(login: Login, session: Session): void {
+    const { client, user, log } = login;
     // One command per session, as in OpenSSH: a second exec, shell or subsystem request is
     // answered with a failure (ssh2's accept() would return nothing), and the running command goes on.
     let started = false;
@@ -289,11 +325,12 @@ export class Endpoint {
     });
     session.on('exec', (accept, reject, info) => {
       const channel = start('exec', accept, reject);
-      if (channel) void this.onExec(client, channel, user, info.command, log, clientGate);
+      if (channel) void this.onExec(login, channel, info.command);
     });
   }
 
-  private async onExec(client: Connection, channel: ServerChannel, user: string, raw: string, log: Logger, clientGate: WriteGate | undefined): Promise<void> {
+  private async onExec(login: Login, channel: ServerChannel, raw: string): Promise<void> {
+    const { client, user, log, clientGate, forcedCommand } = login;
     const pool = this.options.pools.get(user);
     if (!pool) {
       log.warn({ user }, 'refused: unknown pool');
@@ -302,7 +339,9 @@ export class Endpoint {
     let command: NixCommand;
     try {
       // Lix 2.93.0 execs `bash` and writes the command on stdin (see shell-bootstrap.ts).
-      command = raw === SHELL_BOOTSTRAP_COMMAND ? await readShellBootstrap(channel) : parseNixCommand(raw);
+      // A key's command="…" runs instead of what the client asked for, as in sshd.
+      if (forcedCommand) command = forcedCommand;
+      else command = raw === SHELL_BOOTSTRAP_COMMAND ? await readShellBootstrap(channel) : parseNixCommand(raw);
     } catch (err) {
       if (!(err instanceof CommandRefused)) throw err;
       log.warn({ user, command: raw.slice(0, 200), reason: err.message }, 'refused: command');

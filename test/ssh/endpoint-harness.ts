@@ -15,16 +15,23 @@ export interface StartedEndpoint {
   logged: () => string;
 }
 
-export async function startEndpoint(t: { teardown(fn: () => Promise<void>): void }, overrides: Partial<EndpointOptions> = {}): Promise<StartedEndpoint> {
+/** `authorizedLine` makes the client key's authorized_keys line (with options, say) from its public key. */
+export async function startEndpoint(
+  t: { teardown(fn: () => Promise<void>): void },
+  overrides: Partial<EndpointOptions> = {},
+  authorizedLine: (publicKey: string) => string = (publicKey) => publicKey,
+): Promise<StartedEndpoint> {
   const clientKey = generateKeyPair('test-client');
   const lines: string[] = [];
   const endpoint = new Endpoint({
     hostKey: generateKeyPair('test-host').privateKey,
-    authorizedKeys: parseAuthorizedKeys([clientKey.publicKey]),
+    authorizedKeys: parseAuthorizedKeys([authorizedLine(clientKey.publicKey)]),
     pools: new Map(),
     log: createLogger({ level: 'debug', pretty: false, destination: { write: (line: string) => void lines.push(line) } }),
     loginGraceMs: LOGIN_GRACE_MS,
     maxConnectionsPerSource: 20,
+    maxStartups: 20,
+    maxAuthTries: 6,
     ...overrides,
   });
   const port = await endpoint.listen(0, '127.0.0.1');
