@@ -18,7 +18,7 @@ export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
   { key: 'stateDir', default: '`$XDG_STATE_HOME/nix-hcloud-builder` (`~/.local/state/…`)', meaning: 'host key, `state.json`, `ledger.json`, lock, control socket; mode 0700' },
   { key: 'authorizedKeys', default: '`[]`', meaning: 'public key lines allowed to log in (the nix-daemon\'s key)' },
   { key: 'authorizedKeysFile', default: '–', meaning: 'a file of such lines, read at start' },
-  { key: 'hcloud.endpoint', default: '`https://api.hetzner.cloud/v1`', meaning: 'API base URL' },
+  { key: 'hcloud.endpoint', default: '`https://api.hetzner.cloud/v1`', meaning: 'API base URL; https, or plain http only to a loopback address (a local fake or proxy): the API token must not cross the network in clear text. Answers larger than 8 MiB are refused' },
   { key: 'hcloud.tokenFile', default: '–', meaning: 'file holding the API token; env `HCLOUD_TOKEN` wins' },
   { key: 'hcloud.tokenCommand', default: '–', meaning: 'command printing the API token (instead of `tokenFile`); env `HCLOUD_TOKEN` wins' },
   { key: 'pools.<name>', default: '–', meaning: 'a pool; `<name>` is the ssh user name Nix logs in with (lowercase letters, digits, `-`, `_`)' },

@@ -7,6 +7,7 @@ import { hostname, homedir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { parseDuration } from './duration.js';
 import { UserError } from './errors.js';
+import { insecureEndpointReason } from './loopback.js';
 
 /**
  * Compression of the SSH connection to the worker (the leg that crosses the user's uplink).
@@ -277,6 +278,14 @@ export function parseConfig(input: unknown, baseDir: string, env: NodeJS.Process
   const h = top.object('hcloud');
   const endpoint = h?.string('endpoint', 'https://api.hetzner.cloud/v1') ?? 'https://api.hetzner.cloud/v1';
   if (!/^https?:\/\/[^\s]+$/.test(endpoint)) h?.fail('endpoint', 'an http(s) URL', endpoint);
+  let url: URL | undefined;
+  try {
+    url = new URL(endpoint);
+  } catch {
+    h?.fail('endpoint', 'an http(s) URL', endpoint);
+  }
+  const insecure = url && insecureEndpointReason(url);
+  if (insecure) h?.fail('endpoint', `an https URL (${insecure})`, endpoint);
   const tokenFile = h?.optionalString('tokenFile');
   const tokenCommand = h?.optionalString('tokenCommand');
   h?.done();

@@ -3,6 +3,7 @@
  * typed requests and answers (from the generated `openapi.ts`), one error type (`HcloudError`),
  * one retry policy (`retry.ts`) and one action waiter (`waitForActions`).
  */
+import { insecureEndpointReason } from '../core/loopback.js';
 import type { operations } from './openapi.js';
 import { HcloudError, apiErrorMessage, isNotFound } from './errors.js';
 import {
@@ -55,6 +56,8 @@ export interface HcloudClientOptions {
   actionPollIntervalMs?: number;
   /** Timeout of each single request, answer body included; default 30 s. */
   requestTimeoutMs?: number;
+  /** Largest answer body read; a larger one is an `invalid_response` error. Default MAX_ANSWER_BYTES. */
+  maxAnswerBytes?: number;
   logger?: Logger;
   userAgent?: string;
   /** Waits between retries and polls; must reject when `signal` aborts. Injectable for tests. */
@@ -81,6 +84,40 @@ const ACTION_IDS_PER_POLL = 25;
  */
 const ADOPT_CLOCK_MARGIN_MS = 15 * 60_000;
 const DEFAULT_USER_AGENT = 'nix-hcloud-builder';
+/**
+ * Answers are read up to this size (a page of 50 servers is ≈ 200 KB): a broken proxy or a
+ * hostile endpoint must not fill the daemon's memory.
+ */
+export const MAX_ANSWER_BYTES = 8 * 1024 * 1024;
+
+class AnswerTooLarge extends Error {
+  override name = 'AnswerTooLarge';
+}
+
+/** The body as text, refused once it passes `limit` bytes (by its Content-Length, or as it streams). */
+async function readLimited(res: Response, limit: number): Promise<string> {
+  const tooLarge = (): AnswerTooLarge => new AnswerTooLarge(`answer is larger than ${limit} bytes`);
+  const declared = Number(res.headers.get('content-length') ?? 0);
+  if (declared > limit) {
+    await res.body?.cancel().catch(() => undefined);
+    throw tooLarge();
+  }
+  if (!res.body) return '';
+  const reader = res.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.length;
+    if (total > limit) {
+      await reader.cancel().catch(() => undefined);
+      throw tooLarge();
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
 
 type Method = 'GET' | 'POST' | 'PUT' | 'DELETE';
 
@@ -164,6 +201,7 @@ export class HcloudClient {
   readonly retryPolicy: RetryPolicy;
   readonly actionPollIntervalMs: number;
   readonly requestTimeoutMs: number;
+  readonly maxAnswerBytes: number;
   readonly #token: string;
   readonly #userAgent: string;
   readonly #log: Logger;
@@ -177,13 +215,15 @@ export class HcloudClient {
     } catch {
       throw new TypeError(`Hetzner Cloud endpoint is not a URL: ${JSON.stringify(opts.endpoint)}`);
     }
-    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new TypeError(`Hetzner Cloud endpoint must be http(s): ${opts.endpoint}`);
+    const insecure = insecureEndpointReason(url);
+    if (insecure) throw new TypeError(`Hetzner Cloud endpoint ${opts.endpoint}: ${insecure}`);
     if (typeof opts.token !== 'string' || opts.token.trim() === '') throw new TypeError('Hetzner Cloud API token is empty');
     this.endpoint = opts.endpoint.replace(/\/+$/, '');
     this.#token = opts.token.trim();
     this.retryPolicy = resolveRetryPolicy(opts.retry);
     this.actionPollIntervalMs = opts.actionPollIntervalMs ?? 500;
     this.requestTimeoutMs = opts.requestTimeoutMs ?? 30_000;
+    this.maxAnswerBytes = opts.maxAnswerBytes ?? MAX_ANSWER_BYTES;
     if (!(this.actionPollIntervalMs > 0)) throw new RangeError('actionPollIntervalMs must be > 0');
     if (!(this.requestTimeoutMs > 0)) throw new RangeError('requestTimeoutMs must be > 0');
     this.#userAgent = opts.userAgent ?? DEFAULT_USER_AGENT;
@@ -720,10 +760,12 @@ export class HcloudClient {
         { op, method, path, status, requestId, ms: this.#now() - started, rateLimitRemaining: res.headers.get('ratelimit-remaining') ?? undefined },
         'Hetzner Cloud API answer',
       );
-      text = await res.text();
+      text = await readLimited(res, this.maxAnswerBytes);
     } catch (cause) {
       let error: HcloudError;
-      if (userSignal?.aborted) {
+      if (cause instanceof AnswerTooLarge) {
+        error = this.#invalid(method, path, status, cause.message, requestId);
+      } else if (userSignal?.aborted) {
         error = this.#aborted(method, path, userSignal);
       } else if (timedOut) {
         error = new HcloudError({
