@@ -173,6 +173,7 @@ export class Daemon {
       this.endpoint = new Endpoint({
         hostKey: hostKey.privateKey, authorizedKeys, pools: this.pools, log: this.log,
         loginGraceMs: config.limits.loginGraceMs, maxConnectionsPerSource: config.limits.maxConnectionsPerSource,
+        maxStartups: config.limits.maxStartups, maxAuthTries: config.limits.maxAuthTries,
       });
       this.port = await this.endpoint.listen(config.listen.port, config.listen.host);
       this.log.info({ host: config.listen.host, port: this.port, pools: [...this.pools.keys()] }, 'step 4/4: listening for Nix');

@@ -194,6 +194,8 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   private joinBoot(worker: W, waiter: Waiter<W>): void {
     this.reserve(worker);
     const stopProgress = worker.onProgress(waiter.progress);
+    // A client that leaves hears no more: its stderr is closed, and writing to it would fail.
+    waiter.signal.addEventListener('abort', stopProgress, { once: true });
     const booted = this.boots.get(worker) as Promise<void>;
     booted.then(
       () => {
