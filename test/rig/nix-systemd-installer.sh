@@ -31,9 +31,9 @@ if [ ! -s "$script" ]; then
   apt=(apt-get -q -o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
     -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache" -o Acquire::Check-Valid-Until=false
     -o APT::Sandbox::User=root)
-  if ! { "${apt[@]}" update && (cd "$work/source" && "${apt[@]}" source --download-only nix); } > "$work/apt.log" 2>&1; then
+  if ! { "${apt[@]}" update --error-on=any && (cd "$work/source" && "${apt[@]}" source --download-only nix); } > "$work/apt.log" 2>&1; then
     tail -n 20 "$work/apt.log" >&2
-    echo "nix-systemd-installer: cannot fetch Debian $suite's source package nix from $mirror" >&2
+    echo "nix-systemd-installer: cannot fetch Debian $suite's source package nix from $mirror (it needs the network once; npm test fetches it before the tests)" >&2
     exit 1
   fi
   orig=$(find "$work/source" -maxdepth 1 -name 'nix_*.orig.tar.*' | head -n 1)
