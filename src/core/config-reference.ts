@@ -19,7 +19,7 @@ export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
   { key: 'stateDir', default: '`$XDG_STATE_HOME/nix-hcloud-builder` (`~/.local/state/…`)', meaning: 'host key, `state.json` (workers, pending deletes), `ledger.json`, `instance` (the default instance), lock, control socket; mode 0700' },
   { key: 'authorizedKeys', default: '`[]`', meaning: 'public key lines allowed to log in (the nix-daemon\'s key)' },
   { key: 'authorizedKeysFile', default: '–', meaning: 'a file of such lines, read at start' },
-  { key: 'hcloud.endpoint', default: '`https://api.hetzner.cloud/v1`', meaning: 'API base URL' },
+  { key: 'hcloud.endpoint', default: '`https://api.hetzner.cloud/v1`', meaning: 'API base URL; https, or plain http only to a loopback address (a local fake or proxy): the API token must not cross the network in clear text. Answers larger than 8 MiB are refused' },
   { key: 'hcloud.tokenFile', default: '–', meaning: 'file holding the API token; env `HCLOUD_TOKEN` wins' },
   { key: 'hcloud.tokenCommand', default: '–', meaning: 'command printing the API token (instead of `tokenFile`); env `HCLOUD_TOKEN` wins' },
   { key: 'pools.<name>', default: '–', meaning: 'a pool; `<name>` is the ssh user name Nix logs in with (lowercase letters, digits, `-`, `_`)' },
@@ -55,6 +55,8 @@ export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
   { key: 'deleteRetry.maxWait', default: '`5m`', meaning: 'the waits between delete attempts stop growing here' },
   { key: 'limits.loginGrace', default: '`20s`', meaning: 'a connection that has not logged in by then is dropped (one whose first line is not an SSH identification line is dropped at once)' },
   { key: 'limits.maxConnectionsPerSource', default: '`128`', meaning: 'open connections from one address; more are closed at once' },
+  { key: 'limits.maxStartups', default: '`100`', meaning: 'connections that have not logged in yet, from all addresses together (as sshd\'s `MaxStartups`); more are closed at once' },
+  { key: 'limits.maxAuthTries', default: '`6`', meaning: 'failed login attempts on one connection (as sshd\'s `MaxAuthTries`; each key a client offers that is not authorized counts); then it is closed' },
   { key: 'log.level', default: '`info`', meaning: '`fatal` … `trace`, `silent`' },
 ];
 

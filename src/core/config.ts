@@ -7,6 +7,7 @@ import { homedir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { parseDuration } from './duration.js';
 import { UserError } from './errors.js';
+import { insecureEndpointReason } from './loopback.js';
 import { NIX_RELEASE_SYSTEMS, NIX_URL_PATTERN, NIX_VERSION_PATTERN, PINNED_NIX_RELEASE, SHA256_HEX, type NixRelease, type NixReleaseSystem } from './nix-release.js';
 import { defaultInstance, LABEL_VALUE, type InstanceOrigin } from './instance.js';
 
@@ -135,6 +136,10 @@ export interface Config {
     loginGraceMs: number;
     /** Open connections allowed from one source address. */
     maxConnectionsPerSource: number;
+    /** Connections not yet logged in, from all addresses together (sshd's MaxStartups). */
+    maxStartups: number;
+    /** Failed login attempts allowed per connection (sshd's MaxAuthTries). */
+    maxAuthTries: number;
   };
 }
 
@@ -313,6 +318,14 @@ export function parseConfig(input: unknown, baseDir: string, env: NodeJS.Process
   const h = top.object('hcloud');
   const endpoint = h?.string('endpoint', 'https://api.hetzner.cloud/v1') ?? 'https://api.hetzner.cloud/v1';
   if (!/^https?:\/\/[^\s]+$/.test(endpoint)) h?.fail('endpoint', 'an http(s) URL', endpoint);
+  let url: URL | undefined;
+  try {
+    url = new URL(endpoint);
+  } catch {
+    h?.fail('endpoint', 'an http(s) URL', endpoint);
+  }
+  const insecure = url && insecureEndpointReason(url);
+  if (insecure) h?.fail('endpoint', `an https URL (${insecure})`, endpoint);
   const tokenFile = h?.optionalString('tokenFile');
   const tokenCommand = h?.optionalString('tokenCommand');
   h?.done();
@@ -349,6 +362,8 @@ export function parseConfig(input: unknown, baseDir: string, env: NodeJS.Process
   const limits = {
     loginGraceMs: limitsFields?.duration('loginGrace', '20s') ?? 20_000,
     maxConnectionsPerSource: limitsFields?.integer('maxConnectionsPerSource', 128, 1, 100_000) ?? 128,
+    maxStartups: limitsFields?.integer('maxStartups', 100, 1, 100_000) ?? 100,
+    maxAuthTries: limitsFields?.integer('maxAuthTries', 6, 1, 100) ?? 6,
   };
   limitsFields?.done();
 

@@ -8,6 +8,7 @@ import { IdleTimer, systemClock, untilBeforeNextBilledHour, type Clock } from '.
 import type { Logger } from '../core/log.js';
 import type { AcquireOptions, SessionPool } from '../ssh/endpoint.js';
 import { isRecordOf, type WorkerRecord } from './state.js';
+import { whatMustGo } from './sweep-rule.js';
 import type { Worker } from './worker.js';
 
 /** What the pool uses of a worker: `Worker`, or a fake in the pool's unit tests. */
@@ -169,19 +170,17 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   }
 
   /**
-   * Lifetime caps, checked by the daemon's periodic sweep: an idle worker past maxLifetime is
-   * deleted; any worker past twice that is deleted even with sessions running.
+   * Lifetime caps, checked by the daemon's periodic sweep (the sweep rule): an idle worker past
+   * maxLifetime is deleted; any worker past twice that is deleted even with sessions running.
    */
   enforceLifetime(): void {
-    for (const worker of [...this.workers]) {
-      if (worker.phase !== 'ready') continue;
-      const age = this.now() - Date.parse(worker.record.createdAt);
-      if (age >= 2 * this.config.maxLifetimeMs) {
+    const ready = this.workers.filter((w) => w.phase === 'ready');
+    const candidates = ready.map((w) => ({ subject: w, created: w.record.createdAt, known: true, pool: this.config, sessions: this.sessionsOn(w) }));
+    for (const { subject: worker, reason } of whatMustGo(candidates, this.now())) {
+      if (reason === 'hard lifetime cap') {
         this.log.warn({ worker: worker.record.name, sessions: this.sessionsOn(worker) }, 'worker is past twice maxLifetime; deleting it with its sessions');
-        this.retireInBackground(worker, 'hard lifetime cap');
-      } else if (age >= this.config.maxLifetimeMs && this.sessionsOn(worker) === 0) {
-        this.retireInBackground(worker, 'maxLifetime reached');
       }
+      this.retireInBackground(worker, reason);
     }
   }
 
@@ -194,6 +193,8 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   private joinBoot(worker: W, waiter: Waiter<W>): void {
     this.reserve(worker);
     const stopProgress = worker.onProgress(waiter.progress);
+    // A client that leaves hears no more: its stderr is closed, and writing to it would fail.
+    waiter.signal.addEventListener('abort', stopProgress, { once: true });
     const booted = this.boots.get(worker) as Promise<void>;
     booted.then(
       () => {

@@ -64,6 +64,8 @@ t.test('errors name the key and the expected value', async (t) => {
     [{ ...minimal, lsten: {} }, /"lsten" is not known/],
     [{ ...minimal, hcloud: { tokenFile: 'a', tokenCommand: 'b' } }, /one of them, not both/],
     [{ ...minimal, hcloud: { endpoint: 'ftp://x' } }, /"hcloud\.endpoint": expected an http/],
+    [{ ...minimal, hcloud: { endpoint: 'http://api.hetzner.cloud/v1' } }, /"hcloud\.endpoint": expected an https URL \(plain http sends the API token in clear text/],
+    [{ ...minimal, hcloud: { endpoint: 'http://192.168.1.5:8080/v1' } }, /"hcloud\.endpoint": expected an https URL/],
     [{ ...minimal, log: { level: 'loud' } }, /"log\.level": expected one of/],
     [{ ...minimal, instance: '-x-' }, /"instance"/],
   ];

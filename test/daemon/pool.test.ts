@@ -57,8 +57,12 @@ class FakeWorker implements PoolWorker {
     this.record.phase = 'deleting';
   }
 
-  onProgress(): () => boolean {
-    return () => true;
+  /** Listeners of boot progress lines (the waiting sessions' stderr). */
+  readonly progressListeners = new Set<(line: string) => void>();
+
+  onProgress(listener: (line: string) => void): () => boolean {
+    this.progressListeners.add(listener);
+    return () => this.progressListeners.delete(listener);
   }
 
   onConnectionLost(listener: (why: string) => void): void {
@@ -211,6 +215,26 @@ t.test('boot sharing: a failed boot fails its waiters, and the server is deleted
   await settle();
   t.equal(w1.deletes.length, 1, 'deleted after the failed boot');
   t.equal(pool.workers.length, 0);
+});
+
+t.test('boot sharing: a client that leaves during the boot hears no more progress lines', async (t) => {
+  const { pool, created } = setup({ jobsPerWorker: 2, maxWorkers: 1 });
+  const heard: string[][] = [[], []];
+  const aborts = heard.map(() => new AbortController());
+  const leases = heard.map((lines, i) => pool.acquire({ signal: (aborts[i] as AbortController).signal, progress: (line) => lines.push(line) }));
+  await settle();
+  const w1 = created[0] as FakeWorker;
+  t.equal(w1.progressListeners.size, 2, 'both waiting sessions listen to the boot');
+  (aborts[0] as AbortController).abort();
+  await t.rejects(leases[0] as Promise<unknown>, /went away/);
+  t.equal(w1.progressListeners.size, 1, "the one that left is no longer listening");
+  for (const listener of w1.progressListeners) listener('boot step 3/5');
+  t.same(heard, [[], ['boot step 3/5']], 'only the session still waiting gets the line');
+  w1.finishBoot();
+  t.equal((await (leases[1] as Promise<Lease<FakeWorker>>)).worker, w1);
+  t.equal(w1.progressListeners.size, 0, 'none left once the boot ended');
+  await settle();
+  t.equal(pool.sessionsOn(w1), 1, 'the slot of the one that left was given back');
 });
 
 t.test('maxWorkers: with every worker full, a further session waits for a slot', async (t) => {
