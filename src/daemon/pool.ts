@@ -6,7 +6,7 @@
 import type { PoolConfig } from '../core/config.js';
 import { IdleTimer, systemClock, untilBeforeNextBilledHour, type Clock } from './idle-timer.js';
 import type { Logger } from '../core/log.js';
-import type { AcquireOptions, SessionPool } from '../ssh/endpoint.js';
+import type { AcquireOptions, SessionLease, SessionPool } from '../ssh/endpoint.js';
 import { isRecordOf, type WorkerRecord } from './state.js';
 import { whatMustGo } from './sweep-rule.js';
 import type { Worker } from './worker.js';
@@ -16,14 +16,13 @@ export type PoolWorker = Pick<Worker,
   | 'record' | 'phase' | 'connected' | 'markBusy' | 'markSessions' | 'markIdle' | 'markDeleting'
   | 'onProgress' | 'onConnectionLost' | 'boot' | 'cancelBoot' | 'destroy' | 'disconnect' | 'execNix'>;
 
-export interface Lease<W extends PoolWorker = Worker> {
+/** The endpoint's `SessionLease`, with the pool's own worker type. */
+export interface PoolSessionLease<W extends PoolWorker = Worker> extends SessionLease {
   worker: W;
-  /** Gives the slot back; safe to call more than once. */
-  release(): void;
 }
 
 interface Waiter<W extends PoolWorker> extends AcquireOptions {
-  resolve(lease: Lease<W>): void;
+  resolve(lease: PoolSessionLease<W>): void;
   reject(err: Error): void;
 }
 
@@ -59,7 +58,7 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   }
 
   /** Waits for a slot on a ready worker, booting one when needed. */
-  acquire(options: AcquireOptions): Promise<Lease<W>> {
+  acquire(options: AcquireOptions): Promise<PoolSessionLease<W>> {
     if (this.closed) return Promise.reject(new Error(`pool ${this.config.name} is shutting down`));
     return new Promise((resolve, reject) => {
       const waiter: Waiter<W> = { ...options, resolve, reject };
