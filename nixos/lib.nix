@@ -1,10 +1,12 @@
 # What Nix needs to build through nix-hcloud-builder, in plain Nix (builtins only, no nixpkgs):
 # the daemon's JSON config, one machines line (or nix.buildMachines entry) per pool, and the
-# ssh_config Host alias. The same as `nix-hcloud-builder setup` writes (src/setup/machines.ts); the
-# tests compare both for the same settings.
+# ssh_config Host alias. The same as `nix-hcloud-builder setup` writes (src/setup/machines.ts,
+# src/setup/nix-version.ts); the tests compare both for the same settings and Nix version.
 #
 #   let nhb = import ./lib.nix; config = nhb.mkConfig { settings = { ... }; pools = { ... }; };
-#   in nhb.machinesLines { inherit config; hostPublicKey = "ssh-ed25519 AAAA… nix-hcloud-builder"; }
+#   in nhb.machinesLines { inherit config; hostPublicKey = "ssh-ed25519 AAAA… nix-hcloud-builder"; nixVersion = "2.31.0"; }
+#
+# Without nixVersion the lines name the ssh alias, which every Nix understands.
 let
   defaultAlias = "hcloud-builder";
   defaultClientKey = "/root/.ssh/nix-hcloud-builder";
@@ -58,6 +60,12 @@ let
 
   # A pool with the daemon's defaults filled in.
   pool = name: p: poolDefaults // p // { inherit name; };
+
+  # "2.31.0", "2.32.0pre20250101_abc", "2.93.0-pre" → [ 2 31 ]; null when it is no version.
+  majorMinor = version:
+    let m = if builtins.isString version then builtins.match "([0-9]+)[.]([0-9]+)([^0-9].*)?" version else null;
+    in if m == null then null else [ (builtins.fromJSON (builtins.elemAt m 0)) (builtins.fromJSON (builtins.elemAt m 1)) ];
+  atLeast = v: major: minor: v != null && (builtins.head v > major || (builtins.head v == major && builtins.elemAt v 1 >= minor));
 in
 rec {
   inherit defaultAlias defaultClientKey base64;
@@ -97,12 +105,49 @@ rec {
   # objects built by Nix are).
   poolsOf = config: builtins.map (name: pool name config.pools.${name}) (builtins.attrNames config.pools);
 
-  # nix.buildMachines entries (NixOS), one per pool.
-  buildMachines = { config, hostPublicKey, alias ? defaultAlias, clientKey ? defaultClientKey }:
+  /*
+    How the machines lines name the endpoint, as setup chooses (choosePortStyle): "authority"
+    (`ssh-ng://POOL@127.0.0.1:2222`, CppNix ≥ 2.31), "query" (`ssh-ng://POOL@127.0.0.1?port=2222`,
+    Lix ≥ 2.93) or "alias" (`ssh-ng://POOL@ALIAS` with the ssh_config Host block: older ones, an
+    unknown version, and an endpoint on an IPv6 address, which setup does not put in URIs).
+    nixFlavour: "nix" (CppNix) or "lix". machinesStyle "alias" or "port" overrides the choice
+    ("port": the form the flavour takes).
+  */
+  portStyle = { config, nixVersion ? null, nixFlavour ? "nix", machinesStyle ? "auto", ... }:
+    let
+      v = majorMinor nixVersion;
+      host = (endpointAddress config).host;
+      ipv6 = builtins.match ".*:.*" host != null;
+      inUri = if nixFlavour == "lix" then "query" else "authority";
+    in
+    if !(builtins.elem nixFlavour [ "nix" "lix" ]) then throw "nix-hcloud-builder: nixFlavour \"${toString nixFlavour}\": expected \"nix\" or \"lix\""
+    else if machinesStyle == "alias" then "alias"
+    else if machinesStyle == "port" then
+      (if ipv6 then throw "nix-hcloud-builder: machinesStyle \"port\": the endpoint listens on ${host}, an IPv6 address, which does not go into a builder URI here: use \"alias\" or \"auto\"" else inUri)
+    else if machinesStyle != "auto" then throw "nix-hcloud-builder: machinesStyle \"${toString machinesStyle}\": expected \"auto\", \"alias\" or \"port\""
+    else if ipv6 then "alias"
+    else if nixFlavour == "nix" && atLeast v 2 31 then "authority"
+    else if nixFlavour == "lix" && atLeast v 2 93 then "query"
+    else "alias";
+
+  # The host part of the store URIs (after `POOL@`), for a portStyle.
+  builderHost = { config, alias ? defaultAlias, ... }@args:
+    let
+      style = portStyle args;
+      address = endpointAddress config;
+    in
+    if style == "alias" then alias
+    else if style == "authority" then "${address.host}:${toString address.port}"
+    else "${address.host}?port=${toString address.port}";
+
+  # nix.buildMachines entries (NixOS), one per pool. nixVersion, nixFlavour, machinesStyle: see portStyle.
+  buildMachines = { config, hostPublicKey, alias ? defaultAlias, clientKey ? defaultClientKey, ... }@args:
     assert checkClient { inherit alias clientKey; };
+    let hostName = builderHost (removeAttrs args [ "hostPublicKey" "clientKey" ]);
+    in
     map
       (p: {
-        hostName = alias;
+        inherit hostName;
         protocol = "ssh-ng";
         sshUser = p.name;
         sshKey = clientKey;
@@ -130,7 +175,7 @@ rec {
       ])
       (buildMachines args);
 
-  # The ssh_config Host block, as lines.
+  # The ssh_config Host block, as lines (needed only when portStyle is "alias").
   sshHostBlock = { config, alias ? defaultAlias, clientKey ? defaultClientKey }:
     assert checkClient { inherit alias clientKey; };
     let address = endpointAddress config;

@@ -1,5 +1,5 @@
 # NixOS module: runs nix-hcloud-builder as a system service and makes this machine's Nix build
-# through it (nix.buildMachines, nix.distributedBuilds, and the ssh alias for nix-daemon).
+# through it (nix.buildMachines, nix.distributedBuilds, and for a Nix that needs it the ssh alias).
 #
 #   services.nix-hcloud-builder = {
 #     enable = true;
@@ -36,6 +36,17 @@ let
   };
   configFile = settingsFormat.generate "nix-hcloud-builder.json" daemonConfig;
   client = { alias = cfg.sshAlias; clientKey = cfg.clientKeyFile; };
+
+  # The Nix that runs the builds picks the machines lines' form (nixos/lib.nix, portStyle). A
+  # package named neither "nix" nor "lix" is judged by no version: the alias. Without
+  # hostPublicKey, "auto" keeps the alias too: its Host block points ssh to the key the service makes.
+  nixName = lib.getName config.nix.package;
+  nixTarget = {
+    nixFlavour = if nixName == "lix" then "lix" else "nix";
+    nixVersion = if builtins.elem nixName [ "nix" "lix" ] then config.nix.package.version or null else null;
+    machinesStyle = if cfg.hostPublicKey == null && cfg.machinesStyle == "auto" then "alias" else cfg.machinesStyle;
+  };
+  usesAlias = nhb.portStyle (nixTarget // { config = daemonConfig; }) == "alias";
 
   # Runs as root before the daemon: nix-daemon's client key, our authorized keys, and (when no
   # hostPublicKey is given) the host key and a known_hosts entry for the alias.
@@ -203,6 +214,18 @@ in
       description = "ssh_config Host alias of the endpoint in the machines lines.";
     };
 
+    machinesStyle = lib.mkOption {
+      type = types.enum [ "auto" "alias" "port" ];
+      default = "auto";
+      description = ''
+        How the machines lines reach the endpoint. "auto": as `setup` chooses for `nix.package`,
+        the port in the URI for Nix ≥ 2.31 (`ssh-ng://POOL@127.0.0.1:2222`) and Lix ≥ 2.93
+        (`?port=2222`), else (and for an IPv6 listen address, or without hostPublicKey) the ssh
+        alias `sshAlias` with its Host block in the system ssh config. "alias" or "port" forces one;
+        "port" needs hostPublicKey.
+      '';
+    };
+
     clientKeyFile = lib.mkOption {
       type = lib.types.str;
       default = nhb.defaultClientKey;
@@ -219,6 +242,10 @@ in
       {
         assertion = cfg.tokenFile != null || hcloudSettings ? tokenCommand || tokenFromEnvironment;
         message = "services.nix-hcloud-builder: no Hetzner API token: set tokenFile, or settings.hcloud.tokenCommand, or HCLOUD_TOKEN in the service's environment (systemd.services.nix-hcloud-builder.environment or serviceConfig.EnvironmentFile).";
+      }
+      {
+        assertion = !(cfg.machinesStyle == "port" && cfg.hostPublicKey == null);
+        message = "services.nix-hcloud-builder.machinesStyle = \"port\" needs hostPublicKey (ssh finds the key the service makes only through the alias): set hostPublicKey, or use \"auto\" or \"alias\".";
       }
       {
         assertion = !(cfg.tokenFile != null && hcloudSettings ? tokenCommand);
@@ -268,9 +295,9 @@ in
     nix.distributedBuilds = true;
     nix.buildMachines = map
       (m: if cfg.hostPublicKey == null then removeAttrs m [ "publicHostKey" ] else m)
-      (nhb.buildMachines (client // { config = daemonConfig; hostPublicKey = if cfg.hostPublicKey == null then "-" else cfg.hostPublicKey; }));
+      (nhb.buildMachines (client // nixTarget // { config = daemonConfig; hostPublicKey = if cfg.hostPublicKey == null then "-" else cfg.hostPublicKey; }));
 
-    programs.ssh.extraConfig = nhb.sshHostConfig (client // { config = daemonConfig; })
-      + lib.optionalString (cfg.hostPublicKey == null) "  GlobalKnownHostsFile ${knownHostsFile}\n";
+    programs.ssh.extraConfig = lib.optionalString usesAlias (nhb.sshHostConfig (client // { config = daemonConfig; })
+      + lib.optionalString (cfg.hostPublicKey == null) "  GlobalKnownHostsFile ${knownHostsFile}\n");
   };
 }

@@ -3,7 +3,7 @@
 # programs/ssh.nix, system/boot/systemd.nix, misc/assertions.nix} in nixpkgs). Only these options,
 # with their types and defaults, and the users-groups assertions: enough for nixpkgs'
 # lib.evalModules to type-check what the module defines. Used by scripts/check-nixos.sh.
-{ config, lib, ... }:
+{ config, lib, pkgs, ... }:
 let
   inherit (lib) mkOption types;
 
@@ -100,6 +100,7 @@ in
       default = "nixos";
     };
 
+    nix.package = mkOption { type = types.package; default = pkgs.nix; };
     nix.distributedBuilds = mkOption { type = types.bool; default = false; };
     nix.buildMachines = mkOption { type = types.listOf buildMachine; default = [ ]; };
     nix.settings = mkOption {

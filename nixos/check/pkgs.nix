@@ -27,4 +27,6 @@ in
   callPackage = path: args: package "nix-hcloud-builder";
   openssh = package "openssh";
   coreutils = package "coreutils";
+  # nix.package's default: the module reads its name and version.
+  nix = package "nix-2.8.0" // { pname = "nix"; version = "2.8.0"; };
 }

@@ -162,12 +162,20 @@ interface StubEval {
   };
 }
 
-function evalStubs(hostPublicKey?: string, extraSettings?: Record<string, unknown>): StubEval {
+/** nix.package as the module sees it, and the module's machinesStyle option. */
+interface NixTarget {
+  nix?: { pname: string; version: string };
+  machinesStyle?: 'auto' | 'alias' | 'port';
+}
+
+function evalStubs(hostPublicKey?: string, extraSettings?: Record<string, unknown>, target: NixTarget = {}): StubEval {
   // --read-write-mode: the modules write their generated files (config JSON, a script) with
   // builtins.toFile, and the test reads them back.
   const argv = ['--read-write-mode', '--eval', '--strict', '--json', join(ROOT, 'test', 'fixtures', 'nixos-stubs.nix'), '--arg', 'root', ROOT];
   if (hostPublicKey) argv.push('--argstr', 'hostPublicKey', hostPublicKey);
   if (extraSettings) argv.push('--argstr', 'extraSettingsJson', JSON.stringify(extraSettings));
+  if (target.nix) argv.push('--argstr', 'nixPackageJson', JSON.stringify(target.nix));
+  if (target.machinesStyle) argv.push('--argstr', 'machinesStyle', target.machinesStyle);
   const r = spawnSync('nix-instantiate', argv, { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`nix-instantiate failed: ${r.stderr}`);
   return JSON.parse(r.stdout) as StubEval;
@@ -175,7 +183,7 @@ function evalStubs(hostPublicKey?: string, extraSettings?: Record<string, unknow
 
 t.test('nixos/module.nix, evaluated with stand-ins for lib and pkgs', async (t) => {
   const { module } = evalStubs();
-  t.same(module.options, ['clientKeyFile', 'enable', 'hostPublicKey', 'package', 'pools', 'settings', 'sshAlias', 'tokenFile']);
+  t.same(module.options, ['clientKeyFile', 'enable', 'hostPublicKey', 'machinesStyle', 'package', 'pools', 'settings', 'sshAlias', 'tokenFile']);
   t.equal(module.nix.distributedBuilds, true);
 
   // The JSON config it renders is one the daemon accepts, with the module's paths.
@@ -212,6 +220,77 @@ t.test('nixos/module.nix, evaluated with stand-ins for lib and pkgs', async (t) 
   t.equal(withKey.ssh, `${setup.plan.sshBlock.join('\n')}\n`, 'with hostPublicKey: exactly the alias setup writes');
   t.equal(withKey.nix.buildMachines[0]?.publicHostKey, Buffer.from(HOST_KEY).toString('base64'));
   t.notMatch(withKey.prepare, /ssh_host_ed25519_key/, 'and the service makes no host key');
+});
+
+/** A nix.buildMachines entry as NixOS writes it to /etc/nix/machines (nix-remote-build.nix). */
+function machinesFileLine(m: Record<string, unknown>): string {
+  const list = (v: unknown): string => ((v as string[]).length === 0 ? '-' : (v as string[]).join(','));
+  const features = [...(m.supportedFeatures as string[]), ...(m.mandatoryFeatures as string[])];
+  return [`${String(m.protocol)}://${String(m.sshUser)}@${String(m.hostName)}`, list(m.systems), m.sshKey, m.maxJobs, m.speedFactor, list(features), list(m.mandatoryFeatures), m.publicHostKey ?? '-'].join(' ');
+}
+
+interface VersionCase {
+  name: string;
+  nix: { pname: string; version: string };
+  /** What `nix-daemon --version` prints for it, for setup. */
+  versionLine: string;
+  listenHost?: string;
+  uri: string;
+  alias: boolean;
+}
+
+const VERSION_CASES: VersionCase[] = [
+  { name: 'Nix 2.8', nix: { pname: 'nix', version: '2.8.0' }, versionLine: 'nix-daemon (Nix) 2.8.0', uri: 'ssh-ng://x86_64@hcloud-builder', alias: true },
+  { name: 'Nix 2.31', nix: { pname: 'nix', version: '2.31.0' }, versionLine: 'nix-daemon (Nix) 2.31.0', uri: 'ssh-ng://x86_64@127.0.0.1:2400', alias: false },
+  { name: 'Nix 2.34', nix: { pname: 'nix', version: '2.34.8' }, versionLine: 'nix-daemon (Nix) 2.34.8', uri: 'ssh-ng://x86_64@127.0.0.1:2400', alias: false },
+  { name: 'Nix 2.32 pre-release', nix: { pname: 'nix', version: '2.32.0pre20250901_abcdef0' }, versionLine: 'nix-daemon (Nix) 2.32.0pre20250901_abcdef0', uri: 'ssh-ng://x86_64@127.0.0.1:2400', alias: false },
+  { name: 'Lix 2.93', nix: { pname: 'lix', version: '2.93.0' }, versionLine: 'nix-daemon (Lix, like Nix) 2.93.0', uri: 'ssh-ng://x86_64@127.0.0.1?port=2400', alias: false },
+  { name: 'Lix 2.92', nix: { pname: 'lix', version: '2.92.3' }, versionLine: 'nix-daemon (Lix, like Nix) 2.92.3', uri: 'ssh-ng://x86_64@hcloud-builder', alias: true },
+  { name: 'Nix 2.34 on an IPv6 listen address', nix: { pname: 'nix', version: '2.34.8' }, versionLine: 'nix-daemon (Nix) 2.34.8', listenHost: '::1', uri: 'ssh-ng://x86_64@hcloud-builder', alias: true },
+];
+
+for (const c of VERSION_CASES) {
+  t.test(`nixos/module.nix writes the machines lines setup writes for ${c.name}`, async (t) => {
+    const listen = { host: c.listenHost ?? '127.0.0.1', port: 2400 };
+    const { module } = evalStubs(HOST_KEY, { listen }, { nix: c.nix });
+    const lines = module.nix.buildMachines.map(machinesFileLine);
+    t.equal(lines[0]?.split(' ')[0], c.uri, 'the store URI');
+
+    const dir = mkdtempSync(join(tmpdir(), 'nhb-module-version-'));
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+    writeFileSync(join(dir, 'config.json'), module.configJson);
+    // setup reads the host key from the state directory: the one the module was given.
+    writeFileSync(join(dir, 'ssh_host_ed25519_key.pub'), `${HOST_KEY}\n`);
+    const config = { ...loadConfig(join(dir, 'config.json')), stateDir: dir };
+    const setup = runSetup({
+      config, configFile: join(dir, 'config.json'), sshConfig: join(dir, 'ssh'), machines: join(dir, 'machines'), nixConf: join(dir, 'nix.conf'),
+      nix: { text: c.versionLine, source: 'test' },
+    }, false);
+    t.equal(setup.plan.portChoice.style === 'alias', c.alias, `setup: ${setup.plan.portChoice.reason}`);
+    t.same(lines, setup.plan.machinesLines, 'the same lines as setup');
+    t.equal(module.ssh, c.alias ? `${setup.plan.sshBlock.join('\n')}\n` : '', c.alias ? 'the alias block setup writes' : 'no ssh alias block');
+  });
+}
+
+t.test('nixos/module.nix: machinesStyle overrides the choice', async (t) => {
+  const uriOf = (hostPublicKey: string | undefined, target: NixTarget, listenHost = '127.0.0.1'): { uri: string | undefined; ssh: string; failed: string[] } => {
+    const { module } = evalStubs(hostPublicKey, { listen: { host: listenHost, port: 2400 } }, target);
+    return { uri: module.nix.buildMachines[0] && machinesFileLine(module.nix.buildMachines[0]).split(' ')[0], ssh: module.ssh, failed: module.failedAssertions };
+  };
+  const nix234 = { pname: 'nix', version: '2.34.8' };
+  const alias = uriOf(HOST_KEY, { nix: nix234, machinesStyle: 'alias' });
+  t.equal(alias.uri, 'ssh-ng://x86_64@hcloud-builder', '"alias" on a Nix that takes the port');
+  t.match(alias.ssh, /^Host hcloud-builder\n {2}HostName 127\.0\.0\.1\n {2}Port 2400\n/, 'with its Host block');
+  t.same(uriOf(HOST_KEY, { nix: { pname: 'nix', version: '2.8.0' }, machinesStyle: 'port' }), { uri: 'ssh-ng://x86_64@127.0.0.1:2400', ssh: '', failed: [] }, '"port" on a Nix named 2.8');
+  t.same(uriOf(HOST_KEY, { nix: { pname: 'lix', version: '2.92.0' }, machinesStyle: 'port' }).uri, 'ssh-ng://x86_64@127.0.0.1?port=2400', '"port" on Lix: ?port=');
+  t.same(uriOf(HOST_KEY, { nix: { pname: 'determinate-nix', version: '3.8.0' } }).uri, 'ssh-ng://x86_64@hcloud-builder', 'auto: a package that is neither nix nor lix gets the alias');
+
+  // Without hostPublicKey ssh finds the service's key only through the alias block.
+  const noKey = uriOf(undefined, { nix: nix234 });
+  t.equal(noKey.uri, 'ssh-ng://x86_64@hcloud-builder', 'auto without hostPublicKey: the alias');
+  t.match(noKey.ssh, /GlobalKnownHostsFile \/var\/lib\/nix-hcloud-builder\/known_hosts\n$/);
+  t.match(uriOf(undefined, { nix: nix234, machinesStyle: 'port' }).failed, [/machinesStyle = "port" needs hostPublicKey/], '"port" without hostPublicKey is refused');
+  t.throws(() => evalStubs(HOST_KEY, { listen: { host: '::1', port: 2400 } }, { nix: nix234, machinesStyle: 'port' }), { message: /machinesStyle "port": the endpoint listens on ::1, an IPv6 address/ });
 });
 
 t.test('nixos/module.nix refuses settings it sets itself, and its own values win', async (t) => {
