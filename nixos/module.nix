@@ -211,7 +211,7 @@ in
     sshAlias = lib.mkOption {
       type = lib.types.str;
       default = nhb.defaultAlias;
-      description = "ssh_config Host alias of the endpoint in the machines lines.";
+      description = "ssh_config Host alias of the endpoint in the machines lines, when they use it (see machinesStyle).";
     };
 
     machinesStyle = lib.mkOption {

@@ -102,6 +102,8 @@ let
   };
 
   withKey = system [ sample { services.nix-hcloud-builder.hostPublicKey = hostKey; } ];
+  # nix.package picks the machines lines' form (the stand-in default is Nix 2.8: the alias).
+  withNix = pname: version: extra: system [ sample { services.nix-hcloud-builder.hostPublicKey = hostKey; nix.package = pkgs.nix // { inherit pname version; }; } extra ];
   overridden = (system [ sample { systemd.services.nix-hcloud-builder.serviceConfig.ProcSubset = "all"; } ]).systemd.services.nix-hcloud-builder.serviceConfig;
 
   # For the negative checks: a configuration that must not evaluate.
@@ -147,6 +149,12 @@ in
     (check "programs.ssh.extraConfig: the alias, reading the key the service made" config.programs.ssh.extraConfig
       "${sshBlock}  GlobalKnownHostsFile /var/lib/nix-hcloud-builder/known_hosts\n")
     (check "programs.ssh.extraConfig with hostPublicKey: just the alias" withKey.programs.ssh.extraConfig sshBlock)
+    (check "Nix 2.31: the port in the URI, no ssh alias" (let c = withNix "nix" "2.31.0" { }; in { hostName = (builtins.head c.nix.buildMachines).hostName; ssh = c.programs.ssh.extraConfig; })
+      { hostName = "127.0.0.1:2400"; ssh = ""; })
+    (check "Lix 2.93: ?port=, no ssh alias" (let c = withNix "lix" "2.93.0" { }; in { hostName = (builtins.head c.nix.buildMachines).hostName; ssh = c.programs.ssh.extraConfig; })
+      { hostName = "127.0.0.1?port=2400"; ssh = ""; })
+    (check "machinesStyle = \"alias\" on Nix 2.34: the alias" (let c = withNix "nix" "2.34.8" { services.nix-hcloud-builder.machinesStyle = "alias"; }; in { hostName = (builtins.head c.nix.buildMachines).hostName; ssh = c.programs.ssh.extraConfig; })
+      { hostName = "hcloud-builder"; ssh = sshBlock; })
     (matches "ExecStart runs serve with the generated config" "${storePath}nix-hcloud-builder/bin/nix-hcloud-builder serve --config ${storePath}nix-hcloud-builder[.]json" sc.ExecStart)
     (matches "ExecStartPre runs the prepare script as root (+)" "[+]${storePath}nix-hcloud-builder-prepare" sc.ExecStartPre)
     (matches "the prepare script makes the client key and the authorized keys" ".*ssh-keygen -q -t ed25519 .*ssh-keygen -y -f /root/.ssh/nix-hcloud-builder > /var/lib/nix-hcloud-builder/authorized_keys.tmp.*" prepare)
@@ -170,6 +178,8 @@ in
     "idlePolicy = \"never\"" = negative "pools.bad.idlePolicy' is not of type" [ sample (pool { idlePolicy = "never"; }) ];
     "image = { name = ...; }" = negative "pools.bad.image' is not of type" [ sample (pool { image = { name = "ubuntu-24.04"; }; }) ];
     "a pool name Nix cannot log in with" = negative "pools.X86: a pool name is the ssh user name" [ sample { services.nix-hcloud-builder.pools.X86.serverTypes = [ "cx23" ]; } ];
+    "machinesStyle = \"ssh\"" = negative "machinesStyle' is not of type" [ sample { services.nix-hcloud-builder.machinesStyle = "ssh"; } ];
+    "machinesStyle = \"port\" without hostPublicKey" = negative "machinesStyle = .port. needs hostPublicKey" [ sample { services.nix-hcloud-builder.machinesStyle = "port"; } ];
     "no pool" = negative "define at least one pool" [ noPools ];
     "no token" = negative "no Hetzner API token" [ (lib.recursiveUpdate sample { services.nix-hcloud-builder.tokenFile = lib.mkForce null; }) ];
     "tokenFile and settings.hcloud.tokenCommand" = negative "set tokenFile or settings.hcloud.tokenCommand, not both" [ sample { services.nix-hcloud-builder.settings.hcloud.tokenCommand = "pass hcloud"; } ];

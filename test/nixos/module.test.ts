@@ -51,6 +51,10 @@ interface Case {
   tokenFile?: string;
   alias?: string;
   clientKey?: string;
+  /** The Nix that runs the builds (lib.nix's nixVersion/nixFlavour; setup's version line); none: lib.nix's default, the alias. */
+  nix?: { version: string; flavour: 'nix' | 'lix'; line: string };
+  /** lib.nix's portStyle, which is setup's port style. */
+  style?: 'alias' | 'authority' | 'query';
 }
 
 const HOST_KEY = generateKeyPair('nix-hcloud-builder').publicKey;
@@ -73,6 +77,26 @@ const CASES: Case[] = [
     settings: { listen: { host: '::', port: 22 }, hcloud: { endpoint: 'http://127.0.0.1:9/v1' }, pools: { a: { serverTypes: ['cx23'], speedFactor: 3 } } },
     pools: { b: { serverTypes: ['cx33'], systems: ['x86_64-linux', 'i686-linux'] } },
   },
+  {
+    name: 'Nix 2.31: the port in the URI',
+    settings: { listen: { host: '0.0.0.0', port: 2400 } }, pools: { x86_64: { serverTypes: ['ccx33'] } },
+    nix: { version: '2.31.0', flavour: 'nix', line: 'nix (Nix) 2.31.0' }, style: 'authority',
+  },
+  {
+    name: 'Lix 2.93: ?port=',
+    settings: {}, pools: { x86_64: { serverTypes: ['ccx33'] } }, alias: 'nhb',
+    nix: { version: '2.93.0', flavour: 'lix', line: 'nix (Lix, like Nix) 2.93.0' }, style: 'query',
+  },
+  {
+    name: 'Nix 2.30: the alias',
+    settings: {}, pools: { x86_64: { serverTypes: ['ccx33'] } },
+    nix: { version: '2.30.2', flavour: 'nix', line: 'nix (Nix) 2.30.2' }, style: 'alias',
+  },
+  {
+    name: 'Nix 2.34 on an IPv6 address: the alias',
+    settings: { listen: { host: '::', port: 2400 } }, pools: { x86_64: { serverTypes: ['ccx33'] } },
+    nix: { version: '2.34.8', flavour: 'nix', line: 'nix (Nix) 2.34.8' }, style: 'alias',
+  },
 ];
 
 function evalNix(expr: string, args: Record<string, string>): unknown {
@@ -88,10 +112,12 @@ const LIB_EXPR = `{ caseJson, hostPublicKey, stateDir }:
     nhb = import ${join(ROOT, 'nixos', 'lib.nix')};
     c = builtins.fromJSON caseJson;
     client = (if c ? alias then { inherit (c) alias; } else { }) // (if c ? clientKey then { inherit (c) clientKey; } else { });
+    nix = if c ? nix then { nixVersion = c.nix.version; nixFlavour = c.nix.flavour; } else { };
     config = nhb.mkConfig ({ settings = c.settings // { inherit stateDir; }; pools = c.pools or { }; } // (if c ? tokenFile then { inherit (c) tokenFile; } else { }));
   in {
     inherit config;
-    machines = nhb.machinesLines (client // { inherit config hostPublicKey; });
+    style = nhb.portStyle (nix // { inherit config; });
+    machines = nhb.machinesLines (client // nix // { inherit config hostPublicKey; });
     ssh = nhb.sshHostBlock (client // { inherit config; });
     buildMachines = nhb.buildMachines (client // { inherit config hostPublicKey; });
   }`;
@@ -104,7 +130,7 @@ for (const c of CASES) {
     mkdirSync(stateDir);
     writeFileSync(join(stateDir, 'ssh_host_ed25519_key.pub'), `${HOST_KEY}\n`);
     const nix = evalNix(LIB_EXPR, { caseJson: JSON.stringify(c), hostPublicKey: `${HOST_KEY}\n`, stateDir }) as {
-      config: Record<string, unknown>; machines: string[]; ssh: string[]; buildMachines: Record<string, unknown>[];
+      config: Record<string, unknown>; style: string; machines: string[]; ssh: string[]; buildMachines: Record<string, unknown>[];
     };
 
     // The JSON config from Nix is one the daemon accepts...
@@ -118,10 +144,13 @@ for (const c of CASES) {
     // ...and setup, given it, writes what Nix computed.
     const result = runSetup({
       config, configFile, sshConfig: join(dir, 'ssh_config'), machines: join(dir, 'machines'), nixConf: join(dir, 'nix.conf'),
-      clientKey: c.clientKey, alias: c.alias,
+      clientKey: c.clientKey, alias: c.alias, nix: { text: c.nix?.line ?? 'nix-daemon (Nix) 2.8.0', source: 'test' },
     }, false);
+    t.equal(nix.style, c.style ?? 'alias', 'without nixVersion: the alias');
+    t.equal(nix.style, result.plan.portChoice.style, `setup chose the same: ${result.plan.portChoice.reason}`);
     t.same(nix.machines, result.plan.machinesLines, 'machines lines');
-    t.same(nix.ssh, result.plan.sshBlock, 'ssh alias block');
+    if (nix.style === 'alias') t.same(nix.ssh, result.plan.sshBlock, 'ssh alias block');
+    else t.same(result.plan.sshBlock, [], 'setup writes no alias block, which lib.nix leaves to its caller');
     for (const line of nix.machines) t.match(result.output, `+${line}\n`, 'setup prints the line');
     if (!c.clientKey) return;
     t.same(nix.buildMachines[0], {
