@@ -322,9 +322,16 @@ export class EarlySession extends EventEmitter {
     this.openingAnswered();
     if (features.includes(FEATURE_DISABLE_SET_OPTIONS)) return;
     // Over ssh-ng no SetOptions comes (see nix-handshake.ts); a socket client sends it first.
-    if ((await c.u64()) !== WOP_SET_OPTIONS) return;
-    await readSetOptionsBody(c, n);
-    await this.phase('set-options', encodeStderrLast(), '');
+    // The worker's coming ends the wait: a SetOptions not answered by then flows to it as it is.
+    const setOptions = this.answerSetOptions(n);
+    setOptions.catch(() => undefined);
+    await Promise.race([setOptions, this.whenSpliced]);
+  }
+
+  private async answerSetOptions(negotiated: number): Promise<void> {
+    if ((await this.fromClient.u64()) !== WOP_SET_OPTIONS) return;
+    await readSetOptionsBody(this.fromClient, negotiated);
+    if (!this.upstream) await this.phase('set-options', encodeStderrLast(), '');
   }
 
   /** Reads the worker's answer to a phase into `this.worker`; the worker's refusal, if it refused. */
