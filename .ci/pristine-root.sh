@@ -5,7 +5,8 @@
 # has done fails here. See .ci/README.md.
 #
 # Settings (environment):
-#   NHB_CI_CACHE   where the debootstrap base is kept between runs (default /var/cache/nix-hcloud-builder-ci)
+#   NHB_CI_CACHE   where the debootstrap base and the other Nix versions' roots are kept between
+#                  runs (default /var/cache/nix-hcloud-builder-ci)
 #   NHB_CI_KEEP=1  keep the root after the run (default: removed)
 #   NHB_CI_STOCK=0 skip the second phase (stock /etc/nix)
 set -euo pipefail
@@ -87,6 +88,10 @@ mount --bind "$root" "$root"
 mount -t sysfs sysfs "$root/sys"
 mount --rbind /dev "$root/dev" && mount --make-rslave "$root/dev"
 mount -t tmpfs -o mode=0755 tmpfs "$root/run"
+# The other Nix versions' roots (test/rig/nix-roots.sh) are kept on the machine between runs, like
+# the base: a fresh machine makes them once.
+mkdir -p "$cache/nix-roots" "$root/var/cache/nix-hcloud-builder-nix-roots"
+mount --bind "$cache/nix-roots" "$root/var/cache/nix-hcloud-builder-nix-roots"
 mkdir -p "$root/build"
 git clone -q "$repo" "$root/build/nix-hcloud-builder"
 

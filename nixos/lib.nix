@@ -63,7 +63,7 @@ rec {
   inherit defaultAlias defaultClientKey base64;
 
   /*
-    The daemon's JSON config: `settings` (any config keys, see the README) with `pools` merged
+    The daemon's JSON config: `settings` (any config keys, see docs/configuration.md) with `pools` merged
     into settings.pools and `tokenFile` into settings.hcloud.tokenFile when given.
   */
   mkConfig = { settings ? { }, pools ? { }, tokenFile ? null }:

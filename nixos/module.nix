@@ -65,7 +65,7 @@ let
   optionalPoolKey = type: description: lib.mkOption {
     type = types.nullOr type;
     default = null;
-    description = "${description} Null: the daemon's default (README, config table).";
+    description = "${description} Null: the daemon's default (docs/configuration.md).";
   };
 
   # One pool (src/config.ts, parsePool): the keys the daemon knows, typed, so that a wrong type
@@ -164,7 +164,7 @@ in
       default = { };
       example = { listen.port = 2222; log.level = "debug"; };
       description = ''
-        The daemon's JSON config (every key is described in the README). `stateDir`,
+        The daemon's JSON config (every key is described in docs/configuration.md). `stateDir`,
         `authorizedKeysFile`, `pools` and `hcloud.tokenFile` are set by this module (use the
         options `pools` and `tokenFile`); setting them here is an error.
       '';

@@ -2,9 +2,12 @@
 # Installs what the demo and the tests need: npm packages, and Debian's nix-bin and
 # openssh-server (the real Nix client and the workers' sshd) when they are missing, systemd (for
 # `systemd-analyze verify` of the unit), jq and curl (the NixOS worker's scripts use them),
-# shellcheck (checks those scripts), gdisk (the disk-growing script runs on a loop device), zstd
-# (`image upload` of a .zst image decompresses it on the server; the tests make one), and python3,
-# make and g++ (below).
+# shellcheck (checks those scripts), debootstrap (the other Nix versions' roots), gdisk (the
+# disk-growing script runs on a loop device), zstd (`image upload` of a .zst image decompresses it
+# on the server; the tests make one), cloud-init (`cloud-init schema` checks every user data the
+# daemon writes; on a machine that boots with systemd its units then run at boot, and disable
+# themselves when they find no datasource), xz (the rig packs a Nix release tarball for the fake
+# stock image), and python3, make and g++ (below).
 set -euo pipefail
 
 missing=()
@@ -18,11 +21,15 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v sgdisk >/dev/null 2>&1 || missing+=(gdisk)
 command -v zstd >/dev/null 2>&1 || missing+=(zstd)
+command -v cloud-init >/dev/null 2>&1 || missing+=(cloud-init)
+command -v xz >/dev/null 2>&1 || missing+=(xz-utils)
 # python3 runs the worker's zstd relay in the fake servers (and node-gyp); make and g++ build the
 # zstd-napi addon when npm installs it.
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
+# debootstrap makes the roots holding Debian's newer Nix versions (test/rig/nix-roots.sh).
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${missing[*]} (apt-get)" >&2

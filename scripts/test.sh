@@ -3,5 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-deps.sh
+# The roots of the other Nix versions the e2e tests run as clients: made once (minutes), then cached.
+bash test/rig/nix-roots.sh trixie sid >/dev/null
 npm run build
 npx tap "$@"

@@ -1,5 +1,5 @@
 /**
- * The import rule of src/ (README "Architecture"): folders are layers, and a module imports only
+ * The import rule of src/ (docs/architecture.md): folders are layers, and a module imports only
  * from its own folder or from a folder of lower rank.
  *
  *   3  cli

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Worker boot, after nix-hcloud-builder-keys and before the ready marker: puts the Nix store on the
-# pool's store volume (the warm store, see README "Warm store"). fetch-keys.sh leaves the
+# pool's store volume (the warm store, see docs/warm-store.md). fetch-keys.sh leaves the
 # volume's settings from the user data in /run/nix-hcloud-builder/store-volume.json; without that
 # file (a pool without `store`) this does nothing.
 #

@@ -7,6 +7,7 @@ import { HcloudClient } from '../hcloud/client.js';
 import type { Server, Volume } from '../hcloud/types.js';
 import { instanceSelector, LABEL_POOL, LABEL_SLOT } from '../core/labels.js';
 import { Ledger } from '../daemon/ledger.js';
+import { volumePriceOf } from '../daemon/money.js';
 import { isRecordOf, peekState } from '../daemon/state.js';
 import { serverAddress } from '../hcloud/address.js';
 import { defineCommand } from './command.js';
@@ -79,7 +80,7 @@ async function gatherVolumes(config: Config, hcloud: HcloudClient, servers: Serv
     return undefined;
   }
   if (volumes.length === 0) return [];
-  const perGb = await hcloud.getPricing().then((p) => Number(p.volume.price_per_gb_month.gross), () => Number.NaN);
+  const perGb = await hcloud.getPricing().then(volumePriceOf).catch(() => Number.NaN);
   return Promise.all(volumes.map(async (v) => {
     const row: VolumeRow = { id: v.id, name: v.name, pool: v.labels[LABEL_POOL] ?? '', slot: v.labels[LABEL_SLOT] ?? '', sizeGb: v.size, location: v.location.name };
     const holder = v.server;

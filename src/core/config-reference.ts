@@ -1,9 +1,10 @@
 /**
  * The config reference: every key the config loader knows, with its default and meaning. The
- * README's table is generated from this (`npm run docs`), and a test checks that this list and
+ * table in docs/configuration.md is generated from this (`npm run docs`), and a test checks that this list and
  * the loader's keys are the same set, so the docs cannot drift from the code.
  */
 import { DEFAULT_READY_COMMAND } from './config.js';
+import { NIX_RELEASE_URL, PINNED_NIX_RELEASE } from './nix-release.js';
 
 export interface ConfigKeyDoc {
   key: string;
@@ -41,9 +42,12 @@ export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
   { key: 'pools.<name>.billingMargin', default: '`3m`', meaning: 'with `"billing-hour"`' },
   { key: 'pools.<name>.keepaliveInterval', default: '`10s`', meaning: 'ssh keepalive towards the worker; three missed ones end the connection, fail its sessions and delete the worker' },
   { key: 'pools.<name>.compression', default: '`"zstd"`', meaning: 'compression of the leg to the worker, the one that crosses your uplink: `"zstd"` (each session through the worker\'s zstd relay, which the cloud-config and the NixOS worker image install; uncompressed, said on the build\'s stderr, on a worker without it, and said at start when the daemon\'s own zstd addon did not build), `"zlib"` (SSH\'s zlib@openssh.com; falls back to none if the worker\'s sshd does not offer it) or `"none"`. See "Which compression for which link"' },
-  { key: 'pools.<name>.compressionLevel', default: '`3`', meaning: 'with `"zstd"`: the level of what the daemon sends up (1 to 19; higher packs tighter and costs more CPU per byte; from 9 on it also finds repeats up to 128 MiB back, taking up to ≈ 150 MB per busy session). See *Which compression for which link*' },
-  { key: 'pools.<name>.store.volumeGb', default: '– (no warm store)', meaning: 'keep the Nix store of each worker slot (`maxWorkers` of them) on a Hetzner Volume of this many GB (10 to 10240), so the next worker finds what earlier builds uploaded. Each volume is billed per GB-month whether attached or not (200 GB ≈ €11/month); it lives in the pool\'s first location, see *Warm store*' },
+  { key: 'pools.<name>.compressionLevel', default: '`3`', meaning: 'with `"zstd"`: the level of what the daemon sends up (1 to 19; higher packs tighter and costs more CPU per byte; from 9 on it also finds repeats up to 128 MiB back, taking up to ≈ 150 MB per busy session). See [Which compression for which link](compression.md)' },
+  { key: 'pools.<name>.store.volumeGb', default: '– (no warm store)', meaning: 'keep the Nix store of each worker slot (`maxWorkers` of them) on a Hetzner Volume of this many GB (10 to 10240), so the next worker finds what earlier builds uploaded. Each volume is billed per GB-month whether attached or not (200 GB ≈ €11/month); it lives in the pool\'s first location, see [Warm store](warm-store.md)' },
   { key: 'pools.<name>.store.gcAtPercent', default: '`80`', meaning: 'at boot, garbage-collect the store when its volume is fuller than this percentage (1 to 99)' },
+  { key: 'pools.<name>.nix.version', default: `\`"${PINNED_NIX_RELEASE.version}"\``, meaning: 'the Nix release a worker on a stock image (no Nix: Ubuntu, Debian) installs with the release\'s own installer (multi-user, nix-daemon); an image that has Nix keeps its own. See [Which Nix a stock worker gets](worker-images.md#which-nix-a-stock-worker-gets)' },
+  { key: 'pools.<name>.nix.url', default: `\`"${NIX_RELEASE_URL}"\``, meaning: 'where the worker downloads the release tarball (5 attempts); `{version}` and `{system}` (`x86_64-linux`, `aarch64-linux`) are filled in. A mirror must serve the same bytes: they are checked against `sha256`' },
+  { key: 'pools.<name>.nix.sha256', default: `the pinned hashes of ${PINNED_NIX_RELEASE.version}`, meaning: '`{"x86_64-linux": "<hex>", "aarch64-linux": "<hex>"}`: the tarballs\' sha256 (releases.nixos.org has a `.sha256` file beside each). Required for another version, for every system of the pool; a tarball that does not match is not run, and the boot fails with that reason' },
   { key: 'budget.maxEurPerMonth', default: '– (no cap)', meaning: 'refuse to create a server when this month\'s spend plus one hour of it would pass this' },
   { key: 'sweepInterval', default: '`5m`', meaning: 'how often labelled servers are checked against the state (unknown ones deleted) and lifetimes enforced' },
   { key: 'shutdownGrace', default: '`60s`', meaning: 'on SIGTERM, how long running sessions may go on before workers are deleted anyway' },

@@ -7,6 +7,7 @@ import { hostname, homedir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { parseDuration } from './duration.js';
 import { UserError } from './errors.js';
+import { NIX_RELEASE_SYSTEMS, NIX_URL_PATTERN, NIX_VERSION_PATTERN, PINNED_NIX_RELEASE, SHA256_HEX, type NixRelease, type NixReleaseSystem } from './nix-release.js';
 
 /**
  * Compression of the SSH connection to the worker (the leg that crosses the user's uplink).
@@ -51,6 +52,8 @@ export interface PoolConfig {
   compressionLevel: number;
   /** The warm store: each worker slot's Nix store on a Hetzner Volume; absent = every worker starts empty. */
   store?: StoreConfig;
+  /** The Nix release a worker on a stock image installs (an image with Nix keeps its own). */
+  nix: NixRelease;
 }
 
 // ---- warm store (pools.<name>.store): kept in one block ----
@@ -73,6 +76,39 @@ function parseStore(f: Fields): StoreConfig | undefined {
   return store;
 }
 // ---- end of warm store ----
+
+/**
+ * `pools.<name>.nix`: the release tarball a stock image installs. Another version than the pinned
+ * one needs its hashes: the worker runs nothing it has not checked.
+ */
+function parseNixRelease(f: Fields, systems: string[]): NixRelease {
+  const n = f.object('nix');
+  if (!n) return PINNED_NIX_RELEASE;
+  const version = n.string('version', PINNED_NIX_RELEASE.version);
+  if (!NIX_VERSION_PATTERN.test(version)) n.fail('version', 'a Nix release version such as "2.31.2"', version);
+  const url = n.string('url', PINNED_NIX_RELEASE.url);
+  if (!NIX_URL_PATTERN.test(url)) n.fail('url', 'an http(s) URL without quotes, spaces, "$" or "\\" ({version} and {system} are filled in)', url);
+  const given = n.object('sha256');
+  let sha256: NixRelease['sha256'] = {};
+  if (given) {
+    for (const system of NIX_RELEASE_SYSTEMS) {
+      const hash = given.optionalString(system);
+      if (hash === undefined) continue;
+      if (!SHA256_HEX.test(hash)) given.fail(system, 'the tarball\'s sha256 as 64 lowercase hex digits', hash);
+      sha256[system] = hash;
+    }
+    given.done();
+  } else if (version === PINNED_NIX_RELEASE.version) {
+    sha256 = PINNED_NIX_RELEASE.sha256;
+  }
+  n.done();
+  for (const system of systems) {
+    if ((NIX_RELEASE_SYSTEMS as readonly string[]).includes(system) && sha256[system as NixReleaseSystem] === undefined) {
+      n.fail('sha256', `the sha256 of Nix ${version}'s ${system} tarball (the pool builds ${system}), e.g. {"${system}": "<64 hex digits>"}`, given ? Object.keys(sha256) : undefined);
+    }
+  }
+  return { version, url, sha256 };
+}
 
 export interface Config {
   /** Marks the servers this daemon owns (label value); two daemons on one project need different ones. */
@@ -98,6 +134,8 @@ export interface Config {
 }
 
 export const READY_MARKER = '/run/nix-hcloud-builder/ready';
+/** Written by the cloud-config when a setup step the worker cannot do without fails: the reason. */
+export const SETUP_FAILED_MARKER = '/run/nix-hcloud-builder/failed';
 export const DEFAULT_READY_COMMAND = `test -e ${READY_MARKER} && nix-store --version`;
 
 export class ConfigError extends UserError {
@@ -243,9 +281,11 @@ function parsePool(name: string, f: Fields): PoolConfig {
     keepaliveIntervalMs: f.duration('keepaliveInterval', '10s'),
     compression: f.oneOf('compression', WORKER_COMPRESSIONS, DEFAULT_WORKER_COMPRESSION),
     compressionLevel: f.integer('compressionLevel', DEFAULT_ZSTD_LEVEL, 1, 19),
+    nix: PINNED_NIX_RELEASE,
   };
   const store = parseStore(f);
   if (store) pool.store = store;
+  pool.nix = parseNixRelease(f, pool.systems);
   if (pool.keepaliveIntervalMs < 1000) f.fail('keepaliveInterval', 'at least 1s', pool.keepaliveIntervalMs / 1000);
   if (pool.serverTypes.length === 0) f.fail('serverTypes', 'at least one server type', []);
   if (pool.locations.length === 0) f.fail('locations', 'at least one location', []);

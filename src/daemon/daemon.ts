@@ -14,9 +14,10 @@ import { warnIfSsh2InternalsDiffer } from '../ssh/ssh2-internals.js';
 import { zstdBinding } from '../ssh/zstd-codec.js';
 import { resolvePoolCompression } from './compression.js';
 import { HcloudClient } from '../hcloud/client.js';
-import type { Server, ServerType } from '../hcloud/types.js';
+import type { Server } from '../hcloud/types.js';
 import { generateKeyPair, hostKeyPaths } from '../ssh/keys.js';
-import { BudgetExceeded, Ledger } from './ledger.js';
+import { Ledger } from './ledger.js';
+import { Money } from './money.js';
 import { instanceSelector, LABEL_POOL } from '../core/labels.js';
 import type { Logger } from '../core/log.js';
 import { serveControl } from './control.js';
@@ -73,9 +74,8 @@ export class Daemon {
   private saveScheduled = false;
   readonly hcloud: HcloudClient;
   private readonly log: Logger;
-  private serverTypes: Promise<ServerType[]> | undefined;
-  /** Gross EUR per GB-month of a volume, from GET /pricing, asked once (again after a failure). */
-  private volumePrice: Promise<number> | undefined;
+  /** Prices, the budget check and the ledger. */
+  money!: Money;
   private stopping: Promise<void> | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private sweeping: Promise<void> | undefined;
@@ -114,31 +114,15 @@ export class Daemon {
       if (unavailable) this.log.warn({ pools: zstdPools }, `${unavailable}; these pools run with compression "none"`);
 
       this.ledger = Ledger.load(config.stateDir);
-      const deps: WorkerDeps = {
+      this.money = new Money({
         hcloud: this.hcloud,
         ledger: this.ledger,
-        ...(config.budget ? { budget: config.budget } : {}),
-        log: this.log,
-        instance: config.instance,
-        save: () => this.saveNow(),
-        serverTypes: () => (this.serverTypes ??= this.hcloud.listServerTypes().catch((err: unknown) => {
-          this.serverTypes = undefined;
-          throw err;
-        })),
-        ...(Object.values(config.pools).some((p) => p.store) ? { volumesEurPerMonth: () => this.volumesEurPerMonth() } : {}),
-      };
+        budget: config.budget,
+        storeGb: () => [...this.stores.values()].flatMap((s) => s.volumes).reduce((sum, v) => sum + v.sizeGb, 0),
+      });
+      const deps: WorkerDeps = { hcloud: this.hcloud, money: this.money, log: this.log, instance: config.instance, save: () => this.saveNow() };
       // A new store volume counts against the budget for a whole month; unknown price: refused.
-      const checkBudget = async (sizeGb: number, what: string): Promise<void> => {
-        const budget = config.budget;
-        if (!budget) return;
-        let perGb: number;
-        try {
-          perGb = await this.volumePricePerGbMonth();
-        } catch (err) {
-          throw new BudgetExceeded(`budget: no volume price known (${(err as Error).message})`);
-        }
-        this.ledger.checkVolume(budget.maxEurPerMonth, sizeGb * perGb, what, await this.volumesEurPerMonth());
-      };
+      const checkBudget = (sizeGb: number, what: string): Promise<void> => this.money.checkVolume(sizeGb, what);
       for (const pool of pools) {
         const store = pool.store ? new StoreVolumes({ ...pool, store: pool.store }, { hcloud: this.hcloud, instance: config.instance, log: this.log, checkBudget }) : undefined;
         if (store) this.stores.set(pool.name, store);
@@ -151,7 +135,7 @@ export class Daemon {
       }
 
       // The pools' server types must exist and match their systems' architecture.
-      const types = await deps.serverTypes();
+      const types = await this.money.serverTypes();
       for (const pool of pools) {
         for (const warning of checkPoolServerTypes(pool, types)) this.log.warn(warning);
       }
@@ -206,25 +190,6 @@ export class Daemon {
     await Promise.all(deleting);
     this.scheduleSave();
     this.log.info({ found: servers.length, adopted: adopted.length, deleted: deleting.length }, 'step 3/4: reconciled with the cloud');
-  }
-
-  /** Gross EUR per GB-month of a volume (GET /pricing). */
-  volumePricePerGbMonth(): Promise<number> {
-    this.volumePrice ??= this.hcloud.getPricing().then((pricing) => {
-      const price = Number(pricing.volume.price_per_gb_month.gross);
-      if (!Number.isFinite(price)) throw new Error(`GET /pricing gave no usable volume price (${JSON.stringify(pricing.volume)})`);
-      return price;
-    }).catch((err: unknown) => {
-      this.volumePrice = undefined;
-      throw err;
-    });
-    return this.volumePrice;
-  }
-
-  /** What the store volumes this daemon knows of cost a month, at the API's price. */
-  async volumesEurPerMonth(): Promise<number> {
-    const gb = [...this.stores.values()].flatMap((s) => s.volumes).reduce((sum, v) => sum + v.sizeGb, 0);
-    return gb === 0 ? 0 : gb * await this.volumePricePerGbMonth();
   }
 
   /**

@@ -13,7 +13,7 @@ import type { Worker } from './worker.js';
 
 /** What the pool uses of a worker: `Worker`, or a fake in the pool's unit tests. */
 export type PoolWorker = Pick<Worker,
-  | 'record' | 'phase' | 'used' | 'connected' | 'reserve' | 'release' | 'markBusy' | 'markIdle' | 'markDeleting'
+  | 'record' | 'phase' | 'connected' | 'markBusy' | 'markSessions' | 'markIdle' | 'markDeleting'
   | 'onProgress' | 'onConnectionLost' | 'boot' | 'cancelBoot' | 'destroy' | 'disconnect' | 'execNix'>;
 
 export interface Lease<W extends PoolWorker = Worker> {
@@ -51,6 +51,8 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   readonly workers: W[] = [];
   private readonly queue: Waiter<W>[] = [];
   private readonly idleTimers = new Map<W, IdleTimer>();
+  /** Per worker, sessions running plus sessions promised a slot: the pool alone counts them. */
+  private readonly slots = new Map<W, number>();
   /** Boots in progress; waiters that join a boot attach to its promise. */
   private readonly boots = new Map<W, Promise<void>>();
   private readonly log: Logger;
@@ -83,6 +85,24 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
     waiter.reject(new Error('the client went away'));
   }
 
+  /** Sessions running on `worker` plus sessions promised a slot there. */
+  sessionsOn(worker: W): number {
+    return this.slots.get(worker) ?? 0;
+  }
+
+  /** Promises a slot on `worker` to a session (one waiting for the boot, or one about to start). */
+  private reserve(worker: W): void {
+    this.slots.set(worker, this.sessionsOn(worker) + 1);
+  }
+
+  /** Gives a slot on `worker` back; answers how many remain. */
+  private unreserve(worker: W): number {
+    const left = this.sessionsOn(worker) - 1;
+    this.slots.set(worker, left);
+    worker.markSessions(left);
+    return left;
+  }
+
   private now(): number {
     return this.clock.now();
   }
@@ -95,9 +115,9 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   private leastLoaded(phase: W['phase']): W | undefined {
     let best: W | undefined;
     for (const w of this.workers) {
-      if (w.phase !== phase || w.used >= this.config.jobsPerWorker) continue;
+      if (w.phase !== phase || this.sessionsOn(w) >= this.config.jobsPerWorker) continue;
       if (phase === 'ready' && (!w.connected || this.draining(w))) continue;
-      if (!best || w.used < best.used) best = w;
+      if (!best || this.sessionsOn(w) < this.sessionsOn(best)) best = w;
     }
     return best;
   }
@@ -124,9 +144,9 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
 
   /** Hands a slot to a waiter; `reserved` when the waiter already holds it (it joined a boot). */
   private lease(worker: W, waiter: Waiter<W>, reserved = false): void {
-    if (!reserved) worker.reserve();
+    if (!reserved) this.reserve(worker);
     this.idleTimers.get(worker)?.cancel();
-    worker.markBusy();
+    worker.markBusy(this.sessionsOn(worker));
     this.deps.changed();
     let released = false;
     waiter.resolve({
@@ -140,8 +160,7 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   }
 
   private release(worker: W): void {
-    worker.release();
-    if (worker.used === 0 && worker.phase === 'ready') this.becameIdle(worker);
+    if (this.unreserve(worker) === 0 && worker.phase === 'ready') this.becameIdle(worker);
     this.deps.changed();
     this.dispatch();
   }
@@ -169,9 +188,9 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
       if (worker.phase !== 'ready') continue;
       const age = this.now() - Date.parse(worker.record.createdAt);
       if (age >= 2 * this.config.maxLifetimeMs) {
-        this.log.warn({ worker: worker.record.name, sessions: worker.used }, 'worker is past twice maxLifetime; deleting it with its sessions');
+        this.log.warn({ worker: worker.record.name, sessions: this.sessionsOn(worker) }, 'worker is past twice maxLifetime; deleting it with its sessions');
         this.retireInBackground(worker, 'hard lifetime cap');
-      } else if (age >= this.config.maxLifetimeMs && worker.used === 0) {
+      } else if (age >= this.config.maxLifetimeMs && this.sessionsOn(worker) === 0) {
         this.retireInBackground(worker, 'maxLifetime reached');
       }
     }
@@ -184,7 +203,7 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
 
   /** A waiter takes a slot on a booting worker now and gets its lease when the boot ends. */
   private joinBoot(worker: W, waiter: Waiter<W>): void {
-    worker.reserve();
+    this.reserve(worker);
     const stopProgress = worker.onProgress(waiter.progress);
     const booted = this.boots.get(worker) as Promise<void>;
     booted.then(
@@ -233,7 +252,7 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
         this.deps.changed();
         this.dispatch();
         // Booted with nobody waiting (pre-warmed, or every waiter left): idle from now.
-        if (worker.used === 0) this.becameIdle(worker);
+        if (this.sessionsOn(worker) === 0) this.becameIdle(worker);
       },
       (err: Error) => {
         this.boots.delete(worker);
@@ -272,7 +291,7 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   }
 
   private onIdle(worker: W): void {
-    if (worker.used > 0 || worker.phase !== 'ready') return;
+    if (this.sessionsOn(worker) > 0 || worker.phase !== 'ready') return;
     this.log.info({ worker: worker.record.name }, 'idle timeout reached; deleting the worker');
     this.retireInBackground(worker, 'idle timeout');
   }
@@ -282,6 +301,7 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
     if (index >= 0) this.workers.splice(index, 1);
     this.idleTimers.get(worker)?.cancel();
     this.idleTimers.delete(worker);
+    this.slots.delete(worker);
     this.deps.changed();
   }
 

@@ -76,18 +76,28 @@ export function checkStoreLines(): string[] {
 }
 
 /** Mounts volume `volumeId` at /nix; exits non-zero (the worker then builds on a cold, local store) when it cannot. */
-export function mountStoreScript(volumeId: number): string {
-  return subshell([
+export function mountStoreLines(volumeId: number): string[] {
+  return [
     `id=${Math.trunc(volumeId)}; target=/nix`,
     ...attachVolumeLines(),
     `mkdir -p "$(dirname ${STORE_MARKER})" && echo "$id" > ${STORE_MARKER}`,
-  ]);
+  ];
+}
+
+/** mountStoreLines as one runcmd entry of its own. */
+export function mountStoreScript(volumeId: number): string {
+  return subshell(mountStoreLines(volumeId));
 }
 
 /**
  * After Nix is up, before the ready marker: checkStoreLines with `gcAtPercent`. At boot nothing
  * runs, so no path is a GC root.
  */
+export function checkStoreAtLines(gcAtPercent: number): string[] {
+  return [`at=${Math.trunc(gcAtPercent)}`, ...checkStoreLines()];
+}
+
+/** checkStoreAtLines as one runcmd entry of its own. */
 export function checkStoreScript(gcAtPercent: number): string {
-  return subshell([`at=${Math.trunc(gcAtPercent)}`, ...checkStoreLines()]);
+  return subshell(checkStoreAtLines(gcAtPercent));
 }

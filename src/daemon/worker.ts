@@ -2,48 +2,39 @@
  * One Hetzner server that runs builds: its boot, as numbered steps each logged and each reported
  * to the sessions waiting for it; its kept ssh connection; and its deletion.
  */
-import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { PoolConfig } from '../core/config.js';
+import { SETUP_FAILED_MARKER, type PoolConfig } from '../core/config.js';
 import { formatDuration } from '../core/duration.js';
 import type { HcloudClient } from '../hcloud/client.js';
 import { HcloudError, isVolumeAttached } from '../hcloud/errors.js';
 import { serverAddress } from '../hcloud/address.js';
-import type { CreateServerResponse, Server, ServerType } from '../hcloud/types.js';
-import { generateKeyPair } from '../ssh/keys.js';
-import { serverLabels, serverName } from '../core/labels.js';
+import type { CreateServerResponse, Server } from '../hcloud/types.js';
+import { serverLabels } from '../core/labels.js';
 import type { Logger } from '../core/log.js';
-import { BudgetExceeded, type Ledger } from './ledger.js';
+import { HostKeyMismatch, WorkerLink, type NixCommand, type WorkerChannel, type WorkerSshTarget } from '../ssh/worker-link.js';
+import { BudgetExceeded } from './ledger.js';
+import type { Money } from './money.js';
+import { placements, TRY_ELSEWHERE } from './placement.js';
 import type { WorkerRecord } from './state.js';
-import { workerUserData, type StoreVolumeInput } from './user-data.js';
+import type { StoreVolumeInput } from './user-data.js';
+import { planWorker, type UserDataFor } from './worker-plan.js';
 import type { StoreLease, StoreVolumes } from './store-volumes.js';
 import { STORE_MARKER } from './store-script.js';
-import { renderNixCommand, type NixCommand } from '../ssh/nix-command.js';
-import { ZSTD_RELAY_CHECK, ZstdDecoder, zstdEncoderFor, zstdRelayCommand } from '../ssh/zstd-codec.js';
-import { connectWorker, execChannel, negotiatedCompression, HostKeyMismatch, isChannelRefusal, runCommand, writeGateOf, type SshClient, type WorkerChannel, type WorkerSshTarget } from '../ssh/worker-connection.js';
 
 export class BootError extends Error {
   override name = 'BootError';
 }
 
-/** Create errors after which the next location, then the next server type, is worth a try. */
-const TRY_ELSEWHERE = new Set(['resource_unavailable', 'resource_limit_exceeded', 'placement_error']);
-
 export interface WorkerDeps {
   hcloud: HcloudClient;
-  ledger: Ledger;
-  budget?: { maxEurPerMonth: number };
+  /** Prices, the budget check and the ledger. */
+  money: Money;
   log: Logger;
   instance: string;
   /** Persists the record after each change that matters on restart. */
   save: () => Promise<void>;
-  serverTypes: () => Promise<ServerType[]>;
-  /** What the store volumes of every pool cost a month (for the budget); throws when their price is unknown. */
-  volumesEurPerMonth?: () => Promise<number>;
 }
 
-/** The user data of a planned worker, with or without its store volume (known only at create). */
-export type UserDataFor = (store?: StoreVolumeInput) => string;
 
 export type ProgressListener = (line: string) => void;
 
@@ -53,15 +44,8 @@ export type ProgressListener = (line: string) => void;
  * disconnect). Inside, reads go through the getters and writes to the private fields.
  */
 export class Worker {
-  /** The kept connection; its loss means the worker is gone. */
-  private connection: SshClient | undefined;
-  /** More connections, opened when the worker's sshd refuses more channels on the others (MaxSessions). */
-  private readonly extraClients: SshClient[] = [];
-  private opening: Promise<SshClient> | undefined;
-  /** Sessions go through the worker's zstd relay (compression "zstd", and the relay answered). */
-  private zstd = false;
-  /** Sessions running plus sessions promised a slot on this worker. */
-  private sessions = 0;
+  /** The kept connection (and more when needed); its loss means the worker is gone. */
+  private currentLink: WorkerLink | undefined;
   private readonly listeners = new Set<ProgressListener>();
   private readonly log: Logger;
   /** The store slot this worker holds (warm store pools); given back once its server is gone. */
@@ -75,9 +59,9 @@ export class Worker {
     this.log = deps.log.child({ pool: pool.name, worker: rec.name });
   }
 
-  /** A worker planned by `plan()`, ready to boot. */
+  /** A worker planned by `planWorker()`, ready to boot. */
   static planned(pool: PoolConfig, deps: WorkerDeps, store?: StoreVolumes): Worker {
-    const { record, userData } = Worker.plan(pool, deps.instance);
+    const { record, userData } = planWorker(pool, deps.instance);
     return new Worker(pool, record, deps, userData, store);
   }
 
@@ -85,34 +69,6 @@ export class Worker {
   holdStore(lease: StoreLease | undefined): void {
     this.storeLease = lease;
     if (lease?.volume) this.rec.volumeId = lease.volume.id;
-  }
-
-  /**
-   * A fresh record for a server not created yet, and the user data to create it with. The host
-   * private key lives only in that user data: the state keeps the public half, to pin it.
-   */
-  static plan(pool: PoolConfig, instance: string): { record: WorkerRecord; userData: UserDataFor } {
-    const suffix = `${Date.now().toString(36)}${randomBytes(2).toString('hex')}`;
-    const name = serverName(instance, pool.name, suffix);
-    const host = generateKeyPair(`${name}-host`);
-    const login = generateKeyPair(`nix-hcloud-builder@${name}`);
-    const record: WorkerRecord = {
-      id: 0,
-      name,
-      pool: pool.name,
-      serverType: '',
-      location: '',
-      phase: 'creating',
-      sshPort: pool.sshPort,
-      hostPublicKey: host.publicKey,
-      loginPrivateKey: login.privateKey,
-      createdAt: new Date().toISOString(),
-      activeSessions: 0,
-    };
-    return {
-      record,
-      userData: (store) => workerUserData({ hostKey: host, loginPublicKey: login.publicKey, zstdRelay: pool.compression === 'zstd', ...(store ? { store } : {}) }),
-    };
   }
 
   /** The state file's entry for this server; it changes only through this worker. */
@@ -124,35 +80,24 @@ export class Worker {
     return this.rec.phase;
   }
 
-  /** The kept connection, while there is one. */
-  get client(): SshClient | undefined {
-    return this.connection;
+  /** The link to the worker's sshd, while there is one (for diagnostics and tests). */
+  get link(): WorkerLink | undefined {
+    return this.currentLink;
   }
 
   get connected(): boolean {
-    return this.connection !== undefined;
+    return this.currentLink?.connected ?? false;
   }
 
-  /** Sessions running plus sessions promised a slot on this worker. */
-  get used(): number {
-    return this.sessions;
-  }
-
-  /** Promises a slot to a session (one waiting for the boot, or one about to start). */
-  reserve(): void {
-    this.sessions++;
-  }
-
-  /** Gives a slot back. */
-  release(): void {
-    this.sessions--;
-    this.rec.activeSessions = this.sessions;
-  }
-
-  /** A session got its slot: the record counts it, and the worker is no longer idle. */
-  markBusy(): void {
-    this.rec.activeSessions = this.sessions;
+  /** A session got its slot: the record counts `active` sessions, and the worker is no longer idle. */
+  markBusy(active: number): void {
+    this.rec.activeSessions = active;
     delete this.rec.idleSince;
+  }
+
+  /** The record counts `active` sessions (running plus promised; the pool counts them). */
+  markSessions(active: number): void {
+    this.rec.activeSessions = active;
   }
 
   /** The last session ended and the idle timer started at `now` (ms since the epoch). */
@@ -170,24 +115,12 @@ export class Worker {
    * delete ended it first. The worker is unusable from then on.
    */
   onConnectionLost(listener: (why: string) => void): void {
-    const client = this.connection;
-    if (!client) return;
-    const lost = (why: string): void => {
-      if (this.connection !== client) return;
-      this.connection = undefined;
-      listener(why);
-    };
-    client.on('error', (err: Error) => lost(err.message));
-    client.on('close', () => lost('closed'));
+    this.currentLink?.onLost(listener);
   }
 
   /** Ends every connection to the worker; the server keeps running. */
   disconnect(): void {
-    const client = this.connection;
-    // Forgotten before it ends, so that its close is not taken for a lost worker.
-    this.connection = undefined;
-    client?.end();
-    for (const extra of this.extraClients.splice(0)) extra.end();
+    this.currentLink?.end();
   }
 
   onProgress(listener: ProgressListener): () => void {
@@ -265,8 +198,8 @@ export class Worker {
     this.step(3, STEPS, `address ${address}`);
 
     // 4. Wait for sshd, with the host key pinned.
-    this.connection = await this.waitForSsh(signal);
-    this.step(4, STEPS, `sshd answers with the expected host key (${formatDuration(Date.now() - started)})`, { compression: negotiatedCompression(this.connection) });
+    this.currentLink = await this.waitForSsh(signal);
+    this.step(4, STEPS, `sshd answers with the expected host key (${formatDuration(Date.now() - started)})`, { compression: this.currentLink.sshCompression });
 
     // 5. Wait for readyCommand (disk expansion done, Nix up).
     await this.waitForReady(signal);
@@ -289,23 +222,11 @@ export class Worker {
     return String(newest.id);
   }
 
-  /**
-   * Where to try, in order: every server type in the store volume's location, with the volume;
-   * then, as without one, each server type in each other location, cold.
-   */
-  private attempts(): { serverType: string; location: string; volume?: StoreVolumeInput & { name: string } }[] {
-    const volume = this.storeLease?.volume;
-    const store = this.pool.store;
-    const all = this.pool.serverTypes.flatMap((serverType) => this.pool.locations.map((location) => ({ serverType, location })));
-    if (!volume || !store) return all;
-    const warm = this.pool.serverTypes.map((serverType) => ({ serverType, location: volume.location, volume: { volumeId: volume.id, gcAtPercent: store.gcAtPercent, name: volume.name } }));
-    return [...warm, ...all.filter((a) => a.location !== volume.location)];
-  }
-
   private async create(image: string, userData: UserDataFor, signal: AbortSignal): Promise<Pick<CreateServerResponse, 'action' | 'next_actions'>> {
     const tried: string[] = [];
     let wentCold = false;
-    for (const { serverType, location, volume } of this.attempts()) {
+    const warm = this.storeLease?.volume;
+    for (const { serverType, location, volume } of placements(this.pool, warm)) {
       if (!volume && this.storeLease?.volume && !wentCold) {
         // The volume's location cannot take a server now: boot elsewhere with an empty store.
         wentCold = true;
@@ -315,19 +236,15 @@ export class Worker {
         this.log.warn({ volume: lease.volume?.name, location: lease.volume?.location }, 'the store volume\'s location cannot take a server; booting with an empty store elsewhere');
         this.say(`store volume ${lease.volume?.name ?? ''} is in ${lease.volume?.location ?? ''}, which cannot take a server now (${tried.join(', ')}); booting elsewhere with an empty store`);
       }
-      const price = await this.hourlyPrice(serverType, location, signal).catch(() => undefined);
-      if (this.deps.budget) {
-        try {
-          // Fail closed: with a budget set, a server whose price we cannot read is not created.
-          if (price === undefined) throw new BudgetExceeded(`budget: no price known for ${serverType} in ${location}`);
-          const volumes = await this.volumesEurPerMonth();
-          this.deps.ledger.check(this.deps.budget.maxEurPerMonth, Number(price), `${serverType} in ${location}`, Date.now(), volumes);
-        } catch (err) {
-          if (!(err instanceof BudgetExceeded)) throw err;
-          tried.push(`${serverType} in ${location} (${err.message})`);
-          this.log.warn({ serverType, location }, err.message);
-          continue;
-        }
+      signal.throwIfAborted();
+      let price: string | undefined;
+      try {
+        price = await this.deps.money.priceServer(serverType, location);
+      } catch (err) {
+        if (!(err instanceof BudgetExceeded)) throw err;
+        tried.push(`${serverType} in ${location} (${err.message})`);
+        this.log.warn({ serverType, location }, err.message);
+        continue;
       }
       this.rec.serverType = serverType;
       this.rec.location = location;
@@ -351,7 +268,7 @@ export class Worker {
         );
         this.rec.id = answer.server.id;
         if (volume) this.rec.volumeId = volume.volumeId;
-        this.deps.ledger.opened({
+        this.deps.money.ledger.opened({
           id: answer.server.id, name: this.record.name, pool: this.pool.name, serverType, location,
           hourlyEur: Number(price ?? 0), createdAt: answer.server.created,
         });
@@ -367,23 +284,6 @@ export class Worker {
       }
     }
     throw new BootError(`no server could be created; tried ${tried.join(', ')}`);
-  }
-
-  /** The store volumes' monthly cost; unknown with a budget set is refused like an unknown server price. */
-  private async volumesEurPerMonth(): Promise<number> {
-    if (!this.deps.volumesEurPerMonth) return 0;
-    try {
-      return await this.deps.volumesEurPerMonth();
-    } catch (err) {
-      throw new BudgetExceeded(`budget: the store volumes' price is unknown (${(err as Error).message})`);
-    }
-  }
-
-  private async hourlyPrice(serverType: string, location: string, signal?: AbortSignal): Promise<string | undefined> {
-    signal?.throwIfAborted();
-    const types = await this.deps.serverTypes();
-    const type = types.find((t) => t.name === serverType);
-    return type?.prices.find((p) => p.location === location)?.price_hourly.gross;
   }
 
   private async waitForAddress(signal: AbortSignal): Promise<string> {
@@ -408,12 +308,12 @@ export class Worker {
     };
   }
 
-  private async waitForSsh(signal: AbortSignal): Promise<SshClient> {
+  private async waitForSsh(signal: AbortSignal): Promise<WorkerLink> {
     let lastError = '';
     for (let attempt = 1; ; attempt++) {
       signal.throwIfAborted();
       try {
-        return await connectWorker(this.target(), 10_000);
+        return await this.openLink(10_000);
       } catch (err) {
         if (err instanceof HostKeyMismatch) throw new BootError(err.message);
         const message = (err as Error).message;
@@ -431,96 +331,58 @@ export class Worker {
    * with neither cloud-init nor the NixOS worker image's store unit).
    */
   private async checkStoreVolume(): Promise<void> {
-    const result = await runCommand(this.client as SshClient, `test -e ${STORE_MARKER}`, 30_000);
+    const result = await (this.currentLink as WorkerLink).run(`test -e ${STORE_MARKER}`, 30_000);
     if (result.code === 0) return;
     const line = `store volume ${this.rec.volumeId} is attached but this worker's store is not on it (no ${STORE_MARKER}): the build runs on an empty store while the volume is billed; the volume did not appear or could not be mounted (see the worker's boot log), or the image uses neither cloud-init nor nixos/worker.nix's store unit (a NixOS worker image built before it: rebuild it, or unset "store")`;
     this.log.warn({ volumeId: this.rec.volumeId }, line);
     this.say(line);
   }
 
-  /**
-   * With compression "zstd", sessions run through the worker's relay: check once that it runs
-   * (Python, libzstd). Without it sessions go uncompressed, said loudly, rather than failing.
-   */
+  /** Probes the worker's zstd relay (with compression "zstd"); without it sessions go uncompressed, said loudly. */
   private async checkZstdRelay(): Promise<void> {
-    this.zstd = false;
-    if (this.pool.compression !== 'zstd') return;
-    const result = await runCommand(this.client as SshClient, ZSTD_RELAY_CHECK, 30_000);
-    if (result.code === 0) {
-      this.zstd = true;
-      this.log.info({ relay: result.stdout.trim() }, 'zstd relay answers');
+    const probe = await (this.currentLink as WorkerLink).probeRelay();
+    if ('notAsked' in probe) return;
+    if (probe.zstd) {
+      this.log.info({ relay: probe.relay }, 'zstd relay answers');
       return;
     }
-    const why = (result.stderr || result.stdout).trim().split('\n').pop()?.slice(0, 200) ?? '';
-    const line = `compression "zstd": the worker's relay does not run (status ${result.code}${why ? `: ${why}` : ''}); its sessions go uncompressed`;
-    this.log.warn({ code: result.code }, line);
+    const line = `compression "zstd": the worker's relay does not run (status ${probe.code}${probe.why ? `: ${probe.why}` : ''}); its sessions go uncompressed`;
+    this.log.warn({ code: probe.code }, line);
     this.say(line);
   }
 
-  /**
-   * Runs a Nix remote-store command for a session: as it is, or inside the zstd relay with the
-   * daemon's end of the two streams.
-   */
-  async execNix(command: NixCommand): Promise<WorkerChannel> {
-    const rendered = renderNixCommand(command);
-    if (!this.zstd) return this.exec(rendered);
-    const upstream = await this.exec(zstdRelayCommand(rendered));
-    return { ...upstream, codec: { encoder: zstdEncoderFor(this.pool.compressionLevel), decoder: new ZstdDecoder() } };
+  /** Opens a session's channel on the worker: its Nix command, compressed when the relay runs. */
+  execNix(command: NixCommand): Promise<WorkerChannel> {
+    if (!this.currentLink) return Promise.reject(new Error('the worker connection is gone'));
+    return this.currentLink.openSession(command);
+  }
+
+  private openLink(timeoutMs: number): Promise<WorkerLink> {
+    return WorkerLink.open(this.target(), timeoutMs, { log: this.log, compression: this.pool.compression, compressionLevel: this.pool.compressionLevel });
   }
 
   private async waitForReady(signal: AbortSignal): Promise<void> {
-    const client = this.client as SshClient;
+    const link = this.currentLink as WorkerLink;
     let last = '';
     for (let attempt = 1; ; attempt++) {
       signal.throwIfAborted();
-      const result = await runCommand(client, this.pool.readyCommand, 60_000);
+      const result = await link.run(this.pool.readyCommand, 60_000);
       if (result.code === 0) return;
+      // A setup step the worker cannot do without failed (the cloud-config wrote why): it never
+      // becomes ready, so the boot fails now, with that reason, instead of at bootTimeout.
+      const failed = await link.run(`cat ${SETUP_FAILED_MARKER} 2>/dev/null`, 60_000);
+      const reason = failed.code === 0 ? failed.stdout.trim().split('\n')[0]?.slice(0, 500) : undefined;
+      if (reason) throw new BootError(`the worker's setup failed: ${reason}`);
       last = (result.stderr || result.stdout).trim().split('\n').pop() ?? '';
       if (attempt === 1 || attempt % 40 === 0) this.log.info({ attempt, code: result.code, output: last.slice(0, 200) }, 'waiting for readyCommand');
       await sleep(250, undefined, { signal });
     }
   }
 
-  /**
-   * Runs a command on the worker in a new channel of a kept connection. When every connection
-   * refuses another channel (OpenSSH's MaxSessions, 10 by default), one more is opened.
-   */
-  async exec(command: string): Promise<WorkerChannel> {
-    for (const client of [this.client, ...this.extraClients]) {
-      if (!client) continue;
-      try {
-        return { channel: await execChannel(client, command), gate: writeGateOf(client) };
-      } catch (err) {
-        if (!isChannelRefusal(err)) throw err;
-      }
-    }
-    if (!this.client) throw new Error('the worker connection is gone');
-    this.opening ??= connectWorker(this.target(), 15_000).then(
-      (client) => {
-        this.opening = undefined;
-        this.extraClients.push(client);
-        client.on('error', () => undefined);
-        client.on('close', () => {
-          const index = this.extraClients.indexOf(client);
-          if (index >= 0) this.extraClients.splice(index, 1);
-        });
-        this.log.info({ connections: 1 + this.extraClients.length }, 'the worker refused more channels; opened another connection');
-        return client;
-      },
-      (err: unknown) => {
-        this.opening = undefined;
-        throw err;
-      },
-    );
-    const client = await this.opening;
-    return { channel: await execChannel(client, command), gate: writeGateOf(client) };
-  }
-
   /** Reconnects to a server we created earlier (after a daemon restart) and checks it is usable. */
   async adopt(timeoutMs: number): Promise<void> {
-    const client = await connectWorker(this.target(), timeoutMs);
-    this.connection = client;
-    const result = await runCommand(client, this.pool.readyCommand, timeoutMs);
+    this.currentLink = await this.openLink(timeoutMs);
+    const result = await this.currentLink.run(this.pool.readyCommand, timeoutMs);
     if (result.code !== 0) throw new Error(`readyCommand failed with status ${result.code}`);
     await this.checkZstdRelay();
     this.rec.phase = 'ready';
@@ -532,9 +394,9 @@ export class Worker {
    * journal and Nix's database keep it consistent without, but recent paths could be lost).
    */
   private async flushStore(): Promise<void> {
-    const client = this.connection;
-    if (!this.storeLease?.volume || !client) return;
-    const result = await runCommand(client, 'sync', 10_000).catch((err: unknown) => ({ code: -1, stderr: (err as Error).message }));
+    const link = this.currentLink;
+    if (!this.storeLease?.volume || !link?.connected) return;
+    const result = await link.run('sync', 10_000).catch((err: unknown) => ({ code: -1, stderr: (err as Error).message }));
     if (result.code === 0) this.log.info({ volume: this.storeLease.volume.name }, 'flushed the store volume before deleting the server');
     else this.log.warn({ volume: this.storeLease.volume.name, code: result.code }, 'could not flush the store volume; deleting the server anyway');
   }
@@ -565,7 +427,7 @@ export class Worker {
     await this.deps.hcloud.deleteServerAndWait(this.record.id);
     // The delete action has ended, so Hetzner has detached the volume: the slot is free again.
     this.releaseStore();
-    this.deps.ledger.closed(this.record.name);
+    this.deps.money.ledger.closed(this.record.name);
     this.log.info({ id: this.record.id, reason, deleteMs: Date.now() - started }, `deleted server ${this.record.name}`);
   }
 }

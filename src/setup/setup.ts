@@ -22,19 +22,13 @@ import { writeFileAtomic } from '../core/atomic-file.js';
 import { generateKeyPair, hostKeyPaths } from '../ssh/keys.js';
 import { DEFAULT_ALIAS, DEFAULT_CLIENT_KEY, endpointAddress, machinesLines, sshHostBlock, type BuilderAddress, type ClientSettings } from './machines.js';
 import { choosePortStyle, detectNixVersion, parseNixVersion, type DetectedNix, type PortChoice } from './nix-version.js';
-import { UserError } from '../core/errors.js';
-
-export const BEGIN_MARK = '# BEGIN nix-hcloud-builder';
-export const END_MARK = '# END nix-hcloud-builder';
-const MANAGED_NOTE = '# Managed by "nix-hcloud-builder setup": it replaces this block on every run.';
+import { SetupError } from './setup-error.js';
+import { BEGIN_MARK, joinLines, splitLines, unifiedDiff, upsertMarkedBlock } from './text.js';
+import { parseNixConf, setNixConfOption } from './nix-conf.js';
 
 export const DEFAULT_SSH_CONFIG = '/etc/ssh/ssh_config';
 export const DEFAULT_MACHINES = '/etc/nix/machines';
 export const DEFAULT_NIX_CONF = '/etc/nix/nix.conf';
-
-export class SetupError extends UserError {
-  override name = 'SetupError';
-}
 
 export interface SetupOptions {
   config: Config;
@@ -99,105 +93,6 @@ function readText(path: string): string | null {
   }
 }
 
-function splitLines(text: string): string[] {
-  if (text === '') return [];
-  const lines = text.split('\n');
-  if (lines[lines.length - 1] === '') lines.pop();
-  return lines;
-}
-
-function joinLines(lines: string[]): string {
-  return lines.length === 0 ? '' : `${lines.join('\n')}\n`;
-}
-
-/**
- * Puts `block` between the markers: in place of an earlier block, else before the first
- * `Host`/`Match` line (`beforeFirstSection`, for ssh_config: OpenSSH takes the first value it
- * finds, so an alias after `Host *` could lose to it), else at the end.
- */
-export function upsertMarkedBlock(text: string | null, block: string[], beforeFirstSection = false): string {
-  const lines = splitLines(text ?? '');
-  const marked = [BEGIN_MARK, MANAGED_NOTE, ...block, END_MARK];
-  const begin = lines.findIndex((l) => l.trim() === BEGIN_MARK);
-  if (begin >= 0) {
-    const end = lines.findIndex((l, i) => i > begin && l.trim() === END_MARK);
-    if (end < 0) throw new SetupError(`found "${BEGIN_MARK}" but no "${END_MARK}" after it: fix the file by hand, then run setup again`);
-    if (lines.some((l, i) => i > end && l.trim() === BEGIN_MARK)) throw new SetupError(`found "${BEGIN_MARK}" twice: remove one block by hand, then run setup again`);
-    return joinLines([...lines.slice(0, begin), ...marked, ...lines.slice(end + 1)]);
-  }
-  if (beforeFirstSection) {
-    const first = lines.findIndex((l) => /^\s*(Host|Match)(\s|=)/i.test(l));
-    if (first >= 0) return joinLines([...lines.slice(0, first), ...marked, '', ...lines.slice(first)]);
-  }
-  const sep = lines.length > 0 && lines[lines.length - 1]?.trim() !== '' ? [''] : [];
-  return joinLines([...lines, ...sep, ...marked]);
-}
-
-type Op = { op: ' ' | '-' | '+'; line: string };
-
-/** Line diff (longest common subsequence; the files here are small). */
-function diffOps(a: string[], b: string[]): Op[] {
-  const n = a.length;
-  const m = b.length;
-  const lcs: number[][] = Array.from({ length: n + 1 }, () => new Array<number>(m + 1).fill(0));
-  for (let i = n - 1; i >= 0; i--) {
-    for (let j = m - 1; j >= 0; j--) {
-      lcs[i]![j] = a[i] === b[j] ? lcs[i + 1]![j + 1]! + 1 : Math.max(lcs[i + 1]![j]!, lcs[i]![j + 1]!);
-    }
-  }
-  const ops: Op[] = [];
-  let i = 0;
-  let j = 0;
-  while (i < n || j < m) {
-    if (i < n && j < m && a[i] === b[j]) {
-      ops.push({ op: ' ', line: a[i++]! });
-      j++;
-    } else if (j < m && (i >= n || lcs[i]![j + 1]! > lcs[i + 1]![j]!)) {
-      ops.push({ op: '+', line: b[j++]! });
-    } else {
-      ops.push({ op: '-', line: a[i++]! });
-    }
-  }
-  return ops;
-}
-
-/** A unified diff (`---`/`+++`/`@@` hunks with 2 lines of context). */
-export function unifiedDiff(path: string, before: string | null, after: string, context = 2): string[] {
-  const ops = diffOps(splitLines(before ?? ''), splitLines(after));
-  const out = [`--- ${before === null ? '/dev/null' : path}`, `+++ ${path}`];
-  let k = 0;
-  while (k < ops.length) {
-    if (ops[k]!.op === ' ') {
-      k++;
-      continue;
-    }
-    const start = Math.max(0, k - context);
-    let end = k;
-    // Extend the hunk while the next change is within 2 × context lines.
-    for (;;) {
-      while (end < ops.length && ops[end]!.op !== ' ') end++;
-      let next = end;
-      while (next < ops.length && ops[next]!.op === ' ') next++;
-      if (next < ops.length && next - end <= 2 * context) end = next;
-      else break;
-    }
-    end = Math.min(ops.length, end + context);
-    let oldStart = 1;
-    let newStart = 1;
-    for (let x = 0; x < start; x++) {
-      if (ops[x]!.op !== '+') oldStart++;
-      if (ops[x]!.op !== '-') newStart++;
-    }
-    const hunk = ops.slice(start, end);
-    const oldCount = hunk.filter((o) => o.op !== '+').length;
-    const newCount = hunk.filter((o) => o.op !== '-').length;
-    out.push(`@@ -${oldCount === 0 ? oldStart - 1 : oldStart},${oldCount} +${newCount === 0 ? newStart - 1 : newStart},${newCount} @@`);
-    for (const o of hunk) out.push(`${o.op}${o.line}`);
-    k = end;
-  }
-  return out;
-}
-
 /** The base64 key of a public key line, or of an authorized_keys line with options in front. */
 function keyBody(line: string): string | null {
   const tokens = line.trim().split(/\s+/);
@@ -223,23 +118,6 @@ function publicFromPrivate(path: string, text: string): string {
 function ownerOf(path: string): Owner {
   const st = statSync(path);
   return { uid: st.uid, gid: st.gid };
-}
-
-function parseNixConf(text: string): Map<string, string> {
-  const settings = new Map<string, string>();
-  for (const raw of splitLines(text)) {
-    const line = raw.replace(/#.*/, '').trim();
-    const m = /^([A-Za-z0-9_-]+)\s*=\s*(.*)$/.exec(line);
-    if (!m) continue;
-    const [, key, value] = m as unknown as [string, string, string];
-    if (key.startsWith('extra-')) {
-      const base = key.slice('extra-'.length);
-      settings.set(base, `${settings.get(base) ?? ''} ${value}`.trim());
-    } else {
-      settings.set(key, value.trim());
-    }
-  }
-  return settings;
 }
 
 export function resolveClient(options: SetupOptions): ClientSettings {
@@ -364,18 +242,6 @@ function portChoiceFor(options: SetupOptions): PortChoice {
   const source = nix.text !== undefined && !version ? `${nix.source} printed ${JSON.stringify(nix.text.slice(0, 60))}` : nix.source;
   const { host } = endpointAddress(options.config);
   return choosePortStyle(version, source, !host.includes(':'));
-}
-
-/**
- * Sets one nix.conf option with the least change: every line that sets it is replaced (Nix takes
- * the last, and a stale one would confuse a reader), else a line is appended.
- */
-export function setNixConfOption(text: string | null, key: string, value: string): string {
-  const lines = splitLines(text ?? '');
-  const setting = `${key} = ${value}`;
-  const sets = (l: string): boolean => new RegExp(`^\\s*${key}\\s*=`).test(l);
-  if (lines.some(sets)) return joinLines(lines.map((l) => (sets(l) ? setting : l)));
-  return joinLines([...lines, setting]);
 }
 
 export function planChanges(plan: SetupPlan): number {

@@ -1,7 +1,7 @@
 /**
  * The daemon's end of compression "zstd": one zstd stream each way per session, through
  * libzstd's streaming API (npm `zstd-napi`, loaded only when a pool uses zstd). The worker's end
- * is worker/zstd-relay.py. The Nix protocols are request and answer, so a message must never sit
+ * is worker/zstd-relay.py (its contract: zstd-relay.ts). The Nix protocols are request and answer, so a message must never sit
  * in a compressor: the encoder is flushed whenever the client pauses (see session-pipe.ts),
  * which ends a zstd block but keeps the stream's history, so later data still refers back to it.
  */
@@ -12,23 +12,6 @@ import { UserError } from '../core/errors.js';
 type Binding = typeof ZstdBinding;
 
 let loaded: Binding | Error | undefined;
-
-/** The relay's name on the worker's PATH (the cloud-config and nixos/worker.nix install it). */
-export const ZSTD_RELAY = 'nix-hcloud-builder-zstd-relay';
-
-/** Where the stock-image cloud-config writes the relay. */
-export const ZSTD_RELAY_PATH = `/usr/local/bin/${ZSTD_RELAY}`;
-
-/** The relay's source, from the package (worker/zstd-relay.py). */
-export const ZSTD_RELAY_SOURCE = 'worker/zstd-relay.py';
-
-/** The worker's command line: the relay around the Nix command, which renderNixCommand already quoted. */
-export function zstdRelayCommand(renderedNixCommand: string): string {
-  return `${ZSTD_RELAY} -- ${renderedNixCommand}`;
-}
-
-/** Answers 0 (and libzstd's version) on a worker whose relay can run. */
-export const ZSTD_RELAY_CHECK = `${ZSTD_RELAY} --check`;
 
 export class ZstdUnavailable extends UserError {
   override name = 'ZstdUnavailable';

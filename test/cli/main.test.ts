@@ -15,7 +15,7 @@ import type { Command, OptionSpec } from '../../src/cli/command.js';
 import { UserError } from '../../src/core/errors.js';
 import { ConfigError } from '../../src/core/config.js';
 import { TokenError } from '../../src/core/token.js';
-import { SetupError } from '../../src/setup/setup.js';
+import { SetupError } from '../../src/setup/setup-error.js';
 import { MachinesError } from '../../src/setup/machines.js';
 import { ImageUploadError } from '../../src/image/temporary.js';
 import { StateError } from '../../src/daemon/state.js';

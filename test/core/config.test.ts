@@ -112,3 +112,26 @@ t.test('parseDuration', async (t) => {
   t.equal(parseDuration('250ms'), 250);
   for (const bad of ['', '10 minutes', '5x', '-3', -1, null, {}]) t.throws(() => parseDuration(bad), JSON.stringify(bad));
 });
+
+t.test('pools.<name>.nix: the pinned release by default; another one only with its hashes', async (t) => {
+  const pool = (nix: unknown, systems?: string[]) => parseConfig({ pools: { p: { serverTypes: ['cx23'], ...(systems ? { systems } : {}), nix } } }, '/').pools.p?.nix;
+  const pinned = parseConfig(minimal, '/').pools.x86_64?.nix;
+  t.equal(pinned?.version, '2.31.2');
+  t.equal(pinned?.url, 'https://releases.nixos.org/nix/nix-{version}/nix-{version}-{system}.tar.xz');
+  t.same(Object.keys(pinned?.sha256 ?? {}), ['x86_64-linux', 'aarch64-linux'], 'both architectures: a pool can be arm');
+  t.same(pool({ version: '2.31.2' }), pinned, 'the pinned version named: its hashes');
+  const hash = 'ab'.repeat(32);
+  t.same(pool({ version: '2.33.1', sha256: { 'x86_64-linux': hash } }), { version: '2.33.1', url: pinned?.url, sha256: { 'x86_64-linux': hash } });
+  t.same(pool({ version: '2.33.1', url: 'http://mirror.example/nix-{version}-{system}.tar.xz', sha256: { 'aarch64-linux': hash } }, ['aarch64-linux'])?.url, 'http://mirror.example/nix-{version}-{system}.tar.xz');
+  const bad: [unknown, RegExp, string[]?][] = [
+    [{ version: '2.33.1' }, /"pools\.p\.nix\.sha256": expected the sha256 of Nix 2\.33\.1's x86_64-linux tarball/],
+    [{ version: '2.33.1', sha256: { 'x86_64-linux': hash } }, /the sha256 of Nix 2\.33\.1's aarch64-linux tarball \(the pool builds aarch64-linux\)/, ['aarch64-linux']],
+    [{ version: '2.33.1', sha256: { 'x86_64-linux': 'AB'.repeat(32) } }, /"pools\.p\.nix\.sha256\.x86_64-linux": expected the tarball's sha256 as 64 lowercase hex digits/],
+    [{ version: '2.33.1', sha256: { x86_64: hash } }, /"pools\.p\.nix\.sha256\.x86_64" is not known/],
+    [{ version: '2; rm -rf /' }, /"pools\.p\.nix\.version": expected a Nix release version/],
+    [{ url: 'https://x/$(reboot)' }, /"pools\.p\.nix\.url": expected an http\(s\) URL/],
+    [{ url: 'ftp://x/nix.tar.xz' }, /"pools\.p\.nix\.url"/],
+    [{ versoin: '2.33.1' }, /"pools\.p\.nix\.versoin" is not known/],
+  ];
+  for (const [nix, message, systems] of bad) t.throws(() => pool(nix, systems), { name: 'ConfigError', message }, JSON.stringify(nix));
+});

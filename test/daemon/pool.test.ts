@@ -18,7 +18,6 @@ const settle = (): Promise<void> => new Promise((resolve) => setImmediate(resolv
 
 class FakeWorker implements PoolWorker {
   readonly record: WorkerRecord;
-  used = 0;
   connected = false;
   /** Clock times of delete attempts. */
   readonly deletes: number[] = [];
@@ -40,18 +39,13 @@ class FakeWorker implements PoolWorker {
     return this.record.phase;
   }
 
-  reserve(): void {
-    this.used++;
-  }
-
-  release(): void {
-    this.used--;
-    this.record.activeSessions = this.used;
-  }
-
-  markBusy(): void {
-    this.record.activeSessions = this.used;
+  markBusy(active: number): void {
+    this.record.activeSessions = active;
     delete this.record.idleSince;
+  }
+
+  markSessions(active: number): void {
+    this.record.activeSessions = active;
   }
 
   markIdle(now: number): void {
@@ -158,11 +152,11 @@ t.test('placement: the ready worker with the fewest sessions and a free slot', a
   t.equal(await holder(acquire().lease), 'b', 'a has 1, b has 0: b');
   t.equal(await holder(acquire().lease), 'a', 'both have 1: a');
   t.equal(await holder(acquire().lease), 'b', 'a is full (jobsPerWorker 2): b');
-  t.same([a.used, b.used], [2, 2]);
+  t.same([pool.sessionsOn(a), pool.sessionsOn(b)], [2, 2]);
   t.equal(created.length, 0, 'no boot while ready workers had room');
   first.release();
   first.release();
-  t.equal(a.used, 1, 'a second release of the same lease gives nothing back');
+  t.equal(pool.sessionsOn(a), 1, 'a second release of the same lease gives nothing back');
   t.equal(await holder(acquire().lease), 'a', 'the freed slot is taken');
   t.equal(pool.workers.length, 2);
 });
@@ -191,7 +185,7 @@ t.test('boot sharing: sessions arriving during a boot wait for that same boot', 
   w1.finishBoot();
   const leases = await Promise.all(burst);
   t.same(leases.map((l) => l.worker.record.name), ['w1', 'w1', 'w1']);
-  t.equal(w1.used, 3);
+  t.equal(pool.sessionsOn(w1), 3);
   t.equal(await holder(fourth), 'waiting', 'the fourth waits for its own boot');
   (created[1] as FakeWorker).finishBoot();
   t.equal(await holder(fourth), 'w2');

@@ -46,21 +46,21 @@ t.test('200 abrupt sessions leak nothing, and logs hold no secret', async (t) =>
   await session();
   const pool = daemon.pools.get('x86_64');
   const worker = pool?.workers[0];
-  t.ok(worker?.client, 'a worker is up');
+  t.ok(worker?.link?.connection, 'a worker is up');
   await waitUntil(() => daemon.endpoint.activeSessions === 0, 10_000);
-  const workerSocket = (worker?.client as unknown as { _sock?: EventEmitter } | undefined)?._sock;
-  const baseline = { timers: timers(), clientListeners: worker?.client?.listenerCount('close') ?? -1, drainListeners: workerSocket?.listenerCount('drain') ?? -1 };
+  const workerSocket = (worker?.link?.connection as unknown as { _sock?: EventEmitter } | undefined)?._sock;
+  const baseline = { timers: timers(), clientListeners: worker?.link?.connection?.listenerCount('close') ?? -1, drainListeners: workerSocket?.listenerCount('drain') ?? -1 };
 
   const rounds = 200;
   for (let i = 0; i < rounds; i++) await session();
-  await waitUntil(() => daemon.endpoint.activeSessions === 0 && daemon.endpoint.connections.size === 0 && openChannelCount(worker!.client!) === 0, 15_000);
+  await waitUntil(() => daemon.endpoint.activeSessions === 0 && daemon.endpoint.connections.size === 0 && openChannelCount(worker!.link!.connection!) === 0, 15_000);
 
   t.equal(daemon.endpoint.connections.size, 0, 'no client connection left');
   t.equal(daemon.endpoint.activeSessions, 0, 'no session left');
-  t.equal(worker?.used, 0, 'no session slot held');
-  t.equal(openChannelCount(worker!.client!), 0, 'no channel left open on the worker connection');
+  t.equal(worker ? pool?.sessionsOn(worker) : -1, 0, 'no session slot held');
+  t.equal(openChannelCount(worker!.link!.connection!), 0, 'no channel left open on the worker connection');
   t.ok(timers() <= baseline.timers + 2, `timers: ${timers()} now, ${baseline.timers} before`);
-  t.equal(worker?.client?.listenerCount('close'), baseline.clientListeners, 'no listener piled up on the worker connection');
+  t.equal(worker?.link?.connection?.listenerCount('close'), baseline.clientListeners, 'no listener piled up on the worker connection');
   t.ok(workerSocket, 'the worker connection has its socket');
   t.equal(workerSocket?.listenerCount('drain'), baseline.drainListeners, "no write-gate waiter piled up on the worker's socket");
   t.equal(daemon.endpoint.trackedSockets, 0, 'no client socket left tracked for its write gate');

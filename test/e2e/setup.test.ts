@@ -1,19 +1,21 @@
 /**
- * `setup --write`, then a plain `nix-build` through a real multi-user nix-daemon: no --builders
+ * `setup --write`, then a plain `nix-build` through a real multi-user nix-daemon, with each tested
+ * Nix version (test/rig/nix-client.ts) as the one setup finds on its PATH and as that nix-daemon
+ * and nix-build: the machines lines name the ssh alias below 2.31 and host:port from 2.31. No --builders
  * flag and no NIX_SSHOPTS on the client. The daemon finds our machines lines in its own config
  * folder, logs in with the client key that setup made (and authorized), and the build runs on a
  * worker of the fake cloud.
  *
- * The nix-daemon here shares the machine's /nix store and database (as any second client of the
- * store would) but has its own socket and config folder, so it changes nothing for other users of
- * /nix. It reads the ssh alias from setup's ssh config file through NIX_SSHOPTS="-F FILE" in the
+ * The machine's own nix-daemon shares the machine's /nix store and database (as any second client
+ * of the store would), another version has a store of its own; each has its own socket and config
+ * folder, so it changes nothing for other users of /nix. Below 2.31 it reads the ssh alias from setup's ssh config file through NIX_SSHOPTS="-F FILE" in the
  * daemon's environment only (a real install writes the same block into /etc/ssh/ssh_config).
  *
- * Then the NixOS module's way without a known host key: machines lines without field 8, and the
+ * Then (alias versions) the NixOS module's way without a known host key: machines lines without field 8, and the
  * key in a GlobalKnownHostsFile named by the alias block (a wrong key there stops the build).
  *
  * Last, the machines line setup writes for a Nix that takes the port in the URI (≥ 2.31, forced
- * through the environment since the Nix here is 2.8), used by ssh exactly as that Nix runs it.
+ * through the environment, whatever Nix is on PATH), used by ssh exactly as that Nix runs it.
  */
 import t from 'tap';
 import { spawn } from 'node:child_process';
@@ -23,6 +25,7 @@ import { basename, join } from 'node:path';
 import { generateKeyPair } from '../../src/ssh/keys.js';
 import { BUILD_NIX, CLI, Rig, run } from '../rig/rig.js';
 import { rigNixConf } from '../rig/nix-config.js';
+import { testedSuites } from '../rig/nix-client.js';
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -64,8 +67,11 @@ async function waitForFile(path: string, timeoutMs: number, what: () => string):
   }
 }
 
-t.test('setup --write, then a plain nix-build through a multi-user nix-daemon builds on a worker', async (t) => {
-  const rig = await Rig.start({ pool: { idleTimeout: '3s', maxWorkers: 1, jobsPerWorker: 2 } });
+for (const client of testedSuites()) t.test(`${client}'s Nix: setup --write, then a plain nix-build through a multi-user nix-daemon builds on a worker`, async (t) => {
+  const rig = await Rig.start({ pool: { idleTimeout: '3s', maxWorkers: 1, jobsPerWorker: 2 }, client });
+  // Setup reads the version of the Nix on its PATH: the client's. From 2.31 the port goes in the URI.
+  const { version } = rig.client.install;
+  const alias = version.major === 2 && version.minor < 31;
   t.teardown(() => rig.stop());
   const port = await freePort();
   rig.writeConfig({ listen: { host: '127.0.0.1', port } });
@@ -79,12 +85,15 @@ t.test('setup --write, then a plain nix-build through a multi-user nix-daemon bu
   const clientKey = join(rig.dir, 'root-ssh', 'nix-hcloud-builder');
   const setupArgs = [CLI, 'setup', '--config', rig.configFile, '--ssh-config', sshConfig, '--machines', join(confDir, 'machines'), '--nix-conf', join(confDir, 'nix.conf'), '--client-key', clientKey];
 
-  const setup = await run(process.execPath, [...setupArgs, '--write']);
+  const setupEnv = rig.client.env();
+  const setup = await run(process.execPath, [...setupArgs, '--write'], { env: setupEnv });
   t.equal(setup.code, 0, 'setup --write succeeded', { stdout: setup.stdout, stderr: setup.stderr });
-  t.match(setup.stdout, /^machines lines name the ssh alias: Nix 2\.8\.0 \(nix-daemon --version\)/, 'Nix 2.8 on PATH: the alias');
+  const said = alias ? 'machines lines name the ssh alias' : 'machines lines name host:port, no ssh alias needed';
+  t.ok(setup.stdout.startsWith(`${said}: Nix ${version.version} (nix-daemon --version)`), `Nix ${version.version} on PATH: ${alias ? 'the alias' : 'host:port'}`, { stdout: setup.stdout });
+  t.equal(existsSync(sshConfig), alias, alias ? 'an ssh alias block written' : 'no ssh config written');
   t.match(setup.stdout, /hint: builders-use-substitutes is off/);
   t.notMatch(setup.stdout, /unless told otherwise/, 'the machines file is the one nix-daemon reads by default');
-  const again = await run(process.execPath, setupArgs);
+  const again = await run(process.execPath, setupArgs, { env: setupEnv });
   t.match(again.stdout, /nothing to change\n$/, 'a second run finds nothing to change');
   const clientPublic = readFileSync(`${clientKey}.pub`, 'utf8').trim();
   t.match(readFileSync(`${rig.clientKeyFile}.pub`, 'utf8'), clientPublic, 'the client key was added to the daemon\'s authorizedKeysFile');
@@ -96,9 +105,12 @@ t.test('setup --write, then a plain nix-build through a multi-user nix-daemon bu
   t.equal(readFileSync(join(rig.dir, 'state', 'ssh_host_ed25519_key.pub'), 'utf8'), hostKeyBefore, 'the daemon uses the host key in the machines lines');
 
   // A multi-user nix-daemon with its own socket and config folder.
-  const socket = join(rig.dir, 'nix-daemon.socket');
+  // Its own socket: the machine's Nix shares /nix, so one beside the test's files; another version
+  // has a store of its own, so the default place in it, where that Nix's build hook looks too.
+  const ownStore = rig.client.install.root !== undefined;
+  const socket = ownStore ? rig.client.local('/nix/var/nix/daemon-socket/socket') : join(rig.dir, 'nix-daemon.socket');
   const nixDaemonLog: string[] = [];
-  const nixDaemon = spawn('nix-daemon', [], {
+  const nixDaemon = spawn(rig.client.program('nix-daemon'), [], {
     detached: true,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: {
@@ -106,9 +118,9 @@ t.test('setup --write, then a plain nix-build through a multi-user nix-daemon bu
       HOME: '/root',
       NIX_CONF_DIR: confDir,
       NIX_USER_CONF_FILES: '',
-      NIX_DAEMON_SOCKET_PATH: socket,
+      ...(ownStore ? {} : { NIX_DAEMON_SOCKET_PATH: socket }),
       // How this daemon's ssh finds the alias block (in a real install: /etc/ssh/ssh_config).
-      NIX_SSHOPTS: `-F ${sshConfig}`,
+      ...(alias ? { NIX_SSHOPTS: `-F ${sshConfig}` } : {}),
     },
   });
   nixDaemon.stdout?.setEncoding('utf8').on('data', (d: string) => nixDaemonLog.push(d));
@@ -128,14 +140,14 @@ t.test('setup --write, then a plain nix-build through a multi-user nix-daemon bu
 
   // The client: plain nix-build, no --builders, no NIX_SSHOPTS; it reads the same nix.conf as its
   // daemon, as both read /etc/nix on a real machine.
-  const clientEnv: NodeJS.ProcessEnv = { ...process.env, NIX_REMOTE: 'daemon', NIX_DAEMON_SOCKET_PATH: socket, NIX_CONF_DIR: confDir };
+  const clientEnv: NodeJS.ProcessEnv = { ...process.env, NIX_REMOTE: 'daemon', ...(ownStore ? {} : { NIX_DAEMON_SOCKET_PATH: socket }), NIX_CONF_DIR: confDir };
   delete clientEnv.NIX_SSHOPTS;
   const nonce = `setup-${process.pid}-${Date.now()}`;
-  const build = await run('nix-build', [BUILD_NIX, '--argstr', 'nonce', nonce, '--no-out-link', '--max-jobs', '0'], { env: clientEnv });
+  const build = await rig.client.run('nix-build', [BUILD_NIX, '--argstr', 'nonce', nonce, '--no-out-link', '--max-jobs', '0'], { env: clientEnv });
   t.equal(build.code, 0, 'nix-build succeeded', { stderr: build.stderr, nixDaemon: nixDaemonLog.join('').slice(-3000) });
   const outPath = build.stdout.split('\n').find((l) => l.startsWith('/nix/store/'));
   t.ok(outPath, 'nix-build printed the output path');
-  t.equal(readFileSync(outPath as string, 'utf8'), `built by nix-hcloud-builder ${nonce}\n`, 'the output was copied back');
+  t.equal(readFileSync(rig.client.local(outPath as string), 'utf8'), `built by nix-hcloud-builder ${nonce}\n`, 'the output was copied back');
 
   const servers = rig.fake.servers();
   t.equal(servers.length, 1, 'our daemon booted one server');
@@ -144,6 +156,7 @@ t.test('setup --write, then a plain nix-build through a multi-user nix-daemon bu
   t.ok(session, 'the build came through our endpoint');
   t.equal(session?.user, 'x86_64', 'as the pool user of the machines line');
   t.equal(session?.command, 'daemon', 'ssh-ng://: nix-daemon --stdio');
+  if (!alias) return;
 
   // The NixOS module without `hostPublicKey`: no field 8 in the machines lines; the alias block
   // names a GlobalKnownHostsFile with the host key under the alias.
@@ -154,7 +167,7 @@ t.test('setup --write, then a plain nix-build through a multi-user nix-daemon bu
   const knownHostsLine = (key: string): string => `hcloud-builder ${key.split(' ').slice(0, 2).join(' ')}\n`;
   writeFileSync(knownHosts, knownHostsLine(hostKeyBefore));
   const nonce2 = `${nonce}-known-hosts`;
-  const build2 = await run('nix-build', [BUILD_NIX, '--argstr', 'nonce', nonce2, '--no-out-link', '--max-jobs', '0'], { env: clientEnv });
+  const build2 = await rig.client.run('nix-build', [BUILD_NIX, '--argstr', 'nonce', nonce2, '--no-out-link', '--max-jobs', '0'], { env: clientEnv });
   t.equal(build2.code, 0, 'without field 8, the key in GlobalKnownHostsFile does', { stderr: build2.stderr, nixDaemon: nixDaemonLog.join('').slice(-3000) });
   const out2 = build2.stdout.split('\n').find((l) => l.startsWith('/nix/store/')) ?? '';
   t.ok(rig.fake.servers().some((s) => existsSync(join(s.storeDir, 'store', basename(out2)))), 'built on a worker');
@@ -162,7 +175,7 @@ t.test('setup --write, then a plain nix-build through a multi-user nix-daemon bu
   // ...and a wrong key there stops the build before anything is sent.
   writeFileSync(knownHosts, knownHostsLine(generateKeyPair('other').publicKey));
   const sessions = daemon.lines.filter((l) => l.msg === 'session started').length;
-  const build3 = await run('nix-build', [BUILD_NIX, '--argstr', 'nonce', `${nonce}-wrong-key`, '--no-out-link', '--max-jobs', '0'], { env: clientEnv, timeoutMs: 60_000 });
+  const build3 = await rig.client.run('nix-build', [BUILD_NIX, '--argstr', 'nonce', `${nonce}-wrong-key`, '--no-out-link', '--max-jobs', '0'], { env: clientEnv, timeoutMs: 60_000 });
   t.not(build3.code, 0, 'a wrong host key fails the build');
   t.match(nixDaemonLog.join(''), /Host key verification failed/, 'ssh refused the endpoint');
   t.equal(daemon.lines.filter((l) => l.msg === 'session started').length, sessions, 'no session reached our daemon');

@@ -78,6 +78,11 @@ export interface FakeCloudOptions {
   logRequests?: boolean;
   /** Where log lines go (schema mismatches, server events, requests). Default: stderr. */
   log?: (line: string) => void;
+  /**
+   * The servers run Nix from this Debian root (test/rig/nix-roots.sh: another version than the
+   * machine's) instead of the machine's own. Default: the machine's.
+   */
+  nixRoot?: string;
   /** How servers of a NixOS worker image (`addImage({ worker: 'nixos' })`) boot. */
   nixosWorker?: {
     /** NHB_FETCH_ATTEMPTS for fetch-keys.sh (one a second), default 10. */
@@ -181,7 +186,7 @@ export interface FakeServerInfo {
   metadataUrl: string;
 }
 
-export type BootMode = 'cloud-init' | 'nixos';
+export type BootMode = 'cloud-init' | 'nixos' | 'stock';
 
 interface ServerRecord {
   id: number;
@@ -349,8 +354,9 @@ export class FakeCloud {
   readonly metadataRequests: { server: number; path: string; status: number }[] = [];
   readonly schemaErrors: string[] = [];
 
-  private readonly opts: Required<Omit<FakeCloudOptions, 'rateLimit' | 'serverLimit' | 'log' | 'nixosWorker' | 'link'>> & {
+  private readonly opts: Required<Omit<FakeCloudOptions, 'rateLimit' | 'serverLimit' | 'log' | 'nixosWorker' | 'link' | 'nixRoot'>> & {
     serverLimit: number;
+    nixRoot: string | undefined;
     link: LinkProfile | undefined;
     log: (line: string) => void;
     nixosWorker: Required<NonNullable<FakeCloudOptions['nixosWorker']>>;
@@ -363,6 +369,8 @@ export class FakeCloud {
   private readonly snapshotDisks = new Map<number, SnapshotDisk>();
   /** Ids of the images whose servers boot as NixOS workers. */
   private readonly nixosImages = new Set<number>();
+  /** Stock images without Nix (`addImage({ worker: 'stock' })`): cloud-init boots, runcmd in cloud-final's environment. */
+  private readonly stockImages = new Set<number>();
   /** NixOS worker images built before the store unit (`addImage({ storeUnit: false })`). */
   private readonly nixosImagesWithoutStore = new Set<number>();
   private readonly metadataFaults: (MetadataFault & { left: number })[] = [];
@@ -396,6 +404,7 @@ export class FakeCloud {
       validateResponses: opts.validateResponses ?? true,
       serverLimit: opts.serverLimit ?? Number.POSITIVE_INFINITY,
       link: opts.link,
+      nixRoot: opts.nixRoot,
       logRequests: opts.logRequests ?? false,
       log: opts.log ?? ((line: string) => process.stderr.write(`fake-hcloud: ${line}\n`)),
       nixosWorker: {
@@ -518,6 +527,8 @@ export class FakeCloud {
    * `worker: 'nixos'` it is the NixOS worker image of nixos/worker.nix: its servers boot by that
    * image's units (fetch-keys.sh, zpool-expand.sh, store-volume.sh, sshd, ready-marker.sh), not
    * by cloud-init. `storeUnit: false`: an image built before nixos/worker.nix had the store unit.
+   * With `worker: 'stock'` it is a stock image without Nix (as Ubuntu's): cloud-init boots it,
+   * runcmd runs in cloud-final's environment and must install Nix itself.
    */
   addImage(img: {
     description: string;
@@ -527,7 +538,7 @@ export class FakeCloud {
     name?: string | null;
     diskSize?: number;
     imageSize?: number;
-    worker?: 'nixos';
+    worker?: 'nixos' | 'stock';
     storeUnit?: boolean;
   }): Image {
     const image: Image = {
@@ -552,6 +563,7 @@ export class FakeCloud {
     };
     this.images.push(image);
     if (img.worker === 'nixos') this.nixosImages.add(image.id);
+    if (img.worker === 'stock') this.stockImages.add(image.id);
     if (img.worker === 'nixos' && img.storeUnit === false) this.nixosImagesWithoutStore.add(image.id);
     return image;
   }
@@ -1285,7 +1297,7 @@ export class FakeCloud {
       rescueKeys: null,
       inRescue: false,
       disk: this.snapshotDisks.get(image.id) ?? null,
-      bootMode: this.nixosImages.has(image.id) ? 'nixos' : 'cloud-init',
+      bootMode: this.nixosImages.has(image.id) ? 'nixos' : this.stockImages.has(image.id) ? 'stock' : 'cloud-init',
       lastUnits: null,
       link: null,
     };
@@ -1367,6 +1379,8 @@ export class FakeCloud {
       maxSessions: this.opts.maxSessions,
       log: this.opts.log,
       volumes: this.volumeMounts(s),
+      stock: s.bootMode === 'stock',
+      ...(this.opts.nixRoot === undefined ? {} : { nixRoot: this.opts.nixRoot }),
     });
     s.worker = worker;
     try {
@@ -1428,6 +1442,7 @@ export class FakeCloud {
       log: this.opts.log,
       volumes: this.volumeMounts(s),
       nixos,
+      ...(this.opts.nixRoot === undefined ? {} : { nixRoot: this.opts.nixRoot }),
     });
     s.worker = worker;
     s.lastUnits = worker.units;

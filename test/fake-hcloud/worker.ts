@@ -12,6 +12,9 @@
 //   ssh_host_ed25519_key     host key (0600), authorized_keys, sshd_config
 //   sshd.log, cloud-init-output.log, user-data, boot-finished
 //   runcmd                   the runcmd entries as one script (cloud-init's scripts/runcmd)
+// and for a stock image without Nix:
+//   stand-ins/               systemctl and systemd-tmpfiles, copied into the server's /usr/local/sbin
+//   stub-calls.log           every call of the stand-ins
 // and for a NixOS worker image:
 //   worker-disk.img          the server's disk (sparse), attached to a loop device while it runs
 //   scripts/                 the copies of nixos/scripts/*.sh that ran
@@ -26,8 +29,9 @@ import { dirname, join, posix } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { generateKeyPair } from '../../src/ssh/keys.js';
 import { packageRoot } from '../../src/core/package-file.js';
-import { ZSTD_RELAY_PATH, ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-codec.js';
+import { ZSTD_RELAY_PATH, ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-relay.js';
 import { RIG_NIX_CONF_FILE } from '../rig/nix-config.js';
+import { nixWrapper } from '../rig/nix-client.js';
 import { shellQuote, type CloudConfig } from './cloud-config.js';
 
 /**
@@ -38,6 +42,15 @@ function privatePrefixes(nixos: boolean): string[] {
   const own = ['/nix/', '/run/', '/etc/nix/', '/usr/local/'];
   return nixos ? [...own, '/etc/ssh/', '/root/'] : own;
 }
+
+/**
+ * The environment cloud-init's final stage gives runcmd on a stock image: cloud-final.service has
+ * no User=, so systemd sets no HOME or USER; PATH is systemd's default, LANG from the locale.
+ */
+export const CLOUD_FINAL_ENV: NodeJS.ProcessEnv = {
+  PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+  LANG: 'C.UTF-8',
+};
 
 export const CHILD_ENV: NodeJS.ProcessEnv = {
   PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
@@ -57,8 +70,8 @@ const SETUP_SCRIPT = [
   'mount -t tmpfs -o mode=0755 tmpfs "$1/etc-layer"',
   'mkdir "$1/etc-layer/upper" "$1/etc-layer/work"',
   'mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1/etc-layer/upper,workdir=$1/etc-layer/work" /etc',
-  'mkdir -p /etc/nix',
-  'mount --bind "$1/etc-nix" /etc/nix',
+  // A stock image has no /etc/nix (the installer makes it); others get the rig's nix.conf there.
+  'if [ "$3" != stock ]; then mkdir -p /etc/nix && mount --bind "$1/etc-nix" /etc/nix; fi',
   // Its own /usr/local too (cloud-config installs the zstd relay there), the same way.
   'mkdir "$1/etc-layer/usr-local" "$1/etc-layer/usr-local-work"',
   'mount -t overlay overlay -o "lowerdir=/usr/local,upperdir=$1/etc-layer/usr-local,workdir=$1/etc-layer/usr-local-work" /usr/local',
@@ -66,6 +79,26 @@ const SETUP_SCRIPT = [
   // are the server's own: a private /etc/ssh holding only the host's moduli (as NixOS has one), and
   // a private, empty /root (the host may have no /root/.ssh to mount over, and a fresh server's
   // root home is empty anyway).
+  // Stock image only ($3 = stock): no Nix at all. The host's Nix commands are hidden (an overlay of
+  // /usr/bin with them removed; their libraries stay, which the rig's release tarball uses), and so
+  // are its /etc/nix and any nixbld users. Its own /root (the installer writes root's profile
+  // there) holding the rig's Nix settings as root's user config (Nix reads it after
+  // /etc/nix/nix.conf, which the installer writes: the fake workers share one kernel, see
+  // test/rig/nix-conf), its own /var/log, /run/systemd/system (systemd is PID 1 on the image;
+  // here stand-ins answer for it: systemctl and systemd-tmpfiles in /usr/local/sbin, first on
+  // the PATH).
+  'if [ "$3" = stock ]; then',
+  '  mkdir "$1/etc-layer/usr-bin" "$1/etc-layer/usr-bin-work"',
+  '  mount -t overlay overlay -o "lowerdir=/usr/bin,upperdir=$1/etc-layer/usr-bin,workdir=$1/etc-layer/usr-bin-work" /usr/bin',
+  '  rm -f /usr/bin/nix /usr/bin/nix-*',
+  '  rm -rf /etc/nix',
+  '  for f in /etc/passwd /etc/group /etc/shadow /etc/gshadow; do if [ -f "$f" ] && grep -q "^nixbld" "$f"; then sed -i "/^nixbld/d" "$f"; fi; done',
+  '  mount -t tmpfs -o mode=0700 tmpfs /root',
+  '  mkdir -p /root/.config/nix && cp "$1/etc-nix/nix.conf" /root/.config/nix/nix.conf',
+  '  mount -t tmpfs -o mode=0755 tmpfs /var/log',
+  '  mkdir -p /run/systemd/system /usr/local/sbin',
+  '  cp "$1/stand-ins/systemctl" "$1/stand-ins/systemd-tmpfiles" /usr/local/sbin/',
+  'fi',
   'if [ "$3" = nixos ]; then',
   '  [ -d /etc/ssh ] || { echo "this machine has no /etc/ssh to mount over" >&2; exit 1; }',
   '  rm -f "$1/moduli"; if [ -f /etc/ssh/moduli ]; then cp /etc/ssh/moduli "$1/moduli"; fi',
@@ -130,6 +163,14 @@ export interface WorkerOptions {
   nixos?: NixosBoot;
   /** The volumes attached when the server boots. */
   volumes?: VolumeMount[];
+  /**
+   * Boot as a stock image without Nix (Ubuntu, Debian): the cloud-config applies as in the
+   * default mode, but no Nix is on the machine and runcmd runs in cloud-final's environment
+   * (CLOUD_FINAL_ENV). See SETUP_SCRIPT.
+   */
+  stock?: boolean;
+  /** Run Nix from this Debian root (test/rig/nix-roots.sh) instead of the machine's. */
+  nixRoot?: string;
 }
 
 /**
@@ -308,8 +349,10 @@ export class Worker {
     writeFileSync(join(dir, 'authorized_keys'), config.authorizedKeys.map((k) => `${k.trim()}\n`).join(''), { mode: 0o600 });
     writeFileSync(join(dir, 'sshd_config'), this.sshdConfig(), { mode: 0o644 });
 
-    const child = await this.spawnNamespace('');
+    if (this.o.stock) this.writeStandIns();
+    const child = await this.spawnNamespace(this.o.stock ? 'stock' : '');
     if (child === null) return;
+    await this.installNixRoot();
 
     // cloud-init writes files in its init stage, before sshd runs.
     for (const wf of config.writeFiles) {
@@ -331,11 +374,23 @@ export class Worker {
   }
 
   /**
+   * A worker with another Nix version: its own /usr/local/bin (first on every session's PATH) gets
+   * nix-daemon, nix-store and nix that run the root's programs on the server's /nix and /etc/nix.
+   */
+  private async installNixRoot(): Promise<void> {
+    const root = this.o.nixRoot;
+    if (root === undefined) return;
+    for (const program of ['nix-daemon', 'nix-store', 'nix'] as const) {
+      await this.writeFile(`/usr/local/bin/${program}`, Buffer.from(nixWrapper(root, '/nix', program)), 0o755, false);
+    }
+  }
+
+  /**
    * Starts the namespace holder (`unshare` running SETUP_SCRIPT, which becomes sshd once told
    * "go" on its stdin) and waits until its mounts are in place. Null when the worker was stopped
    * meanwhile.
    */
-  private async spawnNamespace(mode: '' | 'nixos'): Promise<ChildProcess | null> {
+  private async spawnNamespace(mode: '' | 'nixos' | 'stock'): Promise<ChildProcess | null> {
     const { dir } = this.o;
     const logFd = openSync(join(dir, 'sshd.log'), 'a');
     const atBoot = new Map(this.volumes);
@@ -434,6 +489,7 @@ export class Worker {
     // The image's system packages that sessions use: the zstd relay, which nixos/worker.nix puts on
     // the PATH; here in the server's own /usr/local/bin, on every session's PATH.
     await this.writeFile(ZSTD_RELAY_PATH, readFileSync(join(packageRoot(), ZSTD_RELAY_SOURCE)), 0o755, false);
+    await this.installNixRoot();
 
     const path = `${join(dir, 'bin')}:${CHILD_ENV.PATH ?? ''}`;
     // Both are ordered before sshd and not after each other: systemd starts them side by side. A
@@ -583,6 +639,20 @@ export class Worker {
     for (const stub of ['zpool', 'swapon', 'systemctl']) chmodSync(join(dir, 'bin', stub), 0o755);
   }
 
+  /**
+   * Stock image: stand-ins for systemd's tools, which Nix's installer calls (`systemctl link`,
+   * `enable`, `start nix-daemon.socket`, `systemd-tmpfiles --create`): they record their calls in
+   * DIR/stub-calls.log. No nix-daemon is started: sessions run Nix as root on the local store.
+   */
+  private writeStandIns(): void {
+    const dir = join(this.o.dir, 'stand-ins');
+    mkdirSync(dir, { recursive: true });
+    const calls = shellQuote(join(this.o.dir, 'stub-calls.log'));
+    for (const tool of ['systemctl', 'systemd-tmpfiles']) {
+      writeFileSync(join(dir, tool), `#!/bin/sh\n# Stand-in for ${tool}: the fake runs no systemd.\necho "${tool} $*" >> ${calls}\n`, { mode: 0o755 });
+    }
+  }
+
   /** Detaches the loop device (once every process in the server is gone, or lazily before). */
   private releaseDisk(): void {
     const loop = this.loopDevice;
@@ -712,13 +782,13 @@ export class Worker {
   }
 
   /** Runs a command inside the server's mount namespace (clean environment plus `env`). */
-  private nsExec(argv: string[], stdio: ('ignore' | 'pipe' | number)[], env: NodeJS.ProcessEnv): ChildProcess {
+  private nsExec(argv: string[], stdio: ('ignore' | 'pipe' | number)[], env: NodeJS.ProcessEnv, base: NodeJS.ProcessEnv = CHILD_ENV): ChildProcess {
     const pid = this.sshdPid;
     if (pid === null) throw new Error('no namespace');
     const child = spawn('nsenter', ['-t', String(pid), '-m', '--', ...argv], {
       detached: true,
       stdio,
-      env: { ...CHILD_ENV, ...env },
+      env: { ...base, ...env },
       cwd: '/',
     });
     child.unref();
@@ -764,7 +834,7 @@ export class Worker {
     const fd = openSync(logPath, 'a');
     let child: ChildProcess;
     try {
-      child = this.nsExec(['sh', file], ['ignore', fd, fd], {});
+      child = this.nsExec(['sh', file], ['ignore', fd, fd], {}, this.o.stock ? CLOUD_FINAL_ENV : CHILD_ENV);
     } finally {
       closeSync(fd);
     }

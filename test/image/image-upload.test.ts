@@ -21,6 +21,7 @@ import { generateKeyPair } from '../../src/ssh/keys.js';
 import { LABEL_MANAGED_BY, MANAGED_BY } from '../../src/core/labels.js';
 import { loadConfig } from '../../src/core/config.js';
 import { Worker } from '../../src/daemon/worker.js';
+import { planWorker } from '../../src/daemon/worker-plan.js';
 import type { WorkerDeps } from '../../src/daemon/worker.js';
 import { cleanupUploads } from '../../src/image/cleanup.js';
 import { writeCommand } from '../../src/image/rescue.js';
@@ -545,7 +546,7 @@ t.test('a pool with image.labelSelector picks the newest matching snapshot (API 
   );
   const pool = loadConfig(configFile).pools['x86_64'];
   if (!pool) throw new Error('no pool');
-  const { record } = Worker.plan(pool, 'test');
+  const { record } = planWorker(pool, 'test');
   const deps = { hcloud: hc, log: silent } as unknown as WorkerDeps;
   const worker = new Worker(pool, record, deps);
   const resolve = (): Promise<string> => (worker as unknown as { resolveImage(s: AbortSignal): Promise<string> }).resolveImage(new AbortController().signal);

@@ -15,6 +15,7 @@ import { Daemon, type DaemonOptions } from '../../src/daemon/daemon.js';
 import { generateKeyPair } from '../../src/ssh/keys.js';
 import { createLogger } from '../../src/core/log.js';
 import { useRigNixConfig } from './nix-config.js';
+import { NixClient, nixInstall, type NixSuite } from './nix-client.js';
 import { run } from './process.js';
 
 // Every Nix process started from here (the tests', the demo's, the benchmarks') reads the rig's
@@ -118,6 +119,10 @@ export interface RigOptions {
   pools?: Record<string, PoolOverrides>;
   /** Extra top-level config keys. */
   config?: Record<string, unknown>;
+  /** The Nix of the client (nix-build, nix): this machine's (bookworm, the default) or a root's. */
+  client?: NixSuite;
+  /** The Nix of the fake workers: this machine's (bookworm, the default) or a root's. */
+  workerNix?: NixSuite;
 }
 
 export class Rig {
@@ -126,6 +131,8 @@ export class Rig {
   readonly configFile: string;
   readonly instance: string;
   fake!: FakeCloud;
+  /** The Nix that builds through the daemon (nixBuild) and its store. */
+  readonly client: NixClient;
   private daemons: DaemonProcess[] = [];
 
   private constructor(private readonly options: RigOptions) {
@@ -137,10 +144,12 @@ export class Rig {
     writeFileSync(this.clientKeyFile, client.privateKey, { mode: 0o600 });
     writeFileSync(`${this.clientKeyFile}.pub`, `${client.publicKey}\n`);
     this.configFile = join(this.dir, 'config.json');
+    this.client = new NixClient(nixInstall(options.client ?? 'bookworm'), this.dir);
   }
 
   static async start(options: RigOptions = {}): Promise<Rig> {
     const rig = new Rig(options);
+    const workerRoot = options.workerNix === undefined ? undefined : nixInstall(options.workerNix).root;
     rig.fake = await FakeCloud.start({
       token: TOKEN,
       dataDir: join(rig.dir, 'cloud'),
@@ -149,6 +158,7 @@ export class Rig {
       readyDelayMs: 200,
       // Two rigs at once on one machine (two work trees) need servers on other addresses.
       ...(process.env.NHB_RIG_FIRST_ADDRESS ? { firstAddress: Number(process.env.NHB_RIG_FIRST_ADDRESS) } : {}),
+      ...(workerRoot === undefined ? {} : { nixRoot: workerRoot }),
       ...options.fake,
     });
     rig.writeConfig();
@@ -244,13 +254,18 @@ export class Rig {
     return file;
   }
 
+  /** ssh through the endpoint as a pool's user, running `command` (as Nix's ssh would). */
+  sshArgs(daemon: DaemonProcess, command: string[], pool = 'x86_64'): string[] {
+    return ['-T', '-F', this.sshConfig(daemon.port), '-i', this.clientKeyFile, '-o', `UserKnownHostsFile=${this.knownHostsFile()}`, '-o', 'BatchMode=yes', `${pool}@hcloud-builder`, ...command];
+  }
+
   machinesLine(scheme: 'ssh-ng' | 'ssh', pool: string, maxJobs: number): string {
     return `${scheme}://${pool}@hcloud-builder x86_64-linux ${this.clientKeyFile} ${maxJobs} 1 - - ${this.hostKeyBase64()}`;
   }
 
   /**
    * `nix-build` of derivations from test/fixtures/build.nix through the daemon, with no local
-   * builds allowed (`--max-jobs 0`) and no substituters (no network here).
+   * builds allowed (`--max-jobs 0`) and no substituters (no network here), by the rig's client.
    */
   nixBuild(daemon: DaemonProcess, opts: { scheme: 'ssh-ng' | 'ssh'; pool?: string; nonces: string[]; sleep?: number; maxJobs?: number; mib?: number }): Promise<{ code: number | null; stdout: string; stderr: string; outPaths: string[] }> {
     const pool = opts.pool ?? 'x86_64';
@@ -258,7 +273,7 @@ export class Rig {
       ? `(import ${BUILD_NIX} { nonce = "${n}"; sleep = "${opts.sleep ?? 0}"; })`
       : `(import ${BIG_NIX} { nonce = "${n}"; mib = "${opts.mib}"; })`;
     const expr = `[ ${opts.nonces.map(one).join(' ')} ]`;
-    return run('nix-build', [
+    return this.client.run('nix-build', [
       '-E', expr, '--no-out-link', '--max-jobs', '0',
       '--builders', this.machinesLine(opts.scheme, pool, opts.maxJobs ?? 4),
       '--option', 'substituters', '', '--option', 'builders-use-substitutes', 'false',

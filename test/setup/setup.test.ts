@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { loadConfig } from '../../src/core/config.js';
-import { BEGIN_MARK, END_MARK, loadConfigAsOwner, runSetup, unifiedDiff, upsertMarkedBlock, type SetupOptions } from '../../src/setup/setup.js';
+import { loadConfigAsOwner, runSetup, type SetupOptions } from '../../src/setup/setup.js';
+import { BEGIN_MARK, END_MARK, unifiedDiff, upsertMarkedBlock } from '../../src/setup/text.js';
 
 const DEBIAN_SSH_CONFIG = [
   'Include /etc/ssh/ssh_config.d/*.conf',

@@ -1,7 +1,8 @@
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import t from 'tap';
-import { ZstdDecoder, ZstdEncoder, zstdRelayCommand } from '../../src/ssh/zstd-codec.js';
+import { ZstdDecoder, ZstdEncoder } from '../../src/ssh/zstd-codec.js';
+import { zstdRelayCommand } from '../../src/ssh/zstd-relay.js';
 
 /** Text that compresses, but not trivially: the kind of bytes a NAR of binaries and text holds. */
 function sample(bytes: number): Buffer {

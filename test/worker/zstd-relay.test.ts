@@ -6,7 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { packageRoot } from '../../src/core/package-file.js';
-import { ZSTD_RELAY_SOURCE, ZstdDecoder, ZstdEncoder } from '../../src/ssh/zstd-codec.js';
+import { ZstdDecoder, ZstdEncoder } from '../../src/ssh/zstd-codec.js';
+import { ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-relay.js';
 import { run } from '../rig/process.js';
 import { rigNixEnv } from '../rig/nix-config.js';
 

@@ -1,0 +1,37 @@
+#!/bin/sh
+# Runs a program of another Debian root (one of nix-roots.sh's) with that root's own libraries,
+# ssh and /bin/sh, but on this machine's processes, network and files where the tests need them:
+#
+#   nix-in-root.sh ROOT NIX_DIR PROGRAM [ARG...]
+#
+# In a mount namespace of its own: ROOT becomes / (pivot_root, not chroot: Nix re-enters its saved
+# mount namespace with setns, which would leave a chroot), with NIX_DIR at /nix (the client's or
+# worker's own store), the caller's /dev, /proc, /tmp, /var/tmp, /etc/nix (when it has one) and the
+# project's folder (fixtures, the rig's nix.conf), and a private /root (HOME). The root's own
+# files are never written.
+set -eu
+[ $# -ge 3 ] || { echo "usage: $0 ROOT NIX_DIR PROGRAM [ARG...]" >&2; exit 2; }
+project=$(cd "$(dirname "$0")/../.." && pwd)
+root=$1 nix=$2
+shift 2
+exec unshare --mount --propagation private /bin/sh -c '
+  set -eu
+  root=$1 nix=$2 project=$3 cwd=$4
+  shift 4
+  mount --bind "$root" "$root"
+  mount --bind "$nix" "$root/nix"
+  mount --rbind /dev "$root/dev"
+  mount --rbind /proc "$root/proc"
+  mount -t tmpfs -o mode=0700 tmpfs "$root/root"
+  for d in /tmp /var/tmp "$project"; do
+    mkdir -p "$root$d" 2>/dev/null || [ -d "$root$d" ]
+    mount --rbind "$d" "$root$d"
+  done
+  if [ -d /etc/nix ]; then mount --bind /etc/nix "$root/etc/nix"; fi
+  mount -o remount,bind,ro "$root"
+  cd "$root" && pivot_root . .host && cd /
+  umount -l /.host
+  cd "$cwd" 2>/dev/null || cd /
+  # The root'"'"'s own programs only: the caller'"'"'s PATH may name stand-ins that run this script.
+  PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin exec "$@"
+' sh "$root" "$nix" "$project" "$(pwd)" "$@"
