@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite: type check and build, then every test under test/ (root, sshd and Nix included).
+# The whole test suite: type check and build, lint (no reads of deprecated API fields among its
+# rules), then every test under test/ (root, sshd and Nix included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-deps.sh
 # The roots of the other Nix versions the e2e tests run as clients: made once (minutes), then cached.
 bash test/rig/nix-roots.sh trixie sid >/dev/null
 npm run build
+npm run lint
 npx tap "$@"

@@ -109,12 +109,12 @@ t.test('catalogue: server types, locations, images match the schema', async (t) 
   t.equal(cax11?.architecture, 'arm');
   const cx23 = list.find((s) => s.name === 'cx23');
   t.equal(cx23?.architecture, 'x86');
-  t.equal(cx23?.deprecation, null);
+  t.ok(cx23?.locations.every((l) => l.deprecation === null), 'cx23 deprecated nowhere');
   const fsn = cx23?.prices.find((p) => p.location === 'fsn1');
   t.match(fsn?.price_hourly.net, /^\d+\.\d{10}$/, 'net price is a decimal string');
   t.equal(fsn?.price_monthly.gross, '3.5581000000000000', 'gross = net * 1.19');
   t.notOk(cx23?.prices.some((p) => p.location === 'ash'), 'cx23 only in EU');
-  t.ok(list.some((s) => s.deprecated === true && s.deprecation !== null), 'a deprecated type is listed');
+  t.ok(list.some((s) => s.deprecated === true && s.locations.some((l) => l.deprecation !== null)), 'a deprecated type is listed');
   t.equal(price('1').gross, '1.1900000000000000');
   const meta = obj(obj(types.json)['meta'])['pagination'];
   t.match(meta, { page: 1, per_page: 25, total_entries: list.length });

@@ -29,7 +29,9 @@ CHUNK = 128 * 1024
 # Flush at least this often while the command writes without pause, so the daemon never waits long.
 MAX_UNFLUSHED = 1024 * 1024
 
-PROGRAM_PATH = re.compile(r"^/[A-Za-z0-9._+/-]*/(nix-daemon|nix-store)$")
+# The same expressions as src/ssh/nix-command.ts (a test compares them): a program given as a
+# path is a file of a store path, with no component starting with "." (so no "." or "..").
+PROGRAM_PATH = re.compile(r"^/nix/store/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+_=-][A-Za-z0-9+._=-]*(?:/[A-Za-z0-9+_=-][A-Za-z0-9+._=-]*)*/(nix-daemon|nix-store)$")
 STORE_URI = re.compile(r"^[A-Za-z0-9._~:/?#@&+,=%-]+$")
 
 
@@ -47,6 +49,8 @@ def check_nix_command(argv):
         program = first
     elif match:
         program = match.group(1)
+    elif first.startswith("/"):
+        raise Refused("program %r is not nix-daemon or nix-store in the Nix store (/nix/store/<hash>-<name>/bin/...)" % first[:80])
     else:
         raise Refused("program %r is not a Nix remote-store program" % first[:80])
     saw_mode = write = store = False
@@ -121,21 +125,30 @@ def write_all(fd, data):
         view = view[os.write(fd, view):]
 
 
+class Truncated(Exception):
+    pass
+
+
 def decompress_into(lib, src_fd, dst_fd):
     """The daemon's zstd stream on src_fd, decompressed into dst_fd until EOF."""
     dctx = lib.ZSTD_createDCtx()
     # The daemon may compress with a long window (up to 2 GiB); the default limit is 128 MiB.
     checked(lib, lib.ZSTD_DCtx_setParameter(dctx, ZSTD_D_WINDOW_LOG_MAX, 31))
     out = ctypes.create_string_buffer(CHUNK)
+    # libzstd's last hint: 0 once a frame is complete. The daemon ends its stream with the frame's
+    # end; EOF inside a frame means the stream was cut, and the command must not take it as whole.
+    hint = 0
     while True:
         data = os.read(src_fd, CHUNK)
         if not data:
+            if hint:
+                raise Truncated("the daemon's zstd stream ended inside a frame (cut off); the command's input is incomplete")
             return
         src = ctypes.create_string_buffer(data, len(data))
         inb = InBuffer(ctypes.cast(src, ctypes.c_void_p), len(data), 0)
         while True:
             outb = OutBuffer(ctypes.cast(out, ctypes.c_void_p), CHUNK, 0)
-            checked(lib, lib.ZSTD_decompressStream(dctx, ctypes.byref(outb), ctypes.byref(inb)))
+            hint = checked(lib, lib.ZSTD_decompressStream(dctx, ctypes.byref(outb), ctypes.byref(inb)))
             if outb.pos:
                 write_all(dst_fd, out.raw[: outb.pos])
             if inb.pos == inb.size and outb.pos < outb.size:
@@ -212,8 +225,11 @@ def main(args):
     for err in failures:
         sys.stderr.write("nix-hcloud-builder-zstd-relay: %s\n" % err)
     if code < 0:
-        # Die of the command's signal, so that sshd reports it as the command's own.
-        signal.signal(-code, signal.SIG_DFL)
+        # Die of the command's signal, so that sshd reports it as the command's own (KILL, the
+        # OOM killer's, can be neither caught nor reset: it needs no reset).
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(-code, signal.SIG_DFL)
+        sys.stderr.flush()
         os.kill(os.getpid(), -code)
     return code if not failures else (code or 1)
 

@@ -18,6 +18,7 @@ export const serve = defineCommand({
     log.info({ tokenSource: token.source, instance: config.instance }, 'starting');
     const daemon = new Daemon({ config, token: token.token, log });
     await daemon.start();
+    let lost = false;
     await new Promise<void>((resolve) => {
       let signals = 0;
       const onSignal = (signal: NodeJS.Signals): void => {
@@ -36,7 +37,12 @@ export const serve = defineCommand({
       };
       process.on('SIGTERM', onSignal);
       process.on('SIGINT', onSignal);
+      // Another daemon took the instance over: stop (its own workers are still deleted) and fail.
+      daemon.onInstanceLost(() => {
+        lost = true;
+        onSignal('SIGTERM');
+      });
     });
-    return 0;
+    return lost ? 1 : 0;
   },
 });

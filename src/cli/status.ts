@@ -9,6 +9,8 @@ import { instanceSelector, LABEL_POOL, LABEL_SLOT } from '../core/labels.js';
 import { Ledger } from '../daemon/ledger.js';
 import { volumePriceOf } from '../daemon/money.js';
 import { isRecordOf, peekState } from '../daemon/state.js';
+import { isOverdue, type DeletionRecord } from '../daemon/deletions.js';
+import { formatDuration } from '../core/duration.js';
 import { serverAddress } from '../hcloud/address.js';
 import { defineCommand } from './command.js';
 import { tryToken } from './common.js';
@@ -46,8 +48,16 @@ export interface VolumeRow {
   eurPerMonth?: number;
 }
 
+/** A server still being deleted (the daemon retries until the API says it is gone). */
+export interface DeletionRow extends DeletionRecord {
+  /** Failing for over an hour: an error, it bills meanwhile. */
+  overdue: boolean;
+}
+
 export interface StatusReport {
   workers: StatusRow[];
+  /** Servers whose delete has not succeeded yet, from the state file (the daemon keeps it current). */
+  deletions: DeletionRow[];
   /** This instance's store volumes; absent when the API could not be asked. */
   volumes?: VolumeRow[];
   /** EUR billed this calendar month (UTC) for servers this daemon created. */
@@ -57,12 +67,12 @@ export interface StatusReport {
 
 export async function gatherStatus(config: Config, token: string | undefined): Promise<StatusReport> {
   const ledger = Ledger.load(config.stateDir);
-  const { rows: workers, hcloud, servers } = await gatherRows(config, token);
+  const { rows: workers, hcloud, servers, deletions } = await gatherRows(config, token);
   for (const row of workers) {
     const cost = ledger.costSoFar(row.name);
     if (cost !== undefined) row.costSoFarEur = round(cost);
   }
-  const report: StatusReport = { workers, spentThisMonthEur: round(ledger.spentThisMonth()) };
+  const report: StatusReport = { workers, deletions, spentThisMonthEur: round(ledger.spentThisMonth()) };
   if (config.budget) report.budgetEurPerMonth = config.budget.maxEurPerMonth;
   if (hcloud) {
     const volumes = await gatherVolumes(config, hcloud, servers);
@@ -98,9 +108,10 @@ function round(eur: number): number {
   return Math.round(eur * 10_000) / 10_000;
 }
 
-async function gatherRows(config: Config, token: string | undefined): Promise<{ rows: StatusRow[]; hcloud?: HcloudClient; servers: Server[] }> {
+async function gatherRows(config: Config, token: string | undefined): Promise<{ rows: StatusRow[]; hcloud?: HcloudClient; servers: Server[]; deletions: DeletionRow[] }> {
   const { state, problem } = peekState(config.stateDir);
   if (problem) process.stderr.write(`nix-hcloud-builder: ${problem}\n`);
+  const deletions: DeletionRow[] = (state?.deletions ?? []).map((d) => ({ ...d, overdue: isOverdue(d, Date.now()) }));
   const rows: StatusRow[] = (state?.workers ?? []).map((w) => {
     const row: StatusRow = {
       id: w.id, name: w.name, pool: w.pool, phase: w.phase, serverType: w.serverType, location: w.location,
@@ -111,14 +122,14 @@ async function gatherRows(config: Config, token: string | undefined): Promise<{ 
     if (w.hourlyPriceEur) row.hourlyPriceEur = w.hourlyPriceEur;
     return row;
   });
-  if (!token) return { rows, servers: [] };
+  if (!token) return { rows, servers: [], deletions };
   const hcloud = new HcloudClient({ endpoint: config.hcloud.endpoint, token, retry: { maxRetries: 1 } });
   let servers: Server[];
   try {
     servers = await hcloud.listServers({ labelSelector: instanceSelector(config.instance) });
   } catch (err) {
     process.stderr.write(`nix-hcloud-builder: cannot ask the API for live status: ${(err as Error).message}\n`);
-    return { rows, servers: [] };
+    return { rows, servers: [], deletions };
   }
   for (const server of servers) {
     const row = rows.find((r) => isRecordOf(r, server));
@@ -126,20 +137,21 @@ async function gatherRows(config: Config, token: string | undefined): Promise<{ 
     else {
       const address = serverAddress(server);
       rows.push({
-        id: server.id, name: server.name, pool: server.labels[LABEL_POOL] ?? '', phase: 'unknown to the daemon', status: server.status,
-        serverType: server.server_type.name, location: server.datacenter.location.name, activeSessions: 0, createdAt: server.created,
+        id: server.id, name: server.name, pool: server.labels[LABEL_POOL] ?? '', status: server.status,
+        phase: deletions.some((d) => isRecordOf(d, server)) ? 'deleting' : 'unknown to the daemon',
+        serverType: server.server_type.name, location: server.location.name, activeSessions: 0, createdAt: server.created,
         ...(address === undefined ? {} : { address }),
       });
     }
   }
   for (const row of rows) if (row.status === undefined && row.id !== 0) row.status = 'gone';
-  return { rows, hcloud, servers };
+  return { rows, hcloud, servers, deletions };
 }
 
 export function formatStatus(report: StatusReport): string {
   const money = `spent this month: €${report.spentThisMonthEur.toFixed(2)}${report.budgetEurPerMonth === undefined ? '' : ` of a €${report.budgetEurPerMonth.toFixed(2)} budget`}\n`;
   const rows = report.workers;
-  const volumes = formatVolumes(report.volumes ?? []);
+  const volumes = formatVolumes(report.volumes ?? []) + formatDeletions(report.deletions);
   if (rows.length === 0) return `no workers\n${volumes}${money}`;
   const header = ['ID', 'NAME', 'POOL', 'PHASE', 'STATUS', 'ADDRESS', 'TYPE', 'LOCATION', 'SESSIONS', 'AGE', 'IDLE', '€/H', 'COST €'];
   const age = (iso: string | undefined): string => {
@@ -158,6 +170,17 @@ export function formatStatus(report: StatusReport): string {
 function formatTable(table: string[][]): string {
   const widths = (table[0] as string[]).map((_, i) => Math.max(...table.map((row) => (row[i] as string).length)));
   return `${table.map((row) => row.map((cell, i) => cell.padEnd(widths[i] as number)).join('  ').trimEnd()).join('\n')}\n`;
+}
+
+/** What is still being deleted, since when; an error line for each delete failing for over an hour. */
+export function formatDeletions(deletions: DeletionRow[], now = Date.now()): string {
+  if (deletions.length === 0) return '';
+  const header = ['DELETING', 'NAME', 'REASON', 'SINCE', 'FAILED', 'LAST ERROR'];
+  const table = [header, ...deletions.map((d) => [
+    String(d.id), d.name, d.reason, `${d.since} (${formatDuration(now - Date.parse(d.since))} ago)`, String(d.failures), d.lastError ?? '-',
+  ])];
+  const errors = deletions.filter((d) => d.overdue).map((d) => `error: server ${d.name} (id ${d.id}) is still not deleted after ${formatDuration(now - Date.parse(d.since))}; it bills meanwhile (last error: ${d.lastError ?? 'none'})\n`);
+  return `${formatTable(table)}${errors.join('')}`;
 }
 
 /** The store volumes' table, after the workers'; nothing when there are none. */

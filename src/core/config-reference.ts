@@ -13,13 +13,13 @@ export interface ConfigKeyDoc {
 }
 
 export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
-  { key: 'instance', default: 'host name', meaning: 'value of the `nix-hcloud-builder/instance` label: which daemon owns a server. Two daemons on one Hetzner project need different instances' },
+  { key: 'instance', default: 'host name + random suffix kept in `<stateDir>/instance`', meaning: 'value of the `nix-hcloud-builder/instance` label: which daemon owns a server. Two daemons on one Hetzner project need different instances: a second daemon claiming a live one\'s instance refuses to start (see [Money](money.md#one-daemon-per-instance-moving-a-daemon))' },
   { key: 'listen.host', default: '`127.0.0.1`', meaning: 'address Nix connects to' },
   { key: 'listen.port', default: '`2222`', meaning: 'port Nix connects to' },
-  { key: 'stateDir', default: '`$XDG_STATE_HOME/nix-hcloud-builder` (`~/.local/state/…`)', meaning: 'host key, `state.json`, `ledger.json`, lock, control socket; mode 0700' },
+  { key: 'stateDir', default: '`$XDG_STATE_HOME/nix-hcloud-builder` (`~/.local/state/…`)', meaning: 'host key, `state.json` (workers, pending deletes), `ledger.json`, `instance` (the default instance), lock, control socket; mode 0700' },
   { key: 'authorizedKeys', default: '`[]`', meaning: 'public key lines allowed to log in (the nix-daemon\'s key)' },
   { key: 'authorizedKeysFile', default: '–', meaning: 'a file of such lines, read at start' },
-  { key: 'hcloud.endpoint', default: '`https://api.hetzner.cloud/v1`', meaning: 'API base URL' },
+  { key: 'hcloud.endpoint', default: '`https://api.hetzner.cloud/v1`', meaning: 'API base URL; https, or plain http only to a loopback address (a local fake or proxy): the API token must not cross the network in clear text. Answers larger than 8 MiB are refused' },
   { key: 'hcloud.tokenFile', default: '–', meaning: 'file holding the API token; env `HCLOUD_TOKEN` wins' },
   { key: 'hcloud.tokenCommand', default: '–', meaning: 'command printing the API token (instead of `tokenFile`); env `HCLOUD_TOKEN` wins' },
   { key: 'pools.<name>', default: '–', meaning: 'a pool; `<name>` is the ssh user name Nix logs in with (lowercase letters, digits, `-`, `_`)' },
@@ -51,8 +51,12 @@ export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
   { key: 'budget.maxEurPerMonth', default: '– (no cap)', meaning: 'refuse to create a server when this month\'s spend plus one hour of it would pass this' },
   { key: 'sweepInterval', default: '`5m`', meaning: 'how often labelled servers are checked against the state (unknown ones deleted) and lifetimes enforced' },
   { key: 'shutdownGrace', default: '`60s`', meaning: 'on SIGTERM, how long running sessions may go on before workers are deleted anyway' },
+  { key: 'deleteRetry.firstWait', default: '`10s`', meaning: 'a server delete that fails (423 locked, 429, 5xx, any error) is tried again after this, then after twice as long each time, until the API says the server is gone; across sweeps and restarts (the state file keeps the pending deletes). Still failing after an hour: an error in the log and in `status`' },
+  { key: 'deleteRetry.maxWait', default: '`5m`', meaning: 'the waits between delete attempts stop growing here' },
   { key: 'limits.loginGrace', default: '`20s`', meaning: 'a connection that has not logged in by then is dropped (one whose first line is not an SSH identification line is dropped at once)' },
   { key: 'limits.maxConnectionsPerSource', default: '`128`', meaning: 'open connections from one address; more are closed at once' },
+  { key: 'limits.maxStartups', default: '`100`', meaning: 'connections that have not logged in yet, from all addresses together (as sshd\'s `MaxStartups`); more are closed at once' },
+  { key: 'limits.maxAuthTries', default: '`6`', meaning: 'failed login attempts on one connection (as sshd\'s `MaxAuthTries`; each key a client offers that is not authorized counts); then it is closed' },
   { key: 'log.level', default: '`info`', meaning: '`fatal` … `trace`, `silent`' },
 ];
 

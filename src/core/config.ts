@@ -3,11 +3,13 @@
  * Every error names the key and what was expected, so a typo never becomes a silent default.
  */
 import { readFileSync } from 'node:fs';
-import { hostname, homedir } from 'node:os';
+import { homedir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { parseDuration } from './duration.js';
 import { UserError } from './errors.js';
+import { insecureEndpointReason } from './loopback.js';
 import { NIX_RELEASE_SYSTEMS, NIX_URL_PATTERN, NIX_VERSION_PATTERN, PINNED_NIX_RELEASE, SHA256_HEX, type NixRelease, type NixReleaseSystem } from './nix-release.js';
+import { defaultInstance, LABEL_VALUE, type InstanceOrigin } from './instance.js';
 
 /**
  * Compression of the SSH connection to the worker (the leg that crosses the user's uplink).
@@ -113,6 +115,8 @@ function parseNixRelease(f: Fields, systems: string[]): NixRelease {
 export interface Config {
   /** Marks the servers this daemon owns (label value); two daemons on one project need different ones. */
   instance: string;
+  /** "config" when set there; else the default's: kept in the state folder, or made now (the daemon keeps it at start). */
+  instanceOrigin: InstanceOrigin;
   listen: { host: string; port: number };
   stateDir: string;
   authorizedKeys: string[];
@@ -124,12 +128,18 @@ export interface Config {
   sweepIntervalMs: number;
   /** On SIGTERM: how long running sessions may go on before workers are deleted anyway. */
   shutdownGraceMs: number;
+  /** Waits between attempts to delete a server: doubling from the first, capped at the max. */
+  deleteRetry: { firstWaitMs: number; maxWaitMs: number };
   budget?: { maxEurPerMonth: number };
   limits: {
     /** A connection that has not authenticated within this time is dropped. */
     loginGraceMs: number;
     /** Open connections allowed from one source address. */
     maxConnectionsPerSource: number;
+    /** Connections not yet logged in, from all addresses together (sshd's MaxStartups). */
+    maxStartups: number;
+    /** Failed login attempts allowed per connection (sshd's MaxAuthTries). */
+    maxAuthTries: number;
   };
 }
 
@@ -145,7 +155,6 @@ export class ConfigError extends UserError {
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 type JsonObject = { [key: string]: Json };
 
-const LABEL_VALUE = /^(?:[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)$/;
 const POOL_NAME = /^[a-z0-9](?:[a-z0-9_-]{0,30}[a-z0-9])?$/;
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
@@ -242,11 +251,6 @@ export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {
   return join(base, 'nix-hcloud-builder');
 }
 
-function defaultInstance(): string {
-  const cleaned = hostname().toLowerCase().replace(/[^a-z0-9_.-]/g, '-').replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, '');
-  return (cleaned || 'default').slice(0, 63).replace(/[^a-z0-9]+$/, '') || 'default';
-}
-
 function parseImage(f: Fields, k: string): ImageRef {
   const v = f.raw(k);
   if (v === undefined) return { name: 'ubuntu-24.04' };
@@ -299,20 +303,29 @@ export function parseConfig(input: unknown, baseDir: string, env: NodeJS.Process
   const top = new Fields(input, '');
   const path = (p: string): string => resolve(baseDir, p.replace(/^~(?=\/|$)/, homedir()));
 
-  const instance = top.string('instance', defaultInstance());
-  if (!LABEL_VALUE.test(instance)) top.fail('instance', 'at most 63 letters, digits, "-", "_" or ".", starting and ending with a letter or digit', instance);
+  const explicitInstance = top.optionalString('instance');
+  if (explicitInstance !== undefined && !LABEL_VALUE.test(explicitInstance)) top.fail('instance', 'at most 63 letters, digits, "-", "_" or ".", starting and ending with a letter or digit', explicitInstance);
 
   const listenFields = top.object('listen');
   const listen = { host: listenFields?.string('host', '127.0.0.1') ?? '127.0.0.1', port: listenFields?.integer('port', 2222, 0, 65535) ?? 2222 };
   listenFields?.done();
 
   const stateDir = path(top.string('stateDir', defaultStateDir(env)));
+  const { instance, origin: instanceOrigin } = explicitInstance === undefined ? defaultInstance(stateDir) : { instance: explicitInstance, origin: 'config' as const };
   const authorizedKeys = top.strings('authorizedKeys', []);
   const keysFile = top.optionalString('authorizedKeysFile');
 
   const h = top.object('hcloud');
   const endpoint = h?.string('endpoint', 'https://api.hetzner.cloud/v1') ?? 'https://api.hetzner.cloud/v1';
   if (!/^https?:\/\/[^\s]+$/.test(endpoint)) h?.fail('endpoint', 'an http(s) URL', endpoint);
+  let url: URL | undefined;
+  try {
+    url = new URL(endpoint);
+  } catch {
+    h?.fail('endpoint', 'an http(s) URL', endpoint);
+  }
+  const insecure = url && insecureEndpointReason(url);
+  if (insecure) h?.fail('endpoint', `an https URL (${insecure})`, endpoint);
   const tokenFile = h?.optionalString('tokenFile');
   const tokenCommand = h?.optionalString('tokenCommand');
   h?.done();
@@ -333,6 +346,14 @@ export function parseConfig(input: unknown, baseDir: string, env: NodeJS.Process
 
   const sweepIntervalMs = top.duration('sweepInterval', '5m');
   const shutdownGraceMs = top.duration('shutdownGrace', '60s');
+  const deleteRetryFields = top.object('deleteRetry');
+  const deleteRetry = {
+    firstWaitMs: deleteRetryFields?.duration('firstWait', '10s') ?? 10_000,
+    maxWaitMs: deleteRetryFields?.duration('maxWait', '5m') ?? 300_000,
+  };
+  if (!(deleteRetry.firstWaitMs > 0)) deleteRetryFields?.fail('firstWait', 'a duration above 0', deleteRetry.firstWaitMs / 1000);
+  if (deleteRetry.maxWaitMs < deleteRetry.firstWaitMs) deleteRetryFields?.fail('maxWait', 'a duration no shorter than deleteRetry.firstWait', deleteRetry.maxWaitMs / 1000);
+  deleteRetryFields?.done();
   const budgetFields = top.object('budget');
   const budget = budgetFields ? { maxEurPerMonth: budgetFields.number('maxEurPerMonth', Number.NaN) } : undefined;
   if (budget && Number.isNaN(budget.maxEurPerMonth)) budgetFields?.fail('maxEurPerMonth', 'a positive number of euros', undefined);
@@ -341,6 +362,8 @@ export function parseConfig(input: unknown, baseDir: string, env: NodeJS.Process
   const limits = {
     loginGraceMs: limitsFields?.duration('loginGrace', '20s') ?? 20_000,
     maxConnectionsPerSource: limitsFields?.integer('maxConnectionsPerSource', 128, 1, 100_000) ?? 128,
+    maxStartups: limitsFields?.integer('maxStartups', 100, 1, 100_000) ?? 100,
+    maxAuthTries: limitsFields?.integer('maxAuthTries', 6, 1, 100) ?? 6,
   };
   limitsFields?.done();
 
@@ -352,6 +375,7 @@ export function parseConfig(input: unknown, baseDir: string, env: NodeJS.Process
 
   const config: Config = {
     instance,
+    instanceOrigin,
     listen,
     stateDir,
     authorizedKeys,
@@ -360,6 +384,7 @@ export function parseConfig(input: unknown, baseDir: string, env: NodeJS.Process
     log: { level },
     sweepIntervalMs,
     shutdownGraceMs,
+    deleteRetry,
     limits,
   };
   if (budget) config.budget = budget;

@@ -26,6 +26,9 @@ import { Pool } from './pool.js';
 import { checkPoolServerTypes } from './server-types.js';
 import { writeFileAtomic } from '../core/atomic-file.js';
 import { isRecordOf, StateFile, type WorkerRecord } from './state.js';
+import { deletePolicyOf, Deletions } from './deletions.js';
+import { InstanceLease } from './instance-lease.js';
+import { instanceFilePath } from '../core/instance.js';
 import { Worker, type WorkerDeps } from './worker.js';
 import { StoreVolumes } from './store-volumes.js';
 
@@ -35,9 +38,10 @@ export interface DaemonOptions {
   log: Logger;
   /** How long an adoption attempt may take per server at start. */
   adoptTimeoutMs?: number;
-  /** First wait before a failed delete is retried (default DELETE_RETRY_FIRST_MS, 30 s). */
-  deleteRetryFirstMs?: number;
 }
+
+/** On stop, how long deletes may go on before the daemon exits; what is left stays in the state for the next start. */
+export const STOP_DELETE_WAIT_MS = 60_000;
 
 /** The endpoint's host key, made on first start; its public line goes into the machines file. */
 export function ensureHostKey(stateDir: string): { privateKey: string; publicKey: string } {
@@ -69,8 +73,8 @@ export class Daemon {
   endpoint!: Endpoint;
   port = 0;
   private state!: StateFile;
-  /** Records of servers being deleted that belong to no pool (found at start). */
-  private readonly orphans: WorkerRecord[] = [];
+  /** Every server being deleted (workers, failed boots, orphans), retried until gone; kept in the state. */
+  deletions!: Deletions;
   private saveScheduled = false;
   readonly hcloud: HcloudClient;
   private readonly log: Logger;
@@ -82,6 +86,10 @@ export class Daemon {
   private grace: Grace | undefined;
   ledger!: Ledger;
   private control: ControlServer | undefined;
+  private lease: InstanceLease | undefined;
+  /** Set when another daemon took the instance over: from then on nothing unknown is deleted. */
+  private instanceLost: string | undefined;
+  private readonly lostListeners: ((why: string) => void)[] = [];
 
   constructor(private readonly options: DaemonOptions) {
     this.log = options.log;
@@ -98,9 +106,26 @@ export class Daemon {
     const { state, read } = await StateFile.open(config.stateDir, config.instance);
     this.state = state;
     if (read.problem) this.log.error({ keptAs: read.keptAs }, `${read.problem}; kept it aside and falling back to a label sweep`);
-    this.log.info({ stateDir: config.stateDir, known: state.data.workers.length, node: process.version, nodeFlags: process.execArgv }, 'step 1/4: state folder locked');
+    this.deletions = new Deletions({
+      hcloud: this.hcloud,
+      log: this.log,
+      policy: deletePolicyOf(config),
+      changed: () => this.scheduleSave(),
+      gone: (record) => this.ledger.closed(record.name),
+    }, state.data.deletions ?? []);
+    this.log.info({ stateDir: config.stateDir, known: state.data.workers.length, deleting: this.deletions.pending.length, node: process.version, nodeFlags: process.execArgv }, 'step 1/4: state folder locked');
 
     try {
+      // A default instance made now is kept, so the next start has the same one.
+      if (config.instanceOrigin === 'new') writeFileAtomic(instanceFilePath(config.stateDir), `${config.instance}\n`, 0o644);
+      // No other live daemon may run as this instance (it would delete our servers, and we its).
+      this.lease = new InstanceLease({ hcloud: this.hcloud, instance: config.instance, log: this.log, ...(state.data.leaseHolder ? { previousHolder: state.data.leaseHolder } : {}) });
+      await this.lease.acquire();
+      state.data.leaseHolder = this.lease.holder;
+      await state.save();
+      this.lease.keepAlive((why) => this.loseInstance(why));
+      this.log.info({ instance: config.instance, instanceOrigin: config.instanceOrigin }, 'instance lease held');
+
       // 2. Keys.
       const hostKey = ensureHostKey(config.stateDir);
       const authorizedKeys = parseAuthorizedKeys(loadAuthorizedKeys(config));
@@ -120,7 +145,9 @@ export class Daemon {
         budget: config.budget,
         storeGb: () => [...this.stores.values()].flatMap((s) => s.volumes).reduce((sum, v) => sum + v.sizeGb, 0),
       });
-      const deps: WorkerDeps = { hcloud: this.hcloud, money: this.money, log: this.log, instance: config.instance, save: () => this.saveNow() };
+      const deps: WorkerDeps = {
+        hcloud: this.hcloud, money: this.money, deletions: this.deletions, log: this.log, instance: config.instance, save: () => this.saveNow(),
+      };
       // A new store volume counts against the budget for a whole month; unknown price: refused.
       const checkBudget = (sizeGb: number, what: string): Promise<void> => this.money.checkVolume(sizeGb, what);
       for (const pool of pools) {
@@ -130,7 +157,6 @@ export class Daemon {
           log: this.log,
           createWorker: () => Worker.planned(pool, deps, store),
           changed: () => this.scheduleSave(),
-          ...(this.options.deleteRetryFirstMs !== undefined ? { deleteRetryFirstMs: this.options.deleteRetryFirstMs } : {}),
         }));
       }
 
@@ -147,6 +173,7 @@ export class Daemon {
       this.endpoint = new Endpoint({
         hostKey: hostKey.privateKey, authorizedKeys, pools: this.pools, log: this.log,
         loginGraceMs: config.limits.loginGraceMs, maxConnectionsPerSource: config.limits.maxConnectionsPerSource,
+        maxStartups: config.limits.maxStartups, maxAuthTries: config.limits.maxAuthTries,
       });
       this.port = await this.endpoint.listen(config.listen.port, config.listen.host);
       this.log.info({ host: config.listen.host, port: this.port, pools: [...this.pools.keys()] }, 'step 4/4: listening for Nix');
@@ -154,6 +181,8 @@ export class Daemon {
       this.sweepTimer = setInterval(() => void this.sweep(), config.sweepIntervalMs);
       this.sweepTimer.unref();
     } catch (err) {
+      this.deletions.stop();
+      await this.lease?.release();
       await this.state.close();
       throw err;
     }
@@ -165,11 +194,17 @@ export class Daemon {
     for (const store of this.stores.values()) {
       await store.load().catch((err: unknown) => this.log.error({ err }, 'cannot list the store volumes; trying again at the next boot'));
     }
+    // Deletes a former run left unfinished go on first; servers among them are not adopted.
+    this.deletions.resume();
     const adopted: string[] = [];
-    const deleting: Promise<void>[] = [];
+    let deleting = 0;
     for (const server of servers) {
       const record = previous.find((r) => isRecordOf(r, server));
       const pool = this.pools.get(server.labels[LABEL_POOL] ?? '');
+      if (this.deletions.has(server)) {
+        deleting++;
+        continue;
+      }
       if (record && pool && record.phase === 'ready' && record.address && server.status === 'running') {
         const worker = new Worker(pool.config, { ...record, id: server.id }, deps);
         try {
@@ -185,11 +220,11 @@ export class Daemon {
       } else {
         this.log.warn({ server: server.name, id: server.id, known: Boolean(record) }, 'our server is not adoptable; deleting it');
       }
-      deleting.push(this.deleteOrphan(server, record));
+      this.deleteOrphan(server, 'not adoptable at start');
+      deleting++;
     }
-    await Promise.all(deleting);
     this.scheduleSave();
-    this.log.info({ found: servers.length, adopted: adopted.length, deleted: deleting.length }, 'step 3/4: reconciled with the cloud');
+    this.log.info({ found: servers.length, adopted: adopted.length, deleted: deleting }, 'step 3/4: reconciled with the cloud; deletes go on in the background');
   }
 
   /**
@@ -201,10 +236,17 @@ export class Daemon {
       try {
         for (const pool of this.pools.values()) pool.enforceLifetime();
         const servers = await this.hcloud.listServers({ labelSelector: instanceSelector(this.config.instance) });
-        const unknown = servers.filter((s) => ![...this.pools.values()].some((p) => p.knows(s)) && !this.orphans.some((o) => o.id === s.id));
-        for (const server of unknown) this.log.warn({ server: server.name, id: server.id }, 'sweep: our label, but no worker of ours; deleting it');
-        await Promise.all(unknown.map((server) => this.deleteOrphan(server, undefined)));
-        this.log.debug({ found: servers.length, deleted: unknown.length }, 'sweep done');
+        if (this.instanceLost) {
+          this.log.error({ why: this.instanceLost }, 'sweep skipped: another daemon holds this instance, so servers this daemon does not know may be its');
+          return;
+        }
+        // Servers whose delete is pending are the deletion queue's: it retries them on its own.
+        const unknown = servers.filter((s) => ![...this.pools.values()].some((p) => p.knows(s)) && !this.deletions.has(s));
+        for (const server of unknown) {
+          this.log.warn({ server: server.name, id: server.id }, 'sweep: our label, but no worker of ours; deleting it');
+          this.deleteOrphan(server, 'sweep: no worker of ours');
+        }
+        this.log.debug({ found: servers.length, deleted: unknown.length, deleting: this.deletions.pending.length }, 'sweep done');
       } catch (err) {
         this.log.error({ err }, 'sweep failed; trying again next interval');
       } finally {
@@ -214,30 +256,30 @@ export class Daemon {
     return this.sweeping;
   }
 
-  private async deleteOrphan(server: Server, record: WorkerRecord | undefined): Promise<void> {
-    const orphan: WorkerRecord = record ? { ...record, id: server.id, phase: 'deleting' } : {
-      id: server.id, name: server.name, pool: server.labels[LABEL_POOL] ?? '', serverType: server.server_type.name, location: server.datacenter.location.name,
-      phase: 'deleting', sshPort: 0, hostPublicKey: '', loginPrivateKey: '', createdAt: server.created, activeSessions: 0,
-    };
-    this.orphans.push(orphan);
-    await this.saveNow();
-    try {
-      await this.hcloud.deleteServerAndWait(server.id);
-      this.log.info({ server: server.name, id: server.id }, 'deleted');
-    } catch (err) {
-      // Kept in the state: the next start tries again.
-      this.log.error({ err, server: server.name }, 'could not delete our server');
-      return;
-    }
-    this.orphans.splice(this.orphans.indexOf(orphan), 1);
+  /**
+   * Another daemon took this instance over (its lease): this one deletes nothing it does not know
+   * from now on, and says so to whoever listens (`serve` stops).
+   */
+  private loseInstance(why: string): void {
+    this.instanceLost = why;
+    this.log.error({ instance: this.config.instance, why }, 'another daemon runs as this instance now; stopping (give each daemon its own instance)');
+    for (const listener of this.lostListeners.splice(0)) listener(why);
   }
 
-  private collect(): WorkerRecord[] {
-    return [...[...this.pools.values()].flatMap((p) => p.records), ...this.orphans];
+  /** Called once if another daemon takes this instance over while this one runs. */
+  onInstanceLost(listener: (why: string) => void): void {
+    if (this.instanceLost) listener(this.instanceLost);
+    else this.lostListeners.push(listener);
+  }
+
+  /** A server of ours that no pool manages: deleted in the background, retried until gone. */
+  private deleteOrphan(server: Server, reason: string): void {
+    this.deletions.delete(server, reason).catch(() => undefined);
   }
 
   private saveNow(): Promise<void> {
-    this.state.data.workers = this.collect();
+    this.state.data.workers = [...this.pools.values()].flatMap((p) => p.records);
+    this.state.data.deletions = this.deletions.pending;
     return this.state.save();
   }
 
@@ -271,8 +313,17 @@ export class Daemon {
       this.endpoint?.closeAll();
       await closed;
       await this.sweeping;
-      await Promise.allSettled([...this.pools.values()].map((p) => p.close(keepWorkers)));
+      // Deletes (the workers', orphans') get a bounded time; what is left stays in the state.
+      const closing = Promise.allSettled([...this.pools.values()].map((p) => p.close(keepWorkers)));
+      let timer: NodeJS.Timeout | undefined;
+      const waited = new Promise<false>((resolve) => { timer = setTimeout(() => resolve(false), STOP_DELETE_WAIT_MS); });
+      const done = await Promise.race([closing.then(() => this.deletions.drain(STOP_DELETE_WAIT_MS)), waited]);
+      clearTimeout(timer);
+      if (!done) this.log.error({ deleting: this.deletions.pending.map((d) => d.name) }, 'stopping with servers not yet deleted; the next start goes on deleting them');
+      this.deletions.stop();
+      await closing;
       await this.saveNow().catch(() => undefined);
+      await this.lease?.release();
       await this.state.close();
       this.log.info('stopped');
     })();

@@ -5,7 +5,6 @@
  */
 import type { PoolConfig } from '../core/config.js';
 import { IdleTimer, systemClock, untilBeforeNextBilledHour, type Clock } from './idle-timer.js';
-import { formatDuration } from '../core/duration.js';
 import type { Logger } from '../core/log.js';
 import type { AcquireOptions, SessionPool } from '../ssh/endpoint.js';
 import { isRecordOf, type WorkerRecord } from './state.js';
@@ -33,18 +32,8 @@ export interface PoolDeps<W extends PoolWorker = Worker> {
   createWorker: () => W;
   /** Called when the pool's set of workers or their counts change (state file, status). */
   changed: () => void;
-  /** Idle timers, delete retries and the lifetime caps' "now" (tests pass a fake one). */
+  /** Idle timers' and the lifetime caps' "now" (tests pass a fake one). */
   clock?: Clock;
-  /** First wait before retrying a failed delete (DELETE_RETRY_FIRST_MS; tests shorten it). */
-  deleteRetryFirstMs?: number;
-}
-
-/** A failed delete is retried after 30 s, then after twice as long each time, up to every 5 min. */
-export const DELETE_RETRY_FIRST_MS = 30_000;
-
-/** Wait before delete attempt `attempt + 1`: money keeps it trying, the cap (10 × the first wait) keeps the log readable. */
-export function deleteRetryDelayMs(attempt: number, firstMs = DELETE_RETRY_FIRST_MS): number {
-  return Math.min(10 * firstMs, firstMs * 2 ** Math.max(0, attempt - 1));
 }
 
 export class Pool<W extends PoolWorker = Worker> implements SessionPool {
@@ -205,6 +194,8 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   private joinBoot(worker: W, waiter: Waiter<W>): void {
     this.reserve(worker);
     const stopProgress = worker.onProgress(waiter.progress);
+    // A client that leaves hears no more: its stderr is closed, and writing to it would fail.
+    waiter.signal.addEventListener('abort', stopProgress, { once: true });
     const booted = this.boots.get(worker) as Promise<void>;
     booted.then(
       () => {
@@ -308,45 +299,30 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   private readonly retiring = new Map<W, Promise<void>>();
 
   /**
-   * Deletes a worker's server; the record stays (phase "deleting") until the delete succeeded.
-   * Called twice for one worker, both callers get the same promise.
+   * Deletes a worker's server; the record stays (phase "deleting", counted against maxWorkers)
+   * until the server is gone. The worker's delete is retried until then by the daemon's deletion
+   * queue; it fails only when the queue stopped (the daemon stops), and then the record stays in
+   * the state for the next start. Called twice for one worker, both callers get the same promise.
    */
   retire(worker: W, reason: string): Promise<void> {
     let retiring = this.retiring.get(worker);
     if (!retiring) {
-      retiring = this.deleteWithRetries(worker, reason).finally(() => this.retiring.delete(worker));
+      retiring = this.deleteWorker(worker, reason).finally(() => this.retiring.delete(worker));
       this.retiring.set(worker, retiring);
     }
     return retiring;
   }
 
-  /**
-   * `retire` for callers that do not wait: a delete given up on stop has been logged, and its
-   * record stays in the state for the next start, so the rejection is handled here, not unhandled.
-   */
+  /** `retire` for callers that do not wait: a delete cut short by a stop is handled here, not unhandled. */
   private retireInBackground(worker: W, reason: string): void {
-    this.retire(worker, reason).catch(() => undefined);
+    this.retire(worker, reason).catch((err: unknown) => this.log.warn({ worker: worker.record.name, err: (err as Error).message }, 'the worker\'s delete was cut short; the next start goes on with it'));
   }
 
-  private async deleteWithRetries(worker: W, reason: string): Promise<void> {
+  private async deleteWorker(worker: W, reason: string): Promise<void> {
     this.idleTimers.get(worker)?.cancel();
     worker.markDeleting();
     this.deps.changed();
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await worker.destroy(reason);
-        break;
-      } catch (err) {
-        // Money: keep trying. The record stays in the state, so a restart deletes it too.
-        if (this.closed && attempt >= 3) {
-          this.log.error({ err, worker: worker.record.name, attempt }, 'deleting the server failed; giving up on stop (the next start deletes it)');
-          throw err;
-        }
-        const delayMs = deleteRetryDelayMs(attempt, this.deps.deleteRetryFirstMs);
-        this.log.error({ err, worker: worker.record.name, attempt, retryInMs: delayMs }, `deleting the server failed; retrying in ${formatDuration(delayMs)}`);
-        await new Promise<void>((r) => this.clock.setTimeout(r, delayMs));
-      }
-    }
+    await worker.destroy(reason);
     this.remove(worker);
     this.dispatch();
   }

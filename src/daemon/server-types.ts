@@ -24,7 +24,7 @@ export function poolArchitecture(pool: PoolConfig): 'x86' | 'arm' {
   return [...archs][0] as 'x86' | 'arm';
 }
 
-/** Returns warnings (deprecated types); throws for unknown types and architecture mismatches. */
+/** Returns warnings (types deprecated in one of the pool's locations); throws for unknown types and architecture mismatches. */
 export function checkPoolServerTypes(pool: PoolConfig, types: ServerType[]): string[] {
   const arch = poolArchitecture(pool);
   const warnings: string[] = [];
@@ -34,7 +34,11 @@ export function checkPoolServerTypes(pool: PoolConfig, types: ServerType[]): str
     if (type.architecture !== arch) {
       throw new PoolTypeError(`pool "${pool.name}": server type "${name}" is ${type.architecture}, but the pool builds ${pool.systems.join(', ')} (${arch})`);
     }
-    if (type.deprecation) warnings.push(`pool "${pool.name}": server type "${name}" is deprecated (unavailable after ${type.deprecation.unavailable_after})`);
+    for (const where of type.locations) {
+      if (where.deprecation && pool.locations.includes(where.name)) {
+        warnings.push(`pool "${pool.name}": server type "${name}" is deprecated in ${where.name} (unavailable after ${where.deprecation.unavailable_after})`);
+      }
+    }
   }
   return warnings;
 }

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import lockfile from 'proper-lockfile';
 import { writeFileAtomic } from '../core/atomic-file.js';
 import { UserError } from '../core/errors.js';
+import type { DeletionRecord } from './deletions.js';
 
 export const STATE_VERSION = 1;
 
@@ -42,6 +43,10 @@ export interface StateData {
   pid: number;
   updatedAt: string;
   workers: WorkerRecord[];
+  /** Servers being deleted (see deletions.ts); absent in files written before it existed. */
+  deletions?: DeletionRecord[];
+  /** The instance lease's holder id this state folder's daemon wrote last (see instance-lease.ts). */
+  leaseHolder?: string;
 }
 
 /** Whether a record stands for a server: by id once the create answered, else by its unique name. */
@@ -80,6 +85,16 @@ function validate(data: unknown): StateData {
       throw new StateError('a worker entry is incomplete');
     }
   }
+  if (d.deletions !== undefined) {
+    if (!Array.isArray(d.deletions)) throw new StateError('the deletion list is not a list');
+    for (const x of d.deletions) {
+      if (typeof x?.id !== 'number' || typeof x.name !== 'string' || typeof x.since !== 'string' || Number.isNaN(Date.parse(x.since))) {
+        throw new StateError('a deletion entry is incomplete');
+      }
+      x.reason = typeof x.reason === 'string' ? x.reason : 'unknown';
+      x.failures = typeof x.failures === 'number' ? x.failures : 0;
+    }
+  }
   return d as StateData;
 }
 
@@ -111,7 +126,8 @@ export class StateFile {
   readonly data: StateData;
 
   private constructor(readonly dir: string, instance: string, previous: StateData | undefined) {
-    this.data = { version: STATE_VERSION, instance, pid: process.pid, updatedAt: new Date().toISOString(), workers: previous?.workers ?? [] };
+    this.data = { version: STATE_VERSION, instance, pid: process.pid, updatedAt: new Date().toISOString(), workers: previous?.workers ?? [], deletions: previous?.deletions ?? [] };
+    if (previous?.leaseHolder !== undefined) this.data.leaseHolder = previous.leaseHolder;
   }
 
   /**

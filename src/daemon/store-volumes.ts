@@ -13,6 +13,7 @@ import type { Logger } from '../core/log.js';
 import type { HcloudClient } from '../hcloud/client.js';
 import type { Volume } from '../hcloud/types.js';
 import { HcloudError, isNotFound } from '../hcloud/errors.js';
+import { DEFAULT_DELETE_POLICY, deleteRetryDelayMs, type DeletePolicy } from './deletions.js';
 
 export interface StoreVolume {
   id: number;
@@ -210,16 +211,18 @@ export function unusedVolumes(pools: Record<string, PoolConfig>, volumes: Volume
 
 /**
  * Deletes a volume for good: detached first when a server has it (Hetzner refuses to delete an
- * attached volume), each step retried while the volume is busy (423 locked) or the API fails, up
- * to `attempts` times. A volume already gone counts as deleted.
+ * attached volume). Failures (423 locked while an action runs on it, 429, 5xx, any error) are
+ * retried with the deletion queue's backoff (deletions.ts) until the volume is gone or `waitMs`
+ * would be passed; then the last error is thrown. A volume already gone counts as deleted.
  */
 export async function removeVolume(
   hcloud: Pick<HcloudClient, 'getVolume' | 'detachVolume' | 'deleteVolume' | 'waitForActions'>,
   id: number,
-  options: { attempts?: number; waitMs?: number } = {},
+  options: { waitMs: number; policy?: Pick<DeletePolicy, 'firstRetryMs' | 'maxRetryMs'> },
 ): Promise<void> {
-  const attempts = options.attempts ?? 5;
-  for (let attempt = 1; ; attempt++) {
+  const policy = { ...DEFAULT_DELETE_POLICY, ...options.policy };
+  const deadline = Date.now() + options.waitMs;
+  for (let failures = 1; ; failures++) {
     try {
       const live = await hcloud.getVolume(id);
       if (live.server !== null && live.server !== undefined) await hcloud.waitForActions([await hcloud.detachVolume(id)], { timeoutMs: 120_000 });
@@ -227,8 +230,9 @@ export async function removeVolume(
       return;
     } catch (err) {
       if (isNotFound(err)) return;
-      if (attempt >= attempts) throw err;
-      await sleep((options.waitMs ?? 2000) * attempt);
+      const delayMs = deleteRetryDelayMs(policy, failures);
+      if (Date.now() + delayMs > deadline) throw err;
+      await sleep(delayMs);
     }
   }
 }

@@ -16,7 +16,7 @@ import { BudgetExceeded } from './ledger.js';
 import type { Money } from './money.js';
 import { placements, TRY_ELSEWHERE } from './placement.js';
 import type { WorkerRecord } from './state.js';
-import type { StoreVolumeInput } from './user-data.js';
+import type { Deletions } from './deletions.js';
 import { planWorker, type UserDataFor } from './worker-plan.js';
 import type { StoreLease, StoreVolumes } from './store-volumes.js';
 import { STORE_MARKER } from './store-script.js';
@@ -31,6 +31,8 @@ export interface WorkerDeps {
   money: Money;
   log: Logger;
   instance: string;
+  /** The one way a server is deleted: retried until the API says it is gone. */
+  deletions: Pick<Deletions, 'delete'>;
   /** Persists the record after each change that matters on restart. */
   save: () => Promise<void>;
 }
@@ -406,28 +408,18 @@ export class Worker {
     this.storeLease = undefined;
   }
 
-  /** Deletes the server and waits for the delete action; not-found counts as deleted. */
+  /**
+   * Deletes the server through the deletion queue: resolves once the API says it is gone (also
+   * when the create never answered and no server has its name); rejects only when the queue is
+   * stopped first.
+   */
   async destroy(reason: string): Promise<void> {
     this.markDeleting();
     await this.flushStore();
     this.disconnect();
-    if (this.record.id === 0) {
-      // The create call never answered: look the server up by its (unique) name.
-      // A failed lookup throws: the caller retries rather than forget a server that may exist.
-      const found = await this.deps.hcloud.listServers({ name: this.record.name });
-      const server = found[0];
-      if (!server) {
-        this.releaseStore();
-        return;
-      }
-      this.rec.id = server.id;
-    }
     await this.deps.save().catch(() => undefined);
-    const started = Date.now();
-    await this.deps.hcloud.deleteServerAndWait(this.record.id);
+    await this.deps.deletions.delete({ id: this.record.id, name: this.record.name }, reason);
     // The delete action has ended, so Hetzner has detached the volume: the slot is free again.
     this.releaseStore();
-    this.deps.money.ledger.closed(this.record.name);
-    this.log.info({ id: this.record.id, reason, deleteMs: Date.now() - started }, `deleted server ${this.record.name}`);
   }
 }

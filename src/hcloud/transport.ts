@@ -3,6 +3,8 @@
  * retries per `retry.ts`, pagination, and the sleeps between attempts. The resource modules
  * (`resources/`) and the action waiter (`actions.ts`) speak to the API only through it.
  */
+import { insecureEndpointReason } from '../core/loopback.js';
+import { AnswerTooLarge, MAX_ANSWER_BYTES, readLimited } from './answer-body.js';
 import type { operations } from './openapi.js';
 import { HcloudError, apiErrorMessage } from './errors.js';
 import {
@@ -27,6 +29,8 @@ export interface TransportOptions {
   retry?: Partial<RetryPolicy>;
   /** Timeout of each single request, answer body included; default 30 s. */
   requestTimeoutMs?: number;
+  /** Largest answer body read; a larger one is an `invalid_response` error. Default MAX_ANSWER_BYTES. */
+  maxAnswerBytes?: number;
   logger?: Logger;
   userAgent?: string;
   /** Waits between retries and polls; must reject when `signal` aborts. Injectable for tests. */
@@ -94,6 +98,8 @@ function describeCause(err: unknown): string {
   return parts.filter((p) => p.length > 0).join(': ') || String(err);
 }
 
+type QueryScalar = string | number | boolean | null | undefined;
+
 export function asArray<T>(value: T | T[] | undefined): T[] | undefined {
   if (value === undefined) return undefined;
   return Array.isArray(value) ? value : [value];
@@ -103,6 +109,7 @@ export class Transport {
   readonly endpoint: string;
   readonly retryPolicy: RetryPolicy;
   readonly requestTimeoutMs: number;
+  readonly maxAnswerBytes: number;
   readonly log: Logger;
   readonly now: () => number;
   readonly #token: string;
@@ -116,12 +123,14 @@ export class Transport {
     } catch {
       throw new TypeError(`Hetzner Cloud endpoint is not a URL: ${JSON.stringify(opts.endpoint)}`);
     }
-    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new TypeError(`Hetzner Cloud endpoint must be http(s): ${opts.endpoint}`);
+    const insecure = insecureEndpointReason(url);
+    if (insecure) throw new TypeError(`Hetzner Cloud endpoint ${opts.endpoint}: ${insecure}`);
     if (typeof opts.token !== 'string' || opts.token.trim() === '') throw new TypeError('Hetzner Cloud API token is empty');
     this.endpoint = opts.endpoint.replace(/\/+$/, '');
     this.#token = opts.token.trim();
     this.retryPolicy = resolveRetryPolicy(opts.retry);
     this.requestTimeoutMs = opts.requestTimeoutMs ?? 30_000;
+    this.maxAnswerBytes = opts.maxAnswerBytes ?? MAX_ANSWER_BYTES;
     if (!(this.requestTimeoutMs > 0)) throw new RangeError('requestTimeoutMs must be > 0');
     this.#userAgent = opts.userAgent ?? DEFAULT_USER_AGENT;
     this.log = opts.logger ?? noopLogger;
@@ -187,8 +196,9 @@ export class Transport {
 
     const params = new URLSearchParams();
     if (spec.query !== undefined) {
-      for (const [key, value] of Object.entries(spec.query as object)) {
-        for (const item of asArray<unknown>(value) ?? []) {
+      // Query parameters are scalars or arrays of them (the description has no other kind).
+      for (const [key, value] of Object.entries(spec.query as Record<string, QueryScalar | QueryScalar[]>)) {
+        for (const item of asArray(value) ?? []) {
           if (item !== undefined && item !== null) params.append(key, String(item));
         }
       }
@@ -237,10 +247,12 @@ export class Transport {
         { op, method, path, status, requestId, ms: this.now() - started, rateLimitRemaining: res.headers.get('ratelimit-remaining') ?? undefined },
         'Hetzner Cloud API answer',
       );
-      text = await res.text();
+      text = await readLimited(res, this.maxAnswerBytes);
     } catch (cause) {
       let error: HcloudError;
-      if (userSignal?.aborted) {
+      if (cause instanceof AnswerTooLarge) {
+        error = this.invalid(method, path, status, cause.message, requestId);
+      } else if (userSignal?.aborted) {
         error = this.#aborted(method, path, userSignal);
       } else if (timedOut) {
         error = new HcloudError({
@@ -332,5 +344,5 @@ export function listQuery<Op extends keyof operations>(filters: object): QueryOf
   for (const [key, value] of Object.entries(filters)) {
     if (value !== undefined) query[key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)] = value;
   }
-  return query as QueryOf<Op>;
+  return query;
 }

@@ -48,6 +48,7 @@ export type VolumeStatus = Volume['status'];
 export type CreateVolumeResponse = Schemas['create_volume_response'];
 /** Body of `PUT /volumes/{id}`: name and labels (the labels given replace all of them). */
 export type UpdateVolumeRequest = Schemas['replace_volume_request'];
+export type UpdateSshKeyRequest = Schemas['replace_ssh_key_request'];
 /** `GET /pricing`: every resource's price, net and gross, in the project's currency. */
 export type Pricing = OkAnswer<'list_prices'>['pricing'];
 /** A price as the API writes it: decimal strings, `{net, gross}`. */

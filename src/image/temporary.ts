@@ -41,6 +41,7 @@ export class ImageUploadError extends UserError {
 /** The error an aborted upload ends with: the signal's reason, or one saying it was aborted. */
 export function abortError(signal: AbortSignal): Error {
   const reason: unknown = signal.reason;
+  // eslint-disable-next-line @typescript-eslint/no-base-to-string -- a reason that is no Error is shown as String() shows it
   return reason instanceof Error ? reason : new ImageUploadError(`image upload aborted${reason === undefined ? '' : `: ${String(reason)}`}`);
 }
 

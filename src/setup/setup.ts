@@ -16,7 +16,7 @@
 import { chownSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
-import ssh2 from 'ssh2';
+import ssh2, { type ParsedKey } from 'ssh2';
 import { loadConfig, type Config } from '../core/config.js';
 import { writeFileAtomic } from '../core/atomic-file.js';
 import { generateKeyPair, hostKeyPaths } from '../ssh/keys.js';
@@ -108,7 +108,7 @@ function hasKey(lines: string[], publicKey: string): boolean {
 /** The public key line of an unencrypted OpenSSH private key. */
 function publicFromPrivate(path: string, text: string): string {
   const parsed = ssh2.utils.parseKey(text);
-  const key = Array.isArray(parsed) ? parsed[0] : parsed;
+  const key = Array.isArray(parsed) ? (parsed[0] as ParsedKey | undefined) : parsed;
   if (!key || key instanceof Error) {
     throw new SetupError(`client key ${path} is not an unencrypted OpenSSH private key (nix-daemon cannot type a passphrase): ${key instanceof Error ? key.message : 'empty'}`);
   }

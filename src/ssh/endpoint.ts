@@ -9,7 +9,9 @@ import ssh2 from 'ssh2';
 import type { AuthContext, Connection, ServerChannel, Session } from 'ssh2';
 import type { Logger } from '../core/log.js';
 import { CommandRefused, parseNixCommand, type NixCommand } from './nix-command.js';
+import { keyRefusal, type AuthorizedKey } from './authorized-keys.js';
 import { limitChannelWindows } from './channel-window.js';
+import { replyChannelFailure } from './ssh2-internals.js';
 import { watchIdentLine } from './ident-line.js';
 import { readShellBootstrap, SHELL_BOOTSTRAP_COMMAND } from './shell-bootstrap.js';
 import { pipeSession } from './session-pipe.js';
@@ -18,15 +20,21 @@ import { CLIENT_SOCKET_HIGH_WATER, WriteGate } from './write-gate.js';
 
 type ParsedKey = ssh2.ParsedKey;
 
+export { parseAuthorizedKeys } from './authorized-keys.js';
+
 export interface EndpointOptions {
   hostKey: string;
-  authorizedKeys: ParsedKey[];
+  authorizedKeys: AuthorizedKey[];
   pools: Map<string, SessionPool>;
   log: Logger;
   /** A connection that has not authenticated by then is dropped. */
   loginGraceMs: number;
   /** Open connections allowed from one source address; more are dropped at once. */
   maxConnectionsPerSource: number;
+  /** Connections not yet logged in, from all addresses together (sshd's MaxStartups); more are dropped at once. */
+  maxStartups: number;
+  /** Failed login attempts allowed on one connection (sshd's MaxAuthTries); then it is dropped. */
+  maxAuthTries: number;
 }
 
 /** What a session needs of its pool (the daemon's Pool): a slot on a worker, waited for if need be. */
@@ -41,6 +49,17 @@ export interface AcquireOptions {
   signal: AbortSignal;
 }
 
+/** A logged-in connection, as its sessions see it. */
+interface Login {
+  client: Connection;
+  user: string;
+  log: Logger;
+  /** The client socket's write gate. */
+  clientGate: WriteGate | undefined;
+  /** The `command="…"` of the authorized key the client logged in with. */
+  forcedCommand: NixCommand | undefined;
+}
+
 /** A slot on a worker, held for one session. */
 export interface SessionLease {
   worker: {
@@ -50,20 +69,6 @@ export interface SessionLease {
   };
   /** Gives the slot back; safe to call more than once. */
   release(): void;
-}
-
-export function parseAuthorizedKeys(lines: string[]): ParsedKey[] {
-  const keys: ParsedKey[] = [];
-  for (const line of lines) {
-    const trimmed = line.trim();
-    if (!trimmed || trimmed.startsWith('#')) continue;
-    // Skip an options prefix (from="…" etc.) as in authorized_keys files: the key starts at its type.
-    const start = trimmed.search(/(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+@openssh\.com) /);
-    const parsed = ssh2.utils.parseKey(start >= 0 ? trimmed.slice(start) : trimmed);
-    if (parsed instanceof Error) throw new Error(`authorized key "${trimmed.slice(0, 40)}…" is not a valid public key: ${parsed.message}`);
-    keys.push(Array.isArray(parsed) ? (parsed[0] as ParsedKey) : parsed);
-  }
-  return keys;
 }
 
 function keyMatches(ctx: AuthContext & { method: 'publickey' }, allowed: ParsedKey): boolean {
@@ -81,6 +86,41 @@ function refuse(channel: ServerChannel, message: string): void {
   channel.end();
 }
 
+/**
+ * A channel's streams, once its client is gone, fail every write with an `error` event
+ * (ERR_STREAM_WRITE_AFTER_END); unheard, that event would end the daemon and every session in it.
+ */
+/**
+ * Calls `gone` once the client closes `channel` or drops the connection, while the channel is
+ * paused. A paused channel emits no 'close': ssh2 waits for its 'end', which waits for the
+ * buffered stdin to be read. ssh2 ends the channel's writable side at the client's close, though
+ * (with no stdout write pending, 'finish' follows), and a dropped connection emits 'close'.
+ * Returns the function that stops watching.
+ */
+function onClientGone(client: Connection, channel: ServerChannel, gone: () => void): () => void {
+  let called = false;
+  const once = (): void => {
+    if (called) return;
+    called = true;
+    gone();
+  };
+  channel.once('close', once);
+  channel.once('finish', once);
+  client.once('close', once);
+  return () => {
+    channel.removeListener('close', once);
+    channel.removeListener('finish', once);
+    client.removeListener('close', once);
+  };
+}
+
+function quietOnClientGone(channel: ServerChannel, log: Logger): ServerChannel {
+  const onError = (err: Error): void => log.debug({ err: err.message }, 'write to a closed client channel');
+  channel.on('error', onError);
+  channel.stderr.on('error', onError);
+  return channel;
+}
+
 export class Endpoint {
   readonly server: ssh2.Server;
   private readonly log: Logger;
@@ -89,6 +129,8 @@ export class Endpoint {
   private readonly perSource = new Map<string, number>();
   /** "ip:port" of connections that logged in (the login grace timer spares them). */
   private readonly authenticated = new Set<string>();
+  /** "ip:port" of open connections that have not logged in yet (counted against maxStartups). */
+  private readonly preLogin = new Set<string>();
   /** The write gate of each open client socket, by peer ("ip:port"): ssh2 does not expose the socket. */
   private readonly gates = new Map<string, WriteGate>();
   private readonly tcp: Server = createServer((socket) => this.onSocket(socket));
@@ -133,6 +175,7 @@ export class Endpoint {
       if (left > 0) this.perSource.set(ip, left);
       else this.perSource.delete(ip);
       this.authenticated.delete(peer);
+      this.preLogin.delete(peer);
       this.gates.delete(peer);
     });
     socket.on('error', () => undefined);
@@ -141,6 +184,12 @@ export class Endpoint {
       socket.destroy();
       return;
     }
+    if (this.preLogin.size >= this.options.maxStartups) {
+      this.log.warn({ peer, notLoggedIn: this.preLogin.size, max: this.options.maxStartups }, 'refused: too many connections not logged in yet (limits.maxStartups)');
+      socket.destroy();
+      return;
+    }
+    this.preLogin.add(peer);
     const loginTimer = setTimeout(() => {
       if (this.authenticated.has(peer)) return;
       this.log.warn({ peer }, 'dropped: no login within the login grace time');
@@ -174,25 +223,47 @@ export class Endpoint {
     // Errors (garbage instead of an SSH banner, resets) end that connection only.
     client.on('error', (err: Error) => log.debug({ err: err.message }, 'client connection error'));
     let user = '';
+    /** The authorized_keys entry the client logged in with (its forced command, if any). */
+    let loggedInWith: AuthorizedKey | undefined;
+    let failures = 0;
+    let firstRequest = true;
 
     client.on('authentication', (ctx) => {
       user = ctx.username;
-      if (ctx.method !== 'publickey') {
+      // As sshd: the client's opening "none" request (which asks for the methods) is no attempt.
+      const counts = !(firstRequest && ctx.method === 'none');
+      firstRequest = false;
+      const reject = (): void => {
+        if (counts) failures++;
+        if (failures >= this.options.maxAuthTries) {
+          log.warn({ user, attempts: failures, max: this.options.maxAuthTries }, 'dropped: too many failed login attempts (limits.maxAuthTries)');
+          client.end();
+          return;
+        }
         ctx.reject(['publickey']);
-        return;
+      };
+      if (ctx.method !== 'publickey') return reject();
+      const match = this.options.authorizedKeys.find((entry) => keyMatches(ctx, entry.key));
+      if (!match) {
+        if (ctx.signature) log.warn({ user, keyType: ctx.key.algo }, 'refused: public key not authorized');
+        return reject();
       }
-      if (this.options.authorizedKeys.some((key) => keyMatches(ctx, key))) {
-        ctx.accept();
-        return;
+      const refusal = keyRefusal(match, info.ip, Date.now());
+      if (refusal) {
+        // Logged at the query too: a client told no does not go on to sign.
+        log.warn({ user, keyType: ctx.key.algo, why: refusal }, 'refused: public key not authorized now');
+        return reject();
       }
-      if (ctx.signature) log.warn({ user, keyType: ctx.key.algo }, 'refused: public key not authorized');
-      ctx.reject(['publickey']);
+      if (ctx.signature) loggedInWith = match;
+      ctx.accept();
     });
     client.on('ready', () => {
       this.authenticated.add(`${info.ip}:${info.port}`);
+      this.preLogin.delete(`${info.ip}:${info.port}`);
       log.debug({ user }, 'authenticated');
       const gate = this.gates.get(`${info.ip}:${info.port}`);
-      client.on('session', (accept) => this.onSession(accept(), user, log, gate));
+      const login: Login = { client, user, log, clientGate: gate, forcedCommand: loggedInWith?.command };
+      client.on('session', (accept) => this.onSession(login, accept()));
       client.on('tcpip', (_accept, reject) => {
         log.warn({ user }, 'refused: port forwarding');
         reject();
@@ -208,8 +279,23 @@ export class Endpoint {
     });
   }
 
-  private onSession(session: Session, user: string, log: Logger, clientGate: WriteGate | undefined): void {
-    let execStarted = false;
+  private onSession(login: Login, session: Session): void {
+    const { client, user, log } = login;
+    // One command per session, as in OpenSSH: a second exec, shell or subsystem request is
+    // answered with a failure (ssh2's accept() would return nothing), and the running command goes on.
+    let started = false;
+    const start = (request: string, accept: () => ServerChannel | undefined, reject: (() => void) | undefined): ServerChannel | undefined => {
+      if (started) {
+        log.warn({ user, request }, 'refused: a second command on one session');
+        // ssh2 passes reject only when the client wants a reply, and it no longer sends one itself.
+        if (reject && !replyChannelFailure(client, session)) log.debug('ssh2 internals not as expected: no failure reply sent');
+        return undefined;
+      }
+      started = true;
+      // Accept at once: a late accept() after the client's EOF returns nothing.
+      const channel = accept();
+      return channel && quietOnClientGone(channel, log);
+    };
     session.on('env', (accept) => accept?.());
     session.on('pty', (_accept, reject) => {
       log.warn({ user }, 'refused: pty');
@@ -225,24 +311,26 @@ export class Endpoint {
     });
     session.on('window-change', (accept) => accept?.());
     session.on('signal', (accept) => accept?.());
-    session.on('shell', (accept) => {
+    session.on('shell', (accept, reject) => {
+      const channel = start('shell', accept, reject);
+      if (!channel) return;
       log.warn({ user }, 'refused: shell');
-      refuse(accept(), 'this endpoint runs Nix remote builds only (nix-daemon --stdio, nix-store --serve); no shell');
+      refuse(channel, 'this endpoint runs Nix remote builds only (nix-daemon --stdio, nix-store --serve); no shell');
     });
-    session.on('subsystem', (accept, _reject, info) => {
+    session.on('subsystem', (accept, reject, info) => {
+      const channel = start('subsystem', accept, reject);
+      if (!channel) return;
       log.warn({ user, subsystem: info.name }, 'refused: subsystem');
-      refuse(accept(), `subsystem ${JSON.stringify(info.name)} is not available; this endpoint runs Nix remote builds only`);
+      refuse(channel, `subsystem ${JSON.stringify(info.name)} is not available; this endpoint runs Nix remote builds only`);
     });
-    session.on('exec', (accept, _reject, info) => {
-      // Accept at once: a late accept() after the client's EOF returns nothing.
-      const channel = accept();
-      if (execStarted) return refuse(channel, 'one command per session');
-      execStarted = true;
-      void this.onExec(channel, user, info.command, log, clientGate);
+    session.on('exec', (accept, reject, info) => {
+      const channel = start('exec', accept, reject);
+      if (channel) void this.onExec(login, channel, info.command);
     });
   }
 
-  private async onExec(channel: ServerChannel, user: string, raw: string, log: Logger, clientGate: WriteGate | undefined): Promise<void> {
+  private async onExec(login: Login, channel: ServerChannel, raw: string): Promise<void> {
+    const { client, user, log, clientGate, forcedCommand } = login;
     const pool = this.options.pools.get(user);
     if (!pool) {
       log.warn({ user }, 'refused: unknown pool');
@@ -251,7 +339,9 @@ export class Endpoint {
     let command: NixCommand;
     try {
       // Lix 2.93.0 execs `bash` and writes the command on stdin (see shell-bootstrap.ts).
-      command = raw === SHELL_BOOTSTRAP_COMMAND ? await readShellBootstrap(channel) : parseNixCommand(raw);
+      // A key's command="…" runs instead of what the client asked for, as in sshd.
+      if (forcedCommand) command = forcedCommand;
+      else command = raw === SHELL_BOOTSTRAP_COMMAND ? await readShellBootstrap(channel) : parseNixCommand(raw);
     } catch (err) {
       if (!(err instanceof CommandRefused)) throw err;
       log.warn({ user, command: raw.slice(0, 200), reason: err.message }, 'refused: command');
@@ -264,13 +354,15 @@ export class Endpoint {
     // The Nix side's stdin stays buffered (by the SSH window) until the worker is ready.
     channel.pause();
     const abort = new AbortController();
-    const onEarlyClose = (): void => abort.abort();
-    channel.once('close', onEarlyClose);
+    const stopWatching = onClientGone(client, channel, () => abort.abort());
     this.activeSessions++;
     let lease: SessionLease | undefined;
     const started = Date.now();
     try {
-      lease = await pool.acquire({ signal: abort.signal, progress: (line) => channel.stderr.write(`${line}\n`) });
+      const progress = (line: string): void => {
+        if (channel.stderr.writable) channel.stderr.write(`${line}\n`);
+      };
+      lease = await pool.acquire({ signal: abort.signal, progress });
       if (abort.signal.aborted) return;
       const upstream = await lease.worker.execNix(command);
       // The client may have gone while the channel opened: then nobody would close it, and its
@@ -279,7 +371,7 @@ export class Endpoint {
         upstream.channel.close();
         return;
       }
-      channel.removeListener('close', onEarlyClose);
+      stopWatching();
       const waitedMs = Date.now() - started;
       log.info({ user, worker: lease.worker.record.name, command: command.mode, waitedMs }, 'session started');
       const result = await pipeSession(channel, upstream.channel, { toClient: clientGate, toWorker: upstream.gate }, upstream.codec);
@@ -295,7 +387,7 @@ export class Endpoint {
       }
     } finally {
       this.activeSessions--;
-      channel.removeListener('close', onEarlyClose);
+      stopWatching();
       lease?.release();
     }
   }

@@ -7,7 +7,7 @@
  */
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import ssh2 from 'ssh2';
+import ssh2, { type ParsedKey } from 'ssh2';
 
 export interface KeyPair {
   /** OpenSSH private key ("BEGIN OPENSSH PRIVATE KEY"). Secret: never logged. */
@@ -67,7 +67,7 @@ function publicKeyBody(line: string): string {
 export function publicKeyBlob(line: string): Buffer {
   const parsed = ssh2.utils.parseKey(publicKeyBody(line));
   if (parsed instanceof Error) throw new Error(`not a valid public key: ${parsed.message}`);
-  const key = Array.isArray(parsed) ? parsed[0] : parsed;
+  const key = Array.isArray(parsed) ? (parsed[0] as ParsedKey | undefined) : parsed;
   if (!key) throw new Error('not a valid public key');
   return key.getPublicSSH();
 }

@@ -7,7 +7,7 @@ export type NixProgram = 'nix-daemon' | 'nix-store';
 
 export interface NixCommand {
   program: NixProgram;
-  /** The program as given when it was an absolute path (remote-program=/…/bin/nix-daemon). */
+  /** The program as given when it was a path in the Nix store (remote-program=/nix/store/…/bin/nix-daemon). */
   programPath?: string;
   mode: 'daemon' | 'serve';
   write: boolean;
@@ -19,9 +19,16 @@ export class CommandRefused extends Error {
 }
 
 const MAX_COMMAND_LENGTH = 4096;
-const PROGRAM_PATH = /^\/[A-Za-z0-9._+/-]*\/(nix-daemon|nix-store)$/;
+/**
+ * A program given as a path must be a file of a store path: /nix/store/<hash>-<name>/…/nix-daemon.
+ * Nothing else on the worker is trusted to be Nix: with a warm store, a binary someone left on
+ * the volume outside the store would run in every later worker. No component starts with "."
+ * (so no "." or ".."); the hash is Nix's base-32. worker/zstd-relay.py has the same expressions
+ * (a test compares them).
+ */
+export const PROGRAM_PATH = /^\/nix\/store\/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+_=-][A-Za-z0-9+._=-]*(?:\/[A-Za-z0-9+_=-][A-Za-z0-9+._=-]*)*\/(nix-daemon|nix-store)$/;
 // No quote, `$`, `;`, parentheses or backquote: even though the value is re-quoted, there is no reason to carry them.
-const STORE_URI = /^[A-Za-z0-9._~:/?#@&+,=%-]+$/;
+export const STORE_URI = /^[A-Za-z0-9._~:/?#@&+,=%-]+$/;
 
 /** Splits like a shell would for plain words and quoted words; anything that a shell would expand is refused. */
 function words(command: string): string[] {
@@ -72,6 +79,8 @@ export function parseNixCommand(command: string): NixCommand {
   else if (pathMatch) {
     program = pathMatch[1] as NixProgram;
     programPath = first;
+  } else if (first.startsWith('/')) {
+    throw new CommandRefused(`program ${JSON.stringify(first.slice(0, 80))} is not nix-daemon or nix-store in the Nix store (/nix/store/<hash>-<name>/bin/…)`);
   } else throw new CommandRefused(`program ${JSON.stringify(first.slice(0, 80))} is not a Nix remote-store program`);
 
   const result: NixCommand = { program, mode: program === 'nix-daemon' ? 'daemon' : 'serve', write: false };

@@ -232,11 +232,11 @@ export function pipeSession(client: ServerChannel, worker: ClientChannel, gates:
     worker.stderr.on('data', (chunk: Buffer) => writer.push(true, chunk));
     worker.on('end', () => {
       stdoutEnded = true;
-      maybeFinish();
+      void maybeFinish();
     });
     worker.stderr.on('end', () => {
       stderrEnded = true;
-      maybeFinish();
+      void maybeFinish();
     });
     worker.on('exit', (code: number | null, signal?: string) => {
       if (typeof code === 'number') result.code = code;
@@ -247,7 +247,7 @@ export function pipeSession(client: ServerChannel, worker: ClientChannel, gates:
       // Some servers close without ending both streams; closing is final either way.
       stdoutEnded = true;
       stderrEnded = true;
-      maybeFinish();
+      void maybeFinish();
     });
 
     const finish = (): void => {
@@ -258,6 +258,10 @@ export function pipeSession(client: ServerChannel, worker: ClientChannel, gates:
 
     async function maybeFinish(): Promise<void> {
       if (finished || !(stdoutEnded && stderrEnded && workerClosed)) return;
+      // A zstd stream cut inside a frame (the relay killed, the connection cut) lost its end:
+      // what Nix read may look whole, so the session must not end as a success.
+      const cut = codec !== undefined && !corrupt && !result.clientClosed && codec.decoder.midFrame;
+      if (cut) writer.push(true, Buffer.from("nix-hcloud-builder: the worker's zstd stream ended inside a frame (cut off); its output is incomplete\n"));
       await writer.drained();
       if (!result.clientClosed) {
         try {
@@ -265,7 +269,7 @@ export function pipeSession(client: ServerChannel, worker: ClientChannel, gates:
             const name = result.signal.replace(/^SIG/, '');
             if (SIGNALS.has(name)) client.exit(name, false, '');
             else client.exit(255);
-          } else client.exit(result.code ?? 255);
+          } else client.exit(cut && !result.code ? 1 : (result.code ?? 255));
         } catch {
           // The channel may have closed meanwhile; nothing to report to.
         }

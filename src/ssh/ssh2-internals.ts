@@ -1,8 +1,8 @@
 /**
  * Every access to ssh2's private fields, in one module. ssh2 has no public API for three things the
  * daemon needs: the window it grants a peer's channel (fixed at 2 MiB), the read buffer of a
- * channel (its stream's high-water mark, fixed at 2 MiB), and the number of open channels of a
- * connection. This module reaches them in ssh2 SSH2_VERSION (package.json pins it exactly) and
+ * channel (its stream's high-water mark, fixed at 2 MiB), the number of open channels of a
+ * connection, and a failure reply to a request on a session that already runs a command. This module reaches them in ssh2 SSH2_VERSION (package.json pins it exactly) and
  * gives the rest of the code a typed surface; when a field is not there, each function says so
  * (false, undefined or an error) and its caller falls back to ssh2's own behaviour.
  *
@@ -46,9 +46,11 @@ export interface WindowGrantPolicy {
   adjust(remote: number, amount: number): number;
 }
 
+// Properties, not methods: hookWindowGrants keeps the originals and calls them on the protocol.
 interface ProtocolInternals {
-  channelOpenConfirm(remote: number, local: number, window: number, packetSize: number): void;
-  channelWindowAdjust(remote: number, amount: number): void;
+  channelOpenConfirm: (remote: number, local: number, window: number, packetSize: number) => void;
+  channelWindowAdjust: (remote: number, amount: number) => void;
+  channelFailure: (remote: number) => void;
 }
 
 interface ChanInfo {
@@ -121,6 +123,19 @@ export function hookWindowGrants(connection: Connection, policy: WindowGrantPoli
 }
 
 /**
+ * Answers the last request on `session` with SSH_MSG_CHANNEL_FAILURE. ssh2's own reject() does
+ * nothing once the session runs a command, so a second exec, shell or subsystem request that wants
+ * a reply would wait for one forever. False when ssh2's fields are not there (no reply is sent).
+ */
+export function replyChannelFailure(connection: Connection, session: unknown): boolean {
+  const protocol = (connection as unknown as ConnectionInternals)._protocol;
+  const remote = (session as ChannelInternals)._chanInfo?.outgoing?.id;
+  if (typeof protocol?.channelFailure !== 'function' || typeof remote !== 'number') return false;
+  protocol.channelFailure(remote);
+  return true;
+}
+
+/**
  * Lowers a stream's read high-water mark: ssh2 creates its channels with 2 MiB and Node has no
  * setter. False when the stream has no such field (the mark stays).
  */
@@ -158,6 +173,7 @@ export const FEATURES = {
   window: "the 1 MiB window of client session channels (ssh2's 2 MiB applies instead)",
   readBuffer: "the 32 KiB read buffer of paused session channels (ssh2's 2 MiB applies instead)",
   channelCount: 'the open channel count of a connection (checks for leaked channels fail)',
+  requestFailure: 'the failure reply to a second command on one session (such a client waits for a reply)',
 } as const;
 
 export type Feature = keyof typeof FEATURES;
@@ -200,6 +216,13 @@ function sessionProblems(session: unknown): string[] {
   return problems;
 }
 
+function requestFailureProblems(connection: Connection, session: unknown): string[] {
+  const problems: string[] = [];
+  expect(problems, 'Connection._protocol.channelFailure', (connection as unknown as ConnectionInternals)._protocol?.channelFailure, 'function');
+  expect(problems, 'Session._chanInfo.outgoing.id', (session as ChannelInternals)._chanInfo?.outgoing?.id, 'number');
+  return problems;
+}
+
 function readBufferProblems(side: 'ServerChannel' | 'ClientChannel', stream: unknown): string[] {
   const problems: string[] = [];
   expect(problems, `${side}._readableState.highWaterMark`, (stream as StreamInternals)._readableState?.highWaterMark, 'number');
@@ -211,7 +234,7 @@ type Findings = Record<Feature, string[]>;
 
 /** Opens an ssh2 connection to itself over loopback, runs one command, and looks at each object on the way. */
 async function inspectLiveConnection(timeoutMs: number): Promise<Findings> {
-  const found: Findings = { window: [], readBuffer: [], channelCount: [] };
+  const found: Findings = { window: [], readBuffer: [], channelCount: [], requestFailure: [] };
   const hostKey = generateKeyPair('ssh2-internals-check').privateKey;
   let hooked = false;
   let server: ssh2.Server | undefined;
@@ -235,6 +258,7 @@ async function inspectLiveConnection(timeoutMs: number): Promise<Findings> {
           conn.on('session', (accept) => {
             const session = accept();
             found.window.push(...sessionProblems(session));
+            found.requestFailure.push(...requestFailureProblems(conn, session));
             session.on('exec', (acceptExec) => {
               const channel = acceptExec();
               found.readBuffer.push(...readBufferProblems('ServerChannel', channel));
@@ -277,7 +301,7 @@ export async function checkSsh2Internals(timeoutMs = 10_000): Promise<Ssh2Intern
     found = await inspectLiveConnection(timeoutMs);
   } catch (err) {
     const problem = `an ssh2 connection over loopback failed: ${(err as Error).message}`;
-    found = { window: [problem], readBuffer: [problem], channelCount: [problem] };
+    found = { window: [problem], readBuffer: [problem], channelCount: [problem], requestFailure: [problem] };
   }
   const off: Feature[] = [];
   for (const feature of Object.keys(found) as Feature[]) {

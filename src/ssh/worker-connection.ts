@@ -24,7 +24,7 @@ export interface WorkerChannel {
 /** The daemon's end of a session's compressed streams: stdin encoded, stdout decoded (stderr is plain). */
 export interface SessionCodec {
   encoder: { push(chunk: Buffer): Buffer[]; flush(): Buffer[]; end(): Buffer[] };
-  decoder: { push(chunk: Buffer): Buffer[] };
+  decoder: { push(chunk: Buffer): Buffer[]; readonly midFrame: boolean };
 }
 
 export class HostKeyMismatch extends Error {

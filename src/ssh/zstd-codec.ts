@@ -102,12 +102,23 @@ export class ZstdDecoder {
   private readonly binding = zstdBinding();
   private readonly dctx = new this.binding.DCtx();
   private readonly out = Buffer.allocUnsafe(OUT_CHUNK);
+  /** libzstd's last hint: 0 once a frame is complete (and all of it handed out). */
+  private hint = 0;
+
+  /**
+   * Whether the stream so far stops inside a frame. At the end of the input that means it was
+   * cut: a peer that ends its stream properly closes the frame. (No input at all is no frame.)
+   */
+  get midFrame(): boolean {
+    return this.hint !== 0;
+  }
 
   push(chunk: Buffer): Buffer[] {
     const parts: Buffer[] = [];
     let src = chunk;
     for (;;) {
-      const [, written, read] = this.dctx.decompressStream(this.out, src);
+      const [hint, written, read] = this.dctx.decompressStream(this.out, src);
+      this.hint = hint;
       if (written > 0) parts.push(Buffer.from(this.out.subarray(0, written)));
       src = src.subarray(read);
       if (src.length === 0 && written < this.out.length) return parts;

@@ -64,6 +64,8 @@ t.test('errors name the key and the expected value', async (t) => {
     [{ ...minimal, lsten: {} }, /"lsten" is not known/],
     [{ ...minimal, hcloud: { tokenFile: 'a', tokenCommand: 'b' } }, /one of them, not both/],
     [{ ...minimal, hcloud: { endpoint: 'ftp://x' } }, /"hcloud\.endpoint": expected an http/],
+    [{ ...minimal, hcloud: { endpoint: 'http://api.hetzner.cloud/v1' } }, /"hcloud\.endpoint": expected an https URL \(plain http sends the API token in clear text/],
+    [{ ...minimal, hcloud: { endpoint: 'http://192.168.1.5:8080/v1' } }, /"hcloud\.endpoint": expected an https URL/],
     [{ ...minimal, log: { level: 'loud' } }, /"log\.level": expected one of/],
     [{ ...minimal, instance: '-x-' }, /"instance"/],
   ];
@@ -134,4 +136,33 @@ t.test('pools.<name>.nix: the pinned release by default; another one only with i
     [{ versoin: '2.33.1' }, /"pools\.p\.nix\.versoin" is not known/],
   ];
   for (const [nix, message, systems] of bad) t.throws(() => pool(nix, systems), { name: 'ConfigError', message }, JSON.stringify(nix));
+});
+
+t.test('instance: unset, it is the host name plus a suffix kept in the state folder; a state from before keeps its own', async (t) => {
+  const { hostPart, newDefaultInstance } = await import('../../src/core/instance.js');
+  const dir = mkdtempSync(join(tmpdir(), 'nhb-instance-'));
+  const fresh = parseConfig({ ...minimal, stateDir: dir }, '/');
+  t.equal(fresh.instanceOrigin, 'new', 'nothing kept yet: made now, kept by the daemon at start');
+  t.match(fresh.instance, /^[a-z0-9_.-]+-[a-z0-9]{6}$/);
+  t.not(parseConfig({ ...minimal, stateDir: dir }, '/').instance, fresh.instance, 'two state folders get two instances');
+  writeFileSync(join(dir, 'instance'), 'nixos-k3x9q2\n');
+  t.match(parseConfig({ ...minimal, stateDir: dir }, '/'), { instance: 'nixos-k3x9q2', instanceOrigin: 'state folder' }, 'stable once kept');
+  t.match(parseConfig({ ...minimal, stateDir: dir, instance: 'mine' }, '/'), { instance: 'mine', instanceOrigin: 'config' }, 'an explicit instance stays as it is');
+
+  const legacy = mkdtempSync(join(tmpdir(), 'nhb-instance-'));
+  writeFileSync(join(legacy, 'state.json'), JSON.stringify({ version: 1, instance: 'nixos', workers: [] }));
+  t.match(parseConfig({ ...minimal, stateDir: legacy }, '/'), { instance: 'nixos', instanceOrigin: 'state folder' }, 'a state folder from before the suffix keeps its servers\' instance');
+
+  const long = newDefaultInstance(`${'a'.repeat(70)}.example.org`);
+  t.ok(long.length <= 63, `label value length ${long.length}`);
+  t.match(long, /^a+-[a-z0-9]{6}$/);
+  t.equal(hostPart('--NixOS--'), 'nixos', 'alphanumeric ends');
+  t.equal(hostPart('---'), 'default');
+});
+
+t.test('deleteRetry: waits from the config; the max no shorter than the first', async (t) => {
+  t.same(parseConfig(minimal, '/').deleteRetry, { firstWaitMs: 10_000, maxWaitMs: 300_000 });
+  t.same(parseConfig({ ...minimal, deleteRetry: { firstWait: '200ms', maxWait: '1s' } }, '/').deleteRetry, { firstWaitMs: 200, maxWaitMs: 1000 });
+  t.throws(() => parseConfig({ ...minimal, deleteRetry: { firstWait: '1m', maxWait: '10s' } }, '/'), /"deleteRetry\.maxWait": expected a duration no shorter than deleteRetry\.firstWait/);
+  t.throws(() => parseConfig({ ...minimal, deleteRetry: { first: '1m' } }, '/'), /"deleteRetry\.first" is not known/);
 });

@@ -2,11 +2,11 @@ import t from 'tap';
 import { parseConfig, type PoolConfig } from '../../src/core/config.js';
 import { resolvePoolCompression } from '../../src/daemon/compression.js';
 
-const pools = Object.values(parseConfig({ pools: {
+const pools = Object.values<PoolConfig>(parseConfig({ pools: {
   a: { serverTypes: ['cx23'], compression: 'zstd' },
   b: { serverTypes: ['cx23'], compression: 'zlib' },
   c: { serverTypes: ['cx23'] },
-} }, '/').pools) as PoolConfig[];
+} }, '/').pools);
 
 t.test('the default is zstd', async (t) => {
   t.equal(pools.find((p) => p.name === 'c')?.compression, 'zstd');

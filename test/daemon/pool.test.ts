@@ -21,8 +21,9 @@ class FakeWorker implements PoolWorker {
   connected = false;
   /** Clock times of delete attempts. */
   readonly deletes: number[] = [];
-  /** Delete attempts that fail before one succeeds (Infinity: all fail). */
-  failDeletes = 0;
+  /** Deletes stay pending (as the deletion queue's do while the API fails) until `endDeletes`. */
+  holdDeletes = false;
+  private held: { resolve: () => void; reject: (err: Error) => void }[] = [];
   disconnects = 0;
   private bootDone: { resolve: () => void; reject: (err: Error) => void } | undefined;
   private lost: ((why: string) => void) | undefined;
@@ -56,8 +57,12 @@ class FakeWorker implements PoolWorker {
     this.record.phase = 'deleting';
   }
 
-  onProgress(): () => boolean {
-    return () => true;
+  /** Listeners of boot progress lines (the waiting sessions' stderr). */
+  readonly progressListeners = new Set<(line: string) => void>();
+
+  onProgress(listener: (line: string) => void): () => boolean {
+    this.progressListeners.add(listener);
+    return () => this.progressListeners.delete(listener);
   }
 
   onConnectionLost(listener: (why: string) => void): void {
@@ -94,7 +99,15 @@ class FakeWorker implements PoolWorker {
     this.record.phase = 'deleting';
     this.connected = false;
     this.deletes.push(this.clock.now());
-    if (this.deletes.length <= this.failDeletes) throw new Error('delete failed (fake)');
+    if (this.holdDeletes) await new Promise<void>((resolve, reject) => this.held.push({ resolve, reject }));
+  }
+
+  /** The held deletes end: the server is gone, or (with an error) the queue was stopped first. */
+  endDeletes(err?: Error): void {
+    for (const d of this.held.splice(0)) {
+      if (err) d.reject(err);
+      else d.resolve();
+    }
   }
 
   disconnect(): void {
@@ -204,6 +217,26 @@ t.test('boot sharing: a failed boot fails its waiters, and the server is deleted
   t.equal(pool.workers.length, 0);
 });
 
+t.test('boot sharing: a client that leaves during the boot hears no more progress lines', async (t) => {
+  const { pool, created } = setup({ jobsPerWorker: 2, maxWorkers: 1 });
+  const heard: string[][] = [[], []];
+  const aborts = heard.map(() => new AbortController());
+  const leases = heard.map((lines, i) => pool.acquire({ signal: (aborts[i] as AbortController).signal, progress: (line) => lines.push(line) }));
+  await settle();
+  const w1 = created[0] as FakeWorker;
+  t.equal(w1.progressListeners.size, 2, 'both waiting sessions listen to the boot');
+  (aborts[0] as AbortController).abort();
+  await t.rejects(leases[0] as Promise<unknown>, /went away/);
+  t.equal(w1.progressListeners.size, 1, "the one that left is no longer listening");
+  for (const listener of w1.progressListeners) listener('boot step 3/5');
+  t.same(heard, [[], ['boot step 3/5']], 'only the session still waiting gets the line');
+  w1.finishBoot();
+  t.equal((await (leases[1] as Promise<Lease<FakeWorker>>)).worker, w1);
+  t.equal(w1.progressListeners.size, 0, 'none left once the boot ended');
+  await settle();
+  t.equal(pool.sessionsOn(w1), 1, 'the slot of the one that left was given back');
+});
+
 t.test('maxWorkers: with every worker full, a further session waits for a slot', async (t) => {
   const { acquire, holder, created } = setup({ jobsPerWorker: 1, maxWorkers: 2 });
   const first = acquire().lease;
@@ -307,36 +340,22 @@ t.test('hard cap: past twice maxLifetime a worker is deleted with its sessions',
   t.equal(pool.workers.length, 0);
 });
 
-t.test('delete retries: 30 s, then twice as long each time, up to every 5 min', async (t) => {
-  const { clock, pool, readyWorker } = setup({ idleTimeoutMs: 10 * MINUTE });
+t.test('a pending delete: the worker stays, as "deleting", until its server is gone', async (t) => {
+  const { clock, pool, readyWorker } = setup({ idleTimeoutMs: 10 * MINUTE, maxWorkers: 1 });
   const a = readyWorker('a');
-  a.failDeletes = 7;
-  clock.advance(10 * MINUTE);
-  const idleAt = clock.now();
-  for (let i = 0; i < 200; i++) {
-    await settle();
-    clock.advance(10_000);
-  }
-  await settle();
-  const waits = a.deletes.slice(1).map((at, i) => (at - (a.deletes[i] as number)) / 1000);
-  t.equal(a.deletes[0], idleAt, 'first attempt at the idle timeout');
-  t.same(waits.slice(0, 7), [30, 60, 120, 240, 300, 300, 300], 'waits in seconds between attempts');
-  t.equal(a.deletes.length, 8, 'the eighth attempt succeeded; no more after it');
-  t.equal(pool.workers.length, 0, 'then the worker is gone');
-});
-
-t.test('delete retries: while they fail the worker stays, as "deleting"', async (t) => {
-  const { clock, pool, readyWorker } = setup({ idleTimeoutMs: 10 * MINUTE });
-  const a = readyWorker('a');
-  a.failDeletes = Infinity;
+  a.holdDeletes = true;
   clock.advance(10 * MINUTE);
   await settle();
   t.equal(pool.workers[0], a);
   t.equal(a.record.phase, 'deleting');
   t.ok(pool.knows({ id: 0, name: 'a' }), 'the sweep does not take it for a leak');
+  a.endDeletes();
+  await settle();
+  t.same(pool.workers, [], 'dropped once its server is gone');
+  t.equal(a.deletes.length, 1, 'the pool asks once; retrying is the deletion queue\'s job');
 });
 
-t.test('no unhandled rejection when a delete started in the background is given up on stop', async (t) => {
+t.test('no unhandled rejection when deletes started in the background are cut short by a stop', async (t) => {
   const unhandled: unknown[] = [];
   const onUnhandled = (reason: unknown): void => {
     unhandled.push(reason);
@@ -348,8 +367,8 @@ t.test('no unhandled rejection when a delete started in the background is given 
   const { clock, pool, readyWorker } = setup({ idleTimeoutMs: 10 * MINUTE });
   const idle = readyWorker('idle');
   const lost = readyWorker('lost');
-  idle.failDeletes = Infinity;
-  lost.failDeletes = Infinity;
+  idle.holdDeletes = true;
+  lost.holdDeletes = true;
   clock.advance(5 * MINUTE);
   lost.loseConnection('closed');
   clock.advance(5 * MINUTE);
@@ -357,14 +376,13 @@ t.test('no unhandled rejection when a delete started in the background is given 
   t.equal(idle.deletes.length, 1, 'the idle timer started a delete');
   t.equal(lost.deletes.length, 1, 'the lost connection started a delete');
   // Handled from the start: only the pool's own promises may go unhandled here.
-  const closed = t.rejects(pool.close(false), /delete failed/, 'stop gives up after three attempts and says so');
-  for (let i = 0; i < 5; i++) {
-    await settle();
-    clock.advance(5 * MINUTE);
-  }
+  const closed = t.rejects(pool.close(false), /stopped/, 'close says the deletes were cut short');
+  await settle();
+  t.equal(idle.deletes.length, 1, 'a worker being deleted is not asked again');
+  idle.endDeletes(new Error('stopped before idle was deleted'));
+  lost.endDeletes(new Error('stopped before lost was deleted'));
   await closed;
-  t.equal(idle.deletes.length, 3);
-  t.equal(lost.deletes.length, 3);
+  t.same(pool.workers.map((w) => w.record.phase), ['deleting', 'deleting'], 'their records stay, for the next start');
   for (let i = 0; i < 3; i++) await settle();
   t.same(unhandled, [], 'no unhandled rejection');
 });

@@ -7,7 +7,6 @@
 import { attachLoopDevice } from '../rig/loop-device.js';
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { join } from 'node:path';
 import { mountStoreScript, STORE_MARKER } from '../../src/daemon/store-script.js';
 
 const ID = 7;

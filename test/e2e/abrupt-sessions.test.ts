@@ -79,7 +79,7 @@ t.test('200 abrupt sessions leak nothing, and logs hold no secret', async (t) =>
     TOKEN,
     ...state.workers.map((w) => keyBody(w.loginPrivateKey)),
     keyBody(readFileSync(join(config.stateDir, 'ssh_host_ed25519_key'), 'utf8')),
-    ...rig.fake.servers().map((s) => keyBody(JSON.parse((s.userData ?? '').replace(/^#cloud-config\n/, '')).ssh_keys.ed25519_private as string)),
+    ...rig.fake.servers().map((s) => keyBody((JSON.parse((s.userData ?? '').replace(/^#cloud-config\n/, '')) as { ssh_keys: { ed25519_private: string } }).ssh_keys.ed25519_private)),
   ];
   t.equal(secrets.length, 4);
   const hostKeyPem = readFileSync(join(config.stateDir, 'ssh_host_ed25519_key'), 'utf8');

@@ -1,7 +1,6 @@
 /** Money guards against the fake cloud: budget, the sweep of unknown servers, gc, lifetime caps, graceful stop. */
 import t from 'tap';
 import { serverLabels } from '../../src/core/labels.js';
-import { DELETE_RETRY_FIRST_MS, deleteRetryDelayMs } from '../../src/daemon/pool.js';
 import { Rig, TOKEN, waitUntil } from '../rig/rig.js';
 
 async function createForeign(rig: Rig, name: string, labels: Record<string, string>): Promise<number> {
@@ -32,6 +31,12 @@ t.test('sweep and gc: servers with our label that no worker matches are deleted;
   const strayId = await createForeign(rig, 'stray-1', serverLabels(rig.instance, 'x86_64'));
   const otherId = await createForeign(rig, 'other-1', serverLabels('another-instance', 'x86_64'));
   const unlabelledId = await createForeign(rig, 'mine-by-hand', {});
+
+  const status = await rig.cli(['status', '--json']);
+  t.equal(status.code, 0, status.stderr);
+  const unknown = (JSON.parse(status.stdout) as { workers: { id: number; phase: string; location: string }[] }).workers;
+  t.equal(unknown.length, 1, 'only the server with our instance label');
+  t.match(unknown[0], { id: strayId, phase: 'unknown to the daemon', location: 'fsn1' }, 'status lists the stray server, located by server.location');
 
   const dry = await rig.cli(['gc', '--dry-run']);
   t.equal(dry.code, 0, dry.stderr);
@@ -104,32 +109,29 @@ t.test('hard lifetime cap: past twice maxLifetime a worker is deleted even with 
 });
 
 t.test('a delete that fails is retried, each wait twice the last, until the server is gone; the record stays meanwhile', async (t) => {
-  const rig = await Rig.start({ pool: { idleTimeout: '1s' } });
+  const rig = await Rig.start({ pool: { idleTimeout: '1s' }, config: { deleteRetry: { firstWait: '200ms', maxWait: '2s' } } });
   t.teardown(() => rig.stop());
-  const { daemon, lines } = await rig.startInProcessDaemon({ deleteRetryFirstMs: 200 });
+  const { daemon, lines } = await rig.startInProcessDaemon();
   t.teardown(() => daemon.stop());
   const pool = daemon.pools.get('x86_64');
   if (!pool) throw new Error('no pool x86_64');
 
-  // Not retried by the API client (403), so each failure reaches the pool's own retry.
+  // Not retried by the API client (403), so each failure reaches the deletion queue's own retry.
   rig.fake.inject({ method: 'DELETE', path: /^\/servers\/\d+$/, status: 403, code: 'forbidden', message: 'insufficient permissions', times: 3 });
   t.equal(await pool.warm(1, () => undefined), 1, 'one worker booted');
-  const failures = (): { attempt: number; retryInMs: number }[] =>
-    lines.map((l) => JSON.parse(l) as { msg: string; attempt: number; retryInMs: number }).filter((l) => l.msg.startsWith('deleting the server failed; retrying in'));
+  const failures = (): { failures: number; retryInMs: number }[] =>
+    lines.map((l) => JSON.parse(l) as { msg: string; failures: number; retryInMs: number }).filter((l) => /^deleting server \S+ failed; retrying in/.test(l.msg));
 
   await waitUntil(() => failures().length >= 1, 20_000);
   t.equal(pool.workers[0]?.record.phase, 'deleting', 'while the delete fails, the worker stays known, as "deleting"');
   t.equal(rig.fake.liveServers().length, 1, 'the server still exists (and bills)');
+  t.equal(daemon.deletions.pending.length, 1, 'the deletion queue holds it');
 
   await waitUntil(() => rig.fake.liveServers().length === 0, 20_000);
   t.equal(rig.fake.liveServers().length, 0, 'the fourth attempt deleted it');
-  t.same(failures().map((f) => [f.attempt, f.retryInMs]), [[1, 200], [2, 400], [3, 800]], 'three failures, each wait twice the last');
+  t.same(failures().map((f) => [f.failures, f.retryInMs]), [[1, 200], [2, 400], [3, 800]], 'three failures, each wait twice the last');
   t.match(lines.find((l) => l.includes('retrying in')) ?? '', /retrying in 200ms/, 'the wait is in the message');
   await waitUntil(() => pool.workers.length === 0, 5000);
   t.equal(pool.workers.length, 0, 'and then the record is dropped');
-});
-
-t.test('the delete retry wait doubles from 30 s and stops growing at 5 min', async (t) => {
-  t.same([1, 2, 3, 4, 5, 6, 50].map((a) => deleteRetryDelayMs(a)), [30_000, 60_000, 120_000, 240_000, 300_000, 300_000, 300_000]);
-  t.equal(DELETE_RETRY_FIRST_MS, 30_000);
+  t.same(daemon.deletions.pending, []);
 });

@@ -1,6 +1,6 @@
 /** The daemon killed with SIGKILL while a worker is up, then started again: adopted, used, and finally deleted. */
 import t from 'tap';
-import { Rig } from '../rig/rig.js';
+import { Rig, TOKEN } from '../rig/rig.js';
 
 t.test('a worker survives a daemon SIGKILL: adopted on restart, then deleted by down', async (t) => {
   const rig = await Rig.start({ pool: { idleTimeout: '10m' } });
@@ -9,6 +9,8 @@ t.test('a worker survives a daemon SIGKILL: adopted on restart, then deleted by 
   const one = await rig.nixBuild(first, { scheme: 'ssh-ng', nonces: [`restart-a-${Date.now()}`] });
   t.equal(one.code, 0, one.stderr);
   t.equal(rig.fake.liveServers().length, 1);
+  const listed = (await (await fetch(`${rig.fake.url}/servers`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()) as { servers: object[] };
+  t.ok(listed.servers.length === 1 && !('datacenter' in listed.servers[0]!), 'the API as it answers today: no server.datacenter');
 
   first.proc.kill('SIGKILL');
   await first.exited;
@@ -34,6 +36,7 @@ t.test('a worker survives a daemon SIGKILL: adopted on restart, then deleted by 
 
   const down = await rig.cli(['down']);
   t.equal(down.code, 0, down.stderr);
+  t.match(down.stdout, /deleting \S+ \(id \d+, cx23 in fsn1\)/, 'the location read from server.location');
   t.match(down.stdout, /deleted 1 server/);
   t.same(rig.fake.liveServers(), [], 'down deleted it, with the daemon running');
   await second.stop();
@@ -55,6 +58,7 @@ t.test('a daemon killed during a boot: the restart deletes the half-booted serve
   const reconciled = await second.waitForMsg(/reconciled/);
   t.equal(reconciled.adopted, 0);
   t.equal(reconciled.deleted, 1);
+  await second.waitForMsg(/^deleted server/, 30_000);
   t.same(rig.fake.liveServers(), [], 'no server of ours is left');
   await second.stop();
 });

@@ -212,6 +212,7 @@ export function pricing(): Pricing {
     image: { price_per_gb_month: price('0.0110') },
     volume: { price_per_gb_month: price(VOLUME_PRICE_PER_GB_MONTH) },
     server_backup: { percentage: '20.00' },
+    // eslint-disable-next-line @typescript-eslint/no-deprecated -- the API still sends it (its deprecation names no date)
     floating_ip: { price_monthly: price('3.0000') },
     floating_ips: (['ipv4', 'ipv6'] as const).map((type) => ({
       type,

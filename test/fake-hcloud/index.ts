@@ -13,12 +13,12 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import ssh2 from 'ssh2';
+import ssh2, { type ParsedKey } from 'ssh2';
 import { generateKeyPair } from '../../src/ssh/keys.js';
 import type { components } from '../../src/hcloud/openapi.js';
 import { LOCATIONS, DATA_CENTERS, SERVER_TYPES, systemImages, includedTraffic, pricing, type Image, type ServerType, type Location, type DataCenter } from './catalog.js';
 import { labelProblems, parseSelector, matches, SelectorError, type Labels } from './labels.js';
-import { checkRequestBody, checkResponse, checkSchema } from './openapi.js';
+import { checkRequestBody, checkResponse, checkSchema, withoutRemoved } from './openapi.js';
 import { parseUserData } from './cloud-config.js';
 import { ApiError, invalidInput, iso } from './api.js';
 import { VolumeStore, type Volume, type VolumeRecord } from './volumes.js';
@@ -70,6 +70,12 @@ export interface FakeCloudOptions {
   deleteDelayMs?: number;
   /** Default true: validate every JSON answer against openapi.json (mismatches go to schemaErrors and stderr). */
   validateResponses?: boolean;
+  /**
+   * The day whose API the fake answers as: a property that openapi.json marks deprecated with a
+   * removal date ("will be removed after the 1 July 2026") is left out of every answer from the
+   * day after. Default: now. An earlier day gives the API of before.
+   */
+  apiDate?: Date;
   /** Rate limit bucket: size (default 3600) and refill per second (default 1). */
   rateLimit?: { limit?: number; refillPerSecond?: number };
   /** Most live servers the project may have (403 resource_limit_exceeded past it); default: no limit. */
@@ -402,6 +408,7 @@ export class FakeCloud {
       readyDelayMs: opts.readyDelayMs ?? 500,
       deleteDelayMs: opts.deleteDelayMs ?? 200,
       validateResponses: opts.validateResponses ?? true,
+      apiDate: opts.apiDate ?? new Date(),
       serverLimit: opts.serverLimit ?? Number.POSITIVE_INFINITY,
       link: opts.link,
       nixRoot: opts.nixRoot,
@@ -483,6 +490,11 @@ export class FakeCloud {
   /** The next `count` (default 1) created servers behave so. */
   behaveNext(behaviour: ServerBehaviour, count = 1): void {
     for (let i = 0; i < count; i++) this.behaviours.push(behaviour);
+  }
+
+  /** The operations (method and path template of openapi.json) the fake answers. */
+  servedOperations(): { method: string; template: string }[] {
+    return this.routes.map(({ method, template }) => ({ method, template }));
   }
 
   servers(): FakeServerInfo[] {
@@ -673,6 +685,7 @@ export class FakeCloud {
       },
       private_net: [],
       server_type: s.type,
+      // eslint-disable-next-line @typescript-eslint/no-deprecated -- the fake serves the API of before too; send() leaves it out after its removal date
       datacenter: s.datacenter,
       location: s.location,
       image: s.image,
@@ -921,11 +934,16 @@ export class FakeCloud {
     extraHeaders: Record<string, string>,
     record: (s: number) => void,
   ): void {
+    // The API of the fake's day: what it no longer sends is left out.
+    const body =
+      ctx.template === null || answer.status === 204
+        ? answer.body
+        : withoutRemoved(ctx.method, ctx.template, answer.status, answer.body, this.opts.apiDate);
     if (this.opts.validateResponses) {
       const problem =
         ctx.template !== null
-          ? checkResponse(ctx.method, ctx.template, answer.status, answer.status === 204 ? undefined : answer.body)
-          : checkSchema('error_response', answer.body);
+          ? checkResponse(ctx.method, ctx.template, answer.status, answer.status === 204 ? undefined : body, this.opts.apiDate)
+          : checkSchema('error_response', body, this.opts.apiDate);
       if (problem !== null) {
         this.schemaErrors.push(problem);
         this.opts.log(`schema mismatch: ${problem}`);
@@ -937,7 +955,7 @@ export class FakeCloud {
       res.end();
       return;
     }
-    const text = JSON.stringify(answer.body);
+    const text = JSON.stringify(body);
     const headers: Record<string, string> = {
       'Content-Type': 'application/json',
       'Content-Length': String(Buffer.byteLength(text)),
@@ -983,6 +1001,7 @@ export class FakeCloud {
     add('GET', '/ssh_keys', (c) => this.listSshKeysRoute(c));
     add('POST', '/ssh_keys', (c) => this.createSshKey(c));
     add('GET', '/ssh_keys/{id}', (c) => ({ status: 200, body: { ssh_key: this.byId([...this.sshKeys.values()], c, 'SSH key') } }));
+    add('PUT', '/ssh_keys/{id}', (c) => this.updateSshKey(c));
     add('DELETE', '/ssh_keys/{id}', (c) => {
       const key = this.byId([...this.sshKeys.values()], c, 'SSH key');
       this.sshKeys.delete(key.id);
@@ -1210,10 +1229,12 @@ export class FakeCloud {
     if (req.location !== undefined) {
       location = this.findByIdOrName(LOCATIONS, req.location)[0];
       if (!location) throw invalidInput(`location '${req.location}' not found`, [{ name: 'location', messages: ['location not found'] }]);
+    /* eslint-disable @typescript-eslint/no-deprecated -- the fake accepts what the API accepts, deprecated or not */
     } else if (req.datacenter !== undefined) {
       datacenter = this.findByIdOrName(DATA_CENTERS, req.datacenter)[0];
       if (!datacenter) throw invalidInput(`datacenter '${req.datacenter}' not found`, [{ name: 'datacenter', messages: ['datacenter not found'] }]);
       location = datacenter.location;
+    /* eslint-enable @typescript-eslint/no-deprecated */
     } else {
       const firstLoc = type.locations[0]?.name;
       location = LOCATIONS.find((l) => l.name === firstLoc);
@@ -1553,7 +1574,7 @@ export class FakeCloud {
       }
     }
     if (!isRecord(body)) throw new ApiError(400, 'json_error', 'the request body must be a JSON object');
-    const problems = c.template === null ? [] : checkRequestBody(c.method, c.template, body);
+    const problems = c.template === null ? [] : checkRequestBody(c.method, c.template, body, this.opts.apiDate);
     if (problems.length > 0) {
       const fields = new Map<string, string[]>();
       for (const p of problems) fields.set(p.name, [...(fields.get(p.name) ?? []), p.message]);
@@ -1576,10 +1597,26 @@ export class FakeCloud {
     return { status: 200, body: { ssh_keys: p.items, meta: p.meta } };
   }
 
+  /** `PUT /ssh_keys/{id}`: name and/or labels (labels replaced as a whole, as the API does). */
+  private updateSshKey(c: RequestContext): Answer {
+    const key = this.byId([...this.sshKeys.values()], c, 'SSH key');
+    const req = this.jsonBody(c) as Schemas['replace_ssh_key_request'];
+    if (req.labels !== undefined) {
+      const lp = labelProblems(req.labels);
+      if (lp.length > 0) throw invalidInput(`invalid input in field 'labels'`, [{ name: 'labels', messages: lp }]);
+    }
+    if (req.name !== undefined && req.name !== key.name && [...this.sshKeys.values()].some((k) => k.name === req.name)) {
+      throw new ApiError(409, 'uniqueness_error', 'SSH key with the same name already exists', { fields: [{ name: 'name' }] });
+    }
+    if (req.name !== undefined) key.name = req.name;
+    if (req.labels !== undefined) key.labels = { ...req.labels };
+    return { status: 200, body: { ssh_key: key } };
+  }
+
   private createSshKey(c: RequestContext): Answer {
     const req = this.jsonBody(c) as Schemas['create_ssh_key_request'];
     const parsed = ssh2.utils.parseKey(req.public_key);
-    const key = Array.isArray(parsed) ? parsed[0] : parsed;
+    const key = Array.isArray(parsed) ? (parsed[0] as ParsedKey | undefined) : parsed;
     if (key === undefined || key instanceof Error || key.isPrivateKey()) {
       throw invalidInput(`invalid input in field 'public_key'`, [{ name: 'public_key', messages: ['is not a valid SSH public key'] }]);
     }
@@ -1791,7 +1828,7 @@ export class FakeCloud {
 
   private updateVolume(c: RequestContext): Answer {
     const v = this.volumeStore.get(c.params['id'] ?? -1);
-    this.volumeStore.update(v, this.jsonBody(c) as Schemas['replace_volume_request']);
+    this.volumeStore.update(v, this.jsonBody(c));
     return { status: 200, body: { volume: this.volumeStore.json(v) } };
   }
 

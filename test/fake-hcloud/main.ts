@@ -2,7 +2,7 @@
 //
 //   node --import tsx test/fake-hcloud/main.ts --token T --data-dir D \
 //     [--ssh-port P] [--boot-delay-ms N] [--ready-delay-ms N] [--delete-delay-ms N] \
-//     [--first-address N] [--host H] [--no-real-servers]
+//     [--first-address N] [--host H] [--no-real-servers] [--api-date YYYY-MM-DD]
 //
 // Prints one JSON line {"url": "..."} on stdout once listening, one line per
 // request on stderr, and stops cleanly (every server killed) on SIGTERM/SIGINT.
@@ -13,7 +13,7 @@ import { FakeCloud, type FakeCloudOptions } from './index.js';
 function usage(message: string): never {
   process.stderr.write(
     `${message}\nusage: main.ts --token T --data-dir D [--ssh-port P] [--boot-delay-ms N] [--ready-delay-ms N] ` +
-      `[--delete-delay-ms N] [--first-address N] [--host H] [--no-real-servers]\n`,
+      `[--delete-delay-ms N] [--first-address N] [--host H] [--no-real-servers] [--api-date YYYY-MM-DD]\n`,
   );
   process.exit(2);
 }
@@ -38,6 +38,7 @@ async function main(): Promise<void> {
         'delete-delay-ms': { type: 'string' },
         'first-address': { type: 'string' },
         'no-real-servers': { type: 'boolean' },
+        'api-date': { type: 'string' },
       },
       strict: true,
       allowPositionals: false,
@@ -65,6 +66,12 @@ async function main(): Promise<void> {
   if (del !== undefined) opts.deleteDelayMs = del;
   const first = int('first-address', values['first-address']);
   if (first !== undefined) opts.firstAddress = first;
+  const apiDate = values['api-date'];
+  if (apiDate !== undefined) {
+    // The API of that day (properties deprecated and removed by then are left out).
+    if (!/^\d{4}-\d{2}-\d{2}$/.test(apiDate) || Number.isNaN(Date.parse(apiDate))) usage(`--api-date takes a day YYYY-MM-DD, not ${JSON.stringify(apiDate)}`);
+    opts.apiDate = new Date(`${apiDate}T12:00:00Z`);
+  }
 
   const cloud = await FakeCloud.start(opts);
   let stopping = false;

@@ -5,6 +5,11 @@
 // `allOf` with no `type`, which Ajv's own `nullable` support rejects, so the
 // component schemas are rewritten into plain JSON Schema first (`nullable`
 // becomes a `null` alternative). Everything else is left as it is.
+//
+// The API as it answers on a given day: a property the description marks `deprecated` with a
+// removal date ("will be removed after the 1 July 2026") is no longer sent from the day after.
+// `withoutRemoved` leaves such properties out of an answer, and the validation schemas of that
+// day no longer require them (one set of validators per set of past removal dates).
 
 import { readFileSync } from 'node:fs';
 import { Ajv, type ValidateFunction, type ErrorObject } from 'ajv';
@@ -56,37 +61,37 @@ interface Operation {
   method: string; // upper case
   template: string; // e.g. "/servers/{id}"
   operationId: string;
-  responses: Map<string, Json | null>; // "200", "4xx", "default" -> schema; null: no body (e.g. 204)
+  responses: Map<string, Json | null>; // "200", "4xx", "default" -> schema as written; null: no body (e.g. 204)
   requestBody: Json | null;
 }
 
+/** The description as read: the document and its operations ("GET /servers/{id}" -> op). */
+interface Doc {
+  doc: JsonObject;
+  schemas: JsonObject;
+  operations: Map<string, Operation>;
+  /** The removal dates the description names, as times. */
+  removals: number[];
+}
+
+/** The validators of one day's API. */
 interface Spec {
   ajv: Ajv;
-  operations: Map<string, Operation>; // "GET /servers/{id}" -> op
+  asOf: Date;
   validators: Map<string, ValidateFunction>;
 }
 
-let cached: Spec | null = null;
+let cachedDoc: Doc | null = null;
+const specs = new Map<string, Spec>();
 
-function loadSpec(): Spec {
-  if (cached) return cached;
+function loadDoc(): Doc {
+  if (cachedDoc) return cachedDoc;
   const doc: unknown = JSON.parse(readFileSync(SPEC_URL, 'utf8'));
   if (!isObject(doc) || !isObject(doc['components']) || !isObject(doc['paths'])) {
     throw new Error('spec/hcloud/openapi.json: not an OpenAPI document');
   }
-  const components = doc['components'];
-  const schemas = components['schemas'];
+  const schemas = doc['components']['schemas'];
   if (!isObject(schemas)) throw new Error('spec/hcloud/openapi.json: no components.schemas');
-
-  const ajv = new Ajv({ strict: false, allErrors: true, validateSchema: false, logger: false });
-  const addFormats =
-    (addFormatsImport as unknown as { default?: FormatsPlugin }).default ??
-    (addFormatsImport as unknown as FormatsPlugin);
-  addFormats(ajv);
-  // Prices are decimal numbers carried as strings ("1.1900000000").
-  ajv.addFormat('decimal', /^-?\d+(\.\d+)?$/);
-  ajv.addSchema({ $id: 'hcloud', components: { schemas: denullable(schemas) } });
-
   const operations = new Map<string, Operation>();
   for (const [template, item] of Object.entries(doc['paths'])) {
     if (!isObject(item)) continue;
@@ -108,8 +113,41 @@ function loadSpec(): Spec {
       });
     }
   }
-  cached = { ajv, operations, validators: new Map() };
-  return cached;
+  const removals = new Set<number>();
+  const collect = (node: Json): void => {
+    if (Array.isArray(node)) node.forEach(collect);
+    if (!isObject(node)) return;
+    const date = removalOf(node);
+    if (date) removals.add(date.getTime());
+    for (const [k, v] of Object.entries(node)) if (k !== 'example' && k !== 'examples') collect(v);
+  };
+  collect(doc);
+  cachedDoc = { doc, schemas, operations, removals: [...removals].sort((a, b) => a - b) };
+  return cachedDoc;
+}
+
+/** The validators of the API on `asOf`: shared by all days with the same removals past. */
+function loadSpec(asOf: Date): Spec {
+  const { schemas, removals } = loadDoc();
+  const era = removals.filter((r) => r <= asOf.getTime()).join(',');
+  const known = specs.get(era);
+  if (known) return known;
+  const ajv = new Ajv({ strict: false, allErrors: true, validateSchema: false, logger: false });
+  const addFormats =
+    addFormatsImport.default ??
+    (addFormatsImport as unknown as FormatsPlugin);
+  addFormats(ajv);
+  // Prices are decimal numbers carried as strings ("1.1900000000").
+  ajv.addFormat('decimal', /^-?\d+(\.\d+)?$/);
+  ajv.addSchema({ $id: 'hcloud', components: { schemas: validationSchema(schemas, asOf) } });
+  const spec: Spec = { ajv, asOf, validators: new Map() };
+  specs.set(era, spec);
+  return spec;
+}
+
+/** A schema as Ajv checks it on `asOf`: removed properties not required, `nullable` rewritten. */
+function validationSchema(schema: Json, asOf: Date): Json {
+  return denullable(withoutRemovedRequired(schema, asOf));
 }
 
 function jsonSchemaOf(holder: Json | undefined): Json | undefined {
@@ -118,8 +156,7 @@ function jsonSchemaOf(holder: Json | undefined): Json | undefined {
   if (!isObject(content)) return undefined;
   const media = content['application/json'];
   if (!isObject(media)) return undefined;
-  const schema = media['schema'];
-  return schema === undefined ? undefined : rebase(denullable(schema));
+  return media['schema'];
 }
 
 /** Points local `$ref`s (`#/components/...`) at the schema registered as "hcloud". */
@@ -133,10 +170,12 @@ function rebase(node: Json): Json {
   return out;
 }
 
-function validatorFor(spec: Spec, key: string, schema: Json): ValidateFunction {
+/** `schema` as written in the description (compiled for the spec's day) or, with `asIs`, ready for Ajv. */
+function validatorFor(spec: Spec, key: string, schema: Json, asIs = false): ValidateFunction {
   let v = spec.validators.get(key);
   if (!v) {
-    v = spec.ajv.compile(isObject(schema) ? schema : {});
+    const ready = asIs ? schema : rebase(validationSchema(schema, spec.asOf));
+    v = spec.ajv.compile(isObject(ready) ? ready : {});
     spec.validators.set(key, v);
   }
   return v;
@@ -151,16 +190,16 @@ function formatErrors(errors: ErrorObject[] | null | undefined): string {
 
 /** True when the description has this operation (method + path template). */
 export function hasOperation(method: string, template: string): boolean {
-  return loadSpec().operations.has(`${method.toUpperCase()} ${template}`);
+  return loadDoc().operations.has(`${method.toUpperCase()} ${template}`);
 }
 
 /**
- * Checks a JSON answer. Returns null when it matches, else a one-line
- * description of the mismatch.
+ * Checks a JSON answer against the API of `asOf` (default: now). Returns null when it matches,
+ * else a one-line description of the mismatch.
  */
-export function checkResponse(method: string, template: string, status: number, body: unknown): string | null {
-  const spec = loadSpec();
-  const op = spec.operations.get(`${method.toUpperCase()} ${template}`);
+export function checkResponse(method: string, template: string, status: number, body: unknown, asOf = new Date()): string | null {
+  const spec = loadSpec(asOf);
+  const op = loadDoc().operations.get(`${method.toUpperCase()} ${template}`);
   const where = `${method.toUpperCase()} ${template} -> ${status}`;
   if (!op) return `${where}: no such operation in openapi.json`;
   const code = [String(status), `${String(status)[0]}xx`, `${String(status)[0]}XX`, 'default'].find((c) =>
@@ -175,9 +214,9 @@ export function checkResponse(method: string, template: string, status: number, 
 }
 
 /** Checks a request body; returns the failures as (field, message) pairs. */
-export function checkRequestBody(method: string, template: string, body: unknown): { name: string; message: string }[] {
-  const spec = loadSpec();
-  const op = spec.operations.get(`${method.toUpperCase()} ${template}`);
+export function checkRequestBody(method: string, template: string, body: unknown, asOf = new Date()): { name: string; message: string }[] {
+  const spec = loadSpec(asOf);
+  const op = loadDoc().operations.get(`${method.toUpperCase()} ${template}`);
   if (!op || op.requestBody === null) return [];
   const validate = validatorFor(spec, `req ${op.method} ${op.template}`, op.requestBody);
   if (validate(body)) return [];
@@ -190,9 +229,145 @@ export function checkRequestBody(method: string, template: string, body: unknown
   });
 }
 
-/** Checks any value against a named component schema (used by tests). */
-export function checkSchema(name: string, value: unknown): string | null {
-  const spec = loadSpec();
-  const validate = validatorFor(spec, `schema ${name}`, { $ref: `hcloud#/components/schemas/${name}` });
+/** Checks any value against a named component schema (of the API of `asOf`, default: now). */
+export function checkSchema(name: string, value: unknown, asOf = new Date()): string | null {
+  const spec = loadSpec(asOf);
+  const validate = validatorFor(spec, `schema ${name}`, { $ref: `hcloud#/components/schemas/${name}` }, true);
   return validate(value) ? null : `${name}: ${formatErrors(validate.errors)}`;
+}
+
+// ------------------------------------------------------------------ deprecated properties
+
+const MONTHS = ['january', 'february', 'march', 'april', 'may', 'june', 'july', 'august', 'september', 'october', 'november', 'december'];
+
+/**
+ * The first day a deprecated property is no longer sent: the day after the date in "will be
+ * removed after the 1 July 2026" (UTC). Null when the text names no such date (the property is
+ * deprecated but still sent).
+ */
+export function removalDate(description: string): Date | null {
+  const m = /removed after (?:the )?(\d{1,2})\.? ([A-Za-z]+),? (\d{4})/i.exec(description);
+  const month = MONTHS.indexOf((m?.[2] ?? '').toLowerCase());
+  if (!m || month < 0) return null;
+  return new Date(Date.UTC(Number(m[3]), month, Number(m[1]) + 1));
+}
+
+/** The removal date of a schema node marked `deprecated` (null: not deprecated, or no date). */
+function removalOf(node: Json | undefined): Date | null {
+  if (!isObject(node) || node['deprecated'] !== true) return null;
+  return typeof node['description'] === 'string' ? removalDate(node['description']) : null;
+}
+
+function isRemoved(node: Json | undefined, asOf: Date): boolean {
+  const date = removalOf(node);
+  return date !== null && date.getTime() <= asOf.getTime();
+}
+
+/** A schema whose `required` lists leave out the properties removed by `asOf`, recursively. */
+function withoutRemovedRequired(node: Json, asOf: Date): Json {
+  if (Array.isArray(node)) return node.map((n) => withoutRemovedRequired(n, asOf));
+  if (!isObject(node)) return node;
+  const out: JsonObject = {};
+  for (const [k, v] of Object.entries(node)) {
+    out[k] = k === 'example' || k === 'examples' ? v : withoutRemovedRequired(v, asOf);
+  }
+  const properties = out['properties'];
+  const required = out['required'];
+  if (isObject(properties) && Array.isArray(required)) {
+    out['required'] = required.filter((name) => typeof name !== 'string' || !isRemoved(properties[name], asOf));
+  }
+  return out;
+}
+
+/** What a local `$ref` ("#/components/schemas/x") names. */
+function resolveRef(doc: JsonObject, ref: string): Json | undefined {
+  let node: Json | undefined = doc;
+  for (const part of ref.replace(/^#\//, '').split('/')) node = isObject(node) ? node[part] : undefined;
+  return node;
+}
+
+/**
+ * Calls `visit` for a schema and each schema it stands for or combines (`$ref`, `allOf`, `anyOf`,
+ * `oneOf`), with the `$ref`s followed on the way: a schema met again below itself is skipped.
+ */
+type Visit = (schema: JsonObject, seen: ReadonlySet<string>) => void;
+function eachSchemaOf(doc: JsonObject, schema: Json | undefined, visit: Visit, seen: ReadonlySet<string> = new Set()): void {
+  if (!isObject(schema)) return;
+  const ref = schema['$ref'];
+  if (typeof ref === 'string') {
+    if (!seen.has(ref)) eachSchemaOf(doc, resolveRef(doc, ref), visit, new Set([...seen, ref]));
+    return;
+  }
+  visit(schema, seen);
+  for (const key of ['allOf', 'anyOf', 'oneOf']) {
+    const parts = schema[key];
+    if (Array.isArray(parts)) for (const part of parts) eachSchemaOf(doc, part, visit, seen);
+  }
+}
+
+/** `value` without the properties its schema marks deprecated and removed by `asOf`. */
+function stripRemoved(doc: JsonObject, schema: Json | undefined, value: Json, asOf: Date): Json {
+  if (Array.isArray(value)) {
+    let items: Json[] = value;
+    eachSchemaOf(doc, schema, (s) => {
+      if (s['items'] !== undefined) items = items.map((item) => stripRemoved(doc, s['items'], item, asOf));
+    });
+    return items;
+  }
+  if (!isObject(value)) return value;
+  const out: JsonObject = { ...value };
+  eachSchemaOf(doc, schema, (s) => {
+    const properties = isObject(s['properties']) ? s['properties'] : {};
+    const others = isObject(s['additionalProperties']) ? s['additionalProperties'] : undefined;
+    for (const [name, child] of Object.entries(out)) {
+      const sub = properties[name] ?? others;
+      if (sub === undefined) continue;
+      if (isRemoved(sub, asOf)) delete out[name];
+      else out[name] = stripRemoved(doc, sub, child, asOf);
+    }
+  });
+  return out;
+}
+
+/** An answer as the API sends it on `asOf`: without the properties its schema says are removed by then. */
+export function withoutRemoved(method: string, template: string, status: number, body: unknown, asOf: Date): unknown {
+  const { doc, operations } = loadDoc();
+  const schema = operations.get(`${method.toUpperCase()} ${template}`)?.responses.get(String(status));
+  if (schema === undefined || schema === null || body === undefined) return body;
+  return stripRemoved(doc, schema, JSON.parse(JSON.stringify(body)) as Json, asOf);
+}
+
+/** A property that an answer's schema marks deprecated. */
+export interface DeprecatedProperty {
+  method: string;
+  template: string;
+  status: string;
+  /** Property names from the answer's top down; "[]" stands for each item of an array. */
+  path: string[];
+  /** The first day the API no longer sends it; null when its description names no date. */
+  removedFrom: Date | null;
+}
+
+/** Every property marked deprecated in the 2xx answers of these operations, read from their schemas. */
+export function deprecatedAnswerProperties(operations: readonly { method: string; template: string }[]): DeprecatedProperty[] {
+  const { doc, operations: all } = loadDoc();
+  const found: DeprecatedProperty[] = [];
+  const walk = (where: Omit<DeprecatedProperty, 'path' | 'removedFrom'>, schema: Json | undefined, path: string[], seen: ReadonlySet<string>): void => {
+    eachSchemaOf(doc, schema, (s, below) => {
+      if (s['items'] !== undefined) walk(where, s['items'], [...path, '[]'], below);
+      if (!isObject(s['properties'])) return;
+      for (const [name, sub] of Object.entries(s['properties'])) {
+        if (isObject(sub) && sub['deprecated'] === true) found.push({ ...where, path: [...path, name], removedFrom: removalOf(sub) });
+        else walk(where, sub, [...path, name], below);
+      }
+    }, seen);
+  };
+  for (const { method, template } of operations) {
+    const op = all.get(`${method.toUpperCase()} ${template}`);
+    if (!op) throw new Error(`${method} ${template}: no such operation in openapi.json`);
+    for (const [status, schema] of op.responses) {
+      if (status.startsWith('2') && schema !== null) walk({ method: op.method, template, status }, schema, [], new Set());
+    }
+  }
+  return found;
 }

@@ -219,6 +219,29 @@ t.test('a 2xx that is not JSON is invalid_response', async (t) => {
   t.equal(err.retryable, false);
 });
 
+t.test('an answer past maxAnswerBytes is an error saying so, with a Content-Length or without one', async (t) => {
+  const big = JSON.stringify({ server: server(1, 'a'), padding: 'x'.repeat(4096) });
+  for (const headers of [{}, { 'Transfer-Encoding': 'chunked' }]) {
+    const stub = await startStub(t, () => ({ status: 200, text: big, headers }));
+    const { client } = makeClient(stub.url, { maxAnswerBytes: 1024 });
+    const err = await rejection(client.getServer(1));
+    t.equal(err.code, 'invalid_response', JSON.stringify(headers));
+    t.match(err.message, /answer is larger than 1024 bytes/);
+    t.equal(stub.requests.length, 1, 'not retried');
+    const { client: roomy } = makeClient(stub.url, { maxAnswerBytes: big.length });
+    t.equal((await roomy.getServer(1)).id, 1, 'an answer of exactly the limit is read');
+  }
+});
+
+t.test('plain http is refused except to a loopback address (the token would cross the network in clear)', async (t) => {
+  for (const endpoint of ['http://api.hetzner.cloud/v1', 'http://10.0.0.1/v1', 'http://[fd00::1]/v1', 'http://localhost.evil.example/v1', 'ftp://127.0.0.1/v1']) {
+    t.throws(() => new HcloudClient({ endpoint, token: TOKEN }), /clear text|not an http/, endpoint);
+  }
+  for (const endpoint of ['https://api.hetzner.cloud/v1', 'http://127.0.0.1:8080/v1', 'http://127.1.2.3/v1', 'http://[::1]:9/v1']) {
+    t.doesNotThrow(() => new HcloudClient({ endpoint, token: TOKEN }), endpoint);
+  }
+});
+
 t.test('isNotFound is the one test of "gone": a 404 with the API\'s not_found code, nothing else', async (t) => {
   t.ok(isNotFound(new HcloudError({ status: 404, code: 'not_found', message: 'server with ID 3 not found' })));
   t.notOk(isNotFound(new HcloudError({ status: 404, code: 'http_404', message: '<html>Not Found</html>' })), "a 404 without the API's error body (a proxy, a wrong endpoint)");

@@ -11,7 +11,8 @@ export interface LoopDevice {
   device: string;
   /** The file behind it. */
   image: string;
-  release(): void;
+  /** Detaches the device and removes `dir` (a plain function: tests hand it to `t.teardown`). */
+  release: () => void;
 }
 
 /**

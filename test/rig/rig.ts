@@ -188,7 +188,7 @@ export class Rig {
    * The daemon in this process (its internals can be inspected), on this rig's config, logging
    * JSON lines into `lines`. Stopped by the caller.
    */
-  async startInProcessDaemon(options: { level?: string } & Pick<DaemonOptions, 'deleteRetryFirstMs'> = {}): Promise<{ daemon: Daemon; lines: string[]; config: Config }> {
+  async startInProcessDaemon(options: { level?: string } & Pick<DaemonOptions, 'adoptTimeoutMs'> = {}): Promise<{ daemon: Daemon; lines: string[]; config: Config }> {
     const lines: string[] = [];
     const destination = new Writable({
       write(chunk: Buffer, _encoding, done) {
@@ -196,7 +196,7 @@ export class Rig {
         done();
       },
     });
-    const log = createLogger({ level: options.level ?? 'info', pretty: false, destination: destination as unknown as { write(s: string): void } });
+    const log = createLogger({ level: options.level ?? 'info', pretty: false, destination });
     const config = parseConfig(JSON.parse(readFileSync(this.configFile, 'utf8')), this.dir);
     const { level: _level, ...daemonOptions } = options;
     const daemon = new Daemon({ config, token: TOKEN, log, ...daemonOptions });
@@ -205,8 +205,8 @@ export class Rig {
   }
 
   /** Starts `nix-hcloud-builder serve` as a child process and waits until it listens. */
-  async startDaemon(args: string[] = [], env: Record<string, string> = { HCLOUD_TOKEN: TOKEN }): Promise<DaemonProcess> {
-    const proc = this.spawnDaemon(args, env);
+  async startDaemon(args: string[] = [], env: Record<string, string> = { HCLOUD_TOKEN: TOKEN }, configFile = this.configFile): Promise<DaemonProcess> {
+    const proc = this.spawnDaemon(args, env, configFile);
     const daemon = new DaemonProcess(proc);
     this.daemons.push(daemon);
     const listening = await daemon.waitForMsg(/listening for Nix/, 60_000);
@@ -214,16 +214,28 @@ export class Rig {
     return daemon;
   }
 
-  spawnDaemon(args: string[] = [], env: Record<string, string> = { HCLOUD_TOKEN: TOKEN }): ChildProcess {
-    return spawn(process.execPath, [...nodeFlagsOf(CLI), CLI, 'serve', '--config', this.configFile, ...args], {
+  spawnDaemon(args: string[] = [], env: Record<string, string> = { HCLOUD_TOKEN: TOKEN }, configFile = this.configFile): ChildProcess {
+    return spawn(process.execPath, [...nodeFlagsOf(CLI), CLI, 'serve', '--config', configFile, ...args], {
       env: { ...process.env, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
   }
 
   /** Runs the CLI once (status, down) and collects its output. */
-  cli(args: string[], env: Record<string, string> = { HCLOUD_TOKEN: TOKEN }): Promise<{ code: number | null; stdout: string; stderr: string }> {
-    return run(process.execPath, [...nodeFlagsOf(CLI), CLI, ...args, '--config', this.configFile], { env: { ...process.env, ...env } });
+  cli(args: string[], env: Record<string, string> = { HCLOUD_TOKEN: TOKEN }, configFile = this.configFile): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    return run(process.execPath, [...nodeFlagsOf(CLI), CLI, ...args, '--config', configFile], { env: { ...process.env, ...env } });
+  }
+
+  /**
+   * A second daemon's config on this rig's cloud: the same, with its own state folder, and
+   * `instance` replaced by `changes.instance` (left out: the default).
+   */
+  otherConfig(name: string, changes: { instance?: string } = {}): string {
+    const config = JSON.parse(readFileSync(this.configFile, 'utf8')) as Record<string, unknown>;
+    delete config.instance;
+    const file = join(this.dir, `config-${name}.json`);
+    writeFileSync(file, JSON.stringify({ ...config, ...changes, stateDir: join(this.dir, `state-${name}`) }, null, 2));
+    return file;
   }
 
   hostKeyBase64(): string {

@@ -183,7 +183,7 @@ t.test('a Nix that takes the port in the URI: machines lines without the alias, 
   const cppLine = cpp.plan.machinesLines[0];
   t.match(cppLine, new RegExp(`^ssh-ng://x86_64@127\\.0\\.0\\.1:2222 x86_64-linux ${join(dir, 'root-ssh', 'nix-hcloud-builder')} 8 1 `), 'address and port in the URI; the key in field 3');
   t.equal(hostKeyField(cppLine), readFileSync(join(dir, 'state', 'ssh_host_ed25519_key.pub'), 'utf8').trim(), 'the host key in field 8');
-  t.match(readFileSync(join(dir, 'machines'), 'utf8'), cppLine as string);
+  t.match(readFileSync(join(dir, 'machines'), 'utf8'), cppLine);
   t.match(runSetup(nix('nix (Nix) 2.31.0'), false).output, /nothing to change\n$/, 'idempotent');
 
   const lix = runSetup(nix('nix (Lix, like Nix) 2.93.0'), true);

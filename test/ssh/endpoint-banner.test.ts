@@ -7,32 +7,8 @@
 import t from 'tap';
 import { connect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import ssh2 from 'ssh2';
-import { createLogger } from '../../src/core/log.js';
-import { Endpoint, parseAuthorizedKeys } from '../../src/ssh/endpoint.js';
 import { judgeIdentLine, MAX_IDENT_LINE } from '../../src/ssh/ident-line.js';
-import { generateKeyPair } from '../../src/ssh/keys.js';
-
-const LOGIN_GRACE_MS = 20_000;
-
-async function startEndpoint(t: { teardown(fn: () => Promise<void>): void }): Promise<{ port: number; clientKey: string; logged: () => string }> {
-  const clientKey = generateKeyPair('test-client');
-  const lines: string[] = [];
-  const endpoint = new Endpoint({
-    hostKey: generateKeyPair('test-host').privateKey,
-    authorizedKeys: parseAuthorizedKeys([clientKey.publicKey]),
-    pools: new Map(),
-    log: createLogger({ level: 'debug', pretty: false, destination: { write: (line: string) => void lines.push(line) } }),
-    loginGraceMs: LOGIN_GRACE_MS,
-    maxConnectionsPerSource: 20,
-  });
-  const port = await endpoint.listen(0, '127.0.0.1');
-  t.teardown(async () => {
-    endpoint.closeAll();
-    await endpoint.stopListening();
-  });
-  return { port, clientKey: clientKey.privateKey, logged: () => lines.join('') };
-}
+import { LOGIN_GRACE_MS, login, startEndpoint } from './endpoint-harness.js';
 
 function openSocket(port: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
@@ -90,12 +66,7 @@ t.test('valid clients are untouched', async (t) => {
   slow.write('2.0-slow_client\r\n');
   t.equal(await closedWithin(slow, 1000), undefined, 'an identification line in two pieces: kept');
 
-  const client = new ssh2.Client();
-  t.teardown(() => client.end());
-  await new Promise<void>((resolve, reject) => {
-    client.once('ready', resolve).once('error', reject);
-    client.connect({ host: '127.0.0.1', port, username: 'x86_64', privateKey: clientKey });
-  });
+  const client = await login(t, port, clientKey);
   t.pass('an ssh2 client logs in');
   const stderr = await new Promise<string>((resolve, reject) => {
     client.exec('nix-daemon --stdio', (err, channel) => {

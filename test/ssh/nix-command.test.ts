@@ -1,5 +1,6 @@
 import t from 'tap';
 import { parseNixCommand, renderNixCommand } from '../../src/ssh/nix-command.js';
+import { PROGRAM_PATHS_REFUSED } from './nix-command-cases.js';
 
 t.test('the commands Nix sends are allowed and rebuilt', async (t) => {
   const cases: [string, string][] = [
@@ -9,7 +10,8 @@ t.test('the commands Nix sends are allowed and rebuilt', async (t) => {
     // `?` is a glob character for the worker's shell: quoted on the way out.
     ["nix-store --serve --write --store 'local?root=/mnt'", "nix-store --serve --write --store 'local?root=/mnt'"],
     ['nix-daemon --stdio --store daemon', 'nix-daemon --stdio --store daemon'],
-    ['/run/current-system/sw/bin/nix-daemon --stdio', '/run/current-system/sw/bin/nix-daemon --stdio'],
+    ['/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nix-2.24.10/bin/nix-daemon --stdio', '/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nix-2.24.10/bin/nix-daemon --stdio'],
+    ['/nix/store/0123456789abcdfghijklmnpqrsvwxyz-lix-2.93.0/libexec/nix/nix-store --serve', '/nix/store/0123456789abcdfghijklmnpqrsvwxyz-lix-2.93.0/libexec/nix/nix-store --serve'],
     ['  nix-store   --serve  --write ', 'nix-store --serve --write'],
   ];
   for (const [input, rendered] of cases) t.equal(renderNixCommand(parseNixCommand(input)), rendered, input);
@@ -25,6 +27,7 @@ t.test('everything else is refused', async (t) => {
     'relative/nix-daemon --stdio', '/bin/../evil/nix-daemonx --stdio', "nix-daemon --stdio 'unterminated",
     `nix-daemon --stdio --store ${'a'.repeat(5000)}`, 'nix-store --serve --write --store a;b',
   ];
+  for (const path of PROGRAM_PATHS_REFUSED) refused.push(`${path} --stdio`);
   for (const command of refused) t.throws(() => parseNixCommand(command), { name: 'CommandRefused' }, JSON.stringify(command.slice(0, 60)));
 });
 

@@ -3,6 +3,7 @@ import { EventEmitter } from 'node:events';
 import { PassThrough } from 'node:stream';
 import { HIGH_WATER, pipeSession, SerialWriter } from '../../src/ssh/session-pipe.js';
 import { limitReadBuffer } from '../../src/ssh/ssh2-internals.js';
+import { ZstdDecoder, ZstdEncoder } from '../../src/ssh/zstd-codec.js';
 
 /** A channel whose writes complete only when the test says so, like an SSH channel waiting for window. */
 function slowChannel() {
@@ -91,7 +92,7 @@ function fakeChannels() {
     resume() { this.paused = false; return this; },
     write: (_c: Buffer, cb: () => void) => { cb(); return true; },
     stderr: { write: (_c: Buffer, cb: () => void) => { cb(); return true; } },
-    exit: () => undefined,
+    exit: (code?: unknown): void => void code,
     end: () => undefined,
   });
   const pending: (() => void)[] = [];
@@ -140,4 +141,34 @@ t.test('uploads pause while HIGH_WATER bytes wait for the worker channel, and re
   t.ok(client.paused, 'paused at the mark');
   (pending.shift() as () => void)();
   t.notOk(client.paused, 'resumed once a write completed below the mark');
+});
+
+t.test("a worker's zstd stream cut inside a frame ends the session with a line and a failure, not as a success", async (t) => {
+  for (const cut of [false, true]) {
+    const { client, worker } = fakeChannels();
+    const out: string[] = [];
+    const err: string[] = [];
+    const exits: unknown[] = [];
+    client.write = (chunk: Buffer, cb: () => void) => (out.push(chunk.toString()), cb(), true);
+    client.stderr.write = (chunk: Buffer, cb: () => void) => (err.push(chunk.toString()), cb(), true);
+    client.exit = (code: unknown) => void exits.push(code);
+    const relay = new ZstdEncoder({ level: 3 });
+    // A flush makes everything so far readable: only the frame's end is missing when cut.
+    const stream = [...relay.push(Buffer.from('the answer')), ...relay.flush(), ...(cut ? [] : relay.end())];
+    const done = pipeSession(client as never, worker as never, {}, { encoder: new ZstdEncoder({ level: 3 }), decoder: new ZstdDecoder() });
+    for (const part of stream) worker.emit('data', part);
+    worker.emit('exit', 0);
+    worker.emit('end');
+    worker.stderr.emit('end');
+    worker.emit('close');
+    await done;
+    t.same(out, ['the answer'], `${cut ? 'cut' : 'whole'}: the bytes that came are passed on`);
+    if (cut) {
+      t.match(err.join(''), /^nix-hcloud-builder: the worker's zstd stream ended inside a frame \(cut off\); its output is incomplete\n$/);
+      t.same(exits, [1], 'the command said 0, the session says 1');
+    } else {
+      t.same(err, [], 'a whole stream: no line');
+      t.same(exits, [0], "the command's status");
+    }
+  }
 });

@@ -1,13 +1,15 @@
 // The worker's end of compression "zstd", run here as sshd would run it on a worker: with the
 // real Nix programs behind it, the daemon's encoder and decoder in front.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { packageRoot } from '../../src/core/package-file.js';
+import { parseNixCommand, PROGRAM_PATH, STORE_URI } from '../../src/ssh/nix-command.js';
 import { ZstdDecoder, ZstdEncoder } from '../../src/ssh/zstd-codec.js';
 import { ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-relay.js';
+import { PROGRAM_PATHS_REFUSED } from '../ssh/nix-command-cases.js';
 import { run } from '../rig/process.js';
 import { rigNixEnv } from '../rig/nix-config.js';
 
@@ -19,38 +21,43 @@ function u64(n: number): Buffer {
   return b;
 }
 
-/** Sends the protocol's first magic through the relay and reads the answer's first 8 bytes, decoded. */
-async function handshake(t: Test, command: string[], magic: number): Promise<number> {
+/** The relay running `command` as sshd would start it, with the daemon's encoder and decoder on its pipes. */
+function startRelay(command: string[]) {
   const child = spawn('python3', [RELAY, '--', ...command], { env: rigNixEnv(), stdio: ['pipe', 'pipe', 'pipe'] });
   const encoder = new ZstdEncoder({ level: 3 });
   const decoder = new ZstdDecoder();
   let answer = Buffer.alloc(0);
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const got = new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`hung: no answer to the magic within 10 s (the relay did not flush?); stderr: ${stderr}`)), 10_000);
+  const closed = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('close', (code, signal) => resolve({ code, signal })));
+  /** Resolves with the first 8 bytes of the command's answer, decoded, as a number. */
+  const firstWord = new Promise<number>((resolve, reject) => {
     child.stdout.on('data', (chunk: Buffer) => {
       answer = Buffer.concat([answer, ...decoder.push(chunk)]);
-      if (answer.length >= 8) {
-        clearTimeout(timer);
-        resolve(Number(answer.readBigUInt64LE(0)));
-      }
+      if (answer.length >= 8) resolve(Number(answer.readBigUInt64LE(0)));
     });
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`the relay exited (${code}) before answering: ${stderr}`));
-    });
+    void closed.then(({ code, signal }) => reject(new Error(`the relay ended (${code ?? signal}) before answering: ${stderr}`)));
   });
+  firstWord.catch(() => undefined);
+  /** Sends bytes through the encoder, flushed: as the daemon does when its client pauses. */
+  const send = (bytes: Buffer): void => {
+    for (const part of [...encoder.push(bytes), ...encoder.flush()]) child.stdin.write(part);
+  };
+  return { child, encoder, decoder, closed, firstWord, send, stderr: () => stderr };
+}
+
+/** Sends the protocol's first magic through the relay and reads the answer's first 8 bytes, decoded. */
+async function handshake(t: Test, command: string[], magic: number): Promise<number> {
+  const relay = startRelay(command);
+  const timer = setTimeout(() => relay.child.kill('SIGKILL'), 10_000);
   // The magic alone, flushed, and the input left open: as a Nix client does, which then waits.
-  for (const part of [...encoder.push(u64(magic)), ...encoder.flush()]) child.stdin.write(part);
+  relay.send(u64(magic));
   try {
-    return await got;
+    return await relay.firstWord;
   } finally {
-    const exited = new Promise((resolve) => child.once('close', resolve));
-    for (const part of encoder.end()) child.stdin.write(part);
-    child.stdin.end();
-    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-    await exited;
+    for (const part of relay.encoder.end()) relay.child.stdin.write(part);
+    relay.child.stdin.end();
+    await relay.closed;
     clearTimeout(timer);
     t.pass('the relay ended after its input did');
   }
@@ -103,3 +110,75 @@ t.test('the relay refuses anything but the Nix commands, as the endpoint does, a
   }
   t.notOk(existsSync(marker), 'no refused command ran anything');
 });
+
+t.test("a command killed by SIGKILL (the OOM killer's signal): the relay dies of it too, no traceback", async (t) => {
+  const relay = startRelay(['nix-daemon', '--stdio']);
+  t.teardown(() => relay.child.kill('SIGKILL'));
+  relay.send(u64(0x6e697863));
+  t.equal(await relay.firstWord, 0x6478696f, 'nix-daemon runs behind the relay');
+  const children = readFileSync(`/proc/${relay.child.pid}/task/${relay.child.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+  t.equal(children.length, 1, 'one command');
+  process.kill(Number(children[0]), 'SIGKILL');
+  const { code, signal } = await relay.closed;
+  t.same({ code, signal }, { code: null, signal: 'SIGKILL' }, "sshd reports the command's signal");
+  t.notMatch(relay.stderr(), /Traceback|Error/, 'no Python traceback');
+  t.notOk(relay.decoder.midFrame, 'its stdout stream still ends with a whole frame');
+});
+
+t.test('a zstd stream from the daemon cut inside a frame: one line, and the relay fails', async (t) => {
+  const relay = startRelay(['nix-daemon', '--stdio']);
+  t.teardown(() => relay.child.kill('SIGKILL'));
+  relay.send(u64(0x6e697863));
+  t.equal(await relay.firstWord, 0x6478696f);
+  // Flushed but never ended: the frame's end is missing, as when a connection is cut.
+  relay.child.stdin.end();
+  const { code } = await relay.closed;
+  t.equal(code, 1, 'exit status 1');
+  t.match(relay.stderr(), /^nix-hcloud-builder-zstd-relay: the daemon's zstd stream ended inside a frame \(cut off\); the command's input is incomplete$/m);
+  t.notMatch(relay.stderr(), /Traceback/);
+});
+
+t.test("the relay's allow-list is the endpoint's", async (t) => {
+  const source = readFileSync(RELAY, 'utf8');
+  for (const [name, expression] of [['PROGRAM_PATH', PROGRAM_PATH], ['STORE_URI', STORE_URI]] as const) {
+    const inRelay = new RegExp(`^${name} = re\\.compile\\(r"(.*)"\\)$`, 'm').exec(source)?.[1];
+    // JavaScript writes "/" as "\/" in a literal; Python needs no escape for it.
+    t.equal(inRelay, expression.source.replace(/\\\//g, '/'), `${name}: the same expression`);
+  }
+  const STORE_NIX = '/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nix-2.24.10/bin';
+  const cases: string[][] = [
+    ['nix-daemon', '--stdio'], ['nix-store', '--serve', '--write'], ['nix-store', '--serve', '--store', 'local?root=/mnt'],
+    [`${STORE_NIX}/nix-daemon`, '--stdio'], [`${STORE_NIX}/nix-store`, '--serve'],
+    ...PROGRAM_PATHS_REFUSED.map((path) => [path, '--stdio']),
+    ['nix-daemon'], ['nix-store', '--stdio'], ['nix-daemon', '--stdio', '--stdio'], ['nix-build', '--serve'],
+    ['nix-store', '--serve', '--store', 'a;b'], ['nix-daemon', '--stdio', '--store', 'a'.repeat(1025)],
+  ];
+  const verdicts = await run('python3', ['-c', RELAY_VERDICTS, RELAY], { input: JSON.stringify(cases), timeoutMs: 10_000 });
+  t.equal(verdicts.code, 0, verdicts.stderr);
+  const relay = JSON.parse(verdicts.stdout) as boolean[];
+  const endpoint = cases.map((argv) => {
+    try {
+      parseNixCommand(argv.map((word) => `'${word}'`).join(' '));
+      return true;
+    } catch {
+      return false;
+    }
+  });
+  t.same(relay, endpoint, 'each case: both allow it or both refuse it');
+  t.same(endpoint.filter(Boolean).length, 5, 'the first five are allowed');
+});
+
+/** Loads the relay as a module and prints, for each argv read as JSON on stdin, whether its allow-list passes it. */
+const RELAY_VERDICTS = `
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("relay", sys.argv[1])
+relay = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(relay)
+def allowed(argv):
+    try:
+        relay.check_nix_command(argv)
+        return True
+    except relay.Refused:
+        return False
+print(json.dumps([allowed(argv) for argv in json.load(sys.stdin)]))
+`;

@@ -1,8 +1,8 @@
 /**
- * Project SSH keys: create (adopting one whose answer was lost), list, delete. Part of `HcloudClient`.
+ * Project SSH keys: create (adopting one whose answer was lost), get, list, update, delete. Part of `HcloudClient`.
  */
 import { isRecord, listQuery, type Transport } from '../transport.js';
-import type { CreateSshKeyRequest, ListSshKeysQuery, SshKey } from '../types.js';
+import type { CreateSshKeyRequest, ListSshKeysQuery, SshKey, UpdateSshKeyRequest } from '../types.js';
 import { answerWasLost } from './adopt.js';
 
 export abstract class SshKeyCalls {
@@ -33,6 +33,22 @@ export abstract class SshKeyCalls {
   /** `GET /ssh_keys`, following pagination to the end. */
   async listSshKeys(q: ListSshKeysQuery = {}, signal?: AbortSignal): Promise<SshKey[]> {
     return this.transport.paginate('list_ssh_keys', '/ssh_keys', listQuery<'list_ssh_keys'>(q), (a) => a.ssh_keys, signal);
+  }
+
+  /** `GET /ssh_keys/{id}`; a missing key throws `not_found`. */
+  async getSshKey(id: number, signal?: AbortSignal): Promise<SshKey> {
+    const path = `/ssh_keys/${id}`;
+    const answer = await this.transport.request('get_ssh_key', { method: 'GET', path, signal });
+    if (!isRecord(answer) || !isRecord(answer.ssh_key)) throw this.transport.invalid('GET', path, 200, 'answer lacks ssh_key');
+    return answer.ssh_key;
+  }
+
+  /** `PUT /ssh_keys/{id}`: name and/or labels (labels replace the old ones). Resent like a GET: the same body twice leaves the same key. */
+  async updateSshKey(id: number, req: UpdateSshKeyRequest, signal?: AbortSignal): Promise<SshKey> {
+    const path = `/ssh_keys/${id}`;
+    const answer = await this.transport.request('replace_ssh_key', { method: 'PUT', path, body: req, signal, replay: 'idempotent' });
+    if (!isRecord(answer) || !isRecord(answer.ssh_key)) throw this.transport.invalid('PUT', path, 200, 'answer lacks ssh_key');
+    return answer.ssh_key;
   }
 
   /** `DELETE /ssh_keys/{id}`; a key already gone throws `not_found`. */
