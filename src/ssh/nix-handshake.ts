@@ -356,7 +356,7 @@ export function mergeRecords(previous: HandshakeRecord | undefined, fresh: Hands
 export function parseHandshakeRecord(value: unknown): HandshakeRecord | undefined {
   if (typeof value !== 'object' || value === null) return undefined;
   const v = value as Record<string, unknown>;
-  const isVersion = typeof v['version'] === 'number' && Number.isInteger(v['version']) && (v['version'] as number) >= 0 && (v['version'] as number) <= 0xffff;
+  const isVersion = typeof v['version'] === 'number' && Number.isInteger(v['version']) && v['version'] >= 0 && v['version'] <= 0xffff;
   if (!isVersion) return undefined;
   if (v['protocol'] === 'serve') return { protocol: 'serve', version: v['version'] as number };
   if (v['protocol'] !== 'worker') return undefined;

@@ -66,7 +66,7 @@ async function serve(handle: (client: Socket) => Promise<void>): Promise<{ serve
     client.write = ((chunk: Buffer, ...rest: unknown[]) => {
       got.push(Buffer.from(chunk));
       return write(chunk, ...rest);
-    }) as typeof client.write;
+    });
     client.on('error', () => undefined);
     handle(client).catch((err: Error) => {
       failures.push(err);
