@@ -16,6 +16,7 @@
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import {
+  encodeStderrError,
   encodeStderrLast,
   encodeString,
   encodeStrings,
@@ -166,6 +167,20 @@ export class EarlySession extends EventEmitter {
     this.upstreamEnded = true;
     this.fromWorker.end();
   };
+
+  /**
+   * Ends a session whose worker protocol opening the client got from the record with `message`
+   * as the error of its next operation: after an early answer, Nix reads the session's stderr
+   * into the build log only, and may drop it. False when that is not possible (serve protocol,
+   * or an opening not answered whole from the record).
+   */
+  refuseNextOperation(message: string): boolean {
+    const told = this.record;
+    if (this.protocol !== 'worker' || !told || !this.complete || !this.said.includes('info') || this.client.clientVersion === undefined) return false;
+    if (!this.clientStream.writable) return false;
+    this.clientStream.write(encodeStderrError(message, Math.min(this.client.clientVersion, told.version)));
+    return true;
+  }
 
   /**
    * Joins the worker in (see the module comment). Resolves once the opening is through, with

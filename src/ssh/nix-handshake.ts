@@ -265,6 +265,13 @@ export async function readStderrStream(reader: WireReader, negotiated: number): 
   }
 }
 
+/** A daemon's refusal of the operation the client sends next, as `readStderrStream` reads it. */
+export function encodeStderrError(message: string, negotiated: number): Buffer {
+  if (minorOf(negotiated) < 26) return Buffer.concat([encodeU64(STDERR_ERROR), encodeString(message), encodeU64(1)]);
+  // "Error", its level (0: error), its name (unused), the message, no position, no traces.
+  return Buffer.concat([encodeU64(STDERR_ERROR), encodeString('Error'), encodeU64(0), encodeString('Error'), encodeString(message), encodeU64(0, 0)]);
+}
+
 export function encodeStderrLast(messages: readonly string[] = []): Buffer {
   return Buffer.concat([...messages.flatMap((m) => [encodeU64(STDERR_NEXT), encodeString(m)]), encodeU64(STDERR_LAST)]);
 }

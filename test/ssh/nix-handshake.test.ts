@@ -6,11 +6,13 @@ import t from 'tap';
 import { Duplex, PassThrough } from 'node:stream';
 import { EarlySession, HandshakeMismatch } from '../../src/ssh/early-session.js';
 import {
+  encodeStderrError,
   encodeStderrLast,
   encodeString,
   encodeStrings,
   encodeU64,
   parseHandshakeRecord,
+  readStderrStream,
   recordHandshake,
   WireEnd,
   WireReader,
@@ -81,4 +83,13 @@ t.test('another trust status: a clear error', async (t) => {
   const err = (await (await spliceAgainst({ ...record, trust: 2 }, [])).splice.catch((e: unknown) => e)) as HandshakeMismatch;
   t.type(err, HandshakeMismatch);
   t.match(err.message, /trust status 2, not 1/);
+});
+
+t.test('a refusal of the next operation reads back as the daemon\'s error, before and from 1.26', async (t) => {
+  for (const version of [0x119, 0x122, V138]) {
+    const reader = new WireReader();
+    reader.push(Buffer.concat([encodeStderrError('nix-hcloud-builder: the boot failed', version), encodeU64(99)]));
+    t.same(await readStderrStream(reader, version), { messages: [], error: 'nix-hcloud-builder: the boot failed' }, `protocol 0x${version.toString(16)}`);
+    t.equal(await reader.u64(), 99, 'and nothing more');
+  }
 });
