@@ -81,6 +81,12 @@ cafile=$(npm config get cafile 2>/dev/null || true)
 if [ -n "$cafile" ] && [ "$cafile" != null ] && [ -f "$cafile" ]; then
   mkdir -p "$root$(dirname "$cafile")" && cp "$cafile" "$root$cafile"
 fi
+# The machine's own CA certificates, where its trust store takes them from: a package that pulls in
+# ca-certificates (cloud-init does) rebuilds the bundle above from Debian's list plus these, and
+# without them npm could no longer reach its registry.
+if [ -d /usr/local/share/ca-certificates ]; then
+  mkdir -p "$root/usr/local/share" && cp -a /usr/local/share/ca-certificates "$root/usr/local/share/"
+fi
 
 # 3. The mounts the tests need (/proc comes with each command's PID namespace), and a clean clone.
 step "3. /sys, /dev, /run; a clean clone of $(git -C "$repo" rev-parse --short HEAD)"

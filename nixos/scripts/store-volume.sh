@@ -42,7 +42,7 @@ id=$(jq -er '.volumeId | select(type == "number" and . == floor and . > 0)' "$se
 at=$(jq -er '.gcAtPercent | select(type == "number" and . == floor and . >= 1 and . <= 100)' "$settings")
 
 # 1. Generated from attachVolumeLines() and checkStoreLines() in src/daemon/store-script.ts, the
-# lines stock images run (test/nixos.test.ts checks that they are the same).
+# lines stock images run (test/nixos/module.test.ts checks that they are the same).
 attach_volume() (
   set +e
   dev="/dev/disk/by-id/scsi-0HC_Volume_$id"; dir="/mnt/HC_Volume_$id"; n=0

@@ -6,29 +6,27 @@ import { loadToken } from '../core/token.js';
 import { isRecordOf, peekState } from '../daemon/state.js';
 import { removeVolume, unusedVolumes } from '../daemon/store-volumes.js';
 import { deletePolicyOf, type DeletionRecord } from '../daemon/deletions.js';
+import { describeReason, whatMustGo } from '../daemon/sweep-rule.js';
 import { deleteServers, describeServer, parseWait, WAIT_OPTION } from './delete-servers.js';
-import type { Server } from '../hcloud/types.js';
 import { defineCommand } from './command.js';
 import { cloudClient, openConfig, say } from './common.js';
 
 /**
- * `gc`: the daemon's sweep, on demand. Deletes this instance's servers that the state does not
- * know, or that are past twice their pool's maxLifetime; lists each one; `dryRun` only lists.
+ * `gc`: the daemon's sweep rule, on demand. Deletes this instance's servers that the state does
+ * not know, whose pool is not configured, or that are past twice their pool's maxLifetime; lists
+ * each one with why; `dryRun` only lists.
  */
 export async function garbageCollect(config: Config, token: string, log: Logger, say: (line: string) => void, dryRun: boolean, waitMs: number): Promise<{ count: number; left: DeletionRecord[] }> {
   const hcloud = cloudClient(config, token, log);
   const { state, problem } = peekState(config.stateDir);
   if (problem) say(`${problem}: every labelled server counts as unknown`);
   const servers = await hcloud.listServers({ labelSelector: instanceSelector(config.instance) });
-  const doomed: { server: Server; reason: string }[] = [];
-  for (const server of servers) {
-    const record = state?.workers.find((w) => isRecordOf(w, server));
-    const pool = config.pools[server.labels[LABEL_POOL] ?? ''];
-    const age = Date.now() - Date.parse(server.created);
-    if (!record) doomed.push({ server, reason: 'not in the state' });
-    else if (!pool) doomed.push({ server, reason: `its pool "${server.labels[LABEL_POOL] ?? ''}" is not in the config` });
-    else if (age >= 2 * pool.maxLifetimeMs) doomed.push({ server, reason: 'past twice its pool\'s maxLifetime' });
-  }
+  // The sweep rule, knowing no session: only the hard lifetime cap applies to known servers.
+  const candidates = servers.map((server) => ({
+    subject: server, created: server.created, known: state?.workers.some((w) => isRecordOf(w, server)) ?? false,
+    pool: config.pools[server.labels[LABEL_POOL] ?? ''],
+  }));
+  const doomed = whatMustGo(candidates, Date.now()).map(({ subject, reason }) => ({ server: subject, reason: describeReason(reason) }));
   for (const { server, reason } of doomed) {
     say(`${dryRun ? 'would delete' : 'deleting'} ${describeServer(server)}: ${reason}`);
   }

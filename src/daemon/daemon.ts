@@ -23,6 +23,7 @@ import type { Logger } from '../core/log.js';
 import { serveControl } from './control.js';
 import { startGrace, type Grace } from './grace.js';
 import { Pool } from './pool.js';
+import { whatMustGo } from './sweep-rule.js';
 import { checkPoolServerTypes } from './server-types.js';
 import { writeFileAtomic } from '../core/atomic-file.js';
 import { isRecordOf, StateFile, type WorkerRecord } from './state.js';
@@ -242,8 +243,13 @@ export class Daemon {
           this.log.error({ why: this.instanceLost }, 'sweep skipped: another daemon holds this instance, so servers this daemon does not know may be its');
           return;
         }
-        // Servers whose delete is pending are the deletion queue's: it retries them on its own.
-        const unknown = servers.filter((s) => ![...this.pools.values()].some((p) => p.knows(s)) && !this.deletions.has(s));
+        // The sweep rule; servers whose delete is pending are the deletion queue's, and the
+        // lifetimes of the workers we know are their pools' (which know their sessions).
+        const candidates = servers.map((server) => ({
+          subject: server, created: server.created, known: [...this.pools.values()].some((p) => p.knows(server)),
+          pool: this.config.pools[server.labels[LABEL_POOL] ?? ''], deleting: this.deletions.has(server),
+        }));
+        const unknown = whatMustGo(candidates, Date.now()).filter((v) => v.reason === 'unknown').map((v) => v.subject);
         for (const server of unknown) {
           this.log.warn({ server: server.name, id: server.id }, 'sweep: our label, but no worker of ours; deleting it');
           this.deleteOrphan(server, 'sweep: no worker of ours');

@@ -6,9 +6,10 @@
 import type { PoolConfig } from '../core/config.js';
 import { IdleTimer, systemClock, untilBeforeNextBilledHour, type Clock } from './idle-timer.js';
 import type { Logger } from '../core/log.js';
-import type { AcquireOptions, SessionPool } from '../ssh/endpoint.js';
+import type { AcquireOptions, SessionLease, SessionPool } from '../ssh/endpoint.js';
 import type { HandshakeProtocol, HandshakeRecord } from '../ssh/nix-handshake.js';
 import { isRecordOf, type WorkerRecord } from './state.js';
+import { whatMustGo } from './sweep-rule.js';
 import type { Worker } from './worker.js';
 
 /** What the pool uses of a worker: `Worker`, or a fake in the pool's unit tests. */
@@ -16,14 +17,13 @@ export type PoolWorker = Pick<Worker,
   | 'record' | 'phase' | 'connected' | 'markBusy' | 'markSessions' | 'markIdle' | 'markDeleting'
   | 'onProgress' | 'onConnectionLost' | 'boot' | 'cancelBoot' | 'destroy' | 'disconnect' | 'execNix'>;
 
-export interface Lease<W extends PoolWorker = Worker> {
+/** The endpoint's `SessionLease`, with the pool's own worker type. */
+export interface PoolSessionLease<W extends PoolWorker = Worker> extends SessionLease {
   worker: W;
-  /** Gives the slot back; safe to call more than once. */
-  release(): void;
 }
 
 interface Waiter<W extends PoolWorker> extends AcquireOptions {
-  resolve(lease: Lease<W>): void;
+  resolve(lease: PoolSessionLease<W>): void;
   reject(err: Error): void;
 }
 
@@ -66,7 +66,7 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   }
 
   /** Waits for a slot on a ready worker, booting one when needed. */
-  acquire(options: AcquireOptions): Promise<Lease<W>> {
+  acquire(options: AcquireOptions): Promise<PoolSessionLease<W>> {
     if (this.closed) return Promise.reject(new Error(`pool ${this.config.name} is shutting down`));
     return new Promise((resolve, reject) => {
       const waiter: Waiter<W> = { ...options, resolve, reject };
@@ -197,19 +197,17 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   }
 
   /**
-   * Lifetime caps, checked by the daemon's periodic sweep: an idle worker past maxLifetime is
-   * deleted; any worker past twice that is deleted even with sessions running.
+   * Lifetime caps, checked by the daemon's periodic sweep (the sweep rule): an idle worker past
+   * maxLifetime is deleted; any worker past twice that is deleted even with sessions running.
    */
   enforceLifetime(): void {
-    for (const worker of [...this.workers]) {
-      if (worker.phase !== 'ready') continue;
-      const age = this.now() - Date.parse(worker.record.createdAt);
-      if (age >= 2 * this.config.maxLifetimeMs) {
+    const ready = this.workers.filter((w) => w.phase === 'ready');
+    const candidates = ready.map((w) => ({ subject: w, created: w.record.createdAt, known: true, pool: this.config, sessions: this.sessionsOn(w) }));
+    for (const { subject: worker, reason } of whatMustGo(candidates, this.now())) {
+      if (reason === 'hard lifetime cap') {
         this.log.warn({ worker: worker.record.name, sessions: this.sessionsOn(worker) }, 'worker is past twice maxLifetime; deleting it with its sessions');
-        this.retireInBackground(worker, 'hard lifetime cap');
-      } else if (age >= this.config.maxLifetimeMs && this.sessionsOn(worker) === 0) {
-        this.retireInBackground(worker, 'maxLifetime reached');
       }
+      this.retireInBackground(worker, reason);
     }
   }
 

@@ -12,7 +12,7 @@
  * session (same mount namespace) sees it.
  *
  * The NixOS worker image runs the same two cores (`attachVolumeLines`, `checkStoreLines`) from
- * nixos/scripts/store-volume.sh, where they are pasted between "generated" lines (test/nixos.test.ts
+ * nixos/scripts/store-volume.sh, where they are pasted between "generated" lines (test/nixos/module.test.ts
  * checks that they are these): there the volume is mounted beside /nix and becomes the upper
  * layer of an overlay over the image's /nix (see that script).
  *

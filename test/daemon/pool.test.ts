@@ -5,7 +5,7 @@
 import t from 'tap';
 import { parseConfig, type PoolConfig } from '../../src/core/config.js';
 import { createLogger } from '../../src/core/log.js';
-import { EARLY_HANDSHAKE_AFTER_FAILURE_MS, Pool, type Lease, type PoolWorker } from '../../src/daemon/pool.js';
+import { EARLY_HANDSHAKE_AFTER_FAILURE_MS, Pool, type PoolSessionLease, type PoolWorker } from '../../src/daemon/pool.js';
 import type { HandshakeRecord } from '../../src/ssh/nix-handshake.js';
 import type { WorkerRecord } from '../../src/daemon/state.js';
 import type { WorkerChannel } from '../../src/ssh/worker-connection.js';
@@ -147,12 +147,12 @@ function setup(overrides: Partial<PoolConfig> = {}) {
     pool.adopt(worker);
     return worker;
   };
-  const acquire = (): { lease: Promise<Lease<FakeWorker>>; abort: AbortController } => {
+  const acquire = (): { lease: Promise<PoolSessionLease<FakeWorker>>; abort: AbortController } => {
     const abort = new AbortController();
     return { lease: pool.acquire({ signal: abort.signal, progress: () => undefined }), abort };
   };
   /** Which worker a lease went to, or "waiting" if it has none yet. */
-  const holder = async (lease: Promise<Lease<FakeWorker>>): Promise<string> => {
+  const holder = async (lease: Promise<PoolSessionLease<FakeWorker>>): Promise<string> => {
     await settle();
     return Promise.race([lease.then((l) => l.worker.record.name), settle().then(() => 'waiting')]);
   };
@@ -222,7 +222,7 @@ t.test('boot sharing: sessions arriving during a boot wait for that same boot', 
   const burst = [acquire().lease, acquire().lease, acquire().lease];
   await settle();
   t.equal(created.length, 1, 'one server for a burst of three sessions');
-  t.equal(await holder(burst[0] as Promise<Lease<FakeWorker>>), 'waiting', 'no lease before the boot ends');
+  t.equal(await holder(burst[0] as Promise<PoolSessionLease<FakeWorker>>), 'waiting', 'no lease before the boot ends');
   const fourth = acquire().lease;
   await settle();
   t.equal(created.length, 2, 'the booting worker is full (jobsPerWorker 3): the fourth boots another');
@@ -263,7 +263,7 @@ t.test('boot sharing: a client that leaves during the boot hears no more progres
   for (const listener of w1.progressListeners) listener('boot step 3/5');
   t.same(heard, [[], ['boot step 3/5']], 'only the session still waiting gets the line');
   w1.finishBoot();
-  t.equal((await (leases[1] as Promise<Lease<FakeWorker>>)).worker, w1);
+  t.equal((await (leases[1] as Promise<PoolSessionLease<FakeWorker>>)).worker, w1);
   t.equal(w1.progressListeners.size, 0, 'none left once the boot ended');
   await settle();
   t.equal(pool.sessionsOn(w1), 1, 'the slot of the one that left was given back');

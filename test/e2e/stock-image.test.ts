@@ -2,11 +2,16 @@
  * A worker on a stock image that has no Nix, as Ubuntu's: cloud-init applies the user data, runcmd
  * runs in cloud-final's environment (no HOME, no USER), and the cloud-config's install step really
  * runs: it downloads a release tarball (made by the rig from this machine's Nix, laid out as
- * NixOS/nix's, served on 127.0.0.1 at the pool's `nix.url`), checks its sha256, and runs Nix's own
- * installer scripts (2.31.2's) multi-user. Then a real build runs on it and the idle timer deletes it.
+ * NixOS/nix's, served on 127.0.0.1 at the pool's `nix.url`), checks its sha256, and runs its
+ * installer multi-user: the rig's stand-in for Nix's `install` and `install-multi-user.sh` (with
+ * the real one's HOME check), which sources Nix's own install-systemd-multi-user.sh (Debian
+ * trixie's copy) for the build users and the daemon's units. Then a real build runs on it and the
+ * idle timer deletes it.
  *
  * And a tampered tarball (its hash does not match) is never run: the boot fails at once with that
- * reason on the build's stderr, and the server is deleted.
+ * reason on the build's stderr, and the server is deleted. And without the cloud-config's
+ * environment line (taken out of the user data on its way to the fake), runcmd has no HOME and
+ * the installer refuses, as Nix's does: the boot fails with its words.
  */
 import t from 'tap';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
@@ -15,6 +20,7 @@ import { Rig, waitUntil } from '../rig/rig.js';
 import { makeNixRelease, serveNixRelease } from '../rig/nix-release.js';
 import type { FakeServerInfo } from '../fake-hcloud/index.js';
 import { tmpdir } from 'node:os';
+import { RUNCMD_ENVIRONMENT } from '../../src/daemon/user-data.js';
 
 const IMAGE = 'ubuntu-24.04-without-nix';
 const releaseDir = join(tmpdir(), `nhb-nix-release-${process.pid}`);
@@ -34,7 +40,7 @@ async function stockRig(t: { teardown: (fn: () => unknown) => void }, fakeLog: s
   return { rig, server };
 }
 
-t.test('a stock image without Nix: the cloud-config installs it with Nix\'s own installer, and a build runs', async (t) => {
+t.test('a stock image without Nix: the cloud-config installs it with the release\'s installer, and a build runs', async (t) => {
   const fakeLog: string[] = [];
   const { rig, server } = await stockRig(t, fakeLog);
   const daemon = await rig.startDaemon();
@@ -52,8 +58,11 @@ t.test('a stock image without Nix: the cloud-config installs it with Nix\'s own 
   t.same(steps, [`1/2 install Nix ${release.version} unless the image has Nix`, '2/2 write the ready marker']);
   t.match(output, `nix-hcloud-builder: installed Nix ${release.version} (${release.system}, sha256 ${release.sha256})`);
   const installLog = (await rig.fake.readServerFile(s.id, '/var/log/nix-hcloud-builder-nix-install.log')) ?? '';
-  t.match(installLog, 'Switching to the Multi-user Installer', 'install-nix-from-tarball.sh handed over to install-multi-user');
-  t.match(installLog, 'Alright! We\'re done!', 'and that finished', { installLog });
+  t.match(installLog, 'install: a multi-user Nix from ', 'install handed over to install-multi-user');
+  const installSteps = [...installLog.matchAll(/^install-multi-user: step (\d)\/8 /gm)].map((m) => Number(m[1]));
+  t.same(installSteps, [1, 2, 3, 4, 5, 6, 7, 8], 'install-multi-user ran its steps in order', { installLog });
+  t.match(installLog, `install-multi-user: done: Nix ${release.version} is installed`, 'and finished');
+  t.match(installLog, 'Setting up the nix-daemon systemd service', 'the daemon\'s units set up by Nix\'s install-systemd-multi-user.sh');
   // What the installer made, inside the server.
   t.match(await rig.fake.readServerFile(s.id, '/etc/group'), /^nixbld:x:30000:/m, 'the build group');
   t.match(await rig.fake.readServerFile(s.id, '/etc/passwd'), /^nixbld32:x:30032:30000:Nix build user 32:\/var\/empty:\/sbin\/nologin$/m, 'the build users');
@@ -76,6 +85,27 @@ t.test('a tampered tarball is never run: the boot fails with the hash mismatch o
   const result = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`stock-tampered-${Date.now()}`] });
   t.not(result.code, 0, 'the build failed');
   t.match(result.stderr, new RegExp(`the worker's setup failed: step 1/2 install Nix ${release.version.replaceAll('.', '\\.')} unless the image has Nix failed: sha256 mismatch of http://127\\.0\\.0\\.1:\\d+/nix-${release.version}/nix-${release.version}-${release.system}\\.tar\\.xz: expected ${release.sha256}, got [0-9a-f]{64}; not running it`), 'the reason is on stderr');
+  const s = rig.fake.servers()[0] as FakeServerInfo;
+  t.notOk(existsSync(join(s.storeDir, 'store')), 'nothing was installed');
+  await waitUntil(() => rig.fake.liveServers().length === 0, 30_000);
+  t.equal(rig.fake.liveServers().length, 0, 'the server was deleted');
+});
+
+t.test('without the cloud-config\'s environment line, runcmd has no HOME and the installer refuses, as Nix\'s does', async (t) => {
+  const fakeLog: string[] = [];
+  const { rig, server } = await stockRig(t, fakeLog);
+  // The user data is JSON: its runcmd without the entry that sets HOME.
+  rig.fake.editUserData((userData) => {
+    const header = userData.slice(0, userData.indexOf('\n') + 1);
+    const config = JSON.parse(userData.slice(header.length)) as { runcmd: string[] };
+    t.ok(config.runcmd.includes(RUNCMD_ENVIRONMENT), 'the cloud-config has the environment line');
+    return header + JSON.stringify({ ...config, runcmd: config.runcmd.filter((c) => c !== RUNCMD_ENVIRONMENT) });
+  });
+  const daemon = await rig.startDaemon();
+  const result = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`stock-no-home-${Date.now()}`] });
+  t.not(result.code, 0, 'the build failed');
+  t.same(server.statuses, [200], 'the tarball was downloaded');
+  t.match(result.stderr, new RegExp(`the worker's setup failed: step 1/2 install Nix ${release.version.replaceAll('.', '\\.')} unless the image has Nix failed: the installer of Nix ${release.version.replaceAll('.', '\\.')} failed: \\S*/install: \\$HOME is not set`), 'the installer\'s reason is on stderr');
   const s = rig.fake.servers()[0] as FakeServerInfo;
   t.notOk(existsSync(join(s.storeDir, 'store')), 'nothing was installed');
   await waitUntil(() => rig.fake.liveServers().length === 0, 30_000);

@@ -3,7 +3,7 @@
  * unit nix-hcloud-builder-store (nixos/scripts/store-volume.sh) puts the store on the volume, as
  * the upper layer of an overlay over the image's /nix. Real Nix against the fake cloud, which runs
  * that script for real inside each server's mount namespace (the volume a folder at
- * /mnt/HC_Volume_<id>; test/nixos-store-volume.test.ts covers the block device and an image
+ * /mnt/HC_Volume_<id>; test/nixos/store-volume.test.ts covers the block device and an image
  * change).
  */
 import t from 'tap';

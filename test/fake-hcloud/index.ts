@@ -380,6 +380,7 @@ export class FakeCloud {
   /** NixOS worker images built before the store unit (`addImage({ storeUnit: false })`). */
   private readonly nixosImagesWithoutStore = new Set<number>();
   private readonly metadataFaults: (MetadataFault & { left: number })[] = [];
+  private userDataEdit: ((userData: string) => string) | null = null;
   private nextSshKeyId = 9_000_001;
   private readonly faults: (Fault & { left: number })[] = [];
   /** Commands whose actions are held running (`holdActions`), with how each would have ended. */
@@ -490,6 +491,14 @@ export class FakeCloud {
   /** The next `count` (default 1) created servers behave so. */
   behaveNext(behaviour: ServerBehaviour, count = 1): void {
     for (let i = 0; i < count; i++) this.behaviours.push(behaviour);
+  }
+
+  /**
+   * The user data of servers created from now on goes through `edit` (null: as sent), e.g. a
+   * test takes out a line of the daemon's cloud-config to show what that line guards against.
+   */
+  editUserData(edit: ((userData: string) => string) | null): void {
+    this.userDataEdit = edit;
   }
 
   /** The operations (method and path template of openapi.json) the fake answers. */
@@ -1306,7 +1315,7 @@ export class FakeCloud {
       ipv6: enableIpv6
         ? { id: 2_000_000 + (id % 1_000_000), ip: `2001:db8:${(id % 0xffff).toString(16)}::/64`, blocked: false, dns_ptr: [] }
         : null,
-      userData: req.user_data ?? null,
+      userData: req.user_data === undefined ? null : (this.userDataEdit?.(req.user_data) ?? req.user_data),
       deleted: false,
       behaviour,
       dir: join(this.opts.dataDir, 'servers', String(id)),

@@ -81,7 +81,7 @@ const SETUP_SCRIPT = [
   // root home is empty anyway).
   // Stock image only ($3 = stock): no Nix at all. The host's Nix commands are hidden (an overlay of
   // /usr/bin with them removed; their libraries stay, which the rig's release tarball uses), and so
-  // are its /etc/nix and any nixbld users. Its own /root (the installer writes root's profile
+  // are its /etc/nix and any nixbld users. Its own /root (Nix's tools may write under root's home
   // there) holding the rig's Nix settings as root's user config (Nix reads it after
   // /etc/nix/nix.conf, which the installer writes: the fake workers share one kernel, see
   // test/rig/nix-conf), its own /var/log, /run/systemd/system (systemd is PID 1 on the image;

@@ -1,8 +1,11 @@
 /**
  * A Nix release tarball made from the machine's Nix, laid out as NixOS/nix's
  * packaging/binary-tarball.nix lays out the real ones, and an HTTP server for it: what a fake
- * stock worker downloads and installs with Nix's own installer scripts
- * (test/fixtures/nix-installer-2.31.2, `@nix@` and `@cacert@` substituted):
+ * stock worker downloads and installs. Its `install` and `install-multi-user` are the rig's
+ * stand-ins for Nix's (test/rig/nix-installer/, with the real one's HOME check); its
+ * `install-systemd-multi-user.sh` is Nix's own, Debian trixie's copy fetched at test time
+ * (nix-systemd-installer.sh): code of other projects is never committed here, and Debian's source
+ * package of Nix has no other installer script. `@nix@` and `@cacert@` are substituted:
  *
  *   nix-VERSION-SYSTEM/install, install-multi-user, install-systemd-multi-user.sh, .reginfo
  *   nix-VERSION-SYSTEM/store/HASH-nix-VERSION/    bin/nix and its names, etc/profile.d, the
@@ -23,7 +26,8 @@ import { join } from 'node:path';
 import { ROOT } from './rig.js';
 import { RIG_NIX_CONF_DIR } from './nix-config.js';
 
-const INSTALLER_SCRIPTS = join(ROOT, 'test', 'fixtures', 'nix-installer-2.31.2');
+const RIG_DIR = join(ROOT, 'test', 'rig');
+const INSTALLER_SCRIPTS = join(RIG_DIR, 'nix-installer');
 /** The names of Nix's multi-call binary that Debian's nix-bin installs. */
 const NIX_COMMANDS = ['nix-build', 'nix-channel', 'nix-collect-garbage', 'nix-copy-closure', 'nix-daemon', 'nix-env', 'nix-hash', 'nix-instantiate', 'nix-prefetch-url', 'nix-shell', 'nix-store'];
 
@@ -86,9 +90,10 @@ export function makeNixRelease(dir: string): RigNixRelease {
     mkdirSync(join(top, 'store'), { recursive: true });
     for (const p of [nixPath, cacertPath]) cpSync(join(storeRoot, p), join(top, 'store', p.slice('/nix/store/'.length)), { recursive: true, verbatimSymlinks: true });
     writeFileSync(join(top, '.reginfo'), must('nix-store', ['--dump-db', nixPath, cacertPath], env));
-    const scripts: [string, string][] = [['install-nix-from-tarball.sh', 'install'], ['install-multi-user.sh', 'install-multi-user'], ['install-systemd-multi-user.sh', 'install-systemd-multi-user.sh']];
+    const systemdPart = must('bash', [join(RIG_DIR, 'nix-systemd-installer.sh')]).trim();
+    const scripts: [string, string][] = [[join(INSTALLER_SCRIPTS, 'install'), 'install'], [join(INSTALLER_SCRIPTS, 'install-multi-user'), 'install-multi-user'], [systemdPart, 'install-systemd-multi-user.sh']];
     for (const [from, to] of scripts) {
-      const text = readFileSync(join(INSTALLER_SCRIPTS, from), 'utf8').replaceAll('@nix@', nixPath).replaceAll('@cacert@', cacertPath);
+      const text = readFileSync(from, 'utf8').replaceAll('@nix@', nixPath).replaceAll('@cacert@', cacertPath);
       writeFileSync(join(top, to), text, { mode: 0o755 });
     }
     must('sh', ['-c', 'tar -c --owner=0 --group=0 -C "$1" "$2" | xz -1 -T1 > "$3"', 'sh', dir, name, file]);

@@ -16,10 +16,7 @@ set -euo pipefail
 cache=${NHB_NIX_ROOTS_CACHE:-/var/cache/nix-hcloud-builder-nix-roots}
 [ $# -gt 0 ] || { echo "usage: $0 SUITE..." >&2; exit 2; }
 
-# The machine's Debian mirror, as .ci/pristine-root.sh finds it.
-mirror=$(sed -n 's/^URIs: *\(\S*\/debian\)\/\?$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1)
-[ -n "$mirror" ] || mirror=$(sed -n 's/^deb \(\[[^]]*\] \)\?\(\S*\/debian\)\/\? \S* .*/\2/p' /etc/apt/sources.list 2>/dev/null | head -n 1)
-mirror=${mirror:-http://deb.debian.org/debian}
+mirror=$(bash "$(dirname "$0")/debian-mirror.sh")
 
 mkdir -p "$cache"
 

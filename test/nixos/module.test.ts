@@ -12,13 +12,13 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
-import { READY_MARKER } from '../src/core/config.js';
-import { generateKeyPair } from '../src/ssh/keys.js';
-import { runSetup } from '../src/setup/setup.js';
-import { loadConfig } from '../src/core/config.js';
-import { workerUserData } from '../src/daemon/user-data.js';
-import { attachVolumeLines, checkStoreLines, STORE_MARKER, STORE_SETTINGS_FILE } from '../src/daemon/store-script.js';
-import { ROOT, run } from './rig/rig.js';
+import { READY_MARKER } from '../../src/core/config.js';
+import { generateKeyPair } from '../../src/ssh/keys.js';
+import { runSetup } from '../../src/setup/setup.js';
+import { loadConfig } from '../../src/core/config.js';
+import { workerUserData } from '../../src/daemon/user-data.js';
+import { attachVolumeLines, checkStoreLines, STORE_MARKER, STORE_SETTINGS_FILE } from '../../src/daemon/store-script.js';
+import { ROOT, run } from '../rig/rig.js';
 
 const SCRIPTS = join(ROOT, 'nixos', 'scripts');
 

@@ -8,14 +8,14 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { generateKeyPair } from '../src/ssh/keys.js';
+import { generateKeyPair } from '../../src/ssh/keys.js';
 import ssh2 from 'ssh2';
-import { FakeCloud, type FakeCloudOptions } from './fake-hcloud/index.js';
-import { checkSchema } from './fake-hcloud/openapi.js';
-import { parseSelector, matches, labelProblems } from './fake-hcloud/labels.js';
-import { parseUserData } from './fake-hcloud/cloud-config.js';
-import { price } from './fake-hcloud/catalog.js';
-import type { components } from '../src/hcloud/openapi.js';
+import { FakeCloud, type FakeCloudOptions } from './index.js';
+import { checkSchema } from './openapi.js';
+import { parseSelector, matches, labelProblems } from './labels.js';
+import { parseUserData } from './cloud-config.js';
+import { price } from './catalog.js';
+import type { components } from '../../src/hcloud/openapi.js';
 
 const { Client, utils } = ssh2;
 /** ssh2's own generator breaks about one key in 256; src/keys.ts does not. */

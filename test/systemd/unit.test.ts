@@ -11,7 +11,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CLI, ROOT } from './rig/rig.js';
+import { CLI, ROOT } from '../rig/rig.js';
 
 const UNIT = join(ROOT, 'systemd', 'nix-hcloud-builder.service');
 

@@ -6,15 +6,15 @@
  * and /nix, so nothing of this machine changes; `systemctl` is a stand-in that records its calls.
  * The fake cloud (test/e2e/warm-store-nixos.test.ts) covers the folder path end to end.
  */
-import { attachLoopDevice } from './rig/loop-device.js';
+import { attachLoopDevice } from '../rig/loop-device.js';
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { STORE_MARKER, STORE_SETTINGS_FILE } from '../src/daemon/store-script.js';
-import { ROOT } from './rig/rig.js';
-import { RIG_NIX_CONF_FILE } from './rig/nix-config.js';
+import { STORE_MARKER, STORE_SETTINGS_FILE } from '../../src/daemon/store-script.js';
+import { ROOT } from '../rig/rig.js';
+import { RIG_NIX_CONF_FILE } from '../rig/nix-config.js';
 
 const SCRIPT = join(ROOT, 'nixos', 'scripts', 'store-volume.sh');
 const ID = 9;

@@ -6,9 +6,9 @@ import t, { type Test } from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { generateKeyPair } from '../src/ssh/keys.js';
-import { FakeCloud } from './fake-hcloud/index.js';
-import { checkResponse, deprecatedAnswerProperties, removalDate, type DeprecatedProperty } from './fake-hcloud/openapi.js';
+import { generateKeyPair } from '../../src/ssh/keys.js';
+import { FakeCloud } from './index.js';
+import { checkResponse, deprecatedAnswerProperties, removalDate, type DeprecatedProperty } from './openapi.js';
 
 const TOKEN = 'fake-token-0123456789';
 /** The day before `server.datacenter` and its kind go ("will be removed after the 1 July 2026"). */
