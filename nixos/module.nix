@@ -112,6 +112,8 @@ let
       readyCommand = optionalPoolKey types.nonEmptyStr "Run on the worker until it exits 0.";
       sshPort = optionalPoolKey (types.ints.between 1 65535) "The worker's sshd port.";
       ipv4 = optionalPoolKey types.bool "Give servers a public IPv4.";
+      earlyHandshake = optionalPoolKey types.bool
+        "Answer Nix's handshake at once while a worker boots (default true); false keeps Nix waiting, so it can fall back to another machine when the boot fails.";
       speedFactor = optionalPoolKey types.numbers.positive "For the machines line.";
       supportedFeatures = optionalPoolKey (types.listOf types.nonEmptyStr)
         "For the machines line. Add \"kvm\" only for servers that really have /dev/kvm (Hetzner Cloud servers do not).";

@@ -53,6 +53,8 @@ export interface PoolConfig {
   compression: WorkerCompression;
   /** With compression "zstd": the level of the upload stream (1 to 19). */
   compressionLevel: number;
+  /** Answer Nix's handshake from the recorded one while a worker boots (see ssh/early-session.ts). */
+  earlyHandshake: boolean;
   /** The warm store: each worker slot's Nix store on a Hetzner Volume; absent = every worker starts empty. */
   store?: StoreConfig;
   /** The Nix release a worker on a stock image installs (an image with Nix keeps its own). */
@@ -191,6 +193,7 @@ function parsePool(name: string, f: Fields): PoolConfig {
     keepaliveIntervalMs: f.duration('keepaliveInterval', '10s'),
     compression: f.oneOf('compression', WORKER_COMPRESSIONS, DEFAULT_WORKER_COMPRESSION),
     compressionLevel: f.integer('compressionLevel', DEFAULT_ZSTD_LEVEL, 1, 19),
+    earlyHandshake: f.boolean('earlyHandshake', true),
     nix: PINNED_NIX_RELEASE,
   };
   const store = parseStore(f);

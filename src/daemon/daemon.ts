@@ -32,6 +32,7 @@ import { InstanceLease } from './instance-lease.js';
 import { instanceFilePath } from '../core/instance.js';
 import { Worker, type WorkerDeps } from './worker.js';
 import { StoreVolumes } from './store-volumes.js';
+import { PoolHandshakes } from './handshakes.js';
 
 export interface DaemonOptions {
   config: Config;
@@ -158,6 +159,7 @@ export class Daemon {
           log: this.log,
           createWorker: () => Worker.planned(pool, deps, store),
           changed: () => this.scheduleSave(),
+          handshakes: new PoolHandshakes(state.data.handshakes ??= [], pool.name, pool.image, () => this.scheduleSave()),
         }));
       }
 

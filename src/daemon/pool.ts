@@ -7,6 +7,7 @@ import type { PoolConfig } from '../core/config.js';
 import { IdleTimer, systemClock, untilBeforeNextBilledHour, type Clock } from './idle-timer.js';
 import type { Logger } from '../core/log.js';
 import type { AcquireOptions, SessionLease, SessionPool } from '../ssh/endpoint.js';
+import type { HandshakeProtocol, HandshakeRecord } from '../ssh/nix-handshake.js';
 import { isRecordOf, type WorkerRecord } from './state.js';
 import { whatMustGo } from './sweep-rule.js';
 import type { Worker } from './worker.js';
@@ -34,7 +35,12 @@ export interface PoolDeps<W extends PoolWorker = Worker> {
   changed: () => void;
   /** Idle timers' and the lifetime caps' "now" (tests pass a fake one). */
   clock?: Clock;
+  /** What this pool's workers answered in Nix's handshake (handshakes.ts); without it, no early answers. */
+  handshakes?: { get(protocol: HandshakeProtocol): HandshakeRecord | undefined; set(record: HandshakeRecord): void };
 }
+
+/** After a failed boot, sessions wait for the worker this long (Nix can fall back meanwhile). */
+export const EARLY_HANDSHAKE_AFTER_FAILURE_MS = 10 * 60_000;
 
 export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   readonly workers: W[] = [];
@@ -47,6 +53,8 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   private readonly log: Logger;
   private readonly clock: Clock;
   private closed = false;
+  /** When the last boot failed (a refused token and a spent budget fail it too); undefined after one succeeded. */
+  private lastBootFailedAt: number | undefined;
 
   constructor(readonly config: PoolConfig, private readonly deps: PoolDeps<W>) {
     this.log = deps.log.child({ pool: config.name });
@@ -66,6 +74,26 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
       options.signal.addEventListener('abort', () => this.abandon(waiter), { once: true });
       this.dispatch();
     });
+  }
+
+  /**
+   * The handshake to answer a new session with before it has a worker: only when it would have
+   * to wait for a boot and the pool is healthy (an early answer keeps Nix from falling back).
+   */
+  earlyHandshake(protocol: HandshakeProtocol): HandshakeRecord | undefined {
+    if (!this.config.earlyHandshake || this.closed || this.leastLoaded('ready')) return undefined;
+    if (this.lastBootFailedAt !== undefined && this.now() - this.lastBootFailedAt < EARLY_HANDSHAKE_AFTER_FAILURE_MS) return undefined;
+    return this.deps.handshakes?.get(protocol);
+  }
+
+  /** Whether sessions should be read through an early session (to answer early or to record). */
+  get recordsHandshakes(): boolean {
+    return this.config.earlyHandshake && this.deps.handshakes !== undefined;
+  }
+
+  /** Keeps what a worker answered, for the next early handshake. */
+  handshakeSeen(record: HandshakeRecord): void {
+    this.deps.handshakes?.set(record);
   }
 
   private abandon(waiter: Waiter<W>): void {
@@ -237,6 +265,7 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
     const boot = worker.boot().then(
       () => {
         this.boots.delete(worker);
+        this.lastBootFailedAt = undefined;
         this.watch(worker);
         this.deps.changed();
         this.dispatch();
@@ -245,6 +274,7 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
       },
       (err: Error) => {
         this.boots.delete(worker);
+        this.lastBootFailedAt = this.now();
         // Deleted in the background (with retries); the waiters fail now, not after the delete.
         this.retireInBackground(worker, 'boot failed');
         throw err;

@@ -9,6 +9,7 @@ import lockfile from 'proper-lockfile';
 import { writeFileAtomic } from '../core/atomic-file.js';
 import { UserError } from '../core/errors.js';
 import type { DeletionRecord } from './deletions.js';
+import { parseHandshakeEntries, type HandshakeEntry } from './handshakes.js';
 
 export const STATE_VERSION = 1;
 
@@ -47,6 +48,8 @@ export interface StateData {
   deletions?: DeletionRecord[];
   /** The instance lease's holder id this state folder's daemon wrote last (see instance-lease.ts). */
   leaseHolder?: string;
+  /** What each pool's workers answered in Nix's handshake (see handshakes.ts); absent in older files. */
+  handshakes?: HandshakeEntry[];
 }
 
 /** Whether a record stands for a server: by id once the create answered, else by its unique name. */
@@ -95,6 +98,7 @@ function validate(data: unknown): StateData {
       x.failures = typeof x.failures === 'number' ? x.failures : 0;
     }
   }
+  if (d.handshakes !== undefined) d.handshakes = parseHandshakeEntries(d.handshakes);
   return d as StateData;
 }
 
@@ -126,7 +130,7 @@ export class StateFile {
   readonly data: StateData;
 
   private constructor(readonly dir: string, instance: string, previous: StateData | undefined) {
-    this.data = { version: STATE_VERSION, instance, pid: process.pid, updatedAt: new Date().toISOString(), workers: previous?.workers ?? [], deletions: previous?.deletions ?? [] };
+    this.data = { version: STATE_VERSION, instance, pid: process.pid, updatedAt: new Date().toISOString(), workers: previous?.workers ?? [], deletions: previous?.deletions ?? [], handshakes: previous?.handshakes ?? [] };
     if (previous?.leaseHolder !== undefined) this.data.leaseHolder = previous.leaseHolder;
   }
 

@@ -14,7 +14,9 @@ import { limitChannelWindows } from './channel-window.js';
 import { replyChannelFailure } from './ssh2-internals.js';
 import { watchIdentLine } from './ident-line.js';
 import { readShellBootstrap, SHELL_BOOTSTRAP_COMMAND } from './shell-bootstrap.js';
-import { pipeSession } from './session-pipe.js';
+import { pipeSession, type SessionOpening } from './session-pipe.js';
+import { EarlySession, HandshakeMismatch } from './early-session.js';
+import type { HandshakeProtocol, HandshakeRecord } from './nix-handshake.js';
 import type { WorkerChannel } from './worker-connection.js';
 import { CLIENT_SOCKET_HIGH_WATER, WriteGate } from './write-gate.js';
 
@@ -40,6 +42,11 @@ export interface EndpointOptions {
 /** What a session needs of its pool (the daemon's Pool): a slot on a worker, waited for if need be. */
 export interface SessionPool {
   acquire(options: AcquireOptions): Promise<SessionLease>;
+  /** The recorded handshake to answer a session with while it waits for a boot; undefined: it waits unanswered. */
+  earlyHandshake?(protocol: HandshakeProtocol): HandshakeRecord | undefined;
+  /** True when sessions' openings are read (and recorded through `handshakeSeen`). */
+  readonly recordsHandshakes?: boolean;
+  handshakeSeen?(record: HandshakeRecord): void;
 }
 
 export interface AcquireOptions {
@@ -351,8 +358,16 @@ export class Endpoint {
         return; // The client is gone already (it closed during the shell lines).
       }
     }
-    // The Nix side's stdin stays buffered (by the SSH window) until the worker is ready.
+    // The Nix side's stdin stays buffered (by the SSH window) until the worker is ready, unless
+    // an early session answers its opening meanwhile (see early-session.ts).
     channel.pause();
+    const protocol: HandshakeProtocol = command.mode === 'daemon' ? 'worker' : 'serve';
+    const record = pool.earlyHandshake?.(protocol);
+    const early = pool.recordsHandshakes || record ? new EarlySession(channel, protocol, record) : undefined;
+    if (record) {
+      channel.resume();
+      void early?.answered.then((whole) => whole && log.info({ user, protocol }, 'answered early'));
+    }
     const abort = new AbortController();
     const stopWatching = onClientGone(client, channel, () => abort.abort());
     this.activeSessions++;
@@ -374,13 +389,17 @@ export class Endpoint {
       stopWatching();
       const waitedMs = Date.now() - started;
       log.info({ user, worker: lease.worker.record.name, command: command.mode, waitedMs }, 'session started');
-      const result = await pipeSession(channel, upstream.channel, { toClient: clientGate, toWorker: upstream.gate }, upstream.codec);
+      const result = await pipeSession(channel, upstream.channel, { toClient: clientGate, toWorker: upstream.gate }, upstream.codec, early && this.splice(early, pool, log));
       log.info({ user, worker: lease.worker.record.name, up: result.bytesUp, down: result.bytesDown, ...(upstream.codec ? { wireUp: result.wireUp, wireDown: result.wireDown } : {}), code: result.code, clientClosed: result.clientClosed, ms: Date.now() - started }, 'session ended');
     } catch (err) {
+      if (err instanceof HandshakeMismatch) pool.handshakeSeen?.(err.record);
       if (!abort.signal.aborted) {
-        log.warn({ user, err: (err as Error).message }, 'session failed');
+        // Nix was told all is well already: this line is what the build's failure says.
+        const message = record && !lease ? `the worker's boot failed after its handshake was answered early: ${(err as Error).message}` : (err as Error).message;
+        log.warn({ user, err: message }, 'session failed');
         try {
-          refuse(channel, (err as Error).message);
+          early?.refuseNextOperation(`nix-hcloud-builder: ${message}`);
+          refuse(channel, message);
         } catch {
           // The client is gone already.
         }
@@ -390,5 +409,19 @@ export class Endpoint {
       stopWatching();
       lease?.release();
     }
+  }
+
+  /** The early session's opening hook: joins the worker in, and keeps what it answered. */
+  private splice(early: EarlySession, pool: SessionPool, log: Logger): SessionOpening {
+    return async (worker) => {
+      const spliced = await early.splice(worker);
+      if (spliced.changed && spliced.record) {
+        pool.handshakeSeen?.(spliced.record);
+        log.info({ protocol: spliced.record.protocol, version: spliced.record.version }, 'recorded the worker\'s handshake');
+      }
+      if (early.stoppedBecause) log.debug({ why: early.stoppedBecause }, 'opening not answered whole before the worker came');
+      if (spliced.messages.length > 0) log.debug({ messages: spliced.messages }, 'the worker\'s messages in the opening');
+      return spliced.leftover;
+    };
   }
 }

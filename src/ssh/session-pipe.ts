@@ -6,6 +6,7 @@
  * - ending the client channel before `exit()` drops the exit status: so drain, exit, then end;
  * - the worker channel's `close` can come before its stderr ended: wait for both.
  */
+import { Duplex } from 'node:stream';
 import type { ClientChannel, ServerChannel } from 'ssh2';
 import { limitReadBuffer } from './ssh2-internals.js';
 import type { SessionCodec } from './worker-connection.js';
@@ -121,12 +122,20 @@ export interface SessionGates {
 }
 
 /**
+ * Runs before the pipe (an early session's splice): gets the worker's stream as the client's Nix
+ * sees it (decoded, with a codec), and resolves with bytes of the worker's to give the client
+ * first (ones read after the worker's stream ended), once both streams are paused after what it
+ * read. A rejection ends the session: the worker's channel is closed, and pipeSession rejects.
+ */
+export type SessionOpening = (worker: Duplex) => Promise<Buffer | undefined>;
+
+/**
  * With a codec (compression "zstd"), stdin is encoded on its way up and stdout decoded on its way
  * down; the encoder is flushed as soon as the client pauses (once per turn of the event loop), so
  * a protocol message never waits in it, while a bulk upload still makes full zstd blocks.
  */
-export function pipeSession(client: ServerChannel, worker: ClientChannel, gates: SessionGates = {}, codec?: SessionCodec): Promise<PipeResult> {
-  return new Promise((resolve) => {
+export function pipeSession(client: ServerChannel, worker: ClientChannel, gates: SessionGates = {}, codec?: SessionCodec, opening?: SessionOpening): Promise<PipeResult> {
+  return new Promise((resolve, reject) => {
     const result: PipeResult = { clientClosed: false, bytesUp: 0, bytesDown: 0, wireUp: 0, wireDown: 0 };
     let stdoutEnded = false;
     let stderrEnded = false;
@@ -179,38 +188,56 @@ export function pipeSession(client: ServerChannel, worker: ClientChannel, gates:
       if (!codec || workerClosed || !worker.writable) return;
       for (const part of codec.encoder.flush()) writeUp(part);
     };
-    client.on('data', (chunk: Buffer) => {
-      result.bytesUp += chunk.length;
-      if (workerClosed || !worker.writable) return;
-      if (codec) {
-        for (const part of codec.encoder.push(chunk)) writeUp(part);
-        flushScheduled ??= setImmediate(flushUp);
-      } else writeUp(chunk);
-      if (!upPaused && upBlocked()) {
-        upPaused = true;
-        client.pause();
-        if (worker.writableLength < HIGH_WATER && !upWaitsForGate) resumeUp();
-      }
-    });
-    client.once('end', () => {
-      if (workerClosed) return;
+    /** Ended by the opening (the client's EOF reached the worker through it). */
+    let upEnded = false;
+    const endUp = (): void => {
+      if (upEnded || workerClosed) return;
+      upEnded = true;
       if (codec && worker.writable) {
         if (flushScheduled) clearImmediate(flushScheduled);
         flushScheduled = undefined;
         for (const part of codec.encoder.end()) writeUp(part);
       }
       worker.end();
-    });
+    };
+    const sendUp = (chunk: Buffer): void => {
+      if (workerClosed || !worker.writable) return;
+      if (codec) {
+        for (const part of codec.encoder.push(chunk)) writeUp(part);
+        flushScheduled ??= setImmediate(flushUp);
+      } else writeUp(chunk);
+    };
+    const startUp = (): void => {
+      client.on('data', (chunk: Buffer) => {
+        result.bytesUp += chunk.length;
+        if (workerClosed || !worker.writable) return;
+        sendUp(chunk);
+        if (!upPaused && upBlocked()) {
+          upPaused = true;
+          client.pause();
+          if (worker.writableLength < HIGH_WATER && !upWaitsForGate) resumeUp();
+        }
+      });
+      // The client may have ended during an opening (which passed its EOF on, or passes it now).
+      if (client.readableEnded) endUp();
+      else client.once('end', endUp);
+      client.resume();
+    };
     // A channel error (write after the worker closed, a dead connection) ends in 'close' below.
     worker.on('error', () => undefined);
-    client.resume();
 
+    // Worker → client: stdout, through the opening's stream while it reads.
+    let opened: Duplex | undefined;
+    const down = (chunk: Buffer): void => {
+      result.bytesDown += chunk.length;
+      if (opened) opened.push(chunk);
+      else writer.push(false, chunk);
+    };
     let corrupt = false;
     worker.on('data', (chunk: Buffer) => {
       result.wireDown += chunk.length;
       if (!codec) {
-        result.bytesDown += chunk.length;
-        writer.push(false, chunk);
+        down(chunk);
         return;
       }
       if (corrupt) return;
@@ -224,13 +251,11 @@ export function pipeSession(client: ServerChannel, worker: ClientChannel, gates:
         worker.close();
         return;
       }
-      for (const part of parts) {
-        result.bytesDown += part.length;
-        writer.push(false, part);
-      }
+      for (const part of parts) down(part);
     });
     worker.stderr.on('data', (chunk: Buffer) => writer.push(true, chunk));
     worker.on('end', () => {
+      opened?.push(null);
       stdoutEnded = true;
       void maybeFinish();
     });
@@ -243,6 +268,7 @@ export function pipeSession(client: ServerChannel, worker: ClientChannel, gates:
       if (signal) result.signal = signal;
     });
     worker.on('close', () => {
+      opened?.push(null);
       workerClosed = true;
       // Some servers close without ending both streams; closing is final either way.
       stdoutEnded = true;
@@ -257,7 +283,7 @@ export function pipeSession(client: ServerChannel, worker: ClientChannel, gates:
     };
 
     async function maybeFinish(): Promise<void> {
-      if (finished || !(stdoutEnded && stderrEnded && workerClosed)) return;
+      if (finished || opened || !(stdoutEnded && stderrEnded && workerClosed)) return;
       // A zstd stream cut inside a frame (the relay killed, the connection cut) lost its end:
       // what Nix read may look whole, so the session must not end as a success.
       const cut = codec !== undefined && !corrupt && !result.clientClosed && codec.decoder.midFrame;
@@ -291,5 +317,42 @@ export function pipeSession(client: ServerChannel, worker: ClientChannel, gates:
         setTimeout(finish, 5000).unref();
       } else finish();
     });
+
+    if (!opening) {
+      startUp();
+      return;
+    }
+    const link = new Duplex({
+      read: () => undefined,
+      write: (chunk: Buffer, _encoding, done) => {
+        sendUp(chunk);
+        done();
+      },
+      final: (done) => {
+        endUp();
+        done();
+      },
+    });
+    link.on('error', () => undefined);
+    opened = link;
+    if (stdoutEnded) link.push(null);
+    opening(link).then(
+      (first) => {
+        opened = undefined;
+        // Counted in bytesDown already, when they came through the opening's stream.
+        if (first && first.length > 0) writer.push(false, first);
+        for (let rest = link.read() as Buffer | null; rest !== null; rest = link.read() as Buffer | null) writer.push(false, rest);
+        if (finished) return;
+        startUp();
+        void maybeFinish();
+      },
+      (err: unknown) => {
+        opened = undefined;
+        if (!workerClosed) worker.close();
+        if (finished) return;
+        finished = true;
+        reject(err);
+      },
+    );
   });
 }

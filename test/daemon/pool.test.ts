@@ -5,7 +5,8 @@
 import t from 'tap';
 import { parseConfig, type PoolConfig } from '../../src/core/config.js';
 import { createLogger } from '../../src/core/log.js';
-import { Pool, type PoolSessionLease, type PoolWorker } from '../../src/daemon/pool.js';
+import { EARLY_HANDSHAKE_AFTER_FAILURE_MS, Pool, type PoolSessionLease, type PoolWorker } from '../../src/daemon/pool.js';
+import type { HandshakeRecord } from '../../src/ssh/nix-handshake.js';
 import type { WorkerRecord } from '../../src/daemon/state.js';
 import type { WorkerChannel } from '../../src/ssh/worker-connection.js';
 import { FakeClock } from './fake-clock.js';
@@ -128,7 +129,9 @@ function poolConfig(overrides: Partial<PoolConfig>): PoolConfig {
 function setup(overrides: Partial<PoolConfig> = {}) {
   const clock = new FakeClock(START);
   const created: FakeWorker[] = [];
+  const handshakes = new Map<string, HandshakeRecord>();
   const pool = new Pool<FakeWorker>(poolConfig(overrides), {
+    handshakes: { get: (protocol) => handshakes.get(protocol), set: (record) => handshakes.set(record.protocol, record) },
     log: createLogger({ level: 'silent' }),
     createWorker: () => {
       const worker = new FakeWorker(clock, `w${created.length + 1}`);
@@ -155,6 +158,35 @@ function setup(overrides: Partial<PoolConfig> = {}) {
   };
   return { clock, pool, created, readyWorker, acquire, holder };
 }
+
+const SERVE_2_7: HandshakeRecord = { protocol: 'serve', version: 0x207 };
+
+t.test('early handshake: answered from the record only while a session would wait for a healthy boot', async (t) => {
+  const { clock, pool, created, acquire, readyWorker } = setup({ maxWorkers: 2 });
+  t.equal(pool.earlyHandshake('serve'), undefined, 'no record yet: the session waits unanswered');
+  pool.handshakeSeen(SERVE_2_7);
+  t.same(pool.earlyHandshake('serve'), SERVE_2_7, 'a cold pool with a record answers early');
+  t.equal(pool.earlyHandshake('worker'), undefined, 'the other protocol has no record');
+
+  const failing = acquire().lease;
+  await settle();
+  (created[0] as FakeWorker).finishBoot(new Error('token refused'));
+  await t.rejects(failing, /token refused/);
+  t.equal(pool.earlyHandshake('serve'), undefined, 'after a failed boot, Nix may fall back: no early answer');
+  clock.advance(EARLY_HANDSHAKE_AFTER_FAILURE_MS);
+  t.same(pool.earlyHandshake('serve'), SERVE_2_7, 'the failure is forgotten after a while');
+
+  readyWorker('w-ready');
+  t.equal(pool.earlyHandshake('serve'), undefined, 'a ready worker with a free slot answers itself');
+});
+
+t.test('early handshake: off by the pool\'s setting', (t) => {
+  const { pool } = setup({ earlyHandshake: false });
+  pool.handshakeSeen(SERVE_2_7);
+  t.equal(pool.earlyHandshake('serve'), undefined);
+  t.equal(pool.recordsHandshakes, false, 'and sessions are not read for records');
+  t.end();
+});
 
 t.test('placement: the ready worker with the fewest sessions and a free slot', async (t) => {
   const { pool, readyWorker, acquire, holder, created } = setup({ jobsPerWorker: 2, maxWorkers: 2 });

@@ -66,3 +66,20 @@ t.test('a state folder of another instance is refused', async (t) => {
   await state.close();
   await t.rejects(StateFile.open(dir, 'two'), { message: /belongs to instance "one"/ });
 });
+
+t.test('handshake records are kept across restarts; entries that are not records are dropped', async (t) => {
+  const dir = join(mkdtempSync(join(tmpdir(), 'nhb-state-')), 'state');
+  const { state } = await StateFile.open(dir, 'me');
+  const entry = { pool: 'p', image: '{"name":"ubuntu-24.04"}', record: { protocol: 'serve' as const, version: 0x207 } };
+  state.data.handshakes?.push(entry);
+  await state.save();
+  await state.close();
+  const file = stateFilePath(dir);
+  const data = JSON.parse(readFileSync(file, 'utf8')) as { handshakes: unknown[] };
+  data.handshakes.push({ pool: 'p', image: 'x', record: { protocol: 'worker', version: 'new' } }, 'junk');
+  writeFileSync(file, JSON.stringify(data));
+  const again = await StateFile.open(dir, 'me');
+  t.same(again.state.data.handshakes, [entry]);
+  t.equal(again.read.problem, undefined, 'a bad record does not make the state file unusable');
+  await again.state.close();
+});
