@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: type check and build, lint (no reads of deprecated API fields among its
-# rules), then every test under test/ (root, sshd and Nix included).
+# rules), the formatter's check, then every test under test/ (root, sshd and Nix included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-deps.sh
@@ -10,4 +10,5 @@ bash test/rig/nix-roots.sh trixie sid >/dev/null
 bash test/rig/nix-systemd-installer.sh >/dev/null
 npm run build
 npm run lint
+npm run format:check
 npx tap "$@"
