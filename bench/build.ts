@@ -51,21 +51,47 @@ async function nixBuild(b: BenchRig, configFile: string, via: Via, count: number
   const expr = `[ ${Array.from({ length: count }, (_, i) => `(import ${BUILD_NIX} { nonce = "${tag}-${i}"; })`).join(' ')} ]`;
   const linesBefore = b.daemon.lines.length;
   const cpu0 = processCpuSeconds(b.pid);
-  const r = await cmd('nix-build', [
-    '-E', expr, '--no-out-link', '--max-jobs', '0',
-    '--builders', builder(via, maxJobs),
-    '--option', 'substituters', '', '--option', 'builders-use-substitutes', 'false',
-  ], { env: { ...process.env, NIX_SSHOPTS: `-F ${configFile}${via === 'direct-curve25519' ? ' -o KexAlgorithms=curve25519-sha256' : ''}` }, timeoutMs: 600_000 });
+  const r = await cmd(
+    'nix-build',
+    [
+      '-E',
+      expr,
+      '--no-out-link',
+      '--max-jobs',
+      '0',
+      '--builders',
+      builder(via, maxJobs),
+      '--option',
+      'substituters',
+      '',
+      '--option',
+      'builders-use-substitutes',
+      'false',
+    ],
+    {
+      env: { ...process.env, NIX_SSHOPTS: `-F ${configFile}${via === 'direct-curve25519' ? ' -o KexAlgorithms=curve25519-sha256' : ''}` },
+      timeoutMs: 600_000,
+    },
+  );
   const daemonCpuS = processCpuSeconds(b.pid) - cpu0;
   const outputs = r.stdout.split('\n').filter((l) => l.startsWith('/nix/store/'));
-  if (outputs.length !== count) throw new Error(`nix-build via ${via} printed ${outputs.length} outputs, not ${count}:\n${r.stderr.trim().split('\n').slice(-10).join('\n')}`);
+  if (outputs.length !== count)
+    throw new Error(
+      `nix-build via ${via} printed ${outputs.length} outputs, not ${count}:\n${r.stderr.trim().split('\n').slice(-10).join('\n')}`,
+    );
   // The outputs are new in this machine's store: drop them again (they are not rooted).
   await cmd('nix-store', ['--delete', ...outputs], { allowFail: true });
   const sessions = b.daemon.lines.slice(linesBefore).filter((l) => l.msg === 'session started' && l.user === WARM_POOL).length;
   return { via, ms: r.ms, outputs: outputs.length, sessions, daemonCpuS };
 }
 
-export async function buildWorkload(b: BenchRig, configFile: string, derivations: number, runs: number, maxJobs: number): Promise<BuildResult> {
+export async function buildWorkload(
+  b: BenchRig,
+  configFile: string,
+  derivations: number,
+  runs: number,
+  maxJobs: number,
+): Promise<BuildResult> {
   // Warm-up, not measured: the evaluator's caches, the worker's first builds.
   for (const via of VIAS) await nixBuild(b, configFile, via, Math.min(4, derivations), maxJobs);
   const all: BuildRun[] = [];
@@ -92,7 +118,9 @@ export async function buildWorkload(b: BenchRig, configFile: string, derivations
 }
 
 function report(r: BuildResult): void {
-  say(`### 6. nix-build of ${r.derivations} small independent derivations, --max-jobs 0, machines line max-jobs ${r.maxJobs} (medians of ${r.runs.length / VIAS.length} runs each, taking turns)`);
+  say(
+    `### 6. nix-build of ${r.derivations} small independent derivations, --max-jobs 0, machines line max-jobs ${r.maxJobs} (medians of ${r.runs.length / VIAS.length} runs each, taking turns)`,
+  );
   say();
   const row = (via: Via): string[] => {
     const mine = r.runs.filter((x) => x.via === via);
@@ -108,8 +136,15 @@ function report(r: BuildResult): void {
       via === 'ours' ? fixed(median(mine.map((x) => x.daemonCpuS)), 2) : '—',
     ];
   };
-  say(table(['path', 'runs', 'wall s (median)', 'min', 'max', 'ms per derivation', 'sessions through the daemon', 'daemon CPU-s', 'ours ÷ this'], VIAS.map((via) => [...row(via), via === 'ours' ? '—' : fixed(r.medianMs.ours / r.medianMs[via], 3)])));
+  say(
+    table(
+      ['path', 'runs', 'wall s (median)', 'min', 'max', 'ms per derivation', 'sessions through the daemon', 'daemon CPU-s', 'ours ÷ this'],
+      VIAS.map((via) => [...row(via), via === 'ours' ? '—' : fixed(r.medianMs.ours / r.medianMs[via], 3)]),
+    ),
+  );
   say();
-  say(`**ours ÷ direct (wall time): ${fixed(r.ratio, 3)}** (goal ≤ 1.05); against direct with the curve25519 kex: ${fixed(r.ratioCurve25519, 3)}.`);
+  say(
+    `**ours ÷ direct (wall time): ${fixed(r.ratio, 3)}** (goal ≤ 1.05); against direct with the curve25519 kex: ${fixed(r.ratioCurve25519, 3)}.`,
+  );
   say();
 }

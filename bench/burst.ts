@@ -43,7 +43,7 @@ function burstServers(b: BenchRig): number {
 
 /** Waits until the idle timer (1 s) has deleted the pool's servers. */
 async function waitEmpty(b: BenchRig, timeoutMs: number): Promise<void> {
-  for (const deadline = Date.now() + timeoutMs; burstServers(b) > 0; ) {
+  for (const deadline = Date.now() + timeoutMs; burstServers(b) > 0;) {
     if (Date.now() > deadline) throw new Error(`the ${BURST_POOL} pool still has ${burstServers(b)} server(s) after ${timeoutMs / 1000} s`);
     await sleep(200);
   }
@@ -56,11 +56,13 @@ export async function burst(b: BenchRig, configFile: string, sessions: number, r
     const t0 = Date.now();
     const linesBefore = b.daemon.lines.length;
     const spawned: number[] = [];
-    const settled = await Promise.allSettled(Array.from({ length: sessions }, async () => {
-      const t = await serveHandshake(configFile, `${BURST_POOL}@${ENDPOINT_ALIAS}`, [], 180_000);
-      spawned.push(t.spawnedAt);
-      return t;
-    }));
+    const settled = await Promise.allSettled(
+      Array.from({ length: sessions }, async () => {
+        const t = await serveHandshake(configFile, `${BURST_POOL}@${ENDPOINT_ALIAS}`, [], 180_000);
+        spawned.push(t.spawnedAt);
+        return t;
+      }),
+    );
     // Lines of this run only (the daemon logs "session started" before the first byte comes back).
     await sleep(200);
     const lines = b.daemon.lines.slice(linesBefore);
@@ -82,7 +84,9 @@ export async function burst(b: BenchRig, configFile: string, sessions: number, r
       spreadMs: spawned.length > 0 ? Math.max(...spawned) - Math.min(...spawned) : Number.NaN,
     };
     result.runs.push(run);
-    progress(`burst ${i + 1}/${runs}: ${run.served}/${sessions} served, ${run.serversCreated} server(s) created, p50 ${fixed(percentile(run.firstByteMs, 50), 0)} ms, p99 ${fixed(percentile(run.firstByteMs, 99), 0)} ms`);
+    progress(
+      `burst ${i + 1}/${runs}: ${run.served}/${sessions} served, ${run.serversCreated} server(s) created, p50 ${fixed(percentile(run.firstByteMs, 50), 0)} ms, p99 ${fixed(percentile(run.firstByteMs, 99), 0)} ms`,
+    );
   }
   // Leave the pool empty for whatever comes next.
   await waitEmpty(b, 60_000);
@@ -92,26 +96,49 @@ export async function burst(b: BenchRig, configFile: string, sessions: number, r
 
 function report(r: BurstResult): void {
   const ms = (v: number): string => fixed(v, 0);
-  say(`### 4. Burst: ${r.sessions} sessions at once on a cold pool (maxWorkers ${BURST_MAX_WORKERS}, jobsPerWorker ${BURST_JOBS_PER_WORKER}; fake boot ${r.bootDelayMs} ms + ready ${r.readyDelayMs} ms)`);
+  say(
+    `### 4. Burst: ${r.sessions} sessions at once on a cold pool (maxWorkers ${BURST_MAX_WORKERS}, jobsPerWorker ${BURST_JOBS_PER_WORKER}; fake boot ${r.bootDelayMs} ms + ready ${r.readyDelayMs} ms)`,
+  );
   say();
-  say(table(['run', 'served', 'failed', 'servers created', 'sessions per worker', 'extra upstream connections', 'ssh spawn spread ms', 'first byte p50 ms', 'p90', 'p99', 'max', 'daemon wait p50 ms', 'p99'], r.runs.map((run, i) => [
-    String(i + 1),
-    `${run.served}/${run.sessions}`,
-    run.failed > 0 ? `**${run.failed}**` : '0',
-    run.serversCreated === BURST_MAX_WORKERS ? String(run.serversCreated) : `**${run.serversCreated}**`,
-    run.perWorker.join(' + '),
-    String(run.extraConnections),
-    ms(run.spreadMs),
-    ms(percentile(run.firstByteMs, 50)),
-    ms(percentile(run.firstByteMs, 90)),
-    ms(percentile(run.firstByteMs, 99)),
-    ms(Math.max(...run.firstByteMs)),
-    ms(percentile(run.daemonWaitedMs, 50)),
-    ms(percentile(run.daemonWaitedMs, 99)),
-  ])));
+  say(
+    table(
+      [
+        'run',
+        'served',
+        'failed',
+        'servers created',
+        'sessions per worker',
+        'extra upstream connections',
+        'ssh spawn spread ms',
+        'first byte p50 ms',
+        'p90',
+        'p99',
+        'max',
+        'daemon wait p50 ms',
+        'p99',
+      ],
+      r.runs.map((run, i) => [
+        String(i + 1),
+        `${run.served}/${run.sessions}`,
+        run.failed > 0 ? `**${run.failed}**` : '0',
+        run.serversCreated === BURST_MAX_WORKERS ? String(run.serversCreated) : `**${run.serversCreated}**`,
+        run.perWorker.join(' + '),
+        String(run.extraConnections),
+        ms(run.spreadMs),
+        ms(percentile(run.firstByteMs, 50)),
+        ms(percentile(run.firstByteMs, 90)),
+        ms(percentile(run.firstByteMs, 99)),
+        ms(Math.max(...run.firstByteMs)),
+        ms(percentile(run.daemonWaitedMs, 50)),
+        ms(percentile(run.daemonWaitedMs, 99)),
+      ]),
+    ),
+  );
   say();
   const all = r.runs.flatMap((run) => run.firstByteMs);
-  say(`Time to first byte over all runs: median ${ms(median(all))} ms, p99 ${ms(percentile(all, 99))} ms, against ${r.bootDelayMs + r.readyDelayMs} ms of fake boot + ready delay (the least a cold session can take). *Daemon wait* = from the exec request to the channel opened on the worker.`);
+  say(
+    `Time to first byte over all runs: median ${ms(median(all))} ms, p99 ${ms(percentile(all, 99))} ms, against ${r.bootDelayMs + r.readyDelayMs} ms of fake boot + ready delay (the least a cold session can take). *Daemon wait* = from the exec request to the channel opened on the worker.`,
+  );
   for (const run of r.runs) if (run.firstError) say(`First failure: ${run.firstError}`);
   say();
 }

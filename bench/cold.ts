@@ -41,7 +41,9 @@ interface FakeMilestones {
 function watchFake(b: BenchRig, since: number): { stop: () => FakeMilestones } {
   const seen: FakeMilestones = {};
   const timer = setInterval(() => {
-    const server = b.rig.fake.servers().find((s) => !s.deleted && s.createdAt.getTime() >= since - 1000 && s.labels[LABEL_POOL] === COLD_POOL);
+    const server = b.rig.fake
+      .servers()
+      .find((s) => !s.deleted && s.createdAt.getTime() >= since - 1000 && s.labels[LABEL_POOL] === COLD_POOL);
     if (!server) return;
     const now = Date.now();
     if (seen.running === undefined && server.status === 'running') seen.running = now;
@@ -57,7 +59,13 @@ function watchFake(b: BenchRig, since: number): { stop: () => FakeMilestones } {
 }
 
 function stepTime(lines: LogLine[], since: number, worker: string | undefined, step: number): number {
-  const line = lines.find((l) => (l.time as number) >= since && l.pool === COLD_POOL && (worker === undefined || l.worker === worker) && l.msg.startsWith(`boot step ${step}/`));
+  const line = lines.find(
+    (l) =>
+      (l.time as number) >= since &&
+      l.pool === COLD_POOL &&
+      (worker === undefined || l.worker === worker) &&
+      l.msg.startsWith(`boot step ${step}/`),
+  );
   return (line?.time as number | undefined) ?? Number.NaN;
 }
 
@@ -86,7 +94,11 @@ export async function coldStart(b: BenchRig, configFile: string, runs: number): 
     results.push(run);
     progress(`cold start ${i + 1}/${runs}: first byte after ${fixed(run.firstByteMs, 0)} ms (overhead ${fixed(run.overheadMs, 0)} ms)`);
     // The idle timer (1 s) deletes the worker; the next run must find the pool empty.
-    await b.daemon.waitFor((l) => (l.time as number) >= t0 && l.pool === COLD_POOL && (worker === undefined || l.worker === worker) && /deleted server/.test(l.msg), 60_000);
+    await b.daemon.waitFor(
+      (l) =>
+        (l.time as number) >= t0 && l.pool === COLD_POOL && (worker === undefined || l.worker === worker) && /deleted server/.test(l.msg),
+      60_000,
+    );
   }
   const m = (pick: (r: ColdRun) => number): number => median(results.map(pick));
   const result: ColdResult = {
@@ -103,18 +115,29 @@ export async function coldStart(b: BenchRig, configFile: string, runs: number): 
 function report(r: ColdResult): void {
   const m = (pick: (x: ColdRun) => number): number => median(r.runs.map(pick));
   const ms = (v: number): string => fixed(v, 0);
-  say(`### 3. Cold start (pool "${COLD_POOL}", ${r.runs.length} runs, medians; fake boot ${r.bootDelayMs} ms + ready ${r.readyDelayMs} ms)`);
+  say(
+    `### 3. Cold start (pool "${COLD_POOL}", ${r.runs.length} runs, medians; fake boot ${r.bootDelayMs} ms + ready ${r.readyDelayMs} ms)`,
+  );
   say();
-  say(table(['milestone (ms after spawning ssh)', 'median', 'runs'], [
-    ['daemon: server created (step 1)', ms(m((x) => x.created)), r.runs.map((x) => ms(x.created)).join(' ')],
-    ['fake: server "running" (create + boot delay)', ms(m((x) => x.fakeRunning)), r.runs.map((x) => ms(x.fakeRunning)).join(' ')],
-    ['daemon: saw "running" (step 2)', ms(m((x) => x.daemonRunning)), r.runs.map((x) => ms(x.daemonRunning)).join(' ')],
-    ['fake: sshd listening', ms(m((x) => x.fakeSshd)), r.runs.map((x) => ms(x.fakeSshd)).join(' ')],
-    ['daemon: ssh connected, host key ok (step 4)', ms(m((x) => x.daemonSshd)), r.runs.map((x) => ms(x.daemonSshd)).join(' ')],
-    ['fake: cloud-init runcmd done (sshd + ready delay + runcmd)', ms(m((x) => x.fakeCloudInit)), r.runs.map((x) => ms(x.fakeCloudInit)).join(' ')],
-    ['daemon: readyCommand ok (step 5)', ms(m((x) => x.daemonReady)), r.runs.map((x) => ms(x.daemonReady)).join(' ')],
-    ['**first byte of the serve handshake answer**', ms(r.medianFirstByteMs), r.runs.map((x) => ms(x.firstByteMs)).join(' ')],
-  ]));
+  say(
+    table(
+      ['milestone (ms after spawning ssh)', 'median', 'runs'],
+      [
+        ['daemon: server created (step 1)', ms(m((x) => x.created)), r.runs.map((x) => ms(x.created)).join(' ')],
+        ['fake: server "running" (create + boot delay)', ms(m((x) => x.fakeRunning)), r.runs.map((x) => ms(x.fakeRunning)).join(' ')],
+        ['daemon: saw "running" (step 2)', ms(m((x) => x.daemonRunning)), r.runs.map((x) => ms(x.daemonRunning)).join(' ')],
+        ['fake: sshd listening', ms(m((x) => x.fakeSshd)), r.runs.map((x) => ms(x.fakeSshd)).join(' ')],
+        ['daemon: ssh connected, host key ok (step 4)', ms(m((x) => x.daemonSshd)), r.runs.map((x) => ms(x.daemonSshd)).join(' ')],
+        [
+          'fake: cloud-init runcmd done (sshd + ready delay + runcmd)',
+          ms(m((x) => x.fakeCloudInit)),
+          r.runs.map((x) => ms(x.fakeCloudInit)).join(' '),
+        ],
+        ['daemon: readyCommand ok (step 5)', ms(m((x) => x.daemonReady)), r.runs.map((x) => ms(x.daemonReady)).join(' ')],
+        ['**first byte of the serve handshake answer**', ms(r.medianFirstByteMs), r.runs.map((x) => ms(x.firstByteMs)).join(' ')],
+      ],
+    ),
+  );
   say();
   const parts: [string, (x: ColdRun) => number][] = [
     ['ssh login to the endpoint + create call', (x) => x.created],
@@ -125,9 +148,14 @@ function report(r: ColdResult): void {
     ['readyCommand poll lag (ready − cloud-init done)', (x) => x.daemonReady - x.fakeCloudInit],
     ['exec on the worker + first byte (first byte − ready)', (x) => x.firstByteMs - x.daemonReady],
   ];
-  say(table(['where the overhead goes', 'median ms'], [
-    ...parts.map(([name, pick]): string[] => [name, ms(m(pick))]),
-    ['**overhead = first byte − (boot + ready delay)**', `**${ms(r.medianOverheadMs)}**`],
-  ]));
+  say(
+    table(
+      ['where the overhead goes', 'median ms'],
+      [
+        ...parts.map(([name, pick]): string[] => [name, ms(m(pick))]),
+        ['**overhead = first byte − (boot + ready delay)**', `**${ms(r.medianOverheadMs)}**`],
+      ],
+    ),
+  );
   say();
 }

@@ -23,7 +23,10 @@ export function envInt(name: string, fallback: number, min = 0): number {
 export function envList(name: string, fallback: string[]): string[] {
   const raw = process.env[name];
   if (raw === undefined || raw.trim() === '') return fallback;
-  return raw.split(',').map((s) => s.trim()).filter((s) => s !== '');
+  return raw
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s !== '');
 }
 
 export function median(values: number[]): number {
@@ -87,7 +90,10 @@ export class CpuTracker {
   private timer: NodeJS.Timeout | undefined;
   private started = false;
 
-  constructor(private readonly roots: () => number[], private readonly everyMs = 25) {}
+  constructor(
+    private readonly roots: () => number[],
+    private readonly everyMs = 25,
+  ) {}
 
   start(): void {
     this.sample();
@@ -155,7 +161,10 @@ export class RssSampler {
   max = 0;
   private timer: NodeJS.Timeout | undefined;
 
-  constructor(private readonly pid: number, private readonly everyMs = 50) {}
+  constructor(
+    private readonly pid: number,
+    private readonly everyMs = 50,
+  ) {}
 
   start(): void {
     this.sample();
@@ -185,11 +194,16 @@ export interface CmdResult {
 }
 
 /** Runs a command to its end; throws (with its stderr) when it fails, unless `allowFail`. */
-export async function cmd(command: string, args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number; allowFail?: boolean } = {}): Promise<CmdResult> {
+export async function cmd(
+  command: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; input?: string; timeoutMs?: number; allowFail?: boolean } = {},
+): Promise<CmdResult> {
   const started = performance.now();
   const { allowFail, ...runOpts } = opts;
   const r = await run(command, args, { ...runOpts, timeoutMs: opts.timeoutMs ?? 600_000 });
-  if (r.code !== 0 && !allowFail) throw new Error(`${command} ${args.join(' ')} failed (${r.code}):\n${r.stderr.trim().split('\n').slice(-10).join('\n')}`);
+  if (r.code !== 0 && !allowFail)
+    throw new Error(`${command} ${args.join(' ')} failed (${r.code}):\n${r.stderr.trim().split('\n').slice(-10).join('\n')}`);
   return { ...r, ms: performance.now() - started };
 }
 
@@ -224,7 +238,11 @@ export function descendants(pid: number): number[] {
       } catch {
         continue;
       }
-      for (const c of children.trim().split(/\s+/).filter((x) => x !== '').map(Number)) {
+      for (const c of children
+        .trim()
+        .split(/\s+/)
+        .filter((x) => x !== '')
+        .map(Number)) {
         out.push(c);
         walk(c);
       }
@@ -253,7 +271,11 @@ export interface WatchedResult extends CmdResult {
  * Runs a command in its own process group and kills it (with everything it started) when it has
  * neither read nor written a byte for `stallMs`: a stalled transfer is reported, not waited for.
  */
-export function cmdWatched(command: string, args: string[], opts: { env?: NodeJS.ProcessEnv; stallMs: number; onSpawn?: (pid: number) => void }): Promise<WatchedResult> {
+export function cmdWatched(
+  command: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; stallMs: number; onSpawn?: (pid: number) => void },
+): Promise<WatchedResult> {
   return new Promise((resolve, reject) => {
     const started = performance.now();
     const child = spawn(command, args, { env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
@@ -293,7 +315,8 @@ export function cmdWatched(command: string, args: string[], opts: { env?: NodeJS
     child.once('close', (code) => {
       clearInterval(timer);
       const result = { code, stdout, stderr, ms: performance.now() - started, stalled };
-      if (code !== 0 && !stalled) reject(new Error(`${command} ${args.join(' ')} failed (${code}):\n${stderr.trim().split('\n').slice(-10).join('\n')}`));
+      if (code !== 0 && !stalled)
+        reject(new Error(`${command} ${args.join(' ')} failed (${code}):\n${stderr.trim().split('\n').slice(-10).join('\n')}`));
       else resolve(result);
     });
   });

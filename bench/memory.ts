@@ -20,7 +20,21 @@ import { linkSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { LogLine } from '../test/rig/rig.js';
-import { cmd, cmdWatched, fixed, median, MiB, processCpuSeconds, processMemory, progress, RssSampler, say, sleep, table, writeRandomFile } from './lib.js';
+import {
+  cmd,
+  cmdWatched,
+  fixed,
+  median,
+  MiB,
+  processCpuSeconds,
+  processMemory,
+  progress,
+  RssSampler,
+  say,
+  sleep,
+  table,
+  writeRandomFile,
+} from './lib.js';
 import { ENDPOINT_ALIAS, WIDE_POOL, type BenchRig } from './rig.js';
 import { serveHandshake } from './ssh.js';
 
@@ -89,7 +103,15 @@ function maxConcurrent(lines: LogLine[]): number {
 }
 
 function copyArgs(direction: 'upload' | 'download', path: string): string[] {
-  return ['--extra-experimental-features', 'nix-command', 'copy', '--no-check-sigs', direction === 'upload' ? '--to' : '--from', STORE, path];
+  return [
+    '--extra-experimental-features',
+    'nix-command',
+    'copy',
+    '--no-check-sigs',
+    direction === 'upload' ? '--to' : '--from',
+    STORE,
+    path,
+  ];
 }
 
 /** New local store paths, each a folder with a hard link to `base` and a nonce file, added in one call. */
@@ -103,7 +125,10 @@ async function makePaths(dir: string, base: string, count: number): Promise<stri
     folders.push(folder);
   }
   try {
-    const paths = (await cmd('nix-store', ['--add', ...folders])).stdout.trim().split('\n').filter((l) => l.startsWith('/nix/store/'));
+    const paths = (await cmd('nix-store', ['--add', ...folders])).stdout
+      .trim()
+      .split('\n')
+      .filter((l) => l.startsWith('/nix/store/'));
     if (paths.length !== count) throw new Error(`nix-store --add made ${paths.length} paths, not ${count}`);
     return paths;
   } finally {
@@ -111,7 +136,14 @@ async function makePaths(dir: string, base: string, count: number): Promise<stri
   }
 }
 
-async function streamHalf(b: BenchRig, configFile: string, direction: 'upload' | 'download', paths: string[], narBytes: number, stallMs: number): Promise<StreamHalf> {
+async function streamHalf(
+  b: BenchRig,
+  configFile: string,
+  direction: 'upload' | 'download',
+  paths: string[],
+  narBytes: number,
+  stallMs: number,
+): Promise<StreamHalf> {
   const env = { ...process.env, NIX_SSHOPTS: `-F ${configFile}` };
   resetPeak(b.pid);
   const sampler = new RssSampler(b.pid);
@@ -140,7 +172,9 @@ async function streamHalf(b: BenchRig, configFile: string, direction: 'upload' |
     sampledPeakRssMiB: sampler.max,
     vmHwmMiB: processMemory(b.pid).peakMiB,
   };
-  progress(`${paths.length} concurrent ${direction}s: ${fixed(wallMs / 1000, 1)} s, at most ${half.maxConcurrent} sessions open at once, daemon peak RSS ${fixed(half.vmHwmMiB, 1)} MiB`);
+  progress(
+    `${paths.length} concurrent ${direction}s: ${fixed(wallMs / 1000, 1)} s, at most ${half.maxConcurrent} sessions open at once, daemon peak RSS ${fixed(half.vmHwmMiB, 1)} MiB`,
+  );
   return half;
 }
 
@@ -159,7 +193,8 @@ export async function memoryPeak(b: BenchRig, configFile: string, sessions: numb
     await cmd('nix-store', ['--delete', ...paths]);
     result.halves.push(await streamHalf(b, configFile, 'download', paths, narBytes, stallMs));
     const valid = await cmd('nix-store', ['--check-validity', ...paths], { allowFail: true });
-    if (valid.code !== 0 && result.halves[1]?.stalled === 0) throw new Error(`not every downloaded path is valid here: ${valid.stderr.trim()}`);
+    if (valid.code !== 0 && result.halves[1]?.stalled === 0)
+      throw new Error(`not every downloaded path is valid here: ${valid.stderr.trim()}`);
   } finally {
     await cmd('nix-store', ['--delete', ...paths], { allowFail: true });
     rmSync(base, { force: true });
@@ -221,7 +256,9 @@ export async function soak(b: BenchRig, configFile: string, seconds: number, lan
       }
       if (Date.now() - lastReport >= 60_000) {
         lastReport = Date.now();
-        progress(`soak: ${Math.round((lastReport - t0) / 1000)}/${seconds} s, ${handshakes} handshakes, ${copies} copies, ${failures} failures, RSS ${fixed(samples.at(-1)?.[1] ?? Number.NaN, 1)} MiB`);
+        progress(
+          `soak: ${Math.round((lastReport - t0) / 1000)}/${seconds} s, ${handshakes} handshakes, ${copies} copies, ${failures} failures, RSS ${fixed(samples.at(-1)?.[1] ?? Number.NaN, 1)} MiB`,
+        );
       }
     }
   };
@@ -274,41 +311,81 @@ export async function soak(b: BenchRig, configFile: string, seconds: number, lan
 }
 
 function reportPeak(r: MemoryResult, sessions: number): void {
-  say(`### 5. Daemon memory: ${sessions} sessions streaming at once (\`nix copy\` of ${r.mibPerPath} MiB each, all at once, through pool "${WIDE_POOL}")`);
+  say(
+    `### 5. Daemon memory: ${sessions} sessions streaming at once (\`nix copy\` of ${r.mibPerPath} MiB each, all at once, through pool "${WIDE_POOL}")`,
+  );
   say();
-  say(table(['half', 'sessions (stalled)', 'at most open at once', 'wall s', 'aggregate MB/s', 'highest sampled RSS MiB', `VmHWM MiB${r.hwmReset ? ' (reset before)' : ' (since start)'}`], r.halves.map((h) => [
-    `${h.direction} (${h.direction === 'upload' ? '--to' : '--from'})`,
-    h.stalled > 0 ? `${h.sessions} (**${h.stalled}**)` : String(h.sessions),
-    String(h.maxConcurrent),
-    fixed(h.wallMs / 1000, 1),
-    fixed(h.narBytes / h.wallMs / 1000, 1),
-    fixed(h.sampledPeakRssMiB, 1),
-    fixed(h.vmHwmMiB, 1),
-  ])));
+  say(
+    table(
+      [
+        'half',
+        'sessions (stalled)',
+        'at most open at once',
+        'wall s',
+        'aggregate MB/s',
+        'highest sampled RSS MiB',
+        `VmHWM MiB${r.hwmReset ? ' (reset before)' : ' (since start)'}`,
+      ],
+      r.halves.map((h) => [
+        `${h.direction} (${h.direction === 'upload' ? '--to' : '--from'})`,
+        h.stalled > 0 ? `${h.sessions} (**${h.stalled}**)` : String(h.sessions),
+        String(h.maxConcurrent),
+        fixed(h.wallMs / 1000, 1),
+        fixed(h.narBytes / h.wallMs / 1000, 1),
+        fixed(h.sampledPeakRssMiB, 1),
+        fixed(h.vmHwmMiB, 1),
+      ]),
+    ),
+  );
   say();
   const peak = Math.max(...r.halves.map((h) => h.vmHwmMiB));
-  say(`RSS with the worker warm and no session: ${fixed(r.idleRssMiB, 1)} MiB. **Peak ${fixed(peak, 1)} MiB = ${fixed((peak * MiB) / 1e6, 0)} MB** (goal ≤ 256 MB).`);
+  say(
+    `RSS with the worker warm and no session: ${fixed(r.idleRssMiB, 1)} MiB. **Peak ${fixed(peak, 1)} MiB = ${fixed((peak * MiB) / 1e6, 0)} MB** (goal ≤ 256 MB).`,
+  );
   say();
 }
 
 function reportSoak(s: SoakResult): void {
-  say(`### 5b. Soak: ${s.seconds} s of repeated sessions (${s.lanes} lanes of serve handshakes + 1 lane of small uploads and downloads), RSS every second`);
+  say(
+    `### 5b. Soak: ${s.seconds} s of repeated sessions (${s.lanes} lanes of serve handshakes + 1 lane of small uploads and downloads), RSS every second`,
+  );
   say();
-  say(table(['sessions', 'failures', 'RSS start MiB', 'end', 'max', 'median 1st half', 'median 2nd half', '**slope of 2nd half, MiB/min**', 'daemon CPU-s'], [[
-    `${s.handshakes} handshakes + ${s.copies} copies`,
-    s.failures > 0 ? `**${s.failures}**` : '0',
-    fixed(s.startRssMiB, 1),
-    fixed(s.endRssMiB, 1),
-    fixed(s.maxRssMiB, 1),
-    fixed(s.firstHalfMedianMiB, 1),
-    fixed(s.secondHalfMedianMiB, 1),
-    `**${fixed(s.slopeMiBPerMin, 3)}**`,
-    fixed(s.daemonCpuS, 1),
-  ]]));
+  say(
+    table(
+      [
+        'sessions',
+        'failures',
+        'RSS start MiB',
+        'end',
+        'max',
+        'median 1st half',
+        'median 2nd half',
+        '**slope of 2nd half, MiB/min**',
+        'daemon CPU-s',
+      ],
+      [
+        [
+          `${s.handshakes} handshakes + ${s.copies} copies`,
+          s.failures > 0 ? `**${s.failures}**` : '0',
+          fixed(s.startRssMiB, 1),
+          fixed(s.endRssMiB, 1),
+          fixed(s.maxRssMiB, 1),
+          fixed(s.firstHalfMedianMiB, 1),
+          fixed(s.secondHalfMedianMiB, 1),
+          `**${fixed(s.slopeMiBPerMin, 3)}**`,
+          fixed(s.daemonCpuS, 1),
+        ],
+      ],
+    ),
+  );
   say();
   // The course of RSS in tenths of the soak.
-  const tenths = Array.from({ length: 10 }, (_, i) => s.samples.filter(([t]) => t >= (i * s.seconds) / 10 && t < ((i + 1) * s.seconds) / 10).map(([, y]) => y));
-  say(table(['tenth of the soak', ...tenths.map((_, i) => String(i + 1))], [['median RSS MiB', ...tenths.map((v) => fixed(median(v), 1))]]));
+  const tenths = Array.from({ length: 10 }, (_, i) =>
+    s.samples.filter(([t]) => t >= (i * s.seconds) / 10 && t < ((i + 1) * s.seconds) / 10).map(([, y]) => y),
+  );
+  say(
+    table(['tenth of the soak', ...tenths.map((_, i) => String(i + 1))], [['median RSS MiB', ...tenths.map((v) => fixed(median(v), 1))]]),
+  );
   say();
   if (s.firstFailure) say(`First failure: ${s.firstFailure}`);
   if (s.firstFailure) say();

@@ -7,7 +7,16 @@ import { join } from 'node:path';
 import { MiB } from './lib.js';
 
 /** Folders of this machine whose files make the realistic payload (those that exist), mixed by bytes. */
-export const REALISTIC_SOURCES = ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/bin', '/usr/share/perl', '/usr/share/perl5', '/usr/lib/python3', '/usr/include', '/usr/share/doc'];
+export const REALISTIC_SOURCES = [
+  '/usr/lib/x86_64-linux-gnu',
+  '/usr/lib/aarch64-linux-gnu',
+  '/usr/bin',
+  '/usr/share/perl',
+  '/usr/share/perl5',
+  '/usr/lib/python3',
+  '/usr/include',
+  '/usr/share/doc',
+];
 
 /** Copies files of the source folders into `folder` until it holds `bytes`, taking from whichever source has given least. */
 export function makeRealistic(folder: string, bytes: number): number {

@@ -70,7 +70,11 @@ export class BenchRig {
   /** Set by stop() when the daemon did not exit within 90 s of SIGTERM and was killed. */
   stopProblem: string | undefined;
 
-  private constructor(readonly rig: Rig, readonly daemon: DaemonProcess, readonly options: BenchRigOptions) {
+  private constructor(
+    readonly rig: Rig,
+    readonly daemon: DaemonProcess,
+    readonly options: BenchRigOptions,
+  ) {
     this.dir = mkdtempSync(join(tmpdir(), 'nhb-bench-'));
   }
 
@@ -103,10 +107,12 @@ export class BenchRig {
       const cli = options.cli ?? CLI;
       if (!existsSync(cli)) throw new Error(`${cli} is missing: run "npm run build" first`);
       // As Rig.startDaemon, but with a choice of build.
-      const daemon = new DaemonProcess(spawn(process.execPath, [...nodeFlagsOf(cli), ...(options.nodeArgs ?? []), cli, 'serve', '--config', rig.configFile], {
-        env: { ...process.env, HCLOUD_TOKEN: TOKEN },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      }));
+      const daemon = new DaemonProcess(
+        spawn(process.execPath, [...nodeFlagsOf(cli), ...(options.nodeArgs ?? []), cli, 'serve', '--config', rig.configFile], {
+          env: { ...process.env, HCLOUD_TOKEN: TOKEN },
+          stdio: ['ignore', 'pipe', 'pipe'],
+        }),
+      );
       try {
         daemon.port = (await daemon.waitForMsg(/listening for Nix/, 60_000)).port as number;
       } catch (err) {
@@ -164,13 +170,10 @@ export class BenchRig {
     const knownHosts = join(this.dir, 'known_hosts');
     writeFileSync(knownHosts, `${known.join('\n')}\n`);
     const file = join(this.dir, `ssh_config${worker ? '' : '.endpoint'}${cipher ? `.${cipher.replace(/[^A-Za-z0-9]+/g, '-')}` : ''}`);
-    writeFileSync(file, [
-      ...lines,
-      ...sshClientDefaults(knownHosts),
-      '  Compression no',
-      ...(cipher ? [`  Ciphers ${cipher}`] : []),
-      '',
-    ].join('\n'));
+    writeFileSync(
+      file,
+      [...lines, ...sshClientDefaults(knownHosts), '  Compression no', ...(cipher ? [`  Ciphers ${cipher}`] : []), ''].join('\n'),
+    );
     return file;
   }
 
@@ -185,7 +188,10 @@ export class BenchRig {
     try {
       const started = Date.now();
       let timer: NodeJS.Timeout | undefined;
-      const exited = await Promise.race([this.daemon.stop('SIGTERM').then(() => true), new Promise<false>((r) => (timer = setTimeout(() => r(false), 90_000)))]);
+      const exited = await Promise.race([
+        this.daemon.stop('SIGTERM').then(() => true),
+        new Promise<false>((r) => (timer = setTimeout(() => r(false), 90_000))),
+      ]);
       clearTimeout(timer);
       if (!exited) {
         this.stopProblem = `the daemon had not exited ${Math.round((Date.now() - started) / 1000)} s after SIGTERM; killed it. Last log lines:\n${this.daemon.raw.slice(-8).join('\n')}`;

@@ -56,7 +56,9 @@ const SECTIONS = ['cold', 'setup', 'throughput', 'burst', 'build', 'memory', 'so
 type Section = (typeof SECTIONS)[number];
 
 const only = envList('BENCH_ONLY', [...SECTIONS]);
-for (const s of only) if (!(SECTIONS as readonly string[]).includes(s)) throw new Error(`BENCH_ONLY: unknown section ${JSON.stringify(s)} (known: ${SECTIONS.join(', ')})`);
+for (const s of only)
+  if (!(SECTIONS as readonly string[]).includes(s))
+    throw new Error(`BENCH_ONLY: unknown section ${JSON.stringify(s)} (known: ${SECTIONS.join(', ')})`);
 const wanted = (s: Section): boolean => only.includes(s);
 
 function envCompression(): WorkerCompression {
@@ -151,15 +153,38 @@ async function main(): Promise<void> {
     });
   }
   results.totalS = (Date.now() - started) / 1000;
-  say(`Total time ${fixed(results.totalS, 0)} s; load average at the end ${readFileSync('/proc/loadavg', 'utf8').trim().split(' ').slice(0, 3).join(' ')} (anything else running on the machine skews the figures).`);
+  say(
+    `Total time ${fixed(results.totalS, 0)} s; load average at the end ${readFileSync('/proc/loadavg', 'utf8').trim().split(' ').slice(0, 3).join(' ')} (anything else running on the machine skews the figures).`,
+  );
   if (process.env.BENCH_JSON) writeFileSync(process.env.BENCH_JSON, `${JSON.stringify(results, null, 2)}\n`);
 }
 
-type Results = { info: Record<string, string>; settings: typeof settings; cold?: ColdResult; setup?: SetupResult; throughput: ThroughputResult[]; burst?: BurstResult; build?: BuildResult; memory?: MemoryResult; soak?: SoakResult; uplink?: UplinkResult; warm?: WarmResult; daemonIdleRssMiB?: number; totalS?: number };
+type Results = {
+  info: Record<string, string>;
+  settings: typeof settings;
+  cold?: ColdResult;
+  setup?: SetupResult;
+  throughput: ThroughputResult[];
+  burst?: BurstResult;
+  build?: BuildResult;
+  memory?: MemoryResult;
+  soak?: SoakResult;
+  uplink?: UplinkResult;
+  warm?: WarmResult;
+  daemonIdleRssMiB?: number;
+  totalS?: number;
+};
 
 /** The sections that share one rig (the usual four pools, no emulated link). */
 async function mainSections(results: Results): Promise<void> {
-  const b = await BenchRig.start({ ...(process.env.BENCH_CLI ? { cli: process.env.BENCH_CLI } : {}), nodeArgs: envList('BENCH_DAEMON_NODE_ARGS', []), bootDelayMs: settings.bootDelayMs, readyDelayMs: settings.readyDelayMs, verbose: Boolean(process.env.BENCH_VERBOSE), compression: settings.compression });
+  const b = await BenchRig.start({
+    ...(process.env.BENCH_CLI ? { cli: process.env.BENCH_CLI } : {}),
+    nodeArgs: envList('BENCH_DAEMON_NODE_ARGS', []),
+    bootDelayMs: settings.bootDelayMs,
+    readyDelayMs: settings.readyDelayMs,
+    verbose: Boolean(process.env.BENCH_VERBOSE),
+    compression: settings.compression,
+  });
   let interrupted = false;
   const onSignal = (signal: NodeJS.Signals): void => {
     if (interrupted) return;
@@ -188,8 +213,21 @@ async function mainSections(results: Results): Promise<void> {
       progress(`warm worker ${worker.name} at ${worker.address}:${worker.sshPort}; daemon RSS ${fixed(results.daemonIdleRssMiB, 1)} MiB`);
       if (wanted('setup')) results.setup = await sessionSetup(b, b.sshConfig(worker), settings.sessions);
       if (wanted('throughput')) {
-        for (const cipher of settings.ciphers) results.throughput.push(await throughput(b, b.sshConfig(worker, cipher), cipher, settings.mib, settings.runs, settings.fixedRuns, settings.stallS * 1000));
-        say(`Daemon memory around the throughput runs: RSS ${fixed(results.daemonIdleRssMiB, 1)} MiB with a warm worker before the transfers; peak (VmHWM) ${fixed(processMemory(b.pid).peakMiB, 1)} MiB after them.`);
+        for (const cipher of settings.ciphers)
+          results.throughput.push(
+            await throughput(
+              b,
+              b.sshConfig(worker, cipher),
+              cipher,
+              settings.mib,
+              settings.runs,
+              settings.fixedRuns,
+              settings.stallS * 1000,
+            ),
+          );
+        say(
+          `Daemon memory around the throughput runs: RSS ${fixed(results.daemonIdleRssMiB, 1)} MiB with a warm worker before the transfers; peak (VmHWM) ${fixed(processMemory(b.pid).peakMiB, 1)} MiB after them.`,
+        );
         say();
       }
       if (wanted('build')) {

@@ -18,7 +18,16 @@ export interface SetupVariant {
 
 export interface SetupResult {
   sessions: number;
-  variants: { name: string; kex: string; medianMs: number; p10Ms: number; p90Ms: number; minMs: number; maxMs: number; samplesMs: number[] }[];
+  variants: {
+    name: string;
+    kex: string;
+    medianMs: number;
+    p10Ms: number;
+    p90Ms: number;
+    minMs: number;
+    maxMs: number;
+    samplesMs: number[];
+  }[];
   /** CPU time of the daemon per session through it. */
   daemonCpuMsPerSession: number;
 }
@@ -29,7 +38,13 @@ export async function sessionSetup(b: BenchRig, configFile: string, sessions: nu
   const variants: SetupVariant[] = [
     { name: 'ours: endpoint → kept upstream connection', target: `${WARM_POOL}@${ENDPOINT_ALIAS}`, extraArgs: [], kex: '', samplesMs: [] },
     { name: 'direct OpenSSH to the worker, default kex', target: `root@${WORKER_ALIAS}`, extraArgs: [], kex: '', samplesMs: [] },
-    { name: 'direct OpenSSH to the worker, curve25519 kex', target: `root@${WORKER_ALIAS}`, extraArgs: ['-o', 'KexAlgorithms=curve25519-sha256'], kex: '', samplesMs: [] },
+    {
+      name: 'direct OpenSSH to the worker, curve25519 kex',
+      target: `root@${WORKER_ALIAS}`,
+      extraArgs: ['-o', 'KexAlgorithms=curve25519-sha256'],
+      kex: '',
+      samplesMs: [],
+    },
   ];
   for (const v of variants) v.kex = (await negotiated(configFile, v.target, v.extraArgs)).kex;
   for (let i = 0; i < WARMUP; i++) for (const v of variants) await serveHandshake(configFile, v.target, v.extraArgs);
@@ -68,19 +83,28 @@ export async function sessionSetup(b: BenchRig, configFile: string, sessions: nu
 
 function report(r: SetupResult): void {
   const ours = r.variants[0];
-  say(`### 2. Session setup on a warm worker (spawn ssh → first byte of the serve handshake answer; ${r.sessions} sessions each, interleaved)`);
+  say(
+    `### 2. Session setup on a warm worker (spawn ssh → first byte of the serve handshake answer; ${r.sessions} sessions each, interleaved)`,
+  );
   say();
-  say(table(['path', 'kex', 'median ms', 'p10', 'p90', 'min', 'max', 'direct ÷ ours'], r.variants.map((v) => [
-    v.name,
-    v.kex,
-    fixed(v.medianMs, 1),
-    fixed(v.p10Ms, 1),
-    fixed(v.p90Ms, 1),
-    fixed(v.minMs, 1),
-    fixed(v.maxMs, 1),
-    v === ours || !ours ? '—' : `${fixed(v.medianMs / ours.medianMs, 2)}×`,
-  ])));
+  say(
+    table(
+      ['path', 'kex', 'median ms', 'p10', 'p90', 'min', 'max', 'direct ÷ ours'],
+      r.variants.map((v) => [
+        v.name,
+        v.kex,
+        fixed(v.medianMs, 1),
+        fixed(v.p10Ms, 1),
+        fixed(v.p90Ms, 1),
+        fixed(v.minMs, 1),
+        fixed(v.maxMs, 1),
+        v === ours || !ours ? '—' : `${fixed(v.medianMs / ours.medianMs, 2)}×`,
+      ]),
+    ),
+  );
   say();
-  say(`Daemon CPU per session through the endpoint: ${fixed(r.daemonCpuMsPerSession, 1)} ms (10 ms clock ticks, averaged over ${r.sessions} sessions).`);
+  say(
+    `Daemon CPU per session through the endpoint: ${fixed(r.daemonCpuMsPerSession, 1)} ms (10 ms clock ticks, averaged over ${r.sessions} sessions).`,
+  );
   say();
 }

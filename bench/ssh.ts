@@ -22,11 +22,18 @@ export interface HandshakeTiming {
  * handshake at once (ssh holds it until the channel is open), and resolves at the remote's answer.
  * The session then ends with EOF on stdin (the remote exits); resolves once ssh has exited.
  */
-export function serveHandshake(configFile: string, target: string, extraArgs: string[] = [], timeoutMs = 120_000): Promise<HandshakeTiming> {
+export function serveHandshake(
+  configFile: string,
+  target: string,
+  extraArgs: string[] = [],
+  timeoutMs = 120_000,
+): Promise<HandshakeTiming> {
   return new Promise((resolve, reject) => {
     const spawnedAt = Date.now();
     const t0 = performance.now();
-    const child = spawn('ssh', ['-F', configFile, target, '-x', '-a', '-T', ...extraArgs, 'nix-store --serve --write'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn('ssh', ['-F', configFile, target, '-x', '-a', '-T', ...extraArgs, 'nix-store --serve --write'], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     let firstByteMs: number | undefined;
     let answer = Buffer.alloc(0);
     let stderr = '';
@@ -40,7 +47,8 @@ export function serveHandshake(configFile: string, target: string, extraArgs: st
       firstByteMs ??= performance.now() - t0;
       answer = Buffer.concat([answer, chunk]);
       if (answer.length >= 16) {
-        if (!answer.subarray(0, 8).equals(SERVE_MAGIC_2)) failed ??= new Error(`${target} answered the serve handshake with ${answer.subarray(0, 16).toString('hex')}`);
+        if (!answer.subarray(0, 8).equals(SERVE_MAGIC_2))
+          failed ??= new Error(`${target} answered the serve handshake with ${answer.subarray(0, 16).toString('hex')}`);
         child.stdin.end();
       }
     });
@@ -52,7 +60,8 @@ export function serveHandshake(configFile: string, target: string, extraArgs: st
     child.once('close', (code) => {
       clearTimeout(timer);
       if (failed) reject(failed);
-      else if (firstByteMs === undefined || answer.length < 16) reject(new Error(`ssh to ${target} ended (${code}) without a handshake answer; stderr: ${stderr.trim()}`));
+      else if (firstByteMs === undefined || answer.length < 16)
+        reject(new Error(`ssh to ${target} ended (${code}) without a handshake answer; stderr: ${stderr.trim()}`));
       else resolve({ firstByteMs, spawnedAt });
     });
     child.stdin.write(SERVE_HELLO);
@@ -66,9 +75,19 @@ export interface Negotiated {
 
 /** What OpenSSH negotiated with TARGET (from `ssh -v`), for the tables. */
 export async function negotiated(configFile: string, target: string, extraArgs: string[] = []): Promise<Negotiated> {
-  const r = await cmd('ssh', ['-v', '-F', configFile, target, '-x', '-a', '-T', ...extraArgs, 'nix-store --serve --write'], { allowFail: true, timeoutMs: 60_000 });
+  const r = await cmd('ssh', ['-v', '-F', configFile, target, '-x', '-a', '-T', ...extraArgs, 'nix-store --serve --write'], {
+    allowFail: true,
+    timeoutMs: 60_000,
+  });
   const kex = /kex: algorithm: (\S+)/.exec(r.stderr)?.[1];
   const cipher = /kex: server->client cipher: (\S+)/.exec(r.stderr)?.[1];
-  if (!kex || !cipher) throw new Error(`could not read the negotiated algorithms of ${target}: ${r.stderr.split('\n').filter((l) => !l.startsWith('debug')).join('\n').trim()}`);
+  if (!kex || !cipher)
+    throw new Error(
+      `could not read the negotiated algorithms of ${target}: ${r.stderr
+        .split('\n')
+        .filter((l) => !l.startsWith('debug'))
+        .join('\n')
+        .trim()}`,
+    );
   return { kex, cipher };
 }

@@ -14,7 +14,24 @@
 import { linkSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { cmd, cmdWatched, CpuTracker, descendants, fixed, GiB, median, MiB, processCpuSeconds, processMemory, progress, RssSampler, say, sleep, table, writeRandomFile } from './lib.js';
+import {
+  cmd,
+  cmdWatched,
+  CpuTracker,
+  descendants,
+  fixed,
+  GiB,
+  median,
+  MiB,
+  processCpuSeconds,
+  processMemory,
+  progress,
+  RssSampler,
+  say,
+  sleep,
+  table,
+  writeRandomFile,
+} from './lib.js';
 import { ENDPOINT_ALIAS, WARM_POOL, WORKER_ALIAS, type BenchRig } from './rig.js';
 import { negotiated } from './ssh.js';
 
@@ -82,7 +99,11 @@ export class Transfers {
   private base: string | undefined;
   private sshdPid: number | undefined;
 
-  constructor(private readonly b: BenchRig, readonly mib: number, private readonly stallMs: number) {}
+  constructor(
+    private readonly b: BenchRig,
+    readonly mib: number,
+    private readonly stallMs: number,
+  ) {}
 
   /** The random data every big path links to (written once). */
   private baseFile(): string {
@@ -102,7 +123,8 @@ export class Transfers {
     writeFileSync(join(folder, 'nonce'), `${randomBytes(16).toString('hex')}\n`);
     try {
       // The worker shares this machine's /tmp (its /nix, /run, /etc and /mnt are its own).
-      const onSource = (args: string[]): Promise<{ stdout: string }> => (direction === 'upload' ? cmd('nix-store', args) : cmd('ssh', ['-F', configFile, WORKER, `nix-store ${args.join(' ')}`]));
+      const onSource = (args: string[]): Promise<{ stdout: string }> =>
+        direction === 'upload' ? cmd('nix-store', args) : cmd('ssh', ['-F', configFile, WORKER, `nix-store ${args.join(' ')}`]);
       const path = (await onSource(['--add', folder])).stdout.trim();
       if (!path.startsWith('/nix/store/')) throw new Error(`nix-store --add printed ${JSON.stringify(path)}`);
       const narBytes = Number((await onSource(['-q', '--size', path])).stdout.trim());
@@ -113,13 +135,34 @@ export class Transfers {
   }
 
   /** Times one `nix copy`. */
-  async copy(configFile: string, direction: Direction, via: Via, path: string, onSpawn?: (pid: number) => void): Promise<{ ms: number; stalled: boolean }> {
-    const args = ['--extra-experimental-features', 'nix-command', 'copy', '--no-check-sigs', direction === 'upload' ? '--to' : '--from', storeUri(via), path];
-    return cmdWatched('nix', args, { env: { ...process.env, NIX_SSHOPTS: `-F ${configFile}` }, stallMs: this.stallMs, ...(onSpawn ? { onSpawn } : {}) });
+  async copy(
+    configFile: string,
+    direction: Direction,
+    via: Via,
+    path: string,
+    onSpawn?: (pid: number) => void,
+  ): Promise<{ ms: number; stalled: boolean }> {
+    const args = [
+      '--extra-experimental-features',
+      'nix-command',
+      'copy',
+      '--no-check-sigs',
+      direction === 'upload' ? '--to' : '--from',
+      storeUri(via),
+      path,
+    ];
+    return cmdWatched('nix', args, {
+      env: { ...process.env, NIX_SSHOPTS: `-F ${configFile}` },
+      stallMs: this.stallMs,
+      ...(onSpawn ? { onSpawn } : {}),
+    });
   }
 
   async checkArrived(configFile: string, direction: Direction, path: string): Promise<void> {
-    const check = direction === 'upload' ? cmd('ssh', ['-F', configFile, WORKER, `nix-store --check-validity ${path}`], { allowFail: true }) : cmd('nix-store', ['--check-validity', path], { allowFail: true });
+    const check =
+      direction === 'upload'
+        ? cmd('ssh', ['-F', configFile, WORKER, `nix-store --check-validity ${path}`], { allowFail: true })
+        : cmd('nix-store', ['--check-validity', path], { allowFail: true });
     if ((await check).code !== 0) throw new Error(`${path} is not valid on the receiving side after nix copy`);
   }
 
@@ -144,7 +187,7 @@ export class Transfers {
 
   /** Waits (up to 5 s) until no Nix command runs under the worker's sshd. */
   private async remoteSettled(sshd: number): Promise<void> {
-    for (const deadline = Date.now() + 5000; Date.now() < deadline && descendants(sshd).some(isNix); ) await sleep(20);
+    for (const deadline = Date.now() + 5000; Date.now() < deadline && descendants(sshd).some(isNix);) await sleep(20);
   }
 
   /** Deletes a path from both stores (keeps the disks from filling up over the runs). */
@@ -175,7 +218,7 @@ export class Transfers {
       worker.start();
       const { ms, stalled } = await this.copy(configFile, direction, via, path, (pid) => (nixPid = pid));
       // The remote command may still be finishing (OpenSSH does not wait for it on disconnect).
-      for (const deadline = Date.now() + 5000; Date.now() < deadline && worker.newAlive().some(isNix); ) await sleep(20);
+      for (const deadline = Date.now() + 5000; Date.now() < deadline && worker.newAlive().some(isNix);) await sleep(20);
       const run: TransferRun = {
         direction,
         via,
@@ -194,7 +237,15 @@ export class Transfers {
   }
 }
 
-export async function throughput(b: BenchRig, configFile: string, cipher: string, mib: number, runs: number, fixedRuns: number, stallMs: number): Promise<ThroughputResult> {
+export async function throughput(
+  b: BenchRig,
+  configFile: string,
+  cipher: string,
+  mib: number,
+  runs: number,
+  fixedRuns: number,
+  stallMs: number,
+): Promise<ThroughputResult> {
   const t = new Transfers(b, mib, stallMs);
   const ours = await negotiated(configFile, `${WARM_POOL}@${ENDPOINT_ALIAS}`);
   const direct = await negotiated(configFile, WORKER);
@@ -223,8 +274,14 @@ export async function throughput(b: BenchRig, configFile: string, cipher: string
           if (big.some((r) => r.direction === direction && r.via === via && r.stalled)) continue;
           const run = await t.run(configFile, direction, via, true);
           big.push(run);
-          if (run.stalled) progress(`${cipher}: ${direction} via ${via} ${i + 1}/${runs}: STALLED (no byte moved for ${stallMs / 1000} s; killed; later runs skipped)`);
-          else progress(`${cipher}: ${direction} via ${via} ${i + 1}/${runs}: ${fixed(run.narBytes / run.ms / 1000, 1)} MB/s, daemon ${fixed(run.daemonCpuS, 2)} CPU-s`);
+          if (run.stalled)
+            progress(
+              `${cipher}: ${direction} via ${via} ${i + 1}/${runs}: STALLED (no byte moved for ${stallMs / 1000} s; killed; later runs skipped)`,
+            );
+          else
+            progress(
+              `${cipher}: ${direction} via ${via} ${i + 1}/${runs}: ${fixed(run.narBytes / run.ms / 1000, 1)} MB/s, daemon ${fixed(run.daemonCpuS, 2)} CPU-s`,
+            );
         }
       }
     }
@@ -281,28 +338,55 @@ function report(r: ThroughputResult): void {
   say();
   say(`Negotiated by the OpenSSH client (kex / cipher): ours ${r.negotiated.ours}; direct ${r.negotiated.direct}.`);
   say();
-  say(table(['direction', 'path', 'runs (stalled)', 'wall s', 'MB/s', 'Gbit/s', 'fixed cost s', 'net MB/s', 'CPU-s/GiB: client (nix+ssh)', 'daemon', 'worker (sshd+nix)', 'total'], r.rows.map((row) => [
-    row.direction,
-    row.via === 'ours' ? 'ours (endpoint)' : 'direct OpenSSH',
-    row.stalled > 0 ? `${row.runs} (**${row.stalled} stalled**)` : String(row.runs),
-    fixed(row.medianMs / 1000, 2),
-    fixed(row.mbPerS, 1),
-    fixed((row.mbPerS * 8) / 1000, 2),
-    fixed(row.fixedMs / 1000, 2),
-    fixed(row.netMbPerS, 1),
-    fixed(row.clientCpuSPerGiB, 2),
-    row.via === 'ours' ? fixed(row.daemonCpuSPerGiB, 2) : '—',
-    fixed(row.workerCpuSPerGiB, 2),
-    fixed(row.totalCpuSPerGiB, 2),
-  ])));
+  say(
+    table(
+      [
+        'direction',
+        'path',
+        'runs (stalled)',
+        'wall s',
+        'MB/s',
+        'Gbit/s',
+        'fixed cost s',
+        'net MB/s',
+        'CPU-s/GiB: client (nix+ssh)',
+        'daemon',
+        'worker (sshd+nix)',
+        'total',
+      ],
+      r.rows.map((row) => [
+        row.direction,
+        row.via === 'ours' ? 'ours (endpoint)' : 'direct OpenSSH',
+        row.stalled > 0 ? `${row.runs} (**${row.stalled} stalled**)` : String(row.runs),
+        fixed(row.medianMs / 1000, 2),
+        fixed(row.mbPerS, 1),
+        fixed((row.mbPerS * 8) / 1000, 2),
+        fixed(row.fixedMs / 1000, 2),
+        fixed(row.netMbPerS, 1),
+        fixed(row.clientCpuSPerGiB, 2),
+        row.via === 'ours' ? fixed(row.daemonCpuSPerGiB, 2) : '—',
+        fixed(row.workerCpuSPerGiB, 2),
+        fixed(row.totalCpuSPerGiB, 2),
+      ]),
+    ),
+  );
   say();
-  say(table(['direction', 'ours ÷ direct (wall MB/s)', 'ours ÷ direct (net MB/s)', 'ours ÷ direct (total CPU per GiB)'], r.ratios.map((x) => [x.direction, fixed(x.wall, 3), fixed(x.net, 3), fixed(x.cpu, 2)])));
+  say(
+    table(
+      ['direction', 'ours ÷ direct (wall MB/s)', 'ours ÷ direct (net MB/s)', 'ours ÷ direct (total CPU per GiB)'],
+      r.ratios.map((x) => [x.direction, fixed(x.wall, 3), fixed(x.net, 3), fixed(x.cpu, 2)]),
+    ),
+  );
   const stalled = r.rows.filter((row) => row.stalled > 0);
   if (stalled.length > 0) {
     say();
-    say(`**Stalled:** ${stalled.map((row) => `${row.direction} via ${row.via}`).join(', ')}: the copy moved no byte for the stall limit (BENCH_STALL_S) and was killed; a ratio of n/a means no run finished.`);
+    say(
+      `**Stalled:** ${stalled.map((row) => `${row.direction} via ${row.via}`).join(', ')}: the copy moved no byte for the stall limit (BENCH_STALL_S) and was killed; a ratio of n/a means no run finished.`,
+    );
   }
   say();
-  say(`Daemon memory during these runs: highest sampled RSS ${fixed(r.sampledPeakRssMiB, 1)} MiB; VmHWM (peak since start) ${fixed(r.vmHwmMiB, 1)} MiB.`);
+  say(
+    `Daemon memory during these runs: highest sampled RSS ${fixed(r.sampledPeakRssMiB, 1)} MiB; VmHWM (peak since start) ${fixed(r.vmHwmMiB, 1)} MiB.`,
+  );
   say();
 }

@@ -80,7 +80,13 @@ const DIRECT_C_ALIAS = `${workerAlias('none')}-c`;
 
 function routes(): Route[] {
   return [
-    ...SETTINGS.map((c): Route => ({ label: c.label, via: 'ours', workerAlias: workerAlias(c.pool), pool: c.pool, uri: `ssh-ng://${c.pool}@${ENDPOINT_ALIAS}` })),
+    ...SETTINGS.map((c): Route => ({
+      label: c.label,
+      via: 'ours',
+      workerAlias: workerAlias(c.pool),
+      pool: c.pool,
+      uri: `ssh-ng://${c.pool}@${ENDPOINT_ALIAS}`,
+    })),
     { label: 'direct OpenSSH', via: 'direct', workerAlias: workerAlias('none'), pool: 'none', uri: `ssh-ng://root@${workerAlias('none')}` },
     { label: 'direct OpenSSH -C', via: 'direct', workerAlias: workerAlias('none'), pool: 'none', uri: `ssh-ng://root@${DIRECT_C_ALIAS}` },
   ];
@@ -91,31 +97,51 @@ function writeSshConfig(b: BenchRig, workers: Record<string, WorkerRecord>): str
   const hostKey = (line: string): string => line.trim().split(/\s+/).slice(0, 2).join(' ');
   const endpointKey = hostKey(Buffer.from(b.rig.hostKeyBase64(), 'base64').toString());
   const known = [`${ENDPOINT_ALIAS} ${endpointKey}`];
-  const lines = [`Host ${ENDPOINT_ALIAS}`, '  HostName 127.0.0.1', `  Port ${b.daemon.port}`, `  HostKeyAlias ${ENDPOINT_ALIAS}`, `  IdentityFile ${b.rig.clientKeyFile}`, '  Compression no'];
+  const lines = [
+    `Host ${ENDPOINT_ALIAS}`,
+    '  HostName 127.0.0.1',
+    `  Port ${b.daemon.port}`,
+    `  HostKeyAlias ${ENDPOINT_ALIAS}`,
+    `  IdentityFile ${b.rig.clientKeyFile}`,
+    '  Compression no',
+  ];
   for (const { pool: c } of SETTINGS) {
     const w = workers[c] as WorkerRecord;
     const key = join(b.dir, `login_${c}`);
     writeFileSync(key, w.loginPrivateKey, { mode: 0o600 });
     known.push(`${workerAlias(c)} ${hostKey(w.hostPublicKey)}`);
-    const aliases = c === 'none' ? [[workerAlias(c), 'no'], [DIRECT_C_ALIAS, 'yes']] : [[workerAlias(c), 'no']];
+    const aliases =
+      c === 'none'
+        ? [
+            [workerAlias(c), 'no'],
+            [DIRECT_C_ALIAS, 'yes'],
+          ]
+        : [[workerAlias(c), 'no']];
     for (const [alias, compression] of aliases) {
-      lines.push(`Host ${alias}`, `  HostName ${w.address as string}`, `  Port ${w.sshPort}`, `  HostKeyAlias ${workerAlias(c)}`, `  IdentityFile ${key}`, '  User root', `  Compression ${compression}`);
+      lines.push(
+        `Host ${alias}`,
+        `  HostName ${w.address as string}`,
+        `  Port ${w.sshPort}`,
+        `  HostKeyAlias ${workerAlias(c)}`,
+        `  IdentityFile ${key}`,
+        '  User root',
+        `  Compression ${compression}`,
+      );
     }
   }
   const knownHosts = join(b.dir, 'known_hosts_uplink');
   writeFileSync(knownHosts, `${known.join('\n')}\n`);
   const file = join(b.dir, 'ssh_config_uplink');
-  writeFileSync(file, [
-    ...lines,
-    ...sshClientDefaults(knownHosts),
-    '',
-  ].join('\n'));
+  writeFileSync(file, [...lines, ...sshClientDefaults(knownHosts), ''].join('\n'));
   return file;
 }
 
 class Payloads {
   private readonly folders = new Map<PayloadKind, string>();
-  constructor(private readonly b: BenchRig, private readonly bytes: number) {}
+  constructor(
+    private readonly b: BenchRig,
+    private readonly bytes: number,
+  ) {}
 
   folder(kind: PayloadKind): string {
     const known = this.folders.get(kind);
@@ -123,7 +149,10 @@ class Payloads {
     const folder = join(this.b.dir, `uplink-${kind}`);
     mkdirSync(folder);
     if (kind === 'random') writeRandomFile(join(folder, 'data'), this.bytes);
-    else progress(`realistic payload: ${fixed(makeRealistic(folder, this.bytes) / MiB, 0)} MiB of files from ${REALISTIC_SOURCES.join(', ')} (those that exist)`);
+    else
+      progress(
+        `realistic payload: ${fixed(makeRealistic(folder, this.bytes) / MiB, 0)} MiB of files from ${REALISTIC_SOURCES.join(', ')} (those that exist)`,
+      );
     this.folders.set(kind, folder);
     return folder;
   }
@@ -132,7 +161,8 @@ class Payloads {
   async add(kind: PayloadKind, config: string, onWorker: string | undefined): Promise<{ path: string; narBytes: number }> {
     const folder = this.folder(kind);
     writeFileSync(join(folder, 'nonce'), `${randomBytes(16).toString('hex')}\n`);
-    const on = (args: string[]): Promise<{ stdout: string }> => (onWorker ? cmd('ssh', ['-F', config, onWorker, `nix-store ${args.join(' ')}`]) : cmd('nix-store', args));
+    const on = (args: string[]): Promise<{ stdout: string }> =>
+      onWorker ? cmd('ssh', ['-F', config, onWorker, `nix-store ${args.join(' ')}`]) : cmd('nix-store', args);
     const path = (await on(['--add', folder])).stdout.trim();
     if (!path.startsWith('/nix/store/')) throw new Error(`nix-store --add printed ${JSON.stringify(path)}`);
     return { path, narBytes: Number((await on(['-q', '--size', path])).stdout.trim()) };
@@ -140,7 +170,8 @@ class Payloads {
 }
 
 async function compressibility(kind: PayloadKind, path: string, narBytes: number): Promise<Compressibility> {
-  const size = async (filter: string): Promise<number> => Number((await cmd('sh', ['-c', `nix-store --dump '${path}' | ${filter} | wc -c`])).stdout.trim());
+  const size = async (filter: string): Promise<number> =>
+    Number((await cmd('sh', ['-c', `nix-store --dump '${path}' | ${filter} | wc -c`])).stdout.trim());
   return { payload: kind, narBytes, gzip6: narBytes / (await size('gzip -6')), zstd3: narBytes / (await size('zstd -3 -c')) };
 }
 
@@ -150,12 +181,32 @@ function wireOf(b: BenchRig, w: WorkerRecord): LinkBytes {
   return server.linkBytes;
 }
 
-async function profileRuns(profile: LinkProfile, bytes: number, runsPer: number, stallMs: number, base: { bootDelayMs: number; readyDelayMs: number; verbose: boolean; cli?: string }, result: UplinkResult): Promise<void> {
-  progress(`uplink ${profile.name}: ${profile.upBitsPerSecond / 1e6} Mbit/s up, ${profile.downBitsPerSecond / 1e6} Mbit/s down, ${profile.delayMs} ms one way`);
+async function profileRuns(
+  profile: LinkProfile,
+  bytes: number,
+  runsPer: number,
+  stallMs: number,
+  base: { bootDelayMs: number; readyDelayMs: number; verbose: boolean; cli?: string },
+  result: UplinkResult,
+): Promise<void> {
+  progress(
+    `uplink ${profile.name}: ${profile.upBitsPerSecond / 1e6} Mbit/s up, ${profile.downBitsPerSecond / 1e6} Mbit/s down, ${profile.delayMs} ms one way`,
+  );
   const b = await BenchRig.start({
     ...base,
     fake: { link: profile },
-    pools: Object.fromEntries(SETTINGS.map((c) => [c.pool, { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '60m', compression: c.compression, ...(c.compressionLevel ? { compressionLevel: c.compressionLevel } : {}) }])),
+    pools: Object.fromEntries(
+      SETTINGS.map((c) => [
+        c.pool,
+        {
+          maxWorkers: 1,
+          jobsPerWorker: 8,
+          idleTimeout: '60m',
+          compression: c.compression,
+          ...(c.compressionLevel ? { compressionLevel: c.compressionLevel } : {}),
+        },
+      ]),
+    ),
   });
   try {
     const plain = b.sshConfig();
@@ -176,20 +227,48 @@ async function profileRuns(profile: LinkProfile, bytes: number, runsPer: number,
           const order = all.map((_, k) => all[(k + i) % all.length] as Route);
           for (const route of order) {
             const source = await payloads.add(kind, config, direction === 'download' ? route.workerAlias : undefined);
-            if (!result.compressibility.some((c) => c.payload === kind)) result.compressibility.push(await compressibility(kind, source.path, source.narBytes));
+            if (!result.compressibility.some((c) => c.payload === kind))
+              result.compressibility.push(await compressibility(kind, source.path, source.narBytes));
             try {
               await cmd('sync', []);
               const w = workers[route.pool] as WorkerRecord;
               const wire0 = { ...wireOf(b, w) };
               const cpu0 = processCpuSeconds(b.pid);
               const env = { ...process.env, NIX_SSHOPTS: `-F ${config}` };
-              const r = direction === 'build'
-                ? await cmdWatched('nix-build', [
-                  '-E', `import ${INPUTS_NIX} { input = builtins.storePath "${source.path}"; nonce = "${randomBytes(6).toString('hex')}"; }`,
-                  '--no-out-link', '--max-jobs', '0', '--builders', `${route.uri} x86_64-linux - 1 1 - - -`,
-                  '--option', 'substituters', '', '--option', 'builders-use-substitutes', 'false',
-                ], { env, stallMs })
-                : await cmdWatched('nix', ['--extra-experimental-features', 'nix-command', 'copy', '--no-check-sigs', direction === 'upload' ? '--to' : '--from', route.uri, source.path], { env, stallMs });
+              const r =
+                direction === 'build'
+                  ? await cmdWatched(
+                      'nix-build',
+                      [
+                        '-E',
+                        `import ${INPUTS_NIX} { input = builtins.storePath "${source.path}"; nonce = "${randomBytes(6).toString('hex')}"; }`,
+                        '--no-out-link',
+                        '--max-jobs',
+                        '0',
+                        '--builders',
+                        `${route.uri} x86_64-linux - 1 1 - - -`,
+                        '--option',
+                        'substituters',
+                        '',
+                        '--option',
+                        'builders-use-substitutes',
+                        'false',
+                      ],
+                      { env, stallMs },
+                    )
+                  : await cmdWatched(
+                      'nix',
+                      [
+                        '--extra-experimental-features',
+                        'nix-command',
+                        'copy',
+                        '--no-check-sigs',
+                        direction === 'upload' ? '--to' : '--from',
+                        route.uri,
+                        source.path,
+                      ],
+                      { env, stallMs },
+                    );
               const wire1 = wireOf(b, w);
               const run: UplinkRun = {
                 profile: profile.name,
@@ -203,13 +282,19 @@ async function profileRuns(profile: LinkProfile, bytes: number, runsPer: number,
                 stalled: r.stalled,
               };
               result.runs.push(run);
-              progress(`${profile.name} ${kind} ${direction} ${route.label}: ${r.stalled ? 'STALLED' : `${fixed(r.ms / 1000, 2)} s, ${fixed(source.narBytes / r.ms / 1000, 1)} MB/s`}, wire ${fixed(run.wire.up / 1e6, 1)} MB up / ${fixed(run.wire.down / 1e6, 1)} MB down`);
+              progress(
+                `${profile.name} ${kind} ${direction} ${route.label}: ${r.stalled ? 'STALLED' : `${fixed(r.ms / 1000, 2)} s, ${fixed(source.narBytes / r.ms / 1000, 1)} MB/s`}, wire ${fixed(run.wire.up / 1e6, 1)} MB up / ${fixed(run.wire.down / 1e6, 1)} MB down`,
+              );
             } finally {
               // The payload with everything that refers to it (a build's .drv and output): a
               // path that stayed on the worker would be skipped by the next run's upload.
-              const closure = (await cmd('nix-store', ['-q', '--referrers-closure', source.path], { allowFail: true })).stdout.split('\n').filter((l) => l.startsWith('/nix/store/'));
+              const closure = (await cmd('nix-store', ['-q', '--referrers-closure', source.path], { allowFail: true })).stdout
+                .split('\n')
+                .filter((l) => l.startsWith('/nix/store/'));
               await cmd('nix-store', ['--delete', ...(closure.length > 0 ? closure : [source.path])], { allowFail: true });
-              await cmd('ssh', ['-F', config, route.workerAlias, `nix-store --delete $(nix-store -q --referrers-closure ${source.path})`], { allowFail: true });
+              await cmd('ssh', ['-F', config, route.workerAlias, `nix-store --delete $(nix-store -q --referrers-closure ${source.path})`], {
+                allowFail: true,
+              });
             }
           }
         }
@@ -235,7 +320,14 @@ export async function uplink(s: UplinkSettings): Promise<UplinkResult> {
   const result: UplinkResult = { mib: s.mib, runs: [], compressibility: [] };
   const profiles = s.profiles.map(linkProfile);
   for (const profile of profiles) {
-    await profileRuns(profile, s.mib * MiB, s.runs, s.stallMs, { bootDelayMs: s.bootDelayMs, readyDelayMs: s.readyDelayMs, verbose: s.verbose, ...(s.cli ? { cli: s.cli } : {}) }, result);
+    await profileRuns(
+      profile,
+      s.mib * MiB,
+      s.runs,
+      s.stallMs,
+      { bootDelayMs: s.bootDelayMs, readyDelayMs: s.readyDelayMs, verbose: s.verbose, ...(s.cli ? { cli: s.cli } : {}) },
+      result,
+    );
   }
   report(result, profiles);
   return result;
@@ -250,7 +342,12 @@ function medianOf(runs: UplinkRun[]): UplinkRun | undefined {
 function report(r: UplinkResult, profiles: LinkProfile[]): void {
   say(`### Uplink: nix copy through an emulated link, ${r.mib} MiB payloads (median of the runs per route)`);
   say();
-  say(table(['payload', 'NAR MB', 'gzip -6 ratio', 'zstd -3 ratio'], r.compressibility.map((c) => [c.payload, fixed(c.narBytes / 1e6, 1), fixed(c.gzip6, 2), fixed(c.zstd3, 2)])));
+  say(
+    table(
+      ['payload', 'NAR MB', 'gzip -6 ratio', 'zstd -3 ratio'],
+      r.compressibility.map((c) => [c.payload, fixed(c.narBytes / 1e6, 1), fixed(c.gzip6, 2), fixed(c.zstd3, 2)]),
+    ),
+  );
   say();
   const pick = (profile: string, payload: PayloadKind, direction: Direction, route: string): UplinkRun | undefined =>
     medianOf(r.runs.filter((x) => x.profile === profile && x.payload === payload && x.direction === direction && x.route === route));
@@ -284,13 +381,32 @@ function report(r: UplinkResult, profiles: LinkProfile[]): void {
         }
       }
     }
-    say(table(['payload', 'direction', 'path', 'wall s', 'payload MB/s', 'wire MB up', 'wire MB down', 'wire ÷ payload', 'daemon CPU-s/GiB', 'time ÷ direct'], rows));
+    say(
+      table(
+        [
+          'payload',
+          'direction',
+          'path',
+          'wall s',
+          'payload MB/s',
+          'wire MB up',
+          'wire MB down',
+          'wire ÷ payload',
+          'daemon CPU-s/GiB',
+          'time ÷ direct',
+        ],
+        rows,
+      ),
+    );
     say();
   }
   goals(r, pick);
 }
 
-function goals(r: UplinkResult, pick: (profile: string, payload: PayloadKind, direction: Direction, route: string) => UplinkRun | undefined): void {
+function goals(
+  r: UplinkResult,
+  pick: (profile: string, payload: PayloadKind, direction: Direction, route: string) => UplinkRun | undefined,
+): void {
   const time = (profile: string, payload: PayloadKind, route: string): number => pick(profile, payload, 'upload', route)?.ms ?? Number.NaN;
   const rows: string[][] = [];
   for (const { label: ours, pool: c } of SETTINGS) {
@@ -298,7 +414,10 @@ function goals(r: UplinkResult, pick: (profile: string, payload: PayloadKind, di
     const homeVsPlain = time('home', 'realistic', ours) / time('home', 'realistic', 'direct OpenSSH');
     const homeVsC = time('home', 'realistic', ours) / time('home', 'realistic', 'direct OpenSSH -C');
     const randomHome = time('home', 'random', 'direct OpenSSH') / time('home', 'random', ours);
-    const office = (['upload', 'download'] as Direction[]).map((d) => (pick('office', 'realistic', d, 'direct OpenSSH')?.ms ?? Number.NaN) / (pick('office', 'realistic', d, ours)?.ms ?? Number.NaN));
+    const office = (['upload', 'download'] as Direction[]).map(
+      (d) =>
+        (pick('office', 'realistic', d, 'direct OpenSSH')?.ms ?? Number.NaN) / (pick('office', 'realistic', d, ours)?.ms ?? Number.NaN),
+    );
     const homeUp = pick('home', 'realistic', 'upload', ours);
     // What two cores can feed at the home rate: payload bytes per second that cross 40 Mbit/s at this wire ratio.
     const cpuPerGiB = homeUp ? homeUp.daemonCpuS / (homeUp.narBytes / GiB) : Number.NaN;
@@ -306,9 +425,21 @@ function goals(r: UplinkResult, pick: (profile: string, payload: PayloadKind, di
     rows.push(
       [c, 'home, realistic, upload: time ÷ direct', '≤ 0.5', fixed(homeVsPlain, 2), verdict(homeVsPlain <= 0.5)],
       [c, 'home, realistic, upload: time ÷ direct -C', '≤ 0.8', fixed(homeVsC, 2), verdict(homeVsC <= 0.8)],
-      [c, 'office, realistic: throughput ÷ direct (up / down)', '≥ 0.9', office.map((x) => fixed(x, 2)).join(' / '), verdict(office.every((x) => x >= 0.9))],
+      [
+        c,
+        'office, realistic: throughput ÷ direct (up / down)',
+        '≥ 0.9',
+        office.map((x) => fixed(x, 2)).join(' / '),
+        verdict(office.every((x) => x >= 0.9)),
+      ],
       [c, 'home, random, upload: throughput ÷ direct', '≥ 0.95', fixed(randomHome, 2), verdict(randomHome >= 0.95)],
-      [c, 'home, realistic, upload: daemon CPU-s/GiB × payload GiB/s (cores busy)', '≤ 2', `${fixed(cpuPerGiB, 2)} × ${fixed(payloadGiBPerS, 3)} = ${fixed(cpuPerGiB * payloadGiBPerS, 3)}`, verdict(cpuPerGiB * payloadGiBPerS <= 2)],
+      [
+        c,
+        'home, realistic, upload: daemon CPU-s/GiB × payload GiB/s (cores busy)',
+        '≤ 2',
+        `${fixed(cpuPerGiB, 2)} × ${fixed(payloadGiBPerS, 3)} = ${fixed(cpuPerGiB * payloadGiBPerS, 3)}`,
+        verdict(cpuPerGiB * payloadGiBPerS <= 2),
+      ],
     );
   }
   say(table(['compression', 'goal', 'target', 'measured', 'verdict'], rows));

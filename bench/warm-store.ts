@@ -79,7 +79,9 @@ async function addPayload(dir: string, bytes: number): Promise<{ paths: string[]
     inPart += statSync(join(folder, f)).size;
     renameSync(join(folder, f), join(part, f));
   }
-  progress(`warm: realistic payload of ${fixed(total / MiB, 0)} MiB from ${REALISTIC_SOURCES.join(', ')} (those that exist), in ${parts.length} store paths`);
+  progress(
+    `warm: realistic payload of ${fixed(total / MiB, 0)} MiB from ${REALISTIC_SOURCES.join(', ')} (those that exist), in ${parts.length} store paths`,
+  );
   const paths: string[] = [];
   let narBytes = 0;
   for (const p of parts) {
@@ -105,14 +107,35 @@ async function linesOf(b: BenchRig, from: number): Promise<LogLine[]> {
   return lines();
 }
 
-async function oneBuild(b: BenchRig, config: string, pool: PoolName, n: 1 | 2, paths: string[], nonce: string): Promise<{ run: WarmBuild; output: string }> {
+async function oneBuild(
+  b: BenchRig,
+  config: string,
+  pool: PoolName,
+  n: 1 | 2,
+  paths: string[],
+  nonce: string,
+): Promise<{ run: WarmBuild; output: string }> {
   const from = b.daemon.lines.length;
   await cmd('sync', []);
-  const r = await cmd('nix-build', [
-    '-E', expression(paths, `${nonce}-${pool}-${n}`),
-    '--no-out-link', '--max-jobs', '0', '--builders', `ssh-ng://${pool}@${ENDPOINT_ALIAS} x86_64-linux - 1 1 - - -`,
-    '--option', 'substituters', '', '--option', 'builders-use-substitutes', 'false',
-  ], { env: { ...process.env, NIX_SSHOPTS: `-F ${config}` } });
+  const r = await cmd(
+    'nix-build',
+    [
+      '-E',
+      expression(paths, `${nonce}-${pool}-${n}`),
+      '--no-out-link',
+      '--max-jobs',
+      '0',
+      '--builders',
+      `ssh-ng://${pool}@${ENDPOINT_ALIAS} x86_64-linux - 1 1 - - -`,
+      '--option',
+      'substituters',
+      '',
+      '--option',
+      'builders-use-substitutes',
+      'false',
+    ],
+    { env: { ...process.env, NIX_SSHOPTS: `-F ${config}` } },
+  );
   // Read the relay now: the idle timer deletes the server (and its relay) a few seconds later.
   // The builds run one after the other, each after the previous worker was deleted: one server is up.
   const live = b.rig.fake.liveServers();
@@ -128,7 +151,9 @@ async function oneBuild(b: BenchRig, config: string, pool: PoolName, n: 1 | 2, p
     wire,
     bootMs: ready ? Number(ready.bootMs) : Number.NaN,
   };
-  progress(`warm: pool ${pool}, build ${n}: ${fixed(r.ms / 1000, 1)} s, ${fixed(run.sessionUp / 1e6, 2)} MB up through the daemon, ${fixed(wire.up / 1e6, 2)} MB up on the wire, boot-to-ready ${fixed(run.bootMs / 1000, 2)} s`);
+  progress(
+    `warm: pool ${pool}, build ${n}: ${fixed(r.ms / 1000, 1)} s, ${fixed(run.sessionUp / 1e6, 2)} MB up through the daemon, ${fixed(wire.up / 1e6, 2)} MB up on the wire, boot-to-ready ${fixed(run.bootMs / 1000, 2)} s`,
+  );
   return { run, output: r.stdout.trim() };
 }
 
@@ -140,7 +165,9 @@ async function idleOut(b: BenchRig, pool: PoolName, from: number): Promise<void>
 
 export async function warmStore(s: WarmSettings): Promise<WarmResult> {
   const profile = linkProfile(s.profile);
-  progress(`warm: link ${profile.name} (${profile.upBitsPerSecond / 1e6} Mbit/s up, ${profile.downBitsPerSecond / 1e6} Mbit/s down, ${profile.delayMs} ms one way)`);
+  progress(
+    `warm: link ${profile.name} (${profile.upBitsPerSecond / 1e6} Mbit/s up, ${profile.downBitsPerSecond / 1e6} Mbit/s down, ${profile.delayMs} ms one way)`,
+  );
   const b = await BenchRig.start({
     bootDelayMs: s.bootDelayMs,
     readyDelayMs: s.readyDelayMs,
@@ -175,7 +202,9 @@ export async function warmStore(s: WarmSettings): Promise<WarmResult> {
   } finally {
     // Outputs first, then the payload together with its referrers (the builds' .drv files), which keep it alive.
     for (const p of cleanup) {
-      const referrers = (await cmd('nix-store', ['-q', '--referrers', p], { allowFail: true })).stdout.split('\n').filter((r) => r.startsWith('/nix/store/') && r !== p);
+      const referrers = (await cmd('nix-store', ['-q', '--referrers', p], { allowFail: true })).stdout
+        .split('\n')
+        .filter((r) => r.startsWith('/nix/store/') && r !== p);
       await cmd('nix-store', ['--delete', ...referrers, p], { allowFail: true });
     }
     await b.stop();
@@ -184,15 +213,26 @@ export async function warmStore(s: WarmSettings): Promise<WarmResult> {
 
 function report(r: WarmResult, p: LinkProfile): void {
   const get = (pool: PoolName, n: 1 | 2): WarmBuild | undefined => r.builds.find((x) => x.pool === pool && x.build === n);
-  say(`### Warm store: the same inputs on the next worker, ${r.mib} MiB realistic payload (${r.paths} store paths, NAR ${fixed(r.narBytes / 1e6, 1)} MB), link ${p.name} (${p.upBitsPerSecond / 1e6} Mbit/s up, ${p.downBitsPerSecond / 1e6} Mbit/s down, ${p.delayMs} ms one way)`);
+  say(
+    `### Warm store: the same inputs on the next worker, ${r.mib} MiB realistic payload (${r.paths} store paths, NAR ${fixed(r.narBytes / 1e6, 1)} MB), link ${p.name} (${p.upBitsPerSecond / 1e6} Mbit/s up, ${p.downBitsPerSecond / 1e6} Mbit/s down, ${p.delayMs} ms one way)`,
+  );
   say();
-  const label = (pool: PoolName, n: 1 | 2): string => `${pool === WARM ? 'with volume' : 'without volume'}, build ${n}${n === 1 ? ' (new worker, empty store)' : ' (next worker)'}`;
+  const label = (pool: PoolName, n: 1 | 2): string =>
+    `${pool === WARM ? 'with volume' : 'without volume'}, build ${n}${n === 1 ? ' (new worker, empty store)' : ' (next worker)'}`;
   const rows: string[][] = [];
   for (const pool of [WARM, BARE] as PoolName[]) {
     for (const n of [1, 2] as const) {
       const x = get(pool, n);
       if (!x) continue;
-      rows.push([label(pool, n), fixed(x.wallMs / 1000, 2), fixed(x.bootMs / 1000, 2), fixed((x.wallMs - x.bootMs) / 1000, 2), fixed(x.sessionUp / 1e6, 3), fixed(x.wire.up / 1e6, 3), fixed(x.wire.down / 1e6, 3)]);
+      rows.push([
+        label(pool, n),
+        fixed(x.wallMs / 1000, 2),
+        fixed(x.bootMs / 1000, 2),
+        fixed((x.wallMs - x.bootMs) / 1000, 2),
+        fixed(x.sessionUp / 1e6, 3),
+        fixed(x.wire.up / 1e6, 3),
+        fixed(x.wire.down / 1e6, 3),
+      ]);
     }
   }
   say(table(['build', 'wall s', 'boot-to-ready s', 'wall − boot s', 'MB up through the daemon', 'wire MB up', 'wire MB down'], rows));
@@ -206,11 +246,31 @@ function report(r: WarmResult, p: LinkProfile): void {
   const wireRatio = w1 && w2 ? w2.wire.up / w1.wire.up : Number.NaN;
   const added2 = w2 && b2 ? (w2.bootMs - b2.bootMs) / 1000 : Number.NaN;
   const added1 = w1 && b1 ? (w1.bootMs - b1.bootMs) / 1000 : Number.NaN;
-  say(table(['goal', 'target', 'measured', 'verdict'], [
-    ['with volume: build 2 ÷ build 1, bytes up through the daemon', '≤ 1 %', `${fixed(upRatio * 100, 3)} %`, verdict(upRatio <= 0.01)],
-    ['with volume: build 2 ÷ build 1, bytes up on the wire (SSH and boot included)', '≤ 1 %', `${fixed(wireRatio * 100, 3)} %`, verdict(wireRatio <= 0.01)],
-    ['boot-to-ready, with − without volume, next worker (volume attached, store on it)', '≤ 5 s', `${fixed(added2, 2)} s`, verdict(added2 <= 5)],
-    ['boot-to-ready, with − without volume, first worker (volume created, store set up on it)', '≤ 5 s', `${fixed(added1, 2)} s`, verdict(added1 <= 5)],
-  ]));
+  say(
+    table(
+      ['goal', 'target', 'measured', 'verdict'],
+      [
+        ['with volume: build 2 ÷ build 1, bytes up through the daemon', '≤ 1 %', `${fixed(upRatio * 100, 3)} %`, verdict(upRatio <= 0.01)],
+        [
+          'with volume: build 2 ÷ build 1, bytes up on the wire (SSH and boot included)',
+          '≤ 1 %',
+          `${fixed(wireRatio * 100, 3)} %`,
+          verdict(wireRatio <= 0.01),
+        ],
+        [
+          'boot-to-ready, with − without volume, next worker (volume attached, store on it)',
+          '≤ 5 s',
+          `${fixed(added2, 2)} s`,
+          verdict(added2 <= 5),
+        ],
+        [
+          'boot-to-ready, with − without volume, first worker (volume created, store set up on it)',
+          '≤ 5 s',
+          `${fixed(added1, 2)} s`,
+          verdict(added1 <= 5),
+        ],
+      ],
+    ),
+  );
   say();
 }

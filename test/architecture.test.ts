@@ -63,7 +63,9 @@ function layerViolations(files: Map<string, string>): string[] {
       const to = folderOf(posix.join(posix.dirname(file), site.specifier));
       if (to === from) continue;
       if (to !== undefined && to in RANK && RANK[to]! < RANK[from]!) continue;
-      problems.push(`${file}:${site.line} imports '${site.specifier}' (${describe(to)}) from ${describe(from)}: only the own folder or a lower rank`);
+      problems.push(
+        `${file}:${site.line} imports '${site.specifier}' (${describe(to)}) from ${describe(from)}: only the own folder or a lower rank`,
+      );
     }
   }
   return problems;
@@ -93,10 +95,24 @@ t.test('every import in src/ points to its own folder or a lower layer', async (
 
 t.test('the layer table and the folders of src/ agree', async (t) => {
   const entries = readdirSync(join(ROOT, 'src'), { withFileTypes: true });
-  t.same(entries.filter((e) => e.isDirectory()).map((e) => e.name).sort(), Object.keys(RANK).sort(), 'one rank per folder, no folder without one');
-  t.same(entries.filter((e) => e.isFile()).map((e) => e.name), [], 'no loose files in src/');
+  t.same(
+    entries
+      .filter((e) => e.isDirectory())
+      .map((e) => e.name)
+      .sort(),
+    Object.keys(RANK).sort(),
+    'one rank per folder, no folder without one',
+  );
+  t.same(
+    entries.filter((e) => e.isFile()).map((e) => e.name),
+    [],
+    'no loose files in src/',
+  );
   for (const folder of Object.keys(RANK)) {
-    t.ok(readdirSync(join(ROOT, 'src', folder)).some((n) => n.endsWith('.ts')), `src/${folder} holds modules`);
+    t.ok(
+      readdirSync(join(ROOT, 'src', folder)).some((n) => n.endsWith('.ts')),
+      `src/${folder} holds modules`,
+    );
   }
 });
 
@@ -126,11 +142,20 @@ t.test('the check reports hand-made bad imports and passes good ones', async (t)
     ['src/hcloud/client.ts', "type T = import('../ssh/keys.js').KeyPair;\n"],
     ['src/core/config.ts', "import { Rig } from '../../test/rig/rig.js';\n"],
     ['src/setup/machines.ts', "import { x } from '../misc/x.js';\n"],
-    ['src/loose.ts', "export const y = 2;\n"],
+    ['src/loose.ts', 'export const y = 2;\n'],
     // With the direction, or not imports at all: none may be reported.
-    ['src/cli/main.ts', "import { Daemon } from '../daemon/daemon.js';\nimport { loadConfig } from '../core/config.js';\nimport { parseArgs } from 'node:util';\nimport { deleteAllServers } from './commands.js';\n"],
-    ['src/daemon/daemon.ts', "import { Endpoint } from '../ssh/endpoint.js';\nimport type { Server } from '../hcloud/types.js';\nimport { serveControl } from './control.js';\n"],
-    ['src/ssh/session-pipe.ts', "// import { Daemon } from '../daemon/daemon.js';\nconst s = \"import('../cli/main.js')\";\nimport type { Logger } from '../core/log.js';\n"],
+    [
+      'src/cli/main.ts',
+      "import { Daemon } from '../daemon/daemon.js';\nimport { loadConfig } from '../core/config.js';\nimport { parseArgs } from 'node:util';\nimport { deleteAllServers } from './commands.js';\n",
+    ],
+    [
+      'src/daemon/daemon.ts',
+      "import { Endpoint } from '../ssh/endpoint.js';\nimport type { Server } from '../hcloud/types.js';\nimport { serveControl } from './control.js';\n",
+    ],
+    [
+      'src/ssh/session-pipe.ts',
+      "// import { Daemon } from '../daemon/daemon.js';\nconst s = \"import('../cli/main.js')\";\nimport type { Logger } from '../core/log.js';\n",
+    ],
   ]);
   const problems = layerViolations(files);
   const expected: [string, string][] = [
@@ -145,7 +170,10 @@ t.test('the check reports hand-made bad imports and passes good ones', async (t)
     ['src/loose.ts', 'not in a known folder'],
   ];
   for (const [where, what] of expected) {
-    t.ok(problems.some((p) => p.startsWith(where) && p.includes(what)), `reported: ${where} ${what}`);
+    t.ok(
+      problems.some((p) => p.startsWith(where) && p.includes(what)),
+      `reported: ${where} ${what}`,
+    );
   }
   const unexpected = problems.filter((p) => !expected.some(([where, what]) => p.startsWith(where) && p.includes(what)));
   t.same(unexpected, [], 'nothing else reported');
@@ -164,8 +192,14 @@ function rigViolations(files: Map<string, string>): string[] {
     for (const site of relativeImports(file, text)) {
       const target = posix.normalize(posix.join(posix.dirname(file), site.specifier));
       const own = file.startsWith('bench/') || file.startsWith('scripts/') ? file.split('/')[0] : undefined;
-      const ok = allowed.some((p) => target.startsWith(p)) && !target.endsWith('.test.js') && (own === undefined || !target.startsWith(own === 'bench' ? 'scripts/' : 'bench/'));
-      if (!ok) problems.push(`${file}:${site.line} imports '${site.specifier}' (${target}): the rig, bench/ and scripts/ import only src/ and the rig`);
+      const ok =
+        allowed.some((p) => target.startsWith(p)) &&
+        !target.endsWith('.test.js') &&
+        (own === undefined || !target.startsWith(own === 'bench' ? 'scripts/' : 'bench/'));
+      if (!ok)
+        problems.push(
+          `${file}:${site.line} imports '${site.specifier}' (${target}): the rig, bench/ and scripts/ import only src/ and the rig`,
+        );
     }
   }
   return problems;
@@ -185,10 +219,12 @@ t.test('the rig, the benchmarks and the scripts import no test', async (t) => {
   const files = filesUnder('test/rig', 'test/fake-hcloud', 'bench', 'scripts');
   t.ok(files.size >= 20, `${files.size} files checked`);
   t.same(rigViolations(files), [], 'only src/ and the rig');
-  const bad = rigViolations(new Map([
-    ['bench/lib.ts', "import { run } from '../test/e2e/builder.test.js';\n"],
-    ['test/rig/rig.ts', "import { x } from '../e2e/helpers.js';\n"],
-    ['scripts/demo.ts', "import { Rig } from '../test/rig/rig.js';\nimport { say } from '../bench/lib.js';\n"],
-  ]));
+  const bad = rigViolations(
+    new Map([
+      ['bench/lib.ts', "import { run } from '../test/e2e/builder.test.js';\n"],
+      ['test/rig/rig.ts', "import { x } from '../e2e/helpers.js';\n"],
+      ['scripts/demo.ts', "import { Rig } from '../test/rig/rig.js';\nimport { say } from '../bench/lib.js';\n"],
+    ]),
+  );
   t.equal(bad.length, 3, 'a test, an e2e helper and bench from scripts are each reported');
 });

@@ -35,15 +35,26 @@ export function describeServer(server: Server): string {
 
 /** Deletes the servers, retrying for up to `waitMs`; answers those still there, each said. */
 export async function deleteServers(
-  config: Config, hcloud: HcloudClient, log: Logger, say: (line: string) => void,
-  servers: { server: Server; reason: string }[], waitMs: number,
+  config: Config,
+  hcloud: HcloudClient,
+  log: Logger,
+  say: (line: string) => void,
+  servers: { server: Server; reason: string }[],
+  waitMs: number,
 ): Promise<DeletionRecord[]> {
-  const left = await deleteServersWithin({
-    hcloud, log,
-    policy: deletePolicyOf(config),
-  }, servers.map(({ server, reason }) => ({ id: server.id, name: server.name, reason })), waitMs);
+  const left = await deleteServersWithin(
+    {
+      hcloud,
+      log,
+      policy: deletePolicyOf(config),
+    },
+    servers.map(({ server, reason }) => ({ id: server.id, name: server.name, reason })),
+    waitMs,
+  );
   for (const d of left) {
-    say(`not deleted after ${formatDuration(waitMs)}: ${d.name} (id ${d.id}), ${d.failures} failed attempts, last error: ${d.lastError ?? 'none'}`);
+    say(
+      `not deleted after ${formatDuration(waitMs)}: ${d.name} (id ${d.id}), ${d.failures} failed attempts, last error: ${d.lastError ?? 'none'}`,
+    );
   }
   return left;
 }

@@ -16,11 +16,24 @@ import { cloudClient, openConfig, say } from './common.js';
  * emptied and the servers left are kept as pending deletes, so the next start goes on with them;
  * a running daemon notices the loss of its workers by itself, and its sweep finds the rest.
  */
-export async function deleteAllServers(config: Config, token: string, log: Logger, say: (line: string) => void, waitMs: number): Promise<{ deleted: number; left: DeletionRecord[] }> {
+export async function deleteAllServers(
+  config: Config,
+  token: string,
+  log: Logger,
+  say: (line: string) => void,
+  waitMs: number,
+): Promise<{ deleted: number; left: DeletionRecord[] }> {
   const hcloud = cloudClient(config, token, log);
   const servers = await hcloud.listServers({ labelSelector: instanceSelector(config.instance) });
   for (const server of servers) say(`deleting ${describeServer(server)}`);
-  const left = await deleteServers(config, hcloud, log, say, servers.map((server) => ({ server, reason: 'down' })), waitMs);
+  const left = await deleteServers(
+    config,
+    hcloud,
+    log,
+    say,
+    servers.map((server) => ({ server, reason: 'down' })),
+    waitMs,
+  );
   try {
     const { state } = await StateFile.open(config.stateDir, config.instance);
     state.data.workers = [];
@@ -35,19 +48,27 @@ export async function deleteAllServers(config: Config, token: string, log: Logge
 }
 
 /** `down --volumes`: deletes every store volume of this instance (after its server is gone, or detached). */
-export async function deleteAllVolumes(config: Config, token: string, log: Logger, say: (line: string) => void, waitMs: number): Promise<number> {
+export async function deleteAllVolumes(
+  config: Config,
+  token: string,
+  log: Logger,
+  say: (line: string) => void,
+  waitMs: number,
+): Promise<number> {
   const hcloud = cloudClient(config, token, log);
   const volumes = await hcloud.listVolumes({ labelSelector: instanceSelector(config.instance) });
   let failed = 0;
-  await Promise.all(volumes.map(async (volume) => {
-    say(`deleting volume ${volume.name} (id ${volume.id}, ${volume.size} GB in ${volume.location.name})`);
-    try {
-      await removeVolume(hcloud, volume.id, { waitMs, policy: deletePolicyOf(config) });
-    } catch (err) {
-      failed++;
-      say(`could not delete volume ${volume.name}: ${(err as Error).message}`);
-    }
-  }));
+  await Promise.all(
+    volumes.map(async (volume) => {
+      say(`deleting volume ${volume.name} (id ${volume.id}, ${volume.size} GB in ${volume.location.name})`);
+      try {
+        await removeVolume(hcloud, volume.id, { waitMs, policy: deletePolicyOf(config) });
+      } catch (err) {
+        failed++;
+        say(`could not delete volume ${volume.name}: ${(err as Error).message}`);
+      }
+    }),
+  );
   if (failed > 0) throw new Error(`${failed} volume(s) could not be deleted; run down --volumes again`);
   return volumes.length;
 }
@@ -67,7 +88,9 @@ export const down = defineCommand({
     const { deleted, left } = await deleteAllServers(config, token, log, say, waitMs);
     say(`deleted ${deleted} server(s)`);
     if (left.length > 0) {
-      say(`${left.length} server(s) still there (they bill): ${left.map((d) => d.name).join(', ')}; run down again (a daemon started on this state folder goes on deleting them)`);
+      say(
+        `${left.length} server(s) still there (they bill): ${left.map((d) => d.name).join(', ')}; run down again (a daemon started on this state folder goes on deleting them)`,
+      );
       return 1;
     }
     if (o.volumes === true) say(`deleted ${await deleteAllVolumes(config, token, log, say, waitMs)} volume(s)`);

@@ -26,7 +26,8 @@ function progress(line: string): void {
 
 function parsePort(value: string): number {
   const port = Number(value);
-  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new ImageUploadError(`--ssh-port: expected a port number, got ${JSON.stringify(value)}`);
+  if (!Number.isInteger(port) || port < 1 || port > 65535)
+    throw new ImageUploadError(`--ssh-port: expected a port number, got ${JSON.stringify(value)}`);
   return port;
 }
 
@@ -59,11 +60,17 @@ async function withSignals<T>(work: (signal: AbortSignal) => Promise<T>): Promis
 export const imageUpload = defineCommand({
   name: 'image upload',
   synopsis: 'IMAGE.raw[.zst] --arch x86|arm --label KEY=VALUE [--label …]',
-  summary: "write a raw disk image to a temporary server's disk from the rescue system and snapshot it with the labels (a pool's image.labelSelector picks the newest); prints the snapshot id. The temporary server and ssh key are deleted on every path",
+  summary:
+    "write a raw disk image to a temporary server's disk from the rescue system and snapshot it with the labels (a pool's image.labelSelector picks the newest); prints the snapshot id. The temporary server and ssh key are deleted on every path",
   options: {
     arch: { type: 'string', value: 'x86|arm', description: "the image's architecture (required)" },
     label: { type: 'string', multiple: true, value: 'KEY=VALUE', description: 'a label of the snapshot, at least one' },
-    'server-type': { type: 'string', value: 'TYPE', description: 'the temporary server\'s type', default: `${DEFAULT_SERVER_TYPE.x86} for x86, ${DEFAULT_SERVER_TYPE.arm} for arm` },
+    'server-type': {
+      type: 'string',
+      value: 'TYPE',
+      description: "the temporary server's type",
+      default: `${DEFAULT_SERVER_TYPE.x86} for x86, ${DEFAULT_SERVER_TYPE.arm} for arm`,
+    },
     location: { type: 'string', value: 'LOC', description: "the temporary server's location", default: DEFAULT_LOCATION },
     description: { type: 'string', value: 'TEXT', description: "the snapshot's description", default: 'nix-hcloud-builder image FILE' },
     'ssh-port': { type: 'string', value: 'N', description: "the rescue system's sshd port", default: '22' },
@@ -71,23 +78,26 @@ export const imageUpload = defineCommand({
   operands: { min: 1, max: 1 },
   async run(o, { configFile, operands }) {
     const arch = parseArch(o.arch);
-    if (o.label === undefined || o.label.length === 0) throw new ImageUploadError('image upload: give at least one --label KEY=VALUE (pools select the snapshot by label)');
+    if (o.label === undefined || o.label.length === 0)
+      throw new ImageUploadError('image upload: give at least one --label KEY=VALUE (pools select the snapshot by label)');
     const labels = parseLabels(o.label);
     const sshPort = o.sshPort === undefined ? undefined : parsePort(o.sshPort);
     const { hcloud, log } = hcloudOf(configFile);
-    const result = await withSignals((signal) => uploadImage({
-      hcloud,
-      file: operands[0] as string,
-      arch,
-      labels,
-      ...(o.serverType === undefined ? {} : { serverType: o.serverType }),
-      ...(o.location === undefined ? {} : { location: o.location }),
-      ...(o.description === undefined ? {} : { description: o.description }),
-      ...(sshPort === undefined ? {} : { sshPort }),
-      signal,
-      log,
-      print: progress,
-    }));
+    const result = await withSignals((signal) =>
+      uploadImage({
+        hcloud,
+        file: operands[0] as string,
+        arch,
+        labels,
+        ...(o.serverType === undefined ? {} : { serverType: o.serverType }),
+        ...(o.location === undefined ? {} : { location: o.location }),
+        ...(o.description === undefined ? {} : { description: o.description }),
+        ...(sshPort === undefined ? {} : { sshPort }),
+        signal,
+        log,
+        print: progress,
+      }),
+    );
     say(String(result.image.id));
     return 0;
   },
@@ -104,7 +114,9 @@ export const imageCleanup = defineCommand({
     const dryRun = o.dryRun === true;
     const { hcloud, log } = hcloudOf(configFile);
     const r = await cleanupUploads(hcloud, dryRun, say, log);
-    say(`${dryRun ? 'would delete' : 'deleted'} ${r.servers.length} server(s), ${r.sshKeys.length} ssh key(s) and ${r.snapshots.length} unfinished snapshot(s)`);
+    say(
+      `${dryRun ? 'would delete' : 'deleted'} ${r.servers.length} server(s), ${r.sshKeys.length} ssh key(s) and ${r.snapshots.length} unfinished snapshot(s)`,
+    );
     return 0;
   },
 });

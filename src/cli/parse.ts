@@ -42,7 +42,9 @@ function allOptions(commands: readonly Command[]): ParseOptions {
 }
 
 function optionList(specs: OptionSpecs): string {
-  return Object.entries(specs).map(([name, s]) => (s.short ? `-${s.short}/--${name}` : `--${name}`)).join(', ');
+  return Object.entries(specs)
+    .map(([name, s]) => (s.short ? `-${s.short}/--${name}` : `--${name}`))
+    .join(', ');
 }
 
 export function parseCommandLine(argv: string[], commands: readonly Command[], env: NodeJS.ProcessEnv = process.env): ParsedCommandLine {

@@ -7,7 +7,8 @@ import { openConfig } from './common.js';
 export const serve = defineCommand({
   name: 'serve',
   synopsis: '[--keep-workers]',
-  summary: 'run the endpoint Nix builds through, until SIGTERM/SIGINT: then stop listening, let running sessions finish for up to shutdownGrace (a second signal ends them at once) and delete every worker',
+  summary:
+    'run the endpoint Nix builds through, until SIGTERM/SIGINT: then stop listening, let running sessions finish for up to shutdownGrace (a second signal ends them at once) and delete every worker',
   options: {
     'keep-workers': { type: 'boolean', description: 'leave the workers running on stop (a later start adopts them)' },
   },

@@ -13,9 +13,18 @@ const options = {
   'ssh-config': { type: 'string', value: 'FILE', description: 'system ssh config for the alias', default: DEFAULT_SSH_CONFIG },
   machines: { type: 'string', value: 'FILE', description: 'Nix machines file', default: DEFAULT_MACHINES },
   'nix-conf': { type: 'string', value: 'FILE', description: 'nix.conf to check', default: DEFAULT_NIX_CONF },
-  'client-key': { type: 'string', value: 'FILE', description: "nix-daemon's key to log in with, made if missing", default: DEFAULT_CLIENT_KEY },
+  'client-key': {
+    type: 'string',
+    value: 'FILE',
+    description: "nix-daemon's key to log in with, made if missing",
+    default: DEFAULT_CLIENT_KEY,
+  },
   alias: { type: 'string', value: 'NAME', description: 'ssh Host alias in the machines lines', default: DEFAULT_ALIAS },
-  substitutes: { type: 'boolean', description: 'also set builders-use-substitutes = true in nix.conf: workers fetch public inputs from the binary caches, not through your uplink' },
+  substitutes: {
+    type: 'boolean',
+    description:
+      'also set builders-use-substitutes = true in nix.conf: workers fetch public inputs from the binary caches, not through your uplink',
+  },
 } as const satisfies OptionSpecs;
 
 /**
@@ -27,7 +36,8 @@ type SetupSettings = Pick<SetupOptions, keyof Omit<OptionValues<typeof options>,
 export const setup = defineCommand({
   name: 'setup',
   synopsis: '[--write] [--substitutes]',
-  summary: "show (and with --write make) the changes that let this machine's Nix build through the daemon with no extra flags: a client key for nix-daemon, that key in our authorized keys, the ssh alias, one machines line per pool. Run it as root: nix-daemon is root",
+  summary:
+    "show (and with --write make) the changes that let this machine's Nix build through the daemon with no extra flags: a client key for nix-daemon, that key in our authorized keys, the ssh alias, one machines line per pool. Run it as root: nix-daemon is root",
   options,
   async run({ write, ...settings }, { configFile }) {
     const config = loadConfigAsOwner(configFile);

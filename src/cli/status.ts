@@ -90,32 +90,58 @@ async function gatherVolumes(config: Config, hcloud: HcloudClient, servers: Serv
     return undefined;
   }
   if (volumes.length === 0) return [];
-  const perGb = await hcloud.getPricing().then(volumePriceOf).catch(() => Number.NaN);
-  return Promise.all(volumes.map(async (v) => {
-    const row: VolumeRow = { id: v.id, name: v.name, pool: v.labels[LABEL_POOL] ?? '', slot: v.labels[LABEL_SLOT] ?? '', sizeGb: v.size, location: v.location.name };
-    const holder = v.server;
-    if (holder !== null && holder !== undefined) {
-      // A server not labelled as ours may hold one (attached by hand): asked for by id.
-      const name = servers.find((s) => s.id === holder)?.name ?? await hcloud.getServer(holder).then((s) => s.name, () => undefined);
-      row.attachedTo = name ?? `server ${holder}`;
-    }
-    if (Number.isFinite(perGb)) row.eurPerMonth = round(v.size * perGb);
-    return row;
-  }));
+  const perGb = await hcloud
+    .getPricing()
+    .then(volumePriceOf)
+    .catch(() => Number.NaN);
+  return Promise.all(
+    volumes.map(async (v) => {
+      const row: VolumeRow = {
+        id: v.id,
+        name: v.name,
+        pool: v.labels[LABEL_POOL] ?? '',
+        slot: v.labels[LABEL_SLOT] ?? '',
+        sizeGb: v.size,
+        location: v.location.name,
+      };
+      const holder = v.server;
+      if (holder !== null && holder !== undefined) {
+        // A server not labelled as ours may hold one (attached by hand): asked for by id.
+        const name =
+          servers.find((s) => s.id === holder)?.name ??
+          (await hcloud.getServer(holder).then(
+            (s) => s.name,
+            () => undefined,
+          ));
+        row.attachedTo = name ?? `server ${holder}`;
+      }
+      if (Number.isFinite(perGb)) row.eurPerMonth = round(v.size * perGb);
+      return row;
+    }),
+  );
 }
 
 function round(eur: number): number {
   return Math.round(eur * 10_000) / 10_000;
 }
 
-async function gatherRows(config: Config, token: string | undefined): Promise<{ rows: StatusRow[]; hcloud?: HcloudClient; servers: Server[]; deletions: DeletionRow[] }> {
+async function gatherRows(
+  config: Config,
+  token: string | undefined,
+): Promise<{ rows: StatusRow[]; hcloud?: HcloudClient; servers: Server[]; deletions: DeletionRow[] }> {
   const { state, problem } = peekState(config.stateDir);
   if (problem) process.stderr.write(`nix-hcloud-builder: ${problem}\n`);
   const deletions: DeletionRow[] = (state?.deletions ?? []).map((d) => ({ ...d, overdue: isOverdue(d, Date.now()) }));
   const rows: StatusRow[] = (state?.workers ?? []).map((w) => {
     const row: StatusRow = {
-      id: w.id, name: w.name, pool: w.pool, phase: w.phase, serverType: w.serverType, location: w.location,
-      activeSessions: w.activeSessions, createdAt: w.createdAt,
+      id: w.id,
+      name: w.name,
+      pool: w.pool,
+      phase: w.phase,
+      serverType: w.serverType,
+      location: w.location,
+      activeSessions: w.activeSessions,
+      createdAt: w.createdAt,
     };
     if (w.address) row.address = w.address;
     if (w.idleSince) row.idleSince = w.idleSince;
@@ -137,9 +163,15 @@ async function gatherRows(config: Config, token: string | undefined): Promise<{ 
     else {
       const address = serverAddress(server);
       rows.push({
-        id: server.id, name: server.name, pool: server.labels[LABEL_POOL] ?? '', status: server.status,
+        id: server.id,
+        name: server.name,
+        pool: server.labels[LABEL_POOL] ?? '',
+        status: server.status,
         phase: deletions.some((d) => isRecordOf(d, server)) ? 'deleting' : 'unknown to the daemon',
-        serverType: server.server_type.name, location: server.location.name, activeSessions: 0, createdAt: server.created,
+        serverType: server.server_type.name,
+        location: server.location.name,
+        activeSessions: 0,
+        createdAt: server.created,
         ...(address === undefined ? {} : { address }),
       });
     }
@@ -159,27 +191,60 @@ export function formatStatus(report: StatusReport): string {
     const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
     return s < 120 ? `${s}s` : s < 7200 ? `${Math.round(s / 60)}m` : `${Math.round(s / 3600)}h`;
   };
-  const table = [header, ...rows.map((r) => [
-    String(r.id), r.name, r.pool, r.phase, r.status ?? '?', r.address ?? '-', r.serverType || '-', r.location || '-',
-    String(r.activeSessions), age(r.createdAt), r.idleSince ? age(r.idleSince) : '-', r.hourlyPriceEur ? Number(r.hourlyPriceEur).toFixed(4) : '-',
-    r.costSoFarEur === undefined ? '-' : r.costSoFarEur.toFixed(4),
-  ])];
+  const table = [
+    header,
+    ...rows.map((r) => [
+      String(r.id),
+      r.name,
+      r.pool,
+      r.phase,
+      r.status ?? '?',
+      r.address ?? '-',
+      r.serverType || '-',
+      r.location || '-',
+      String(r.activeSessions),
+      age(r.createdAt),
+      r.idleSince ? age(r.idleSince) : '-',
+      r.hourlyPriceEur ? Number(r.hourlyPriceEur).toFixed(4) : '-',
+      r.costSoFarEur === undefined ? '-' : r.costSoFarEur.toFixed(4),
+    ]),
+  ];
   return `${formatTable(table)}${volumes}${money}`;
 }
 
 function formatTable(table: string[][]): string {
   const widths = (table[0] as string[]).map((_, i) => Math.max(...table.map((row) => (row[i] as string).length)));
-  return `${table.map((row) => row.map((cell, i) => cell.padEnd(widths[i] as number)).join('  ').trimEnd()).join('\n')}\n`;
+  return `${table
+    .map((row) =>
+      row
+        .map((cell, i) => cell.padEnd(widths[i] as number))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n')}\n`;
 }
 
 /** What is still being deleted, since when; an error line for each delete failing for over an hour. */
 export function formatDeletions(deletions: DeletionRow[], now = Date.now()): string {
   if (deletions.length === 0) return '';
   const header = ['DELETING', 'NAME', 'REASON', 'SINCE', 'FAILED', 'LAST ERROR'];
-  const table = [header, ...deletions.map((d) => [
-    String(d.id), d.name, d.reason, `${d.since} (${formatDuration(now - Date.parse(d.since))} ago)`, String(d.failures), d.lastError ?? '-',
-  ])];
-  const errors = deletions.filter((d) => d.overdue).map((d) => `error: server ${d.name} (id ${d.id}) is still not deleted after ${formatDuration(now - Date.parse(d.since))}; it bills meanwhile (last error: ${d.lastError ?? 'none'})\n`);
+  const table = [
+    header,
+    ...deletions.map((d) => [
+      String(d.id),
+      d.name,
+      d.reason,
+      `${d.since} (${formatDuration(now - Date.parse(d.since))} ago)`,
+      String(d.failures),
+      d.lastError ?? '-',
+    ]),
+  ];
+  const errors = deletions
+    .filter((d) => d.overdue)
+    .map(
+      (d) =>
+        `error: server ${d.name} (id ${d.id}) is still not deleted after ${formatDuration(now - Date.parse(d.since))}; it bills meanwhile (last error: ${d.lastError ?? 'none'})\n`,
+    );
   return `${formatTable(table)}${errors.join('')}`;
 }
 
@@ -187,9 +252,19 @@ export function formatDeletions(deletions: DeletionRow[], now = Date.now()): str
 function formatVolumes(volumes: VolumeRow[]): string {
   if (volumes.length === 0) return '';
   const header = ['VOLUME', 'NAME', 'POOL', 'SLOT', 'SIZE', 'LOCATION', 'ATTACHED TO', '€/MONTH'];
-  const table = [header, ...volumes.map((v) => [
-    String(v.id), v.name, v.pool || '-', v.slot || '-', `${v.sizeGb} GB`, v.location, v.attachedTo ?? '-', v.eurPerMonth === undefined ? '-' : v.eurPerMonth.toFixed(2),
-  ])];
+  const table = [
+    header,
+    ...volumes.map((v) => [
+      String(v.id),
+      v.name,
+      v.pool || '-',
+      v.slot || '-',
+      `${v.sizeGb} GB`,
+      v.location,
+      v.attachedTo ?? '-',
+      v.eurPerMonth === undefined ? '-' : v.eurPerMonth.toFixed(2),
+    ]),
+  ];
   const monthly = volumes.reduce((sum, v) => sum + (v.eurPerMonth ?? 0), 0);
   return `${formatTable(table)}store volumes: €${monthly.toFixed(2)}/month, billed whether attached or not\n`;
 }

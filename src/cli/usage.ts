@@ -46,7 +46,9 @@ function optionColumn(...blocks: OptionSpecs[]): number {
 /** One block of options: names in a column, then what each does and its default. */
 function optionLines(specs: OptionSpecs, column: number): string[] {
   return Object.entries(specs).map(([name, spec]) => {
-    const more = [spec.multiple ? 'may be given more than once' : '', spec.default === undefined ? '' : `default: ${spec.default}`].filter(Boolean);
+    const more = [spec.multiple ? 'may be given more than once' : '', spec.default === undefined ? '' : `default: ${spec.default}`].filter(
+      Boolean,
+    );
     const text = more.length === 0 ? spec.description : `${spec.description} (${more.join('; ')})`;
     const [head = '', ...rest] = wrap(text, column);
     return [`  ${optionName(name, spec).padEnd(column - 2)}${head.trimStart()}`, ...rest].join('\n');
@@ -57,7 +59,16 @@ function optionLines(specs: OptionSpecs, column: number): string[] {
 export function commandHelp(command: Command): string {
   const column = optionColumn(command.options, COMMON_OPTIONS);
   const own = Object.keys(command.options).length === 0 ? [] : ['', 'options:', ...optionLines(command.options, column)];
-  return [`usage: ${usageLine(command)}`, '', ...wrap(command.summary, 2), ...own, '', 'options of every command:', ...optionLines(COMMON_OPTIONS, column), ''].join('\n');
+  return [
+    `usage: ${usageLine(command)}`,
+    '',
+    ...wrap(command.summary, 2),
+    ...own,
+    '',
+    'options of every command:',
+    ...optionLines(COMMON_OPTIONS, column),
+    '',
+  ].join('\n');
 }
 
 /** The commands of a group (`image upload`, `image cleanup`) as `commandHelp` shows each, the common options once. */
@@ -67,7 +78,15 @@ export function groupHelp(group: string, commands: readonly Command[]): string {
     const own = Object.keys(c.options).length === 0 ? [] : ['options:', ...optionLines(c.options, column)];
     return [`${PROGRAM} ${invocation(c)}`, ...wrap(c.summary, 2), ...own].join('\n');
   });
-  return [`usage of ${PROGRAM} ${group}:`, '', parts.join('\n\n'), '', 'options of every command:', ...optionLines(COMMON_OPTIONS, column), ''].join('\n');
+  return [
+    `usage of ${PROGRAM} ${group}:`,
+    '',
+    parts.join('\n\n'),
+    '',
+    'options of every command:',
+    ...optionLines(COMMON_OPTIONS, column),
+    '',
+  ].join('\n');
 }
 
 /** Every command with its usage line and summary, and the options every command takes. */

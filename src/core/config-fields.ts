@@ -12,7 +12,6 @@ export class ConfigError extends UserError {
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 export type JsonObject = { [key: string]: Json };
 
-
 export function isObject(value: unknown): value is JsonObject {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
@@ -20,7 +19,10 @@ export function isObject(value: unknown): value is JsonObject {
 /** Reads typed fields of one JSON object, and reports the keys nobody asked for. */
 export class Fields {
   private readonly seen = new Set<string>();
-  constructor(private readonly obj: JsonObject, private readonly at: string) {}
+  constructor(
+    private readonly obj: JsonObject,
+    private readonly at: string,
+  ) {}
 
   private key(k: string): string {
     return this.at ? `${this.at}.${k}` : k;
@@ -79,7 +81,8 @@ export class Fields {
   oneOf<T extends string>(k: string, allowed: readonly T[], fallback: T): T {
     const v = this.take(k);
     if (v === undefined) return fallback;
-    if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v)) this.fail(k, `one of ${allowed.map((a) => JSON.stringify(a)).join(', ')}`, v);
+    if (typeof v !== 'string' || !(allowed as readonly string[]).includes(v))
+      this.fail(k, `one of ${allowed.map((a) => JSON.stringify(a)).join(', ')}`, v);
     return v as T;
   }
   object(k: string): Fields | undefined {

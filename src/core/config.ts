@@ -7,7 +7,15 @@ import { homedir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { ConfigError, Fields, isObject, type JsonObject } from './config-fields.js';
 import { insecureEndpointReason } from './loopback.js';
-import { NIX_RELEASE_SYSTEMS, NIX_URL_PATTERN, NIX_VERSION_PATTERN, PINNED_NIX_RELEASE, SHA256_HEX, type NixRelease, type NixReleaseSystem } from './nix-release.js';
+import {
+  NIX_RELEASE_SYSTEMS,
+  NIX_URL_PATTERN,
+  NIX_VERSION_PATTERN,
+  PINNED_NIX_RELEASE,
+  SHA256_HEX,
+  type NixRelease,
+  type NixReleaseSystem,
+} from './nix-release.js';
 import { defaultInstance, LABEL_VALUE, type InstanceOrigin } from './instance.js';
 
 export { ConfigError } from './config-fields.js';
@@ -75,7 +83,10 @@ export const DEFAULT_GC_AT_PERCENT = 80;
 function parseStore(f: Fields): StoreConfig | undefined {
   const s = f.object('store');
   if (!s) return undefined;
-  const store = { volumeGb: s.integer('volumeGb', Number.NaN, 10, 10240), gcAtPercent: s.integer('gcAtPercent', DEFAULT_GC_AT_PERCENT, 1, 99) };
+  const store = {
+    volumeGb: s.integer('volumeGb', Number.NaN, 10, 10240),
+    gcAtPercent: s.integer('gcAtPercent', DEFAULT_GC_AT_PERCENT, 1, 99),
+  };
   if (Number.isNaN(store.volumeGb)) s.fail('volumeGb', 'an integer from 10 to 10240 (GB of the volume that holds the store)', undefined);
   s.done();
   return store;
@@ -92,14 +103,15 @@ function parseNixRelease(f: Fields, systems: string[]): NixRelease {
   const version = n.string('version', PINNED_NIX_RELEASE.version);
   if (!NIX_VERSION_PATTERN.test(version)) n.fail('version', 'a Nix release version such as "2.31.2"', version);
   const url = n.string('url', PINNED_NIX_RELEASE.url);
-  if (!NIX_URL_PATTERN.test(url)) n.fail('url', 'an http(s) URL without quotes, spaces, "$" or "\\" ({version} and {system} are filled in)', url);
+  if (!NIX_URL_PATTERN.test(url))
+    n.fail('url', 'an http(s) URL without quotes, spaces, "$" or "\\" ({version} and {system} are filled in)', url);
   const given = n.object('sha256');
   let sha256: NixRelease['sha256'] = {};
   if (given) {
     for (const system of NIX_RELEASE_SYSTEMS) {
       const hash = given.optionalString(system);
       if (hash === undefined) continue;
-      if (!SHA256_HEX.test(hash)) given.fail(system, 'the tarball\'s sha256 as 64 lowercase hex digits', hash);
+      if (!SHA256_HEX.test(hash)) given.fail(system, "the tarball's sha256 as 64 lowercase hex digits", hash);
       sha256[system] = hash;
     }
     given.done();
@@ -109,7 +121,11 @@ function parseNixRelease(f: Fields, systems: string[]): NixRelease {
   n.done();
   for (const system of systems) {
     if ((NIX_RELEASE_SYSTEMS as readonly string[]).includes(system) && sha256[system as NixReleaseSystem] === undefined) {
-      n.fail('sha256', `the sha256 of Nix ${version}'s ${system} tarball (the pool builds ${system}), e.g. {"${system}": "<64 hex digits>"}`, given ? Object.keys(sha256) : undefined);
+      n.fail(
+        'sha256',
+        `the sha256 of Nix ${version}'s ${system} tarball (the pool builds ${system}), e.g. {"${system}": "<64 hex digits>"}`,
+        given ? Object.keys(sha256) : undefined,
+      );
     }
   }
   return { version, url, sha256 };
@@ -213,14 +229,19 @@ export function parseConfig(input: unknown, baseDir: string, env: NodeJS.Process
   const path = (p: string): string => resolve(baseDir, p.replace(/^~(?=\/|$)/, homedir()));
 
   const explicitInstance = top.optionalString('instance');
-  if (explicitInstance !== undefined && !LABEL_VALUE.test(explicitInstance)) top.fail('instance', 'at most 63 letters, digits, "-", "_" or ".", starting and ending with a letter or digit', explicitInstance);
+  if (explicitInstance !== undefined && !LABEL_VALUE.test(explicitInstance))
+    top.fail('instance', 'at most 63 letters, digits, "-", "_" or ".", starting and ending with a letter or digit', explicitInstance);
 
   const listenFields = top.object('listen');
-  const listen = { host: listenFields?.string('host', '127.0.0.1') ?? '127.0.0.1', port: listenFields?.integer('port', 2222, 0, 65535) ?? 2222 };
+  const listen = {
+    host: listenFields?.string('host', '127.0.0.1') ?? '127.0.0.1',
+    port: listenFields?.integer('port', 2222, 0, 65535) ?? 2222,
+  };
   listenFields?.done();
 
   const stateDir = path(top.string('stateDir', defaultStateDir(env)));
-  const { instance, origin: instanceOrigin } = explicitInstance === undefined ? defaultInstance(stateDir) : { instance: explicitInstance, origin: 'config' as const };
+  const { instance, origin: instanceOrigin } =
+    explicitInstance === undefined ? defaultInstance(stateDir) : { instance: explicitInstance, origin: 'config' as const };
   const authorizedKeys = top.strings('authorizedKeys', []);
   const keysFile = top.optionalString('authorizedKeysFile');
 
@@ -238,14 +259,18 @@ export function parseConfig(input: unknown, baseDir: string, env: NodeJS.Process
   const tokenFile = h?.optionalString('tokenFile');
   const tokenCommand = h?.optionalString('tokenCommand');
   h?.done();
-  if (tokenFile && tokenCommand) throw new ConfigError('config keys "hcloud.tokenFile" and "hcloud.tokenCommand": set one of them, not both');
+  if (tokenFile && tokenCommand)
+    throw new ConfigError('config keys "hcloud.tokenFile" and "hcloud.tokenCommand": set one of them, not both');
 
   const poolsFields = top.object('pools');
-  if (!poolsFields) throw new ConfigError('config key "pools": expected an object with at least one pool, e.g. {"x86_64": {"serverTypes": ["ccx33"]}}');
+  if (!poolsFields)
+    throw new ConfigError('config key "pools": expected an object with at least one pool, e.g. {"x86_64": {"serverTypes": ["ccx33"]}}');
   const pools: Record<string, PoolConfig> = {};
   for (const name of Object.keys(input.pools as JsonObject)) {
     if (!POOL_NAME.test(name)) {
-      throw new ConfigError(`config key "pools.${name}": a pool name is the ssh user name Nix logs in with: 1 to 32 lowercase letters, digits, "-" or "_"`);
+      throw new ConfigError(
+        `config key "pools.${name}": a pool name is the ssh user name Nix logs in with: 1 to 32 lowercase letters, digits, "-" or "_"`,
+      );
     }
     const poolFields = poolsFields.object(name) as Fields;
     pools[name] = parsePool(name, poolFields);
@@ -261,7 +286,8 @@ export function parseConfig(input: unknown, baseDir: string, env: NodeJS.Process
     maxWaitMs: deleteRetryFields?.duration('maxWait', '5m') ?? 300_000,
   };
   if (!(deleteRetry.firstWaitMs > 0)) deleteRetryFields?.fail('firstWait', 'a duration above 0', deleteRetry.firstWaitMs / 1000);
-  if (deleteRetry.maxWaitMs < deleteRetry.firstWaitMs) deleteRetryFields?.fail('maxWait', 'a duration no shorter than deleteRetry.firstWait', deleteRetry.maxWaitMs / 1000);
+  if (deleteRetry.maxWaitMs < deleteRetry.firstWaitMs)
+    deleteRetryFields?.fail('maxWait', 'a duration no shorter than deleteRetry.firstWait', deleteRetry.maxWaitMs / 1000);
   deleteRetryFields?.done();
   const budgetFields = top.object('budget');
   const budget = budgetFields ? { maxEurPerMonth: budgetFields.number('maxEurPerMonth', Number.NaN) } : undefined;

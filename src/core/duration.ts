@@ -6,7 +6,8 @@ export function parseDuration(value: unknown): number {
     if (!Number.isFinite(value) || value < 0) throw new Error(`expected a non-negative number of seconds, got ${value}`);
     return Math.round(value * 1000);
   }
-  if (typeof value !== 'string') throw new Error(`expected a duration such as "90s", "10m" or a number of seconds, got ${JSON.stringify(value)}`);
+  if (typeof value !== 'string')
+    throw new Error(`expected a duration such as "90s", "10m" or a number of seconds, got ${JSON.stringify(value)}`);
   const text = value.trim();
   if (/^\d+(\.\d+)?$/.test(text)) return Math.round(Number(text) * 1000);
   const part = /(\d+(?:\.\d+)?)(ms|s|m|h|d)/gy;

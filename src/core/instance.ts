@@ -22,7 +22,10 @@ export function instanceFilePath(stateDir: string): string {
 export type InstanceOrigin = 'config' | 'state folder' | 'new';
 
 export function hostPart(host = hostname()): string {
-  const cleaned = host.toLowerCase().replace(/[^a-z0-9_.-]/g, '-').replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, '');
+  const cleaned = host
+    .toLowerCase()
+    .replace(/[^a-z0-9_.-]/g, '-')
+    .replace(/^[^a-z0-9]+|[^a-z0-9]+$/g, '');
   // Room for "-" and the suffix within the label value's 63 characters.
   return (cleaned || 'default').slice(0, 63 - 1 - SUFFIX_LENGTH).replace(/[^a-z0-9]+$/, '') || 'default';
 }

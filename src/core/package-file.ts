@@ -13,7 +13,8 @@ export function packageRoot(): string {
   if (root !== undefined) return root;
   for (let dir = dirname(fileURLToPath(import.meta.url)); ; dir = dirname(dir)) {
     const manifest = join(dir, 'package.json');
-    if (existsSync(manifest) && (JSON.parse(readFileSync(manifest, 'utf8')) as { name?: unknown }).name === 'nix-hcloud-builder') return (root = dir);
+    if (existsSync(manifest) && (JSON.parse(readFileSync(manifest, 'utf8')) as { name?: unknown }).name === 'nix-hcloud-builder')
+      return (root = dir);
     if (dirname(dir) === dir) throw new Error('cannot find the nix-hcloud-builder package folder above its code');
   }
 }

@@ -26,7 +26,9 @@ export function loadToken(config: Config, env: NodeJS.ProcessEnv = process.env):
     try {
       text = readFileSync(tokenFile, 'utf8');
     } catch (err) {
-      throw new TokenError(`cannot read the Hetzner API token file ${tokenFile} (hcloud.tokenFile): ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+      throw new TokenError(
+        `cannot read the Hetzner API token file ${tokenFile} (hcloud.tokenFile): ${(err as NodeJS.ErrnoException).code ?? 'error'}`,
+      );
     }
     const token = text.trim();
     if (!token) throw new TokenError(`the Hetzner API token file ${tokenFile} (hcloud.tokenFile) is empty`);

@@ -51,16 +51,19 @@ export function serveControl(stateDir: string, onUp: UpHandler): Promise<Server>
       let request: UpRequest;
       try {
         request = JSON.parse(line) as UpRequest;
-        if (request.command !== 'up' || !Array.isArray(request.pools) || !Number.isInteger(request.workers) || request.workers < 1) throw new Error('bad request');
+        if (request.command !== 'up' || !Array.isArray(request.pools) || !Number.isInteger(request.workers) || request.workers < 1)
+          throw new Error('bad request');
       } catch {
         send({ error: 'bad request: expected {"command":"up","pools":[…],"workers":N}' });
         socket.end();
         return;
       }
-      onUp(request, (l) => send({ line: l })).then(
-        (ready) => send({ ok: true, ready }),
-        (err: unknown) => send({ error: (err as Error).message }),
-      ).finally(() => socket.end());
+      onUp(request, (l) => send({ line: l }))
+        .then(
+          (ready) => send({ ok: true, ready }),
+          (err: unknown) => send({ error: (err as Error).message }),
+        )
+        .finally(() => socket.end());
     });
   });
   return new Promise((resolve, reject) => {
@@ -77,7 +80,9 @@ export function requestControl(stateDir: string, request: UpRequest, onLine: (li
   const path = controlSocketPath(stateDir);
   return new Promise((resolve, reject) => {
     if (!existsSync(path)) {
-      reject(new ControlError(`no daemon is running for the state folder ${stateDir} (no ${path}); start "nix-hcloud-builder serve" first`));
+      reject(
+        new ControlError(`no daemon is running for the state folder ${stateDir} (no ${path}); start "nix-hcloud-builder serve" first`),
+      );
       return;
     }
     const socket = createConnection(path);

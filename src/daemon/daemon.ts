@@ -62,7 +62,9 @@ export function loadAuthorizedKeys(config: Config): string[] {
     try {
       lines.push(...readFileSync(config.authorizedKeysFile, 'utf8').split('\n'));
     } catch (err) {
-      throw new Error(`cannot read authorizedKeysFile ${config.authorizedKeysFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      throw new Error(
+        `cannot read authorizedKeysFile ${config.authorizedKeysFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+      );
     }
   }
   return lines;
@@ -95,7 +97,11 @@ export class Daemon {
 
   constructor(private readonly options: DaemonOptions) {
     this.log = options.log;
-    this.hcloud = new HcloudClient({ endpoint: options.config.hcloud.endpoint, token: options.token, logger: options.log.child({ component: 'hcloud' }) });
+    this.hcloud = new HcloudClient({
+      endpoint: options.config.hcloud.endpoint,
+      token: options.token,
+      logger: options.log.child({ component: 'hcloud' }),
+    });
   }
 
   private get config(): Config {
@@ -108,20 +114,37 @@ export class Daemon {
     const { state, read } = await StateFile.open(config.stateDir, config.instance);
     this.state = state;
     if (read.problem) this.log.error({ keptAs: read.keptAs }, `${read.problem}; kept it aside and falling back to a label sweep`);
-    this.deletions = new Deletions({
-      hcloud: this.hcloud,
-      log: this.log,
-      policy: deletePolicyOf(config),
-      changed: () => this.scheduleSave(),
-      gone: (record) => this.ledger.closed(record.name),
-    }, state.data.deletions ?? []);
-    this.log.info({ stateDir: config.stateDir, known: state.data.workers.length, deleting: this.deletions.pending.length, node: process.version, nodeFlags: process.execArgv }, 'step 1/4: state folder locked');
+    this.deletions = new Deletions(
+      {
+        hcloud: this.hcloud,
+        log: this.log,
+        policy: deletePolicyOf(config),
+        changed: () => this.scheduleSave(),
+        gone: (record) => this.ledger.closed(record.name),
+      },
+      state.data.deletions ?? [],
+    );
+    this.log.info(
+      {
+        stateDir: config.stateDir,
+        known: state.data.workers.length,
+        deleting: this.deletions.pending.length,
+        node: process.version,
+        nodeFlags: process.execArgv,
+      },
+      'step 1/4: state folder locked',
+    );
 
     try {
       // A default instance made now is kept, so the next start has the same one.
       if (config.instanceOrigin === 'new') writeFileAtomic(instanceFilePath(config.stateDir), `${config.instance}\n`, 0o644);
       // No other live daemon may run as this instance (it would delete our servers, and we its).
-      this.lease = new InstanceLease({ hcloud: this.hcloud, instance: config.instance, log: this.log, ...(state.data.leaseHolder ? { previousHolder: state.data.leaseHolder } : {}) });
+      this.lease = new InstanceLease({
+        hcloud: this.hcloud,
+        instance: config.instance,
+        log: this.log,
+        ...(state.data.leaseHolder ? { previousHolder: state.data.leaseHolder } : {}),
+      });
       await this.lease.acquire();
       state.data.leaseHolder = this.lease.holder;
       await state.save();
@@ -148,19 +171,29 @@ export class Daemon {
         storeGb: () => [...this.stores.values()].flatMap((s) => s.volumes).reduce((sum, v) => sum + v.sizeGb, 0),
       });
       const deps: WorkerDeps = {
-        hcloud: this.hcloud, money: this.money, deletions: this.deletions, log: this.log, instance: config.instance, save: () => this.saveNow(),
+        hcloud: this.hcloud,
+        money: this.money,
+        deletions: this.deletions,
+        log: this.log,
+        instance: config.instance,
+        save: () => this.saveNow(),
       };
       // A new store volume counts against the budget for a whole month; unknown price: refused.
       const checkBudget = (sizeGb: number, what: string): Promise<void> => this.money.checkVolume(sizeGb, what);
       for (const pool of pools) {
-        const store = pool.store ? new StoreVolumes({ ...pool, store: pool.store }, { hcloud: this.hcloud, instance: config.instance, log: this.log, checkBudget }) : undefined;
+        const store = pool.store
+          ? new StoreVolumes({ ...pool, store: pool.store }, { hcloud: this.hcloud, instance: config.instance, log: this.log, checkBudget })
+          : undefined;
         if (store) this.stores.set(pool.name, store);
-        this.pools.set(pool.name, new Pool(pool, {
-          log: this.log,
-          createWorker: () => Worker.planned(pool, deps, store),
-          changed: () => this.scheduleSave(),
-          handshakes: new PoolHandshakes(state.data.handshakes ??= [], pool.name, pool.image, () => this.scheduleSave()),
-        }));
+        this.pools.set(
+          pool.name,
+          new Pool(pool, {
+            log: this.log,
+            createWorker: () => Worker.planned(pool, deps, store),
+            changed: () => this.scheduleSave(),
+            handshakes: new PoolHandshakes((state.data.handshakes ??= []), pool.name, pool.image, () => this.scheduleSave()),
+          }),
+        );
       }
 
       // The pools' server types must exist and match their systems' architecture.
@@ -174,9 +207,14 @@ export class Daemon {
 
       // 4. Listen.
       this.endpoint = new Endpoint({
-        hostKey: hostKey.privateKey, authorizedKeys, pools: this.pools, log: this.log,
-        loginGraceMs: config.limits.loginGraceMs, maxConnectionsPerSource: config.limits.maxConnectionsPerSource,
-        maxStartups: config.limits.maxStartups, maxAuthTries: config.limits.maxAuthTries,
+        hostKey: hostKey.privateKey,
+        authorizedKeys,
+        pools: this.pools,
+        log: this.log,
+        loginGraceMs: config.limits.loginGraceMs,
+        maxConnectionsPerSource: config.limits.maxConnectionsPerSource,
+        maxStartups: config.limits.maxStartups,
+        maxAuthTries: config.limits.maxAuthTries,
       });
       this.port = await this.endpoint.listen(config.listen.port, config.listen.host);
       this.log.info({ host: config.listen.host, port: this.port, pools: [...this.pools.keys()] }, 'step 4/4: listening for Nix');
@@ -227,7 +265,10 @@ export class Daemon {
       deleting++;
     }
     this.scheduleSave();
-    this.log.info({ found: servers.length, adopted: adopted.length, deleted: deleting }, 'step 3/4: reconciled with the cloud; deletes go on in the background');
+    this.log.info(
+      { found: servers.length, adopted: adopted.length, deleted: deleting },
+      'step 3/4: reconciled with the cloud; deletes go on in the background',
+    );
   }
 
   /**
@@ -240,16 +281,24 @@ export class Daemon {
         for (const pool of this.pools.values()) pool.enforceLifetime();
         const servers = await this.hcloud.listServers({ labelSelector: instanceSelector(this.config.instance) });
         if (this.instanceLost) {
-          this.log.error({ why: this.instanceLost }, 'sweep skipped: another daemon holds this instance, so servers this daemon does not know may be its');
+          this.log.error(
+            { why: this.instanceLost },
+            'sweep skipped: another daemon holds this instance, so servers this daemon does not know may be its',
+          );
           return;
         }
         // The sweep rule; servers whose delete is pending are the deletion queue's, and the
         // lifetimes of the workers we know are their pools' (which know their sessions).
         const candidates = servers.map((server) => ({
-          subject: server, created: server.created, known: [...this.pools.values()].some((p) => p.knows(server)),
-          pool: this.config.pools[server.labels[LABEL_POOL] ?? ''], deleting: this.deletions.has(server),
+          subject: server,
+          created: server.created,
+          known: [...this.pools.values()].some((p) => p.knows(server)),
+          pool: this.config.pools[server.labels[LABEL_POOL] ?? ''],
+          deleting: this.deletions.has(server),
         }));
-        const unknown = whatMustGo(candidates, Date.now()).filter((v) => v.reason === 'unknown').map((v) => v.subject);
+        const unknown = whatMustGo(candidates, Date.now())
+          .filter((v) => v.reason === 'unknown')
+          .map((v) => v.subject);
         for (const server of unknown) {
           this.log.warn({ server: server.name, id: server.id }, 'sweep: our label, but no worker of ours; deleting it');
           this.deleteOrphan(server, 'sweep: no worker of ours');
@@ -270,7 +319,10 @@ export class Daemon {
    */
   private loseInstance(why: string): void {
     this.instanceLost = why;
-    this.log.error({ instance: this.config.instance, why }, 'another daemon runs as this instance now; stopping (give each daemon its own instance)');
+    this.log.error(
+      { instance: this.config.instance, why },
+      'another daemon runs as this instance now; stopping (give each daemon its own instance)',
+    );
     for (const listener of this.lostListeners.splice(0)) listener(why);
   }
 
@@ -310,7 +362,10 @@ export class Daemon {
       clearInterval(this.sweepTimer);
       this.control?.close();
       const graceMs = this.config.shutdownGraceMs;
-      this.log.info({ keepWorkers, activeSessions: this.endpoint?.activeSessions ?? 0, graceMs }, keepWorkers ? 'stopping; keeping the workers' : 'stopping; then deleting every worker');
+      this.log.info(
+        { keepWorkers, activeSessions: this.endpoint?.activeSessions ?? 0, graceMs },
+        keepWorkers ? 'stopping; keeping the workers' : 'stopping; then deleting every worker',
+      );
       // close() waits for open connections; it resolves once the sessions are gone.
       const closed = this.endpoint?.stopListening();
       if (this.endpoint && this.endpoint.activeSessions > 0) {
@@ -324,10 +379,16 @@ export class Daemon {
       // Deletes (the workers', orphans') get a bounded time; what is left stays in the state.
       const closing = Promise.allSettled([...this.pools.values()].map((p) => p.close(keepWorkers)));
       let timer: NodeJS.Timeout | undefined;
-      const waited = new Promise<false>((resolve) => { timer = setTimeout(() => resolve(false), STOP_DELETE_WAIT_MS); });
+      const waited = new Promise<false>((resolve) => {
+        timer = setTimeout(() => resolve(false), STOP_DELETE_WAIT_MS);
+      });
       const done = await Promise.race([closing.then(() => this.deletions.drain(STOP_DELETE_WAIT_MS)), waited]);
       clearTimeout(timer);
-      if (!done) this.log.error({ deleting: this.deletions.pending.map((d) => d.name) }, 'stopping with servers not yet deleted; the next start goes on deleting them');
+      if (!done)
+        this.log.error(
+          { deleting: this.deletions.pending.map((d) => d.name) },
+          'stopping with servers not yet deleted; the next start goes on deleting them',
+        );
       this.deletions.stop();
       await closing;
       await this.saveNow().catch(() => undefined);
@@ -346,9 +407,11 @@ export class Daemon {
     }
     this.log.info({ pools: names, workers }, 'up: booting workers ahead of builds');
     const ready: Record<string, number> = {};
-    await Promise.all(names.map(async (name) => {
-      ready[name] = await (this.pools.get(name) as Pool).warm(workers, progress);
-    }));
+    await Promise.all(
+      names.map(async (name) => {
+        ready[name] = await (this.pools.get(name) as Pool).warm(workers, progress);
+      }),
+    );
     return ready;
   }
 

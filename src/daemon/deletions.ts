@@ -62,7 +62,11 @@ export function deleteRetryDelayMs(policy: Pick<DeletePolicy, 'firstRetryMs' | '
 }
 
 /** Whether a deletion has been failing for longer than the policy allows before it is an error. */
-export function isOverdue(record: Pick<DeletionRecord, 'since'>, now: number, overdueAfterMs = DEFAULT_DELETE_POLICY.overdueAfterMs): boolean {
+export function isOverdue(
+  record: Pick<DeletionRecord, 'since'>,
+  now: number,
+  overdueAfterMs = DEFAULT_DELETE_POLICY.overdueAfterMs,
+): boolean {
   return now - Date.parse(record.since) >= overdueAfterMs;
 }
 
@@ -110,7 +114,10 @@ export class Deletions {
   private readonly emptied: (() => void)[] = [];
 
   /** `previous`: the records a former run left in the state; call `resume()` to go on with them. */
-  constructor(private readonly deps: DeletionsDeps, previous: DeletionRecord[] = []) {
+  constructor(
+    private readonly deps: DeletionsDeps,
+    previous: DeletionRecord[] = [],
+  ) {
     this.clock = deps.clock ?? keepAliveClock;
     this.policy = { ...DEFAULT_DELETE_POLICY, ...definedOnly(deps.policy ?? {}) };
     this.log = deps.log.child({ component: 'deletions' });
@@ -140,7 +147,10 @@ export class Deletions {
   resume(): void {
     for (const entry of this.entries) {
       if (entry.running || entry.timer !== undefined) continue;
-      this.log.info({ server: entry.record.name, id: entry.record.id, since: entry.record.since, failures: entry.record.failures }, 'going on with the deletion of a server');
+      this.log.info(
+        { server: entry.record.name, id: entry.record.id, since: entry.record.since, failures: entry.record.failures },
+        'going on with the deletion of a server',
+      );
       this.schedule(entry, 0);
     }
   }
@@ -155,7 +165,13 @@ export class Deletions {
     if (entry) {
       if (entry.record.id === 0 && server.id !== 0) entry.record.id = server.id;
     } else {
-      const record: DeletionRecord = { id: server.id, name: server.name, reason, since: new Date(this.clock.now()).toISOString(), failures: 0 };
+      const record: DeletionRecord = {
+        id: server.id,
+        name: server.name,
+        reason,
+        since: new Date(this.clock.now()).toISOString(),
+        failures: 0,
+      };
       entry = { record, waiters: [], timer: undefined, running: false };
       this.entries.push(entry);
       this.log.info({ server: server.name, id: server.id, reason }, `deleting server ${server.name}`);
@@ -190,7 +206,8 @@ export class Deletions {
       if (entry.timer !== undefined) this.clock.clearTimeout(entry.timer);
       entry.timer = undefined;
       delete entry.record.nextAttemptAt;
-      for (const waiter of entry.waiters.splice(0)) waiter.reject(new DeletionStopped(`stopped before ${entry.record.name} was deleted (${entry.record.failures} failed attempts)`));
+      for (const waiter of entry.waiters.splice(0))
+        waiter.reject(new DeletionStopped(`stopped before ${entry.record.name} was deleted (${entry.record.failures} failed attempts)`));
     }
   }
 
@@ -255,7 +272,10 @@ export class Deletions {
     const { record } = entry;
     this.entries.splice(this.entries.indexOf(entry), 1);
     this.deps.gone?.(record);
-    this.log.info({ id: record.id, reason: record.reason, failures: record.failures, since: record.since, deleteMs: this.clock.now() - started }, `deleted server ${record.name}`);
+    this.log.info(
+      { id: record.id, reason: record.reason, failures: record.failures, since: record.since, deleteMs: this.clock.now() - started },
+      `deleted server ${record.name}`,
+    );
     for (const waiter of entry.waiters.splice(0)) waiter.resolve();
     this.deps.changed?.();
     if (this.entries.length === 0) for (const done of this.emptied.splice(0)) done();
@@ -269,7 +289,10 @@ export class Deletions {
     const now = this.clock.now();
     const fields = { err, server: record.name, id: record.id, failures: record.failures, since: record.since, retryInMs };
     if (isOverdue(record, now, this.policy.overdueAfterMs)) {
-      this.log.error({ ...fields, overdue: true }, `server ${record.name} is still not deleted after ${formatDuration(now - Date.parse(record.since))} (it bills meanwhile); retrying in ${formatDuration(retryInMs)}`);
+      this.log.error(
+        { ...fields, overdue: true },
+        `server ${record.name} is still not deleted after ${formatDuration(now - Date.parse(record.since))} (it bills meanwhile); retrying in ${formatDuration(retryInMs)}`,
+      );
     } else {
       this.log.warn(fields, `deleting server ${record.name} failed; retrying in ${formatDuration(retryInMs)}`);
     }
@@ -286,7 +309,11 @@ function definedOnly<T extends object>(value: Partial<T>): Partial<T> {
  * One-shot commands (`down`, `gc`): deletes these servers, retrying as the daemon does, for at
  * most `waitMs`; answers the deletions still pending then (empty when every server is gone).
  */
-export async function deleteServersWithin(deps: DeletionsDeps, servers: { id: number; name: string; reason: string }[], waitMs: number): Promise<DeletionRecord[]> {
+export async function deleteServersWithin(
+  deps: DeletionsDeps,
+  servers: { id: number; name: string; reason: string }[],
+  waitMs: number,
+): Promise<DeletionRecord[]> {
   const queue = new Deletions(deps);
   const deleting = servers.map((s) => queue.delete(s, s.reason).catch(() => undefined));
   await queue.drain(waitMs);

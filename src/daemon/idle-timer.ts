@@ -20,7 +20,11 @@ export class IdleTimer {
   private handle: unknown;
   private startedAt: number | undefined;
 
-  constructor(private readonly delayMs: number, private readonly onFire: () => void, private readonly clock: Clock = systemClock) {}
+  constructor(
+    private readonly delayMs: number,
+    private readonly onFire: () => void,
+    private readonly clock: Clock = systemClock,
+  ) {}
 
   /** (Re)starts the countdown from now, for the configured delay or the one given. */
   start(delayMs = this.delayMs): void {

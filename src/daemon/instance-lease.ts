@@ -67,15 +67,19 @@ export class InstanceLease {
 
   private labels(): Record<string, string> {
     return {
-      [LABEL_MANAGED_BY]: MANAGED_BY, [LABEL_INSTANCE]: this.deps.instance,
-      [LABEL_LEASE_HOLDER]: this.holder, [LABEL_LEASE_HEARTBEAT]: String(Math.floor(this.now() / 1000)),
+      [LABEL_MANAGED_BY]: MANAGED_BY,
+      [LABEL_INSTANCE]: this.deps.instance,
+      [LABEL_LEASE_HOLDER]: this.holder,
+      [LABEL_LEASE_HEARTBEAT]: String(Math.floor(this.now() / 1000)),
     };
   }
 
   private refusal(key: SshKey): InstanceTaken {
     const beat = Number(key.labels[LABEL_LEASE_HEARTBEAT]);
     const ago = Number.isFinite(beat) ? `${Math.max(0, Math.round(this.now() / 1000 - beat))} s ago` : 'at an unknown time';
-    return new InstanceTaken(`another nix-hcloud-builder daemon runs as instance "${this.deps.instance}" in this Hetzner project (its lease, SSH key "${key.name}", was renewed ${ago}): refusing to start, as two daemons with one instance delete each other's servers and share store volumes. Give this daemon its own "instance" (or leave it unset: the default is unique per state folder), or stop the other one; a lease not renewed for ${LEASE_TTL_MS / 60_000} min is taken over`);
+    return new InstanceTaken(
+      `another nix-hcloud-builder daemon runs as instance "${this.deps.instance}" in this Hetzner project (its lease, SSH key "${key.name}", was renewed ${ago}): refusing to start, as two daemons with one instance delete each other's servers and share store volumes. Give this daemon its own "instance" (or leave it unset: the default is unique per state folder), or stop the other one; a lease not renewed for ${LEASE_TTL_MS / 60_000} min is taken over`,
+    );
   }
 
   /** Takes the instance, or throws InstanceTaken. */
@@ -113,12 +117,16 @@ export class InstanceLease {
 
   /** Renews the lease every HEARTBEAT_MS; `lost` is called once when another daemon holds it. */
   keepAlive(lost: (why: string) => void, intervalMs = HEARTBEAT_MS): void {
-    this.timer = setInterval(() => void this.beat().then((why) => {
-      if (why === undefined) return;
-      clearInterval(this.timer);
-      this.timer = undefined;
-      lost(why);
-    }), intervalMs);
+    this.timer = setInterval(
+      () =>
+        void this.beat().then((why) => {
+          if (why === undefined) return;
+          clearInterval(this.timer);
+          this.timer = undefined;
+          lost(why);
+        }),
+      intervalMs,
+    );
     this.timer.unref();
   }
 
@@ -151,7 +159,8 @@ export class InstanceLease {
       if (key.labels[LABEL_LEASE_HOLDER] === this.holder) await this.deps.hcloud.deleteSshKey(id);
       this.log.info('instance lease released');
     } catch (err) {
-      if (!isNotFound(err)) this.log.warn({ err }, `cannot release the instance lease; another daemon can take it over after ${LEASE_TTL_MS / 60_000} min`);
+      if (!isNotFound(err))
+        this.log.warn({ err }, `cannot release the instance lease; another daemon can take it over after ${LEASE_TTL_MS / 60_000} min`);
     }
   }
 }

@@ -41,7 +41,10 @@ export function billedHours(entry: Pick<LedgerEntry, 'createdAt' | 'deletedAt'>,
 }
 
 export class Ledger {
-  private constructor(private readonly file: string, readonly entries: LedgerEntry[]) {}
+  private constructor(
+    private readonly file: string,
+    readonly entries: LedgerEntry[],
+  ) {}
 
   static load(stateDir: string): Ledger {
     const file = join(stateDir, 'ledger.json');
@@ -97,7 +100,9 @@ export class Ledger {
   check(maxEurPerMonth: number, hourlyEur: number, what: string, now = Date.now(), volumesEurPerMonth = 0): void {
     const spent = this.spentThisMonth(now);
     if (spent + volumesEurPerMonth + hourlyEur > maxEurPerMonth) {
-      throw new BudgetExceeded(`budget: creating ${what} (€${hourlyEur.toFixed(4)}/h) would exceed budget.maxEurPerMonth (€${maxEurPerMonth.toFixed(2)}; spent this month €${spent.toFixed(2)}${volumesText(volumesEurPerMonth)})`);
+      throw new BudgetExceeded(
+        `budget: creating ${what} (€${hourlyEur.toFixed(4)}/h) would exceed budget.maxEurPerMonth (€${maxEurPerMonth.toFixed(2)}; spent this month €${spent.toFixed(2)}${volumesText(volumesEurPerMonth)})`,
+      );
     }
   }
 
@@ -105,7 +110,9 @@ export class Ledger {
   checkVolume(maxEurPerMonth: number, eurPerMonth: number, what: string, volumesEurPerMonth: number, now = Date.now()): void {
     const spent = this.spentThisMonth(now);
     if (spent + volumesEurPerMonth + eurPerMonth > maxEurPerMonth) {
-      throw new BudgetExceeded(`budget: creating ${what} (€${eurPerMonth.toFixed(2)}/month) would exceed budget.maxEurPerMonth (€${maxEurPerMonth.toFixed(2)}; spent this month €${spent.toFixed(2)}${volumesText(volumesEurPerMonth)})`);
+      throw new BudgetExceeded(
+        `budget: creating ${what} (€${eurPerMonth.toFixed(2)}/month) would exceed budget.maxEurPerMonth (€${maxEurPerMonth.toFixed(2)}; spent this month €${spent.toFixed(2)}${volumesText(volumesEurPerMonth)})`,
+      );
     }
   }
 }

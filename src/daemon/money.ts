@@ -73,7 +73,13 @@ export class Money {
     const budget = this.deps.budget;
     if (!budget) return price;
     if (price === undefined) throw new BudgetExceeded(`budget: no price known for ${serverType} in ${location}`);
-    this.ledger.check(budget.maxEurPerMonth, Number(price), `${serverType} in ${location}`, this.now(), await this.knownVolumesEurPerMonth());
+    this.ledger.check(
+      budget.maxEurPerMonth,
+      Number(price),
+      `${serverType} in ${location}`,
+      this.now(),
+      await this.knownVolumesEurPerMonth(),
+    );
     return price;
   }
 

@@ -13,9 +13,23 @@ import { whatMustGo } from './sweep-rule.js';
 import type { Worker } from './worker.js';
 
 /** What the pool uses of a worker: `Worker`, or a fake in the pool's unit tests. */
-export type PoolWorker = Pick<Worker,
-  | 'record' | 'phase' | 'connected' | 'markBusy' | 'markSessions' | 'markIdle' | 'markDeleting'
-  | 'onProgress' | 'onConnectionLost' | 'boot' | 'cancelBoot' | 'destroy' | 'disconnect' | 'execNix'>;
+export type PoolWorker = Pick<
+  Worker,
+  | 'record'
+  | 'phase'
+  | 'connected'
+  | 'markBusy'
+  | 'markSessions'
+  | 'markIdle'
+  | 'markDeleting'
+  | 'onProgress'
+  | 'onConnectionLost'
+  | 'boot'
+  | 'cancelBoot'
+  | 'destroy'
+  | 'disconnect'
+  | 'execNix'
+>;
 
 /** The endpoint's `SessionLease`, with the pool's own worker type. */
 export interface PoolSessionLease<W extends PoolWorker = Worker> extends SessionLease {
@@ -56,7 +70,10 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   /** When the last boot failed (a refused token and a spent budget fail it too); undefined after one succeeded. */
   private lastBootFailedAt: number | undefined;
 
-  constructor(readonly config: PoolConfig, private readonly deps: PoolDeps<W>) {
+  constructor(
+    readonly config: PoolConfig,
+    private readonly deps: PoolDeps<W>,
+  ) {
     this.log = deps.log.child({ pool: config.name });
     this.clock = deps.clock ?? systemClock;
   }
@@ -188,12 +205,16 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
       this.retireInBackground(worker, 'maxLifetime reached');
       return;
     }
-    const delayMs = this.config.idlePolicy === 'billing-hour'
-      ? untilBeforeNextBilledHour(Date.parse(worker.record.createdAt), this.now(), this.config.billingMarginMs)
-      : this.config.idleTimeoutMs;
+    const delayMs =
+      this.config.idlePolicy === 'billing-hour'
+        ? untilBeforeNextBilledHour(Date.parse(worker.record.createdAt), this.now(), this.config.billingMarginMs)
+        : this.config.idleTimeoutMs;
     this.timerFor(worker).start(delayMs);
     worker.markIdle(this.now());
-    this.log.info({ worker: worker.record.name, idlePolicy: this.config.idlePolicy, deleteInMs: delayMs }, 'worker idle; idle timer started');
+    this.log.info(
+      { worker: worker.record.name, idlePolicy: this.config.idlePolicy, deleteInMs: delayMs },
+      'worker idle; idle timer started',
+    );
   }
 
   /**
@@ -202,10 +223,19 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
    */
   enforceLifetime(): void {
     const ready = this.workers.filter((w) => w.phase === 'ready');
-    const candidates = ready.map((w) => ({ subject: w, created: w.record.createdAt, known: true, pool: this.config, sessions: this.sessionsOn(w) }));
+    const candidates = ready.map((w) => ({
+      subject: w,
+      created: w.record.createdAt,
+      known: true,
+      pool: this.config,
+      sessions: this.sessionsOn(w),
+    }));
     for (const { subject: worker, reason } of whatMustGo(candidates, this.now())) {
       if (reason === 'hard lifetime cap') {
-        this.log.warn({ worker: worker.record.name, sessions: this.sessionsOn(worker) }, 'worker is past twice maxLifetime; deleting it with its sessions');
+        this.log.warn(
+          { worker: worker.record.name, sessions: this.sessionsOn(worker) },
+          'worker is past twice maxLifetime; deleting it with its sessions',
+        );
       }
       this.retireInBackground(worker, reason);
     }
@@ -343,7 +373,12 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
 
   /** `retire` for callers that do not wait: a delete cut short by a stop is handled here, not unhandled. */
   private retireInBackground(worker: W, reason: string): void {
-    this.retire(worker, reason).catch((err: unknown) => this.log.warn({ worker: worker.record.name, err: (err as Error).message }, 'the worker\'s delete was cut short; the next start goes on with it'));
+    this.retire(worker, reason).catch((err: unknown) =>
+      this.log.warn(
+        { worker: worker.record.name, err: (err as Error).message },
+        "the worker's delete was cut short; the next start goes on with it",
+      ),
+    );
   }
 
   private async deleteWorker(worker: W, reason: string): Promise<void> {

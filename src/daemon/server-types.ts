@@ -18,9 +18,14 @@ export class PoolTypeError extends UserError {
 export function poolArchitecture(pool: PoolConfig): 'x86' | 'arm' {
   const archs = new Set(pool.systems.map((s) => SYSTEM_ARCH[s]));
   if (archs.has(undefined)) {
-    throw new PoolTypeError(`pool "${pool.name}": unknown system in ${JSON.stringify(pool.systems)}; known: ${Object.keys(SYSTEM_ARCH).join(', ')}`);
+    throw new PoolTypeError(
+      `pool "${pool.name}": unknown system in ${JSON.stringify(pool.systems)}; known: ${Object.keys(SYSTEM_ARCH).join(', ')}`,
+    );
   }
-  if (archs.size !== 1) throw new PoolTypeError(`pool "${pool.name}": systems ${pool.systems.join(', ')} need both x86 and arm servers; make one pool per architecture`);
+  if (archs.size !== 1)
+    throw new PoolTypeError(
+      `pool "${pool.name}": systems ${pool.systems.join(', ')} need both x86 and arm servers; make one pool per architecture`,
+    );
   return [...archs][0] as 'x86' | 'arm';
 }
 
@@ -30,13 +35,20 @@ export function checkPoolServerTypes(pool: PoolConfig, types: ServerType[]): str
   const warnings: string[] = [];
   for (const name of pool.serverTypes) {
     const type = types.find((t) => t.name === name);
-    if (!type) throw new PoolTypeError(`pool "${pool.name}": server type "${name}" does not exist; known types: ${types.map((t) => t.name).join(', ')}`);
+    if (!type)
+      throw new PoolTypeError(
+        `pool "${pool.name}": server type "${name}" does not exist; known types: ${types.map((t) => t.name).join(', ')}`,
+      );
     if (type.architecture !== arch) {
-      throw new PoolTypeError(`pool "${pool.name}": server type "${name}" is ${type.architecture}, but the pool builds ${pool.systems.join(', ')} (${arch})`);
+      throw new PoolTypeError(
+        `pool "${pool.name}": server type "${name}" is ${type.architecture}, but the pool builds ${pool.systems.join(', ')} (${arch})`,
+      );
     }
     for (const where of type.locations) {
       if (where.deprecation && pool.locations.includes(where.name)) {
-        warnings.push(`pool "${pool.name}": server type "${name}" is deprecated in ${where.name} (unavailable after ${where.deprecation.unavailable_after})`);
+        warnings.push(
+          `pool "${pool.name}": server type "${name}" is deprecated in ${where.name} (unavailable after ${where.deprecation.unavailable_after})`,
+        );
       }
     }
   }

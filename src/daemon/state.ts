@@ -81,10 +81,16 @@ function validate(data: unknown): StateData {
   const d = data as Partial<StateData> | null;
   if (!d || typeof d !== 'object') throw new StateError('not a JSON object');
   if (typeof d.version !== 'number') throw new StateError('no version');
-  if (d.version > STATE_VERSION) throw new StateError(`written by a newer nix-hcloud-builder (state version ${d.version}, this one knows ${STATE_VERSION})`);
+  if (d.version > STATE_VERSION)
+    throw new StateError(`written by a newer nix-hcloud-builder (state version ${d.version}, this one knows ${STATE_VERSION})`);
   if (!Array.isArray(d.workers)) throw new StateError('no worker list');
   for (const w of d.workers) {
-    if (typeof w?.name !== 'string' || typeof w.id !== 'number' || typeof w.loginPrivateKey !== 'string' || typeof w.hostPublicKey !== 'string') {
+    if (
+      typeof w?.name !== 'string' ||
+      typeof w.id !== 'number' ||
+      typeof w.loginPrivateKey !== 'string' ||
+      typeof w.hostPublicKey !== 'string'
+    ) {
       throw new StateError('a worker entry is incomplete');
     }
   }
@@ -129,8 +135,20 @@ export class StateFile {
   private releaseLock: (() => Promise<void>) | undefined;
   readonly data: StateData;
 
-  private constructor(readonly dir: string, instance: string, previous: StateData | undefined) {
-    this.data = { version: STATE_VERSION, instance, pid: process.pid, updatedAt: new Date().toISOString(), workers: previous?.workers ?? [], deletions: previous?.deletions ?? [], handshakes: previous?.handshakes ?? [] };
+  private constructor(
+    readonly dir: string,
+    instance: string,
+    previous: StateData | undefined,
+  ) {
+    this.data = {
+      version: STATE_VERSION,
+      instance,
+      pid: process.pid,
+      updatedAt: new Date().toISOString(),
+      workers: previous?.workers ?? [],
+      deletions: previous?.deletions ?? [],
+      handshakes: previous?.handshakes ?? [],
+    };
     if (previous?.leaseHolder !== undefined) this.data.leaseHolder = previous.leaseHolder;
   }
 
@@ -159,7 +177,9 @@ export class StateFile {
     const read = readStateForDaemon(stateDir);
     if (read.state && read.state.instance !== instance) {
       await release();
-      throw new StateError(`the state folder ${stateDir} belongs to instance "${read.state.instance}", not "${instance}": use another stateDir or instance`);
+      throw new StateError(
+        `the state folder ${stateDir} belongs to instance "${read.state.instance}", not "${instance}": use another stateDir or instance`,
+      );
     }
     const state = new StateFile(stateDir, instance, read.state);
     state.releaseLock = release;

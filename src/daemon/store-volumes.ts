@@ -57,7 +57,10 @@ export class StoreVolumes {
   private loaded: Promise<void> | undefined;
   private readonly log: Logger;
 
-  constructor(private readonly pool: PoolConfig & { store: StoreConfig }, private readonly deps: StoreVolumesDeps) {
+  constructor(
+    private readonly pool: PoolConfig & { store: StoreConfig },
+    private readonly deps: StoreVolumesDeps,
+  ) {
     this.log = deps.log.child({ pool: pool.name, component: 'store' });
   }
 
@@ -71,20 +74,23 @@ export class StoreVolumes {
    * labelled with one slot (a crash between create and label?), the older one serves it.
    */
   load(signal?: AbortSignal): Promise<void> {
-    this.loaded ??= this.deps.hcloud.listVolumes({ labelSelector: poolSelector(this.deps.instance, this.pool.name), sort: ['id:asc'] }, signal).then(
-      (found) => {
-        for (const volume of found) {
-          const slot = slotOf(volume);
-          if (slot === undefined || slot >= this.pool.maxWorkers || this.bySlot.has(slot) || volume.labels[LABEL_POOL] !== this.pool.name) continue;
-          this.bySlot.set(slot, storeVolumeOf(volume, slot));
-        }
-        this.log.info({ volumes: this.volumes.map((v) => `${v.name} (${v.id}, ${v.location})`) }, 'store volumes found');
-      },
-      (err: unknown) => {
-        this.loaded = undefined;
-        throw err;
-      },
-    );
+    this.loaded ??= this.deps.hcloud
+      .listVolumes({ labelSelector: poolSelector(this.deps.instance, this.pool.name), sort: ['id:asc'] }, signal)
+      .then(
+        (found) => {
+          for (const volume of found) {
+            const slot = slotOf(volume);
+            if (slot === undefined || slot >= this.pool.maxWorkers || this.bySlot.has(slot) || volume.labels[LABEL_POOL] !== this.pool.name)
+              continue;
+            this.bySlot.set(slot, storeVolumeOf(volume, slot));
+          }
+          this.log.info({ volumes: this.volumes.map((v) => `${v.name} (${v.id}, ${v.location})`) }, 'store volumes found');
+        },
+        (err: unknown) => {
+          this.loaded = undefined;
+          throw err;
+        },
+      );
     return this.loaded;
   }
 
@@ -108,10 +114,10 @@ export class StoreVolumes {
     const release = this.releaser(slot);
     try {
       await this.load(signal);
-      let volume = this.bySlot.get(slot) ?? await this.create(slot, signal, note);
-      if (!await this.waitDetached(volume, signal)) {
+      let volume = this.bySlot.get(slot) ?? (await this.create(slot, signal, note));
+      if (!(await this.waitDetached(volume, signal))) {
         // Deleted behind our back (down --volumes while we run): the slot gets a new, empty one.
-        this.log.warn({ volume: volume.name, id: volume.id }, 'the slot\'s store volume is gone; creating another');
+        this.log.warn({ volume: volume.name, id: volume.id }, "the slot's store volume is gone; creating another");
         this.bySlot.delete(slot);
         volume = await this.create(slot, signal, note);
         await this.waitDetached(volume, signal);
@@ -135,17 +141,22 @@ export class StoreVolumes {
     const labels = volumeLabels(this.deps.instance, this.pool.name, slot);
     let volume: StoreVolume;
     try {
-      const answer = await this.deps.hcloud.createVolume({ name, size: this.pool.store.volumeGb, location, format: 'ext4', labels }, signal);
+      const answer = await this.deps.hcloud.createVolume(
+        { name, size: this.pool.store.volumeGb, location, format: 'ext4', labels },
+        signal,
+      );
       await this.deps.hcloud.waitForActions([answer.action, ...answer.next_actions], { signal });
       volume = storeVolumeOf(answer.volume, slot);
     } catch (err) {
       // Ours already, by name and labels: made by a boot aborted after its create was sent.
       if (!(err instanceof HcloudError && err.code === 'uniqueness_error')) throw err;
-      const found = (await this.deps.hcloud.listVolumes({ name }, signal)).find((v) => v.name === name && Object.entries(labels).every(([key, value]) => v.labels[key] === value));
+      const found = (await this.deps.hcloud.listVolumes({ name }, signal)).find(
+        (v) => v.name === name && Object.entries(labels).every(([key, value]) => v.labels[key] === value),
+      );
       if (!found) throw err;
       volume = storeVolumeOf(found, slot);
       this.bySlot.set(slot, volume);
-      this.log.info({ volume: name, id: volume.id }, 'found the slot\'s store volume by its name');
+      this.log.info({ volume: name, id: volume.id }, "found the slot's store volume by its name");
       return volume;
     }
     this.bySlot.set(slot, volume);
@@ -168,7 +179,10 @@ export class StoreVolumes {
       if (!live) return false;
       const attached = live.server !== null && live.server !== undefined;
       if (!attached && live.status === 'available') return true;
-      if (Date.now() >= deadline) throw new Error(attached ? `volume ${volume.name} is still attached to server ${live.server}` : `volume ${volume.name} is still ${live.status}`);
+      if (Date.now() >= deadline)
+        throw new Error(
+          attached ? `volume ${volume.name} is still attached to server ${live.server}` : `volume ${volume.name} is still ${live.status}`,
+        );
       await sleep(1000, undefined, { signal });
     }
   }
@@ -202,7 +216,8 @@ export function unusedVolumes(pools: Record<string, PoolConfig>, volumes: Volume
     const slot = slotOf(volume);
     if (!pool) unused.push({ volume, reason: `its pool "${poolName}" is not in the config` });
     else if (!pool.store) unused.push({ volume, reason: `its pool "${poolName}" has no store` });
-    else if (slot === undefined || slot >= pool.maxWorkers) unused.push({ volume, reason: `its slot ${volume.labels[LABEL_SLOT] ?? '(none)'} is not one of the pool's ${pool.maxWorkers}` });
+    else if (slot === undefined || slot >= pool.maxWorkers)
+      unused.push({ volume, reason: `its slot ${volume.labels[LABEL_SLOT] ?? '(none)'} is not one of the pool's ${pool.maxWorkers}` });
     else if (served.has(`${poolName}/${slot}`)) unused.push({ volume, reason: `an older volume serves slot ${slot}` });
     else served.add(`${poolName}/${slot}`);
   }
@@ -225,7 +240,8 @@ export async function removeVolume(
   for (let failures = 1; ; failures++) {
     try {
       const live = await hcloud.getVolume(id);
-      if (live.server !== null && live.server !== undefined) await hcloud.waitForActions([await hcloud.detachVolume(id)], { timeoutMs: 120_000 });
+      if (live.server !== null && live.server !== undefined)
+        await hcloud.waitForActions([await hcloud.detachVolume(id)], { timeoutMs: 120_000 });
       await hcloud.deleteVolume(id);
       return;
     } catch (err) {

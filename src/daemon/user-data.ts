@@ -98,7 +98,15 @@ function installNixStep(release: NixRelease, store: boolean): SetupStep {
 function setupSteps(release: NixRelease, store?: StoreVolumeInput): SetupStep[] {
   return [
     // The store volume becomes /nix before anything of Nix runs or is installed.
-    ...(store ? [{ what: `mount the store volume ${Math.trunc(store.volumeId)} at /nix`, onFailure: 'go-on' as const, lines: mountStoreLines(store.volumeId) }] : []),
+    ...(store
+      ? [
+          {
+            what: `mount the store volume ${Math.trunc(store.volumeId)} at /nix`,
+            onFailure: 'go-on' as const,
+            lines: mountStoreLines(store.volumeId),
+          },
+        ]
+      : []),
     installNixStep(release, store !== undefined),
     ...(store ? [{ what: 'check the store', onFailure: 'go-on' as const, lines: checkStoreAtLines(store.gcAtPercent) }] : []),
     { what: 'write the ready marker', onFailure: 'stop', lines: [`mkdir -p ${dirOf(READY_MARKER)} && touch ${READY_MARKER}`] },
@@ -111,7 +119,10 @@ function setupSteps(release: NixRelease, store?: StoreVolumeInput): SetupStep[] 
  * mount namespace).
  */
 function renderStep(step: SetupStep, n: number, of: number): string {
-  const failure = step.onFailure === 'stop' ? 'fail "status $?"' : `echo "nix-hcloud-builder: step ${n}/${of} failed (status $?); going on without it" >&2`;
+  const failure =
+    step.onFailure === 'stop'
+      ? 'fail "status $?"'
+      : `echo "nix-hcloud-builder: step ${n}/${of} failed (status $?); going on without it" >&2`;
   return [`step '${n}/${of} ${step.what}'`, '(', ...step.lines.map((l) => `  ${l}`), `) || ${failure}`].join('\n');
 }
 
@@ -161,6 +172,7 @@ export function workerUserData(input: WorkerUserDataInput): string {
     runcmd: workerSetupCommands({ ...(input.nix ? { nix: input.nix } : {}), ...(input.store ? { store: input.store } : {}) }),
   };
   const text = `#cloud-config\n${JSON.stringify(config, null, 1)}\n`;
-  if (Buffer.byteLength(text) > USER_DATA_LIMIT) throw new Error(`user data is ${Buffer.byteLength(text)} bytes, over Hetzner's 32 KiB limit`);
+  if (Buffer.byteLength(text) > USER_DATA_LIMIT)
+    throw new Error(`user data is ${Buffer.byteLength(text)} bytes, over Hetzner's 32 KiB limit`);
   return text;
 }

@@ -36,6 +36,13 @@ export function planWorker(pool: PoolConfig, instance: string): { record: Worker
   };
   return {
     record,
-    userData: (store) => workerUserData({ hostKey: host, loginPublicKey: login.publicKey, zstdRelay: pool.compression === 'zstd', nix: pool.nix, ...(store ? { store } : {}) }),
+    userData: (store) =>
+      workerUserData({
+        hostKey: host,
+        loginPublicKey: login.publicKey,
+        zstdRelay: pool.compression === 'zstd',
+        nix: pool.nix,
+        ...(store ? { store } : {}),
+      }),
   };
 }

@@ -37,7 +37,6 @@ export interface WorkerDeps {
   save: () => Promise<void>;
 }
 
-
 export type ProgressListener = (line: string) => void;
 
 /**
@@ -57,7 +56,13 @@ export class Worker {
    * `userData` is given for a worker to boot, not for one adopted after a restart; `store` is the
    * pool's store volumes, for a pool with a warm store.
    */
-  constructor(readonly pool: PoolConfig, private readonly rec: WorkerRecord, private readonly deps: WorkerDeps, private userData?: UserDataFor, private readonly store?: StoreVolumes) {
+  constructor(
+    readonly pool: PoolConfig,
+    private readonly rec: WorkerRecord,
+    private readonly deps: WorkerDeps,
+    private userData?: UserDataFor,
+    private readonly store?: StoreVolumes,
+  ) {
     this.log = deps.log.child({ pool: pool.name, worker: rec.name });
   }
 
@@ -157,7 +162,10 @@ export class Worker {
     const started = Date.now();
     const abort = new AbortController();
     this.bootAbort = abort;
-    const timer = setTimeout(() => abort.abort(new BootError(`boot did not finish within bootTimeout (${formatDuration(this.pool.bootTimeoutMs)})`)), this.pool.bootTimeoutMs);
+    const timer = setTimeout(
+      () => abort.abort(new BootError(`boot did not finish within bootTimeout (${formatDuration(this.pool.bootTimeoutMs)})`)),
+      this.pool.bootTimeoutMs,
+    );
     try {
       await this.bootSteps(abort.signal, started);
     } catch (err) {
@@ -187,7 +195,12 @@ export class Worker {
     const price = this.record.hourlyPriceEur;
     this.rec.phase = 'booting';
     await this.deps.save();
-    this.step(1, STEPS, `created server ${this.record.name} (id ${this.record.id}), type ${this.record.serverType} in ${this.record.location}${price ? `, €${Number(price).toFixed(4)}/h` : ''}`, { id: this.record.id });
+    this.step(
+      1,
+      STEPS,
+      `created server ${this.record.name} (id ${this.record.id}), type ${this.record.serverType} in ${this.record.location}${price ? `, €${Number(price).toFixed(4)}/h` : ''}`,
+      { id: this.record.id },
+    );
 
     // 2. Wait for the create and start actions.
     await hcloud.waitForActions([created.action, ...created.next_actions], { signal });
@@ -201,7 +214,9 @@ export class Worker {
 
     // 4. Wait for sshd, with the host key pinned.
     this.currentLink = await this.waitForSsh(signal);
-    this.step(4, STEPS, `sshd answers with the expected host key (${formatDuration(Date.now() - started)})`, { compression: this.currentLink.sshCompression });
+    this.step(4, STEPS, `sshd answers with the expected host key (${formatDuration(Date.now() - started)})`, {
+      compression: this.currentLink.sshCompression,
+    });
 
     // 5. Wait for readyCommand (disk expansion done, Nix up).
     await this.waitForReady(signal);
@@ -210,7 +225,9 @@ export class Worker {
     this.rec.phase = 'ready';
     this.rec.readyAt = new Date().toISOString();
     await this.deps.save();
-    this.step(5, STEPS, `worker ${this.record.name} is ready after ${formatDuration(Date.now() - started)}`, { bootMs: Date.now() - started });
+    this.step(5, STEPS, `worker ${this.record.name} is ready after ${formatDuration(Date.now() - started)}`, {
+      bootMs: Date.now() - started,
+    });
   }
 
   private async resolveImage(signal: AbortSignal): Promise<string> {
@@ -218,13 +235,20 @@ export class Worker {
     if ('name' in ref) return ref.name;
     if ('id' in ref) return String(ref.id);
     // `created` has whole seconds: of two snapshots made in the same second, the higher id is newer.
-    const images = await this.deps.hcloud.listImages({ type: 'snapshot', labelSelector: ref.labelSelector, sort: ['created:desc', 'id:desc'] }, signal);
+    const images = await this.deps.hcloud.listImages(
+      { type: 'snapshot', labelSelector: ref.labelSelector, sort: ['created:desc', 'id:desc'] },
+      signal,
+    );
     const newest = images.find((image) => image.status === 'available');
     if (!newest) throw new BootError(`no available snapshot matches the label selector "${ref.labelSelector}"`);
     return String(newest.id);
   }
 
-  private async create(image: string, userData: UserDataFor, signal: AbortSignal): Promise<Pick<CreateServerResponse, 'action' | 'next_actions'>> {
+  private async create(
+    image: string,
+    userData: UserDataFor,
+    signal: AbortSignal,
+  ): Promise<Pick<CreateServerResponse, 'action' | 'next_actions'>> {
     const tried: string[] = [];
     let wentCold = false;
     const warm = this.storeLease?.volume;
@@ -235,8 +259,13 @@ export class Worker {
         const lease = this.storeLease;
         this.storeLease = undefined;
         lease.release();
-        this.log.warn({ volume: lease.volume?.name, location: lease.volume?.location }, 'the store volume\'s location cannot take a server; booting with an empty store elsewhere');
-        this.say(`store volume ${lease.volume?.name ?? ''} is in ${lease.volume?.location ?? ''}, which cannot take a server now (${tried.join(', ')}); booting elsewhere with an empty store`);
+        this.log.warn(
+          { volume: lease.volume?.name, location: lease.volume?.location },
+          "the store volume's location cannot take a server; booting with an empty store elsewhere",
+        );
+        this.say(
+          `store volume ${lease.volume?.name ?? ''} is in ${lease.volume?.location ?? ''}, which cannot take a server now (${tried.join(', ')}); booting elsewhere with an empty store`,
+        );
       }
       signal.throwIfAborted();
       let price: string | undefined;
@@ -271,8 +300,13 @@ export class Worker {
         this.rec.id = answer.server.id;
         if (volume) this.rec.volumeId = volume.volumeId;
         this.deps.money.ledger.opened({
-          id: answer.server.id, name: this.record.name, pool: this.pool.name, serverType, location,
-          hourlyEur: Number(price ?? 0), createdAt: answer.server.created,
+          id: answer.server.id,
+          name: this.record.name,
+          pool: this.pool.name,
+          serverType,
+          location,
+          hourlyEur: Number(price ?? 0),
+          createdAt: answer.server.created,
         });
         return { action: answer.action, next_actions: answer.next_actions };
       } catch (err) {
@@ -360,7 +394,11 @@ export class Worker {
   }
 
   private openLink(timeoutMs: number): Promise<WorkerLink> {
-    return WorkerLink.open(this.target(), timeoutMs, { log: this.log, compression: this.pool.compression, compressionLevel: this.pool.compressionLevel });
+    return WorkerLink.open(this.target(), timeoutMs, {
+      log: this.log,
+      compression: this.pool.compression,
+      compressionLevel: this.pool.compressionLevel,
+    });
   }
 
   private async waitForReady(signal: AbortSignal): Promise<void> {
@@ -376,7 +414,8 @@ export class Worker {
       const reason = failed.code === 0 ? failed.stdout.trim().split('\n')[0]?.slice(0, 500) : undefined;
       if (reason) throw new BootError(`the worker's setup failed: ${reason}`);
       last = (result.stderr || result.stdout).trim().split('\n').pop() ?? '';
-      if (attempt === 1 || attempt % 40 === 0) this.log.info({ attempt, code: result.code, output: last.slice(0, 200) }, 'waiting for readyCommand');
+      if (attempt === 1 || attempt % 40 === 0)
+        this.log.info({ attempt, code: result.code, output: last.slice(0, 200) }, 'waiting for readyCommand');
       await sleep(250, undefined, { signal });
     }
   }
@@ -400,7 +439,11 @@ export class Worker {
     if (!this.storeLease?.volume || !link?.connected) return;
     const result = await link.run('sync', 10_000).catch((err: unknown) => ({ code: -1, stderr: (err as Error).message }));
     if (result.code === 0) this.log.info({ volume: this.storeLease.volume.name }, 'flushed the store volume before deleting the server');
-    else this.log.warn({ volume: this.storeLease.volume.name, code: result.code }, 'could not flush the store volume; deleting the server anyway');
+    else
+      this.log.warn(
+        { volume: this.storeLease.volume.name, code: result.code },
+        'could not flush the store volume; deleting the server anyway',
+      );
   }
 
   private releaseStore(): void {

@@ -78,7 +78,12 @@ export abstract class ActionCalls {
       await this.transport.pause(wait, signal, 'GET', '/actions');
       for (let i = 0; i < ids.length; i += ACTION_IDS_PER_POLL) {
         const chunk = ids.slice(i, i + ACTION_IDS_PER_POLL);
-        const answer = await this.transport.request('get_multiple_actions', { method: 'GET', path: '/actions', query: { id: chunk }, signal });
+        const answer = await this.transport.request('get_multiple_actions', {
+          method: 'GET',
+          path: '/actions',
+          query: { id: chunk },
+          signal,
+        });
         if (!Array.isArray(answer.actions)) throw this.transport.invalid('GET', '/actions', 200, 'answer lacks actions');
         for (const id of chunk) {
           const fresh = answer.actions.find((a) => a.id === id);

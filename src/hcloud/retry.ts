@@ -49,7 +49,8 @@ export function resolveRetryPolicy(overrides: Partial<RetryPolicy> = {}): RetryP
     if (value !== undefined) (policy as unknown as Record<string, unknown>)[key] = value;
   }
   const { maxRetries, baseDelayMs, maxDelayMs, factor } = policy;
-  if (!Number.isInteger(maxRetries) || maxRetries < 0) throw new RangeError(`retry.maxRetries must be a non-negative integer, got ${maxRetries}`);
+  if (!Number.isInteger(maxRetries) || maxRetries < 0)
+    throw new RangeError(`retry.maxRetries must be a non-negative integer, got ${maxRetries}`);
   if (!(baseDelayMs >= 0)) throw new RangeError(`retry.baseDelayMs must be >= 0, got ${baseDelayMs}`);
   if (!(maxDelayMs >= baseDelayMs)) throw new RangeError(`retry.maxDelayMs must be >= baseDelayMs, got ${maxDelayMs}`);
   if (!(factor >= 1)) throw new RangeError(`retry.factor must be >= 1, got ${factor}`);
@@ -90,14 +91,7 @@ export function replayForMethod(method: string): Replay {
 }
 
 /** Error codes of a connection that never carried the request. */
-const NOT_SENT_CODES = new Set([
-  'ECONNREFUSED',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'ENETUNREACH',
-  'EHOSTUNREACH',
-  'UND_ERR_CONNECT_TIMEOUT',
-]);
+const NOT_SENT_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ENETUNREACH', 'EHOSTUNREACH', 'UND_ERR_CONNECT_TIMEOUT']);
 
 function errorCode(value: unknown): string | undefined {
   if (typeof value !== 'object' || value === null) return undefined;
@@ -142,10 +136,13 @@ export function abortableSleep(ms: number, signal?: AbortSignal): Promise<void> 
       clearTimeout(timer);
       reject(signal?.reason);
     };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, Math.max(0, ms));
+    const timer = setTimeout(
+      () => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve();
+      },
+      Math.max(0, ms),
+    );
     signal?.addEventListener('abort', onAbort, { once: true });
   });
 }

@@ -65,9 +65,7 @@ export interface RequestSpec<Op extends keyof operations> {
   outcome?: { unknown: boolean };
 }
 
-type AttemptResult<T> =
-  | { ok: true; data: T }
-  | { ok: false; error: HcloudError; rateLimitReset: string | null };
+type AttemptResult<T> = { ok: true; data: T } | { ok: false; error: HcloudError; rateLimitReset: string | null };
 
 export function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
@@ -182,7 +180,16 @@ export class Transport {
       const fromHeader = err.status === 429 ? rateLimitDelay(result.rateLimitReset, this.now(), policy) : undefined;
       const delayMs = fromHeader ?? backoffDelay(policy, retry);
       this.log.warn(
-        { op, method: spec.method, path: spec.path, status: err.status, code: err.code, requestId: err.requestId, retry: retry + 1, delayMs },
+        {
+          op,
+          method: spec.method,
+          path: spec.path,
+          status: err.status,
+          code: err.code,
+          requestId: err.requestId,
+          retry: retry + 1,
+          delayMs,
+        },
         'Hetzner Cloud API request failed, retrying',
       );
       await this.pause(delayMs, spec.signal, spec.method, spec.path);
@@ -244,7 +251,15 @@ export class Transport {
       requestId = res.headers.get('x-correlation-id') ?? undefined;
       rateLimitReset = res.headers.get('ratelimit-reset');
       this.log.debug(
-        { op, method, path, status, requestId, ms: this.now() - started, rateLimitRemaining: res.headers.get('ratelimit-remaining') ?? undefined },
+        {
+          op,
+          method,
+          path,
+          status,
+          requestId,
+          ms: this.now() - started,
+          rateLimitRemaining: res.headers.get('ratelimit-remaining') ?? undefined,
+        },
         'Hetzner Cloud API answer',
       );
       text = await readLimited(res, this.maxAnswerBytes);
@@ -319,7 +334,14 @@ export class Transport {
   }
 
   #aborted(method: string, path: string, signal: AbortSignal): HcloudError {
-    return new HcloudError({ status: 0, code: 'aborted', message: `Hetzner Cloud API request aborted (${method} ${path})`, method, path, cause: signal.reason });
+    return new HcloudError({
+      status: 0,
+      code: 'aborted',
+      message: `Hetzner Cloud API request aborted (${method} ${path})`,
+      method,
+      path,
+      cause: signal.reason,
+    });
   }
 
   invalid(method: string, path: string, status: number, why: string, requestId?: string, cause?: unknown): HcloudError {
@@ -332,7 +354,8 @@ export class Transport {
       ...(requestId === undefined ? {} : { requestId }),
       ...(cause === undefined ? {} : { cause }),
     });
-  }}
+  }
+}
 
 /**
  * The API's query for a list call from our filters: camelCase keys become the API's snake_case

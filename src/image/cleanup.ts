@@ -92,7 +92,13 @@ export interface CleanupResult {
  * and every snapshot an upload did not finish (a run that died during step 7), all found by label
  * (`uploadLeftoverSelector`). A finished snapshot never has that label: it is never touched.
  */
-export async function cleanupUploads(hcloud: HcloudClient, dryRun: boolean, print: (line: string) => void, log: Logger, signal?: AbortSignal): Promise<CleanupResult> {
+export async function cleanupUploads(
+  hcloud: HcloudClient,
+  dryRun: boolean,
+  print: (line: string) => void,
+  log: Logger,
+  signal?: AbortSignal,
+): Promise<CleanupResult> {
   const selector = uploadLeftoverSelector();
   const servers = await hcloud.listServers({ labelSelector: selector }, signal);
   const sshKeys = await hcloud.listSshKeys({ labelSelector: selector }, signal);
@@ -110,9 +116,30 @@ export async function cleanupUploads(hcloud: HcloudClient, dryRun: boolean, prin
   }
   const leftovers: Leftover[] = [
     // Snapshots first: a server cannot be deleted while its create_image runs.
-    ...snapshots.map((i) => ({ kind: 'snapshot', id: i.id, shown: `unfinished snapshot ${i.id} (${i.description}, ${i.status}, created ${i.created})`, logKey: 'imageId' as const, logged: 'an unfinished snapshot', remove: () => hcloud.deleteImage(i.id, signal) })),
-    ...servers.map((v) => ({ kind: 'server', id: v.id, shown: `server ${v.name} (id ${v.id}, ${v.status}, created ${v.created})`, logKey: 'serverId' as const, logged: 'a temporary server', remove: () => hcloud.deleteServer(v.id, signal) })),
-    ...sshKeys.map((k) => ({ kind: 'ssh key', id: k.id, shown: `ssh key ${k.name} (id ${k.id}, created ${k.created})`, logKey: 'sshKeyId' as const, logged: 'a temporary ssh key', remove: () => hcloud.deleteSshKey(k.id, signal) })),
+    ...snapshots.map((i) => ({
+      kind: 'snapshot',
+      id: i.id,
+      shown: `unfinished snapshot ${i.id} (${i.description}, ${i.status}, created ${i.created})`,
+      logKey: 'imageId' as const,
+      logged: 'an unfinished snapshot',
+      remove: () => hcloud.deleteImage(i.id, signal),
+    })),
+    ...servers.map((v) => ({
+      kind: 'server',
+      id: v.id,
+      shown: `server ${v.name} (id ${v.id}, ${v.status}, created ${v.created})`,
+      logKey: 'serverId' as const,
+      logged: 'a temporary server',
+      remove: () => hcloud.deleteServer(v.id, signal),
+    })),
+    ...sshKeys.map((k) => ({
+      kind: 'ssh key',
+      id: k.id,
+      shown: `ssh key ${k.name} (id ${k.id}, created ${k.created})`,
+      logKey: 'sshKeyId' as const,
+      logged: 'a temporary ssh key',
+      remove: () => hcloud.deleteSshKey(k.id, signal),
+    })),
   ];
   for (const l of leftovers) {
     print(`${verb} ${l.shown}`);

@@ -41,17 +41,20 @@ export async function connectRescue(r: RescueLogin): Promise<SshClient> {
   for (;;) {
     if (signal.aborted) throw abortError(signal);
     try {
-      const client = await connectRoot({
-        host: r.host,
-        port: r.port,
-        privateKey: r.privateKey,
-        signal,
-        // Not pinned on purpose: the rescue system's host key cannot be known beforehand.
-        hostVerifier: (key: Buffer) => {
-          r.onHostKey(key);
-          return true;
+      const client = await connectRoot(
+        {
+          host: r.host,
+          port: r.port,
+          privateKey: r.privateKey,
+          signal,
+          // Not pinned on purpose: the rescue system's host key cannot be known beforehand.
+          hostVerifier: (key: Buffer) => {
+            r.onHostKey(key);
+            return true;
+          },
         },
-      }, Math.max(1000, Math.min(30_000, deadline - Date.now())));
+        Math.max(1000, Math.min(30_000, deadline - Date.now())),
+      );
       // A connection lost later fails the image's channel (streamImage says so); unheard, the
       // error event would end the process.
       client.on('error', () => {});
@@ -61,7 +64,9 @@ export async function connectRescue(r: RescueLogin): Promise<SshClient> {
       last = err as Error;
     }
     if (Date.now() + r.retryMs > deadline) {
-      throw new ImageUploadError(`the rescue system at ${r.host}:${r.port} did not accept the ssh login within ${Math.round(r.timeoutMs / 1000)} s: ${last?.message ?? 'no answer'}`);
+      throw new ImageUploadError(
+        `the rescue system at ${r.host}:${r.port} did not accept the ssh login within ${Math.round(r.timeoutMs / 1000)} s: ${last?.message ?? 'no answer'}`,
+      );
     }
     await abortableSleep(r.retryMs, signal).catch(() => {
       throw abortError(signal);
@@ -75,7 +80,14 @@ export async function connectRescue(r: RescueLogin): Promise<SshClient> {
  * the end of its stderr), a read error, or an abort (the channel is closed, so the remote side
  * gets no complete image and exits).
  */
-export async function streamImage(client: SshClient, file: string, command: string, size: number, signal: AbortSignal, progress: (sent: number) => void): Promise<void> {
+export async function streamImage(
+  client: SshClient,
+  file: string,
+  command: string,
+  size: number,
+  signal: AbortSignal,
+  progress: (sent: number) => void,
+): Promise<void> {
   const channel = await execChannel(client, command);
   await new Promise<void>((resolve, reject) => {
     const input = createReadStream(file, { highWaterMark: 1024 * 1024 });

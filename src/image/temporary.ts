@@ -41,8 +41,10 @@ export class ImageUploadError extends UserError {
 /** The error an aborted upload ends with: the signal's reason, or one saying it was aborted. */
 export function abortError(signal: AbortSignal): Error {
   const reason: unknown = signal.reason;
+  if (reason instanceof Error) return reason;
   // eslint-disable-next-line @typescript-eslint/no-base-to-string -- a reason that is no Error is shown as String() shows it
-  return reason instanceof Error ? reason : new ImageUploadError(`image upload aborted${reason === undefined ? '' : `: ${String(reason)}`}`);
+  const shown = reason === undefined ? '' : `: ${String(reason)}`;
+  return new ImageUploadError(`image upload aborted${shown}`);
 }
 
 /** The snapshots that still carry the temporary labels of `run`, oldest first. */
@@ -55,12 +57,19 @@ export async function findRunSnapshots(hcloud: HcloudClient, run: string, signal
  * Polls a snapshot until it is no longer `creating` (at most `timeoutMs`). With `want`
  * `available`, any other end state is an error.
  */
-export async function waitForImage(hcloud: HcloudClient, id: number, signal: AbortSignal, timeoutMs: number, want: 'available' | 'settled'): Promise<Image> {
+export async function waitForImage(
+  hcloud: HcloudClient,
+  id: number,
+  signal: AbortSignal,
+  timeoutMs: number,
+  want: 'available' | 'settled',
+): Promise<Image> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const image = await hcloud.getImage(id, signal);
     if (image.status !== 'creating') {
-      if (want === 'available' && image.status !== 'available') throw new ImageUploadError(`snapshot ${id} is ${image.status}, not available`);
+      if (want === 'available' && image.status !== 'available')
+        throw new ImageUploadError(`snapshot ${id} is ${image.status}, not available`);
       return image;
     }
     if (Date.now() > deadline) throw new ImageUploadError(`snapshot ${id} is still being created after ${Math.round(timeoutMs / 1000)} s`);

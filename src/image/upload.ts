@@ -46,7 +46,15 @@ import { generateKeyPair } from '../ssh/keys.js';
 import type { SshClient } from '../ssh/worker-connection.js';
 import { deleteTemporaries } from './cleanup.js';
 import { connectRescue, sha256Fingerprint, streamImage, writeCommand } from './rescue.js';
-import { abortError, findRunSnapshots, ImageUploadError, LABEL_ROLE, LABEL_UPLOAD_RUN, temporaryLabels, waitForImage } from './temporary.js';
+import {
+  abortError,
+  findRunSnapshots,
+  ImageUploadError,
+  LABEL_ROLE,
+  LABEL_UPLOAD_RUN,
+  temporaryLabels,
+  waitForImage,
+} from './temporary.js';
 
 export const DEFAULT_SERVER_TYPE: Record<Arch, string> = { x86: 'cx23', arm: 'cax11' };
 export const DEFAULT_LOCATION = 'fsn1';
@@ -195,7 +203,10 @@ export async function uploadImage(o: UploadOptions): Promise<UploadResult> {
       log.debug({ sent, size }, 'image upload progress');
       print(`      ${mib(sent)} of ${mib(size)} sent`);
     });
-    step(5, `wrote ${mib(size)}${o.file.endsWith('.zst') ? ' (zstd, decompressed on the server)' : ''} to /dev/sda in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    step(
+      5,
+      `wrote ${mib(size)}${o.file.endsWith('.zst') ? ' (zstd, decompressed on the server)' : ''} to /dev/sda in ${((Date.now() - started) / 1000).toFixed(1)} s`,
+    );
     ssh.end();
     ssh = undefined;
 
@@ -227,10 +238,14 @@ export async function uploadImage(o: UploadOptions): Promise<UploadResult> {
       const adopted = found[0];
       if (adopted === undefined) throw err;
       snapshotId = adopted.id;
-      step(7, `the create_image answer was lost (${(err as Error).message}); found snapshot ${adopted.id} by the run label: adopted, not requested again`, {
-        imageId: adopted.id,
-        adopted: true,
-      });
+      step(
+        7,
+        `the create_image answer was lost (${(err as Error).message}); found snapshot ${adopted.id} by the run label: adopted, not requested again`,
+        {
+          imageId: adopted.id,
+          adopted: true,
+        },
+      );
     }
     snapshotInFlight = false;
     if (snapshotAction !== undefined) await wait([snapshotAction]);
@@ -300,7 +315,8 @@ async function shutDown(
   await hcloud.waitForActions([await hcloud.poweroff(serverId, signal)], { signal, timeoutMs: actionTimeoutMs });
   const offBy = Date.now() + actionTimeoutMs;
   while ((await hcloud.getServer(serverId, signal)).status !== 'off') {
-    if (Date.now() > offBy) throw new ImageUploadError(`server ${serverId} is not off ${Math.round(actionTimeoutMs / 1000)} s after poweroff`);
+    if (Date.now() > offBy)
+      throw new ImageUploadError(`server ${serverId} is not off ${Math.round(actionTimeoutMs / 1000)} s after poweroff`);
     await abortableSleep(pollMs, signal);
   }
   return 'poweroff';

@@ -32,10 +32,14 @@ const ALIAS = /^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})$/;
 
 export function checkClientSettings(client: ClientSettings): void {
   if (!ALIAS.test(client.alias) || client.alias === 'localhost') {
-    throw new MachinesError(`ssh alias ${JSON.stringify(client.alias)}: expected letters, digits, ".", "-" or "_" (and not "localhost", which Nix builds on locally)`);
+    throw new MachinesError(
+      `ssh alias ${JSON.stringify(client.alias)}: expected letters, digits, ".", "-" or "_" (and not "localhost", which Nix builds on locally)`,
+    );
   }
   if (!client.clientKey.startsWith('/') || /\s/.test(client.clientKey)) {
-    throw new MachinesError(`client key ${JSON.stringify(client.clientKey)}: expected an absolute path without spaces (the machines file is split on spaces)`);
+    throw new MachinesError(
+      `client key ${JSON.stringify(client.clientKey)}: expected an absolute path without spaces (the machines file is split on spaces)`,
+    );
   }
 }
 

@@ -31,7 +31,14 @@ export const NIX_VERSION_ENV = 'NIX_HCLOUD_BUILDER_NIX_VERSION';
 export function parseNixVersion(text: string): NixVersion | undefined {
   const m = /^\S+ \((Lix|Nix)\b[^)]*\) (\d+)\.(\d+)(?:\.(\d+))?(\S*)/m.exec(text.trim());
   if (!m) return undefined;
-  const [, implementation, major, minor, patch, suffix] = m as unknown as [string, 'Nix' | 'Lix', string, string, string | undefined, string];
+  const [, implementation, major, minor, patch, suffix] = m as unknown as [
+    string,
+    'Nix' | 'Lix',
+    string,
+    string,
+    string | undefined,
+    string,
+  ];
   return {
     implementation,
     major: Number(major),
@@ -50,11 +57,19 @@ function atLeast(v: NixVersion, major: number, minor: number): boolean {
  * written in a URI's host part as it is (IPv6): then the alias, which works everywhere.
  */
 export function choosePortStyle(version: NixVersion | undefined, source: string, portableHost = true): PortChoice {
-  if (!version) return { style: 'alias', reason: `machines lines name the ssh alias: could not tell which Nix runs the builds (${source})` };
+  if (!version)
+    return { style: 'alias', reason: `machines lines name the ssh alias: could not tell which Nix runs the builds (${source})` };
   const name = `${version.implementation} ${version.version} (${source})`;
-  if (!portableHost) return { style: 'alias', reason: `machines lines name the ssh alias: the endpoint listens on an IPv6 address, which setup does not put in builder URIs` };
+  if (!portableHost)
+    return {
+      style: 'alias',
+      reason: `machines lines name the ssh alias: the endpoint listens on an IPv6 address, which setup does not put in builder URIs`,
+    };
   if (version.implementation === 'Nix' && atLeast(version, 2, 31)) {
-    return { style: 'authority', reason: `machines lines name host:port, no ssh alias needed: ${name} takes a port in the builder URI (Nix ≥ 2.31)` };
+    return {
+      style: 'authority',
+      reason: `machines lines name host:port, no ssh alias needed: ${name} takes a port in the builder URI (Nix ≥ 2.31)`,
+    };
   }
   if (version.implementation === 'Lix' && atLeast(version, 2, 93)) {
     return { style: 'query', reason: `machines lines name ?port=, no ssh alias needed: ${name} takes it in the builder URI (Lix ≥ 2.93)` };

@@ -20,7 +20,15 @@ import ssh2, { type ParsedKey } from 'ssh2';
 import { loadConfig, type Config } from '../core/config.js';
 import { writeFileAtomic } from '../core/atomic-file.js';
 import { generateKeyPair, hostKeyPaths } from '../ssh/keys.js';
-import { DEFAULT_ALIAS, DEFAULT_CLIENT_KEY, endpointAddress, machinesLines, sshHostBlock, type BuilderAddress, type ClientSettings } from './machines.js';
+import {
+  DEFAULT_ALIAS,
+  DEFAULT_CLIENT_KEY,
+  endpointAddress,
+  machinesLines,
+  sshHostBlock,
+  type BuilderAddress,
+  type ClientSettings,
+} from './machines.js';
 import { choosePortStyle, detectNixVersion, parseNixVersion, type DetectedNix, type PortChoice } from './nix-version.js';
 import { SetupError } from './setup-error.js';
 import { BEGIN_MARK, joinLines, splitLines, unifiedDiff, upsertMarkedBlock } from './text.js';
@@ -110,7 +118,9 @@ function publicFromPrivate(path: string, text: string): string {
   const parsed = ssh2.utils.parseKey(text);
   const key = Array.isArray(parsed) ? (parsed[0] as ParsedKey | undefined) : parsed;
   if (!key || key instanceof Error) {
-    throw new SetupError(`client key ${path} is not an unencrypted OpenSSH private key (nix-daemon cannot type a passphrase): ${key instanceof Error ? key.message : 'empty'}`);
+    throw new SetupError(
+      `client key ${path} is not an unencrypted OpenSSH private key (nix-daemon cannot type a passphrase): ${key instanceof Error ? key.message : 'empty'}`,
+    );
   }
   return `${key.type} ${key.getPublicSSH().toString('base64')}`;
 }
@@ -133,7 +143,16 @@ export function planSetup(options: SetupOptions): SetupPlan {
   const nixConfPath = options.nixConf ?? DEFAULT_NIX_CONF;
   const daemonOwner = existsSync(options.configFile) ? ownerOf(options.configFile) : undefined;
 
-  const plan: SetupPlan = { dirs: [], files: [], unchanged: [], hints: [], manual: [], machinesLines: [], sshBlock: [], portChoice: portChoiceFor(options) };
+  const plan: SetupPlan = {
+    dirs: [],
+    files: [],
+    unchanged: [],
+    hints: [],
+    manual: [],
+    machinesLines: [],
+    sshBlock: [],
+    portChoice: portChoiceFor(options),
+  };
   const addFile = (change: FileChange): void => {
     if (change.before === change.after) plan.unchanged.push(change.path);
     else plan.files.push(change);
@@ -149,13 +168,28 @@ export function planSetup(options: SetupOptions): SetupPlan {
     const pair = generateKeyPair(`nix-daemon@${hostname()}`);
     clientPublic = pair.publicKey;
     addDir(dirname(client.clientKey), 0o700);
-    addFile({ path: client.clientKey, before: null, after: pair.privateKey, mode: 0o600, secret: true, what: 'client key for nix-daemon (ed25519)' });
-    addFile({ path: `${client.clientKey}.pub`, before: readText(`${client.clientKey}.pub`), after: `${pair.publicKey}\n`, mode: 0o644, what: 'its public key' });
+    addFile({
+      path: client.clientKey,
+      before: null,
+      after: pair.privateKey,
+      mode: 0o600,
+      secret: true,
+      what: 'client key for nix-daemon (ed25519)',
+    });
+    addFile({
+      path: `${client.clientKey}.pub`,
+      before: readText(`${client.clientKey}.pub`),
+      after: `${pair.publicKey}\n`,
+      mode: 0o644,
+      what: 'its public key',
+    });
   } else {
     clientPublic = publicFromPrivate(client.clientKey, clientPrivateText);
     const mode = statSync(client.clientKey).mode & 0o777;
     if (mode & 0o077) {
-      plan.manual.push(`client key ${client.clientKey} has mode 0${mode.toString(8)}: ssh refuses a private key that others can read; run: chmod 600 ${client.clientKey}`);
+      plan.manual.push(
+        `client key ${client.clientKey} has mode 0${mode.toString(8)}: ssh refuses a private key that others can read; run: chmod 600 ${client.clientKey}`,
+      );
     }
     plan.unchanged.push(client.clientKey);
   }
@@ -167,33 +201,54 @@ export function planSetup(options: SetupOptions): SetupPlan {
     const lines = splitLines(before ?? '');
     const after = hasKey(lines, clientPublic) ? before : joinLines([...lines, clientPublic.trim()]);
     keysChanged = after !== before;
-    const change: FileChange = { path: config.authorizedKeysFile, before, after: after ?? '', mode: 0o644, what: "the daemon's authorized keys" };
+    const change: FileChange = {
+      path: config.authorizedKeysFile,
+      before,
+      after: after ?? '',
+      mode: 0o644,
+      what: "the daemon's authorized keys",
+    };
     if (before === null && daemonOwner) {
       change.owner = daemonOwner;
       addDir(dirname(config.authorizedKeysFile), 0o755, daemonOwner);
     }
     addFile(change);
   } else if (!hasKey(config.authorizedKeys, clientPublic)) {
-    plan.manual.push([
-      `the config sets no "authorizedKeysFile", and setup does not rewrite ${options.configFile}.`,
-      `  Add this key to "authorizedKeys" there (or set "authorizedKeysFile" and run setup again), then restart the daemon:`,
-      `  ${clientPublic.trim()}`,
-    ].join('\n'));
+    plan.manual.push(
+      [
+        `the config sets no "authorizedKeysFile", and setup does not rewrite ${options.configFile}.`,
+        `  Add this key to "authorizedKeys" there (or set "authorizedKeysFile" and run setup again), then restart the daemon:`,
+        `  ${clientPublic.trim()}`,
+      ].join('\n'),
+    );
   }
-  if (keysChanged) plan.hints.push('the daemon reads its authorized keys when it starts: restart it after --write (systemctl --user restart nix-hcloud-builder)');
+  if (keysChanged)
+    plan.hints.push(
+      'the daemon reads its authorized keys when it starts: restart it after --write (systemctl --user restart nix-hcloud-builder)',
+    );
 
   // 3. The endpoint's host key (field 8 of the machines lines).
   const hostKey = hostKeyPaths(config.stateDir);
   let hostPublic = readText(hostKey.publicKey)?.trim();
   if (!hostPublic) {
     if (existsSync(hostKey.privateKey)) {
-      throw new SetupError(`${hostKey.privateKey} exists but ${hostKey.publicKey} does not: restore it, or remove both and run setup again`);
+      throw new SetupError(
+        `${hostKey.privateKey} exists but ${hostKey.publicKey} does not: restore it, or remove both and run setup again`,
+      );
     }
     const pair = generateKeyPair('nix-hcloud-builder');
     hostPublic = pair.publicKey;
     addDir(config.stateDir, 0o700, daemonOwner);
     const owner = daemonOwner ? { owner: daemonOwner } : {};
-    addFile({ path: hostKey.privateKey, before: null, after: pair.privateKey, mode: 0o600, secret: true, what: "the endpoint's host key (the daemon would make it on its first start)", ...owner });
+    addFile({
+      path: hostKey.privateKey,
+      before: null,
+      after: pair.privateKey,
+      mode: 0o600,
+      secret: true,
+      what: "the endpoint's host key (the daemon would make it on its first start)",
+      ...owner,
+    });
     addFile({ path: hostKey.publicKey, before: null, after: `${pair.publicKey}\n`, mode: 0o644, what: 'its public key', ...owner });
   }
 
@@ -202,28 +257,51 @@ export function planSetup(options: SetupOptions): SetupPlan {
   if (plan.portChoice.style === 'alias') {
     plan.sshBlock = sshHostBlock(config, client);
     const sshBefore = readText(sshConfigPath);
-    addFile({ path: sshConfigPath, before: sshBefore, after: upsertMarkedBlock(sshBefore, plan.sshBlock, true), mode: 0o644, what: `ssh alias "${client.alias}"` });
+    addFile({
+      path: sshConfigPath,
+      before: sshBefore,
+      after: upsertMarkedBlock(sshBefore, plan.sshBlock, true),
+      mode: 0o644,
+      what: `ssh alias "${client.alias}"`,
+    });
   } else {
     address = { style: plan.portChoice.style, ...endpointAddress(config) };
     if ((readText(sshConfigPath) ?? '').split('\n').some((l) => l.trim() === BEGIN_MARK)) {
-      plan.hints.push(`the machines lines no longer use the ssh alias: its block in ${sshConfigPath} (between the nix-hcloud-builder markers) can be removed`);
+      plan.hints.push(
+        `the machines lines no longer use the ssh alias: its block in ${sshConfigPath} (between the nix-hcloud-builder markers) can be removed`,
+      );
     }
   }
 
   // 5. The machines lines.
   plan.machinesLines = machinesLines(config, hostPublic, client, address);
   const machinesBefore = readText(machinesPath);
-  addFile({ path: machinesPath, before: machinesBefore, after: upsertMarkedBlock(machinesBefore, plan.machinesLines), mode: 0o644, what: 'Nix build machines, one per pool' });
+  addFile({
+    path: machinesPath,
+    before: machinesBefore,
+    after: upsertMarkedBlock(machinesBefore, plan.machinesLines),
+    mode: 0o644,
+    what: 'Nix build machines, one per pool',
+  });
 
   // 6. nix.conf: the user's file, so only the one line `substitutes` asks for, else hints.
   const nixConfText = readText(nixConfPath);
   const nixConf = parseNixConf(nixConfText ?? '');
   if (options.substitutes) {
     const after = setNixConfOption(nixConfText, 'builders-use-substitutes', 'true');
-    addFile({ path: nixConfPath, before: nixConfText, after, mode: 0o644, what: 'builders-use-substitutes: workers fetch inputs from the binary caches' });
-    if (after !== nixConfText) plan.hints.push('nix-daemon reads nix.conf when it starts: restart it after --write (systemctl restart nix-daemon)');
+    addFile({
+      path: nixConfPath,
+      before: nixConfText,
+      after,
+      mode: 0o644,
+      what: 'builders-use-substitutes: workers fetch inputs from the binary caches',
+    });
+    if (after !== nixConfText)
+      plan.hints.push('nix-daemon reads nix.conf when it starts: restart it after --write (systemctl restart nix-daemon)');
   } else if (nixConf.get('builders-use-substitutes') !== 'true') {
-    plan.hints.push(`builders-use-substitutes is off in ${nixConfPath}: with "builders-use-substitutes = true" (setup --substitutes sets it) the workers fetch build inputs from the binary caches themselves instead of receiving them from this machine`);
+    plan.hints.push(
+      `builders-use-substitutes is off in ${nixConfPath}: with "builders-use-substitutes = true" (setup --substitutes sets it) the workers fetch build inputs from the binary caches themselves instead of receiving them from this machine`,
+    );
   }
   const builders = nixConf.get('builders');
   const defaultMachines = join(dirname(nixConfPath), 'machines');

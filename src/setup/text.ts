@@ -31,7 +31,8 @@ export function upsertMarkedBlock(text: string | null, block: string[], beforeFi
   if (begin >= 0) {
     const end = lines.findIndex((l, i) => i > begin && l.trim() === END_MARK);
     if (end < 0) throw new SetupError(`found "${BEGIN_MARK}" but no "${END_MARK}" after it: fix the file by hand, then run setup again`);
-    if (lines.some((l, i) => i > end && l.trim() === BEGIN_MARK)) throw new SetupError(`found "${BEGIN_MARK}" twice: remove one block by hand, then run setup again`);
+    if (lines.some((l, i) => i > end && l.trim() === BEGIN_MARK))
+      throw new SetupError(`found "${BEGIN_MARK}" twice: remove one block by hand, then run setup again`);
     return joinLines([...lines.slice(0, begin), ...marked, ...lines.slice(end + 1)]);
   }
   if (beforeFirstSection) {

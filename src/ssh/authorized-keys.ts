@@ -119,10 +119,14 @@ function applyOption(entry: AuthorizedKey, option: string): void {
       entry.command = parseNixCommand(value);
     } catch (err) {
       if (!(err instanceof CommandRefused)) throw err;
-      throw new AuthorizedKeyError(`command="${value.slice(0, 80)}" is refused (${err.message}): a forced command must be nix-daemon --stdio or nix-store --serve [--write]`);
+      throw new AuthorizedKeyError(
+        `command="${value.slice(0, 80)}" is refused (${err.message}): a forced command must be nix-daemon --stdio or nix-store --serve [--write]`,
+      );
     }
   } else {
-    throw new AuthorizedKeyError(`option "${name}" is not supported (supported: from=, expiry-time=, command=, restrict, no-pty, no-port-forwarding, no-agent-forwarding, no-X11-forwarding, no-user-rc)`);
+    throw new AuthorizedKeyError(
+      `option "${name}" is not supported (supported: from=, expiry-time=, command=, restrict, no-pty, no-port-forwarding, no-agent-forwarding, no-X11-forwarding, no-user-rc)`,
+    );
   }
 }
 

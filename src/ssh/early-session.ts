@@ -176,7 +176,8 @@ export class EarlySession extends EventEmitter {
    */
   refuseNextOperation(message: string): boolean {
     const told = this.record;
-    if (this.protocol !== 'worker' || !told || !this.complete || !this.said.includes('info') || this.client.clientVersion === undefined) return false;
+    if (this.protocol !== 'worker' || !told || !this.complete || !this.said.includes('info') || this.client.clientVersion === undefined)
+      return false;
     if (!this.clientStream.writable) return false;
     this.clientStream.write(encodeStderrError(message, Math.min(this.client.clientVersion, told.version)));
     return true;
@@ -306,7 +307,7 @@ export class EarlySession extends EventEmitter {
   private async serveOpening(): Promise<void> {
     const record = this.record?.protocol === 'serve' ? this.record : undefined;
     await expectMagic(this.fromClient, SERVE_MAGIC_1, 'client');
-    await this.phase('hello', record && encodeU64(SERVE_MAGIC_2, record.version), 'no record of this pool\'s worker');
+    await this.phase('hello', record && encodeU64(SERVE_MAGIC_2, record.version), "no record of this pool's worker");
     this.client.clientVersion = await this.fromClient.u64();
   }
 
@@ -314,7 +315,7 @@ export class EarlySession extends EventEmitter {
     const record = this.record?.protocol === 'worker' ? this.record : undefined;
     const c = this.fromClient;
     await expectMagic(c, WORKER_MAGIC_1, 'client');
-    await this.phase('hello', record && encodeU64(WORKER_MAGIC_2, record.version), 'no record of this pool\'s worker');
+    await this.phase('hello', record && encodeU64(WORKER_MAGIC_2, record.version), "no record of this pool's worker");
     this.client.clientVersion = await c.u64();
     let features: string[] = [];
     if (minorOf(this.negotiated()) >= 38) {
@@ -383,12 +384,16 @@ export class EarlySession extends EventEmitter {
     if (phase === 'info') this.messages.push(...(this.worker.startupMessages ?? []));
     if (refusal !== undefined) throw new WorkerRefused(refusal);
     const differs = (what: string): never => {
-      throw new HandshakeMismatch(`the worker's Nix answered the handshake differently than recorded (${what}); the record is updated, so the next session is answered right`, this.freshRecord());
+      throw new HandshakeMismatch(
+        `the worker's Nix answered the handshake differently than recorded (${what}); the record is updated, so the next session is answered right`,
+        this.freshRecord(),
+      );
     };
     if (phase === 'hello') {
       const version = this.worker.version as number;
       const clientVersion = this.client.clientVersion;
-      const same = clientVersion === undefined ? version === told.version : Math.min(version, clientVersion) === Math.min(told.version, clientVersion);
+      const same =
+        clientVersion === undefined ? version === told.version : Math.min(version, clientVersion) === Math.min(told.version, clientVersion);
       if (!same) differs(`protocol ${formatVersion(version)}, not ${formatVersion(told.version)}`);
     } else if (phase === 'features' && told.protocol === 'worker') {
       const clientFeatures = this.client.clientFeatures ?? [];
@@ -396,7 +401,8 @@ export class EarlySession extends EventEmitter {
       const then = intersectFeatures(clientFeatures, told.features ?? []);
       if (now.join(',') !== then.join(',')) differs(`features [${now.join(', ')}], not [${then.join(', ')}]`);
     } else if (phase === 'info' && told.protocol === 'worker') {
-      if (minorOf(this.negotiated()) >= 35 && this.worker.trust !== told.trust) differs(`trust status ${this.worker.trust}, not ${told.trust}`);
+      if (minorOf(this.negotiated()) >= 35 && this.worker.trust !== told.trust)
+        differs(`trust status ${this.worker.trust}, not ${told.trust}`);
     }
   }
 

@@ -145,7 +145,9 @@ export class Endpoint {
 
   constructor(private readonly options: EndpointOptions) {
     this.log = options.log.child({ component: 'endpoint' });
-    this.server = new ssh2.Server({ hostKeys: [options.hostKey], ident: 'nix-hcloud-builder' }, (client, info) => this.onConnection(client, info));
+    this.server = new ssh2.Server({ hostKeys: [options.hostKey], ident: 'nix-hcloud-builder' }, (client, info) =>
+      this.onConnection(client, info),
+    );
     this.server.on('error', (err: Error) => this.log.error({ err }, 'endpoint error'));
   }
 
@@ -187,12 +189,18 @@ export class Endpoint {
     });
     socket.on('error', () => undefined);
     if (fromSource > this.options.maxConnectionsPerSource) {
-      this.log.warn({ peer, open: fromSource - 1, max: this.options.maxConnectionsPerSource }, 'refused: too many connections from this address');
+      this.log.warn(
+        { peer, open: fromSource - 1, max: this.options.maxConnectionsPerSource },
+        'refused: too many connections from this address',
+      );
       socket.destroy();
       return;
     }
     if (this.preLogin.size >= this.options.maxStartups) {
-      this.log.warn({ peer, notLoggedIn: this.preLogin.size, max: this.options.maxStartups }, 'refused: too many connections not logged in yet (limits.maxStartups)');
+      this.log.warn(
+        { peer, notLoggedIn: this.preLogin.size, max: this.options.maxStartups },
+        'refused: too many connections not logged in yet (limits.maxStartups)',
+      );
       socket.destroy();
       return;
     }
@@ -243,7 +251,10 @@ export class Endpoint {
       const reject = (): void => {
         if (counts) failures++;
         if (failures >= this.options.maxAuthTries) {
-          log.warn({ user, attempts: failures, max: this.options.maxAuthTries }, 'dropped: too many failed login attempts (limits.maxAuthTries)');
+          log.warn(
+            { user, attempts: failures, max: this.options.maxAuthTries },
+            'dropped: too many failed login attempts (limits.maxAuthTries)',
+          );
           client.end();
           return;
         }
@@ -291,7 +302,11 @@ export class Endpoint {
     // One command per session, as in OpenSSH: a second exec, shell or subsystem request is
     // answered with a failure (ssh2's accept() would return nothing), and the running command goes on.
     let started = false;
-    const start = (request: string, accept: () => ServerChannel | undefined, reject: (() => void) | undefined): ServerChannel | undefined => {
+    const start = (
+      request: string,
+      accept: () => ServerChannel | undefined,
+      reject: (() => void) | undefined,
+    ): ServerChannel | undefined => {
       if (started) {
         log.warn({ user, request }, 'refused: a second command on one session');
         // ssh2 passes reject only when the client wants a reply, and it no longer sends one itself.
@@ -341,7 +356,10 @@ export class Endpoint {
     const pool = this.options.pools.get(user);
     if (!pool) {
       log.warn({ user }, 'refused: unknown pool');
-      return refuse(channel, `unknown pool ${JSON.stringify(user.slice(0, 64))}: log in as one of ${[...this.options.pools.keys()].join(', ')}`);
+      return refuse(
+        channel,
+        `unknown pool ${JSON.stringify(user.slice(0, 64))}: log in as one of ${[...this.options.pools.keys()].join(', ')}`,
+      );
     }
     let command: NixCommand;
     try {
@@ -389,13 +407,34 @@ export class Endpoint {
       stopWatching();
       const waitedMs = Date.now() - started;
       log.info({ user, worker: lease.worker.record.name, command: command.mode, waitedMs }, 'session started');
-      const result = await pipeSession(channel, upstream.channel, { toClient: clientGate, toWorker: upstream.gate }, upstream.codec, early && this.splice(early, pool, log));
-      log.info({ user, worker: lease.worker.record.name, up: result.bytesUp, down: result.bytesDown, ...(upstream.codec ? { wireUp: result.wireUp, wireDown: result.wireDown } : {}), code: result.code, clientClosed: result.clientClosed, ms: Date.now() - started }, 'session ended');
+      const result = await pipeSession(
+        channel,
+        upstream.channel,
+        { toClient: clientGate, toWorker: upstream.gate },
+        upstream.codec,
+        early && this.splice(early, pool, log),
+      );
+      log.info(
+        {
+          user,
+          worker: lease.worker.record.name,
+          up: result.bytesUp,
+          down: result.bytesDown,
+          ...(upstream.codec ? { wireUp: result.wireUp, wireDown: result.wireDown } : {}),
+          code: result.code,
+          clientClosed: result.clientClosed,
+          ms: Date.now() - started,
+        },
+        'session ended',
+      );
     } catch (err) {
       if (err instanceof HandshakeMismatch) pool.handshakeSeen?.(err.record);
       if (!abort.signal.aborted) {
         // Nix was told all is well already: this line is what the build's failure says.
-        const message = record && !lease ? `the worker's boot failed after its handshake was answered early: ${(err as Error).message}` : (err as Error).message;
+        const message =
+          record && !lease
+            ? `the worker's boot failed after its handshake was answered early: ${(err as Error).message}`
+            : (err as Error).message;
         log.warn({ user, err: message }, 'session failed');
         try {
           early?.refuseNextOperation(`nix-hcloud-builder: ${message}`);
@@ -417,10 +456,10 @@ export class Endpoint {
       const spliced = await early.splice(worker);
       if (spliced.changed && spliced.record) {
         pool.handshakeSeen?.(spliced.record);
-        log.info({ protocol: spliced.record.protocol, version: spliced.record.version }, 'recorded the worker\'s handshake');
+        log.info({ protocol: spliced.record.protocol, version: spliced.record.version }, "recorded the worker's handshake");
       }
       if (early.stoppedBecause) log.debug({ why: early.stoppedBecause }, 'opening not answered whole before the worker came');
-      if (spliced.messages.length > 0) log.debug({ messages: spliced.messages }, 'the worker\'s messages in the opening');
+      if (spliced.messages.length > 0) log.debug({ messages: spliced.messages }, "the worker's messages in the opening");
       return spliced.leftover;
     };
   }

@@ -37,7 +37,14 @@ export function generateKeyPair(comment: string): KeyPair {
 
   // PROTOCOL.key: an unencrypted "openssh-key-v1" container with one key.
   const check = randomBytes(4).readUInt32BE();
-  let secret = Buffer.concat([uint32(check), uint32(check), sshString('ssh-ed25519'), sshString(pub), sshString(Buffer.concat([seed, pub])), sshString(comment)]);
+  let secret = Buffer.concat([
+    uint32(check),
+    uint32(check),
+    sshString('ssh-ed25519'),
+    sshString(pub),
+    sshString(Buffer.concat([seed, pub])),
+    sshString(comment),
+  ]);
   const padding = Buffer.from(Array.from({ length: (8 - (secret.length % 8)) % 8 }, (_, i) => i + 1));
   secret = Buffer.concat([secret, padding]);
   const container = Buffer.concat([

@@ -26,7 +26,8 @@ const MAX_COMMAND_LENGTH = 4096;
  * (so no "." or ".."); the hash is Nix's base-32. worker/zstd-relay.py has the same expressions
  * (a test compares them).
  */
-export const PROGRAM_PATH = /^\/nix\/store\/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+_=-][A-Za-z0-9+._=-]*(?:\/[A-Za-z0-9+_=-][A-Za-z0-9+._=-]*)*\/(nix-daemon|nix-store)$/;
+export const PROGRAM_PATH =
+  /^\/nix\/store\/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+_=-][A-Za-z0-9+._=-]*(?:\/[A-Za-z0-9+_=-][A-Za-z0-9+._=-]*)*\/(nix-daemon|nix-store)$/;
 // No quote, `$`, `;`, parentheses or backquote: even though the value is re-quoted, there is no reason to carry them.
 export const STORE_URI = /^[A-Za-z0-9._~:/?#@&+,=%-]+$/;
 
@@ -80,7 +81,9 @@ export function parseNixCommand(command: string): NixCommand {
     program = pathMatch[1] as NixProgram;
     programPath = first;
   } else if (first.startsWith('/')) {
-    throw new CommandRefused(`program ${JSON.stringify(first.slice(0, 80))} is not nix-daemon or nix-store in the Nix store (/nix/store/<hash>-<name>/bin/…)`);
+    throw new CommandRefused(
+      `program ${JSON.stringify(first.slice(0, 80))} is not nix-daemon or nix-store in the Nix store (/nix/store/<hash>-<name>/bin/…)`,
+    );
   } else throw new CommandRefused(`program ${JSON.stringify(first.slice(0, 80))} is not a Nix remote-store program`);
 
   const result: NixCommand = { program, mode: program === 'nix-daemon' ? 'daemon' : 'serve', write: false };

@@ -269,7 +269,14 @@ export async function readStderrStream(reader: WireReader, negotiated: number): 
 export function encodeStderrError(message: string, negotiated: number): Buffer {
   if (minorOf(negotiated) < 26) return Buffer.concat([encodeU64(STDERR_ERROR), encodeString(message), encodeU64(1)]);
   // "Error", its level (0: error), its name (unused), the message, no position, no traces.
-  return Buffer.concat([encodeU64(STDERR_ERROR), encodeString('Error'), encodeU64(0), encodeString('Error'), encodeString(message), encodeU64(0, 0)]);
+  return Buffer.concat([
+    encodeU64(STDERR_ERROR),
+    encodeString('Error'),
+    encodeU64(0),
+    encodeString('Error'),
+    encodeString(message),
+    encodeU64(0, 0),
+  ]);
 }
 
 export function encodeStderrLast(messages: readonly string[] = []): Buffer {
@@ -350,7 +357,14 @@ export async function recordHandshake(protocol: HandshakeProtocol, clientBytes: 
  * is kept from the older one while the worker still speaks the same version.
  */
 export function mergeRecords(previous: HandshakeRecord | undefined, fresh: HandshakeRecord): HandshakeRecord {
-  if (!previous || previous.protocol !== fresh.protocol || previous.version !== fresh.version || fresh.protocol === 'serve' || previous.protocol === 'serve') return fresh;
+  if (
+    !previous ||
+    previous.protocol !== fresh.protocol ||
+    previous.version !== fresh.version ||
+    fresh.protocol === 'serve' ||
+    previous.protocol === 'serve'
+  )
+    return fresh;
   return {
     ...fresh,
     features: fresh.features ?? previous.features,

@@ -134,7 +134,13 @@ export type SessionOpening = (worker: Duplex) => Promise<Buffer | undefined>;
  * down; the encoder is flushed as soon as the client pauses (once per turn of the event loop), so
  * a protocol message never waits in it, while a bulk upload still makes full zstd blocks.
  */
-export function pipeSession(client: ServerChannel, worker: ClientChannel, gates: SessionGates = {}, codec?: SessionCodec, opening?: SessionOpening): Promise<PipeResult> {
+export function pipeSession(
+  client: ServerChannel,
+  worker: ClientChannel,
+  gates: SessionGates = {},
+  codec?: SessionCodec,
+  opening?: SessionOpening,
+): Promise<PipeResult> {
   return new Promise((resolve, reject) => {
     const result: PipeResult = { clientClosed: false, bytesUp: 0, bytesDown: 0, wireUp: 0, wireDown: 0 };
     let stdoutEnded = false;
@@ -247,7 +253,10 @@ export function pipeSession(client: ServerChannel, worker: ClientChannel, gates:
       } catch (err) {
         // Not a zstd stream: nothing after this can be trusted; end the session with a reason.
         corrupt = true;
-        writer.push(true, Buffer.from(`nix-hcloud-builder: the worker's zstd stream is corrupt (${(err as Error).message}); ending the session\n`));
+        writer.push(
+          true,
+          Buffer.from(`nix-hcloud-builder: the worker's zstd stream is corrupt (${(err as Error).message}); ending the session\n`),
+        );
         worker.close();
         return;
       }
@@ -287,7 +296,11 @@ export function pipeSession(client: ServerChannel, worker: ClientChannel, gates:
       // A zstd stream cut inside a frame (the relay killed, the connection cut) lost its end:
       // what Nix read may look whole, so the session must not end as a success.
       const cut = codec !== undefined && !corrupt && !result.clientClosed && codec.decoder.midFrame;
-      if (cut) writer.push(true, Buffer.from("nix-hcloud-builder: the worker's zstd stream ended inside a frame (cut off); its output is incomplete\n"));
+      if (cut)
+        writer.push(
+          true,
+          Buffer.from("nix-hcloud-builder: the worker's zstd stream ended inside a frame (cut off); its output is incomplete\n"),
+        );
       await writer.drained();
       if (!result.clientClosed) {
         try {

@@ -67,7 +67,10 @@ export class ShellBootstrap {
 
 /** `exec <command>`: the command goes through the same allow-list as a direct exec request. */
 export function parseExecLine(line: string): NixCommand {
-  if (!line.startsWith(EXEC_PREFIX)) throw new CommandRefused(`shell input ${JSON.stringify(line.slice(0, 80))} is not "exec nix-daemon --stdio" or "exec nix-store --serve …"`);
+  if (!line.startsWith(EXEC_PREFIX))
+    throw new CommandRefused(
+      `shell input ${JSON.stringify(line.slice(0, 80))} is not "exec nix-daemon --stdio" or "exec nix-store --serve …"`,
+    );
   return parseNixCommand(line.slice(EXEC_PREFIX.length));
 }
 

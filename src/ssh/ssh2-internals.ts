@@ -90,7 +90,8 @@ function openingChannel(lookup: (local: number) => unknown, local: number, remot
   const channel = lookup(local) as ChannelInternals | undefined;
   const info = channel?._chanInfo;
   const incoming = info?.incoming;
-  if (!channel || typeof incoming?.window !== 'number' || info?.outgoing?.id !== remote || typeof channel.once !== 'function') return undefined;
+  if (!channel || typeof incoming?.window !== 'number' || info?.outgoing?.id !== remote || typeof channel.once !== 'function')
+    return undefined;
   const once = channel.once as (event: 'close', listener: () => void) => unknown;
   return { remote, incoming: incoming as WindowCounter, onClose: (listener) => void once.call(channel, 'close', listener) };
 }
@@ -154,7 +155,10 @@ export class Ssh2InternalsMissing extends Error {
 /** Channels open on an ssh2 connection (client or server side). Throws Ssh2InternalsMissing when ssh2 does not keep the count where expected. */
 export function openChannelCount(connection: Client | Connection): number {
   const count = (connection as unknown as ConnectionInternals)._chanMgr?._count;
-  if (typeof count !== 'number') throw new Ssh2InternalsMissing(`cannot count open channels: ssh2 ${installedSsh2Version() ?? '(unknown version)'} has no numeric _chanMgr._count (written for ${SSH2_VERSION})`);
+  if (typeof count !== 'number')
+    throw new Ssh2InternalsMissing(
+      `cannot count open channels: ssh2 ${installedSsh2Version() ?? '(unknown version)'} has no numeric _chanMgr._count (written for ${SSH2_VERSION})`,
+    );
   return count;
 }
 
@@ -218,7 +222,12 @@ function sessionProblems(session: unknown): string[] {
 
 function requestFailureProblems(connection: Connection, session: unknown): string[] {
   const problems: string[] = [];
-  expect(problems, 'Connection._protocol.channelFailure', (connection as unknown as ConnectionInternals)._protocol?.channelFailure, 'function');
+  expect(
+    problems,
+    'Connection._protocol.channelFailure',
+    (connection as unknown as ConnectionInternals)._protocol?.channelFailure,
+    'function',
+  );
   expect(problems, 'Session._chanInfo.outgoing.id', (session as ChannelInternals)._chanInfo?.outgoing?.id, 'number');
   return problems;
 }
@@ -287,7 +296,8 @@ async function inspectLiveConnection(timeoutMs: number): Promise<Findings> {
     client.end();
     server?.close();
   }
-  if (found.window.length === 0 && !hooked) found.window.push('Connection._protocol.channelOpenConfirm: not called when ssh2 confirmed a session channel');
+  if (found.window.length === 0 && !hooked)
+    found.window.push('Connection._protocol.channelOpenConfirm: not called when ssh2 confirmed a session channel');
   return found;
 }
 
@@ -317,8 +327,15 @@ export async function warnIfSsh2InternalsDiffer(log: Logger): Promise<Ssh2Intern
   const report = await checkSsh2Internals();
   if (report.missing.length > 0) {
     log.warn(
-      { ssh2: report.installedVersion, writtenFor: SSH2_VERSION, missing: report.missing, off: report.off.map((feature) => FEATURES[feature]) },
-      report.off.length > 0 ? `ssh2 internals are not what this daemon was written for; turned off: ${report.off.map((feature) => FEATURES[feature]).join('; ')}` : `ssh2 ${report.installedVersion ?? '(unknown version)'} is not the version this daemon was written for (${SSH2_VERSION}); its internals look as expected`,
+      {
+        ssh2: report.installedVersion,
+        writtenFor: SSH2_VERSION,
+        missing: report.missing,
+        off: report.off.map((feature) => FEATURES[feature]),
+      },
+      report.off.length > 0
+        ? `ssh2 internals are not what this daemon was written for; turned off: ${report.off.map((feature) => FEATURES[feature]).join('; ')}`
+        : `ssh2 ${report.installedVersion ?? '(unknown version)'} is not the version this daemon was written for (${SSH2_VERSION}); its internals look as expected`,
     );
   }
   return report;

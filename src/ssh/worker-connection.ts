@@ -169,17 +169,20 @@ export async function connectWorker(target: WorkerSshTarget, timeoutMs: number):
   const expected = publicKeyBlob(target.hostPublicKey);
   let mismatch = false;
   try {
-    return await connectRoot({
-      host: target.host,
-      port: target.port,
-      privateKey: target.loginPrivateKey,
-      ...(target.keepaliveIntervalMs === undefined ? {} : { keepaliveIntervalMs: target.keepaliveIntervalMs }),
-      ...(target.compression === undefined ? {} : { compression: target.compression }),
-      hostVerifier: (key: Buffer) => {
-        mismatch = !key.equals(expected);
-        return !mismatch;
+    return await connectRoot(
+      {
+        host: target.host,
+        port: target.port,
+        privateKey: target.loginPrivateKey,
+        ...(target.keepaliveIntervalMs === undefined ? {} : { keepaliveIntervalMs: target.keepaliveIntervalMs }),
+        ...(target.compression === undefined ? {} : { compression: target.compression }),
+        hostVerifier: (key: Buffer) => {
+          mismatch = !key.equals(expected);
+          return !mismatch;
+        },
       },
-    }, timeoutMs);
+      timeoutMs,
+    );
   } catch (err) {
     if (mismatch) throw new HostKeyMismatch(`the worker at ${target.host} presented a host key other than the one it was created with`);
     throw err;

@@ -34,7 +34,8 @@ export interface WorkerLinkOptions {
 }
 
 /** What the relay probe found: sessions are compressed, or why not. */
-export type RelayProbe = { zstd: true; relay: string } | { zstd: false; code: number | null; why: string } | { zstd: false; notAsked: true };
+export type RelayProbe =
+  { zstd: true; relay: string } | { zstd: false; code: number | null; why: string } | { zstd: false; notAsked: true };
 
 export class WorkerLink {
   /** More connections, opened when the worker's sshd refuses more channels on the others (MaxSessions). */
@@ -44,7 +45,11 @@ export class WorkerLink {
   private zstd = false;
   private main: SshClient | undefined;
 
-  private constructor(private readonly target: WorkerSshTarget, client: SshClient, private readonly options: WorkerLinkOptions) {
+  private constructor(
+    private readonly target: WorkerSshTarget,
+    client: SshClient,
+    private readonly options: WorkerLinkOptions,
+  ) {
     this.main = client;
   }
 

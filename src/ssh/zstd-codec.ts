@@ -27,7 +27,9 @@ export function zstdBinding(): Binding {
     }
   }
   if (loaded instanceof Error) {
-    throw new ZstdUnavailable(`compression "zstd" needs the npm package zstd-napi, which did not load (${loaded.message.split('\n')[0]}); reinstall with a C++ compiler, or use "zlib" or "none"`);
+    throw new ZstdUnavailable(
+      `compression "zstd" needs the npm package zstd-napi, which did not load (${loaded.message.split('\n')[0]}); reinstall with a C++ compiler, or use "zlib" or "none"`,
+    );
   }
   return loaded;
 }

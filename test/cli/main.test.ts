@@ -58,7 +58,10 @@ function refusal(argv: string[]): UsageError {
 
 /** Runs the CLI from source, as a user would run it. */
 function cli(argv: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', CLI, ...argv], { encoding: 'utf8', env: { ...process.env, ...ENV, NIX_HCLOUD_BUILDER_DEBUG: '' } });
+  const r = spawnSync(process.execPath, ['--import', 'tsx', CLI, ...argv], {
+    encoding: 'utf8',
+    env: { ...process.env, ...ENV, NIX_HCLOUD_BUILDER_DEBUG: '' },
+  });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -81,7 +84,7 @@ t.test('serve --dry-run is refused, naming the option and the command', async (t
   t.ok(err instanceof UserError, 'a UserError: main prints it as one line');
 });
 
-t.test("every command refuses every option it does not declare, and accepts each it does", async (t) => {
+t.test('every command refuses every option it does not declare, and accepts each it does', async (t) => {
   const all = new Map<string, 'string' | 'boolean'>();
   for (const c of COMMANDS) for (const [name, spec] of Object.entries(c.options)) all.set(name, spec.type);
   all.set('no-such-option', 'boolean');
@@ -99,7 +102,10 @@ t.test("every command refuses every option it does not declare, and accepts each
       } else {
         const err = refusal(argv);
         t.equal(err.message.split('\n').length, 1, 'one line');
-        t.ok(err.message.startsWith(`${command.name} does not take the option --${name} `), `${command.name} refuses --${name}: ${err.message}`);
+        t.ok(
+          err.message.startsWith(`${command.name} does not take the option --${name} `),
+          `${command.name} refuses --${name}: ${err.message}`,
+        );
         refused++;
       }
     }
@@ -112,7 +118,10 @@ t.test('unknown and incomplete commands are refused in one line', async (t) => {
   t.match(refusal(['image']).message, /^image: expected upload or cleanup, got nothing$/);
   t.match(refusal(['image', 'push']).message, /^image: expected upload or cleanup, got "push"$/);
   t.match(refusal(['serve', 'now']).message, /^serve takes no arguments, got "now"$/);
-  t.match(refusal(['image', 'upload']).message, /^image upload takes 1 argument\(s\), got 0 \(usage: nix-hcloud-builder image upload IMAGE\.raw/);
+  t.match(
+    refusal(['image', 'upload']).message,
+    /^image upload takes 1 argument\(s\), got 0 \(usage: nix-hcloud-builder image upload IMAGE\.raw/,
+  );
   t.match(refusal(['image', 'upload', 'a', 'b', '--arch', 'x86']).message, /takes 1 argument\(s\), got 2/);
   t.match(refusal(['status', '--json=yes']).message, /^status: --json takes no value$/);
   t.match(refusal(['up', '--workers']).message, /^up: --workers needs a value \(--workers N\)$/);
@@ -128,7 +137,20 @@ t.test('options, operands and the config file as the commands get them', async (
   t.same(up.context, { configFile: '/etc/x.json', operands: ['x86_64', 'arm'] });
   t.equal(run(['--config', '/a.json', 'status']).context.configFile, '/a.json', 'options may come before the command');
   t.equal(run(['status']).context.configFile, ENV.NIX_HCLOUD_BUILDER_CONFIG, 'else $NIX_HCLOUD_BUILDER_CONFIG');
-  const setup = run(['setup', '--write', '--ssh-config', '/s', '--machines', '/m', '--nix-conf', '/n', '--client-key', '/k', '--alias', 'b']);
+  const setup = run([
+    'setup',
+    '--write',
+    '--ssh-config',
+    '/s',
+    '--machines',
+    '/m',
+    '--nix-conf',
+    '/n',
+    '--client-key',
+    '/k',
+    '--alias',
+    'b',
+  ]);
   t.same(setup.values, { write: true, sshConfig: '/s', machines: '/m', nixConf: '/n', clientKey: '/k', alias: 'b' });
   const upload = run(['image', 'upload', 'disk.raw', '--arch', 'arm', '--label', 'a=1', '--label', 'b=2', '--ssh-port', '2022']);
   t.equal(upload.command.name, 'image upload');
@@ -173,13 +195,21 @@ t.test('--help lists every command with its usage line; no command is exit 2', a
 
 t.test('the README lists every command with the usage line it declares', async (t) => {
   const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
-  for (const command of COMMANDS) t.ok(readme.includes(`| \`${invocation(command).replace(/\|/g, '\\|')}\` |`), `README: ${invocation(command)}`);
+  for (const command of COMMANDS)
+    t.ok(readme.includes(`| \`${invocation(command).replace(/\|/g, '\\|')}\` |`), `README: ${invocation(command)}`);
 });
 
 t.test('the errors that end in one line and exit 1 are UserErrors', async (t) => {
   const errors = [
-    new ConfigError('x'), new TokenError('x'), new SetupError('x'), new MachinesError('x'), new ImageUploadError('x'),
-    new StateError('x'), new PoolTypeError('x'), new ControlError('x'), new HcloudError({ message: 'x', status: 401, code: 'unauthorized' }),
+    new ConfigError('x'),
+    new TokenError('x'),
+    new SetupError('x'),
+    new MachinesError('x'),
+    new ImageUploadError('x'),
+    new StateError('x'),
+    new PoolTypeError('x'),
+    new ControlError('x'),
+    new HcloudError({ message: 'x', status: 401, code: 'unauthorized' }),
   ];
   for (const err of errors) {
     t.ok(err instanceof UserError, `${err.name} is a UserError`);

@@ -30,7 +30,9 @@ t.test('the reference documents exactly the keys the loader knows', async (t) =>
     ...knownKeys({ pools: { p: pool }, deleteRetry: { zzz: 1 } }).map((k) => `deleteRetry.${k}`),
     ...knownKeys({ pools: { p: pool }, log: { zzz: 1 } }).map((k) => `log.${k}`),
   ];
-  const leaves = fromLoader.filter((k) => !['listen', 'hcloud', 'pools', 'budget', 'limits', 'deleteRetry', 'log', 'pools.<name>.store', 'pools.<name>.nix'].includes(k));
+  const leaves = fromLoader.filter(
+    (k) => !['listen', 'hcloud', 'pools', 'budget', 'limits', 'deleteRetry', 'log', 'pools.<name>.store', 'pools.<name>.nix'].includes(k),
+  );
   const documented = CONFIG_REFERENCE.map((d) => d.key).filter((k) => k !== 'pools.<name>');
   t.same([...documented].sort(), [...leaves].sort());
 });

@@ -26,14 +26,19 @@ t.test('defaults fill everything a minimal config leaves out', async (t) => {
 });
 
 t.test('durations, paths and image forms', async (t) => {
-  const c = parseConfig({
-    stateDir: 'state', authorizedKeysFile: 'keys', hcloud: { tokenFile: 'token', endpoint: 'http://127.0.0.1:9/v1/' },
-    pools: {
-      a: { serverTypes: ['cx23'], idleTimeout: '90s', bootTimeout: 300, image: 123 },
-      b: { serverTypes: ['cax11'], idleTimeout: '1h30m', image: { labelSelector: 'role=worker' } },
-      c: { serverTypes: ['cx23'], image: '456', compression: 'zlib' },
+  const c = parseConfig(
+    {
+      stateDir: 'state',
+      authorizedKeysFile: 'keys',
+      hcloud: { tokenFile: 'token', endpoint: 'http://127.0.0.1:9/v1/' },
+      pools: {
+        a: { serverTypes: ['cx23'], idleTimeout: '90s', bootTimeout: 300, image: 123 },
+        b: { serverTypes: ['cax11'], idleTimeout: '1h30m', image: { labelSelector: 'role=worker' } },
+        c: { serverTypes: ['cx23'], image: '456', compression: 'zlib' },
+      },
     },
-  }, '/srv/conf');
+    '/srv/conf',
+  );
   t.equal(c.pools.c?.compression, 'zlib');
   t.equal(c.stateDir, '/srv/conf/state');
   t.equal(c.authorizedKeysFile, '/srv/conf/keys');
@@ -58,13 +63,19 @@ t.test('errors name the key and the expected value', async (t) => {
     [{ pools: { x86_64: { serverTypes: ['cx23'], maxWorkers: 0 } } }, /"pools\.x86_64\.maxWorkers": expected an integer from 1/],
     [{ pools: { x86_64: { serverTypes: ['cx23'], maxWorker: 2 } } }, /"pools\.x86_64\.maxWorker" is not known/],
     [{ pools: { 'Bad Name': { serverTypes: ['cx23'] } } }, /"pools\.Bad Name": a pool name/],
-    [{ pools: { x86_64: { serverTypes: ['cx23'], compression: 'lz4' } } }, /"pools\.x86_64\.compression": expected one of "none", "zlib", "zstd", got "lz4"/],
+    [
+      { pools: { x86_64: { serverTypes: ['cx23'], compression: 'lz4' } } },
+      /"pools\.x86_64\.compression": expected one of "none", "zlib", "zstd", got "lz4"/,
+    ],
     [{ pools: { x86_64: { serverTypes: ['cx23'], compression: 'zstd', compressionLevel: 22 } } }, /"pools\.x86_64\.compressionLevel"/],
     [{ ...minimal, listen: { port: 'x' } }, /"listen\.port": expected an integer/],
     [{ ...minimal, lsten: {} }, /"lsten" is not known/],
     [{ ...minimal, hcloud: { tokenFile: 'a', tokenCommand: 'b' } }, /one of them, not both/],
     [{ ...minimal, hcloud: { endpoint: 'ftp://x' } }, /"hcloud\.endpoint": expected an http/],
-    [{ ...minimal, hcloud: { endpoint: 'http://api.hetzner.cloud/v1' } }, /"hcloud\.endpoint": expected an https URL \(plain http sends the API token in clear text/],
+    [
+      { ...minimal, hcloud: { endpoint: 'http://api.hetzner.cloud/v1' } },
+      /"hcloud\.endpoint": expected an https URL \(plain http sends the API token in clear text/,
+    ],
     [{ ...minimal, hcloud: { endpoint: 'http://192.168.1.5:8080/v1' } }, /"hcloud\.endpoint": expected an https URL/],
     [{ ...minimal, log: { level: 'loud' } }, /"log\.level": expected one of/],
     [{ ...minimal, instance: '-x-' }, /"instance"/],
@@ -76,7 +87,15 @@ t.test('errors name the key and the expected value', async (t) => {
 
 t.test('pools.<name>.store: the warm store', async (t) => {
   t.equal(parseConfig(minimal, '/').pools.x86_64?.store, undefined, 'no store unless asked for');
-  const c = parseConfig({ pools: { x86_64: { serverTypes: ['ccx33'], store: { volumeGb: 200 } }, arm: { serverTypes: ['cax11'], store: { volumeGb: 10, gcAtPercent: 95 } } } }, '/');
+  const c = parseConfig(
+    {
+      pools: {
+        x86_64: { serverTypes: ['ccx33'], store: { volumeGb: 200 } },
+        arm: { serverTypes: ['cax11'], store: { volumeGb: 10, gcAtPercent: 95 } },
+      },
+    },
+    '/',
+  );
   t.same(c.pools.x86_64?.store, { volumeGb: 200, gcAtPercent: 80 });
   t.same(c.pools.arm?.store, { volumeGb: 10, gcAtPercent: 95 });
   const pool = (store: unknown) => ({ pools: { x86_64: { serverTypes: ['ccx33'], store } } });
@@ -116,19 +135,36 @@ t.test('parseDuration', async (t) => {
 });
 
 t.test('pools.<name>.nix: the pinned release by default; another one only with its hashes', async (t) => {
-  const pool = (nix: unknown, systems?: string[]) => parseConfig({ pools: { p: { serverTypes: ['cx23'], ...(systems ? { systems } : {}), nix } } }, '/').pools.p?.nix;
+  const pool = (nix: unknown, systems?: string[]) =>
+    parseConfig({ pools: { p: { serverTypes: ['cx23'], ...(systems ? { systems } : {}), nix } } }, '/').pools.p?.nix;
   const pinned = parseConfig(minimal, '/').pools.x86_64?.nix;
   t.equal(pinned?.version, '2.31.2');
   t.equal(pinned?.url, 'https://releases.nixos.org/nix/nix-{version}/nix-{version}-{system}.tar.xz');
   t.same(Object.keys(pinned?.sha256 ?? {}), ['x86_64-linux', 'aarch64-linux'], 'both architectures: a pool can be arm');
   t.same(pool({ version: '2.31.2' }), pinned, 'the pinned version named: its hashes');
   const hash = 'ab'.repeat(32);
-  t.same(pool({ version: '2.33.1', sha256: { 'x86_64-linux': hash } }), { version: '2.33.1', url: pinned?.url, sha256: { 'x86_64-linux': hash } });
-  t.same(pool({ version: '2.33.1', url: 'http://mirror.example/nix-{version}-{system}.tar.xz', sha256: { 'aarch64-linux': hash } }, ['aarch64-linux'])?.url, 'http://mirror.example/nix-{version}-{system}.tar.xz');
+  t.same(pool({ version: '2.33.1', sha256: { 'x86_64-linux': hash } }), {
+    version: '2.33.1',
+    url: pinned?.url,
+    sha256: { 'x86_64-linux': hash },
+  });
+  t.same(
+    pool({ version: '2.33.1', url: 'http://mirror.example/nix-{version}-{system}.tar.xz', sha256: { 'aarch64-linux': hash } }, [
+      'aarch64-linux',
+    ])?.url,
+    'http://mirror.example/nix-{version}-{system}.tar.xz',
+  );
   const bad: [unknown, RegExp, string[]?][] = [
     [{ version: '2.33.1' }, /"pools\.p\.nix\.sha256": expected the sha256 of Nix 2\.33\.1's x86_64-linux tarball/],
-    [{ version: '2.33.1', sha256: { 'x86_64-linux': hash } }, /the sha256 of Nix 2\.33\.1's aarch64-linux tarball \(the pool builds aarch64-linux\)/, ['aarch64-linux']],
-    [{ version: '2.33.1', sha256: { 'x86_64-linux': 'AB'.repeat(32) } }, /"pools\.p\.nix\.sha256\.x86_64-linux": expected the tarball's sha256 as 64 lowercase hex digits/],
+    [
+      { version: '2.33.1', sha256: { 'x86_64-linux': hash } },
+      /the sha256 of Nix 2\.33\.1's aarch64-linux tarball \(the pool builds aarch64-linux\)/,
+      ['aarch64-linux'],
+    ],
+    [
+      { version: '2.33.1', sha256: { 'x86_64-linux': 'AB'.repeat(32) } },
+      /"pools\.p\.nix\.sha256\.x86_64-linux": expected the tarball's sha256 as 64 lowercase hex digits/,
+    ],
     [{ version: '2.33.1', sha256: { x86_64: hash } }, /"pools\.p\.nix\.sha256\.x86_64" is not known/],
     [{ version: '2; rm -rf /' }, /"pools\.p\.nix\.version": expected a Nix release version/],
     [{ url: 'https://x/$(reboot)' }, /"pools\.p\.nix\.url": expected an http\(s\) URL/],
@@ -146,12 +182,24 @@ t.test('instance: unset, it is the host name plus a suffix kept in the state fol
   t.match(fresh.instance, /^[a-z0-9_.-]+-[a-z0-9]{6}$/);
   t.not(parseConfig({ ...minimal, stateDir: dir }, '/').instance, fresh.instance, 'two state folders get two instances');
   writeFileSync(join(dir, 'instance'), 'nixos-k3x9q2\n');
-  t.match(parseConfig({ ...minimal, stateDir: dir }, '/'), { instance: 'nixos-k3x9q2', instanceOrigin: 'state folder' }, 'stable once kept');
-  t.match(parseConfig({ ...minimal, stateDir: dir, instance: 'mine' }, '/'), { instance: 'mine', instanceOrigin: 'config' }, 'an explicit instance stays as it is');
+  t.match(
+    parseConfig({ ...minimal, stateDir: dir }, '/'),
+    { instance: 'nixos-k3x9q2', instanceOrigin: 'state folder' },
+    'stable once kept',
+  );
+  t.match(
+    parseConfig({ ...minimal, stateDir: dir, instance: 'mine' }, '/'),
+    { instance: 'mine', instanceOrigin: 'config' },
+    'an explicit instance stays as it is',
+  );
 
   const legacy = mkdtempSync(join(tmpdir(), 'nhb-instance-'));
   writeFileSync(join(legacy, 'state.json'), JSON.stringify({ version: 1, instance: 'nixos', workers: [] }));
-  t.match(parseConfig({ ...minimal, stateDir: legacy }, '/'), { instance: 'nixos', instanceOrigin: 'state folder' }, 'a state folder from before the suffix keeps its servers\' instance');
+  t.match(
+    parseConfig({ ...minimal, stateDir: legacy }, '/'),
+    { instance: 'nixos', instanceOrigin: 'state folder' },
+    "a state folder from before the suffix keeps its servers' instance",
+  );
 
   const long = newDefaultInstance(`${'a'.repeat(70)}.example.org`);
   t.ok(long.length <= 63, `label value length ${long.length}`);
@@ -162,7 +210,13 @@ t.test('instance: unset, it is the host name plus a suffix kept in the state fol
 
 t.test('deleteRetry: waits from the config; the max no shorter than the first', async (t) => {
   t.same(parseConfig(minimal, '/').deleteRetry, { firstWaitMs: 10_000, maxWaitMs: 300_000 });
-  t.same(parseConfig({ ...minimal, deleteRetry: { firstWait: '200ms', maxWait: '1s' } }, '/').deleteRetry, { firstWaitMs: 200, maxWaitMs: 1000 });
-  t.throws(() => parseConfig({ ...minimal, deleteRetry: { firstWait: '1m', maxWait: '10s' } }, '/'), /"deleteRetry\.maxWait": expected a duration no shorter than deleteRetry\.firstWait/);
+  t.same(parseConfig({ ...minimal, deleteRetry: { firstWait: '200ms', maxWait: '1s' } }, '/').deleteRetry, {
+    firstWaitMs: 200,
+    maxWaitMs: 1000,
+  });
+  t.throws(
+    () => parseConfig({ ...minimal, deleteRetry: { firstWait: '1m', maxWait: '10s' } }, '/'),
+    /"deleteRetry\.maxWait": expected a duration no shorter than deleteRetry\.firstWait/,
+  );
   t.throws(() => parseConfig({ ...minimal, deleteRetry: { first: '1m' } }, '/'), /"deleteRetry\.first" is not known/);
 });

@@ -20,7 +20,9 @@ t.test('environment wins, then file, then command', async (t) => {
 
 t.test('bad token sources give clear errors that do not contain the token', async (t) => {
   t.throws(() => loadToken(parseConfig(base, dir), {}), { name: 'TokenError', message: /no Hetzner API token/ });
-  t.throws(() => loadToken(parseConfig({ ...base, hcloud: { tokenFile: 'missing' } }, dir), {}), { message: /cannot read the Hetzner API token file .*missing \(hcloud\.tokenFile\): ENOENT/ });
+  t.throws(() => loadToken(parseConfig({ ...base, hcloud: { tokenFile: 'missing' } }, dir), {}), {
+    message: /cannot read the Hetzner API token file .*missing \(hcloud\.tokenFile\): ENOENT/,
+  });
   // A path that cannot be read as a file (root reads any mode, so a folder stands in).
   const unreadable = parseConfig({ ...base, hcloud: { tokenFile: '.' } }, dir);
   t.throws(() => loadToken(unreadable, {}), { message: /cannot read the Hetzner API token file .* \(hcloud\.tokenFile\): EISDIR/ });

@@ -6,7 +6,16 @@ import t from 'tap';
 import { Writable } from 'node:stream';
 import { createLogger } from '../../src/core/log.js';
 import { HcloudError } from '../../src/hcloud/errors.js';
-import { DEFAULT_DELETE_POLICY, Deletions, DeletionStopped, deleteRetryDelayMs, deleteServersWithin, isOverdue, type DeletionRecord, type DeletionsDeps } from '../../src/daemon/deletions.js';
+import {
+  DEFAULT_DELETE_POLICY,
+  Deletions,
+  DeletionStopped,
+  deleteRetryDelayMs,
+  deleteServersWithin,
+  isOverdue,
+  type DeletionRecord,
+  type DeletionsDeps,
+} from '../../src/daemon/deletions.js';
 import { FakeClock } from './fake-clock.js';
 
 const START = Date.parse('2025-01-01T00:00:00Z');
@@ -60,30 +69,55 @@ function setup(options: { previous?: DeletionRecord[]; policy?: DeletionsDeps['p
   const api = new ScriptedApi(clock);
   const logLines: { level: number; msg: string; overdue?: boolean; retryInMs?: number }[] = [];
   const log = createLogger({
-    level: 'debug', pretty: false,
-    destination: new Writable({ write(chunk: Buffer, _e, done) { logLines.push(JSON.parse(chunk.toString()) as never); done(); } }),
+    level: 'debug',
+    pretty: false,
+    destination: new Writable({
+      write(chunk: Buffer, _e, done) {
+        logLines.push(JSON.parse(chunk.toString()) as never);
+        done();
+      },
+    }),
   });
   const saved: DeletionRecord[][] = [];
   const gone: string[] = [];
-  const queue: Deletions = new Deletions({
-    hcloud: api.hcloud(), log, clock, ...(options.policy ? { policy: options.policy } : {}),
-    changed: () => saved.push(queue.pending),
-    gone: (r) => gone.push(r.name),
-  }, options.previous ?? []);
+  const queue: Deletions = new Deletions(
+    {
+      hcloud: api.hcloud(),
+      log,
+      clock,
+      ...(options.policy ? { policy: options.policy } : {}),
+      changed: () => saved.push(queue.pending),
+      gone: (r) => gone.push(r.name),
+    },
+    options.previous ?? [],
+  );
   return { clock, api, queue, logLines, saved, gone };
 }
 
 t.test('backoff: doubling from the first wait, capped; the default starts at 10 s and stops at 5 min', async (t) => {
-  t.same([1, 2, 3, 4, 5, 6, 7, 50].map((n) => deleteRetryDelayMs(DEFAULT_DELETE_POLICY, n)), [10_000, 20_000, 40_000, 80_000, 160_000, 300_000, 300_000, 300_000]);
-  t.same([1, 2, 3, 4].map((n) => deleteRetryDelayMs({ firstRetryMs: 200, maxRetryMs: 500 }, n)), [200, 400, 500, 500]);
+  t.same(
+    [1, 2, 3, 4, 5, 6, 7, 50].map((n) => deleteRetryDelayMs(DEFAULT_DELETE_POLICY, n)),
+    [10_000, 20_000, 40_000, 80_000, 160_000, 300_000, 300_000, 300_000],
+  );
+  t.same(
+    [1, 2, 3, 4].map((n) => deleteRetryDelayMs({ firstRetryMs: 200, maxRetryMs: 500 }, n)),
+    [200, 400, 500, 500],
+  );
 });
 
 t.test('503, 423, 429 and even 403 are retried with backoff until GET says 404', async (t) => {
   const { clock, api, queue, gone } = setup();
   api.live.add(7);
-  api.deleteErrors.push(apiError(503, 'unavailable'), apiError(423, 'locked'), apiError(429, 'rate_limit_exceeded'), apiError(403, 'forbidden'));
+  api.deleteErrors.push(
+    apiError(503, 'unavailable'),
+    apiError(423, 'locked'),
+    apiError(429, 'rate_limit_exceeded'),
+    apiError(403, 'forbidden'),
+  );
   let done = false;
-  void queue.delete({ id: 7, name: 'w7' }, 'idle timeout').then(() => { done = true; });
+  void queue.delete({ id: 7, name: 'w7' }, 'idle timeout').then(() => {
+    done = true;
+  });
   await settle();
   for (const wait of [10, 20, 40, 80]) {
     t.notOk(done, 'still pending');
@@ -94,7 +128,10 @@ t.test('503, 423, 429 and even 403 are retried with backoff until GET says 404',
     await settle();
   }
   t.ok(done, 'resolved once gone');
-  t.same(api.deletesAt.map((at) => (at - START) / SECOND), [0, 10, 30, 70, 150]);
+  t.same(
+    api.deletesAt.map((at) => (at - START) / SECOND),
+    [0, 10, 30, 70, 150],
+  );
   t.same(gone, ['w7']);
   t.same(queue.pending, []);
 });
@@ -121,7 +158,9 @@ t.test('persistence: every change is reported; a new queue from the saved record
   first.clock.advance(10 * SECOND);
   await settle();
   const saved = first.saved.at(-1) as DeletionRecord[];
-  t.match(saved, [{ id: 9, name: 'w9', reason: 'boot failed', since: new Date(START).toISOString(), failures: 2, lastError: /injected 503/ }]);
+  t.match(saved, [
+    { id: 9, name: 'w9', reason: 'boot failed', since: new Date(START).toISOString(), failures: 2, lastError: /injected 503/ },
+  ]);
   first.queue.stop();
   await stopped;
   t.equal(first.clock.pending, 0, 'stop leaves no timer behind');
@@ -163,7 +202,10 @@ t.test('a delete still failing after an hour is an error line and counts as over
     await settle();
   }
   t.same(queue.overdue(), [], 'not overdue within the hour');
-  t.notOk(logLines.some((l) => l.level >= 50), 'failures within the hour are warnings');
+  t.notOk(
+    logLines.some((l) => l.level >= 50),
+    'failures within the hour are warnings',
+  );
   t.ok(logLines.some((l) => l.level === 40 && /deleting server w11 failed; retrying in/.test(l.msg)));
   clock.advance(11 * MINUTE);
   await settle();
@@ -199,7 +241,11 @@ t.test('drain: true once empty, false when the time is up; deleteServersWithin n
   const real = new ScriptedApi(new FakeClock(START));
   real.live.add(4);
   for (let i = 0; i < 100; i++) real.deleteErrors.push(apiError(423, 'locked'));
-  const left = await deleteServersWithin({ hcloud: real.hcloud(), log: createLogger({ level: 'silent' }), policy: { firstRetryMs: 5, maxRetryMs: 10 } }, [{ id: 4, name: 'w4', reason: 'down' }], 100);
+  const left = await deleteServersWithin(
+    { hcloud: real.hcloud(), log: createLogger({ level: 'silent' }), policy: { firstRetryMs: 5, maxRetryMs: 10 } },
+    [{ id: 4, name: 'w4', reason: 'down' }],
+    100,
+  );
   t.match(left, [{ id: 4, name: 'w4', reason: 'down', lastError: /injected 423/ }]);
   t.ok((left[0]?.failures ?? 0) >= 2, 'retried meanwhile');
 });

@@ -3,7 +3,14 @@ import t from 'tap';
 import { createLogger } from '../../src/core/log.js';
 import { HcloudError } from '../../src/hcloud/errors.js';
 import type { SshKey } from '../../src/hcloud/types.js';
-import { InstanceLease, InstanceTaken, LABEL_LEASE_HEARTBEAT, LABEL_LEASE_HOLDER, LEASE_TTL_MS, type LeaseDeps } from '../../src/daemon/instance-lease.js';
+import {
+  InstanceLease,
+  InstanceTaken,
+  LABEL_LEASE_HEARTBEAT,
+  LABEL_LEASE_HOLDER,
+  LEASE_TTL_MS,
+  type LeaseDeps,
+} from '../../src/daemon/instance-lease.js';
 
 const log = createLogger({ level: 'silent' });
 
@@ -12,16 +19,21 @@ function keyStore(): { hcloud: LeaseDeps['hcloud']; keys: Map<number, SshKey> } 
   const keys = new Map<number, SshKey>();
   let next = 1;
   const notFound = (): HcloudError => new HcloudError({ status: 404, code: 'not_found', message: 'not found' });
-  const matches = (k: SshKey, selector: string): boolean => selector.split(',').every((part) => {
-    const [key, value] = part.split('=');
-    return value === undefined ? (key as string) in k.labels : k.labels[key as string] === value;
-  });
+  const matches = (k: SshKey, selector: string): boolean =>
+    selector.split(',').every((part) => {
+      const [key, value] = part.split('=');
+      return value === undefined ? (key as string) in k.labels : k.labels[key as string] === value;
+    });
   return {
     keys,
     hcloud: {
-      listSshKeys: async (q = {}) => [...keys.values()].filter((k) => (q.name === undefined || k.name === q.name) && (q.labelSelector === undefined || matches(k, q.labelSelector))),
+      listSshKeys: async (q = {}) =>
+        [...keys.values()].filter(
+          (k) => (q.name === undefined || k.name === q.name) && (q.labelSelector === undefined || matches(k, q.labelSelector)),
+        ),
       createSshKey: async (req) => {
-        if ([...keys.values()].some((k) => k.name === req.name)) throw new HcloudError({ status: 409, code: 'uniqueness_error', message: 'name taken' });
+        if ([...keys.values()].some((k) => k.name === req.name))
+          throw new HcloudError({ status: 409, code: 'uniqueness_error', message: 'name taken' });
         const key = { id: next++, name: req.name, labels: { ...req.labels }, public_key: req.public_key, fingerprint: '', created: '' };
         keys.set(key.id, key);
         return key;

@@ -13,14 +13,24 @@ import type { Pricing, ServerType } from '../../src/hcloud/types.js';
 const T0 = Date.UTC(2026, 11, 6, 12, 0, 0);
 
 function serverType(name: string, prices: Record<string, string>): ServerType {
-  return { name, prices: Object.entries(prices).map(([location, gross]) => ({ location, price_hourly: { gross, net: gross }, price_monthly: { gross, net: gross } })) } as unknown as ServerType;
+  return {
+    name,
+    prices: Object.entries(prices).map(([location, gross]) => ({
+      location,
+      price_hourly: { gross, net: gross },
+      price_monthly: { gross, net: gross },
+    })),
+  } as unknown as ServerType;
 }
 
 function pricing(gross: string): Pricing {
   return { volume: { price_per_gb_month: { gross, net: gross } } } as unknown as Pricing;
 }
 
-function money(over: Partial<MoneyDeps> & { types?: () => Promise<ServerType[]>; prices?: () => Promise<Pricing> } = {}): { money: Money; calls: { types: number; pricing: number } } {
+function money(over: Partial<MoneyDeps> & { types?: () => Promise<ServerType[]>; prices?: () => Promise<Pricing> } = {}): {
+  money: Money;
+  calls: { types: number; pricing: number };
+} {
   const calls = { types: 0, pricing: 0 };
   const hcloud = {
     listServerTypes: () => (calls.types++, (over.types ?? (async () => [serverType('cx23', { fsn1: '0.0060' })]))()),
@@ -32,7 +42,9 @@ function money(over: Partial<MoneyDeps> & { types?: () => Promise<ServerType[]>;
 
 t.test('prices are asked once, and again after a failure', async (t) => {
   let fail = true;
-  const { money: m, calls } = money({ types: async () => (fail ? Promise.reject(new Error('503')) : [serverType('cx23', { fsn1: '0.0060' })]) });
+  const { money: m, calls } = money({
+    types: async () => (fail ? Promise.reject(new Error('503')) : [serverType('cx23', { fsn1: '0.0060' })]),
+  });
   await t.rejects(m.hourlyPrice('cx23', 'fsn1'), /503/);
   fail = false;
   t.equal(await m.hourlyPrice('cx23', 'fsn1'), '0.0060');
@@ -48,23 +60,40 @@ t.test('without a budget, a server is priced when possible and never refused', a
 t.test('with a budget: fail closed on an unknown price, refuse past the budget, count the store volumes', async (t) => {
   const budget = { maxEurPerMonth: 1 };
   t.equal(await money({ budget }).money.priceServer('cx23', 'fsn1'), '0.0060');
-  await t.rejects(money({ budget }).money.priceServer('cx23', 'nbg1'), { name: 'BudgetExceeded', message: 'budget: no price known for cx23 in nbg1' });
-  await t.rejects(money({ budget: { maxEurPerMonth: 0.005 } }).money.priceServer('cx23', 'fsn1'), { name: 'BudgetExceeded', message: /would exceed budget\.maxEurPerMonth/ });
-  // 20 GB at €0.0524 is €1.048 a month: over the budget with any server.
-  await t.rejects(money({ budget, storeGb: () => 20 }).money.priceServer('cx23', 'fsn1'), { name: 'BudgetExceeded', message: /store volumes €1\.05\/month/ });
-  await t.rejects(money({ budget, storeGb: () => 20, prices: async () => Promise.reject(new Error('no pricing')) }).money.priceServer('cx23', 'fsn1'), {
+  await t.rejects(money({ budget }).money.priceServer('cx23', 'nbg1'), {
     name: 'BudgetExceeded',
-    message: "budget: the store volumes' price is unknown (no pricing)",
+    message: 'budget: no price known for cx23 in nbg1',
   });
+  await t.rejects(money({ budget: { maxEurPerMonth: 0.005 } }).money.priceServer('cx23', 'fsn1'), {
+    name: 'BudgetExceeded',
+    message: /would exceed budget\.maxEurPerMonth/,
+  });
+  // 20 GB at €0.0524 is €1.048 a month: over the budget with any server.
+  await t.rejects(money({ budget, storeGb: () => 20 }).money.priceServer('cx23', 'fsn1'), {
+    name: 'BudgetExceeded',
+    message: /store volumes €1\.05\/month/,
+  });
+  await t.rejects(
+    money({ budget, storeGb: () => 20, prices: async () => Promise.reject(new Error('no pricing')) }).money.priceServer('cx23', 'fsn1'),
+    {
+      name: 'BudgetExceeded',
+      message: "budget: the store volumes' price is unknown (no pricing)",
+    },
+  );
 });
 
 t.test('a store volume against the budget', async (t) => {
   const { money: m, calls } = money({ budget: { maxEurPerMonth: 1 }, storeGb: () => 0 });
   await t.resolves(m.checkVolume(10, 'store volume a'));
-  await t.rejects(m.checkVolume(20, 'store volume b (20 GB in fsn1)'), { name: 'BudgetExceeded', message: /^budget: creating store volume b \(20 GB in fsn1\) \(€1\.05\/month\)/ });
+  await t.rejects(m.checkVolume(20, 'store volume b (20 GB in fsn1)'), {
+    name: 'BudgetExceeded',
+    message: /^budget: creating store volume b \(20 GB in fsn1\) \(€1\.05\/month\)/,
+  });
   t.equal(calls.pricing, 1, 'the volume price was asked once');
   await t.resolves(money().money.checkVolume(10_000, 'no budget'), 'no budget, no check');
-  await t.rejects(money({ budget: { maxEurPerMonth: 1 }, prices: async () => Promise.reject(new Error('x')) }).money.checkVolume(10, 'v'), { message: 'budget: no volume price known (x)' });
+  await t.rejects(money({ budget: { maxEurPerMonth: 1 }, prices: async () => Promise.reject(new Error('x')) }).money.checkVolume(10, 'v'), {
+    message: 'budget: no volume price known (x)',
+  });
 });
 
 t.test('volumePriceOf reads the gross price and refuses what is not a number', async (t) => {

@@ -67,14 +67,18 @@ t.test('the step passes shellcheck as POSIX sh', async (t) => {
   t.equal(r.status, 0, r.stdout + r.stderr);
 });
 
-t.test('a flaky download is retried, the checked tarball\'s installer runs multi-user with the environment set', async (t) => {
+t.test("a flaky download is retried, the checked tarball's installer runs multi-user with the environment set", async (t) => {
   refuse = 1;
   requests.length = 0;
   const r = await runStep({ version, url, sha256: { [system]: sha256 } });
   t.equal(r.code, 0, r.out);
   t.same(requests, [503, 200], 'one refusal, then the tarball');
   t.match(r.out, `download of ${url.replaceAll('{version}', version).replaceAll('{system}', system)} failed (attempt 1 of 5)`);
-  t.equal(readFileSync(join(dir, 'ran'), 'utf8'), 'args --daemon --yes --no-channel-add HOME=/root USER=root\n', 'the release\'s own installer, multi-user, without a channel');
+  t.equal(
+    readFileSync(join(dir, 'ran'), 'utf8'),
+    'args --daemon --yes --no-channel-add HOME=/root USER=root\n',
+    "the release's own installer, multi-user, without a channel",
+  );
   t.match(r.out, `installed Nix ${version} (${system}, sha256 ${sha256})`);
 });
 
@@ -83,12 +87,15 @@ t.test('a tarball that does not match its sha256 is never run', async (t) => {
   const wrong = 'ab'.repeat(32);
   const r = await runStep({ version, url, sha256: { [system]: wrong } });
   t.equal(r.code, 1);
-  t.match(r.out, `FAIL: sha256 mismatch of ${url.replaceAll('{version}', version).replaceAll('{system}', system)}: expected ${wrong}, got ${sha256}; not running it`);
+  t.match(
+    r.out,
+    `FAIL: sha256 mismatch of ${url.replaceAll('{version}', version).replaceAll('{system}', system)}: expected ${wrong}, got ${sha256}; not running it`,
+  );
   t.equal(readFileSync(join(dir, 'ran'), 'utf8'), '', 'the installer did not run');
   t.notMatch(r.out, 'step-done');
 });
 
-t.test('no hash for this machine\'s architecture: nothing is downloaded', async (t) => {
+t.test("no hash for this machine's architecture: nothing is downloaded", async (t) => {
   requests.length = 0;
   const other = system === 'x86_64-linux' ? 'aarch64-linux' : 'x86_64-linux';
   const r = await runStep({ version, url, sha256: { [other]: sha256 } });

@@ -29,10 +29,23 @@ class FakeWorker implements PoolWorker {
   private bootDone: { resolve: () => void; reject: (err: Error) => void } | undefined;
   private lost: ((why: string) => void) | undefined;
 
-  constructor(private readonly clock: FakeClock, name: string, phase: WorkerRecord['phase'] = 'creating') {
+  constructor(
+    private readonly clock: FakeClock,
+    name: string,
+    phase: WorkerRecord['phase'] = 'creating',
+  ) {
     this.record = {
-      id: 0, name, pool: 'x86_64', serverType: 'cx23', location: 'fsn1', phase, sshPort: 22,
-      hostPublicKey: '', loginPrivateKey: '', createdAt: new Date(clock.now()).toISOString(), activeSessions: 0,
+      id: 0,
+      name,
+      pool: 'x86_64',
+      serverType: 'cx23',
+      location: 'fsn1',
+      phase,
+      sshPort: 22,
+      hostPublicKey: '',
+      loginPrivateKey: '',
+      createdAt: new Date(clock.now()).toISOString(),
+      activeSessions: 0,
     };
     this.connected = phase === 'ready';
   }
@@ -180,7 +193,7 @@ t.test('early handshake: answered from the record only while a session would wai
   t.equal(pool.earlyHandshake('serve'), undefined, 'a ready worker with a free slot answers itself');
 });
 
-t.test('early handshake: off by the pool\'s setting', (t) => {
+t.test("early handshake: off by the pool's setting", (t) => {
   const { pool } = setup({ earlyHandshake: false });
   pool.handshakeSeen(SERVE_2_7);
   t.equal(pool.earlyHandshake('serve'), undefined);
@@ -229,7 +242,10 @@ t.test('boot sharing: sessions arriving during a boot wait for that same boot', 
   const w1 = created[0] as FakeWorker;
   w1.finishBoot();
   const leases = await Promise.all(burst);
-  t.same(leases.map((l) => l.worker.record.name), ['w1', 'w1', 'w1']);
+  t.same(
+    leases.map((l) => l.worker.record.name),
+    ['w1', 'w1', 'w1'],
+  );
   t.equal(pool.sessionsOn(w1), 3);
   t.equal(await holder(fourth), 'waiting', 'the fourth waits for its own boot');
   (created[1] as FakeWorker).finishBoot();
@@ -253,13 +269,15 @@ t.test('boot sharing: a client that leaves during the boot hears no more progres
   const { pool, created } = setup({ jobsPerWorker: 2, maxWorkers: 1 });
   const heard: string[][] = [[], []];
   const aborts = heard.map(() => new AbortController());
-  const leases = heard.map((lines, i) => pool.acquire({ signal: (aborts[i] as AbortController).signal, progress: (line) => lines.push(line) }));
+  const leases = heard.map((lines, i) =>
+    pool.acquire({ signal: (aborts[i] as AbortController).signal, progress: (line) => lines.push(line) }),
+  );
   await settle();
   const w1 = created[0] as FakeWorker;
   t.equal(w1.progressListeners.size, 2, 'both waiting sessions listen to the boot');
   (aborts[0] as AbortController).abort();
   await t.rejects(leases[0] as Promise<unknown>, /went away/);
-  t.equal(w1.progressListeners.size, 1, "the one that left is no longer listening");
+  t.equal(w1.progressListeners.size, 1, 'the one that left is no longer listening');
   for (const listener of w1.progressListeners) listener('boot step 3/5');
   t.same(heard, [[], ['boot step 3/5']], 'only the session still waiting gets the line');
   w1.finishBoot();
@@ -384,7 +402,7 @@ t.test('a pending delete: the worker stays, as "deleting", until its server is g
   a.endDeletes();
   await settle();
   t.same(pool.workers, [], 'dropped once its server is gone');
-  t.equal(a.deletes.length, 1, 'the pool asks once; retrying is the deletion queue\'s job');
+  t.equal(a.deletes.length, 1, "the pool asks once; retrying is the deletion queue's job");
 });
 
 t.test('no unhandled rejection when deletes started in the background are cut short by a stop', async (t) => {
@@ -414,7 +432,11 @@ t.test('no unhandled rejection when deletes started in the background are cut sh
   idle.endDeletes(new Error('stopped before idle was deleted'));
   lost.endDeletes(new Error('stopped before lost was deleted'));
   await closed;
-  t.same(pool.workers.map((w) => w.record.phase), ['deleting', 'deleting'], 'their records stay, for the next start');
+  t.same(
+    pool.workers.map((w) => w.record.phase),
+    ['deleting', 'deleting'],
+    'their records stay, for the next start',
+  );
   for (let i = 0; i < 3; i++) await settle();
   t.same(unhandled, [], 'no unhandled rejection');
 });

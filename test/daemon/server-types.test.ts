@@ -13,7 +13,7 @@ if (!listed) throw new Error('the fake lists no cx22');
 const deprecation = { announced: '2025-10-16T00:00:00+00:00', unavailable_after: '2026-12-31T00:00:00+00:00' };
 const cx22 = { ...listed, locations: listed.locations.map((l) => ({ ...l, deprecation: l.name === 'fsn1' ? deprecation : null })) };
 
-t.test('a server type deprecated in one of the pool\'s locations is a warning naming it', async (t) => {
+t.test("a server type deprecated in one of the pool's locations is a warning naming it", async (t) => {
   t.same(checkPoolServerTypes(pool(['fsn1', 'nbg1']), [cx22]), [
     'pool "x86_64": server type "cx22" is deprecated in fsn1 (unavailable after 2026-12-31T00:00:00+00:00)',
   ]);

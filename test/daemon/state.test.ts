@@ -6,8 +6,17 @@ import { join } from 'node:path';
 import { peekState, StateFile, stateFilePath, type WorkerRecord } from '../../src/daemon/state.js';
 
 const record: WorkerRecord = {
-  id: 42, name: 'nhb-x-p-1', pool: 'p', serverType: 'cx23', location: 'fsn1', phase: 'ready', sshPort: 22,
-  hostPublicKey: 'ssh-ed25519 AAAA', loginPrivateKey: 'secret', createdAt: new Date(0).toISOString(), activeSessions: 0,
+  id: 42,
+  name: 'nhb-x-p-1',
+  pool: 'p',
+  serverType: 'cx23',
+  location: 'fsn1',
+  phase: 'ready',
+  sshPort: 22,
+  hostPublicKey: 'ssh-ed25519 AAAA',
+  loginPrivateKey: 'secret',
+  createdAt: new Date(0).toISOString(),
+  activeSessions: 0,
 };
 
 t.test('saves atomically with private modes, and reads back', async (t) => {
@@ -19,7 +28,11 @@ t.test('saves atomically with private modes, and reads back', async (t) => {
   await Promise.all([state.save(), state.save(), state.save()]);
   t.equal(statSync(stateFilePath(dir)).mode & 0o777, 0o600);
   t.same(peekState(dir).state?.workers, [record]);
-  t.same(readdirSync(dir).filter((f) => f.endsWith('.tmp')), [], 'no temp files left');
+  t.same(
+    readdirSync(dir).filter((f) => f.endsWith('.tmp')),
+    [],
+    'no temp files left',
+  );
   await state.close();
   const again = await StateFile.open(dir, 'me');
   t.same(again.state.data.workers, [record]);
@@ -33,11 +46,19 @@ t.test('a second daemon on the same folder is refused; a dead holder is not', as
   await first.state.close();
 
   // A holder killed with SIGKILL leaves its lock and pid file; the next start takes over at once.
-  const child = spawn(process.execPath, ['--import=tsx', '-e', `
+  const child = spawn(
+    process.execPath,
+    [
+      '--import=tsx',
+      '-e',
+      `
     import('${new URL('../../src/daemon/state.ts', import.meta.url).pathname}').then(async ({ StateFile }) => {
       await StateFile.open(${JSON.stringify(dir)}, 'me');
       console.log('locked');
-    });`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    });`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
   await new Promise<void>((resolve) => child.stdout.on('data', (d: Buffer) => d.toString().includes('locked') && resolve()));
   child.kill('SIGKILL');
   await new Promise((resolve) => child.once('exit', resolve));
@@ -47,7 +68,10 @@ t.test('a second daemon on the same folder is refused; a dead holder is not', as
 });
 
 t.test('an unusable state file is kept aside and reported', async (t) => {
-  for (const [what, content] of [['truncated', '{"version":1,"work'], ['future', JSON.stringify({ version: 99, instance: 'me', workers: [] })]] as const) {
+  for (const [what, content] of [
+    ['truncated', '{"version":1,"work'],
+    ['future', JSON.stringify({ version: 99, instance: 'me', workers: [] })],
+  ] as const) {
     const dir = mkdtempSync(join(tmpdir(), 'nhb-bad-'));
     writeFileSync(stateFilePath(dir), content);
     const { state, read } = await StateFile.open(dir, 'me');

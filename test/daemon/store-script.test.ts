@@ -35,7 +35,11 @@ t.test('a blank volume is formatted once and mounted at /nix; a formatted one ke
   const { dir, device: loop, image, release } = attachLoopDevice('nhb-store-vol-', 64);
   t.teardown(release);
 
-  const first = inNamespace(dir, loop, `${mountStoreScript(ID)}\necho "status $?"\nfindmnt -n -o FSTYPE /nix | tail -n 1\ncat ${STORE_MARKER}\necho kept > /nix/probe`);
+  const first = inNamespace(
+    dir,
+    loop,
+    `${mountStoreScript(ID)}\necho "status $?"\nfindmnt -n -o FSTYPE /nix | tail -n 1\ncat ${STORE_MARKER}\necho kept > /nix/probe`,
+  );
   t.match(first.out, /status 0\next4\n7\n/, `formatted, mounted at /nix, marker written:\n${first.out}`);
   t.equal(spawnSync('blkid', ['-p', '-o', 'value', '-s', 'TYPE', image], { encoding: 'utf8' }).stdout.trim(), 'ext4');
 

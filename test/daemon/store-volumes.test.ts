@@ -11,12 +11,27 @@ import type { Action, Volume } from '../../src/hcloud/types.js';
 const INSTANCE = 'laptop';
 
 function pool(extra: Record<string, unknown> = {}): PoolConfig & { store: StoreConfig } {
-  const config = parseConfig({ instance: INSTANCE, pools: { x86_64: { serverTypes: ['cx23'], locations: ['nbg1', 'fsn1'], maxWorkers: 2, store: { volumeGb: 20 }, ...extra } } }, '/');
+  const config = parseConfig(
+    {
+      instance: INSTANCE,
+      pools: { x86_64: { serverTypes: ['cx23'], locations: ['nbg1', 'fsn1'], maxWorkers: 2, store: { volumeGb: 20 }, ...extra } },
+    },
+    '/',
+  );
   return config.pools.x86_64 as PoolConfig & { store: StoreConfig };
 }
 
 function volume(id: number, name: string, labels: Record<string, string>, server: number | null = null): Volume {
-  return { id, name, size: 20, labels, server, status: 'available', location: { name: 'nbg1' }, created: new Date().toISOString() } as unknown as Volume;
+  return {
+    id,
+    name,
+    size: 20,
+    labels,
+    server,
+    status: 'available',
+    location: { name: 'nbg1' },
+    created: new Date().toISOString(),
+  } as unknown as Volume;
 }
 
 /** The API's volume calls over a list; `created` records each create. */
@@ -25,12 +40,19 @@ function api(volumes: Volume[]) {
   let nextId = 500;
   const action = { id: 1, command: 'create_volume', status: 'success' } as Action;
   const hcloud: StoreVolumesDeps['hcloud'] = {
-    listVolumes: async (q = {}) => volumes.filter((v) => (!q.name || v.name === q.name) && (!q.labelSelector || q.labelSelector.split(',').every((kv) => {
-      const [k, val] = kv.split('=');
-      return v.labels[k as string] === val;
-    }))),
+    listVolumes: async (q = {}) =>
+      volumes.filter(
+        (v) =>
+          (!q.name || v.name === q.name) &&
+          (!q.labelSelector ||
+            q.labelSelector.split(',').every((kv) => {
+              const [k, val] = kv.split('=');
+              return v.labels[k as string] === val;
+            })),
+      ),
     createVolume: async (o) => {
-      if (volumes.some((v) => v.name === o.name)) throw new HcloudError({ status: 409, code: 'uniqueness_error', message: 'name is already used' });
+      if (volumes.some((v) => v.name === o.name))
+        throw new HcloudError({ status: 409, code: 'uniqueness_error', message: 'name is already used' });
       created.push({ name: o.name, location: o.location, size: o.size, labels: o.labels ?? {} });
       const v = volume(nextId++, o.name, o.labels ?? {});
       volumes.push(v);
@@ -60,12 +82,20 @@ t.test('slots: the lowest free one, its volume found by label or created in the 
   const notes: string[] = [];
   const a = await store.acquire(never, (l) => notes.push(l));
   t.equal(a.slot, 0);
-  t.same(created, [{ name: 'nhb-laptop-x86-64-store-0', location: 'nbg1', size: 20, labels: volumeLabels(INSTANCE, 'x86_64', 0) }], 'slot 0 had none: made in the pool\'s first location');
+  t.same(
+    created,
+    [{ name: 'nhb-laptop-x86-64-store-0', location: 'nbg1', size: 20, labels: volumeLabels(INSTANCE, 'x86_64', 0) }],
+    "slot 0 had none: made in the pool's first location",
+  );
   t.match(notes, [/created store volume nhb-laptop-x86-64-store-0 \(id 500, 20 GB in nbg1\)/]);
   const b = await store.acquire(never, () => undefined);
   t.equal(b.slot, 1);
   t.equal(b.volume?.id, 10, 'slot 1: the older of two labelled volumes');
-  t.same(store.volumes.map((v) => v.id), [500, 10], 'slots past maxWorkers and other pools are not ours to use');
+  t.same(
+    store.volumes.map((v) => v.id),
+    [500, 10],
+    'slots past maxWorkers and other pools are not ours to use',
+  );
   a.release();
   a.release();
   const c = await store.acquire(never, () => undefined);
@@ -88,7 +118,9 @@ t.test('claim: an adopted server keeps the slot of the volume it has', async (t)
 
 t.test('trouble means a cold store, said; an abort gives the slot back and throws', async (t) => {
   const refused = new StoreVolumes(pool(), {
-    hcloud: api([]).hcloud, instance: INSTANCE, log,
+    hcloud: api([]).hcloud,
+    instance: INSTANCE,
+    log,
     checkBudget: async (gb, what) => {
       throw new BudgetExceeded(`budget: creating ${what} (${gb} GB) would exceed it`);
     },
@@ -96,7 +128,9 @@ t.test('trouble means a cold store, said; an abort gives the slot back and throw
   const notes: string[] = [];
   const cold = await refused.acquire(never, (l) => notes.push(l));
   t.equal(cold.volume, undefined);
-  t.match(notes, [/store volume of slot 0 unavailable \(budget: creating store volume nhb-laptop-x86-64-store-0 \(20 GB in nbg1\) \(20 GB\) would exceed it\); this worker starts with an empty store/]);
+  t.match(notes, [
+    /store volume of slot 0 unavailable \(budget: creating store volume nhb-laptop-x86-64-store-0 \(20 GB in nbg1\) \(20 GB\) would exceed it\); this worker starts with an empty store/,
+  ]);
 
   const attached = api([volume(10, 'v0', volumeLabels(INSTANCE, 'x86_64', 0), 99)]);
   const busy = new StoreVolumes(pool(), { hcloud: attached.hcloud, instance: INSTANCE, log, detachWaitMs: 0 });
@@ -122,14 +156,24 @@ t.test('a volume deleted behind our back is replaced; one whose create answer wa
   t.equal(lease.volume?.id, 500, 'a new volume for the slot');
 
   const lost = api([volume(20, 'nhb-laptop-x86-64-store-0', volumeLabels(INSTANCE, 'x86_64', 0))]);
-  const fresh = new StoreVolumes(pool(), { hcloud: { ...lost.hcloud, listVolumes: async (q = {}) => (q.labelSelector ? [] : lost.hcloud.listVolumes(q)) }, instance: INSTANCE, log });
+  const fresh = new StoreVolumes(pool(), {
+    hcloud: { ...lost.hcloud, listVolumes: async (q = {}) => (q.labelSelector ? [] : lost.hcloud.listVolumes(q)) },
+    instance: INSTANCE,
+    log,
+  });
   const found = await fresh.acquire(never, () => undefined);
-  t.equal(found.volume?.id, 20, 'uniqueness_error: the volume of that name and our labels is the slot\'s');
+  t.equal(found.volume?.id, 20, "uniqueness_error: the volume of that name and our labels is the slot's");
   t.equal(lost.created.length, 0);
 });
 
 t.test('unusedVolumes: what no configured slot uses, and why', async (t) => {
-  const config = parseConfig({ instance: INSTANCE, pools: { x86_64: { serverTypes: ['cx23'], maxWorkers: 1, store: { volumeGb: 20 } }, plain: { serverTypes: ['cx23'] } } }, '/');
+  const config = parseConfig(
+    {
+      instance: INSTANCE,
+      pools: { x86_64: { serverTypes: ['cx23'], maxWorkers: 1, store: { volumeGb: 20 } }, plain: { serverTypes: ['cx23'] } },
+    },
+    '/',
+  );
   const unused = unusedVolumes(config.pools, [
     volume(1, 'a', volumeLabels(INSTANCE, 'x86_64', 0)),
     volume(2, 'b', volumeLabels(INSTANCE, 'x86_64', 0)),
@@ -138,11 +182,14 @@ t.test('unusedVolumes: what no configured slot uses, and why', async (t) => {
     volume(5, 'e', volumeLabels(INSTANCE, 'gone', 0)),
     volume(6, 'f', { ...volumeLabels(INSTANCE, 'x86_64', 0), 'nix-hcloud-builder/slot': 'x' }),
   ]);
-  t.same(unused.map((u) => [u.volume.id, u.reason]), [
-    [2, 'an older volume serves slot 0'],
-    [3, 'its slot 1 is not one of the pool\'s 1'],
-    [4, 'its pool "plain" has no store'],
-    [5, 'its pool "gone" is not in the config'],
-    [6, 'its slot x is not one of the pool\'s 1'],
-  ]);
+  t.same(
+    unused.map((u) => [u.volume.id, u.reason]),
+    [
+      [2, 'an older volume serves slot 0'],
+      [3, "its slot 1 is not one of the pool's 1"],
+      [4, 'its pool "plain" has no store'],
+      [5, 'its pool "gone" is not in the config'],
+      [6, "its slot x is not one of the pool's 1"],
+    ],
+  );
 });

@@ -27,10 +27,16 @@ t.test('unknown servers go; known ones by their lifetime; pending deletes are le
 });
 
 t.test('an asker that cannot know the sessions applies the hard cap only', async (t) => {
-  t.same(verdicts([{ subject: 'old', created: at(5), known: true, pool }, { subject: 'ancient', created: at(8), known: true, pool }]), { ancient: 'hard lifetime cap' });
+  t.same(
+    verdicts([
+      { subject: 'old', created: at(5), known: true, pool },
+      { subject: 'ancient', created: at(8), known: true, pool },
+    ]),
+    { ancient: 'hard lifetime cap' },
+  );
 });
 
-t.test('each reason has words for the commands\' output', async (t) => {
+t.test("each reason has words for the commands' output", async (t) => {
   t.match(describeReason('unknown'), /^not in the state/);
   t.match(describeReason('hard lifetime cap'), /twice/);
 });

@@ -27,7 +27,11 @@ t.test('cloud-init schema passes every variant of the user data', async (t) => {
   const login = generateKeyPair('login');
   const base = { hostKey: host, loginPublicKey: login.publicKey };
   const store = { volumeId: 4711, gcAtPercent: 85 };
-  const nix = { version: '2.33.1', url: 'https://mirror.example/nix-{version}-{system}.tar.xz', sha256: { 'aarch64-linux': 'ab'.repeat(32) } };
+  const nix = {
+    version: '2.33.1',
+    url: 'https://mirror.example/nix-{version}-{system}.tar.xz',
+    sha256: { 'aarch64-linux': 'ab'.repeat(32) },
+  };
   const variants: Record<string, WorkerUserDataInput> = {
     plain: base,
     zstd: { ...base, zstdRelay: true },

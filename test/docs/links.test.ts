@@ -14,12 +14,17 @@ const PAGES = [
   join(ROOT, 'bench', 'README.md'),
   join(ROOT, '.ci', 'README.md'),
   join(ROOT, 'test', 'fake-hcloud', 'README.md'),
-  ...readdirSync(DOCS).filter((f) => f.endsWith('.md')).map((f) => join(DOCS, f)),
+  ...readdirSync(DOCS)
+    .filter((f) => f.endsWith('.md'))
+    .map((f) => join(DOCS, f)),
 ];
 
 /** Markdown text outside fenced code blocks. */
 function prose(markdown: string): string {
-  return markdown.split(/^```.*$/m).filter((_, i) => i % 2 === 0).join('\n');
+  return markdown
+    .split(/^```.*$/m)
+    .filter((_, i) => i % 2 === 0)
+    .join('\n');
 }
 
 /** GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens. */
@@ -46,7 +51,7 @@ function links(file: string): string[] {
   return out;
 }
 
-t.test('the slug of a heading is GitHub\'s', async (t) => {
+t.test("the slug of a heading is GitHub's", async (t) => {
   t.equal(slug('What the rig owns, and CI on a pristine root'), 'what-the-rig-owns-and-ci-on-a-pristine-root');
   t.equal(slug('Tell Nix about it: `setup`'), 'tell-nix-about-it-setup');
 });
@@ -59,7 +64,8 @@ t.test('every relative link resolves, fragments included', async (t) => {
       const target = path === '' ? page : resolve(dirname(page), path);
       const where = `${relative(ROOT, page)} → ${link}`;
       t.ok(existsSync(target), `${where}: the file exists`);
-      if (fragment !== undefined && existsSync(target) && target.endsWith('.md')) t.ok(anchors(target).has(fragment), `${where}: the heading exists`);
+      if (fragment !== undefined && existsSync(target) && target.endsWith('.md'))
+        t.ok(anchors(target).has(fragment), `${where}: the heading exists`);
       checked++;
     }
   }

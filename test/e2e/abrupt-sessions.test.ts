@@ -26,22 +26,41 @@ t.test('200 abrupt sessions leak nothing, and logs hold no secret', async (t) =>
 
   const knownHosts = rig.knownHostsFile();
   const sshConfig = rig.sshConfig(daemon.port);
-  const session = (): Promise<void> => new Promise((resolve, reject) => {
-    const ssh = spawn('ssh', ['-F', sshConfig, '-i', rig.clientKeyFile, '-o', `UserKnownHostsFile=${knownHosts}`, '-o', 'BatchMode=yes', 'x86_64@hcloud-builder', 'nix-store --serve --write'], { stdio: ['pipe', 'pipe', 'ignore'] });
-    let got = Buffer.alloc(0);
-    const timer = setTimeout(() => { ssh.kill('SIGKILL'); reject(new Error('no serve handshake answer within 60 s')); }, 60_000);
-    ssh.stdout.on('data', (d: Buffer) => {
-      got = Buffer.concat([got, d]);
-      if (got.length >= 8) {
-        clearTimeout(timer);
-        if (!got.subarray(0, 8).equals(SERVE_MAGIC)) reject(new Error(`unexpected answer ${got.toString('hex')}`));
+  const session = (): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const ssh = spawn(
+        'ssh',
+        [
+          '-F',
+          sshConfig,
+          '-i',
+          rig.clientKeyFile,
+          '-o',
+          `UserKnownHostsFile=${knownHosts}`,
+          '-o',
+          'BatchMode=yes',
+          'x86_64@hcloud-builder',
+          'nix-store --serve --write',
+        ],
+        { stdio: ['pipe', 'pipe', 'ignore'] },
+      );
+      let got = Buffer.alloc(0);
+      const timer = setTimeout(() => {
         ssh.kill('SIGKILL');
-      }
+        reject(new Error('no serve handshake answer within 60 s'));
+      }, 60_000);
+      ssh.stdout.on('data', (d: Buffer) => {
+        got = Buffer.concat([got, d]);
+        if (got.length >= 8) {
+          clearTimeout(timer);
+          if (!got.subarray(0, 8).equals(SERVE_MAGIC)) reject(new Error(`unexpected answer ${got.toString('hex')}`));
+          ssh.kill('SIGKILL');
+        }
+      });
+      ssh.once('exit', () => resolve());
+      ssh.stdin.on('error', () => undefined);
+      ssh.stdin.write(SERVE_HELLO);
     });
-    ssh.once('exit', () => resolve());
-    ssh.stdin.on('error', () => undefined);
-    ssh.stdin.write(SERVE_HELLO);
-  });
 
   await session();
   const pool = daemon.pools.get('x86_64');
@@ -49,11 +68,19 @@ t.test('200 abrupt sessions leak nothing, and logs hold no secret', async (t) =>
   t.ok(worker?.link?.connection, 'a worker is up');
   await waitUntil(() => daemon.endpoint.activeSessions === 0, 10_000);
   const workerSocket = (worker?.link?.connection as unknown as { _sock?: EventEmitter } | undefined)?._sock;
-  const baseline = { timers: timers(), clientListeners: worker?.link?.connection?.listenerCount('close') ?? -1, drainListeners: workerSocket?.listenerCount('drain') ?? -1 };
+  const baseline = {
+    timers: timers(),
+    clientListeners: worker?.link?.connection?.listenerCount('close') ?? -1,
+    drainListeners: workerSocket?.listenerCount('drain') ?? -1,
+  };
 
   const rounds = 200;
   for (let i = 0; i < rounds; i++) await session();
-  await waitUntil(() => daemon.endpoint.activeSessions === 0 && daemon.endpoint.connections.size === 0 && openChannelCount(worker!.link!.connection!) === 0, 15_000);
+  await waitUntil(
+    () =>
+      daemon.endpoint.activeSessions === 0 && daemon.endpoint.connections.size === 0 && openChannelCount(worker!.link!.connection!) === 0,
+    15_000,
+  );
 
   t.equal(daemon.endpoint.connections.size, 0, 'no client connection left');
   t.equal(daemon.endpoint.activeSessions, 0, 'no session left');
@@ -79,13 +106,21 @@ t.test('200 abrupt sessions leak nothing, and logs hold no secret', async (t) =>
     TOKEN,
     ...state.workers.map((w) => keyBody(w.loginPrivateKey)),
     keyBody(readFileSync(join(config.stateDir, 'ssh_host_ed25519_key'), 'utf8')),
-    ...rig.fake.servers().map((s) => keyBody((JSON.parse((s.userData ?? '').replace(/^#cloud-config\n/, '')) as { ssh_keys: { ed25519_private: string } }).ssh_keys.ed25519_private)),
+    ...rig.fake
+      .servers()
+      .map((s) =>
+        keyBody(
+          (JSON.parse((s.userData ?? '').replace(/^#cloud-config\n/, '')) as { ssh_keys: { ed25519_private: string } }).ssh_keys
+            .ed25519_private,
+        ),
+      ),
   ];
   t.equal(secrets.length, 4);
   const hostKeyPem = readFileSync(join(config.stateDir, 'ssh_host_ed25519_key'), 'utf8');
   t.ok(JSON.stringify({ key: hostKeyPem }).includes(keyBody(hostKeyPem)), 'the check would see a key logged as JSON');
   const allLogs = logLines.join('');
-  for (const secret of secrets) t.notOk(allLogs.includes(secret), `a secret (${secret.slice(0, 6)}…) is not in ${logLines.length} log lines`);
+  for (const secret of secrets)
+    t.notOk(allLogs.includes(secret), `a secret (${secret.slice(0, 6)}…) is not in ${logLines.length} log lines`);
 });
 
 /**

@@ -22,38 +22,49 @@ const versions: { client: NixSuite; workerNix?: NixSuite }[] = [
 for (const { client, workerNix } of versions) {
   for (const scheme of ['ssh-ng', 'ssh'] as const) {
     const workers = workerNix === undefined ? '' : `, workers on ${workerNix}'s Nix`;
-    t.test(`${scheme}://, ${client}'s Nix as the client${workers}: a build runs on a booted worker, and the idle timer deletes it`, async (t) => {
-      const rig = await Rig.start({ pool: { idleTimeout: '3s' }, client, ...(workerNix === undefined ? {} : { workerNix }) });
-      t.teardown(() => rig.stop());
-      const daemon = await rig.startDaemon();
-      const nonce = `${scheme}-${client}-${Date.now()}`;
+    t.test(
+      `${scheme}://, ${client}'s Nix as the client${workers}: a build runs on a booted worker, and the idle timer deletes it`,
+      async (t) => {
+        const rig = await Rig.start({ pool: { idleTimeout: '3s' }, client, ...(workerNix === undefined ? {} : { workerNix }) });
+        t.teardown(() => rig.stop());
+        const daemon = await rig.startDaemon();
+        const nonce = `${scheme}-${client}-${Date.now()}`;
 
-      const result = await rig.nixBuild(daemon, { scheme, nonces: [nonce] });
-      t.equal(result.code, 0, `nix-build of ${rig.client.name} succeeded`, { stderr: result.stderr });
-      t.equal(result.outPaths.length, 1);
-      const outPath = result.outPaths[0] as string;
-      t.equal(readFileSync(rig.client.local(outPath), 'utf8'), `built by nix-hcloud-builder ${nonce}\n`, 'the output was copied back to the client\'s store');
+        const result = await rig.nixBuild(daemon, { scheme, nonces: [nonce] });
+        t.equal(result.code, 0, `nix-build of ${rig.client.name} succeeded`, { stderr: result.stderr });
+        t.equal(result.outPaths.length, 1);
+        const outPath = result.outPaths[0] as string;
+        t.equal(
+          readFileSync(rig.client.local(outPath), 'utf8'),
+          `built by nix-hcloud-builder ${nonce}\n`,
+          "the output was copied back to the client's store",
+        );
 
-      const servers = rig.fake.servers();
-      t.equal(servers.length, 1, 'one server was created');
-      const server = servers[0];
-      t.ok(server && existsSync(join(server.storeDir, 'store', basename(outPath))), 'the output was built in the worker\'s own store');
-      t.match(result.stderr + daemon.raw.join('\n'), /created server/);
-      if (workerNix !== undefined) {
-        // The worker's nix-daemon, asked through the endpoint, answers as that version's does.
-        const answer = await hello('daemon', 'ssh', rig.sshArgs(daemon, ['nix-daemon', '--stdio']));
-        t.same(answer, await installHello(nixInstall(workerNix), 'daemon'), `the worker runs ${workerNix}'s nix-daemon`);
-        t.not(answer.version, (await installHello(rig.client.install, 'daemon')).version, 'which speaks a newer protocol than the client');
-      }
+        const servers = rig.fake.servers();
+        t.equal(servers.length, 1, 'one server was created');
+        const server = servers[0];
+        t.ok(server && existsSync(join(server.storeDir, 'store', basename(outPath))), "the output was built in the worker's own store");
+        t.match(result.stderr + daemon.raw.join('\n'), /created server/);
+        if (workerNix !== undefined) {
+          // The worker's nix-daemon, asked through the endpoint, answers as that version's does.
+          const answer = await hello('daemon', 'ssh', rig.sshArgs(daemon, ['nix-daemon', '--stdio']));
+          t.same(answer, await installHello(nixInstall(workerNix), 'daemon'), `the worker runs ${workerNix}'s nix-daemon`);
+          t.not(
+            answer.version,
+            (await installHello(rig.client.install, 'daemon')).version,
+            'which speaks a newer protocol than the client',
+          );
+        }
 
-      const booted = await daemon.waitForMsg(/is ready after/);
-      t.type(booted.bootMs, 'number');
-      await daemon.waitForMsg(/deleted server/, 30_000);
-      t.same(rig.fake.liveServers(), [], 'the idle timer deleted the server');
-      t.same(rig.fake.schemaErrors, [], 'every fake API answer matched openapi.json');
+        const booted = await daemon.waitForMsg(/is ready after/);
+        t.type(booted.bootMs, 'number');
+        await daemon.waitForMsg(/deleted server/, 30_000);
+        t.same(rig.fake.liveServers(), [], 'the idle timer deleted the server');
+        t.same(rig.fake.schemaErrors, [], 'every fake API answer matched openapi.json');
 
-      t.equal(await daemon.stop(), 0, 'SIGTERM stops the daemon cleanly');
-    });
+        t.equal(await daemon.stop(), 0, 'SIGTERM stops the daemon cleanly');
+      },
+    );
   }
 }
 

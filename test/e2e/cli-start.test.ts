@@ -11,10 +11,12 @@ t.test('through its shebang, the daemon runs with the node flags the tests and t
   const rig = await Rig.start({ fake: { realServers: false } });
   t.teardown(() => rig.stop());
   chmodSync(CLI, 0o755); // npm makes a package's bin executable when it installs it
-  const daemon = new DaemonProcess(spawn(CLI, ['serve', '--config', rig.configFile], {
-    env: { ...process.env, HCLOUD_TOKEN: TOKEN },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  }));
+  const daemon = new DaemonProcess(
+    spawn(CLI, ['serve', '--config', rig.configFile], {
+      env: { ...process.env, HCLOUD_TOKEN: TOKEN },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    }),
+  );
   const first = await daemon.waitForMsg(/^step 1\/4/, 30_000);
   t.same(first.nodeFlags, ['--single-threaded-gc'], 'node got the flag from the shebang');
   t.same(nodeFlagsOf(CLI), first.nodeFlags, 'the harness and the bench start it with the same flags');

@@ -47,11 +47,25 @@ t.test('each compression setting builds the same bytes, negotiates itself, and z
     const name = `${compression} (${protocol})`;
     const input = makeInput(name);
     const expr = `import ${TRANSFORM_NIX} { input = ${input}; nonce = "${compression}-${protocol}-${Date.now()}"; }`;
-    const result = await run('nix-build', [
-      '-E', expr, '--no-out-link', '--max-jobs', '0',
-      '--builders', rig.machinesLine(protocol, compression, 1),
-      '--option', 'substituters', '', '--option', 'builders-use-substitutes', 'false',
-    ], { env: { ...process.env, NIX_SSHOPTS: `-F ${rig.sshConfig(daemon.port)}` } });
+    const result = await run(
+      'nix-build',
+      [
+        '-E',
+        expr,
+        '--no-out-link',
+        '--max-jobs',
+        '0',
+        '--builders',
+        rig.machinesLine(protocol, compression, 1),
+        '--option',
+        'substituters',
+        '',
+        '--option',
+        'builders-use-substitutes',
+        'false',
+      ],
+      { env: { ...process.env, NIX_SSHOPTS: `-F ${rig.sshConfig(daemon.port)}` } },
+    );
     t.equal(result.code, 0, `${name}: nix-build succeeded`, { stderr: result.stderr });
     const out = result.stdout.trim().split('\n').pop() as string;
     const expected = createHash('sha256').update(readFileSync(input, 'utf8').toUpperCase()).digest('hex');
@@ -61,10 +75,20 @@ t.test('each compression setting builds the same bytes, negotiates itself, and z
     t.equal(step4.compression, compression === 'zlib' ? 'zlib@openssh.com' : 'none', `${name}: the worker connection negotiated it`);
     if (compression === 'zstd') {
       const relay = await daemon.waitFor((l) => l.pool === compression && l.msg === 'zstd relay answers');
-      t.match(relay.relay, /^libzstd \d/, 'zstd: the worker\'s relay answered the check');
-      const session = await daemon.waitFor((l) => l.msg === 'session ended' && l.user === compression && typeof l.wireUp === 'number' && (l.up as number) > INPUT_BYTES && !sessionsSeen.has(l));
+      t.match(relay.relay, /^libzstd \d/, "zstd: the worker's relay answered the check");
+      const session = await daemon.waitFor(
+        (l) =>
+          l.msg === 'session ended' &&
+          l.user === compression &&
+          typeof l.wireUp === 'number' &&
+          (l.up as number) > INPUT_BYTES &&
+          !sessionsSeen.has(l),
+      );
       sessionsSeen.add(session);
-      t.ok((session.wireUp as number) < (session.up as number) / 4, `zstd: the session sent ${String(session.wireUp)} bytes for ${String(session.up)}`);
+      t.ok(
+        (session.wireUp as number) < (session.up as number) / 4,
+        `zstd: the session sent ${String(session.wireUp)} bytes for ${String(session.up)}`,
+      );
     }
 
     const server = rig.fake.liveServers().find((s) => s.labels[LABEL_POOL] === compression);
@@ -83,24 +107,42 @@ t.test('each compression setting builds the same bytes, negotiates itself, and z
   }
 });
 
-t.test('a worker whose zstd relay does not run: said on the build\'s stderr, and the build goes uncompressed', async (t) => {
+t.test("a worker whose zstd relay does not run: said on the build's stderr, and the build goes uncompressed", async (t) => {
   const rig = await Rig.start({
     pools: {
       // The relay is removed before the worker reports ready, as on an image without it.
-      zstd: { compression: 'zstd', idleTimeout: '60s', readyCommand: 'rm -f /usr/local/bin/nix-hcloud-builder-zstd-relay; test -e /run/nix-hcloud-builder/ready && nix-store --version' },
+      zstd: {
+        compression: 'zstd',
+        idleTimeout: '60s',
+        readyCommand: 'rm -f /usr/local/bin/nix-hcloud-builder-zstd-relay; test -e /run/nix-hcloud-builder/ready && nix-store --version',
+      },
     },
   });
   t.teardown(() => rig.stop());
   const daemon = await rig.startDaemon();
   const input = join(rig.dir, 'input.txt');
   writeFileSync(input, `a small input ${Date.now()}\n`);
-  const result = await run('nix-build', [
-    '-E', `import ${TRANSFORM_NIX} { input = ${input}; nonce = "fallback-${Date.now()}"; }`, '--no-out-link', '--max-jobs', '0',
-    '--builders', rig.machinesLine('ssh-ng', 'zstd', 1),
-    '--option', 'substituters', '', '--option', 'builders-use-substitutes', 'false',
-  ], { env: { ...process.env, NIX_SSHOPTS: `-F ${rig.sshConfig(daemon.port)}` } });
+  const result = await run(
+    'nix-build',
+    [
+      '-E',
+      `import ${TRANSFORM_NIX} { input = ${input}; nonce = "fallback-${Date.now()}"; }`,
+      '--no-out-link',
+      '--max-jobs',
+      '0',
+      '--builders',
+      rig.machinesLine('ssh-ng', 'zstd', 1),
+      '--option',
+      'substituters',
+      '',
+      '--option',
+      'builders-use-substitutes',
+      'false',
+    ],
+    { env: { ...process.env, NIX_SSHOPTS: `-F ${rig.sshConfig(daemon.port)}` } },
+  );
   t.equal(result.code, 0, 'nix-build succeeded', { stderr: result.stderr });
-  t.match(result.stderr, /compression "zstd": the worker's relay does not run \(status 127/, 'the build\'s stderr says why');
+  t.match(result.stderr, /compression "zstd": the worker's relay does not run \(status 127/, "the build's stderr says why");
   const warning = await daemon.waitFor((l) => /the worker's relay does not run/.test(l.msg));
   t.equal(warning.level, 40, 'logged as a warning');
   const session = await daemon.waitFor((l) => l.msg === 'session ended' && l.user === 'zstd');

@@ -16,7 +16,13 @@ async function createStray(rig: Rig, name: string): Promise<number> {
   const res = await fetch(`${rig.fake.url}/servers`, {
     method: 'POST',
     headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ name, server_type: 'cx23', image: 'ubuntu-24.04', location: 'fsn1', labels: serverLabels(rig.instance, 'x86_64') }),
+    body: JSON.stringify({
+      name,
+      server_type: 'cx23',
+      image: 'ubuntu-24.04',
+      location: 'fsn1',
+      labels: serverLabels(rig.instance, 'x86_64'),
+    }),
   });
   return ((await res.json()) as { server: { id: number } }).server.id;
 }
@@ -30,9 +36,11 @@ async function faultyStrays(rig: Rig, unavailable: number, locked: number): Prom
   return { a, b };
 }
 
-const deletesOf = (rig: Rig, id: number): number => rig.fake.requests.filter((r) => r.method === 'DELETE' && r.path === `/servers/${id}`).length;
+const deletesOf = (rig: Rig, id: number): number =>
+  rig.fake.requests.filter((r) => r.method === 'DELETE' && r.path === `/servers/${id}`).length;
 const isLive = (rig: Rig, id: number): boolean => rig.fake.liveServers().some((s) => s.id === id);
-const failedFor = (daemon: DaemonProcess, name: string): boolean => daemon.lines.some((l) => l.msg.startsWith(`deleting server ${name} failed`));
+const failedFor = (daemon: DaemonProcess, name: string): boolean =>
+  daemon.lines.some((l) => l.msg.startsWith(`deleting server ${name} failed`));
 
 t.test('the sweep deletes strays whose deletes fail with 503 six times and 423 over and over', async (t) => {
   const rig = await Rig.start({ config: CONFIG, fake: { realServers: false } });
@@ -63,10 +71,17 @@ t.test('after a SIGKILL in between, the next start goes on with the deletes the 
   t.ok(isLive(rig, a) && isLive(rig, b), 'both strays outlive the killed daemon');
   const state = JSON.parse(readFileSync(join(rig.dir, 'state', 'state.json'), 'utf8')) as { deletions: DeletionRecord[] };
   const kept = Object.fromEntries(state.deletions.map((d) => [d.name, d]));
-  t.match(kept, { 'stray-unavailable': { id: a, failures: Number }, 'stray-locked': { id: b, failures: Number } }, 'the state keeps both pending deletes');
+  t.match(
+    kept,
+    { 'stray-unavailable': { id: a, failures: Number }, 'stray-locked': { id: b, failures: Number } },
+    'the state keeps both pending deletes',
+  );
 
   const second = await rig.startDaemon();
-  t.ok(second.lines.some((l) => l.msg === 'going on with the deletion of a server' && l.server === 'stray-locked'), 'the restart goes on with the kept deletes');
+  t.ok(
+    second.lines.some((l) => l.msg === 'going on with the deletion of a server' && l.server === 'stray-locked'),
+    'the restart goes on with the kept deletes',
+  );
   await waitUntil(() => !isLive(rig, a) && !isLive(rig, b), 120_000);
   t.notOk(isLive(rig, a), 'the server answering 503 is gone');
   t.notOk(isLive(rig, b), 'the server answering 423 is gone');
@@ -91,7 +106,10 @@ t.test('down gives up after --wait naming what is left, status shows it; gc then
   const status = await rig.cli(['status']);
   t.match(status.stdout, /DELETING\s+NAME\s+REASON\s+SINCE/);
   t.match(status.stdout, new RegExp(`${id}\\s+stray-down\\s+down\\s+\\S+ \\(\\S+ ago\\)\\s+\\d`));
-  const json = JSON.parse((await rig.cli(['status', '--json'])).stdout) as { deletions: { name: string; overdue: boolean }[]; workers: { name: string; phase: string }[] };
+  const json = JSON.parse((await rig.cli(['status', '--json'])).stdout) as {
+    deletions: { name: string; overdue: boolean }[];
+    workers: { name: string; phase: string }[];
+  };
   t.match(json.deletions, [{ name: 'stray-down', overdue: false }]);
   t.match(json.workers, [{ name: 'stray-down', phase: 'deleting' }]);
 
@@ -105,7 +123,10 @@ t.test('status: a delete pending for over an hour is an error line', async (t) =
   const { formatDeletions } = await import('../../src/cli/status.js');
   const since = '2025-01-01T00:00:00.000Z';
   const now = Date.parse(since) + 61 * 60_000;
-  const text = formatDeletions([{ id: 4, name: 'w4', reason: 'idle timeout', since, failures: 20, lastError: 'locked', overdue: true }], now);
+  const text = formatDeletions(
+    [{ id: 4, name: 'w4', reason: 'idle timeout', since, failures: 20, lastError: 'locked', overdue: true }],
+    now,
+  );
   t.match(text, /^error: server w4 \(id 4\) is still not deleted after 1h1m; it bills meanwhile \(last error: locked\)$/m);
   t.notMatch(formatDeletions([{ id: 4, name: 'w4', reason: 'idle timeout', since, failures: 1, overdue: false }], now), /error:/);
 });

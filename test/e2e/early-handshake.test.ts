@@ -36,34 +36,37 @@ async function recorded(t: Test, name: string): Promise<{ rig: Rig; daemon: Daem
 for (const client of testedSuites()) {
   for (const scheme of ['ssh-ng', 'ssh'] as const) {
     const mode = scheme === 'ssh-ng' ? 'daemon' : 'serve';
-    t.test(`${scheme}://, ${client}'s Nix: a cold pool answers from the record before its boot is done, and builds through the splice`, async (t) => {
-      const rig = await Rig.start({ pool: { idleTimeout: '1s' }, client });
-      t.teardown(() => rig.stop());
-      const daemon = await rig.startDaemon();
+    t.test(
+      `${scheme}://, ${client}'s Nix: a cold pool answers from the record before its boot is done, and builds through the splice`,
+      async (t) => {
+        const rig = await Rig.start({ pool: { idleTimeout: '1s' }, client });
+        t.teardown(() => rig.stop());
+        const daemon = await rig.startDaemon();
 
-      const first = await rig.nixBuild(daemon, { scheme, nonces: [`first-${scheme}-${client}-${Date.now()}`] });
-      t.equal(first.code, 0, 'the first build succeeded', { stderr: first.stderr });
-      t.equal(answeredEarly(daemon), 0, 'no record yet: the first session waited for the worker');
-      await daemon.waitForMsg(/recorded the worker's handshake/);
-      await idledOut(rig, daemon, 0);
+        const first = await rig.nixBuild(daemon, { scheme, nonces: [`first-${scheme}-${client}-${Date.now()}`] });
+        t.equal(first.code, 0, 'the first build succeeded', { stderr: first.stderr });
+        t.equal(answeredEarly(daemon), 0, 'no record yet: the first session waited for the worker');
+        await daemon.waitForMsg(/recorded the worker's handshake/);
+        await idledOut(rig, daemon, 0);
 
-      // The server's create action is held: the boot cannot end while the session is answered.
-      const release = rig.fake.holdActions('create_server');
-      const program = mode === 'daemon' ? ['nix-daemon', '--stdio'] : ['nix-store', '--serve', '--write'];
-      const answer = await hello(mode, 'ssh', rig.sshArgs(daemon, program));
-      t.equal(daemon.lines.filter((l) => /is ready after/.test(l.msg)).length, 1, 'answered while the second boot is not done');
-      t.match(answer.version, /^\d+\.\d+$/);
-      release();
-      await idledOut(rig, daemon, 1);
-      // Log lines come in order: one of the hello session (if it sent its opening whole) is in.
-      const before = answeredEarly(daemon);
+        // The server's create action is held: the boot cannot end while the session is answered.
+        const release = rig.fake.holdActions('create_server');
+        const program = mode === 'daemon' ? ['nix-daemon', '--stdio'] : ['nix-store', '--serve', '--write'];
+        const answer = await hello(mode, 'ssh', rig.sshArgs(daemon, program));
+        t.equal(daemon.lines.filter((l) => /is ready after/.test(l.msg)).length, 1, 'answered while the second boot is not done');
+        t.match(answer.version, /^\d+\.\d+$/);
+        release();
+        await idledOut(rig, daemon, 1);
+        // Log lines come in order: one of the hello session (if it sent its opening whole) is in.
+        const before = answeredEarly(daemon);
 
-      const second = await rig.nixBuild(daemon, { scheme, nonces: [`second-${scheme}-${client}-${Date.now()}`] });
-      t.equal(second.code, 0, 'a build answered early goes on with the worker after its boot', { stderr: second.stderr });
-      await daemon.waitFor(() => answeredEarly(daemon) === before + 1);
-      t.pass('the daemon says it answered the build\'s opening whole early');
-      t.equal(await daemon.stop(), 0);
-    });
+        const second = await rig.nixBuild(daemon, { scheme, nonces: [`second-${scheme}-${client}-${Date.now()}`] });
+        t.equal(second.code, 0, 'a build answered early goes on with the worker after its boot', { stderr: second.stderr });
+        await daemon.waitFor(() => answeredEarly(daemon) === before + 1);
+        t.pass("the daemon says it answered the build's opening whole early");
+        t.equal(await daemon.stop(), 0);
+      },
+    );
   }
 }
 
@@ -77,7 +80,7 @@ t.test('a stale record fails that session with one clear line and is corrected; 
   const file = join(rig.dir, 'state', 'state.json');
   const state = JSON.parse(readFileSync(file, 'utf8')) as StateHandshakes;
   const entry = state.handshakes.find((h) => h.record.protocol === 'worker');
-  t.ok(entry, 'the worker protocol\'s record is in the state file');
+  t.ok(entry, "the worker protocol's record is in the state file");
   const real = entry?.record.version as number;
   (entry as StateHandshakes['handshakes'][number]).record.version = real - 1;
   writeFileSync(file, JSON.stringify(state));
@@ -85,9 +88,18 @@ t.test('a stale record fails that session with one clear line and is corrected; 
   daemon = await rig.startDaemon();
   const stale = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`stale-${Date.now()}`] });
   t.not(stale.code, 0, 'the session answered from the stale record fails');
-  t.match(stale.stderr, /nix-hcloud-builder: the worker's Nix answered the handshake differently than recorded \(protocol/, 'with one clear line');
+  t.match(
+    stale.stderr,
+    /nix-hcloud-builder: the worker's Nix answered the handshake differently than recorded \(protocol/,
+    'with one clear line',
+  );
   await daemon.waitFor(() => answeredEarly(daemon) === 1);
-  await waitUntil(() => (JSON.parse(readFileSync(file, 'utf8')) as StateHandshakes).handshakes.find((h) => h.record.protocol === 'worker')?.record.version === real, 10_000);
+  await waitUntil(
+    () =>
+      (JSON.parse(readFileSync(file, 'utf8')) as StateHandshakes).handshakes.find((h) => h.record.protocol === 'worker')?.record.version ===
+      real,
+    10_000,
+  );
   t.pass('the record is corrected in the state file');
 
   const next = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`stale-next-${Date.now()}`] });
@@ -106,7 +118,11 @@ t.test('a boot that fails after an early answer fails the build with the reason;
   rig.fake.inject({ method: 'POST', path: '/servers', status: 412, code: 'placement_error', message: 'no capacity', times: 1 });
   const failed = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`fail-${Date.now()}`] });
   t.not(failed.code, 0, 'the build fails');
-  t.match(failed.stderr, /nix-hcloud-builder: the worker's boot failed after its handshake was answered early: no server could be created/, 'with the reason');
+  t.match(
+    failed.stderr,
+    /nix-hcloud-builder: the worker's boot failed after its handshake was answered early: no server could be created/,
+    'with the reason',
+  );
   await daemon.waitFor(() => answeredEarly(daemon) === 1);
 
   rig.fake.inject({ method: 'POST', path: '/servers', status: 412, code: 'placement_error', message: 'no capacity', times: 1 });

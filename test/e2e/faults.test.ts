@@ -40,10 +40,25 @@ t.test('API faults on create: unavailable location, rate limit, 503s, read-only 
   t.teardown(() => rig.stop());
   const daemon = await rig.startDaemon();
 
-  rig.fake.inject({ method: 'POST', path: '/servers', status: 412, code: 'resource_unavailable', message: 'server location disabled', times: 1 });
+  rig.fake.inject({
+    method: 'POST',
+    path: '/servers',
+    status: 412,
+    code: 'resource_unavailable',
+    message: 'server location disabled',
+    times: 1,
+  });
   rig.fake.inject({ method: 'POST', path: '/servers', status: 503, code: 'unavailable', message: 'service unavailable', times: 2 });
   const reset = Math.floor(Date.now() / 1000) + 2;
-  rig.fake.inject({ method: 'GET', path: '/server_types', status: 429, code: 'rate_limit_exceeded', message: 'limit', headers: { 'RateLimit-Reset': String(reset), 'RateLimit-Remaining': '0' }, times: 1 });
+  rig.fake.inject({
+    method: 'GET',
+    path: '/server_types',
+    status: 429,
+    code: 'rate_limit_exceeded',
+    message: 'limit',
+    headers: { 'RateLimit-Reset': String(reset), 'RateLimit-Remaining': '0' },
+    times: 1,
+  });
   const moved = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`moved-${Date.now()}`] });
   t.equal(moved.code, 0, 'built after the faults', { stderr: moved.stderr });
   const server = rig.fake.servers()[0];
@@ -54,7 +69,11 @@ t.test('API faults on create: unavailable location, rate limit, 503s, read-only 
   rig.fake.inject({ method: 'POST', path: '/servers', status: 412, code: 'placement_error', message: 'no capacity', times: 4 });
   const nowhere = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`nowhere-${Date.now()}`] });
   t.not(nowhere.code, 0);
-  t.match(nowhere.stderr, /no server could be created; tried cx23 in fsn1 \(placement_error\), cx23 in nbg1 \(placement_error\), cx33 in fsn1 \(placement_error\), cx33 in nbg1 \(placement_error\)/, 'every type and location tried, in order, and named');
+  t.match(
+    nowhere.stderr,
+    /no server could be created; tried cx23 in fsn1 \(placement_error\), cx23 in nbg1 \(placement_error\), cx33 in fsn1 \(placement_error\), cx33 in nbg1 \(placement_error\)/,
+    'every type and location tried, in order, and named',
+  );
   t.equal(rig.fake.servers().length, 1);
 
   rig.fake.inject({ method: 'POST', path: '/servers', status: 403, code: 'forbidden', message: 'insufficient permissions', times: 1 });
@@ -93,7 +112,7 @@ t.test('worker death mid-build: the build fails fast, the worker is dropped, the
   t.ok(Date.now() - killedAt < 15_000, `and does not hang (${Date.now() - killedAt} ms)`);
   await daemon.waitForMsg(/lost the connection to the worker/);
   await waitUntil(() => rig.fake.liveServers().length === 0, 20_000);
-  t.same(rig.fake.liveServers(), [], 'the dead worker\'s server was deleted');
+  t.same(rig.fake.liveServers(), [], "the dead worker's server was deleted");
 
   const again = await rig.nixBuild(daemon, { scheme: 'ssh', nonces: [`reborn-${Date.now()}`] });
   t.equal(again.code, 0, 'the next build boots a new worker', { stderr: again.stderr });
@@ -107,7 +126,7 @@ t.test('a frozen worker (no answer, TCP open): keepalives notice it within 3 × 
   const build = rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`frozen-${Date.now()}`], sleep: 120 });
   await daemon.waitForMsg(/session started/);
   const server = rig.fake.liveServers()[0];
-  t.ok((rig.fake.freeze(server?.id as number)) > 0, 'the server\'s processes are stopped');
+  t.ok(rig.fake.freeze(server?.id as number) > 0, "the server's processes are stopped");
   const frozenAt = Date.now();
   const failed = await build;
   const tookMs = Date.now() - frozenAt;

@@ -19,7 +19,9 @@ function closed(s: Socket): Promise<void> {
 function sshClient(port: number, key: string, user = 'x86_64'): Promise<ssh2.Client> {
   return new Promise((resolve, reject) => {
     const c = new ssh2.Client();
-    c.once('ready', () => resolve(c)).once('error', reject).connect({ host: '127.0.0.1', port, username: user, privateKey: key });
+    c.once('ready', () => resolve(c))
+      .once('error', reject)
+      .connect({ host: '127.0.0.1', port, username: user, privateKey: key });
   });
 }
 
@@ -47,7 +49,9 @@ t.test('hostile clients', async (t) => {
   // More connections from one address than allowed: the extra ones are closed at once.
   const sockets = await Promise.all(Array.from({ length: 8 }, () => openSocket(daemon.port)));
   for (const s of sockets) s.resume();
-  const early = await Promise.all(sockets.map((s) => Promise.race([closed(s).then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 500))])));
+  const early = await Promise.all(
+    sockets.map((s) => Promise.race([closed(s).then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 500))])),
+  );
   t.equal(early.filter(Boolean).length, 3, '3 of 8 connections refused (cap 5 per source)');
   await Promise.all(sockets.map(closed));
   await waitUntil(() => false, 200);
@@ -56,9 +60,13 @@ t.test('hostile clients', async (t) => {
   const client = await sshClient(daemon.port, key);
   const forwardIn = await new Promise<Error | undefined>((resolve) => client.forwardIn('127.0.0.1', 0, (err) => resolve(err)));
   t.ok(forwardIn, 'remote port forwarding refused');
-  const forwardOut = await new Promise<Error | undefined>((resolve) => client.forwardOut('127.0.0.1', 1, '127.0.0.1', 22, (err) => resolve(err)));
+  const forwardOut = await new Promise<Error | undefined>((resolve) =>
+    client.forwardOut('127.0.0.1', 1, '127.0.0.1', 22, (err) => resolve(err)),
+  );
   t.ok(forwardOut, 'local port forwarding refused');
-  const unixOut = await new Promise<Error | undefined>((resolve) => client.openssh_forwardOutStreamLocal('/run/some.sock', (err) => resolve(err)));
+  const unixOut = await new Promise<Error | undefined>((resolve) =>
+    client.openssh_forwardOutStreamLocal('/run/some.sock', (err) => resolve(err)),
+  );
   t.ok(unixOut, 'unix socket forwarding refused');
   const x11 = await new Promise<{ err?: Error; stderr: string; code?: number }>((resolve) => {
     client.exec('nix-daemon --stdio', { x11: true }, (err, ch) => {

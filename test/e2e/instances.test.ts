@@ -15,7 +15,7 @@ async function sweeps(daemon: DaemonProcess, count: number): Promise<void> {
   await daemon.waitFor(() => daemon.lines.filter((l) => l.msg === 'sweep done').length >= seen + count, 60_000);
 }
 
-t.test('two daemons at the default instance, with their own state folders: each keeps its worker through the other\'s sweeps', async (t) => {
+t.test("two daemons at the default instance, with their own state folders: each keeps its worker through the other's sweeps", async (t) => {
   const rig = await Rig.start({ pool: { idleTimeout: '10m' }, config: { sweepInterval: '1s' } });
   t.teardown(() => rig.stop());
   const configs = [rig.otherConfig('a'), rig.otherConfig('b')];
@@ -28,11 +28,22 @@ t.test('two daemons at the default instance, with their own state folders: each 
   const instances = ['a', 'b'].map((name) => readFileSync(join(rig.dir, `state-${name}`, 'instance'), 'utf8').trim());
   t.not(instances[0], instances[1], 'two state folders, two instances');
   for (const instance of instances) t.match(instance, /^[a-z0-9_.-]+-[a-z0-9]{6}$/, 'host name plus a kept suffix');
-  t.same(rig.fake.liveServers().map((s) => s.labels[LABEL_INSTANCE]).sort(), [...instances].sort(), 'one worker each, labelled with its own instance');
+  t.same(
+    rig.fake
+      .liveServers()
+      .map((s) => s.labels[LABEL_INSTANCE])
+      .sort(),
+    [...instances].sort(),
+    'one worker each, labelled with its own instance',
+  );
 
   for (const daemon of daemons) await sweeps(daemon, 3);
   t.equal(rig.fake.liveServers().length, 2, 'both workers are still there after three sweeps of each');
-  for (const daemon of daemons) t.notOk(daemon.lines.some((l) => /^sweep: our label/.test(l.msg)), 'neither took the other\'s worker for its own');
+  for (const daemon of daemons)
+    t.notOk(
+      daemon.lines.some((l) => /^sweep: our label/.test(l.msg)),
+      "neither took the other's worker for its own",
+    );
 
   // Started again, each keeps its instance (and so finds and adopts its worker).
   t.equal(await daemons[0]?.stop('SIGKILL'), null);
@@ -46,7 +57,7 @@ t.test('two daemons at the default instance, with their own state folders: each 
   t.same(rig.fake.liveServers(), [], 'each stop deleted its own worker');
 });
 
-t.test('a second daemon claiming a live daemon\'s instance refuses to start; a restart of the first after SIGKILL does not', async (t) => {
+t.test("a second daemon claiming a live daemon's instance refuses to start; a restart of the first after SIGKILL does not", async (t) => {
   const rig = await Rig.start({ fake: { realServers: false }, config: { sweepInterval: '1s' } });
   t.teardown(() => rig.stop());
   const first = await rig.startDaemon();
@@ -62,11 +73,17 @@ t.test('a second daemon claiming a live daemon\'s instance refuses to start; a r
 
   t.equal(await first.stop('SIGKILL'), null);
   const restarted = await rig.startDaemon();
-  t.ok(restarted.lines.some((l) => l.msg === 'taking the instance lease over'), 'the killed daemon\'s own lease is taken over at once');
+  t.ok(
+    restarted.lines.some((l) => l.msg === 'taking the instance lease over'),
+    "the killed daemon's own lease is taken over at once",
+  );
   t.equal(await restarted.stop(), 0);
   t.same(rig.fake.listSshKeys(), [], 'a clean stop deletes the lease');
 
   const intruder = await rig.startDaemon([], undefined, rig.otherConfig('intruder', { instance: rig.instance }));
-  t.ok(intruder.lines.some((l) => l.msg === 'instance lease held'), 'with the first stopped, the instance is free');
+  t.ok(
+    intruder.lines.some((l) => l.msg === 'instance lease held'),
+    'with the first stopped, the instance is free',
+  );
   await intruder.stop();
 });

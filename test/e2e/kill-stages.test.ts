@@ -59,10 +59,16 @@ t.test('SIGKILL at every stage leaves nothing billing after a restart', async (t
 
     const restarted = await rig.startDaemon();
     const reconciled = await restarted.waitForMsg(/reconciled/);
-    t.equal((reconciled.adopted as number) + (reconciled.deleted as number), reconciled.found, `${stage.name}: every server found was adopted or deleted`);
+    t.equal(
+      (reconciled.adopted as number) + (reconciled.deleted as number),
+      reconciled.found,
+      `${stage.name}: every server found was adopted or deleted`,
+    );
     // Deletes go on in the background after the reconcile: wait for them before looking.
     await waitUntil(() => restarted.lines.filter((l) => /^deleted server/.test(l.msg)).length >= (reconciled.deleted as number), 30_000);
-    const status = JSON.parse((await rig.cli(['status', '--json'])).stdout) as { workers: { name: string; phase: string; status: string }[] };
+    const status = JSON.parse((await rig.cli(['status', '--json'])).stdout) as {
+      workers: { name: string; phase: string; status: string }[];
+    };
     for (const server of rig.fake.liveServers()) {
       const row = status.workers.find((w) => w.name === server.name);
       t.match(row, { phase: 'ready' }, `${stage.name}: live server ${server.name} is an adopted worker`);

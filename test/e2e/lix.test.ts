@@ -9,7 +9,23 @@ import { Rig, run, type DaemonProcess } from '../rig/rig.js';
 
 /** An ssh client with pipes, whose stdout is collected so the test can wait for bytes. */
 function lixSsh(rig: Rig, daemon: DaemonProcess, knownHosts: string) {
-  const child = spawn('ssh', ['-T', '-F', rig.sshConfig(daemon.port), '-i', rig.clientKeyFile, '-o', `UserKnownHostsFile=${knownHosts}`, '-o', 'BatchMode=yes', 'x86_64@hcloud-builder', 'bash'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(
+    'ssh',
+    [
+      '-T',
+      '-F',
+      rig.sshConfig(daemon.port),
+      '-i',
+      rig.clientKeyFile,
+      '-o',
+      `UserKnownHostsFile=${knownHosts}`,
+      '-o',
+      'BatchMode=yes',
+      'x86_64@hcloud-builder',
+      'bash',
+    ],
+    { stdio: ['pipe', 'pipe', 'pipe'] },
+  );
   let stdout = Buffer.alloc(0);
   let stderr = '';
   const waiters: (() => void)[] = [];
@@ -28,7 +44,8 @@ function lixSsh(rig: Rig, daemon: DaemonProcess, knownHosts: string) {
     async stdoutAtLeast(bytes: number, timeoutMs = 60_000): Promise<Buffer> {
       const deadline = Date.now() + timeoutMs;
       while (stdout.length < bytes) {
-        if (Date.now() > deadline || child.exitCode !== null) throw new Error(`stdout has ${stdout.length} of ${bytes} bytes; stderr: ${stderr}`);
+        if (Date.now() > deadline || child.exitCode !== null)
+          throw new Error(`stdout has ${stdout.length} of ${bytes} bytes; stderr: ${stderr}`);
         await new Promise<void>((r) => {
           waiters.push(r);
           setTimeout(r, 200);
@@ -49,7 +66,12 @@ t.test('Lix 2.93.0: bash, echo started, exec …', async (t) => {
 
   const handshakes: { exec: string; hello: Buffer; answer: Buffer; mode: string }[] = [
     // Serve protocol: client magic + version 2.7; the server answers its magic first.
-    { exec: 'exec nix-store --serve --write\n', hello: hex('eb9d0c39 00000000 07020000 00000000'), answer: hex('cbee5254 00000000'), mode: 'serve' },
+    {
+      exec: 'exec nix-store --serve --write\n',
+      hello: hex('eb9d0c39 00000000 07020000 00000000'),
+      answer: hex('cbee5254 00000000'),
+      mode: 'serve',
+    },
     // Worker protocol: client magic; the daemon answers its magic first.
     { exec: 'exec nix-daemon --stdio\n', hello: hex('6378696e 00000000'), answer: hex('6f697864 00000000'), mode: 'daemon' },
   ];
@@ -70,16 +92,53 @@ t.test('Lix 2.93.0: bash, echo started, exec …', async (t) => {
   }
 
   // Anything else on those lines: one line on stderr, exit status 1, no shell anywhere.
-  const bad = ['echo started; id\n', 'echo started\nexec nix-daemon --stdio; rm -rf /\n', 'echo started\nexec nix-store --serve --store $(id)\n', 'echo started\n' + 'x'.repeat(5000) + '\n'];
+  const bad = [
+    'echo started; id\n',
+    'echo started\nexec nix-daemon --stdio; rm -rf /\n',
+    'echo started\nexec nix-store --serve --store $(id)\n',
+    'echo started\n' + 'x'.repeat(5000) + '\n',
+  ];
   for (const input of bad) {
-    const ssh = await run('ssh', ['-T', '-F', rig.sshConfig(daemon.port), '-i', rig.clientKeyFile, '-o', `UserKnownHostsFile=${knownHosts}`, '-o', 'BatchMode=yes', 'x86_64@hcloud-builder', 'bash'], { input, timeoutMs: 20_000 });
+    const ssh = await run(
+      'ssh',
+      [
+        '-T',
+        '-F',
+        rig.sshConfig(daemon.port),
+        '-i',
+        rig.clientKeyFile,
+        '-o',
+        `UserKnownHostsFile=${knownHosts}`,
+        '-o',
+        'BatchMode=yes',
+        'x86_64@hcloud-builder',
+        'bash',
+      ],
+      { input, timeoutMs: 20_000 },
+    );
     t.equal(ssh.code, 1, `${JSON.stringify(input.slice(0, 40))}: exit 1`);
     t.match(ssh.stderr, /^nix-hcloud-builder: command refused \(/, 'the reason on stderr');
     t.equal(ssh.stderr.trim().split('\n').length, 1, 'exactly one line');
     t.notMatch(ssh.stdout, /uid=/, 'nothing ran');
   }
   // EOF right after `echo started`: refused too.
-  const eof = await run('ssh', ['-T', '-F', rig.sshConfig(daemon.port), '-i', rig.clientKeyFile, '-o', `UserKnownHostsFile=${knownHosts}`, '-o', 'BatchMode=yes', 'x86_64@hcloud-builder', 'bash'], { input: 'echo started\nexec nix-daemon --stdio', timeoutMs: 20_000 });
+  const eof = await run(
+    'ssh',
+    [
+      '-T',
+      '-F',
+      rig.sshConfig(daemon.port),
+      '-i',
+      rig.clientKeyFile,
+      '-o',
+      `UserKnownHostsFile=${knownHosts}`,
+      '-o',
+      'BatchMode=yes',
+      'x86_64@hcloud-builder',
+      'bash',
+    ],
+    { input: 'echo started\nexec nix-daemon --stdio', timeoutMs: 20_000 },
+  );
   t.equal(eof.code, 1);
   t.match(eof.stderr, /ended before the exec line/);
   t.equal(daemon.proc.exitCode, null, 'the daemon is still running');

@@ -36,26 +36,42 @@ t.test('sweep and gc: servers with our label that no worker matches are deleted;
   t.equal(status.code, 0, status.stderr);
   const unknown = (JSON.parse(status.stdout) as { workers: { id: number; phase: string; location: string }[] }).workers;
   t.equal(unknown.length, 1, 'only the server with our instance label');
-  t.match(unknown[0], { id: strayId, phase: 'unknown to the daemon', location: 'fsn1' }, 'status lists the stray server, located by server.location');
+  t.match(
+    unknown[0],
+    { id: strayId, phase: 'unknown to the daemon', location: 'fsn1' },
+    'status lists the stray server, located by server.location',
+  );
 
   const dry = await rig.cli(['gc', '--dry-run']);
   t.equal(dry.code, 0, dry.stderr);
   t.match(dry.stdout, /would delete stray-1 \(id \d+, cx23 in fsn1\): not in the state/);
   t.match(dry.stdout, /would delete 1 server/);
-  t.ok(rig.fake.liveServers().some((s) => s.id === strayId), 'dry run deleted nothing');
+  t.ok(
+    rig.fake.liveServers().some((s) => s.id === strayId),
+    'dry run deleted nothing',
+  );
 
   const gc = await rig.cli(['gc']);
   t.match(gc.stdout, /deleted 1 server/);
   await waitUntil(() => !rig.fake.liveServers().some((s) => s.id === strayId), 10_000);
-  t.notOk(rig.fake.liveServers().some((s) => s.id === strayId), 'gc deleted the stray server');
+  t.notOk(
+    rig.fake.liveServers().some((s) => s.id === strayId),
+    'gc deleted the stray server',
+  );
 
   const daemon = await rig.startDaemon();
   const strayTwo = await createForeign(rig, 'stray-2', serverLabels(rig.instance, 'x86_64'));
   await daemon.waitForMsg(/sweep: our label, but no worker of ours/, 15_000);
   await waitUntil(() => !rig.fake.liveServers().some((s) => s.id === strayTwo), 10_000);
-  t.notOk(rig.fake.liveServers().some((s) => s.id === strayTwo), 'the periodic sweep deleted a server created behind our back');
-  const ids = rig.fake.liveServers().map((s) => s.id).sort();
-  t.same(ids, [otherId, unlabelledId].sort(), 'another instance\'s server and an unlabelled one are untouched');
+  t.notOk(
+    rig.fake.liveServers().some((s) => s.id === strayTwo),
+    'the periodic sweep deleted a server created behind our back',
+  );
+  const ids = rig.fake
+    .liveServers()
+    .map((s) => s.id)
+    .sort();
+  t.same(ids, [otherId, unlabelledId].sort(), "another instance's server and an unlabelled one are untouched");
 });
 
 t.test('maxLifetime: an idle worker past its lifetime is deleted even with a long idleTimeout', async (t) => {
@@ -117,10 +133,19 @@ t.test('a delete that fails is retried, each wait twice the last, until the serv
   if (!pool) throw new Error('no pool x86_64');
 
   // Not retried by the API client (403), so each failure reaches the deletion queue's own retry.
-  rig.fake.inject({ method: 'DELETE', path: /^\/servers\/\d+$/, status: 403, code: 'forbidden', message: 'insufficient permissions', times: 3 });
+  rig.fake.inject({
+    method: 'DELETE',
+    path: /^\/servers\/\d+$/,
+    status: 403,
+    code: 'forbidden',
+    message: 'insufficient permissions',
+    times: 3,
+  });
   t.equal(await pool.warm(1, () => undefined), 1, 'one worker booted');
   const failures = (): { failures: number; retryInMs: number }[] =>
-    lines.map((l) => JSON.parse(l) as { msg: string; failures: number; retryInMs: number }).filter((l) => /^deleting server \S+ failed; retrying in/.test(l.msg));
+    lines
+      .map((l) => JSON.parse(l) as { msg: string; failures: number; retryInMs: number })
+      .filter((l) => /^deleting server \S+ failed; retrying in/.test(l.msg));
 
   await waitUntil(() => failures().length >= 1, 20_000);
   t.equal(pool.workers[0]?.record.phase, 'deleting', 'while the delete fails, the worker stays known, as "deleting"');
@@ -129,7 +154,15 @@ t.test('a delete that fails is retried, each wait twice the last, until the serv
 
   await waitUntil(() => rig.fake.liveServers().length === 0, 20_000);
   t.equal(rig.fake.liveServers().length, 0, 'the fourth attempt deleted it');
-  t.same(failures().map((f) => [f.failures, f.retryInMs]), [[1, 200], [2, 400], [3, 800]], 'three failures, each wait twice the last');
+  t.same(
+    failures().map((f) => [f.failures, f.retryInMs]),
+    [
+      [1, 200],
+      [2, 400],
+      [3, 800],
+    ],
+    'three failures, each wait twice the last',
+  );
   t.match(lines.find((l) => l.includes('retrying in')) ?? '', /retrying in 200ms/, 'the wait is in the message');
   await waitUntil(() => pool.workers.length === 0, 5000);
   t.equal(pool.workers.length, 0, 'and then the record is dropped');

@@ -12,7 +12,12 @@ t.test('placement: 4 overlapping builds, maxWorkers 2 × jobsPerWorker 2: two se
   const rig = await Rig.start({ pool: { maxWorkers: 2, jobsPerWorker: 2, idleTimeout: '2s' }, fake: { bootDelayMs: 1000 } });
   t.teardown(() => rig.stop());
   const daemon = await rig.startDaemon();
-  const result = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [1, 2, 3, 4].map((i) => `place-${i}-${Date.now()}`), sleep: 3, maxJobs: 4 });
+  const result = await rig.nixBuild(daemon, {
+    scheme: 'ssh-ng',
+    nonces: [1, 2, 3, 4].map((i) => `place-${i}-${Date.now()}`),
+    sleep: 3,
+    maxJobs: 4,
+  });
   t.equal(result.code, 0, 'built', { stderr: result.stderr });
   t.equal(rig.fake.servers().length, 2, 'maxWorkers servers, not more');
   t.same(sessionsPerWorker(daemon.lines), [2, 2], 'least loaded: two sessions on each worker');
@@ -24,7 +29,12 @@ t.test('a second connection when the worker refuses more channels (MaxSessions)'
   const rig = await Rig.start({ pool: { jobsPerWorker: 8, idleTimeout: '2s' }, fake: { maxSessions: 2, bootDelayMs: 1000 } });
   t.teardown(() => rig.stop());
   const daemon = await rig.startDaemon();
-  const result = await rig.nixBuild(daemon, { scheme: 'ssh', nonces: [1, 2, 3, 4].map((i) => `chan-${i}-${Date.now()}`), sleep: 3, maxJobs: 4 });
+  const result = await rig.nixBuild(daemon, {
+    scheme: 'ssh',
+    nonces: [1, 2, 3, 4].map((i) => `chan-${i}-${Date.now()}`),
+    sleep: 3,
+    maxJobs: 4,
+  });
   t.equal(result.code, 0, 'all four built', { stderr: result.stderr });
   t.equal(rig.fake.servers().length, 1, 'on one server');
   const opened = daemon.lines.filter((l) => /opened another connection/.test(l.msg));
@@ -62,14 +72,33 @@ t.test('two pools of different architectures are served at once', async (t) => {
   });
   t.teardown(() => rig.stop());
   const daemon = await rig.startDaemon();
-  const ping = (pool: string) => run('nix', ['--extra-experimental-features', 'nix-command', 'store', 'ping', '--store', `ssh-ng://${pool}@hcloud-builder?ssh-key=${rig.clientKeyFile}`], {
-    env: { ...process.env, NIX_SSHOPTS: `-F ${rig.sshConfig(daemon.port)} -o UserKnownHostsFile=${rig.knownHostsFile()}` },
-  });
+  const ping = (pool: string) =>
+    run(
+      'nix',
+      [
+        '--extra-experimental-features',
+        'nix-command',
+        'store',
+        'ping',
+        '--store',
+        `ssh-ng://${pool}@hcloud-builder?ssh-key=${rig.clientKeyFile}`,
+      ],
+      {
+        env: { ...process.env, NIX_SSHOPTS: `-F ${rig.sshConfig(daemon.port)} -o UserKnownHostsFile=${rig.knownHostsFile()}` },
+      },
+    );
   const [x86, arm] = await Promise.all([ping('x86_64'), ping('aarch64')]);
   t.equal(x86.code, 0, x86.stderr);
   t.equal(arm.code, 0, arm.stderr);
   t.match(x86.stdout + x86.stderr, /Store URL: ssh-ng:\/\/x86_64@hcloud-builder/);
-  t.same(rig.fake.servers().map((s) => s.serverType).sort(), ['cax11', 'cx23'], 'one server per pool, each of its own type');
+  t.same(
+    rig.fake
+      .servers()
+      .map((s) => s.serverType)
+      .sort(),
+    ['cax11', 'cx23'],
+    'one server per pool, each of its own type',
+  );
   await daemon.stop();
 
   rig.writeConfig({ pools: { aarch64: { serverTypes: ['cx23'], systems: ['aarch64-linux'] } } });

@@ -12,7 +12,23 @@ t.test('refusals', async (t) => {
   const knownHosts = rig.knownHostsFile();
   const sshConfig = rig.sshConfig(daemon.port);
   const ssh = (user: string, key: string, extra: string[], command?: string) =>
-    run('ssh', ['-F', sshConfig, '-i', key, '-o', `UserKnownHostsFile=${knownHosts}`, '-o', 'BatchMode=yes', ...extra, `${user}@hcloud-builder`, ...(command === undefined ? [] : [command])], { timeoutMs: 20_000 });
+    run(
+      'ssh',
+      [
+        '-F',
+        sshConfig,
+        '-i',
+        key,
+        '-o',
+        `UserKnownHostsFile=${knownHosts}`,
+        '-o',
+        'BatchMode=yes',
+        ...extra,
+        `${user}@hcloud-builder`,
+        ...(command === undefined ? [] : [command]),
+      ],
+      { timeoutMs: 20_000 },
+    );
 
   const stranger = generateKeyPair('stranger');
   const strangerKey = join(rig.dir, 'stranger');
@@ -36,7 +52,12 @@ t.test('refusals', async (t) => {
   t.not(pty.code, 0);
   t.match(pty.stdout + pty.stderr, /PTY allocation request failed/);
 
-  for (const command of ['id', 'nix-daemon --stdio; rm -rf /', 'nix-store --serve --store $(id)', `nix-daemon --stdio '${'x'.repeat(9000)}'`]) {
+  for (const command of [
+    'id',
+    'nix-daemon --stdio; rm -rf /',
+    'nix-store --serve --store $(id)',
+    `nix-daemon --stdio '${'x'.repeat(9000)}'`,
+  ]) {
     const res = await ssh('x86_64', rig.clientKeyFile, [], command);
     t.equal(res.code, 1, `${command.slice(0, 40)}: exit 1`);
     t.match(res.stderr, /nix-hcloud-builder: command refused/, `${command.slice(0, 40)}: one clear line`);
@@ -51,9 +72,25 @@ t.test('refusals', async (t) => {
   t.teardown(() => {
     if (agentPid) process.kill(Number(agentPid));
   });
-  const forwarded = await run('ssh', ['-F', sshConfig, '-i', rig.clientKeyFile, '-o', `UserKnownHostsFile=${knownHosts}`, '-o', 'BatchMode=yes', '-A', 'x86_64@hcloud-builder', 'id'], {
-    env: { ...process.env, SSH_AUTH_SOCK: agentSock },
-  });
+  const forwarded = await run(
+    'ssh',
+    [
+      '-F',
+      sshConfig,
+      '-i',
+      rig.clientKeyFile,
+      '-o',
+      `UserKnownHostsFile=${knownHosts}`,
+      '-o',
+      'BatchMode=yes',
+      '-A',
+      'x86_64@hcloud-builder',
+      'id',
+    ],
+    {
+      env: { ...process.env, SSH_AUTH_SOCK: agentSock },
+    },
+  );
   t.equal(forwarded.code, 1);
   t.match(forwarded.stderr, /command refused/);
   await daemon.waitForMsg(/refused: agent forwarding/, 5000);

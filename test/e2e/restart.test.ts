@@ -9,7 +9,9 @@ t.test('a worker survives a daemon SIGKILL: adopted on restart, then deleted by 
   const one = await rig.nixBuild(first, { scheme: 'ssh-ng', nonces: [`restart-a-${Date.now()}`] });
   t.equal(one.code, 0, one.stderr);
   t.equal(rig.fake.liveServers().length, 1);
-  const listed = (await (await fetch(`${rig.fake.url}/servers`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()) as { servers: object[] };
+  const listed = (await (await fetch(`${rig.fake.url}/servers`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()) as {
+    servers: object[];
+  };
   t.ok(listed.servers.length === 1 && !('datacenter' in listed.servers[0]!), 'the API as it answers today: no server.datacenter');
 
   first.proc.kill('SIGKILL');
@@ -24,7 +26,10 @@ t.test('a worker survives a daemon SIGKILL: adopted on restart, then deleted by 
   t.equal(rig.fake.servers().length, 1, 'the adopted worker served the next build; no new server');
 
   const status = await rig.cli(['status', '--json']);
-  const report = JSON.parse(status.stdout) as { workers: { phase: string; status: string; pool: string; hourlyPriceEur: string; costSoFarEur: number }[]; spentThisMonthEur: number };
+  const report = JSON.parse(status.stdout) as {
+    workers: { phase: string; status: string; pool: string; hourlyPriceEur: string; costSoFarEur: number }[];
+    spentThisMonthEur: number;
+  };
   t.equal(report.workers.length, 1);
   t.match(report.workers[0], { phase: 'ready', status: 'running', pool: 'x86_64', hourlyPriceEur: /^\d+\.\d+$/ });
   const price = Number(report.workers[0]?.hourlyPriceEur);
@@ -75,7 +80,10 @@ t.test('serve --keep-workers: a stop leaves the ready worker running, and the ne
   // Ending the kept connection must not be taken for a lost worker (which would delete it).
   await new Promise((r) => setTimeout(r, 3000));
   t.equal(rig.fake.liveServers().length, 1, 'the server is still there after the stop');
-  t.notOk(first.lines.some((l) => /deleted server/.test(l.msg)), 'the daemon deleted nothing');
+  t.notOk(
+    first.lines.some((l) => /deleted server/.test(l.msg)),
+    'the daemon deleted nothing',
+  );
 
   const second = await rig.startDaemon();
   const reconciled = await second.waitForMsg(/reconciled/);

@@ -28,11 +28,19 @@ mkdirSync(releaseDir, { recursive: true });
 const release = makeNixRelease(releaseDir);
 t.teardown(() => rmSync(releaseDir, { recursive: true, force: true }));
 
-async function stockRig(t: { teardown: (fn: () => unknown) => void }, fakeLog: string[]): Promise<{ rig: Rig; server: Awaited<ReturnType<typeof serveNixRelease>> }> {
+async function stockRig(
+  t: { teardown: (fn: () => unknown) => void },
+  fakeLog: string[],
+): Promise<{ rig: Rig; server: Awaited<ReturnType<typeof serveNixRelease>> }> {
   const server = await serveNixRelease(release);
   t.teardown(() => server.close());
   const rig = await Rig.start({
-    pool: { image: IMAGE, idleTimeout: '3s', bootTimeout: '120s', nix: { version: release.version, url: server.url, sha256: { [release.system]: release.sha256 } } },
+    pool: {
+      image: IMAGE,
+      idleTimeout: '3s',
+      bootTimeout: '120s',
+      nix: { version: release.version, url: server.url, sha256: { [release.system]: release.sha256 } },
+    },
     fake: { log: (l) => fakeLog.push(l) },
   });
   t.teardown(() => rig.stop());
@@ -40,7 +48,7 @@ async function stockRig(t: { teardown: (fn: () => unknown) => void }, fakeLog: s
   return { rig, server };
 }
 
-t.test('a stock image without Nix: the cloud-config installs it with the release\'s installer, and a build runs', async (t) => {
+t.test("a stock image without Nix: the cloud-config installs it with the release's installer, and a build runs", async (t) => {
   const fakeLog: string[] = [];
   const { rig, server } = await stockRig(t, fakeLog);
   const daemon = await rig.startDaemon();
@@ -51,7 +59,7 @@ t.test('a stock image without Nix: the cloud-config installs it with the release
   const outPath = result.outPaths[0] as string;
   t.equal(s.bootMode, 'stock');
   t.same(server.statuses, [200], 'the tarball was downloaded once');
-  t.ok(outPath && existsSync(join(s.storeDir, 'store', basename(outPath))), 'built in the worker\'s own store');
+  t.ok(outPath && existsSync(join(s.storeDir, 'store', basename(outPath))), "built in the worker's own store");
 
   // One line per step, in order, and the installer really ran.
   const steps = [...output.matchAll(/^nix-hcloud-builder: step (\d\/\d .*)$/gm)].map((m) => m[1]);
@@ -62,14 +70,26 @@ t.test('a stock image without Nix: the cloud-config installs it with the release
   const installSteps = [...installLog.matchAll(/^install-multi-user: step (\d)\/8 /gm)].map((m) => Number(m[1]));
   t.same(installSteps, [1, 2, 3, 4, 5, 6, 7, 8], 'install-multi-user ran its steps in order', { installLog });
   t.match(installLog, `install-multi-user: done: Nix ${release.version} is installed`, 'and finished');
-  t.match(installLog, 'Setting up the nix-daemon systemd service', 'the daemon\'s units set up by Nix\'s install-systemd-multi-user.sh');
+  t.match(installLog, 'Setting up the nix-daemon systemd service', "the daemon's units set up by Nix's install-systemd-multi-user.sh");
   // What the installer made, inside the server.
   t.match(await rig.fake.readServerFile(s.id, '/etc/group'), /^nixbld:x:30000:/m, 'the build group');
-  t.match(await rig.fake.readServerFile(s.id, '/etc/passwd'), /^nixbld32:x:30032:30000:Nix build user 32:\/var\/empty:\/sbin\/nologin$/m, 'the build users');
+  t.match(
+    await rig.fake.readServerFile(s.id, '/etc/passwd'),
+    /^nixbld32:x:30032:30000:Nix build user 32:\/var\/empty:\/sbin\/nologin$/m,
+    'the build users',
+  );
   t.match(await rig.fake.readServerFile(s.id, '/etc/nix/nix.conf'), /^build-users-group = nixbld$/m, 'its nix.conf');
-  t.match(await rig.fake.readServerFile(s.id, '/etc/profile.d/nix.sh'), '/nix/var/nix/profiles/default/etc/profile.d/nix-daemon.sh', 'the shell profile');
+  t.match(
+    await rig.fake.readServerFile(s.id, '/etc/profile.d/nix.sh'),
+    '/nix/var/nix/profiles/default/etc/profile.d/nix-daemon.sh',
+    'the shell profile',
+  );
   const calls = readFileSync(join(s.dir, 'stub-calls.log'), 'utf8');
-  t.match(calls, 'systemctl enable /nix/var/nix/profiles/default/lib/systemd/system/nix-daemon.socket\n', 'the daemon\'s socket enabled (stand-in)');
+  t.match(
+    calls,
+    'systemctl enable /nix/var/nix/profiles/default/lib/systemd/system/nix-daemon.socket\n',
+    "the daemon's socket enabled (stand-in)",
+  );
   t.match(calls, 'systemctl start nix-daemon.socket\n');
 
   // Deleted by the idle timer.
@@ -77,21 +97,27 @@ t.test('a stock image without Nix: the cloud-config installs it with the release
   t.equal(rig.fake.liveServers().length, 0, 'the server was deleted');
 });
 
-t.test('a tampered tarball is never run: the boot fails with the hash mismatch on the build\'s stderr', async (t) => {
+t.test("a tampered tarball is never run: the boot fails with the hash mismatch on the build's stderr", async (t) => {
   const fakeLog: string[] = [];
   const { rig, server } = await stockRig(t, fakeLog);
   server.tamper(true);
   const daemon = await rig.startDaemon();
   const result = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`stock-tampered-${Date.now()}`] });
   t.not(result.code, 0, 'the build failed');
-  t.match(result.stderr, new RegExp(`the worker's setup failed: step 1/2 install Nix ${release.version.replaceAll('.', '\\.')} unless the image has Nix failed: sha256 mismatch of http://127\\.0\\.0\\.1:\\d+/nix-${release.version}/nix-${release.version}-${release.system}\\.tar\\.xz: expected ${release.sha256}, got [0-9a-f]{64}; not running it`), 'the reason is on stderr');
+  t.match(
+    result.stderr,
+    new RegExp(
+      `the worker's setup failed: step 1/2 install Nix ${release.version.replaceAll('.', '\\.')} unless the image has Nix failed: sha256 mismatch of http://127\\.0\\.0\\.1:\\d+/nix-${release.version}/nix-${release.version}-${release.system}\\.tar\\.xz: expected ${release.sha256}, got [0-9a-f]{64}; not running it`,
+    ),
+    'the reason is on stderr',
+  );
   const s = rig.fake.servers()[0] as FakeServerInfo;
   t.notOk(existsSync(join(s.storeDir, 'store')), 'nothing was installed');
   await waitUntil(() => rig.fake.liveServers().length === 0, 30_000);
   t.equal(rig.fake.liveServers().length, 0, 'the server was deleted');
 });
 
-t.test('without the cloud-config\'s environment line, runcmd has no HOME and the installer refuses, as Nix\'s does', async (t) => {
+t.test("without the cloud-config's environment line, runcmd has no HOME and the installer refuses, as Nix's does", async (t) => {
   const fakeLog: string[] = [];
   const { rig, server } = await stockRig(t, fakeLog);
   // The user data is JSON: its runcmd without the entry that sets HOME.
@@ -105,7 +131,13 @@ t.test('without the cloud-config\'s environment line, runcmd has no HOME and the
   const result = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`stock-no-home-${Date.now()}`] });
   t.not(result.code, 0, 'the build failed');
   t.same(server.statuses, [200], 'the tarball was downloaded');
-  t.match(result.stderr, new RegExp(`the worker's setup failed: step 1/2 install Nix ${release.version.replaceAll('.', '\\.')} unless the image has Nix failed: the installer of Nix ${release.version.replaceAll('.', '\\.')} failed: \\S*/install: \\$HOME is not set`), 'the installer\'s reason is on stderr');
+  t.match(
+    result.stderr,
+    new RegExp(
+      `the worker's setup failed: step 1/2 install Nix ${release.version.replaceAll('.', '\\.')} unless the image has Nix failed: the installer of Nix ${release.version.replaceAll('.', '\\.')} failed: \\S*/install: \\$HOME is not set`,
+    ),
+    "the installer's reason is on stderr",
+  );
   const s = rig.fake.servers()[0] as FakeServerInfo;
   t.notOk(existsSync(join(s.storeDir, 'store')), 'nothing was installed');
   await waitUntil(() => rig.fake.liveServers().length === 0, 30_000);

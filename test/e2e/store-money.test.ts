@@ -20,7 +20,15 @@ async function createVolume(rig: Rig, name: string, labels: Record<string, strin
 }
 
 async function createServer(rig: Rig, name: string, labels: Record<string, string>, volumes: number[]): Promise<number> {
-  const { server } = await api<{ server: { id: number } }>(rig, 'POST', '/servers', { name, server_type: 'cx23', image: 'ubuntu-24.04', location: 'fsn1', labels, volumes, automount: false });
+  const { server } = await api<{ server: { id: number } }>(rig, 'POST', '/servers', {
+    name,
+    server_type: 'cx23',
+    image: 'ubuntu-24.04',
+    location: 'fsn1',
+    labels,
+    volumes,
+    automount: false,
+  });
   await waitUntil(() => volumes.every((id) => rig.fake.volumes().find((v) => v.id === id)?.server === server.id), 5_000);
   return server.id;
 }
@@ -36,12 +44,25 @@ t.test('status lists the volumes; gc lists unused ones and deletes them only wit
 
   const status = await rig.cli(['status']);
   t.equal(status.code, 0, status.stderr);
-  t.match(status.stdout, new RegExp(`${inUse}\\s+slot-0\\s+x86_64\\s+0\\s+200 GB\\s+fsn1\\s+-\\s+10\\.47`), 'size, location, not attached, €/month at the API\'s gross price');
-  t.match(status.stdout, new RegExp(`${pastMax}\\s+slot-1\\s+x86_64\\s+1\\s+10 GB\\s+fsn1\\s+holder\\s+0\\.52`), 'attached to: the server\'s name');
-  t.notMatch(status.stdout, /\bother\b/, 'another instance\'s volume is not listed');
+  t.match(
+    status.stdout,
+    new RegExp(`${inUse}\\s+slot-0\\s+x86_64\\s+0\\s+200 GB\\s+fsn1\\s+-\\s+10\\.47`),
+    "size, location, not attached, €/month at the API's gross price",
+  );
+  t.match(
+    status.stdout,
+    new RegExp(`${pastMax}\\s+slot-1\\s+x86_64\\s+1\\s+10 GB\\s+fsn1\\s+holder\\s+0\\.52`),
+    "attached to: the server's name",
+  );
+  t.notMatch(status.stdout, /\bother\b/, "another instance's volume is not listed");
   t.match(status.stdout, /store volumes: €11\.52\/month, billed whether attached or not/);
-  const json = JSON.parse((await rig.cli(['status', '--json'])).stdout) as { volumes: { id: number; sizeGb: number; attachedTo?: string; eurPerMonth: number }[] };
-  t.same(json.volumes.map((v) => v.id), [inUse, pastMax, gonePool]);
+  const json = JSON.parse((await rig.cli(['status', '--json'])).stdout) as {
+    volumes: { id: number; sizeGb: number; attachedTo?: string; eurPerMonth: number }[];
+  };
+  t.same(
+    json.volumes.map((v) => v.id),
+    [inUse, pastMax, gonePool],
+  );
 
   const listed = await rig.cli(['gc']);
   t.equal(listed.code, 0, listed.stderr);
@@ -59,8 +80,18 @@ t.test('status lists the volumes; gc lists unused ones and deletes them only wit
   t.equal(removed.code, 0, removed.stderr);
   t.match(removed.stdout, new RegExp(`deleting volume slot-1 \\(id ${pastMax}`));
   t.match(removed.stdout, /deleted 2 volume\(s\)/);
-  t.same(rig.fake.volumes().map((v) => v.id).sort(), [inUse, other].sort(), 'the unused ones are gone, the attached one detached first');
-  t.ok(rig.fake.liveServers().some((s) => s.id === serverId), 'the unlabelled server that held one is untouched');
+  t.same(
+    rig.fake
+      .volumes()
+      .map((v) => v.id)
+      .sort(),
+    [inUse, other].sort(),
+    'the unused ones are gone, the attached one detached first',
+  );
+  t.ok(
+    rig.fake.liveServers().some((s) => s.id === serverId),
+    'the unlabelled server that held one is untouched',
+  );
 });
 
 t.test('down deletes servers, never volumes; down --volumes deletes them too, detached first', async (t) => {
@@ -78,13 +109,20 @@ t.test('down deletes servers, never volumes; down --volumes deletes them too, de
   t.notMatch(down.stdout, /volume/);
   t.equal(rig.fake.volumes().length, 3, 'down keeps the volumes');
   await waitUntil(() => rig.fake.volumes().find((v) => v.id === ours)?.server === null, 5_000);
-  t.equal(rig.fake.volumes().find((v) => v.id === ours)?.server, null, 'the deleted server\'s volume is detached');
+  t.equal(rig.fake.volumes().find((v) => v.id === ours)?.server, null, "the deleted server's volume is detached");
 
   const downVolumes = await rig.cli(['down', '--volumes']);
   t.equal(downVolumes.code, 0, downVolumes.stderr);
   t.match(downVolumes.stdout, /deleted 2 volume\(s\)/);
-  t.same(rig.fake.volumes().map((v) => v.id), [other], 'only another instance\'s volume is left');
-  t.ok(rig.fake.liveServers().some((s) => s.id === foreign), 'the server that held one of ours keeps running, without it');
+  t.same(
+    rig.fake.volumes().map((v) => v.id),
+    [other],
+    "only another instance's volume is left",
+  );
+  t.ok(
+    rig.fake.liveServers().some((s) => s.id === foreign),
+    'the server that held one of ours keeps running, without it',
+  );
 });
 
 t.test('budget: volumes count for a whole month; a volume past the budget means a cold boot', async (t) => {
@@ -94,14 +132,21 @@ t.test('budget: volumes count for a whole month; a volume past the budget means 
   const daemon = await rig.startDaemon();
   const built = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`store-budget-${Date.now()}`] });
   t.equal(built.code, 0, 'the build ran, on a cold store');
-  t.match(built.stderr, /store volume of slot 0 unavailable \(budget: creating store volume nhb-\S+-store-0 \(10 GB in fsn1\) \(€0\.52\/month\) would exceed budget\.maxEurPerMonth \(€0\.10; spent this month €0\.00\)\); this worker starts with an empty store/);
+  t.match(
+    built.stderr,
+    /store volume of slot 0 unavailable \(budget: creating store volume nhb-\S+-store-0 \(10 GB in fsn1\) \(€0\.52\/month\) would exceed budget\.maxEurPerMonth \(€0\.10; spent this month €0\.00\)\); this worker starts with an empty store/,
+  );
   t.equal(rig.fake.volumes().length, 0, 'no volume created');
   t.match(rig.fake.servers()[0]?.userData ?? '', /runcmd/);
   t.notMatch(rig.fake.servers()[0]?.userData ?? '', /HC_Volume/, 'the worker was created without a volume');
 });
 
 t.test('budget: existing volumes count against a server create', async (t) => {
-  const rig = await Rig.start({ pool: { store: { volumeGb: 10 } }, config: { budget: { maxEurPerMonth: 1 } }, fake: { realServers: false } });
+  const rig = await Rig.start({
+    pool: { store: { volumeGb: 10 } },
+    config: { budget: { maxEurPerMonth: 1 } },
+    fake: { realServers: false },
+  });
   t.teardown(() => rig.stop());
   await createVolume(rig, 'slot-0', volumeLabels(rig.instance, 'x86_64', 0), 100);
   const daemon = await rig.startDaemon();

@@ -38,15 +38,28 @@ t.test('a NixOS-image pool keeps its store on the volume: the second build, on a
   if (!volume || !server1) return;
   t.equal(server1.bootMode, 'nixos', 'booted as the NixOS worker image (no cloud-init)');
   t.equal(server1.units?.store, 'done', 'its store unit ran');
-  t.match(readFileSync(join(server1.dir, 'fetch-keys.log'), 'utf8'), `store volume settings {"volumeId":${volume.id},"gcAtPercent":80}`, 'fetch-keys.sh took the volume\'s settings from the user data');
-  t.match(readFileSync(join(server1.dir, 'store-volume.log'), 'utf8'), `store-volume: /nix is the image's store with volume ${volume.id} over it`);
+  t.match(
+    readFileSync(join(server1.dir, 'fetch-keys.log'), 'utf8'),
+    `store volume settings {"volumeId":${volume.id},"gcAtPercent":80}`,
+    "fetch-keys.sh took the volume's settings from the user data",
+  );
+  t.match(
+    readFileSync(join(server1.dir, 'store-volume.log'), 'utf8'),
+    `store-volume: /nix is the image's store with volume ${volume.id} over it`,
+  );
   const upper = join(rig.fake.volumeDir(volume.id), 'nix-overlay', 'upper');
-  t.ok(existsSync(join(upper, 'store', basename(input))), 'the input is on the volume (the overlay\'s upper layer)');
-  t.notOk(existsSync(join(server1.storeDir, 'store', basename(input))), 'not in the image\'s own store');
+  t.ok(existsSync(join(upper, 'store', basename(input))), "the input is on the volume (the overlay's upper layer)");
+  t.notOk(existsSync(join(server1.storeDir, 'store', basename(input))), "not in the image's own store");
   t.notMatch(first.stderr, /is attached but this worker's store is not on it/, 'no warning: the store is on the volume');
-  t.notOk(daemon.lines.some((l) => /is attached but/.test(l.msg)), 'none in the log either');
+  t.notOk(
+    daemon.lines.some((l) => /is attached but/.test(l.msg)),
+    'none in the log either',
+  );
   // The pool's default compression, zstd: the image's relay answered, and A's upload went through it.
-  t.ok(daemon.lines.some((l) => l.msg === 'zstd relay answers'), 'the NixOS worker\'s zstd relay answered');
+  t.ok(
+    daemon.lines.some((l) => l.msg === 'zstd relay answers'),
+    "the NixOS worker's zstd relay answered",
+  );
   t.notMatch(first.stderr, /relay does not run/);
 
   // The worker idles out; the volume stays, detached.
@@ -57,7 +70,11 @@ t.test('a NixOS-image pool keeps its store on the volume: the second build, on a
   const before = daemon.lines.length;
   const second = await build(rig, daemon, warm(input, `${nonce}-b`, a));
   t.equal(second.code, 0, 'build B succeeded', { stderr: second.stderr });
-  t.match(readFileSync(second.stdout.trim().split('\n').pop() as string, 'utf8'), new RegExp(`${nonce}-a\n${64 * MIB}\n${nonce}-b`), 'B read A\'s output and the input on the worker');
+  t.match(
+    readFileSync(second.stdout.trim().split('\n').pop() as string, 'utf8'),
+    new RegExp(`${nonce}-a\n${64 * MIB}\n${nonce}-b`),
+    "B read A's output and the input on the worker",
+  );
   const upB = await bytesUp(daemon, before);
   t.ok(upB < MIB, `build B sent ${upB} bytes up (under 1 MiB)`);
   const servers = rig.fake.servers();
@@ -72,12 +89,29 @@ t.test('a NixOS-image pool keeps its store on the volume: the second build, on a
   const record = state.workers.find((w) => w.id === server2?.id);
   t.ok(record?.address, 'the second worker is still up');
   if (record?.address) {
-    const client = await connectWorker({ host: record.address, port: record.sshPort, hostPublicKey: record.hostPublicKey, loginPrivateKey: record.loginPrivateKey, keepaliveIntervalMs: 10_000 }, 10_000);
+    const client = await connectWorker(
+      {
+        host: record.address,
+        port: record.sshPort,
+        hostPublicKey: record.hostPublicKey,
+        loginPrivateKey: record.loginPrivateKey,
+        keepaliveIntervalMs: 10_000,
+      },
+      10_000,
+    );
     try {
       const valid = await runCommand(client, `nix-store --check-validity ${input} ${outA}`, 20_000);
       t.equal(valid.code, 0, `valid on the new worker: ${valid.stderr}`);
-      const mounts = await runCommand(client, 'findmnt -n -o FSTYPE /nix | tail -n 1; findmnt -n -o OPTIONS /nix/store | tail -n 1; cat /run/nix-hcloud-builder/store-volume', 20_000);
-      t.match(mounts.stdout, new RegExp(`^overlay\nro,[^\n]*\n${volume.id}\n$`), '/nix is the overlay, /nix/store read-only as NixOS has it, and the marker names the volume');
+      const mounts = await runCommand(
+        client,
+        'findmnt -n -o FSTYPE /nix | tail -n 1; findmnt -n -o OPTIONS /nix/store | tail -n 1; cat /run/nix-hcloud-builder/store-volume',
+        20_000,
+      );
+      t.match(
+        mounts.stdout,
+        new RegExp(`^overlay\nro,[^\n]*\n${volume.id}\n$`),
+        '/nix is the overlay, /nix/store read-only as NixOS has it, and the marker names the volume',
+      );
     } finally {
       client.end();
     }

@@ -28,16 +28,24 @@ t.test('the store outlives its worker: the second build uploads nothing big', as
   t.ok(volume, 'one volume');
   if (!volume) return;
   t.equal(rig.fake.volumes().length, 1);
-  t.match(volume.labels, { 'managed-by': 'nix-hcloud-builder', 'nix-hcloud-builder/instance': rig.instance, 'nix-hcloud-builder/pool': 'x86_64', 'nix-hcloud-builder/slot': '0' });
+  t.match(volume.labels, {
+    'managed-by': 'nix-hcloud-builder',
+    'nix-hcloud-builder/instance': rig.instance,
+    'nix-hcloud-builder/pool': 'x86_64',
+    'nix-hcloud-builder/slot': '0',
+  });
   t.equal(volume.location.name, 'fsn1');
   const firstServer = rig.fake.servers()[0];
   t.match(firstServer?.userData, `id=${volume.id};`, 'the worker was told its volume');
-  t.ok(existsSync(join(rig.fake.volumeDir(volume.id), 'store', basename(input))), 'the input is on the volume, not on the server\'s disk');
+  t.ok(existsSync(join(rig.fake.volumeDir(volume.id), 'store', basename(input))), "the input is on the volume, not on the server's disk");
   t.notOk(existsSync(join(firstServer?.storeDir ?? '/nonexistent', 'store', basename(input))));
 
   // The worker idles out; its server goes, the volume stays, detached.
   await daemon.waitForMsg(/deleted server/, 30_000);
-  t.ok(daemon.lines.some((l) => l.msg === 'flushed the store volume before deleting the server'), 'the store was flushed before the delete');
+  t.ok(
+    daemon.lines.some((l) => l.msg === 'flushed the store volume before deleting the server'),
+    'the store was flushed before the delete',
+  );
   await waitUntil(() => rig.fake.volumes()[0]?.server === null, 10_000);
   t.equal(rig.fake.volumes().length, 1, 'the volume was not deleted with its server');
   t.equal(rig.fake.volumes()[0]?.server, null, 'and it is detached');
@@ -46,7 +54,11 @@ t.test('the store outlives its worker: the second build uploads nothing big', as
   const before = daemon.lines.length;
   const second = await build(rig, daemon, warm(input, `${nonce}-b`, a));
   t.equal(second.code, 0, 'build B succeeded');
-  t.match(readFileSync(second.stdout.trim().split('\n').pop() as string, 'utf8'), new RegExp(`${nonce}-a\n${64 * MIB}\n${nonce}-b`), 'B read A\'s output and the input on the worker');
+  t.match(
+    readFileSync(second.stdout.trim().split('\n').pop() as string, 'utf8'),
+    new RegExp(`${nonce}-a\n${64 * MIB}\n${nonce}-b`),
+    "B read A's output and the input on the worker",
+  );
   const upB = await bytesUp(daemon, before);
   t.ok(upB < MIB, `build B sent ${upB} bytes up (under 1 MiB)`);
   const servers = rig.fake.servers();
@@ -62,8 +74,17 @@ t.test('the store outlives its worker: the second build uploads nothing big', as
   const record = state.workers.find((w) => w.id === secondServer?.id);
   t.ok(record?.address, 'the second worker is still up');
   if (record?.address) {
-    t.equal(record.volumeId, volume.id, 'the state knows the worker\'s volume');
-    const client = await connectWorker({ host: record.address, port: record.sshPort, hostPublicKey: record.hostPublicKey, loginPrivateKey: record.loginPrivateKey, keepaliveIntervalMs: 10_000 }, 10_000);
+    t.equal(record.volumeId, volume.id, "the state knows the worker's volume");
+    const client = await connectWorker(
+      {
+        host: record.address,
+        port: record.sshPort,
+        hostPublicKey: record.hostPublicKey,
+        loginPrivateKey: record.loginPrivateKey,
+        keepaliveIntervalMs: 10_000,
+      },
+      10_000,
+    );
     try {
       const outA = first.stdout.trim().split('\n').pop() as string;
       const valid = await runCommand(client, `nix-store --check-validity ${input} ${outA}`, 20_000);
@@ -99,8 +120,10 @@ t.test('two workers never share a volume; a third boot waits', async (t) => {
   t.equal(rig.fake.volumes().length, 2, 'idle deletion keeps the volumes');
 });
 
-t.test('the volume\'s location out of capacity: the boot goes cold in the next one, says so, and nothing leaks', async (t) => {
-  const rig = await Rig.start({ pool: { store: { volumeGb: 10 }, serverTypes: ['cx23', 'cx33'], locations: ['fsn1', 'nbg1'], idleTimeout: '2s' } });
+t.test("the volume's location out of capacity: the boot goes cold in the next one, says so, and nothing leaks", async (t) => {
+  const rig = await Rig.start({
+    pool: { store: { volumeGb: 10 }, serverTypes: ['cx23', 'cx33'], locations: ['fsn1', 'nbg1'], idleTimeout: '2s' },
+  });
   t.teardown(() => rig.stop());
   const input = await addBigInput(rig);
   const daemon = await rig.startDaemon();
@@ -116,11 +139,16 @@ t.test('the volume\'s location out of capacity: the boot goes cold in the next o
   const before = daemon.lines.length;
   const second = await build(rig, daemon, warm(input, `${nonce}-b`));
   t.equal(second.code, 0, 'build B succeeded, cold');
-  t.match(second.stderr, new RegExp(`store volume ${volume?.name ?? '?'} is in fsn1, which cannot take a server now \\(cx23 in fsn1 \\(resource_unavailable\\), cx33 in fsn1 \\(resource_unavailable\\)\\); booting elsewhere with an empty store`));
+  t.match(
+    second.stderr,
+    new RegExp(
+      `store volume ${volume?.name ?? '?'} is in fsn1, which cannot take a server now \\(cx23 in fsn1 \\(resource_unavailable\\), cx33 in fsn1 \\(resource_unavailable\\)\\); booting elsewhere with an empty store`,
+    ),
+  );
   const cold = rig.fake.servers()[1];
   t.equal(cold?.location, 'nbg1');
   t.notMatch(cold?.userData ?? '', /HC_Volume/, 'created without the volume');
-  t.ok(await bytesUp(daemon, before) > 64 * MIB, 'a cold store: the input went up again');
+  t.ok((await bytesUp(daemon, before)) > 64 * MIB, 'a cold store: the input went up again');
   t.equal(rig.fake.volumes()[0]?.server, null, 'the volume stayed detached');
 
   await waitUntil(() => rig.fake.liveServers().length === 0, 30_000);
@@ -132,7 +160,7 @@ t.test('the volume\'s location out of capacity: the boot goes cold in the next o
   const third = await build(rig, daemon, warm(input, `${nonce}-c`));
   t.equal(third.code, 0, 'build C succeeded');
   t.equal(rig.fake.servers()[2]?.location, 'fsn1');
-  t.ok(await bytesUp(daemon, from) < MIB, 'warm again');
+  t.ok((await bytesUp(daemon, from)) < MIB, 'warm again');
 });
 
 t.test('SIGKILL with the volume attached: adopted after a restart, the slot kept, then handed on', async (t) => {
@@ -150,19 +178,27 @@ t.test('SIGKILL with the volume attached: adopted after a restart, the slot kept
   t.equal(volume?.server, server?.id, 'the volume is attached to the running server');
 
   const restarted = await rig.startDaemon();
-  t.ok(restarted.lines.some((l) => /^step 3\/4: reconciled with the cloud/.test(l.msg) && l.adopted === 1), 'the server was adopted');
+  t.ok(
+    restarted.lines.some((l) => /^step 3\/4: reconciled with the cloud/.test(l.msg) && l.adopted === 1),
+    'the server was adopted',
+  );
   const before = restarted.lines.length;
   const second = await build(rig, restarted, warm(input, `${nonce}-b`));
   t.equal(second.code, 0, 'build B succeeded');
   t.equal(rig.fake.servers().length, 1, 'on the adopted server');
-  t.ok(await bytesUp(restarted, before) < MIB, 'whose store had the input');
+  t.ok((await bytesUp(restarted, before)) < MIB, 'whose store had the input');
 
   // The adopted worker holds slot 0: a second worker, booted beside it, gets slot 1's volume.
-  const sleepy = (n: number): string => `(import ${join(ROOT, 'test', 'fixtures', 'build.nix')} { nonce = "${nonce}-s${n}"; sleep = "3"; })`;
+  const sleepy = (n: number): string =>
+    `(import ${join(ROOT, 'test', 'fixtures', 'build.nix')} { nonce = "${nonce}-s${n}"; sleep = "3"; })`;
   const pair = await build(rig, restarted, `[ ${sleepy(1)} ${sleepy(2)} ]`, 2);
   t.equal(pair.code, 0, 'two concurrent builds succeeded');
   t.equal(rig.fake.servers().length, 2, 'a second worker booted');
-  t.same(rig.fake.volumes().map((v) => v.labels['nix-hcloud-builder/slot']), ['0', '1'], 'with a volume of its own, not the adopted worker\'s');
+  t.same(
+    rig.fake.volumes().map((v) => v.labels['nix-hcloud-builder/slot']),
+    ['0', '1'],
+    "with a volume of its own, not the adopted worker's",
+  );
   t.notMatch(pair.stderr, /empty store/, 'nobody went cold waiting for slot 0');
 
   // Idle deletion frees the adopted worker's slot: the next worker gets its volume.
@@ -171,8 +207,8 @@ t.test('SIGKILL with the volume attached: adopted after a restart, the slot kept
   const third = await build(rig, restarted, warm(input, `${nonce}-c`));
   t.equal(third.code, 0, 'build C succeeded');
   t.equal(rig.fake.servers().length, 3);
-  t.equal(rig.fake.volumes()[0]?.server, rig.fake.servers()[2]?.id, 'the new server has slot 0\'s volume');
-  t.ok(await bytesUp(restarted, from) < MIB, 'warm');
+  t.equal(rig.fake.volumes()[0]?.server, rig.fake.servers()[2]?.id, "the new server has slot 0's volume");
+  t.ok((await bytesUp(restarted, from)) < MIB, 'warm');
 });
 
 t.test('SIGKILL during a boot with the volume: the server is deleted at restart, the volume survives for the next worker', async (t) => {
@@ -220,5 +256,5 @@ t.test('gcAtPercent: a store fuller than that is collected at boot, before the w
   const [listing, output] = log.split('Cloud-init (fake) runcmd output:\n', 2) as [string, string];
   t.match(output, /the store is \d+% full/, 'collected by the runcmd script');
   t.ok(listing.indexOf('nix-store --gc') < listing.indexOf('touch /run/nix-hcloud-builder/ready'), 'before the ready marker');
-  t.ok(await bytesUp(daemon, before) > 64 * MIB, 'so the input went up again');
+  t.ok((await bytesUp(daemon, before)) > 64 * MIB, 'so the input went up again');
 });

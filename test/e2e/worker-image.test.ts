@@ -69,12 +69,15 @@ function unitTimes(log: string): Record<string, number> {
   return times;
 }
 
-function userDataOf(server: FakeServerInfo): { ssh_keys: { ed25519_private: string; ed25519_public: string }; users: { name: string; ssh_authorized_keys: string[] }[] } {
+function userDataOf(server: FakeServerInfo): {
+  ssh_keys: { ed25519_private: string; ed25519_public: string };
+  users: { name: string; ssh_authorized_keys: string[] }[];
+} {
   const text = server.userData ?? '';
   return JSON.parse(text.slice(text.indexOf('\n') + 1)) as ReturnType<typeof userDataOf>;
 }
 
-t.test('a pool on the NixOS worker image: the image\'s own boot scripts make the worker, and a build runs on it', async (t) => {
+t.test("a pool on the NixOS worker image: the image's own boot scripts make the worker, and a build runs on it", async (t) => {
   const before = hostState();
   const hostMarker = existsSync('/run/nix-hcloud-builder/ready');
   const fakeLog: string[] = [];
@@ -85,7 +88,11 @@ t.test('a pool on the NixOS worker image: the image\'s own boot scripts make the
   t.teardown(() => rig.stop());
   // An older cloud-init snapshot with another value of the label: the selector must not pick it.
   rig.fake.addImage({ description: 'other snapshot', labels: { [LABEL]: 'other' } });
-  const image = rig.fake.addImage({ description: 'nix-hcloud-builder worker (nixos/worker.nix)', labels: { [LABEL]: 'nixos-worker' }, worker: 'nixos' });
+  const image = rig.fake.addImage({
+    description: 'nix-hcloud-builder worker (nixos/worker.nix)',
+    labels: { [LABEL]: 'nixos-worker' },
+    worker: 'nixos',
+  });
   const daemon = await rig.startDaemon();
 
   const result = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`nixos-image-${Date.now()}`] });
@@ -97,10 +104,14 @@ t.test('a pool on the NixOS worker image: the image\'s own boot scripts make the
   t.equal(rig.fake.servers().length, 1, 'one server');
   t.equal(server.image, String(image.id), 'created from the snapshot the label selector picked');
   t.equal(server.bootMode, 'nixos', 'booted as the NixOS worker image');
-  t.ok(existsSync(join(server.storeDir, 'store', basename(outPath))), 'built in the worker\'s own store');
+  t.ok(existsSync(join(server.storeDir, 'store', basename(outPath))), "built in the worker's own store");
   t.same(server.units, { keys: 'done', expand: 'done', store: 'done', sshd: 'done', ready: 'done' }, 'every unit ran');
-  t.match(readFileSync(join(server.dir, 'store-volume.log'), 'utf8'), 'store-volume: no store volume in the user data; the store is the image\'s\n', 'no store: the store unit did nothing');
-  t.notOk(existsSync(join(server.dir, 'cloud-init-output.log')), 'no cloud-init: the user data\'s runcmd never ran');
+  t.match(
+    readFileSync(join(server.dir, 'store-volume.log'), 'utf8'),
+    "store-volume: no store volume in the user data; the store is the image's\n",
+    'no store: the store unit did nothing',
+  );
+  t.notOk(existsSync(join(server.dir, 'cloud-init-output.log')), "no cloud-init: the user data's runcmd never ran");
 
   // The keys came from fetch-keys.sh, through the metadata service, into the server's own /etc/ssh
   // and /root/.ssh; sshd used them (the daemon pins the host key and logs in with the key).
@@ -108,11 +119,23 @@ t.test('a pool on the NixOS worker image: the image\'s own boot scripts make the
   const fetchLog = readFileSync(join(server.dir, 'fetch-keys.log'), 'utf8');
   const pub = ud.ssh_keys.ed25519_public.split(' ').slice(0, 2).join(' ');
   t.match(fetchLog, `fetch-keys: host key ${pub}, 1 authorized key(s) for root\n`, 'fetch-keys.sh logged the key it took');
-  t.same(rig.fake.metadataRequests.filter((r) => r.server === server.id), [{ server: server.id, path: '/userdata', status: 200 }], 'it asked the metadata service once');
-  t.equal((await rig.fake.readServerFile(server.id, '/etc/ssh/ssh_host_ed25519_key'))?.trim(), ud.ssh_keys.ed25519_private.trim(), 'the host key inside the server is the user data\'s');
+  t.same(
+    rig.fake.metadataRequests.filter((r) => r.server === server.id),
+    [{ server: server.id, path: '/userdata', status: 200 }],
+    'it asked the metadata service once',
+  );
+  t.equal(
+    (await rig.fake.readServerFile(server.id, '/etc/ssh/ssh_host_ed25519_key'))?.trim(),
+    ud.ssh_keys.ed25519_private.trim(),
+    "the host key inside the server is the user data's",
+  );
   t.equal((await rig.fake.readServerFile(server.id, '/etc/ssh/ssh_host_ed25519_key.pub'))?.trim(), ud.ssh_keys.ed25519_public.trim());
   const root = ud.users.find((u) => u.name === 'root');
-  t.equal((await rig.fake.readServerFile(server.id, '/root/.ssh/authorized_keys'))?.trim(), root?.ssh_authorized_keys.join('\n').trim(), 'root\'s authorized key too');
+  t.equal(
+    (await rig.fake.readServerFile(server.id, '/root/.ssh/authorized_keys'))?.trim(),
+    root?.ssh_authorized_keys.join('\n').trim(),
+    "root's authorized key too",
+  );
   const sshdConfig = readFileSync(join(server.dir, 'sshd_config'), 'utf8');
   t.match(sshdConfig, /^HostKey \/etc\/ssh\/ssh_host_ed25519_key$/m, 'sshd reads the key where fetch-keys.sh wrote it');
   t.match(sshdConfig, /^AuthorizedKeysFile \/root\/\.ssh\/authorized_keys$/m);
@@ -137,74 +160,117 @@ t.test('a pool on the NixOS worker image: the image\'s own boot scripts make the
 
   // ready-marker.sh wrote the marker, after both units the ready unit requires.
   t.match(readFileSync(join(server.dir, 'ready-marker.log'), 'utf8'), 'ready-marker: wrote /run/nix-hcloud-builder/ready\n');
-  t.equal(await rig.fake.readServerFile(server.id, '/run/nix-hcloud-builder/ready'), '', 'the marker is in the server\'s /run');
-  t.equal(existsSync('/run/nix-hcloud-builder/ready'), hostMarker, 'the host\'s /run is untouched');
+  t.equal(await rig.fake.readServerFile(server.id, '/run/nix-hcloud-builder/ready'), '', "the marker is in the server's /run");
+  t.equal(existsSync('/run/nix-hcloud-builder/ready'), hostMarker, "the host's /run is untouched");
   const keysAt = unitTimes(fetchLog);
   const expandAt = unitTimes(readFileSync(join(server.dir, 'zpool-expand.log'), 'utf8'));
   const readyAt = unitTimes(readFileSync(join(server.dir, 'ready-marker.log'), 'utf8'));
-  t.ok((readyAt['starting'] ?? 0) >= Math.max(keysAt['finished'] ?? Infinity, expandAt['finished'] ?? Infinity), 'the ready unit started after the keys and the disk');
+  t.ok(
+    (readyAt['starting'] ?? 0) >= Math.max(keysAt['finished'] ?? Infinity, expandAt['finished'] ?? Infinity),
+    'the ready unit started after the keys and the disk',
+  );
   await daemon.waitForMsg(/is ready after/);
 
   // The idle timer deletes the server; its loop device goes with it.
   await daemon.waitForMsg(/deleted server/, 30_000);
   t.same(rig.fake.liveServers(), []);
   t.equal(loopsOf(disk), '', 'the loop device was detached');
-  t.equal(hostState(), before, 'the host\'s /etc/ssh and /root/.ssh are unchanged');
+  t.equal(hostState(), before, "the host's /etc/ssh and /root/.ssh are unchanged");
   t.same(rig.fake.schemaErrors, []);
 });
 
-t.test('the metadata service fails (404, then garbage): the worker never becomes ready, the build fails, the server is deleted', async (t) => {
-  const before = hostState();
-  const fakeLog: string[] = [];
-  const rig = await Rig.start({
-    pool: { image: { labelSelector: SELECTOR }, idleTimeout: '2s', bootTimeout: '4s' },
-    fake: { nixosWorker: { fetchAttempts: 2, swapMib: 16 }, log: (l) => fakeLog.push(l) },
-  });
-  t.teardown(() => rig.stop());
-  rig.fake.addImage({ description: 'nix-hcloud-builder worker (nixos/worker.nix)', labels: { [LABEL]: 'nixos-worker' }, worker: 'nixos' });
-  const daemon = await rig.startDaemon();
+t.test(
+  'the metadata service fails (404, then garbage): the worker never becomes ready, the build fails, the server is deleted',
+  async (t) => {
+    const before = hostState();
+    const fakeLog: string[] = [];
+    const rig = await Rig.start({
+      pool: { image: { labelSelector: SELECTOR }, idleTimeout: '2s', bootTimeout: '4s' },
+      fake: { nixosWorker: { fetchAttempts: 2, swapMib: 16 }, log: (l) => fakeLog.push(l) },
+    });
+    t.teardown(() => rig.stop());
+    rig.fake.addImage({
+      description: 'nix-hcloud-builder worker (nixos/worker.nix)',
+      labels: { [LABEL]: 'nixos-worker' },
+      worker: 'nixos',
+    });
+    const daemon = await rig.startDaemon();
 
-  const cases = [
-    { name: '404', fault: { path: '/userdata', status: 404, times: 2 }, statuses: [404, 404], log: /fetch-keys: no user data from http:\/\/127\.0\.0\.1:\d+\/metadata\/\d+\/hetzner\/v1\/userdata after 2 attempts/ },
-    { name: 'garbage', fault: { path: '/userdata', body: 'this is not a cloud-config\n', times: 1 }, statuses: [200], log: /fetch-keys: the user data from \S+ is not "#cloud-config" followed by a JSON object/ },
-  ];
-  for (const c of cases) {
-    rig.fake.injectMetadata(c.fault);
-    const started = Date.now();
-    const result = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`nixos-meta-${c.name}-${Date.now()}`] });
-    t.not(result.code, 0, `${c.name}: the build fails (no local builds allowed)`);
-    t.match(result.stderr, /boot of \S+ failed: boot did not finish within bootTimeout/, `${c.name}: the boot failure reaches nix-build's stderr`);
-    t.ok(Date.now() - started < 4000 + 10_000, `${c.name}: within bootTimeout plus slack, no hang`);
+    const cases = [
+      {
+        name: '404',
+        fault: { path: '/userdata', status: 404, times: 2 },
+        statuses: [404, 404],
+        log: /fetch-keys: no user data from http:\/\/127\.0\.0\.1:\d+\/metadata\/\d+\/hetzner\/v1\/userdata after 2 attempts/,
+      },
+      {
+        name: 'garbage',
+        fault: { path: '/userdata', body: 'this is not a cloud-config\n', times: 1 },
+        statuses: [200],
+        log: /fetch-keys: the user data from \S+ is not "#cloud-config" followed by a JSON object/,
+      },
+    ];
+    for (const c of cases) {
+      rig.fake.injectMetadata(c.fault);
+      const started = Date.now();
+      const result = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`nixos-meta-${c.name}-${Date.now()}`] });
+      t.not(result.code, 0, `${c.name}: the build fails (no local builds allowed)`);
+      t.match(
+        result.stderr,
+        /boot of \S+ failed: boot did not finish within bootTimeout/,
+        `${c.name}: the boot failure reaches nix-build's stderr`,
+      );
+      t.ok(Date.now() - started < 4000 + 10_000, `${c.name}: within bootTimeout plus slack, no hang`);
 
-    const server = rig.fake.servers().at(-1) as FakeServerInfo;
-    t.equal(server.bootMode, 'nixos');
-    t.same(rig.fake.metadataRequests.filter((r) => r.server === server.id).map((r) => r.status), c.statuses, `${c.name}: fetch-keys.sh got the fault`);
-    t.match(readFileSync(join(server.dir, 'fetch-keys.log'), 'utf8'), c.log, `${c.name}: fetch-keys.sh said why`);
-    t.ok(fakeLog.some((l) => l.includes(`server ${server.id}: nix-hcloud-builder-keys.service failed`)), `${c.name}: the failure is logged`);
-    t.match(server.units, { keys: 'failed', sshd: 'skipped', ready: 'skipped' }, `${c.name}: no sshd and no ready marker without the keys unit`);
-    t.notOk(existsSync(join(server.dir, 'boot-finished')));
+      const server = rig.fake.servers().at(-1) as FakeServerInfo;
+      t.equal(server.bootMode, 'nixos');
+      t.same(
+        rig.fake.metadataRequests.filter((r) => r.server === server.id).map((r) => r.status),
+        c.statuses,
+        `${c.name}: fetch-keys.sh got the fault`,
+      );
+      t.match(readFileSync(join(server.dir, 'fetch-keys.log'), 'utf8'), c.log, `${c.name}: fetch-keys.sh said why`);
+      t.ok(
+        fakeLog.some((l) => l.includes(`server ${server.id}: nix-hcloud-builder-keys.service failed`)),
+        `${c.name}: the failure is logged`,
+      );
+      t.match(
+        server.units,
+        { keys: 'failed', sshd: 'skipped', ready: 'skipped' },
+        `${c.name}: no sshd and no ready marker without the keys unit`,
+      );
+      t.notOk(existsSync(join(server.dir, 'boot-finished')));
 
-    await waitUntil(() => rig.fake.liveServers().length === 0, 20_000);
-    t.same(rig.fake.liveServers(), [], `${c.name}: the server was deleted`);
-    t.equal(loopsOf(server.workerDisk ?? ''), '', `${c.name}: its loop device was detached`);
-  }
-  t.equal(daemon.proc.exitCode, null, 'the daemon keeps serving');
-  t.equal(hostState(), before, 'the host\'s /etc/ssh and /root/.ssh are unchanged');
-  t.same(rig.fake.schemaErrors, []);
-});
+      await waitUntil(() => rig.fake.liveServers().length === 0, 20_000);
+      t.same(rig.fake.liveServers(), [], `${c.name}: the server was deleted`);
+      t.equal(loopsOf(server.workerDisk ?? ''), '', `${c.name}: its loop device was detached`);
+    }
+    t.equal(daemon.proc.exitCode, null, 'the daemon keeps serving');
+    t.equal(hostState(), before, "the host's /etc/ssh and /root/.ssh are unchanged");
+    t.same(rig.fake.schemaErrors, []);
+  },
+);
 
-t.test('a NixOS worker image built before the store unit, in a pool with a store volume: the build runs, and the unused, billed volume is named on stderr and in the log', async (t) => {
-  const rig = await Rig.start({
-    pool: { image: { labelSelector: SELECTOR }, idleTimeout: '4s', bootTimeout: '30s', store: { volumeGb: 10 } },
-    fake: { nixosWorker: { fetchAttempts: 3, swapMib: 16 } },
-  });
-  t.teardown(() => rig.stop());
-  rig.fake.addImage({ description: 'nix-hcloud-builder worker (an older nixos/worker.nix)', labels: { [LABEL]: 'nixos-worker' }, worker: 'nixos', storeUnit: false });
-  const daemon = await rig.startDaemon();
-  const result = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`nixos-image-store-${Date.now()}`] });
-  t.equal(result.code, 0, 'nix-build succeeded', { stderr: result.stderr });
-  t.match(result.stderr, /store volume \d+ is attached but this worker's store is not on it/, 'the waiting session was told');
-  const warning = await daemon.waitFor((l) => l.level === 40 && /is attached but this worker's store is not on it/.test(l.msg), 10_000);
-  t.ok(typeof warning.volumeId === 'number', 'a warning names the volume');
-  t.equal(rig.fake.servers()[0]?.units?.store, 'absent', 'the image had no store unit');
-});
+t.test(
+  'a NixOS worker image built before the store unit, in a pool with a store volume: the build runs, and the unused, billed volume is named on stderr and in the log',
+  async (t) => {
+    const rig = await Rig.start({
+      pool: { image: { labelSelector: SELECTOR }, idleTimeout: '4s', bootTimeout: '30s', store: { volumeGb: 10 } },
+      fake: { nixosWorker: { fetchAttempts: 3, swapMib: 16 } },
+    });
+    t.teardown(() => rig.stop());
+    rig.fake.addImage({
+      description: 'nix-hcloud-builder worker (an older nixos/worker.nix)',
+      labels: { [LABEL]: 'nixos-worker' },
+      worker: 'nixos',
+      storeUnit: false,
+    });
+    const daemon = await rig.startDaemon();
+    const result = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`nixos-image-store-${Date.now()}`] });
+    t.equal(result.code, 0, 'nix-build succeeded', { stderr: result.stderr });
+    t.match(result.stderr, /store volume \d+ is attached but this worker's store is not on it/, 'the waiting session was told');
+    const warning = await daemon.waitFor((l) => l.level === 40 && /is attached but this worker's store is not on it/.test(l.msg), 10_000);
+    t.ok(typeof warning.volumeId === 'number', 'a warning names the volume');
+    t.equal(rig.fake.servers()[0]?.units?.store, 'absent', 'the image had no store unit');
+  },
+);

@@ -17,7 +17,13 @@ const BEFORE = new Date('2026-07-01T12:00:00Z');
 async function startCloud(t: Test, apiDate?: Date): Promise<FakeCloud> {
   const dir = mkdtempSync(join(tmpdir(), 'fake-hcloud-api-date-'));
   const cloud = await FakeCloud.start({
-    token: TOKEN, dataDir: dir, realServers: false, bootDelayMs: 20, deleteDelayMs: 20, readyDelayMs: 20, log: () => undefined,
+    token: TOKEN,
+    dataDir: dir,
+    realServers: false,
+    bootDelayMs: 20,
+    deleteDelayMs: 20,
+    readyDelayMs: 20,
+    log: () => undefined,
     ...(apiDate ? { apiDate } : {}),
   });
   t.teardown(async () => {
@@ -57,7 +63,13 @@ function firstId(json: unknown): number | undefined {
 async function sampleAnswers(cloud: FakeCloud): Promise<Map<string, unknown>> {
   const answers = new Map<string, unknown>();
   await api(cloud, 'POST', '/ssh_keys', { name: 'k', public_key: generateKeyPair('k').publicKey });
-  const created = await api(cloud, 'POST', '/servers', { name: 'w1', server_type: 'cx23', image: 'ubuntu-24.04', location: 'fsn1', ssh_keys: ['k'] });
+  const created = await api(cloud, 'POST', '/servers', {
+    name: 'w1',
+    server_type: 'cx23',
+    image: 'ubuntu-24.04',
+    location: 'fsn1',
+    ssh_keys: ['k'],
+  });
   if (created.status !== 201) throw new Error(`create server: ${JSON.stringify(created.json)}`);
   answers.set('POST /servers', created.json);
   await api(cloud, 'POST', '/volumes', { name: 'v1', size: 10, location: 'fsn1' });
@@ -85,7 +97,9 @@ async function sampleAnswers(cloud: FakeCloud): Promise<Map<string, unknown>> {
 function holders(answer: unknown, path: readonly string[]): boolean[] {
   let level: unknown[] = [answer];
   for (const name of path.slice(0, -1)) {
-    level = level.flatMap((v) => (name === '[]' ? (Array.isArray(v) ? (v as unknown[]) : []) : isRecord(v) && v[name] !== undefined ? [v[name]] : []));
+    level = level.flatMap((v) =>
+      name === '[]' ? (Array.isArray(v) ? (v as unknown[]) : []) : isRecord(v) && v[name] !== undefined ? [v[name]] : [],
+    );
   }
   const last = path[path.length - 1] ?? '';
   return level.filter(isRecord).map((v) => last in v);
@@ -98,7 +112,10 @@ async function check(t: Test, apiDate: Date | undefined): Promise<void> {
   const cloud = await startCloud(t, apiDate);
   const day = apiDate ?? new Date();
   const properties = deprecatedAnswerProperties(cloud.servedOperations());
-  t.ok(properties.some((p) => p.template === '/servers/{id}' && p.path.join('.') === 'server.datacenter'), 'the walk of the description finds server.datacenter');
+  t.ok(
+    properties.some((p) => p.template === '/servers/{id}' && p.path.join('.') === 'server.datacenter'),
+    'the walk of the description finds server.datacenter',
+  );
   const answers = await sampleAnswers(cloud);
   for (const p of properties) {
     const gone = p.removedFrom !== null && p.removedFrom.getTime() <= day.getTime();
@@ -110,13 +127,20 @@ async function check(t: Test, apiDate: Date | undefined): Promise<void> {
     }
     const has = holders(answer, p.path);
     t.ok(has.length > 0, `${where(p)}: the answer holds its object`);
-    t.same(has, has.map(() => !gone), `${where(p)}: ${gone ? 'left out' : 'sent'} on ${day.toISOString().slice(0, 10)}`);
+    t.same(
+      has,
+      has.map(() => !gone),
+      `${where(p)}: ${gone ? 'left out' : 'sent'} on ${day.toISOString().slice(0, 10)}`,
+    );
   }
   t.same(cloud.schemaErrors, [], 'every answer matches the schema of its day');
 }
 
 t.test('removal dates are read from the deprecation text', async (t) => {
-  t.same(removalDate('**Deprecated**: This property is deprecated and will be removed after the 1 July 2026.'), new Date('2026-07-02T00:00:00Z'));
+  t.same(
+    removalDate('**Deprecated**: This property is deprecated and will be removed after the 1 July 2026.'),
+    new Date('2026-07-02T00:00:00Z'),
+  );
   t.same(removalDate('will be removed after 01 July 2026. Use the `location` key instead.'), new Date('2026-07-02T00:00:00Z'));
   t.equal(removalDate('This field is deprecated.'), null, 'no date: still sent');
 });

@@ -60,7 +60,11 @@ function errorCode(r: Reply): string {
   return String(obj(obj(r.json)['error'])['code']);
 }
 
-async function until<T>(what: string, f: () => Promise<T | undefined | null | false> | T | undefined | null | false, timeoutMs = 10_000): Promise<T> {
+async function until<T>(
+  what: string,
+  f: () => Promise<T | undefined | null | false> | T | undefined | null | false,
+  timeoutMs = 10_000,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await f();
@@ -104,17 +108,27 @@ t.test('catalogue: server types, locations, images match the schema', async (t) 
   t.equal(types.status, 200);
   const list = obj(types.json)['server_types'] as Schemas['server_type'][];
   const names = list.map((s) => s.name);
-  for (const n of ['cx23', 'cx33', 'cx43', 'cx53', 'cpx12', 'cpx62', 'cax11', 'cax41', 'ccx13', 'ccx63']) t.ok(names.includes(n), `${n} listed`);
+  for (const n of ['cx23', 'cx33', 'cx43', 'cx53', 'cpx12', 'cpx62', 'cax11', 'cax41', 'ccx13', 'ccx63'])
+    t.ok(names.includes(n), `${n} listed`);
   const cax11 = list.find((s) => s.name === 'cax11');
   t.equal(cax11?.architecture, 'arm');
   const cx23 = list.find((s) => s.name === 'cx23');
   t.equal(cx23?.architecture, 'x86');
-  t.ok(cx23?.locations.every((l) => l.deprecation === null), 'cx23 deprecated nowhere');
+  t.ok(
+    cx23?.locations.every((l) => l.deprecation === null),
+    'cx23 deprecated nowhere',
+  );
   const fsn = cx23?.prices.find((p) => p.location === 'fsn1');
   t.match(fsn?.price_hourly.net, /^\d+\.\d{10}$/, 'net price is a decimal string');
   t.equal(fsn?.price_monthly.gross, '3.5581000000000000', 'gross = net * 1.19');
-  t.notOk(cx23?.prices.some((p) => p.location === 'ash'), 'cx23 only in EU');
-  t.ok(list.some((s) => s.deprecated === true && s.locations.some((l) => l.deprecation !== null)), 'a deprecated type is listed');
+  t.notOk(
+    cx23?.prices.some((p) => p.location === 'ash'),
+    'cx23 only in EU',
+  );
+  t.ok(
+    list.some((s) => s.deprecated === true && s.locations.some((l) => l.deprecation !== null)),
+    'a deprecated type is listed',
+  );
   t.equal(price('1').gross, '1.1900000000000000');
   const meta = obj(obj(types.json)['meta'])['pagination'];
   t.match(meta, { page: 1, per_page: 25, total_entries: list.length });
@@ -138,7 +152,10 @@ t.test('catalogue: server types, locations, images match the schema', async (t) 
   t.equal((obj(ubuntu.json)['images'] as unknown[]).length, 2, 'one per architecture');
   const snap = cloud.addImage({ description: 'nixos worker', labels: { role: 'nix-worker' } });
   const snaps = await api(cloud, 'GET', '/images?type=snapshot&label_selector=role%3Dnix-worker');
-  t.same((obj(snaps.json)['images'] as Schemas['image'][]).map((i) => i.id), [snap.id]);
+  t.same(
+    (obj(snaps.json)['images'] as Schemas['image'][]).map((i) => i.id),
+    [snap.id],
+  );
   t.equal((await api(cloud, 'GET', `/images/${snap.id}`)).status, 200);
   t.same(cloud.schemaErrors, []);
 });
@@ -176,7 +193,10 @@ t.test('server lifecycle: create, get, actions, delete', async (t) => {
   const action = await api(cloud, 'GET', `/actions/${c.action.id}`);
   t.match(obj(action.json)['action'], { status: 'success', progress: 100, command: 'create_server' });
   const both = await api(cloud, 'GET', `/actions?id=${c.action.id}&id=${c.next_actions[0]?.id}`);
-  t.same((obj(both.json)['actions'] as Schemas['action'][]).map((a) => a.status), ['success', 'success']);
+  t.same(
+    (obj(both.json)['actions'] as Schemas['action'][]).map((a) => a.status),
+    ['success', 'success'],
+  );
   const viaServer = await api(cloud, 'GET', `/servers/${id}/actions/${c.action.id}`);
   t.equal(viaServer.status, 200);
   t.equal((await api(cloud, 'GET', `/servers/${id}/actions/1`)).status, 404);
@@ -199,7 +219,9 @@ t.test('server lifecycle: create, get, actions, delete', async (t) => {
   t.match(obj((await api(cloud, 'GET', `/actions/${delAction.id}`)).json)['action'], { status: 'success' });
   t.equal((await api(cloud, 'DELETE', `/servers/${id}`)).status, 404);
   t.equal(cloud.liveServers().length, 0);
-  t.match(cloud.servers(), [{ id, name: 'w1', deleted: true, address: '127.0.0.10', serverType: 'cx23', location: 'fsn1', image: 'ubuntu-24.04' }]);
+  t.match(cloud.servers(), [
+    { id, name: 'w1', deleted: true, address: '127.0.0.10', serverType: 'cx23', location: 'fsn1', image: 'ubuntu-24.04' },
+  ]);
 
   // The freed name can be used again; addresses go on round-robin.
   const again = await api(cloud, 'POST', '/servers', { ...baseServer, name: 'w1', ssh_keys: ['k'], start_after_create: false });
@@ -209,7 +231,10 @@ t.test('server lifecycle: create, get, actions, delete', async (t) => {
   t.same(a.next_actions, []);
   t.equal(a.server.public_net.ipv4?.ip, '127.0.0.11');
   t.match(a.server.public_net.ipv6, { ip: /^2001:db8:/ });
-  await until('off', async () => (obj((await api(cloud, 'GET', `/servers/${a.server.id}`)).json)['server'] as Schemas['server']).status === 'off');
+  await until(
+    'off',
+    async () => (obj((await api(cloud, 'GET', `/servers/${a.server.id}`)).json)['server'] as Schemas['server']).status === 'off',
+  );
   t.same(cloud.schemaErrors, []);
 });
 
@@ -225,7 +250,13 @@ t.test('create: input errors', async (t) => {
     ['labels not strings', { ...baseServer, name: 'x', labels: { a: 1 } }, 422, 'invalid_input', 'labels'],
     ['reserved label prefix', { ...baseServer, name: 'x', labels: { 'hetzner.cloud/x': 'y' } }, 422, 'invalid_input', 'labels'],
     ['label value too long', { ...baseServer, name: 'x', labels: { a: 'v'.repeat(64) } }, 422, 'invalid_input', 'labels'],
-    ['user data over 32 KiB', { ...baseServer, name: 'x', user_data: '#cloud-config\n' + '#'.repeat(32 * 1024) }, 422, 'invalid_input', 'user_data'],
+    [
+      'user data over 32 KiB',
+      { ...baseServer, name: 'x', user_data: '#cloud-config\n' + '#'.repeat(32 * 1024) },
+      422,
+      'invalid_input',
+      'user_data',
+    ],
     ['type not in location', { ...baseServer, name: 'x', location: 'ash' }, 412, 'resource_unavailable'],
     ['not JSON', '{"name": ', 400, 'json_error'],
   ];
@@ -235,7 +266,10 @@ t.test('create: input errors', async (t) => {
     t.equal(errorCode(r), code, `${what}: code`);
     if (field) {
       const fields = obj(obj(obj(r.json)['error'])['details'])['fields'] as { name: string }[];
-      t.ok(fields.some((f) => f.name === field), `${what}: details.fields names ${field}`);
+      t.ok(
+        fields.some((f) => f.name === field),
+        `${what}: details.fields names ${field}`,
+      );
     }
   }
   // Ids work as well as names; an arm type picks the arm build of the image.
@@ -255,7 +289,11 @@ t.test('create: input errors', async (t) => {
 t.test('list servers: pagination, filters, sort', async (t) => {
   const { cloud } = await startCloud(t, { bootDelayMs: 60_000 });
   for (let i = 0; i < 7; i++) {
-    const r = await api(cloud, 'POST', '/servers', { ...baseServer, name: `p${i}`, labels: { n: String(i), parity: i % 2 ? 'odd' : 'even' } });
+    const r = await api(cloud, 'POST', '/servers', {
+      ...baseServer,
+      name: `p${i}`,
+      labels: { n: String(i), parity: i % 2 ? 'odd' : 'even' },
+    });
     t.equal(r.status, 201);
   }
   const seen: number[] = [];
@@ -263,17 +301,25 @@ t.test('list servers: pagination, filters, sort', async (t) => {
     const r = await api(cloud, 'GET', `/servers?per_page=3&page=${page}`);
     const body = obj(r.json) as unknown as Schemas['list_servers_response'];
     seen.push(...body.servers.map((s) => s.id));
-    t.same(body.meta.pagination, {
-      page,
-      per_page: 3,
-      previous_page: page > 1 ? page - 1 : null,
-      next_page: page < 3 ? page + 1 : null,
-      last_page: 3,
-      total_entries: 7,
-    }, `page ${page} meta`);
+    t.same(
+      body.meta.pagination,
+      {
+        page,
+        per_page: 3,
+        previous_page: page > 1 ? page - 1 : null,
+        next_page: page < 3 ? page + 1 : null,
+        last_page: 3,
+        total_entries: 7,
+      },
+      `page ${page} meta`,
+    );
   }
   t.equal(new Set(seen).size, 7, 'every server once over the pages');
-  t.same(seen, [...seen].sort((a, b) => a - b), 'sorted by id');
+  t.same(
+    seen,
+    [...seen].sort((a, b) => a - b),
+    'sorted by id',
+  );
   const beyond = obj((await api(cloud, 'GET', '/servers?per_page=3&page=4')).json) as unknown as Schemas['list_servers_response'];
   t.same(beyond.servers, []);
   const capped = obj((await api(cloud, 'GET', '/servers?per_page=500')).json) as unknown as Schemas['list_servers_response'];
@@ -282,10 +328,18 @@ t.test('list servers: pagination, filters, sort', async (t) => {
   t.equal(dflt.meta.pagination.per_page, 25);
   t.equal((await api(cloud, 'GET', '/servers?page=0')).status, 422);
   const byName = obj((await api(cloud, 'GET', '/servers?name=p3')).json) as unknown as Schemas['list_servers_response'];
-  t.same(byName.servers.map((s) => s.name), ['p3']);
+  t.same(
+    byName.servers.map((s) => s.name),
+    ['p3'],
+  );
   const desc = obj((await api(cloud, 'GET', '/servers?sort=name:desc&per_page=2')).json) as unknown as Schemas['list_servers_response'];
-  t.same(desc.servers.map((s) => s.name), ['p6', 'p5']);
-  const initializing = obj((await api(cloud, 'GET', '/servers?status=running&status=initializing')).json) as unknown as Schemas['list_servers_response'];
+  t.same(
+    desc.servers.map((s) => s.name),
+    ['p6', 'p5'],
+  );
+  const initializing = obj(
+    (await api(cloud, 'GET', '/servers?status=running&status=initializing')).json,
+  ) as unknown as Schemas['list_servers_response'];
   t.equal(initializing.servers.length, 7, 'status filters are ORed');
   const off = obj((await api(cloud, 'GET', '/servers?status=off')).json) as unknown as Schemas['list_servers_response'];
   t.equal(off.servers.length, 0);
@@ -372,7 +426,10 @@ t.test('fault injection', async (t) => {
   // A create whose answer is lost: the server exists although the client saw an error.
   cloud.inject({ method: 'POST', path: '/servers', networkError: true, afterHandling: true });
   await t.rejects(api(cloud, 'POST', '/servers', { ...baseServer, name: 'lost' }));
-  t.ok(cloud.liveServers().some((s) => s.name === 'lost'), 'server created anyway');
+  t.ok(
+    cloud.liveServers().some((s) => s.name === 'lost'),
+    'server created anyway',
+  );
 
   cloud.inject({ method: 'DELETE', path: /^\/servers\//, status: 423, code: 'locked', details: { reason: 'action running' } });
   const locked = await api(cloud, 'DELETE', `/servers/${id}`);
@@ -386,7 +443,10 @@ t.test('fault injection', async (t) => {
   t.equal(cloud.schemaErrors.length, 1);
   t.match(cloud.schemaErrors[0], /details/);
   t.match(cloud.requests.at(-1), { method: 'GET', path: '/locations', status: 500 });
-  t.ok(cloud.requests.some((r) => r.status === 0), 'network errors are recorded with status 0');
+  t.ok(
+    cloud.requests.some((r) => r.status === 0),
+    'network errors are recorded with status 0',
+  );
 });
 
 t.test('authentication, unknown routes, rate limit', async (t) => {
@@ -446,9 +506,15 @@ t.test('behaviours without real servers', async (t) => {
   const { cloud } = await startCloud(t, { bootDelayMs: 80 });
   cloud.behaveNext('action-error');
   cloud.behaveNext('never-running');
-  const failing = obj((await api(cloud, 'POST', '/servers', { ...baseServer, name: 'bad' })).json) as unknown as Schemas['create_server_response'];
-  const stuck = obj((await api(cloud, 'POST', '/servers', { ...baseServer, name: 'stuck' })).json) as unknown as Schemas['create_server_response'];
-  const normal = obj((await api(cloud, 'POST', '/servers', { ...baseServer, name: 'fine' })).json) as unknown as Schemas['create_server_response'];
+  const failing = obj(
+    (await api(cloud, 'POST', '/servers', { ...baseServer, name: 'bad' })).json,
+  ) as unknown as Schemas['create_server_response'];
+  const stuck = obj(
+    (await api(cloud, 'POST', '/servers', { ...baseServer, name: 'stuck' })).json,
+  ) as unknown as Schemas['create_server_response'];
+  const normal = obj(
+    (await api(cloud, 'POST', '/servers', { ...baseServer, name: 'fine' })).json,
+  ) as unknown as Schemas['create_server_response'];
   const action = await until('create action to end', async () => {
     const a = obj((await api(cloud, 'GET', `/actions/${failing.action.id}`)).json)['action'] as Schemas['action'];
     return a.status !== 'running' ? a : null;
@@ -456,22 +522,32 @@ t.test('behaviours without real servers', async (t) => {
   t.equal(action.status, 'error');
   t.equal(action.error?.code, 'action_failed');
   t.equal((obj((await api(cloud, 'GET', `/servers/${failing.server.id}`)).json)['server'] as Schemas['server']).status, 'off');
-  await until('normal server running', async () => (obj((await api(cloud, 'GET', `/servers/${normal.server.id}`)).json)['server'] as Schemas['server']).status === 'running');
+  await until(
+    'normal server running',
+    async () => (obj((await api(cloud, 'GET', `/servers/${normal.server.id}`)).json)['server'] as Schemas['server']).status === 'running',
+  );
   await new Promise((r) => setTimeout(r, 100));
   t.equal((obj((await api(cloud, 'GET', `/servers/${stuck.server.id}`)).json)['server'] as Schemas['server']).status, 'starting');
   t.equal((obj((await api(cloud, 'GET', `/actions/${stuck.action.id}`)).json)['action'] as Schemas['action']).status, 'running');
-  t.match(cloud.servers().map((s) => s.behaviour), ['action-error', 'never-running', 'normal']);
+  t.match(
+    cloud.servers().map((s) => s.behaviour),
+    ['action-error', 'never-running', 'normal'],
+  );
   t.same(cloud.schemaErrors, []);
 });
 
 t.test('cloud-config reading', async (t) => {
-  const json = parseUserData('#cloud-config\n{"ssh_keys":{"ed25519_private":"PRIV","ed25519_public":"PUB"},"ssh_genkeytypes":[],"disable_root":false,"users":[{"name":"root","ssh_authorized_keys":["ssh-ed25519 AAA a"]}],"runcmd":["echo 1",["touch","/run/it\'s"]]}');
+  const json = parseUserData(
+    '#cloud-config\n{"ssh_keys":{"ed25519_private":"PRIV","ed25519_public":"PUB"},"ssh_genkeytypes":[],"disable_root":false,"users":[{"name":"root","ssh_authorized_keys":["ssh-ed25519 AAA a"]}],"runcmd":["echo 1",["touch","/run/it\'s"]]}',
+  );
   t.same(json.hostKey, { private: 'PRIV', public: 'PUB' });
   t.same(json.genKeyTypes, []);
   t.same(json.authorizedKeys, ['ssh-ed25519 AAA a']);
   t.same(json.runcmd, ['echo 1', `'touch' '/run/it'\\''s'`]);
   t.same(json.problems, []);
-  const yaml = parseUserData('#cloud-config\nssh_authorized_keys: [k1]\nwrite_files:\n  - path: /run/x\n    content: aGk=\n    encoding: b64\n    permissions: 0600\n  - path: /run/y\n    content: plain\n    permissions: "0755"\nbootcmd: [x]\n');
+  const yaml = parseUserData(
+    '#cloud-config\nssh_authorized_keys: [k1]\nwrite_files:\n  - path: /run/x\n    content: aGk=\n    encoding: b64\n    permissions: 0600\n  - path: /run/y\n    content: plain\n    permissions: "0755"\nbootcmd: [x]\n',
+  );
   t.same(yaml.authorizedKeys, ['k1']);
   t.equal(yaml.writeFiles[0]?.content.toString(), 'hi');
   t.equal(yaml.writeFiles[0]?.permissions, 0o600, 'YAML 1.1 octal, as cloud-init reads it');
@@ -559,7 +635,13 @@ t.test('real servers', { skip: canRunServers ? false : 'needs root, /usr/sbin/ss
         { path: '/etc/motd-from-test', content: 'kept off the host\n' },
       ],
       // One script, as cloud-init runs runcmd: a failing line goes on to the next; `exit` ends the rest.
-      runcmd: ['false', ['sh', '-c', 'mkdir -p /run/fake-test && echo ran > /run/fake-test/ready && echo proof > /nix/runcmd-proof'], 'echo "in the script: $0"', 'exit 0', 'echo after > /run/fake-test/after-exit'],
+      runcmd: [
+        'false',
+        ['sh', '-c', 'mkdir -p /run/fake-test && echo ran > /run/fake-test/ready && echo proof > /nix/runcmd-proof'],
+        'echo "in the script: $0"',
+        'exit 0',
+        'echo after > /run/fake-test/after-exit',
+      ],
     });
 
   const created = await api(cloud, 'POST', '/servers', { ...baseServer, name: 'real-1', user_data: userData, labels: { role: 'worker' } });
@@ -567,7 +649,10 @@ t.test('real servers', { skip: canRunServers ? false : 'needs root, /usr/sbin/ss
   const server = (obj(created.json) as unknown as Schemas['create_server_response']).server;
   const ip = server.public_net.ipv4?.ip ?? '';
   t.match(ip, /^127\.0\.0\.\d+$/);
-  await until('running', async () => (obj((await api(cloud, 'GET', `/servers/${server.id}`)).json)['server'] as Schemas['server']).status === 'running');
+  await until(
+    'running',
+    async () => (obj((await api(cloud, 'GET', `/servers/${server.id}`)).json)['server'] as Schemas['server']).status === 'running',
+  );
   await until('sshd up', () => cloud.liveServers().find((s) => s.id === server.id)?.sshdRunning);
   const info = cloud.liveServers()[0];
   t.ok(info && readFileSync(join(info.dir, 'ssh_host_ed25519_key'), 'utf8').includes('OPENSSH PRIVATE KEY'));
@@ -596,7 +681,11 @@ t.test('real servers', { skip: canRunServers ? false : 'needs root, /usr/sbin/ss
     const script = `#!/bin/sh\nfalse\n'sh' '-c' 'mkdir -p /run/fake-test && echo ran > /run/fake-test/ready && echo proof > /nix/runcmd-proof'\necho "in the script: $0"\nexit 0\necho after > /run/fake-test/after-exit\n`;
     t.equal(readFileSync(join(info?.dir ?? '', 'runcmd'), 'utf8'), script, 'string entries verbatim, list entries quoted, one line each');
     const log = readFileSync(join(info?.dir ?? '', 'cloud-init-output.log'), 'utf8');
-    t.match(log, `runcmd start: 5 command(s) as one script, ${join(info?.dir ?? '', 'runcmd')}:\n${script}Cloud-init (fake) runcmd output:\nin the script: ${join(info?.dir ?? '', 'runcmd')}\nCloud-init (fake) finished\n`, 'the script and its output are logged; all entries ran in one sh');
+    t.match(
+      log,
+      `runcmd start: 5 command(s) as one script, ${join(info?.dir ?? '', 'runcmd')}:\n${script}Cloud-init (fake) runcmd output:\nin the script: ${join(info?.dir ?? '', 'runcmd')}\nCloud-init (fake) finished\n`,
+      'the script and its output are logged; all entries ran in one sh',
+    );
     t.ok(existsSync(join(info?.dir ?? '', 'boot-finished')), 'boot-finished, however the script ended');
     // The store is usable: `nix-store --serve` answers the serve-protocol handshake.
     const hello = await new Promise<Buffer>((resolve, reject) => {
@@ -641,9 +730,15 @@ t.test('real servers', { skip: canRunServers ? false : 'needs root, /usr/sbin/ss
   await until('deleted 2', async () => (await api(cloud, 'GET', `/servers/${s2.id}`)).status === 404);
   t.equal(await connectError(ip2), 'ECONNREFUSED');
   const sessionPid = Number(pid.stdout.trim());
-  t.notOk(existsSync(`/proc/${sessionPid}/cmdline`) && readFileSync(`/proc/${sessionPid}/cmdline`, 'utf8').length > 0, 'the ssh session process is gone');
+  t.notOk(
+    existsSync(`/proc/${sessionPid}/cmdline`) && readFileSync(`/proc/${sessionPid}/cmdline`, 'utf8').length > 0,
+    'the ssh session process is gone',
+  );
   t.same(cloud.schemaErrors, []);
-  t.notOk(logs.some((l) => /sshd exited/.test(l)), 'no unexpected sshd exit');
+  t.notOk(
+    logs.some((l) => /sshd exited/.test(l)),
+    'no unexpected sshd exit',
+  );
 });
 
 t.test('real servers: behaviours', { skip: canRunServers ? false : 'needs root, /usr/sbin/sshd, /nix, unshare and nsenter' }, async (t) => {
@@ -653,7 +748,9 @@ t.test('real servers: behaviours', { skip: canRunServers ? false : 'needs root, 
   const userData = `#cloud-config\nssh_genkeytypes: []\nssh_keys:\n  ed25519_private: |\n${host.private
     .split('\n')
     .map((l) => `    ${l}`)
-    .join('\n')}\n  ed25519_public: ${host.public}\nusers:\n  - name: root\n    ssh_authorized_keys: ["${login.public}"]\nruncmd:\n  - mkdir -p /run/x && touch /run/x/ready\n`;
+    .join(
+      '\n',
+    )}\n  ed25519_public: ${host.public}\nusers:\n  - name: root\n    ssh_authorized_keys: ["${login.public}"]\nruncmd:\n  - mkdir -p /run/x && touch /run/x/ready\n`;
 
   cloud.behaveNext('wrong-host-key');
   cloud.behaveNext('no-sshd');
@@ -691,7 +788,9 @@ t.test('real servers: behaviours', { skip: canRunServers ? false : 'needs root, 
 
 const canRunNixosWorkers =
   canRunServers &&
-  ['losetup', 'sgdisk', 'partx', 'blkid', 'mkswap', 'curl', 'jq', 'bash'].every((c) => spawnSync('sh', ['-c', `command -v ${c}`]).status === 0) &&
+  ['losetup', 'sgdisk', 'partx', 'blkid', 'mkswap', 'curl', 'jq', 'bash'].every(
+    (c) => spawnSync('sh', ['-c', `command -v ${c}`]).status === 0,
+  ) &&
   spawnSync('losetup', ['--find']).status === 0;
 
 /** Loop devices whose backing file is under dir (also once the file is deleted). */
@@ -700,117 +799,149 @@ function loopsUnder(dir: string): string[] {
   return r.stdout.split('\n').filter((l) => l.includes(dir));
 }
 
-t.test('real servers: a NixOS worker image boots by its own scripts, with the user data from the metadata service', { skip: canRunNixosWorkers ? false : 'needs what real servers need, plus loop devices, sgdisk, partx, blkid, mkswap, curl, jq' }, async (t) => {
-  const { cloud, logs } = await startCloud(t, { realServers: true, bootDelayMs: 100, readyDelayMs: 50, deleteDelayMs: 50, nixosWorker: { fetchAttempts: 2, swapMib: 8 } });
-  const image = cloud.addImage({ description: 'nixos worker', labels: { role: 'nix-worker' }, worker: 'nixos' });
-  const host = keyPair('worker-host');
-  const login = keyPair('daemon@test');
-  const userData = `#cloud-config\n${JSON.stringify({
-    ssh_keys: { ed25519_private: host.private, ed25519_public: host.public },
-    users: [{ name: 'root', ssh_authorized_keys: [login.public] }],
-    runcmd: ['touch /run/cloud-init-ran'],
-  })}\n`;
-  const create = async (name: string): Promise<Schemas['server']> => {
-    const r = await api(cloud, 'POST', '/servers', { ...baseServer, image: String(image.id), name, user_data: userData });
-    t.equal(r.status, 201, `${name} created`);
-    return (obj(r.json) as unknown as Schemas['create_server_response']).server;
-  };
-  const info = (id: number) => cloud.servers().find((s) => s.id === id);
-  const requestsBefore = cloud.requests.length;
+t.test(
+  'real servers: a NixOS worker image boots by its own scripts, with the user data from the metadata service',
+  { skip: canRunNixosWorkers ? false : 'needs what real servers need, plus loop devices, sgdisk, partx, blkid, mkswap, curl, jq' },
+  async (t) => {
+    const { cloud, logs } = await startCloud(t, {
+      realServers: true,
+      bootDelayMs: 100,
+      readyDelayMs: 50,
+      deleteDelayMs: 50,
+      nixosWorker: { fetchAttempts: 2, swapMib: 8 },
+    });
+    const image = cloud.addImage({ description: 'nixos worker', labels: { role: 'nix-worker' }, worker: 'nixos' });
+    const host = keyPair('worker-host');
+    const login = keyPair('daemon@test');
+    const userData = `#cloud-config\n${JSON.stringify({
+      ssh_keys: { ed25519_private: host.private, ed25519_public: host.public },
+      users: [{ name: 'root', ssh_authorized_keys: [login.public] }],
+      runcmd: ['touch /run/cloud-init-ran'],
+    })}\n`;
+    const create = async (name: string): Promise<Schemas['server']> => {
+      const r = await api(cloud, 'POST', '/servers', { ...baseServer, image: String(image.id), name, user_data: userData });
+      t.equal(r.status, 201, `${name} created`);
+      return (obj(r.json) as unknown as Schemas['create_server_response']).server;
+    };
+    const info = (id: number) => cloud.servers().find((s) => s.id === id);
+    const requestsBefore = cloud.requests.length;
 
-  // Two servers at once: one healthy, one whose metadata service drops every connection.
-  const ok = await create('nixos-1');
-  const broken = await create('nixos-2');
-  cloud.injectMetadata({ server: broken.id, networkError: true, times: Infinity });
+    // Two servers at once: one healthy, one whose metadata service drops every connection.
+    const ok = await create('nixos-1');
+    const broken = await create('nixos-2');
+    cloud.injectMetadata({ server: broken.id, networkError: true, times: Infinity });
 
-  // The metadata service, as the healthy server sees it.
-  const base = cloud.metadataBase(ok.id);
-  const ud = await fetch(`${base}/userdata`);
-  t.equal(ud.status, 200);
-  t.match(ud.headers.get('content-type'), /^text\/plain/);
-  t.equal(await ud.text(), userData, 'the user data the server was created with');
-  const meta = await (await fetch(`${base}/metadata`)).text();
-  t.match(meta, `instance-id: ${ok.id}\n`);
-  t.match(meta, 'hostname: nixos-1\n');
-  t.match(meta, `public-ipv4: ${ok.public_net.ipv4?.ip}\n`);
-  t.equal(await (await fetch(`${base}/metadata/hostname`)).text(), 'nixos-1');
-  t.equal(await (await fetch(`${base}/metadata/availability-zone`)).text(), 'fsn1-dc14');
-  t.equal((await fetch(`${base}/nothing`)).status, 404, 'unknown path: 404');
-  t.equal((await fetch(`${cloud.metadataBase(99)}/userdata`)).status, 404, 'unknown server: 404');
-  t.equal((await fetch(`${base}/userdata`, { method: 'POST' })).status, 405);
-  cloud.injectMetadata({ server: ok.id, path: '/userdata', status: 500, body: 'oops' });
-  const faulty = await fetch(`${base}/userdata`);
-  t.same([faulty.status, await faulty.text()], [500, 'oops'], 'a metadata fault answers once');
-  t.equal(cloud.requests.length, requestsBefore + 2, 'metadata requests are not API requests');
+    // The metadata service, as the healthy server sees it.
+    const base = cloud.metadataBase(ok.id);
+    const ud = await fetch(`${base}/userdata`);
+    t.equal(ud.status, 200);
+    t.match(ud.headers.get('content-type'), /^text\/plain/);
+    t.equal(await ud.text(), userData, 'the user data the server was created with');
+    const meta = await (await fetch(`${base}/metadata`)).text();
+    t.match(meta, `instance-id: ${ok.id}\n`);
+    t.match(meta, 'hostname: nixos-1\n');
+    t.match(meta, `public-ipv4: ${ok.public_net.ipv4?.ip}\n`);
+    t.equal(await (await fetch(`${base}/metadata/hostname`)).text(), 'nixos-1');
+    t.equal(await (await fetch(`${base}/metadata/availability-zone`)).text(), 'fsn1-dc14');
+    t.equal((await fetch(`${base}/nothing`)).status, 404, 'unknown path: 404');
+    t.equal((await fetch(`${cloud.metadataBase(99)}/userdata`)).status, 404, 'unknown server: 404');
+    t.equal((await fetch(`${base}/userdata`, { method: 'POST' })).status, 405);
+    cloud.injectMetadata({ server: ok.id, path: '/userdata', status: 500, body: 'oops' });
+    const faulty = await fetch(`${base}/userdata`);
+    t.same([faulty.status, await faulty.text()], [500, 'oops'], 'a metadata fault answers once');
+    t.equal(cloud.requests.length, requestsBefore + 2, 'metadata requests are not API requests');
 
-  // The healthy one: keys, disk, sshd, ready marker.
-  await until('nixos-1 ready', () => info(ok.id)?.cloudInitDone, 20_000);
-  const s1 = info(ok.id);
-  t.same(s1?.units, { keys: 'done', expand: 'done', store: 'done', sshd: 'done', ready: 'done' });
-  t.equal(s1?.bootMode, 'nixos');
-  t.ok(s1?.loopDevice, 'its disk is on a loop device');
-  const c = await sshConnect(ok.public_net.ipv4?.ip ?? '', login.private, host.public);
-  const inside = await sshExec(c, 'test -e /run/nix-hcloud-builder/ready && echo ready; ls /etc/ssh; stat -c %a /root/.ssh /root/.ssh/authorized_keys; test -e /run/cloud-init-ran || echo no-cloud-init');
-  c.end();
-  t.equal(inside.stdout, 'ready\nmoduli\nssh_host_ed25519_key\nssh_host_ed25519_key.pub\n700\n600\nno-cloud-init\n', 'a private /etc/ssh with only the fetched key; no cloud-init');
-  const disk = s1?.workerDisk ?? '';
-  const table = spawnSync('sgdisk', ['--print', disk], { encoding: 'utf8' }).stdout;
-  t.match(table, /\n\s+4\s+\d+\s+\d+\s+.*8200\s+swap\n/, 'a swap partition at the end');
+    // The healthy one: keys, disk, sshd, ready marker.
+    await until('nixos-1 ready', () => info(ok.id)?.cloudInitDone, 20_000);
+    const s1 = info(ok.id);
+    t.same(s1?.units, { keys: 'done', expand: 'done', store: 'done', sshd: 'done', ready: 'done' });
+    t.equal(s1?.bootMode, 'nixos');
+    t.ok(s1?.loopDevice, 'its disk is on a loop device');
+    const c = await sshConnect(ok.public_net.ipv4?.ip ?? '', login.private, host.public);
+    const inside = await sshExec(
+      c,
+      'test -e /run/nix-hcloud-builder/ready && echo ready; ls /etc/ssh; stat -c %a /root/.ssh /root/.ssh/authorized_keys; test -e /run/cloud-init-ran || echo no-cloud-init',
+    );
+    c.end();
+    t.equal(
+      inside.stdout,
+      'ready\nmoduli\nssh_host_ed25519_key\nssh_host_ed25519_key.pub\n700\n600\nno-cloud-init\n',
+      'a private /etc/ssh with only the fetched key; no cloud-init',
+    );
+    const disk = s1?.workerDisk ?? '';
+    const table = spawnSync('sgdisk', ['--print', disk], { encoding: 'utf8' }).stdout;
+    t.match(table, /\n\s+4\s+\d+\s+\d+\s+.*8200\s+swap\n/, 'a swap partition at the end');
 
-  // The broken one: the keys unit fails, so sshd never starts and the marker is never written.
-  await until('nixos-2 keys failed', () => info(broken.id)?.units?.keys === 'failed', 20_000);
-  const s2 = info(broken.id);
-  t.match(s2?.units, { keys: 'failed', sshd: 'skipped', ready: 'skipped' });
-  t.equal(await connectError(broken.public_net.ipv4?.ip ?? ''), 'ECONNREFUSED', 'no sshd');
-  t.match(readFileSync(join(s2?.dir ?? '', 'fetch-keys.log'), 'utf8'), /after 2 attempts/);
-  t.ok(logs.some((l) => l.includes(`server ${broken.id}: nix-hcloud-builder-keys.service failed`)), 'the failure is logged');
-  t.same(cloud.metadataRequests.filter((r) => r.server === broken.id).map((r) => r.status), [0, 0], 'two attempts, both dropped');
+    // The broken one: the keys unit fails, so sshd never starts and the marker is never written.
+    await until('nixos-2 keys failed', () => info(broken.id)?.units?.keys === 'failed', 20_000);
+    const s2 = info(broken.id);
+    t.match(s2?.units, { keys: 'failed', sshd: 'skipped', ready: 'skipped' });
+    t.equal(await connectError(broken.public_net.ipv4?.ip ?? ''), 'ECONNREFUSED', 'no sshd');
+    t.match(readFileSync(join(s2?.dir ?? '', 'fetch-keys.log'), 'utf8'), /after 2 attempts/);
+    t.ok(
+      logs.some((l) => l.includes(`server ${broken.id}: nix-hcloud-builder-keys.service failed`)),
+      'the failure is logged',
+    );
+    t.same(
+      cloud.metadataRequests.filter((r) => r.server === broken.id).map((r) => r.status),
+      [0, 0],
+      'two attempts, both dropped',
+    );
 
-  // A reboot: the disk is kept, zpool-expand.sh finds it grown and only turns swap on again.
-  t.equal((await api(cloud, 'POST', `/servers/${ok.id}/actions/poweroff`)).status, 201);
-  await until('off', () => info(ok.id)?.status === 'off');
-  t.same(loopsUnder(s1?.dir ?? ''), [], 'powered off: the loop device is detached');
-  const calls = join(s1?.dir ?? '', 'stub-calls.log');
-  const firstBoot = readFileSync(calls, 'utf8');
-  t.equal((await api(cloud, 'POST', `/servers/${ok.id}/actions/poweron`)).status, 201);
-  await until('ready again', () => info(ok.id)?.cloudInitDone, 20_000);
-  t.equal(spawnSync('sgdisk', ['--print', disk], { encoding: 'utf8' }).stdout, table, 'the partition table is unchanged');
-  const secondBoot = readFileSync(calls, 'utf8').slice(firstBoot.length);
-  t.match(secondBoot, /swapon --discard \/dev\/loop\d+p4\n/, 'swap on again');
-  t.match(readFileSync(join(s1?.dir ?? '', 'zpool-expand.log'), 'utf8'), /grew from (\d+) to \1 bytes\n(.|\n)*$/, 'nothing more to grow');
+    // A reboot: the disk is kept, zpool-expand.sh finds it grown and only turns swap on again.
+    t.equal((await api(cloud, 'POST', `/servers/${ok.id}/actions/poweroff`)).status, 201);
+    await until('off', () => info(ok.id)?.status === 'off');
+    t.same(loopsUnder(s1?.dir ?? ''), [], 'powered off: the loop device is detached');
+    const calls = join(s1?.dir ?? '', 'stub-calls.log');
+    const firstBoot = readFileSync(calls, 'utf8');
+    t.equal((await api(cloud, 'POST', `/servers/${ok.id}/actions/poweron`)).status, 201);
+    await until('ready again', () => info(ok.id)?.cloudInitDone, 20_000);
+    t.equal(spawnSync('sgdisk', ['--print', disk], { encoding: 'utf8' }).stdout, table, 'the partition table is unchanged');
+    const secondBoot = readFileSync(calls, 'utf8').slice(firstBoot.length);
+    t.match(secondBoot, /swapon --discard \/dev\/loop\d+p4\n/, 'swap on again');
+    t.match(readFileSync(join(s1?.dir ?? '', 'zpool-expand.log'), 'utf8'), /grew from (\d+) to \1 bytes\n(.|\n)*$/, 'nothing more to grow');
 
-  // Deleted while zpool-expand.sh runs: every process dies and the loop device goes.
-  const third = await create('nixos-3');
-  await until('expanding', () => info(third.id)?.units?.expand === 'running', 20_000);
-  await api(cloud, 'DELETE', `/servers/${third.id}`);
-  await until('deleted', () => info(third.id)?.deleted);
-  t.same(loopsUnder(info(third.id)?.dir ?? ''), [], 'deleted mid-boot: the loop device is detached');
+    // Deleted while zpool-expand.sh runs: every process dies and the loop device goes.
+    const third = await create('nixos-3');
+    await until('expanding', () => info(third.id)?.units?.expand === 'running', 20_000);
+    await api(cloud, 'DELETE', `/servers/${third.id}`);
+    await until('deleted', () => info(third.id)?.deleted);
+    t.same(loopsUnder(info(third.id)?.dir ?? ''), [], 'deleted mid-boot: the loop device is detached');
 
-  // Behaviours: another host key than the user data's (after the keys unit), and no ready unit.
-  cloud.behaveNext('wrong-host-key');
-  cloud.behaveNext('never-ready');
-  const wrong = await create('nixos-wrong-key');
-  const never = await create('nixos-never-ready');
-  await until('both sshds up', () => info(wrong.id)?.sshdRunning && info(never.id)?.sshdRunning, 20_000);
-  await t.rejects(sshConnect(wrong.public_net.ipv4?.ip ?? '', login.private, host.public), /host/i, 'wrong-host-key: host key verification fails');
-  await new Promise((r) => setTimeout(r, 300));
-  t.same(info(never.id)?.units, { keys: 'done', expand: 'done', store: 'done', sshd: 'done', ready: 'waiting' }, 'never-ready: the ready unit never runs');
-  const cn = await sshConnect(never.public_net.ipv4?.ip ?? '', login.private, host.public);
-  t.equal((await sshExec(cn, 'test -e /run/nix-hcloud-builder/ready || echo not-ready')).stdout, 'not-ready\n');
-  cn.end();
+    // Behaviours: another host key than the user data's (after the keys unit), and no ready unit.
+    cloud.behaveNext('wrong-host-key');
+    cloud.behaveNext('never-ready');
+    const wrong = await create('nixos-wrong-key');
+    const never = await create('nixos-never-ready');
+    await until('both sshds up', () => info(wrong.id)?.sshdRunning && info(never.id)?.sshdRunning, 20_000);
+    await t.rejects(
+      sshConnect(wrong.public_net.ipv4?.ip ?? '', login.private, host.public),
+      /host/i,
+      'wrong-host-key: host key verification fails',
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    t.same(
+      info(never.id)?.units,
+      { keys: 'done', expand: 'done', store: 'done', sshd: 'done', ready: 'waiting' },
+      'never-ready: the ready unit never runs',
+    );
+    const cn = await sshConnect(never.public_net.ipv4?.ip ?? '', login.private, host.public);
+    t.equal((await sshExec(cn, 'test -e /run/nix-hcloud-builder/ready || echo not-ready')).stdout, 'not-ready\n');
+    cn.end();
 
-  // The last-resort cleanup (process exit) and stop() release the loop devices too.
-  await until('ready again', () => info(ok.id)?.cloudInitDone, 20_000);
-  t.ok(loopsUnder(s1?.dir ?? '').length === 1, 'attached while running');
-  cloud.killAllSync();
-  t.same(loopsUnder(s1?.dir ?? ''), [], 'killAllSync detached it');
-  const fourth = await create('nixos-4');
-  await until('nixos-4 disk', () => info(fourth.id)?.loopDevice);
-  const dir4 = info(fourth.id)?.dir ?? '';
-  await cloud.stop();
-  t.same(loopsUnder(dir4), [], 'stop() detached the disk of a server still booting');
-  t.same(cloud.schemaErrors, []);
-});
+    // The last-resort cleanup (process exit) and stop() release the loop devices too.
+    await until('ready again', () => info(ok.id)?.cloudInitDone, 20_000);
+    t.ok(loopsUnder(s1?.dir ?? '').length === 1, 'attached while running');
+    cloud.killAllSync();
+    t.same(loopsUnder(s1?.dir ?? ''), [], 'killAllSync detached it');
+    const fourth = await create('nixos-4');
+    await until('nixos-4 disk', () => info(fourth.id)?.loopDevice);
+    const dir4 = info(fourth.id)?.dir ?? '';
+    await cloud.stop();
+    t.same(loopsUnder(dir4), [], 'stop() detached the disk of a server still booting');
+    t.same(cloud.schemaErrors, []);
+  },
+);
 
 // ---------------------------------------------------------------- volumes
 
@@ -821,12 +952,21 @@ async function actionDone(cloud: FakeCloud, id: number): Promise<Schemas['action
   });
 }
 
-t.test('volumes: create, list, attach, detach, delete with Hetzner\'s rules', async (t) => {
+t.test("volumes: create, list, attach, detach, delete with Hetzner's rules", async (t) => {
   // Volume actions take a quarter of the boot delay (at most 200 ms): long enough to see a lock.
   const { cloud } = await startCloud(t, { bootDelayMs: 400 });
-  const a = (obj((await api(cloud, 'POST', '/servers', { ...baseServer, name: 'va' })).json) as unknown as Schemas['create_server_response']).server;
+  const a = (
+    obj((await api(cloud, 'POST', '/servers', { ...baseServer, name: 'va' })).json) as unknown as Schemas['create_server_response']
+  ).server;
   const releaseCreates = cloud.holdActions('create_volume');
-  const created = await api(cloud, 'POST', '/volumes', { name: 'store-1', size: 10, location: 'fsn1', labels: { pool: 'x86' }, format: 'ext4', automount: false });
+  const created = await api(cloud, 'POST', '/volumes', {
+    name: 'store-1',
+    size: 10,
+    location: 'fsn1',
+    labels: { pool: 'x86' },
+    format: 'ext4',
+    automount: false,
+  });
   t.equal(created.status, 201);
   const c = obj(created.json) as unknown as Schemas['create_volume_response'];
   t.match(c.volume, { name: 'store-1', size: 10, server: null, status: 'creating', format: 'ext4', location: { name: 'fsn1' } });
@@ -854,7 +994,11 @@ t.test('volumes: create, list, attach, detach, delete with Hetzner\'s rules', as
   t.equal((obj((await api(cloud, 'GET', `/volumes/${vid}`)).json)['volume'] as Schemas['volume']).status, 'available');
 
   // Location must match.
-  const far = (obj((await api(cloud, 'POST', '/servers', { ...baseServer, name: 'far', location: 'nbg1' })).json) as unknown as Schemas['create_server_response']).server;
+  const far = (
+    obj(
+      (await api(cloud, 'POST', '/servers', { ...baseServer, name: 'far', location: 'nbg1' })).json,
+    ) as unknown as Schemas['create_server_response']
+  ).server;
   const wrongPlace = await api(cloud, 'POST', `/volumes/${vid}/actions/attach`, { server: far.id });
   t.equal(wrongPlace.status, 422);
   t.equal(errorCode(wrongPlace), 'invalid_input');
@@ -867,7 +1011,9 @@ t.test('volumes: create, list, attach, detach, delete with Hetzner\'s rules', as
   t.same(attachAction.resources.map((r) => r.type).sort(), ['server', 'volume']);
   t.equal((await actionDone(cloud, attachAction.id)).status, 'success');
   t.same((obj((await api(cloud, 'GET', `/servers/${a.id}`)).json)['server'] as Schemas['server']).volumes, [vid], 'the server lists it');
-  const b = (obj((await api(cloud, 'POST', '/servers', { ...baseServer, name: 'vb' })).json) as unknown as Schemas['create_server_response']).server;
+  const b = (
+    obj((await api(cloud, 'POST', '/servers', { ...baseServer, name: 'vb' })).json) as unknown as Schemas['create_server_response']
+  ).server;
   const second = await api(cloud, 'POST', `/volumes/${vid}/actions/attach`, { server: b.id });
   t.equal(second.status, 422);
   t.equal(errorCode(second), 'volume_already_attached');
@@ -893,7 +1039,10 @@ t.test('volumes: create, list, attach, detach, delete with Hetzner\'s rules', as
   t.equal(withVol.status, 201);
   const wv = obj(withVol.json) as unknown as Schemas['create_server_response'];
   t.same(wv.server.volumes, [vid]);
-  t.ok(wv.next_actions.some((x) => x.command === 'attach_volume'), 'an attach_volume next action');
+  t.ok(
+    wv.next_actions.some((x) => x.command === 'attach_volume'),
+    'an attach_volume next action',
+  );
   const farCreate = await api(cloud, 'POST', '/servers', { ...baseServer, name: 've', location: 'nbg1', volumes: [vid] });
   t.equal(errorCode(farCreate), 'locked', 'refused while its attach action runs');
   releaseAttaches();
@@ -901,14 +1050,24 @@ t.test('volumes: create, list, attach, detach, delete with Hetzner\'s rules', as
   t.match(obj(missing.json)['error'], { code: 'invalid_input', details: { fields: [{ name: 'volumes' }] } });
   await Promise.all(wv.next_actions.map((x) => actionDone(cloud, x.id)));
   await api(cloud, 'DELETE', `/servers/${wv.server.id}`);
-  await until('volume detached by the server delete', async () => (obj((await api(cloud, 'GET', `/volumes/${vid}`)).json)['volume'] as Schemas['volume']).server === null);
+  await until(
+    'volume detached by the server delete',
+    async () => (obj((await api(cloud, 'GET', `/volumes/${vid}`)).json)['volume'] as Schemas['volume']).server === null,
+  );
 
   // List, filters, paging, labels, rename, actions, delete.
-  for (let i = 2; i <= 4; i++) await api(cloud, 'POST', '/volumes', { name: `store-${i}`, size: 10 * i, location: 'fsn1', labels: { pool: i % 2 ? 'arm' : 'x86' } });
+  for (let i = 2; i <= 4; i++)
+    await api(cloud, 'POST', '/volumes', { name: `store-${i}`, size: 10 * i, location: 'fsn1', labels: { pool: i % 2 ? 'arm' : 'x86' } });
   const page = obj((await api(cloud, 'GET', '/volumes?label_selector=pool%3Dx86&per_page=1&page=2')).json);
-  t.same((page['volumes'] as Schemas['volume'][]).map((v) => v.name), ['store-2']);
+  t.same(
+    (page['volumes'] as Schemas['volume'][]).map((v) => v.name),
+    ['store-2'],
+  );
   t.match(obj(page['meta'])['pagination'], { page: 2, per_page: 1, total_entries: 3, last_page: 3 });
-  t.same((obj((await api(cloud, 'GET', '/volumes?name=store-3')).json)['volumes'] as Schemas['volume'][]).map((v) => v.size), [30]);
+  t.same(
+    (obj((await api(cloud, 'GET', '/volumes?name=store-3')).json)['volumes'] as Schemas['volume'][]).map((v) => v.size),
+    [30],
+  );
   const renamed = await api(cloud, 'PUT', `/volumes/${vid}`, { name: 'store-one', labels: { pool: 'x86', slot: '0' } });
   t.match(obj(renamed.json)['volume'], { name: 'store-one', labels: { pool: 'x86', slot: '0' } });
   t.equal(errorCode(await api(cloud, 'PUT', `/volumes/${vid}`, { name: 'store-2' })), 'uniqueness_error');
@@ -929,47 +1088,60 @@ t.test('volumes: create, list, attach, detach, delete with Hetzner\'s rules', as
   t.same(cloud.schemaErrors, [], 'every answer matches openapi.json');
 });
 
-t.test('real servers: a volume\'s data outlives the server it was written on', { skip: canRunServers ? false : 'needs root, /usr/sbin/sshd, /nix, unshare and nsenter' }, async (t) => {
-  const { cloud } = await startCloud(t, { realServers: true, bootDelayMs: 100, readyDelayMs: 50, deleteDelayMs: 50 });
-  const host = keyPair('test');
-  const login = keyPair('test');
-  const userData = `#cloud-config\n${JSON.stringify({ ssh_keys: { ed25519_private: host.private, ed25519_public: host.public }, users: [{ name: 'root', ssh_authorized_keys: [login.public] }] })}\n`;
-  const vol = obj((await api(cloud, 'POST', '/volumes', { name: 'store', size: 10, location: 'fsn1' })).json) as unknown as Schemas['create_volume_response'];
-  const vid = vol.volume.id;
-  await actionDone(cloud, vol.action.id);
-  const mnt = `/mnt/HC_Volume_${vid}`;
+t.test(
+  "real servers: a volume's data outlives the server it was written on",
+  { skip: canRunServers ? false : 'needs root, /usr/sbin/sshd, /nix, unshare and nsenter' },
+  async (t) => {
+    const { cloud } = await startCloud(t, { realServers: true, bootDelayMs: 100, readyDelayMs: 50, deleteDelayMs: 50 });
+    const host = keyPair('test');
+    const login = keyPair('test');
+    const userData = `#cloud-config\n${JSON.stringify({ ssh_keys: { ed25519_private: host.private, ed25519_public: host.public }, users: [{ name: 'root', ssh_authorized_keys: [login.public] }] })}\n`;
+    const vol = obj(
+      (await api(cloud, 'POST', '/volumes', { name: 'store', size: 10, location: 'fsn1' })).json,
+    ) as unknown as Schemas['create_volume_response'];
+    const vid = vol.volume.id;
+    await actionDone(cloud, vol.action.id);
+    const mnt = `/mnt/HC_Volume_${vid}`;
 
-  const boot = async (name: string, extra: Record<string, unknown>): Promise<{ id: number; client: Client }> => {
-    const r = obj((await api(cloud, 'POST', '/servers', { ...baseServer, name, user_data: userData, ...extra })).json) as unknown as Schemas['create_server_response'];
-    await until(`${name} sshd`, () => cloud.liveServers().find((s) => s.id === r.server.id)?.sshdRunning);
-    return { id: r.server.id, client: await sshConnect(r.server.public_net.ipv4?.ip ?? '', login.private, host.public) };
-  };
+    const boot = async (name: string, extra: Record<string, unknown>): Promise<{ id: number; client: Client }> => {
+      const r = obj(
+        (await api(cloud, 'POST', '/servers', { ...baseServer, name, user_data: userData, ...extra })).json,
+      ) as unknown as Schemas['create_server_response'];
+      await until(`${name} sshd`, () => cloud.liveServers().find((s) => s.id === r.server.id)?.sshdRunning);
+      return { id: r.server.id, client: await sshConnect(r.server.public_net.ipv4?.ip ?? '', login.private, host.public) };
+    };
 
-  // Server A boots with the volume and writes into it.
-  const a = await boot('vol-a', { volumes: [vid] });
-  const wrote = await sshExec(a.client, `echo from-a > ${mnt}/proof && findmnt -n -o TARGET ${mnt}`);
-  t.equal(wrote.code, 0, wrote.stderr);
-  t.equal(wrote.stdout.trim(), mnt, 'mounted where automount puts it');
-  a.client.end();
-  t.equal(readFileSync(join(cloud.volumeDir(vid), 'proof'), 'utf8'), 'from-a\n', 'written into the volume folder');
-  t.notOk(existsSync(`${mnt}`), "the host's /mnt is untouched");
-  await api(cloud, 'DELETE', `/servers/${a.id}`);
-  await until('A deleted and the volume free', async () => (obj((await api(cloud, 'GET', `/volumes/${vid}`)).json)['volume'] as Schemas['volume']).server === null);
+    // Server A boots with the volume and writes into it.
+    const a = await boot('vol-a', { volumes: [vid] });
+    const wrote = await sshExec(a.client, `echo from-a > ${mnt}/proof && findmnt -n -o TARGET ${mnt}`);
+    t.equal(wrote.code, 0, wrote.stderr);
+    t.equal(wrote.stdout.trim(), mnt, 'mounted where automount puts it');
+    a.client.end();
+    t.equal(readFileSync(join(cloud.volumeDir(vid), 'proof'), 'utf8'), 'from-a\n', 'written into the volume folder');
+    t.notOk(existsSync(`${mnt}`), "the host's /mnt is untouched");
+    await api(cloud, 'DELETE', `/servers/${a.id}`);
+    await until(
+      'A deleted and the volume free',
+      async () => (obj((await api(cloud, 'GET', `/volumes/${vid}`)).json)['volume'] as Schemas['volume']).server === null,
+    );
 
-  // Server B, booted later with no volume, gets it hot-plugged and reads A's file.
-  const b = await boot('vol-b', {});
-  t.equal((await sshExec(b.client, `test -e ${mnt} && echo there || echo absent`)).stdout, 'absent\n');
-  const attach = obj((await api(cloud, 'POST', `/volumes/${vid}/actions/attach`, { server: b.id, automount: false })).json)['action'] as Schemas['action'];
-  await actionDone(cloud, attach.id);
-  t.equal((await sshExec(b.client, `cat ${mnt}/proof`)).stdout, 'from-a\n', "A's file is on B");
-  const detach = obj((await api(cloud, 'POST', `/volumes/${vid}/actions/detach`)).json)['action'] as Schemas['action'];
-  await actionDone(cloud, detach.id);
-  t.equal((await sshExec(b.client, `test -e ${mnt} && echo there || echo absent`)).stdout, 'absent\n', 'gone from B once detached');
-  b.client.end();
+    // Server B, booted later with no volume, gets it hot-plugged and reads A's file.
+    const b = await boot('vol-b', {});
+    t.equal((await sshExec(b.client, `test -e ${mnt} && echo there || echo absent`)).stdout, 'absent\n');
+    const attach = obj((await api(cloud, 'POST', `/volumes/${vid}/actions/attach`, { server: b.id, automount: false })).json)[
+      'action'
+    ] as Schemas['action'];
+    await actionDone(cloud, attach.id);
+    t.equal((await sshExec(b.client, `cat ${mnt}/proof`)).stdout, 'from-a\n', "A's file is on B");
+    const detach = obj((await api(cloud, 'POST', `/volumes/${vid}/actions/detach`)).json)['action'] as Schemas['action'];
+    await actionDone(cloud, detach.id);
+    t.equal((await sshExec(b.client, `test -e ${mnt} && echo there || echo absent`)).stdout, 'absent\n', 'gone from B once detached');
+    b.client.end();
 
-  // Server C boots with it, after B was left running without it.
-  const c = await boot('vol-c', { volumes: [vid] });
-  t.equal((await sshExec(c.client, `cat ${mnt}/proof`)).stdout, 'from-a\n', 'and on C, attached at boot');
-  c.client.end();
-  t.same(cloud.schemaErrors, []);
-});
+    // Server C boots with it, after B was left running without it.
+    const c = await boot('vol-c', { volumes: [vid] });
+    t.equal((await sshExec(c.client, `cat ${mnt}/proof`)).stdout, 'from-a\n', 'and on C, attached at boot');
+    c.client.end();
+    t.same(cloud.schemaErrors, []);
+  },
+);

@@ -16,7 +16,18 @@ import { join, resolve } from 'node:path';
 import ssh2, { type ParsedKey } from 'ssh2';
 import { generateKeyPair } from '../../src/ssh/keys.js';
 import type { components } from '../../src/hcloud/openapi.js';
-import { LOCATIONS, DATA_CENTERS, SERVER_TYPES, systemImages, includedTraffic, pricing, type Image, type ServerType, type Location, type DataCenter } from './catalog.js';
+import {
+  LOCATIONS,
+  DATA_CENTERS,
+  SERVER_TYPES,
+  systemImages,
+  includedTraffic,
+  pricing,
+  type Image,
+  type ServerType,
+  type Location,
+  type DataCenter,
+} from './catalog.js';
 import { labelProblems, parseSelector, matches, SelectorError, type Labels } from './labels.js';
 import { checkRequestBody, checkResponse, checkSchema, withoutRemoved } from './openapi.js';
 import { parseUserData } from './cloud-config.js';
@@ -146,7 +157,8 @@ export interface Fault {
 }
 
 /** `ignores-shutdown`: the OS ignores ACPI; `shutdown` succeeds at once (request delivered) and the server keeps running. */
-export type ServerBehaviour = 'normal' | 'never-running' | 'no-sshd' | 'wrong-host-key' | 'never-ready' | 'action-error' | 'ignores-shutdown';
+export type ServerBehaviour =
+  'normal' | 'never-running' | 'no-sshd' | 'wrong-host-key' | 'never-ready' | 'action-error' | 'ignores-shutdown';
 
 export interface FakeServerInfo {
   id: number;
@@ -686,7 +698,12 @@ export class FakeCloud {
       created: iso(s.createdAt),
       public_net: {
         ipv4: s.ipv4Enabled
-          ? { id: 1_000_000 + s.id % 1_000_000, ip: s.address, blocked: false, dns_ptr: `static.${lastOctet}.0.0.127.clients.your-server.de` }
+          ? {
+              id: 1_000_000 + (s.id % 1_000_000),
+              ip: s.address,
+              blocked: false,
+              dns_ptr: `static.${lastOctet}.0.0.127.clients.your-server.de`,
+            }
           : null,
         ipv6: s.ipv6,
         floating_ips: [],
@@ -733,7 +750,11 @@ export class FakeCloud {
     this.actions.set(action.id, action);
     for (const r of resources) {
       if (r.type === 'server') this.serversById.get(r.id)?.actionIds.push(action.id);
-      if (r.type === 'volume') this.volumeStore.all().find((v) => v.id === r.id)?.actionIds.push(action.id);
+      if (r.type === 'volume')
+        this.volumeStore
+          .all()
+          .find((v) => v.id === r.id)
+          ?.actionIds.push(action.id);
     }
     return action;
   }
@@ -911,7 +932,13 @@ export class FakeCloud {
   }
 
   /** Answers with the fault (a dropped connection or an error) when it has one; false when it only delays. */
-  private answerWithFault(fault: Fault, req: IncomingMessage, res: ServerResponse, ctx: RequestContext, record: (s: number) => void): boolean {
+  private answerWithFault(
+    fault: Fault,
+    req: IncomingMessage,
+    res: ServerResponse,
+    ctx: RequestContext,
+    record: (s: number) => void,
+  ): boolean {
     if (fault.networkError) {
       record(0);
       req.socket.destroy();
@@ -1023,7 +1050,10 @@ export class FakeCloud {
     add('POST', '/servers/{id}/actions/create_image', (c) => this.createImage(c));
     add('GET', '/volumes', (c) => this.listVolumes(c));
     add('POST', '/volumes', (c) => this.createVolume(c));
-    add('GET', '/volumes/{id}', (c) => ({ status: 200, body: { volume: this.volumeStore.json(this.volumeStore.get(c.params['id'] ?? -1)) } }));
+    add('GET', '/volumes/{id}', (c) => ({
+      status: 200,
+      body: { volume: this.volumeStore.json(this.volumeStore.get(c.params['id'] ?? -1)) },
+    }));
     add('PUT', '/volumes/{id}', (c) => this.updateVolume(c));
     add('DELETE', '/volumes/{id}', (c) => {
       this.volumeStore.delete(this.volumeStore.get(c.params['id'] ?? -1));
@@ -1031,7 +1061,10 @@ export class FakeCloud {
     });
     add('GET', '/volumes/{id}/actions', (c) => {
       const v = this.volumeStore.get(c.params['id'] ?? -1);
-      const p = this.paginate(v.actionIds.map((id) => this.actions.get(id)).filter((a): a is Action => a !== undefined), c.query);
+      const p = this.paginate(
+        v.actionIds.map((id) => this.actions.get(id)).filter((a): a is Action => a !== undefined),
+        c.query,
+      );
       return { status: 200, body: { actions: p.items, meta: p.meta } };
     });
     add('POST', '/volumes/{id}/actions/attach', (c) => this.attachVolume(c));
@@ -1108,7 +1141,9 @@ export class FakeCloud {
     for (const k of keys) {
       const [field, dir] = k.split(':');
       if (!field || !allowed.includes(field) || (dir !== undefined && dir !== 'asc' && dir !== 'desc')) {
-        throw invalidInput(`invalid sort '${k}'`, [{ name: 'sort', messages: [`must be one of ${allowed.join(', ')} with :asc or :desc`] }]);
+        throw invalidInput(`invalid sort '${k}'`, [
+          { name: 'sort', messages: [`must be one of ${allowed.join(', ')} with :asc or :desc`] },
+        ]);
       }
     }
     const specs = [...keys, 'id:asc'].map((k) => {
@@ -1231,19 +1266,21 @@ export class FakeCloud {
       throw invalidInput(`invalid input in field 'name'`, [{ name: 'name', messages: ['must be a valid hostname (RFC 1123)'] }]);
     }
     const type = this.findByIdOrName(SERVER_TYPES, req.server_type)[0];
-    if (!type) throw invalidInput(`server type '${req.server_type}' not found`, [{ name: 'server_type', messages: ['server type not found'] }]);
+    if (!type)
+      throw invalidInput(`server type '${req.server_type}' not found`, [{ name: 'server_type', messages: ['server type not found'] }]);
 
     let location: Location | undefined;
     let datacenter: DataCenter | undefined;
     if (req.location !== undefined) {
       location = this.findByIdOrName(LOCATIONS, req.location)[0];
       if (!location) throw invalidInput(`location '${req.location}' not found`, [{ name: 'location', messages: ['location not found'] }]);
-    /* eslint-disable @typescript-eslint/no-deprecated -- the fake accepts what the API accepts, deprecated or not */
+      /* eslint-disable @typescript-eslint/no-deprecated -- the fake accepts what the API accepts, deprecated or not */
     } else if (req.datacenter !== undefined) {
       datacenter = this.findByIdOrName(DATA_CENTERS, req.datacenter)[0];
-      if (!datacenter) throw invalidInput(`datacenter '${req.datacenter}' not found`, [{ name: 'datacenter', messages: ['datacenter not found'] }]);
+      if (!datacenter)
+        throw invalidInput(`datacenter '${req.datacenter}' not found`, [{ name: 'datacenter', messages: ['datacenter not found'] }]);
       location = datacenter.location;
-    /* eslint-enable @typescript-eslint/no-deprecated */
+      /* eslint-enable @typescript-eslint/no-deprecated */
     } else {
       const firstLoc = type.locations[0]?.name;
       location = LOCATIONS.find((l) => l.name === firstLoc);
@@ -1289,7 +1326,9 @@ export class FakeCloud {
     }
     const address = await this.allocateAddress();
     if (address === null) {
-      throw new ApiError(403, 'resource_limit_exceeded', 'no loopback address left for another server', { limits: [{ name: 'server_limit' }] });
+      throw new ApiError(403, 'resource_limit_exceeded', 'no loopback address left for another server', {
+        limits: [{ name: 'server_limit' }],
+      });
     }
     if (this.stopping) {
       unlockAddress(`${address}:${this.opts.sshPort}`);
@@ -1340,7 +1379,10 @@ export class FakeCloud {
     // Attached at once, so that the server boots with them; each attach action ends with the create.
     const attaches = volumes.map((v) => {
       v.server = id;
-      const a = this.newResourceAction('attach_volume', [{ id, type: 'server' }, { id: v.id, type: 'volume' }]);
+      const a = this.newResourceAction('attach_volume', [
+        { id, type: 'server' },
+        { id: v.id, type: 'volume' },
+      ]);
       v.lockedBy = a.id;
       return a;
     });
@@ -1503,7 +1545,9 @@ export class FakeCloud {
     };
     if (path === '/userdata') return { status: 200, body: s.userData ?? '', type: 'text/plain' };
     if (path === '/metadata') {
-      const yaml = Object.entries(fields).map(([k, v]) => `${k}: ${v === '' ? "''" : v}`).join('\n');
+      const yaml = Object.entries(fields)
+        .map(([k, v]) => `${k}: ${v === '' ? "''" : v}`)
+        .join('\n');
       return { status: 200, body: `${yaml}\n`, type: 'text/yaml' };
     }
     const key = /^\/metadata\/([a-z0-9-]+)$/.exec(path)?.[1];
@@ -1518,7 +1562,10 @@ export class FakeCloud {
       if (this.opts.logRequests) this.opts.log(`metadata of server ${id}: ${method} ${path} -> ${status === 0 ? 'network error' : status}`);
     };
     const fault = this.metadataFaults.find(
-      (f) => f.left > 0 && (f.server === undefined || f.server === id) && (f.path === undefined || (typeof f.path === 'string' ? f.path === path : f.path.test(path))),
+      (f) =>
+        f.left > 0 &&
+        (f.server === undefined || f.server === id) &&
+        (f.path === undefined || (typeof f.path === 'string' ? f.path === path : f.path.test(path))),
     );
     if (fault) fault.left--;
     if (fault?.networkError) {
@@ -1553,7 +1600,9 @@ export class FakeCloud {
         this.finishAction(a.id, { code: 'action_failed', message: 'server was deleted' });
       }
     }
-    s.workerStopped = Promise.all([this.stopLink(s), s.worker ? s.worker.stop() : (s.workerStopped ?? Promise.resolve())]).then(() => undefined);
+    s.workerStopped = Promise.all([this.stopLink(s), s.worker ? s.worker.stop() : (s.workerStopped ?? Promise.resolve())]).then(
+      () => undefined,
+    );
     const removed = (): void => {
       void (s.workerStopped ?? Promise.resolve()).then(() => {
         s.deleted = true;
@@ -1600,7 +1649,10 @@ export class FakeCloud {
     const fingerprint = c.query.get('fingerprint');
     const sel = this.selector(c.query);
     const items = [...this.sshKeys.values()]
-      .filter((k) => (name === null || k.name === name) && (fingerprint === null || k.fingerprint === fingerprint) && (sel === null || sel(k.labels)))
+      .filter(
+        (k) =>
+          (name === null || k.name === name) && (fingerprint === null || k.fingerprint === fingerprint) && (sel === null || sel(k.labels)),
+      )
       .sort(this.sorter(c.query, ['id', 'name']));
     const p = this.paginate(items, c.query);
     return { status: 200, body: { ssh_keys: p.items, meta: p.meta } };
@@ -1634,9 +1686,12 @@ export class FakeCloud {
     if (lp.length > 0) throw invalidInput(`invalid input in field 'labels'`, [{ name: 'labels', messages: lp }]);
     const fingerprint = (createHash('md5').update(key.getPublicSSH()).digest('hex').match(/../g) ?? []).join(':');
     for (const k of this.sshKeys.values()) {
-      if (k.name === req.name) throw new ApiError(409, 'uniqueness_error', 'SSH key with the same name already exists', { fields: [{ name: 'name' }] });
+      if (k.name === req.name)
+        throw new ApiError(409, 'uniqueness_error', 'SSH key with the same name already exists', { fields: [{ name: 'name' }] });
       if (k.fingerprint === fingerprint) {
-        throw new ApiError(409, 'uniqueness_error', 'SSH key with the same fingerprint already exists', { fields: [{ name: 'public_key' }] });
+        throw new ApiError(409, 'uniqueness_error', 'SSH key with the same fingerprint already exists', {
+          fields: [{ name: 'public_key' }],
+        });
       }
     }
     const sshKey: SshKey = {
@@ -1664,7 +1719,10 @@ export class FakeCloud {
     const action = this.newAction('enable_rescue', s.id);
     s.rescueKeys = keys;
     this.later(s, Math.min(200, this.opts.bootDelayMs / 4), () => this.finishAction(action.id));
-    return { status: 201, body: { action: { ...action, resources: [...action.resources] }, root_password: randomBytes(15).toString('base64url') } };
+    return {
+      status: 201,
+      body: { action: { ...action, resources: [...action.resources] }, root_password: randomBytes(15).toString('base64url') },
+    };
   }
 
   private powerOn(c: RequestContext): Answer {
@@ -1763,7 +1821,10 @@ export class FakeCloud {
       image.image_size = disk === null ? 0 : Math.max(0.001, Math.round((disk.bytes / 1e9) * 1000) / 1000);
       this.finishAction(action.id);
     });
-    return { status: 201, body: { action: { ...action, resources: [...action.resources] }, image: { ...image, labels: { ...image.labels } } } };
+    return {
+      status: 201,
+      body: { action: { ...action, resources: [...action.resources] }, image: { ...image, labels: { ...image.labels } } },
+    };
   }
 
   /** `PUT /images/{id}`: description and labels (the labels given replace all of them). */
@@ -1798,7 +1859,10 @@ export class FakeCloud {
     const sel = this.selector(c.query);
     const items = this.volumeStore
       .all()
-      .filter((v) => (name === null || v.name === name) && (statuses.length === 0 || statuses.includes(v.status)) && (sel === null || sel(v.labels)))
+      .filter(
+        (v) =>
+          (name === null || v.name === name) && (statuses.length === 0 || statuses.includes(v.status)) && (sel === null || sel(v.labels)),
+      )
       .map((v) => this.volumeStore.json(v))
       .sort(this.sorter(c.query, ['id', 'name', 'created']));
     const p = this.paginate(items, c.query);
@@ -1815,12 +1879,20 @@ export class FakeCloud {
     let server: ServerRecord | null = null;
     if (req.server !== undefined) {
       server = this.serversById.get(req.server) ?? null;
-      if (!server || server.deleted) throw invalidInput(`server with ID '${req.server}' not found`, [{ name: 'server', messages: ['server not found'] }]);
+      if (!server || server.deleted)
+        throw invalidInput(`server with ID '${req.server}' not found`, [{ name: 'server', messages: ['server not found'] }]);
     }
     const v = this.volumeStore.create(req, server);
     const create = this.newResourceAction('create_volume', [{ id: v.id, type: 'volume' }]);
     v.lockedBy = create.id;
-    const next = server ? [this.newResourceAction('attach_volume', [{ id: server.id, type: 'server' }, { id: v.id, type: 'volume' }])] : [];
+    const next = server
+      ? [
+          this.newResourceAction('attach_volume', [
+            { id: server.id, type: 'server' },
+            { id: v.id, type: 'volume' },
+          ]),
+        ]
+      : [];
     this.later(null, this.volumeActionMs, () => {
       v.status = 'available';
       this.finishAction(create.id);
@@ -1845,10 +1917,14 @@ export class FakeCloud {
     const v = this.volumeStore.get(c.params['id'] ?? -1);
     const req = this.jsonBody(c) as Schemas['attach_volume_to_server_request'];
     const s = this.serversById.get(req.server);
-    if (!s || s.deleted || s.status === 'deleting') throw invalidInput(`server with ID '${req.server}' not found`, [{ name: 'server', messages: ['server not found'] }]);
+    if (!s || s.deleted || s.status === 'deleting')
+      throw invalidInput(`server with ID '${req.server}' not found`, [{ name: 'server', messages: ['server not found'] }]);
     this.volumeStore.checkAttach(v, s);
     v.server = s.id;
-    const action = this.newResourceAction('attach_volume', [{ id: s.id, type: 'server' }, { id: v.id, type: 'volume' }]);
+    const action = this.newResourceAction('attach_volume', [
+      { id: s.id, type: 'server' },
+      { id: v.id, type: 'volume' },
+    ]);
     v.lockedBy = action.id;
     this.later(null, this.volumeActionMs, () => void this.mountVolume(s, v).then(() => this.finishAction(action.id)));
     return { status: 201, body: { action: { ...action, resources: [...action.resources] } } };
@@ -1858,10 +1934,17 @@ export class FakeCloud {
     const v = this.volumeStore.get(c.params['id'] ?? -1);
     const serverId = this.volumeStore.checkDetach(v);
     v.server = null;
-    const action = this.newResourceAction('detach_volume', [{ id: serverId, type: 'server' }, { id: v.id, type: 'volume' }]);
+    const action = this.newResourceAction('detach_volume', [
+      { id: serverId, type: 'server' },
+      { id: v.id, type: 'volume' },
+    ]);
     v.lockedBy = action.id;
     const s = this.serversById.get(serverId);
-    this.later(null, this.volumeActionMs, () => void (s?.worker?.unmountVolume(v.id) ?? Promise.resolve()).then(() => this.finishAction(action.id)));
+    this.later(
+      null,
+      this.volumeActionMs,
+      () => void (s?.worker?.unmountVolume(v.id) ?? Promise.resolve()).then(() => this.finishAction(action.id)),
+    );
     return { status: 201, body: { action: { ...action, resources: [...action.resources] } } };
   }
 

@@ -24,7 +24,8 @@ export function labelProblems(labels: unknown, allowReserved = false): string[] 
       }
     }
     if (typeof value !== 'string') problems.push(`label '${key}': value must be a string`);
-    else if (!VALUE.test(value)) problems.push(`label '${key}': value must be at most 63 characters [a-zA-Z0-9._-], alphanumeric at both ends`);
+    else if (!VALUE.test(value))
+      problems.push(`label '${key}': value must be at most 63 characters [a-zA-Z0-9._-], alphanumeric at both ends`);
   }
   return problems;
 }

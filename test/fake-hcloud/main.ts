@@ -69,7 +69,8 @@ async function main(): Promise<void> {
   const apiDate = values['api-date'];
   if (apiDate !== undefined) {
     // The API of that day (properties deprecated and removed by then are left out).
-    if (!/^\d{4}-\d{2}-\d{2}$/.test(apiDate) || Number.isNaN(Date.parse(apiDate))) usage(`--api-date takes a day YYYY-MM-DD, not ${JSON.stringify(apiDate)}`);
+    if (!/^\d{4}-\d{2}-\d{2}$/.test(apiDate) || Number.isNaN(Date.parse(apiDate)))
+      usage(`--api-date takes a day YYYY-MM-DD, not ${JSON.stringify(apiDate)}`);
     opts.apiDate = new Date(`${apiDate}T12:00:00Z`);
   }
 

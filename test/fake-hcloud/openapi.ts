@@ -133,9 +133,7 @@ function loadSpec(asOf: Date): Spec {
   const known = specs.get(era);
   if (known) return known;
   const ajv = new Ajv({ strict: false, allErrors: true, validateSchema: false, logger: false });
-  const addFormats =
-    addFormatsImport.default ??
-    (addFormatsImport as unknown as FormatsPlugin);
+  const addFormats = addFormatsImport.default ?? (addFormatsImport as unknown as FormatsPlugin);
   addFormats(ajv);
   // Prices are decimal numbers carried as strings ("1.1900000000").
   ajv.addFormat('decimal', /^-?\d+(\.\d+)?$/);
@@ -202,9 +200,7 @@ export function checkResponse(method: string, template: string, status: number, 
   const op = loadDoc().operations.get(`${method.toUpperCase()} ${template}`);
   const where = `${method.toUpperCase()} ${template} -> ${status}`;
   if (!op) return `${where}: no such operation in openapi.json`;
-  const code = [String(status), `${String(status)[0]}xx`, `${String(status)[0]}XX`, 'default'].find((c) =>
-    op.responses.has(c),
-  );
+  const code = [String(status), `${String(status)[0]}xx`, `${String(status)[0]}XX`, 'default'].find((c) => op.responses.has(c));
   if (code === undefined) return `${where}: status not described in openapi.json`;
   const schema = op.responses.get(code);
   if (schema === undefined) return null;
@@ -352,15 +348,25 @@ export interface DeprecatedProperty {
 export function deprecatedAnswerProperties(operations: readonly { method: string; template: string }[]): DeprecatedProperty[] {
   const { doc, operations: all } = loadDoc();
   const found: DeprecatedProperty[] = [];
-  const walk = (where: Omit<DeprecatedProperty, 'path' | 'removedFrom'>, schema: Json | undefined, path: string[], seen: ReadonlySet<string>): void => {
-    eachSchemaOf(doc, schema, (s, below) => {
-      if (s['items'] !== undefined) walk(where, s['items'], [...path, '[]'], below);
-      if (!isObject(s['properties'])) return;
-      for (const [name, sub] of Object.entries(s['properties'])) {
-        if (isObject(sub) && sub['deprecated'] === true) found.push({ ...where, path: [...path, name], removedFrom: removalOf(sub) });
-        else walk(where, sub, [...path, name], below);
-      }
-    }, seen);
+  const walk = (
+    where: Omit<DeprecatedProperty, 'path' | 'removedFrom'>,
+    schema: Json | undefined,
+    path: string[],
+    seen: ReadonlySet<string>,
+  ): void => {
+    eachSchemaOf(
+      doc,
+      schema,
+      (s, below) => {
+        if (s['items'] !== undefined) walk(where, s['items'], [...path, '[]'], below);
+        if (!isObject(s['properties'])) return;
+        for (const [name, sub] of Object.entries(s['properties'])) {
+          if (isObject(sub) && sub['deprecated'] === true) found.push({ ...where, path: [...path, name], removedFrom: removalOf(sub) });
+          else walk(where, sub, [...path, name], below);
+        }
+      },
+      seen,
+    );
   };
   for (const { method, template } of operations) {
     const op = all.get(`${method.toUpperCase()} ${template}`);

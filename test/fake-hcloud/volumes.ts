@@ -95,7 +95,9 @@ export class VolumeStore {
       ]);
     }
     if (!Number.isInteger(req.size) || req.size < MIN_VOLUME_GB || req.size > MAX_VOLUME_GB) {
-      throw invalidInput(`invalid input in field 'size'`, [{ name: 'size', messages: [`must be an integer from ${MIN_VOLUME_GB} to ${MAX_VOLUME_GB} (GB)`] }]);
+      throw invalidInput(`invalid input in field 'size'`, [
+        { name: 'size', messages: [`must be an integer from ${MIN_VOLUME_GB} to ${MAX_VOLUME_GB} (GB)`] },
+      ]);
     }
     if (req.format !== undefined && !FORMATS.includes(req.format)) {
       throw invalidInput(`invalid input in field 'format'`, [{ name: 'format', messages: [`must be one of ${FORMATS.join(', ')}`] }]);
@@ -108,11 +110,14 @@ export class VolumeStore {
       const named = LOCATIONS.find((l) => l.name === req.location || String(l.id) === req.location);
       if (!named) throw invalidInput(`location '${req.location}' not found`, [{ name: 'location', messages: ['location not found'] }]);
       if (location !== undefined && location.id !== named.id) {
-        throw invalidInput(`server ${server?.id} is not in location ${named.name}`, [{ name: 'location', messages: ['must be the location of the server'] }]);
+        throw invalidInput(`server ${server?.id} is not in location ${named.name}`, [
+          { name: 'location', messages: ['must be the location of the server'] },
+        ]);
       }
       location = named;
     }
-    if (location === undefined) throw invalidInput('location or server is required', [{ name: 'location', messages: ['location or server is required'] }]);
+    if (location === undefined)
+      throw invalidInput('location or server is required', [{ name: 'location', messages: ['location or server is required'] }]);
     const labels = req.labels ?? {};
     const lp = labelProblems(labels);
     if (lp.length > 0) throw invalidInput(`invalid input in field 'labels'`, [{ name: 'labels', messages: lp }]);
@@ -154,12 +159,17 @@ export class VolumeStore {
   checkAttach(v: VolumeRecord, server: ServerRef): void {
     this.assertUnlocked(v);
     if (v.server !== null) {
-      throw new ApiError(422, 'volume_already_attached', `volume with ID '${v.id}' is already attached to server ${v.server}, detach it first`);
+      throw new ApiError(
+        422,
+        'volume_already_attached',
+        `volume with ID '${v.id}' is already attached to server ${v.server}, detach it first`,
+      );
     }
     if (v.location.id !== server.location.id) {
-      throw invalidInput(`volume ${v.id} is in ${v.location.name}, server ${server.id} in ${server.location.name}: they must be in the same location`, [
-        { name: 'server', messages: ['must be in the location of the volume'] },
-      ]);
+      throw invalidInput(
+        `volume ${v.id} is in ${v.location.name}, server ${server.id} in ${server.location.name}: they must be in the same location`,
+        [{ name: 'server', messages: ['must be in the location of the volume'] }],
+      );
     }
   }
 

@@ -23,7 +23,19 @@
 //   stub-calls.log           every call of the stand-ins
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { appendFileSync, chmodSync, copyFileSync, existsSync, mkdirSync, openSync, closeSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import {
+  appendFileSync,
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  closeSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { connect } from 'node:net';
 import { dirname, join, posix } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -309,7 +321,9 @@ export class Worker {
   private readonly volumes = new Map<number, string>();
 
   constructor(private readonly o: WorkerOptions) {
-    this.units = o.nixos ? { keys: 'waiting', expand: 'waiting', store: o.nixos.storeUnit ? 'waiting' : 'absent', sshd: 'waiting', ready: 'waiting' } : null;
+    this.units = o.nixos
+      ? { keys: 'waiting', expand: 'waiting', store: o.nixos.storeUnit ? 'waiting' : 'absent', sshd: 'waiting', ready: 'waiting' }
+      : null;
     for (const v of o.volumes ?? []) this.volumes.set(v.id, v.dir);
   }
 
@@ -397,12 +411,16 @@ export class Worker {
     let child: ChildProcess;
     try {
       const bootVolumes = [...atBoot].map(([id, src]) => `${id} ${src}`).join('\n');
-      child = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', SETUP_SCRIPT, 'sh', dir, this.o.rescueDisk ?? '', mode, bootVolumes], {
-        detached: true,
-        stdio: ['pipe', 'pipe', logFd],
-        env: CHILD_ENV,
-        cwd: '/',
-      });
+      child = spawn(
+        'unshare',
+        ['-m', '--propagation', 'private', 'sh', '-c', SETUP_SCRIPT, 'sh', dir, this.o.rescueDisk ?? '', mode, bootVolumes],
+        {
+          detached: true,
+          stdio: ['pipe', 'pipe', logFd],
+          env: CHILD_ENV,
+          cwd: '/',
+        },
+      );
     } finally {
       closeSync(logFd);
     }
@@ -508,7 +526,9 @@ export class Worker {
     if (!keysOk) {
       units.sshd = 'skipped';
       units.ready = 'skipped';
-      throw new Error(`${NIXOS_UNITS.keys.unit} failed, see ${join(dir, NIXOS_UNITS.keys.log)}: sshd (which requires it) and the ready marker not started`);
+      throw new Error(
+        `${NIXOS_UNITS.keys.unit} failed, see ${join(dir, NIXOS_UNITS.keys.log)}: sshd (which requires it) and the ready marker not started`,
+      );
     }
     // sshd is ordered after zpool-expand, but does not require it.
     const expandOk = await expand;
@@ -516,7 +536,10 @@ export class Worker {
     if (this.o.wrongHostKey) {
       // After the keys unit: sshd presents another key than the one the user data gave.
       const fresh = generateKeyPair('wrong-host-key');
-      const pair = { '/etc/ssh/ssh_host_ed25519_key': [`${fresh.privateKey.trim()}\n`, 0o600], '/etc/ssh/ssh_host_ed25519_key.pub': [`${fresh.publicKey.trim()}\n`, 0o644] } as const;
+      const pair = {
+        '/etc/ssh/ssh_host_ed25519_key': [`${fresh.privateKey.trim()}\n`, 0o600],
+        '/etc/ssh/ssh_host_ed25519_key.pub': [`${fresh.publicKey.trim()}\n`, 0o644],
+      } as const;
       for (const [p, [content, mode]] of Object.entries(pair)) await this.writeFile(p, Buffer.from(content), mode, false);
     }
 
@@ -532,19 +555,23 @@ export class Worker {
     if (this.stopped) return;
     units.sshd = 'done';
     if (!expandOk) {
-      this.o.log(`server ${this.o.id}: ${NIXOS_UNITS.expand.unit} failed, see ${join(dir, NIXOS_UNITS.expand.log)}: ${NIXOS_UNITS.ready.unit} (which requires it) not started`);
+      this.o.log(
+        `server ${this.o.id}: ${NIXOS_UNITS.expand.unit} failed, see ${join(dir, NIXOS_UNITS.expand.log)}: ${NIXOS_UNITS.ready.unit} (which requires it) not started`,
+      );
       return;
     }
     if (this.o.neverReady) return;
     const t = setTimeout(() => {
       this.timers.delete(t);
       // After the store unit, whatever it did (the ready unit only wants it).
-      void store.then(() => (this.stopped ? false : this.runUnit('ready', {}))).then((ok) => {
-        if (ok) {
-          writeFileSync(join(dir, 'boot-finished'), `${new Date().toISOString()}\n`);
-          this.cloudInitDone = true;
-        }
-      });
+      void store
+        .then(() => (this.stopped ? false : this.runUnit('ready', {})))
+        .then((ok) => {
+          if (ok) {
+            writeFileSync(join(dir, 'boot-finished'), `${new Date().toISOString()}\n`);
+            this.cloudInitDone = true;
+          }
+        });
     }, this.o.readyDelayMs);
     t.unref();
     this.timers.add(t);
@@ -592,11 +619,18 @@ export class Worker {
       if (n.imageMib < 20 || n.diskMib < n.imageMib) throw new Error('the worker image needs imageMib >= 20 and diskMib >= imageMib');
       // As make-single-disk-zfs-image lays it out: BIOS boot, ESP, the pool up to 1 MiB before the end.
       await must('truncate', ['-s', `${n.imageMib}M`, img]);
-      await must('sgdisk', ['--clear',
-        '--new=1:1M:+1M', '--typecode=1:EF02',
-        '--new=2:2M:+14M', '--typecode=2:EF00', '--change-name=2:ESP',
-        `--new=3:16M:${n.imageMib * 2048 - 2048 - 1}`, '--typecode=3:BF00', '--change-name=3:primary',
-        img]);
+      await must('sgdisk', [
+        '--clear',
+        '--new=1:1M:+1M',
+        '--typecode=1:EF02',
+        '--new=2:2M:+14M',
+        '--typecode=2:EF00',
+        '--change-name=2:ESP',
+        `--new=3:16M:${n.imageMib * 2048 - 2048 - 1}`,
+        '--typecode=3:BF00',
+        '--change-name=3:primary',
+        img,
+      ]);
       await must('truncate', ['-s', `${n.diskMib}M`, img]);
     }
     if (this.stopped) return;
@@ -618,24 +652,33 @@ export class Worker {
     const q = shellQuote;
     const calls = q(join(dir, 'stub-calls.log'));
     mkdirSync(join(dir, 'bin'), { recursive: true });
-    writeFileSync(join(dir, 'bin', 'zpool'), [
-      '#!/bin/sh',
-      '# Stand-in for zpool (no ZFS here): the pool rpool is partition 3 of this server\'s loop disk.',
-      `echo "zpool $*" >> ${calls}`,
-      `part=${q(part)}`,
-      'case "$*" in',
-      `  "list -vHP rpool") printf 'rpool\\t-\\t-\\t-\\t-\\t-\\t-\\t-\\t1.00x\\tONLINE\\t-\\n\\t%s\\t-\\t-\\t-\\t-\\t-\\t-\\t-\\t-\\tONLINE\\n' "$part" ;;`,
-      `  "list -Hp -o size rpool") if [ -e ${q(expandedMarker)} ]; then echo $(($(cat ${q(sysSize)}) * 512)); else echo ${poolBytes}; fi ;;`,
-      '  "list -Hp -o expandsize rpool") echo - ;;',
-      '  "set autoexpand=on rpool") ;;',
-      `  "online -e rpool $part") : > ${q(expandedMarker)} ;;`,
-      '  *) echo "zpool (stand-in): not supported: $*" >&2; exit 1 ;;',
-      'esac',
-      '',
-    ].join('\n'));
-    writeFileSync(join(dir, 'bin', 'swapon'), `#!/bin/sh\n# Stand-in for swapon: the machine's swap must not change.\necho "swapon $*" >> ${calls}\n`);
+    writeFileSync(
+      join(dir, 'bin', 'zpool'),
+      [
+        '#!/bin/sh',
+        "# Stand-in for zpool (no ZFS here): the pool rpool is partition 3 of this server's loop disk.",
+        `echo "zpool $*" >> ${calls}`,
+        `part=${q(part)}`,
+        'case "$*" in',
+        `  "list -vHP rpool") printf 'rpool\\t-\\t-\\t-\\t-\\t-\\t-\\t-\\t1.00x\\tONLINE\\t-\\n\\t%s\\t-\\t-\\t-\\t-\\t-\\t-\\t-\\t-\\tONLINE\\n' "$part" ;;`,
+        `  "list -Hp -o size rpool") if [ -e ${q(expandedMarker)} ]; then echo $(($(cat ${q(sysSize)}) * 512)); else echo ${poolBytes}; fi ;;`,
+        '  "list -Hp -o expandsize rpool") echo - ;;',
+        '  "set autoexpand=on rpool") ;;',
+        `  "online -e rpool $part") : > ${q(expandedMarker)} ;;`,
+        '  *) echo "zpool (stand-in): not supported: $*" >&2; exit 1 ;;',
+        'esac',
+        '',
+      ].join('\n'),
+    );
+    writeFileSync(
+      join(dir, 'bin', 'swapon'),
+      `#!/bin/sh\n# Stand-in for swapon: the machine's swap must not change.\necho "swapon $*" >> ${calls}\n`,
+    );
     // No systemd in the fake, and no nix-daemon: sessions run Nix as root on the local store.
-    writeFileSync(join(dir, 'bin', 'systemctl'), `#!/bin/sh\n# Stand-in for systemctl: the fake runs no systemd (and no nix-daemon to stop).\necho "systemctl $*" >> ${calls}\n`);
+    writeFileSync(
+      join(dir, 'bin', 'systemctl'),
+      `#!/bin/sh\n# Stand-in for systemctl: the fake runs no systemd (and no nix-daemon to stop).\necho "systemctl $*" >> ${calls}\n`,
+    );
     for (const stub of ['zpool', 'swapon', 'systemctl']) chmodSync(join(dir, 'bin', stub), 0o755);
   }
 
@@ -649,7 +692,9 @@ export class Worker {
     mkdirSync(dir, { recursive: true });
     const calls = shellQuote(join(this.o.dir, 'stub-calls.log'));
     for (const tool of ['systemctl', 'systemd-tmpfiles']) {
-      writeFileSync(join(dir, tool), `#!/bin/sh\n# Stand-in for ${tool}: the fake runs no systemd.\necho "${tool} $*" >> ${calls}\n`, { mode: 0o755 });
+      writeFileSync(join(dir, tool), `#!/bin/sh\n# Stand-in for ${tool}: the fake runs no systemd.\necho "${tool} $*" >> ${calls}\n`, {
+        mode: 0o755,
+      });
     }
   }
 
@@ -728,7 +773,13 @@ export class Worker {
     });
   }
 
-  private sshdConfigWith(o: { hostKey: string; authorizedKeys: string; strictModes: boolean; pidFile: string; maxStartups: string }): string {
+  private sshdConfigWith(o: {
+    hostKey: string;
+    authorizedKeys: string;
+    strictModes: boolean;
+    pidFile: string;
+    maxStartups: string;
+  }): string {
     const { address, sshPort } = this.o;
     return [
       `ListenAddress ${address}:${sshPort}`,
@@ -782,7 +833,12 @@ export class Worker {
   }
 
   /** Runs a command inside the server's mount namespace (clean environment plus `env`). */
-  private nsExec(argv: string[], stdio: ('ignore' | 'pipe' | number)[], env: NodeJS.ProcessEnv, base: NodeJS.ProcessEnv = CHILD_ENV): ChildProcess {
+  private nsExec(
+    argv: string[],
+    stdio: ('ignore' | 'pipe' | number)[],
+    env: NodeJS.ProcessEnv,
+    base: NodeJS.ProcessEnv = CHILD_ENV,
+  ): ChildProcess {
     const pid = this.sshdPid;
     if (pid === null) throw new Error('no namespace');
     const child = spawn('nsenter', ['-t', String(pid), '-m', '--', ...argv], {

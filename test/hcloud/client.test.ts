@@ -28,10 +28,7 @@ interface StubRequest {
   body: string;
   headers: http.IncomingHttpHeaders;
 }
-type Reply =
-  | { status?: number; json?: unknown; text?: string; headers?: Record<string, string>; delayMs?: number }
-  | 'destroy'
-  | 'hang';
+type Reply = { status?: number; json?: unknown; text?: string; headers?: Record<string, string>; delayMs?: number } | 'destroy' | 'hang';
 type Handler = (req: StubRequest, index: number) => Reply | Promise<Reply>;
 
 interface Stub {
@@ -124,7 +121,12 @@ function action(id: number, status: Action['status'], progress = status === 'suc
   };
 }
 
-function server(id: number, name: string, labels: Record<string, string> = {}, created = new Date().toISOString()): Record<string, unknown> {
+function server(
+  id: number,
+  name: string,
+  labels: Record<string, string> = {},
+  created = new Date().toISOString(),
+): Record<string, unknown> {
   return { id, name, labels, created, status: 'initializing' };
 }
 
@@ -149,7 +151,9 @@ function assertNoToken(t: Test, err: HcloudError, logs: Harness['logs'] = []): v
 
 t.test('error answers are parsed into HcloudError', async (t) => {
   const details = { fields: [{ name: 'name', messages: ['invalid hostname'] }] };
-  const stub = await startStub(t, () => apiError(422, 'invalid_input', 'invalid input in field name', details, { 'X-Correlation-Id': 'corr-123' }));
+  const stub = await startStub(t, () =>
+    apiError(422, 'invalid_input', 'invalid input in field name', details, { 'X-Correlation-Id': 'corr-123' }),
+  );
   const { client, logs } = makeClient(stub.url);
   const err = await rejection(client.createServer(createRequest));
   t.equal(err.status, 422);
@@ -234,7 +238,13 @@ t.test('an answer past maxAnswerBytes is an error saying so, with a Content-Leng
 });
 
 t.test('plain http is refused except to a loopback address (the token would cross the network in clear)', async (t) => {
-  for (const endpoint of ['http://api.hetzner.cloud/v1', 'http://10.0.0.1/v1', 'http://[fd00::1]/v1', 'http://localhost.evil.example/v1', 'ftp://127.0.0.1/v1']) {
+  for (const endpoint of [
+    'http://api.hetzner.cloud/v1',
+    'http://10.0.0.1/v1',
+    'http://[fd00::1]/v1',
+    'http://localhost.evil.example/v1',
+    'ftp://127.0.0.1/v1',
+  ]) {
     t.throws(() => new HcloudClient({ endpoint, token: TOKEN }), /clear text|not an http/, endpoint);
   }
   for (const endpoint of ['https://api.hetzner.cloud/v1', 'http://127.0.0.1:8080/v1', 'http://127.1.2.3/v1', 'http://[::1]:9/v1']) {
@@ -244,14 +254,23 @@ t.test('plain http is refused except to a loopback address (the token would cros
 
 t.test('isNotFound is the one test of "gone": a 404 with the API\'s not_found code, nothing else', async (t) => {
   t.ok(isNotFound(new HcloudError({ status: 404, code: 'not_found', message: 'server with ID 3 not found' })));
-  t.notOk(isNotFound(new HcloudError({ status: 404, code: 'http_404', message: '<html>Not Found</html>' })), "a 404 without the API's error body (a proxy, a wrong endpoint)");
-  t.notOk(isNotFound(new HcloudError({ status: 0, code: 'not_found', message: 'action failed', action: action(9, 'error', 0, 'delete_server') })), 'a failed action');
+  t.notOk(
+    isNotFound(new HcloudError({ status: 404, code: 'http_404', message: '<html>Not Found</html>' })),
+    "a 404 without the API's error body (a proxy, a wrong endpoint)",
+  );
+  t.notOk(
+    isNotFound(new HcloudError({ status: 0, code: 'not_found', message: 'action failed', action: action(9, 'error', 0, 'delete_server') })),
+    'a failed action',
+  );
   t.notOk(isNotFound(new HcloudError({ status: 410, code: 'not_found', message: 'gone?' })));
   t.notOk(isNotFound(Object.assign(new Error('not found'), { status: 404, code: 'not_found' })), 'only HcloudError');
 });
 
 t.test('deleteServerAndWait takes a server as gone exactly when isNotFound says so', async (t) => {
-  const failedDelete: Action = { ...action(7, 'error', 0, 'delete_server'), error: { code: 'not_found', message: 'server vanished mid-delete' } };
+  const failedDelete: Action = {
+    ...action(7, 'error', 0, 'delete_server'),
+    error: { code: 'not_found', message: 'server vanished mid-delete' },
+  };
   const stub = await startStub(t, (req) => {
     if (req.path === '/servers/1') return apiError(404, 'not_found', 'server with ID 1 not found');
     if (req.path === '/servers/2') return { status: 404, text: '<html>Not Found</html>' };
@@ -333,7 +352,8 @@ t.test('jittered backoff stays between base and the exponential delay', async (t
 
 t.test('409 conflict is retried, uniqueness_error is not', async (t) => {
   const stub = await startStub(t, (req, i) => {
-    if (req.path === '/servers/1') return i === 0 ? apiError(409, 'conflict', 'resource changed') : { json: { action: action(3, 'running', 0, 'delete_server') } };
+    if (req.path === '/servers/1')
+      return i === 0 ? apiError(409, 'conflict', 'resource changed') : { json: { action: action(3, 'running', 0, 'delete_server') } };
     return apiError(409, 'uniqueness_error', 'server name is already used');
   });
   const { client, slept } = makeClient(stub.url);
@@ -372,7 +392,9 @@ t.test('network errors are retried', async (t) => {
 });
 
 t.test('per-request timeouts are retried and reported as timeout', async (t) => {
-  const stub = await startStub(t, (_req, i) => (i === 0 ? 'hang' : i === 1 ? { delayMs: 500, json: {} } : { json: { server: server(1, 'a') } }));
+  const stub = await startStub(t, (_req, i) =>
+    i === 0 ? 'hang' : i === 1 ? { delayMs: 500, json: {} } : { json: { server: server(1, 'a') } },
+  );
   const { client, slept } = makeClient(stub.url, { requestTimeoutMs: 100 });
   const s = await client.getServer(1);
   t.equal(s.id, 1);
@@ -391,7 +413,12 @@ t.test('per-request timeouts are retried and reported as timeout', async (t) => 
 // ------------------------------------------------------------------------ POST /servers rule
 
 t.test('createServer is resent after a 500 (names are unique) and succeeds', async (t) => {
-  const created = { server: server(42, createRequest.name, createRequest.labels), action: action(1, 'running'), next_actions: [action(2, 'running', 0, 'start_server')], root_password: null };
+  const created = {
+    server: server(42, createRequest.name, createRequest.labels),
+    action: action(1, 'running'),
+    next_actions: [action(2, 'running', 0, 'start_server')],
+    root_password: null,
+  };
   const stub = await startStub(t, (_req, i) => (i === 0 ? apiError(500, 'server_error', 'boom') : { status: 201, json: created }));
   const { client, slept } = makeClient(stub.url);
   const res = await client.createServer(createRequest);
@@ -404,12 +431,23 @@ t.test('createServer is resent after a 500 (names are unique) and succeeds', asy
 t.test('createServer after a lost answer adopts the server it created', async (t) => {
   const labels = createRequest.labels ?? {};
   const stub = await startStub(t, (req, i) => {
-    if (req.method === 'POST') return i === 0 ? apiError(504, 'timeout', 'gateway timeout') : apiError(409, 'uniqueness_error', 'server name is already used');
+    if (req.method === 'POST')
+      return i === 0 ? apiError(504, 'timeout', 'gateway timeout') : apiError(409, 'uniqueness_error', 'server name is already used');
     if (req.path === '/servers') {
-      return { json: { servers: [server(42, createRequest.name, { ...labels, extra: 'x' })], meta: { pagination: { page: 1, per_page: 50, previous_page: null, next_page: null, last_page: 1, total_entries: 1 } } } };
+      return {
+        json: {
+          servers: [server(42, createRequest.name, { ...labels, extra: 'x' })],
+          meta: { pagination: { page: 1, per_page: 50, previous_page: null, next_page: null, last_page: 1, total_entries: 1 } },
+        },
+      };
     }
     if (req.path === '/servers/42/actions') {
-      return { json: { actions: [action(7, 'success'), action(8, 'running', 10, 'start_server')], meta: { pagination: { page: 1, per_page: 50, previous_page: null, next_page: null, last_page: 1, total_entries: 2 } } } };
+      return {
+        json: {
+          actions: [action(7, 'success'), action(8, 'running', 10, 'start_server')],
+          meta: { pagination: { page: 1, per_page: 50, previous_page: null, next_page: null, last_page: 1, total_entries: 2 } },
+        },
+      };
     }
     return apiError(404, 'not_found', 'no');
   });
@@ -417,7 +455,10 @@ t.test('createServer after a lost answer adopts the server it created', async (t
   const res = await client.createServer(createRequest);
   t.equal(res.server.id, 42);
   t.equal(res.action.id, 7);
-  t.same(res.next_actions.map((a) => a.id), [8]);
+  t.same(
+    res.next_actions.map((a) => a.id),
+    [8],
+  );
   t.equal(res.root_password, null);
   t.equal(stub.requests.filter((r) => r.method === 'POST').length, 2, 'exactly one resend');
   t.equal(stub.requests.find((r) => r.path === '/servers' && r.method === 'GET')?.query.get('name'), createRequest.name);
@@ -427,7 +468,12 @@ t.test('createServer after a lost answer adopts the server it created', async (t
 t.test('createServer does not adopt a foreign server with the same name', async (t) => {
   const stub = await startStub(t, (req, i) => {
     if (req.method === 'POST') return i === 0 ? 'destroy' : apiError(409, 'uniqueness_error', 'server name is already used');
-    return { json: { servers: [server(43, createRequest.name, { owner: 'someone-else' })], meta: { pagination: { page: 1, per_page: 50, previous_page: null, next_page: null, last_page: 1, total_entries: 1 } } } };
+    return {
+      json: {
+        servers: [server(43, createRequest.name, { owner: 'someone-else' })],
+        meta: { pagination: { page: 1, per_page: 50, previous_page: null, next_page: null, last_page: 1, total_entries: 1 } },
+      },
+    };
   });
   const { client } = makeClient(stub.url);
   const err = await rejection(client.createServer(createRequest));
@@ -472,9 +518,18 @@ t.test('the POST rule: unsafe requests are resent only when the failure proves n
 t.test('retry policy helpers', async (t) => {
   t.same({ ...defaultRetryPolicy }, { maxRetries: 5, baseDelayMs: 1000, maxDelayMs: 60_000, factor: 2, jitter: true });
   const p = resolveRetryPolicy({ jitter: false });
-  t.same([0, 1, 2, 5, 6, 10].map((r) => backoffDelay(p, r)), [1000, 2000, 4000, 32_000, 60_000, 60_000]);
-  t.equal(backoffDelay({ ...p, jitter: true }, 3, () => 0), 1000);
-  t.equal(backoffDelay({ ...p, jitter: true }, 3, () => 1), 8000);
+  t.same(
+    [0, 1, 2, 5, 6, 10].map((r) => backoffDelay(p, r)),
+    [1000, 2000, 4000, 32_000, 60_000, 60_000],
+  );
+  t.equal(
+    backoffDelay({ ...p, jitter: true }, 3, () => 0),
+    1000,
+  );
+  t.equal(
+    backoffDelay({ ...p, jitter: true }, 3, () => 1),
+    8000,
+  );
   t.equal(rateLimitDelay('1000', 995_500, p), 4500);
   t.equal(rateLimitDelay('1000', 1_000_500, p), undefined, 'past reset');
   t.equal(rateLimitDelay('soon', 0, p), undefined);
@@ -494,15 +549,30 @@ t.test('listServers follows pagination across 3 pages', async (t) => {
     return {
       json: {
         servers: all.slice((page - 1) * perPage, page * perPage),
-        meta: { pagination: { page, per_page: perPage, previous_page: page > 1 ? page - 1 : null, next_page: page < last ? page + 1 : null, last_page: last, total_entries: all.length } },
+        meta: {
+          pagination: {
+            page,
+            per_page: perPage,
+            previous_page: page > 1 ? page - 1 : null,
+            next_page: page < last ? page + 1 : null,
+            last_page: last,
+            total_entries: all.length,
+          },
+        },
       },
     };
   });
   const { client } = makeClient(stub.url);
   const servers = await client.listServers({ labelSelector: 'pool=default', status: ['running', 'initializing'] });
   t.equal(servers.length, 120);
-  t.same(servers.map((s) => s.id), all.map((s) => s.id));
-  t.same(stub.requests.map((r) => r.query.get('page')), ['1', '2', '3']);
+  t.same(
+    servers.map((s) => s.id),
+    all.map((s) => s.id),
+  );
+  t.same(
+    stub.requests.map((r) => r.query.get('page')),
+    ['1', '2', '3'],
+  );
   for (const r of stub.requests) {
     t.equal(r.path, '/servers');
     t.equal(r.query.get('per_page'), '50');
@@ -520,7 +590,12 @@ t.test('catalogue lists pass their filters', async (t) => {
     return apiError(404, 'not_found', 'no');
   });
   const { client } = makeClient(stub.url);
-  const images = await client.listImages({ type: 'snapshot', architecture: 'arm', labelSelector: 'nix-hcloud-builder/image', sort: 'created:desc' });
+  const images = await client.listImages({
+    type: 'snapshot',
+    architecture: 'arm',
+    labelSelector: 'nix-hcloud-builder/image',
+    sort: 'created:desc',
+  });
   t.equal(images[0]?.id, 5);
   const q = stub.requests[0]?.query;
   t.same(q?.getAll('type'), ['snapshot']);
@@ -553,8 +628,17 @@ t.test('waitForActions polls until every action succeeds', async (t) => {
   const done = await client.waitForActions([action(1, 'running'), action(2, 'running', 0, 'start_server')], {
     onProgress: (a) => seen.push(`${a.id}:${a.status}:${a.progress}`),
   });
-  t.same(done.map((a) => [a.id, a.status]), [[1, 'success'], [2, 'success']]);
-  t.same(stub.requests.map((r) => r.query.getAll('id')), [['1', '2'], ['1', '2'], ['2']]);
+  t.same(
+    done.map((a) => [a.id, a.status]),
+    [
+      [1, 'success'],
+      [2, 'success'],
+    ],
+  );
+  t.same(
+    stub.requests.map((r) => r.query.getAll('id')),
+    [['1', '2'], ['1', '2'], ['2']],
+  );
   t.same(slept, [500, 500, 500], 'polls every actionPollIntervalMs');
   t.same(seen, ['1:running:50', '1:success:100', '2:success:100']);
 });
@@ -568,7 +652,10 @@ t.test('waitForActions returns at once when nothing is running', async (t) => {
 });
 
 t.test('waitForActions throws the failed action as HcloudError', async (t) => {
-  const failed: Action = { ...action(9, 'error', 100, 'start_server'), error: { code: 'server_start_failed', message: 'could not start the server' } };
+  const failed: Action = {
+    ...action(9, 'error', 100, 'start_server'),
+    error: { code: 'server_start_failed', message: 'could not start the server' },
+  };
   const stub = await startStub(t, () => ({ json: { actions: [failed] } }));
   const { client } = makeClient(stub.url);
   const err = await rejection(client.waitForActions([action(9, 'running', 0, 'start_server')]));
@@ -602,7 +689,10 @@ t.test('getAction and deleteServer answer typed actions', async (t) => {
   const { client } = makeClient(stub.url);
   t.equal((await client.getAction(3)).status, 'success');
   t.equal((await client.deleteServer(42)).command, 'delete_server');
-  t.same(stub.requests.map((r) => `${r.method} ${r.path}`), ['GET /actions/3', 'DELETE /servers/42']);
+  t.same(
+    stub.requests.map((r) => `${r.method} ${r.path}`),
+    ['GET /actions/3', 'DELETE /servers/42'],
+  );
 });
 
 // ------------------------------------------------------------------------ aborts
@@ -677,7 +767,9 @@ t.test('options and logging', async (t) => {
 });
 
 t.test('a long-lived caller signal keeps no listeners after requests', async (t) => {
-  const stub = await startStub(t, (_req, i) => (i % 2 === 0 ? apiError(500, 'server_error', 'boom') : { json: { server: server(1, 'a') } }));
+  const stub = await startStub(t, (_req, i) =>
+    i % 2 === 0 ? apiError(500, 'server_error', 'boom') : { json: { server: server(1, 'a') } },
+  );
   const { client } = makeClient(stub.url);
   const shutdown = new AbortController();
   for (let i = 0; i < 5; i++) await client.getServer(1, shutdown.signal);
@@ -685,22 +777,32 @@ t.test('a long-lived caller signal keeps no listeners after requests', async (t)
   t.equal(getEventListeners(shutdown.signal, 'abort').length, 0);
 });
 
-t.test('volume calls: each request\'s method, path, query and body', async (t) => {
+t.test("volume calls: each request's method, path, query and body", async (t) => {
   const meta = { pagination: { page: 1, per_page: 50, previous_page: null, next_page: null, last_page: 1, total_entries: 1 } };
   const volume = { id: 7, name: 'store-0', size: 10, server: null, labels: {} };
   const stub = await startStub(t, (req) => {
-    if (req.method === 'POST' && req.path === '/volumes') return { status: 201, json: { volume, action: action(1, 'running', 0, 'create_volume'), next_actions: [] } };
+    if (req.method === 'POST' && req.path === '/volumes')
+      return { status: 201, json: { volume, action: action(1, 'running', 0, 'create_volume'), next_actions: [] } };
     if (req.method === 'GET' && req.path === '/volumes') return { json: { volumes: [volume], meta } };
     if (req.method === 'GET' && req.path === '/volumes/7') return { json: { volume } };
     if (req.method === 'PUT' && req.path === '/volumes/7') return { json: { volume } };
     if (req.path === '/volumes/7/actions/attach') return { status: 201, json: { action: action(2, 'running', 0, 'attach_volume') } };
     if (req.path === '/volumes/7/actions/detach') return { status: 201, json: { action: action(3, 'running', 0, 'detach_volume') } };
     if (req.method === 'DELETE' && req.path === '/volumes/7') return { status: 204 };
-    if (req.path === '/pricing') return { json: { pricing: { currency: 'EUR', volume: { price_per_gb_month: { net: '0.0440000000', gross: '0.0523600000000000' } } } } };
+    if (req.path === '/pricing')
+      return {
+        json: { pricing: { currency: 'EUR', volume: { price_per_gb_month: { net: '0.0440000000', gross: '0.0523600000000000' } } } },
+      };
     return apiError(404, 'not_found', 'no route');
   });
   const { client } = makeClient(stub.url);
-  const created = await client.createVolume({ name: 'store-0', size: 10, location: 'fsn1', labels: { 'nix-hcloud-builder/slot': '0' }, format: 'ext4' });
+  const created = await client.createVolume({
+    name: 'store-0',
+    size: 10,
+    location: 'fsn1',
+    labels: { 'nix-hcloud-builder/slot': '0' },
+    format: 'ext4',
+  });
   t.equal(created.action.command, 'create_volume');
   await client.getVolume(7);
   await client.listVolumes({ labelSelector: 'nix-hcloud-builder/pool=x86', name: 'store-0', status: ['available'], sort: 'id:asc' });
@@ -715,7 +817,11 @@ t.test('volume calls: each request\'s method, path, query and body', async (t) =
   const seen = stub.requests.map((r) => ({ method: r.method, path: r.path, body: r.body === '' ? null : (JSON.parse(r.body) as unknown) }));
   t.same(seen, [
     // No automount: the worker mounts the volume itself; no server: created detached.
-    { method: 'POST', path: '/volumes', body: { name: 'store-0', size: 10, location: 'fsn1', labels: { 'nix-hcloud-builder/slot': '0' }, format: 'ext4' } },
+    {
+      method: 'POST',
+      path: '/volumes',
+      body: { name: 'store-0', size: 10, location: 'fsn1', labels: { 'nix-hcloud-builder/slot': '0' }, format: 'ext4' },
+    },
     { method: 'GET', path: '/volumes/7', body: null },
     { method: 'GET', path: '/volumes', body: null },
     { method: 'PUT', path: '/volumes/7', body: { labels: { a: 'b' } } },

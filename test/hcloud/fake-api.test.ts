@@ -15,7 +15,14 @@ const TOKEN = 'fake-token-for-client-tests-0123456789';
 async function startCloud(t: Test): Promise<FakeCloud> {
   const dataDir = mkdtempSync(join(tmpdir(), 'hcloud-client-'));
   const lines: string[] = [];
-  const cloud = await FakeCloud.start({ token: TOKEN, dataDir, realServers: false, bootDelayMs: 60, deleteDelayMs: 40, log: (l) => lines.push(l) });
+  const cloud = await FakeCloud.start({
+    token: TOKEN,
+    dataDir,
+    realServers: false,
+    bootDelayMs: 60,
+    deleteDelayMs: 40,
+    log: (l) => lines.push(l),
+  });
   t.teardown(async () => {
     await cloud.stop();
     rmSync(dataDir, { recursive: true, force: true });
@@ -58,17 +65,26 @@ t.test('create, wait, list by label, delete', async (t) => {
   t.equal(created.server.name, 'builder-a');
   t.equal(created.server.public_net.ipv4, null, 'IPv6 only');
   t.equal(created.action.command, 'create_server');
-  t.same(created.next_actions.map((a) => a.command), ['start_server']);
+  t.same(
+    created.next_actions.map((a) => a.command),
+    ['start_server'],
+  );
 
   const progress: string[] = [];
-  const done = await api.waitForActions([created.action, ...created.next_actions], { timeoutMs: 10_000, onProgress: (a) => progress.push(a.status) });
+  const done = await api.waitForActions([created.action, ...created.next_actions], {
+    timeoutMs: 10_000,
+    onProgress: (a) => progress.push(a.status),
+  });
   t.ok(done.every((a) => a.status === 'success'));
   t.ok(progress.includes('success'));
   t.equal((await api.getServer(created.server.id)).status, 'running');
 
   await api.createServer(request('other', { labels: { 'nix-hcloud-builder/pool': 'other' } }));
   const pool = await api.listServers({ labelSelector: 'nix-hcloud-builder/pool=test' });
-  t.same(pool.map((s) => s.name), ['builder-a']);
+  t.same(
+    pool.map((s) => s.name),
+    ['builder-a'],
+  );
   t.equal((await api.listServers({ name: 'other' })).length, 1);
   t.equal((await api.listServers({ labelSelector: 'nix-hcloud-builder/pool' })).length, 2);
 
@@ -78,7 +94,10 @@ t.test('create, wait, list by label, delete', async (t) => {
   const gone = await rejection(api.getServer(created.server.id));
   t.ok(isNotFound(gone));
   t.equal(gone.code, 'not_found');
-  t.same((await api.listServers({ labelSelector: 'nix-hcloud-builder/pool=test' })).map((s) => s.name), []);
+  t.same(
+    (await api.listServers({ labelSelector: 'nix-hcloud-builder/pool=test' })).map((s) => s.name),
+    [],
+  );
   t.same(cloud.schemaErrors, []);
 });
 
@@ -100,7 +119,10 @@ t.test('a create whose answer is lost is adopted, not repeated', async (t) => {
   const res = await api.createServer(request('builder-lost'));
   t.equal(res.server.name, 'builder-lost');
   t.equal(res.action.command, 'create_server');
-  t.same(res.next_actions.map((a) => a.command), ['start_server']);
+  t.same(
+    res.next_actions.map((a) => a.command),
+    ['start_server'],
+  );
   t.equal(cloud.liveServers().length, 1, 'one server, not two');
   await api.waitForActions([res.action, ...res.next_actions], { timeoutMs: 10_000 });
   t.equal((await api.getServer(res.server.id)).status, 'running');
@@ -115,7 +137,12 @@ t.test('retries injected 429 and 503, not 422', async (t) => {
   const cloud = await startCloud(t);
   const slept: number[] = [];
   const api = client(cloud, slept, { retry: { jitter: false } });
-  cloud.inject({ method: 'GET', path: '/server_types', status: 429, headers: { 'RateLimit-Reset': String(Math.floor(Date.now() / 1000) + 3) } });
+  cloud.inject({
+    method: 'GET',
+    path: '/server_types',
+    status: 429,
+    headers: { 'RateLimit-Reset': String(Math.floor(Date.now() / 1000) + 3) },
+  });
   cloud.inject({ method: 'GET', path: '/server_types', status: 503 });
   const types = await api.listServerTypes();
   t.ok(types.some((st) => st.name === 'cax11'));
@@ -144,7 +171,10 @@ t.test('wrong token, catalogue', async (t) => {
   t.ok(arm.length > 0 && arm.every((i) => i.architecture === 'arm' && i.type === 'system'));
   const snap = cloud.addImage({ description: 'nixos builder', labels: { 'nix-hcloud-builder/image': 'nixos' }, architecture: 'arm' });
   const found = await api.listImages({ type: 'snapshot', labelSelector: 'nix-hcloud-builder/image=nixos', sort: 'created:desc' });
-  t.same(found.map((i) => i.id), [snap.id]);
+  t.same(
+    found.map((i) => i.id),
+    [snap.id],
+  );
   t.same(cloud.schemaErrors, []);
 });
 
@@ -156,7 +186,10 @@ t.test('volumes: create, attach at server create, refused delete, detach, delete
   t.match(created.volume, { name: 'nhb-test-0', size: 10, server: null, labels, location: { name: 'fsn1' } });
   await api.waitForActions([created.action], { timeoutMs: 10_000 });
   t.equal((await api.getVolume(created.volume.id)).status, 'available');
-  t.same((await api.listVolumes({ labelSelector: 'nix-hcloud-builder/pool=test' })).map((v) => v.id), [created.volume.id]);
+  t.same(
+    (await api.listVolumes({ labelSelector: 'nix-hcloud-builder/pool=test' })).map((v) => v.id),
+    [created.volume.id],
+  );
 
   // The CreateServerRequest type takes `volumes`.
   const server = await api.createServer(request('builder-v', { volumes: [created.volume.id] }));

@@ -105,8 +105,16 @@ function cli(args: string[], env: NodeJS.ProcessEnv): Promise<{ status: number |
 
 /** Nothing temporary is left: no live server, no ssh key. */
 function assertNoLeftovers(t: Test, what: string): void {
-  t.same(cloud.liveServers().map((s) => s.name), [], `${what}: no server left`);
-  t.same(cloud.listSshKeys().map((k) => k.name), [], `${what}: no ssh key left`);
+  t.same(
+    cloud.liveServers().map((s) => s.name),
+    [],
+    `${what}: no server left`,
+  );
+  t.same(
+    cloud.listSshKeys().map((k) => k.name),
+    [],
+    `${what}: no ssh key left`,
+  );
 }
 
 /** Every snapshot in the fake cloud, whatever its labels. */
@@ -158,7 +166,11 @@ t.test('upload a raw image: snapshot with our labels, the bytes on the disk, not
   t.notMatch(o.lines.join('\n'), /poweroff/, 'the shutdown request was honoured: no poweroff');
 
   const listed = await client().listImages({ type: 'snapshot', labelSelector: 'nix-hcloud-builder/image=worker,version=1' });
-  t.same(listed.map((i) => i.id), [image.id], 'listed by label selector');
+  t.same(
+    listed.map((i) => i.id),
+    [image.id],
+    'listed by label selector',
+  );
   t.same(cloud.snapshotDisk(image.id), { sha256: sha256(raw), bytes: raw.length }, 'the disk holds exactly the image');
   const temp = cloud.servers().find((s) => s.id === result.serverId);
   t.ok(temp?.deleted, 'temporary server deleted');
@@ -167,8 +179,18 @@ t.test('upload a raw image: snapshot with our labels, the bytes on the disk, not
 
   // A server created from the snapshot has that disk.
   const hc = client();
-  const created = await hc.createServer({ name: 'from-snapshot', server_type: 'cx23', location: 'fsn1', image: String(image.id), start_after_create: false });
-  t.same(cloud.liveServers().find((s) => s.id === created.server.id)?.disk, { sha256: sha256(raw), bytes: raw.length }, 'a server from the snapshot has its disk');
+  const created = await hc.createServer({
+    name: 'from-snapshot',
+    server_type: 'cx23',
+    location: 'fsn1',
+    image: String(image.id),
+    start_after_create: false,
+  });
+  t.same(
+    cloud.liveServers().find((s) => s.id === created.server.id)?.disk,
+    { sha256: sha256(raw), bytes: raw.length },
+    'a server from the snapshot has its disk',
+  );
   await hc.deleteServer(created.server.id);
   await hc.deleteImage(image.id);
   t.same(await hc.listImages({ type: 'snapshot' }), [], 'snapshot deleted');
@@ -189,20 +211,49 @@ t.test('upload a .zst image: decompressed on the server', async (t) => {
 });
 
 t.test('a failure at each step leaves no server and no ssh key', async (t) => {
-  const cases: { step: string; setup: () => void; opts?: Partial<UploadOptions>; error: RegExp | { code: string } | { message: RegExp } }[] = [
-    { step: '1 ssh key', setup: () => cloud.inject({ method: 'POST', path: '/ssh_keys', status: 422, code: 'invalid_input' }), error: { code: 'invalid_input' } },
-    { step: '2 server', setup: () => cloud.inject({ method: 'POST', path: '/servers', status: 412, code: 'resource_unavailable' }), error: { code: 'resource_unavailable' } },
+  const cases: {
+    step: string;
+    setup: () => void;
+    opts?: Partial<UploadOptions>;
+    error: RegExp | { code: string } | { message: RegExp };
+  }[] = [
+    {
+      step: '1 ssh key',
+      setup: () => cloud.inject({ method: 'POST', path: '/ssh_keys', status: 422, code: 'invalid_input' }),
+      error: { code: 'invalid_input' },
+    },
+    {
+      step: '2 server',
+      setup: () => cloud.inject({ method: 'POST', path: '/servers', status: 412, code: 'resource_unavailable' }),
+      error: { code: 'resource_unavailable' },
+    },
     {
       step: '2 server (create action fails)',
       setup: () => cloud.behaveNext('action-error'),
       error: { code: 'action_failed' },
     },
-    { step: '3 rescue', setup: () => cloud.inject({ method: 'POST', path: /\/actions\/enable_rescue$/, status: 500 }), error: { code: 'server_error' } },
-    { step: '3 poweron', setup: () => cloud.inject({ method: 'POST', path: /\/actions\/poweron$/, status: 500 }), error: { code: 'server_error' } },
+    {
+      step: '3 rescue',
+      setup: () => cloud.inject({ method: 'POST', path: /\/actions\/enable_rescue$/, status: 500 }),
+      error: { code: 'server_error' },
+    },
+    {
+      step: '3 poweron',
+      setup: () => cloud.inject({ method: 'POST', path: /\/actions\/poweron$/, status: 500 }),
+      error: { code: 'server_error' },
+    },
     { step: '4 ssh', setup: () => cloud.behaveNext('no-sshd'), opts: { sshTimeoutMs: 600 }, error: /did not accept the ssh login/ },
     { step: '5 write', setup: () => {}, opts: { file: brokenZst }, error: /writing the image on the server failed/ },
-    { step: '6 shutdown', setup: () => cloud.inject({ method: 'POST', path: /\/actions\/shutdown$/, status: 500 }), error: { code: 'server_error' } },
-    { step: '7 create_image', setup: () => cloud.inject({ method: 'POST', path: /\/actions\/create_image$/, status: 500 }), error: { code: 'server_error' } },
+    {
+      step: '6 shutdown',
+      setup: () => cloud.inject({ method: 'POST', path: /\/actions\/shutdown$/, status: 500 }),
+      error: { code: 'server_error' },
+    },
+    {
+      step: '7 create_image',
+      setup: () => cloud.inject({ method: 'POST', path: /\/actions\/create_image$/, status: 500 }),
+      error: { code: 'server_error' },
+    },
   ];
   for (const c of cases) {
     c.setup();
@@ -241,15 +292,26 @@ t.test('an OS that ignores the shutdown request: the power is cut after shutdown
   t.same(calls, ['shutdown 201', 'poweroff 201', 'create_image 201'], 'shutdown (ignored), then poweroff, then the snapshot');
   const six = o.lines.filter((l) => l.startsWith('[6/8]'));
   t.equal(six.length, 2, 'step 6 has a line of its own for the fallback');
-  t.match(six[0], /^\[6\/8\] server not off 0\.4 s after the shutdown request \(ignored by the OS\?\): cutting the power \(poweroff; the image is synced already\)$/);
+  t.match(
+    six[0],
+    /^\[6\/8\] server not off 0\.4 s after the shutdown request \(ignored by the OS\?\): cutting the power \(poweroff; the image is synced already\)$/,
+  );
   t.equal(six[1], '[6/8] server is off (powered off)');
   const fallback = records.filter((r) => r['fallback'] === 'poweroff');
   t.equal(fallback.length, 1, 'the fallback is logged once');
   t.match(fallback[0]?.['msg'], /^image upload step 6\/8: server not off/);
-  t.same(records.filter((r) => r['how'] !== undefined).map((r) => r['how']), ['poweroff'], 'the log says how the server went off');
+  t.same(
+    records.filter((r) => r['how'] !== undefined).map((r) => r['how']),
+    ['poweroff'],
+    'the log says how the server went off',
+  );
 
   const made = snapshots().filter((i) => !before.includes(i.id));
-  t.same(made.map((i) => i.id), [result.image.id], 'one snapshot');
+  t.same(
+    made.map((i) => i.id),
+    [result.image.id],
+    'one snapshot',
+  );
   t.same(made[0]?.labels, { shutdown: 'ignored', [LABEL_MANAGED_BY]: MANAGED_BY }, 'with the wanted labels');
   t.equal(result.image.status, 'available');
   t.same(cloud.snapshotDisk(result.image.id), { sha256: sha256(raw), bytes: raw.length }, 'the disk holds the image');
@@ -277,14 +339,26 @@ t.test('a lost create_image answer is not resent: the snapshot is found by the r
 
     t.equal(createImageRequests() - sent, 1, `${c.what}: create_image sent once`);
     const made = snapshots().filter((i) => !before.includes(i.id));
-    t.same(made.map((i) => i.id), [result.image.id], `${c.what}: exactly one new snapshot, the result`);
+    t.same(
+      made.map((i) => i.id),
+      [result.image.id],
+      `${c.what}: exactly one new snapshot, the result`,
+    );
     t.same(made[0]?.labels, { lost: `answer-${n}`, [LABEL_MANAGED_BY]: MANAGED_BY }, `${c.what}: the wanted labels, no temporary ones`);
     t.equal(made[0]?.status, 'available');
     t.same(cloud.snapshotDisk(result.image.id), { sha256: sha256(raw), bytes: raw.length }, `${c.what}: the disk holds the image`);
     const seven = o.lines.filter((l) => l.startsWith('[7/8]'));
-    t.match(seven[0], new RegExp(`^\\[7/8\\] the create_image answer was lost \\(.+\\); found snapshot ${result.image.id} by the run label: adopted, not requested again$`));
+    t.match(
+      seven[0],
+      new RegExp(
+        `^\\[7/8\\] the create_image answer was lost \\(.+\\); found snapshot ${result.image.id} by the run label: adopted, not requested again$`,
+      ),
+    );
     t.match(seven[1], new RegExp(`^\\[7/8\\] snapshot ${result.image.id} created`));
-    t.ok(records.some((r) => r['adopted'] === true && r['imageId'] === result.image.id), `${c.what}: the adoption is logged`);
+    t.ok(
+      records.some((r) => r['adopted'] === true && r['imageId'] === result.image.id),
+      `${c.what}: the adoption is logged`,
+    );
     t.same(
       (await client().listImages({ type: 'snapshot', labelSelector: `lost=answer-${n}` })).map((i) => i.id),
       [result.image.id],
@@ -313,8 +387,15 @@ t.test('a lost create_image answer on a failing upload: the snapshot it made is 
   t.ok(m, `step 8 names the snapshot it deleted: ${last}`);
   const id = Number(m?.[1]);
   t.notOk(before.includes(id), 'it was made by this upload');
-  t.ok(cloud.requests.some((r) => r.method === 'DELETE' && r.path === `/images/${id}` && r.status === 204), 'and deleted');
-  t.same(snapshots().map((i) => i.id), before, 'no snapshot is left');
+  t.ok(
+    cloud.requests.some((r) => r.method === 'DELETE' && r.path === `/images/${id}` && r.status === 204),
+    'and deleted',
+  );
+  t.same(
+    snapshots().map((i) => i.id),
+    before,
+    'no snapshot is left',
+  );
   assertNoLeftovers(t, 'after a lost answer and a failed lookup');
   t.same(cloud.schemaErrors, []);
 });
@@ -340,10 +421,16 @@ t.test('aborted while create_image is in flight: the snapshot it makes after the
   await settle();
 
   t.equal(createImageRequests() - sent, 1, 'create_image sent once');
-  const m = /^\[8\/8\] deleted the temporary server and ssh key, and the unfinished snapshot\(s\) (\d+) of this run$/.exec(lines.at(-1) ?? '');
+  const m = /^\[8\/8\] deleted the temporary server and ssh key, and the unfinished snapshot\(s\) (\d+) of this run$/.exec(
+    lines.at(-1) ?? '',
+  );
   t.ok(m, `step 8 found the late snapshot and deleted it: ${lines.at(-1) ?? ''}`);
   t.notOk(before.includes(Number(m?.[1])), 'a snapshot of this upload');
-  t.same(snapshots().map((i) => i.id), before, 'no snapshot is left');
+  t.same(
+    snapshots().map((i) => i.id),
+    before,
+    'no snapshot is left',
+  );
   assertNoLeftovers(t, 'after an abort during create_image');
   t.same(cloud.schemaErrors, []);
 });
@@ -358,7 +445,13 @@ t.test('a refused create_image that was carried out anyway: resent once, the ext
   await settle();
 
   t.equal(createImageRequests() - sent, 2, 'the client resent the refused request once');
-  t.same(snapshots().filter((i) => !before.includes(i.id)).map((i) => i.id), [result.image.id], 'one snapshot is left: the result');
+  t.same(
+    snapshots()
+      .filter((i) => !before.includes(i.id))
+      .map((i) => i.id),
+    [result.image.id],
+    'one snapshot is left: the result',
+  );
   t.same(result.image.labels, { refused: 'but-made', [LABEL_MANAGED_BY]: MANAGED_BY });
   const m = /, and the unfinished snapshot\(s\) (\d+) of this run$/.exec(o.lines.at(-1) ?? '');
   t.ok(m, 'step 8 deleted the extra snapshot');
@@ -379,7 +472,10 @@ t.test('a failed delete at step 8 is reported, and image cleanup removes what is
   t.equal(cloud.listSshKeys().length, 0, 'the key was deleted');
   const out: string[] = [];
   const r = await cleanupUploads(client(), false, (l) => out.push(l), silent);
-  t.same(r.servers.map((s) => s.id), [result.serverId]);
+  t.same(
+    r.servers.map((s) => s.id),
+    [result.serverId],
+  );
   await settle();
   assertNoLeftovers(t, 'after image cleanup');
   t.ok(cloud.snapshotDisk(result.image.id), 'the snapshot stays');
@@ -390,8 +486,19 @@ t.test('image cleanup: deletes leftovers by label, --dry-run only lists, never s
   const hc = client();
   const labels = { [LABEL_MANAGED_BY]: MANAGED_BY, [LABEL_ROLE]: ROLE_IMAGE_UPLOAD };
   const key = await hc.createSshKey({ name: 'left-key', public_key: generateKeyPair('left').publicKey, labels });
-  const other = await hc.createSshKey({ name: 'user-key', public_key: generateKeyPair('user').publicKey, labels: { [LABEL_MANAGED_BY]: MANAGED_BY } });
-  const server = await hc.createServer({ name: 'left-server', server_type: 'cx23', location: 'fsn1', image: 'ubuntu-24.04', start_after_create: false, labels });
+  const other = await hc.createSshKey({
+    name: 'user-key',
+    public_key: generateKeyPair('user').publicKey,
+    labels: { [LABEL_MANAGED_BY]: MANAGED_BY },
+  });
+  const server = await hc.createServer({
+    name: 'left-server',
+    server_type: 'cx23',
+    location: 'fsn1',
+    image: 'ubuntu-24.04',
+    start_after_create: false,
+    labels,
+  });
   const worker = await hc.createServer({
     name: 'a-worker',
     server_type: 'cx23',
@@ -405,8 +512,14 @@ t.test('image cleanup: deletes leftovers by label, --dry-run only lists, never s
 
   const dry: string[] = [];
   const listed = await cleanupUploads(hc, true, (l) => dry.push(l), silent);
-  t.same(listed.servers.map((s) => s.id), [server.server.id]);
-  t.same(listed.sshKeys.map((k) => k.id), [key.id]);
+  t.same(
+    listed.servers.map((s) => s.id),
+    [server.server.id],
+  );
+  t.same(
+    listed.sshKeys.map((k) => k.id),
+    [key.id],
+  );
   t.match(dry.join('\n'), /would delete server left-server/);
   t.match(dry.join('\n'), /would delete ssh key left-key/);
   t.equal(cloud.liveServers().length, 2, '--dry-run deleted nothing');
@@ -415,9 +528,20 @@ t.test('image cleanup: deletes leftovers by label, --dry-run only lists, never s
   const done: string[] = [];
   await cleanupUploads(hc, false, (l) => done.push(l), silent);
   await settle();
-  t.same(cloud.liveServers().map((s) => s.name), ['a-worker'], 'only the temporary server went');
-  t.same(cloud.listSshKeys().map((k) => k.id), [other.id], 'only the temporary key went');
-  t.ok((await hc.listImages({ type: 'snapshot' })).some((i) => i.id === snap.image.id), 'the snapshot stays');
+  t.same(
+    cloud.liveServers().map((s) => s.name),
+    ['a-worker'],
+    'only the temporary server went',
+  );
+  t.same(
+    cloud.listSshKeys().map((k) => k.id),
+    [other.id],
+    'only the temporary key went',
+  );
+  t.ok(
+    (await hc.listImages({ type: 'snapshot' })).some((i) => i.id === snap.image.id),
+    'the snapshot stays',
+  );
   t.same((await hc.listServers({ labelSelector: uploadLeftoverSelector() })).length, 0);
 
   await hc.deleteServer(worker.server.id);
@@ -430,14 +554,21 @@ t.test('image cleanup: deletes leftovers by label, --dry-run only lists, never s
 t.test('the CLI: SIGINT during an upload still deletes the temporary server and key; cleanup --dry-run', async (t) => {
   const dir = mkdtempSync(join(root, 'cli-'));
   const configFile = join(dir, 'config.json');
-  writeFileSync(configFile, JSON.stringify({ stateDir: join(dir, 'state'), hcloud: { endpoint: cloud.url }, pools: { x86_64: { serverTypes: ['cx23'] } } }));
+  writeFileSync(
+    configFile,
+    JSON.stringify({ stateDir: join(dir, 'state'), hcloud: { endpoint: cloud.url }, pools: { x86_64: { serverTypes: ['cx23'] } } }),
+  );
   const env = { ...process.env, HCLOUD_TOKEN: TOKEN, NIX_HCLOUD_BUILDER_CONFIG: configFile };
   // Hold the shutdown request for a while, so the signal arrives mid-upload.
   cloud.inject({ method: 'POST', path: /\/actions\/shutdown$/, delayMs: 4000 });
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'image', 'upload', rawFile, '--arch', 'x86', '--label', 'cli=yes', '--ssh-port', String(SSH_PORT)], {
-    env,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', CLI, 'image', 'upload', rawFile, '--arch', 'x86', '--label', 'cli=yes', '--ssh-port', String(SSH_PORT)],
+    {
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
   let stderr = '';
   let stdout = '';
   let signalled = false;
@@ -462,7 +593,11 @@ t.test('the CLI: SIGINT during an upload still deletes the temporary server and 
 
   // cleanup --dry-run through the CLI lists a leftover and deletes nothing.
   const hc = client();
-  const key = await hc.createSshKey({ name: 'cli-left', public_key: generateKeyPair('x').publicKey, labels: { [LABEL_MANAGED_BY]: MANAGED_BY, [LABEL_ROLE]: ROLE_IMAGE_UPLOAD } });
+  const key = await hc.createSshKey({
+    name: 'cli-left',
+    public_key: generateKeyPair('x').publicKey,
+    labels: { [LABEL_MANAGED_BY]: MANAGED_BY, [LABEL_ROLE]: ROLE_IMAGE_UPLOAD },
+  });
   const dry = await cli(['image', 'cleanup', '--dry-run'], env);
   t.equal(dry.status, 0, dry.stderr);
   t.match(dry.stdout, /would delete ssh key cli-left/);
@@ -478,20 +613,28 @@ t.test('the CLI: SIGINT during an upload still deletes the temporary server and 
 t.test('a run killed during step 7 leaves an unfinished snapshot: no pool sees it, image cleanup deletes it', async (t) => {
   const dir = mkdtempSync(join(root, 'died-'));
   const configFile = join(dir, 'config.json');
-  writeFileSync(configFile, JSON.stringify({ stateDir: join(dir, 'state'), hcloud: { endpoint: cloud.url }, pools: { x86_64: { serverTypes: ['cx23'] } } }));
+  writeFileSync(
+    configFile,
+    JSON.stringify({ stateDir: join(dir, 'state'), hcloud: { endpoint: cloud.url }, pools: { x86_64: { serverTypes: ['cx23'] } } }),
+  );
   const env = { ...process.env, HCLOUD_TOKEN: TOKEN, NIX_HCLOUD_BUILDER_CONFIG: configFile };
   const before = snapshots().map((i) => i.id);
   const from = cloud.requests.length;
   // Hold the relabelling of step 7 (PUT /images/{id}) and then refuse it: the run is killed meanwhile.
   cloud.inject({ method: 'PUT', path: /^\/images\/\d+$/, delayMs: 5000, status: 503 });
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'image', 'upload', rawFile, '--arch', 'x86', '--label', 'died=yes', '--ssh-port', String(SSH_PORT)], {
-    env,
-    stdio: ['ignore', 'ignore', 'ignore'],
-  });
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', CLI, 'image', 'upload', rawFile, '--arch', 'x86', '--label', 'died=yes', '--ssh-port', String(SSH_PORT)],
+    {
+      env,
+      stdio: ['ignore', 'ignore', 'ignore'],
+    },
+  );
   const exited = new Promise<NodeJS.Signals | null>((resolve) => child.once('exit', (_code, sig) => resolve(sig)));
   // The GET of the finished snapshot comes right before the PUT.
   const made = (): number | undefined => snapshots().find((i) => !before.includes(i.id))?.id;
-  const fetched = (): boolean => cloud.requests.slice(from).some((r) => r.method === 'GET' && r.path === `/images/${made() ?? 0}` && r.status === 200);
+  const fetched = (): boolean =>
+    cloud.requests.slice(from).some((r) => r.method === 'GET' && r.path === `/images/${made() ?? 0}` && r.status === 200);
   for (let i = 0; i < 1500 && !fetched(); i++) await new Promise((r) => setTimeout(r, 20));
   t.ok(fetched(), 'the run got as far as the relabelling');
   await new Promise((r) => setTimeout(r, 300));
@@ -502,32 +645,59 @@ t.test('a run killed during step 7 leaves an unfinished snapshot: no pool sees i
   const snapshot = snapshots().find((i) => i.id === id);
   const run = snapshot?.labels[LABEL_UPLOAD_RUN] ?? '';
   t.match(run, /^[0-9a-f]{8}$/, 'the snapshot carries the run label');
-  t.same(snapshot?.labels, { [LABEL_MANAGED_BY]: MANAGED_BY, [LABEL_ROLE]: ROLE_IMAGE_UPLOAD, [LABEL_UPLOAD_RUN]: run }, 'only the temporary labels');
+  t.same(
+    snapshot?.labels,
+    { [LABEL_MANAGED_BY]: MANAGED_BY, [LABEL_ROLE]: ROLE_IMAGE_UPLOAD, [LABEL_UPLOAD_RUN]: run },
+    'only the temporary labels',
+  );
   t.equal(cloud.liveServers()[0]?.labels[LABEL_UPLOAD_RUN], run, 'the same run as the server left behind');
   t.same(await client().listImages({ type: 'snapshot', labelSelector: 'died=yes' }), [], "a pool's label selector does not see it");
 
   const dry: string[] = [];
   const listed = await cleanupUploads(client(), true, (l) => dry.push(l), silent);
-  t.same(listed.snapshots.map((i) => i.id), [id], 'image cleanup --dry-run finds the unfinished snapshot');
+  t.same(
+    listed.snapshots.map((i) => i.id),
+    [id],
+    'image cleanup --dry-run finds the unfinished snapshot',
+  );
   t.equal(listed.servers.length, 1);
   t.equal(listed.sshKeys.length, 1);
   t.match(dry.join('\n'), new RegExp(`would delete unfinished snapshot ${id} \\(`));
-  t.ok(snapshots().some((i) => i.id === id), '--dry-run deleted nothing');
+  t.ok(
+    snapshots().some((i) => i.id === id),
+    '--dry-run deleted nothing',
+  );
 
   const r = await cli(['image', 'cleanup'], env);
   t.equal(r.status, 0, r.stderr);
   t.match(r.stdout, new RegExp(`deleting unfinished snapshot ${id} `));
   t.match(r.stdout, /deleted 1 server\(s\), 1 ssh key\(s\) and 1 unfinished snapshot\(s\)/);
   await settle();
-  t.same(snapshots().map((i) => i.id), before, 'the unfinished snapshot is gone');
+  t.same(
+    snapshots().map((i) => i.id),
+    before,
+    'the unfinished snapshot is gone',
+  );
   assertNoLeftovers(t, 'after image cleanup of a killed run');
 });
 
 t.test('a pool with image.labelSelector picks the newest matching snapshot (API only)', async (t) => {
-  const api = await FakeCloud.start({ token: TOKEN, dataDir: join(root, 'api-only'), realServers: false, bootDelayMs: 20, deleteDelayMs: 10 });
+  const api = await FakeCloud.start({
+    token: TOKEN,
+    dataDir: join(root, 'api-only'),
+    realServers: false,
+    bootDelayMs: 20,
+    deleteDelayMs: 10,
+  });
   t.teardown(() => api.stop());
   const hc = new HcloudClient({ endpoint: api.url, token: TOKEN, actionPollIntervalMs: 10, logger: silent });
-  const base = await hc.createServer({ name: 'base', server_type: 'cx23', location: 'fsn1', image: 'ubuntu-24.04', start_after_create: false });
+  const base = await hc.createServer({
+    name: 'base',
+    server_type: 'cx23',
+    location: 'fsn1',
+    image: 'ubuntu-24.04',
+    start_after_create: false,
+  });
   await hc.waitForActions([base.action]);
   const snapshot = async (labels: Record<string, string>): Promise<number> => {
     const r = await hc.createImage(base.server.id, { type: 'snapshot', labels });
@@ -542,14 +712,19 @@ t.test('a pool with image.labelSelector picks the newest matching snapshot (API 
   const configFile = join(root, 'pool-config.json');
   writeFileSync(
     configFile,
-    JSON.stringify({ stateDir: join(root, 'pool-state'), hcloud: { endpoint: api.url }, pools: { x86_64: { serverTypes: ['cx23'], image: { labelSelector: 'nix-hcloud-builder/image=worker' } } } }),
+    JSON.stringify({
+      stateDir: join(root, 'pool-state'),
+      hcloud: { endpoint: api.url },
+      pools: { x86_64: { serverTypes: ['cx23'], image: { labelSelector: 'nix-hcloud-builder/image=worker' } } },
+    }),
   );
   const pool = loadConfig(configFile).pools['x86_64'];
   if (!pool) throw new Error('no pool');
   const { record } = planWorker(pool, 'test');
   const deps = { hcloud: hc, log: silent } as unknown as WorkerDeps;
   const worker = new Worker(pool, record, deps);
-  const resolve = (): Promise<string> => (worker as unknown as { resolveImage(s: AbortSignal): Promise<string> }).resolveImage(new AbortController().signal);
+  const resolve = (): Promise<string> =>
+    (worker as unknown as { resolveImage(s: AbortSignal): Promise<string> }).resolveImage(new AbortController().signal);
   t.equal(await resolve(), String(newer), 'the newest matching snapshot, even within the same second');
   await hc.deleteImage(newer);
   t.equal(await resolve(), String(older), 'after deleting it, the next newest');
@@ -563,8 +738,14 @@ t.test('the client: 204 answers, ssh key uniqueness', async (t) => {
   const pair = generateKeyPair('uniq');
   const k = await hc.createSshKey({ name: 'uniq', public_key: pair.publicKey, labels: { a: 'b' } });
   t.match(k.fingerprint, /^([0-9a-f]{2}:){15}[0-9a-f]{2}$/);
-  await t.rejects(hc.createSshKey({ name: 'uniq', public_key: generateKeyPair('other').publicKey }), { code: 'uniqueness_error', status: 409 });
-  t.same((await hc.listSshKeys({ labelSelector: 'a=b' })).map((x) => x.id), [k.id]);
+  await t.rejects(hc.createSshKey({ name: 'uniq', public_key: generateKeyPair('other').publicKey }), {
+    code: 'uniqueness_error',
+    status: 409,
+  });
+  t.same(
+    (await hc.listSshKeys({ labelSelector: 'a=b' })).map((x) => x.id),
+    [k.id],
+  );
   // The answer of the first create is lost: the resend is answered uniqueness_error, and the key is adopted.
   cloud.inject({ method: 'POST', path: '/ssh_keys', status: 502, afterHandling: true });
   const pair2 = generateKeyPair('lost');
@@ -580,7 +761,13 @@ t.test('the client: 204 answers, ssh key uniqueness', async (t) => {
 
 t.test('the client: updateImage replaces the labels, and is resent after a lost answer (same body, same result)', async (t) => {
   const hc = client();
-  const base = await hc.createServer({ name: 'relabel-base', server_type: 'cx23', location: 'fsn1', image: 'ubuntu-24.04', start_after_create: false });
+  const base = await hc.createServer({
+    name: 'relabel-base',
+    server_type: 'cx23',
+    location: 'fsn1',
+    image: 'ubuntu-24.04',
+    start_after_create: false,
+  });
   await hc.waitForActions([base.action]);
   const snap = await hc.createImage(base.server.id, { type: 'snapshot', labels: { a: '1', b: '2' } });
   await hc.waitForActions([snap.action]);
@@ -601,7 +788,13 @@ t.test('the fake rescue system: only the project key logs in, /dev/sda is a regu
   const hc = client();
   const login = generateKeyPair('rescue-test');
   const key = await hc.createSshKey({ name: 'rescue-test', public_key: login.publicKey });
-  const created = await hc.createServer({ name: 'rescue-test', server_type: 'cx23', location: 'fsn1', image: 'ubuntu-24.04', start_after_create: false });
+  const created = await hc.createServer({
+    name: 'rescue-test',
+    server_type: 'cx23',
+    location: 'fsn1',
+    image: 'ubuntu-24.04',
+    start_after_create: false,
+  });
   await hc.waitForActions([created.action]);
   const rescue = await hc.enableRescue(created.server.id, { type: 'linux64', ssh_keys: [key.id] });
   await hc.waitForActions([rescue.action]);
@@ -613,7 +806,7 @@ t.test('the fake rescue system: only the project key logs in, /dev/sda is a regu
   const address = info()?.address ?? '';
   const ssh = (privateKey: string, command: string): Promise<string> =>
     new Promise((resolve, reject) => {
-      const c = new (ssh2.Client)();
+      const c = new ssh2.Client();
       c.on('error', (e) => {
         c.end();
         reject(e);

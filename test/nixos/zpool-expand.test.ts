@@ -39,11 +39,17 @@ t.test('zpool-expand.sh grows the pool partition, puts swap at the end, and is i
 
   // The image: 64 MiB, partitions as make-single-disk-zfs-image lays them out.
   sh('truncate', ['-s', '64M', image]);
-  sh('sgdisk', ['--clear',
-    '--new=1:1M:+1M', '--typecode=1:EF02',
-    '--new=2:2M:+14M', '--typecode=2:EF00',
-    `--new=3:16M:${64 * MIB - MIB - 1}`, '--typecode=3:BF00', '--change-name=3:primary',
-    image]);
+  sh('sgdisk', [
+    '--clear',
+    '--new=1:1M:+1M',
+    '--typecode=1:EF02',
+    '--new=2:2M:+14M',
+    '--typecode=2:EF00',
+    `--new=3:16M:${64 * MIB - MIB - 1}`,
+    '--typecode=3:BF00',
+    '--change-name=3:primary',
+    image,
+  ]);
   const before = partInfo(image, 3);
   // The server's disk is bigger: 256 MiB.
   sh('truncate', ['-s', '256M', image]);
@@ -59,16 +65,19 @@ t.test('zpool-expand.sh grows the pool partition, puts swap at the end, and is i
   const bin = join(dir, 'bin');
   const log = join(dir, 'calls.log');
   sh('mkdir', [bin]);
-  writeFileSync(join(bin, 'zpool'), [
-    '#!/bin/sh',
-    `echo "zpool $*" >> ${log}`,
-    'case "$*" in',
-    `  "list -vHP rpool") printf 'rpool\\t100\\t0\\t100\\t-\\t-\\t0%%\\t0%%\\t1.00x\\tONLINE\\t-\\n\\t${part3}\\t100\\t0\\t100\\t-\\t-\\t0%%\\t0%%\\t-\\tONLINE\\n' ;;`,
-    '  "list -Hp -o size rpool") echo 46137344 ;;',
-    '  "list -Hp -o expandsize rpool") echo - ;;',
-    'esac',
-    '',
-  ].join('\n'));
+  writeFileSync(
+    join(bin, 'zpool'),
+    [
+      '#!/bin/sh',
+      `echo "zpool $*" >> ${log}`,
+      'case "$*" in',
+      `  "list -vHP rpool") printf 'rpool\\t100\\t0\\t100\\t-\\t-\\t0%%\\t0%%\\t1.00x\\tONLINE\\t-\\n\\t${part3}\\t100\\t0\\t100\\t-\\t-\\t0%%\\t0%%\\t-\\tONLINE\\n' ;;`,
+      '  "list -Hp -o size rpool") echo 46137344 ;;',
+      '  "list -Hp -o expandsize rpool") echo - ;;',
+      'esac',
+      '',
+    ].join('\n'),
+  );
   writeFileSync(join(bin, 'swapon'), `#!/bin/sh\necho "swapon $*" >> ${log}\n`);
   chmodSync(join(bin, 'zpool'), 0o755);
   chmodSync(join(bin, 'swapon'), 0o755);
@@ -91,7 +100,11 @@ t.test('zpool-expand.sh grows the pool partition, puts swap at the end, and is i
   t.ok(first(swap['Last sector']) - first(swap['First sector']) + 1 >= 32 * MIB, 'swap has at least the size asked for');
   t.match(swap['Partition GUID code'] ?? '', /^0657FD6D-A4AB-43C4-84E5-0933C84B4F4F/i, 'swap has the Linux swap type');
   t.equal(swap['Partition name'], "'swap'");
-  t.equal(Number(readFileSync(`/sys/class/block/${loop.slice(5)}p3/size`, 'utf8')), first(after['Last sector']) - first(after['First sector']) + 1, 'the kernel knows the new size');
+  t.equal(
+    Number(readFileSync(`/sys/class/block/${loop.slice(5)}p3/size`, 'utf8')),
+    first(after['Last sector']) - first(after['First sector']) + 1,
+    'the kernel knows the new size',
+  );
   t.equal(sh('blkid', ['-o', 'value', '-s', 'TYPE', `${loop}p4`]).trim(), 'swap', 'swap is formatted');
   t.equal(sh('blkid', ['-o', 'value', '-s', 'LABEL', `${loop}p4`]).trim(), 'swap');
   const calls1 = readFileSync(log, 'utf8');

@@ -32,7 +32,11 @@ function connected(port: number): Promise<Socket> {
 }
 
 /** Sends `bytes` one way and returns the rate seen by the receiver, in bit/s (first byte sent → last byte received, less one delay). */
-async function copyRate(direction: 'up' | 'down', bytes: number, profile: LinkProfile): Promise<{ bitsPerSecond: number; relay: LinkRelay }> {
+async function copyRate(
+  direction: 'up' | 'down',
+  bytes: number,
+  profile: LinkProfile,
+): Promise<{ bitsPerSecond: number; relay: LinkRelay }> {
   const payload = Buffer.alloc(bytes, 0x5a);
   let received = 0;
   let started = 0;
@@ -71,7 +75,12 @@ async function copyRate(direction: 'up' | 'down', bytes: number, profile: LinkPr
  * the lower one for the best. The relay shares two cores with the test's own sender and receiver,
  * so a copy slowed by the machine says nothing about the emulator, while one over the set rate does.
  */
-async function rateShares(direction: 'up' | 'down', bytes: number, profile: LinkProfile, setRate: number): Promise<{ shares: number[]; relay: LinkRelay }> {
+async function rateShares(
+  direction: 'up' | 'down',
+  bytes: number,
+  profile: LinkProfile,
+  setRate: number,
+): Promise<{ shares: number[]; relay: LinkRelay }> {
   const shares: number[] = [];
   let relay: LinkRelay | undefined;
   while (shares.length < 3 && (shares.length === 0 || Math.max(...shares) < 0.9)) {
@@ -96,7 +105,10 @@ t.teardown(async () => {
 t.test('upload: a copy through the home profile runs at 90–100 % of 40 Mbit/s, and the counter counts it', async (t) => {
   const bytes = 5_000_000; // ≈ 1 s at 40 Mbit/s
   const { shares, relay } = await rateShares('up', bytes, HOME, HOME.upBitsPerSecond);
-  t.ok(shares.every((s) => s <= 1.0), `never above the set rate: ${percents(shares)}`);
+  t.ok(
+    shares.every((s) => s <= 1.0),
+    `never above the set rate: ${percents(shares)}`,
+  );
   t.ok(Math.max(...shares) >= 0.9, `at least 90 % of it: ${percents(shares)}`);
   t.equal(relay.bytes.up, bytes, 'every byte counted upwards');
   t.equal(relay.bytes.down, 0, 'nothing came back');
@@ -105,7 +117,10 @@ t.test('upload: a copy through the home profile runs at 90–100 % of 40 Mbit/s,
 t.test('download: a copy through the home profile runs at 90–100 % of 250 Mbit/s', async (t) => {
   const bytes = 25_000_000; // ≈ 0.8 s at 250 Mbit/s
   const { shares, relay } = await rateShares('down', bytes, HOME, HOME.downBitsPerSecond);
-  t.ok(shares.every((s) => s <= 1.0), `never above the set rate: ${percents(shares)}`);
+  t.ok(
+    shares.every((s) => s <= 1.0),
+    `never above the set rate: ${percents(shares)}`,
+  );
   t.ok(Math.max(...shares) >= 0.9, `at least 90 % of it: ${percents(shares)}`);
   t.equal(relay.bytes.down, bytes, 'every byte counted downwards');
 });
@@ -137,13 +152,16 @@ t.test('a round trip of small messages takes 2 × the one-way delay (within 10 %
     medians.push(rtts[10] as number);
   }
   const shown = medians.map((m) => `${m.toFixed(1)} ms`).join(', ');
-  t.ok(fastest >= expected * 0.9, `no round trip shorter than 2 × the delay less 10 %: fastest ${fastest.toFixed(1)} ms, expected ${expected} ms`);
+  t.ok(
+    fastest >= expected * 0.9,
+    `no round trip shorter than 2 × the delay less 10 %: fastest ${fastest.toFixed(1)} ms, expected ${expected} ms`,
+  );
   t.ok(Math.min(...medians) <= expected * 1.1, `median round trip within 10 %: ${shown}, expected ${expected} ms`);
   t.equal(relay.bytes.up, 4 * 20 * medians.length, 'bytes up counted');
   t.equal(relay.bytes.down, 4 * 20 * medians.length, 'bytes down counted');
 });
 
-t.test('the queue pushes back: a sender faster than the link is held to the link\'s buffer', async (t) => {
+t.test("the queue pushes back: a sender faster than the link is held to the link's buffer", async (t) => {
   // The far side reads, so the link is the limit. How much the kernel's socket buffers absorb on
   // the way (autotuned, several MB on loopback) is not the emulator's to say, so this checks only
   // what the emulator decides: the bytes it lets cross, and that its own queue stays bounded

@@ -34,7 +34,10 @@ export function linkProfile(spec: string): LinkProfile {
   const known = LINK_PROFILES[spec];
   if (known) return known;
   const m = /^(\d+(?:\.\d+)?)\/(\d+(?:\.\d+)?)\/(\d+(?:\.\d+)?)$/.exec(spec);
-  if (!m) throw new Error(`link profile ${JSON.stringify(spec)}: expected ${Object.keys(LINK_PROFILES).join(', ')} or UP_MBIT/DOWN_MBIT/DELAY_MS`);
+  if (!m)
+    throw new Error(
+      `link profile ${JSON.stringify(spec)}: expected ${Object.keys(LINK_PROFILES).join(', ')} or UP_MBIT/DOWN_MBIT/DELAY_MS`,
+    );
   return { name: spec, upBitsPerSecond: Number(m[1]) * 1e6, downBitsPerSecond: Number(m[2]) * 1e6, delayMs: Number(m[3]) };
 }
 
@@ -157,7 +160,10 @@ export class LinkRelay {
   private readonly sockets = new Set<Socket>();
   private readonly lanes = new Set<Lane>();
 
-  private constructor(private readonly server: Server, readonly options: LinkRelayOptions) {
+  private constructor(
+    private readonly server: Server,
+    readonly options: LinkRelayOptions,
+  ) {
     server.on('connection', (client) => this.accept(client));
   }
 

@@ -71,9 +71,14 @@ export function nixInstall(suite: NixSuite): NixInstall {
 
 /** The suites to test with: NHB_NIX_CLIENTS, or all. */
 export function testedSuites(env: NodeJS.ProcessEnv = process.env): NixSuite[] {
-  const wanted = (env.NHB_NIX_CLIENTS ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  const wanted = (env.NHB_NIX_CLIENTS ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   if (wanted.length === 0) return [...NIX_SUITES];
-  for (const w of wanted) if (!(NIX_SUITES as readonly string[]).includes(w)) throw new Error(`NHB_NIX_CLIENTS: unknown suite ${w} (known: ${NIX_SUITES.join(', ')})`);
+  for (const w of wanted)
+    if (!(NIX_SUITES as readonly string[]).includes(w))
+      throw new Error(`NHB_NIX_CLIENTS: unknown suite ${w} (known: ${NIX_SUITES.join(', ')})`);
   return wanted as NixSuite[];
 }
 
@@ -86,7 +91,10 @@ export class NixClient {
   /** A folder holding its programs (stand-ins for another version's), for a PATH; undefined for the machine's. */
   readonly binDir: string | undefined;
 
-  constructor(readonly install: NixInstall, dir: string) {
+  constructor(
+    readonly install: NixInstall,
+    dir: string,
+  ) {
     if (install.root === undefined) {
       this.nixDir = '/nix';
       return;
@@ -95,7 +103,8 @@ export class NixClient {
     this.binDir = join(dir, 'nix-bin');
     mkdirSync(this.nixDir, { recursive: true });
     mkdirSync(this.binDir, { recursive: true });
-    for (const program of NIX_PROGRAMS) writeFileSync(join(this.binDir, program), nixWrapper(install.root, this.nixDir, program), { mode: 0o755 });
+    for (const program of NIX_PROGRAMS)
+      writeFileSync(join(this.binDir, program), nixWrapper(install.root, this.nixDir, program), { mode: 0o755 });
   }
 
   /** `env` with this client's programs first on PATH (what `setup` finds as "the Nix here"). */
@@ -136,7 +145,8 @@ export function installHello(install: NixInstall, mode: 'daemon' | 'serve'): Pro
   const scratch = mkdtempSync(join(tmpdir(), 'nhb-nix-hello-'));
   const client = new NixClient(install, scratch);
   const store = install.root === undefined ? ['--store', join(scratch, 'store-root')] : [];
-  const [program, args]: [NixProgram, string[]] = mode === 'daemon' ? ['nix-daemon', ['--stdio', ...store]] : ['nix-store', ['--serve', '--write', ...store]];
+  const [program, args]: [NixProgram, string[]] =
+    mode === 'daemon' ? ['nix-daemon', ['--stdio', ...store]] : ['nix-store', ['--serve', '--write', ...store]];
   const answer = hello(mode, client.program(program), args).finally(() => rmSync(scratch, { recursive: true, force: true }));
   hellos.set(key, answer);
   return answer;

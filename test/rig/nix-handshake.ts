@@ -70,7 +70,13 @@ class Reader {
  * Runs `cmd args` (a remote-store program, or ssh running one) and speaks the opening of `mode`'s
  * protocol to it; the program is killed once it answered. Its stderr comes with a failure.
  */
-export function hello(mode: 'daemon' | 'serve', cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env, timeoutMs = 120_000): Promise<Hello> {
+export function hello(
+  mode: 'daemon' | 'serve',
+  cmd: string,
+  args: string[],
+  env: NodeJS.ProcessEnv = process.env,
+  timeoutMs = 120_000,
+): Promise<Hello> {
   const child = spawn(cmd, args, { env, stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
@@ -79,11 +85,11 @@ export function hello(mode: 'daemon' | 'serve', cmd: string, args: string[], env
   const talk = async (): Promise<Hello> => {
     if (mode === 'serve') {
       child.stdin.write(Buffer.concat([word(SERVE_MAGIC_1), word(CLIENT_SERVE_VERSION)]));
-      if (BigInt(await reader.number()) !== SERVE_MAGIC_2) throw new Error('not the serve protocol\'s magic');
+      if (BigInt(await reader.number()) !== SERVE_MAGIC_2) throw new Error("not the serve protocol's magic");
       return { version: versionText(await reader.number()), features: [] };
     }
     child.stdin.write(word(WORKER_MAGIC_1));
-    if (BigInt(await reader.number()) !== WORKER_MAGIC_2) throw new Error('not the worker protocol\'s magic');
+    if (BigInt(await reader.number()) !== WORKER_MAGIC_2) throw new Error("not the worker protocol's magic");
     const version = await reader.number();
     child.stdin.write(word(CLIENT_WORKER_VERSION));
     const features: string[] = [];

@@ -29,7 +29,19 @@ import { RIG_NIX_CONF_DIR } from './nix-config.js';
 const RIG_DIR = join(ROOT, 'test', 'rig');
 const INSTALLER_SCRIPTS = join(RIG_DIR, 'nix-installer');
 /** The names of Nix's multi-call binary that Debian's nix-bin installs. */
-const NIX_COMMANDS = ['nix-build', 'nix-channel', 'nix-collect-garbage', 'nix-copy-closure', 'nix-daemon', 'nix-env', 'nix-hash', 'nix-instantiate', 'nix-prefetch-url', 'nix-shell', 'nix-store'];
+const NIX_COMMANDS = [
+  'nix-build',
+  'nix-channel',
+  'nix-collect-garbage',
+  'nix-copy-closure',
+  'nix-daemon',
+  'nix-env',
+  'nix-hash',
+  'nix-instantiate',
+  'nix-prefetch-url',
+  'nix-shell',
+  'nix-store',
+];
 
 export interface RigNixRelease {
   version: string;
@@ -47,15 +59,17 @@ function must(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env)
 
 /** The nix-daemon units as Nix ships them, with the profile's path for the binary. */
 const UNITS: Record<string, string> = {
-  'lib/systemd/system/nix-daemon.socket': '[Unit]\nDescription=Nix Daemon Socket\nBefore=multi-user.target\nRequiresMountsFor=/nix/store\nConditionPathIsReadWrite=/nix/var/nix/daemon-socket\n\n[Socket]\nListenStream=/nix/var/nix/daemon-socket/socket\n\n[Install]\nWantedBy=sockets.target\n',
-  'lib/systemd/system/nix-daemon.service': '[Unit]\nDescription=Nix Daemon\nRequires=nix-daemon.socket\nAfter=nix-daemon.socket\nRequiresMountsFor=/nix/store\nRequiresMountsFor=/nix/var\nConditionPathIsReadWrite=/nix/var/nix/daemon-socket\n\n[Service]\nExecStart=@/nix/var/nix/profiles/default/bin/nix-daemon nix-daemon --daemon\nKillMode=process\nLimitNOFILE=1048576\n\n[Install]\nWantedBy=multi-user.target\n',
+  'lib/systemd/system/nix-daemon.socket':
+    '[Unit]\nDescription=Nix Daemon Socket\nBefore=multi-user.target\nRequiresMountsFor=/nix/store\nConditionPathIsReadWrite=/nix/var/nix/daemon-socket\n\n[Socket]\nListenStream=/nix/var/nix/daemon-socket/socket\n\n[Install]\nWantedBy=sockets.target\n',
+  'lib/systemd/system/nix-daemon.service':
+    '[Unit]\nDescription=Nix Daemon\nRequires=nix-daemon.socket\nAfter=nix-daemon.socket\nRequiresMountsFor=/nix/store\nRequiresMountsFor=/nix/var\nConditionPathIsReadWrite=/nix/var/nix/daemon-socket\n\n[Service]\nExecStart=@/nix/var/nix/profiles/default/bin/nix-daemon nix-daemon --daemon\nKillMode=process\nLimitNOFILE=1048576\n\n[Install]\nWantedBy=multi-user.target\n',
   'lib/tmpfiles.d/nix-daemon.conf': 'd /nix/var/nix/daemon-socket 0755 root root - -\n',
 };
 
 /** Makes the tarball in `dir` (once: a second call returns the first one's). */
 export function makeNixRelease(dir: string): RigNixRelease {
   const version = /(\d+\.\d+(\.\d+)?)/.exec(must('nix-store', ['--version']))?.[1];
-  if (!version) throw new Error('cannot read the version of this machine\'s nix-store');
+  if (!version) throw new Error("cannot read the version of this machine's nix-store");
   const system = process.arch === 'arm64' ? 'aarch64-linux' : 'x86_64-linux';
   const name = `nix-${version}-${system}`;
   const file = join(dir, `${name}.tar.xz`);
@@ -68,7 +82,10 @@ export function makeNixRelease(dir: string): RigNixRelease {
     for (const c of NIX_COMMANDS) symlinkSync('nix', join(nix, 'bin', c));
     mkdirSync(join(nix, 'etc', 'profile.d'), { recursive: true });
     const examples = '/usr/share/doc/nix-bin/examples';
-    for (const [from, to] of [['nix-profile-daemon.sh', 'nix-daemon.sh'], ['nix-profile.sh', 'nix.sh']] as const) {
+    for (const [from, to] of [
+      ['nix-profile-daemon.sh', 'nix-daemon.sh'],
+      ['nix-profile.sh', 'nix.sh'],
+    ] as const) {
       const src = join(examples, from);
       writeFileSync(join(nix, 'etc', 'profile.d', to), existsSync(src) ? readFileSync(src) : '');
     }
@@ -88,10 +105,15 @@ export function makeNixRelease(dir: string): RigNixRelease {
     const cacertPath = must('nix-store', ['--add', cacert], env).trim();
     const top = join(dir, name);
     mkdirSync(join(top, 'store'), { recursive: true });
-    for (const p of [nixPath, cacertPath]) cpSync(join(storeRoot, p), join(top, 'store', p.slice('/nix/store/'.length)), { recursive: true, verbatimSymlinks: true });
+    for (const p of [nixPath, cacertPath])
+      cpSync(join(storeRoot, p), join(top, 'store', p.slice('/nix/store/'.length)), { recursive: true, verbatimSymlinks: true });
     writeFileSync(join(top, '.reginfo'), must('nix-store', ['--dump-db', nixPath, cacertPath], env));
     const systemdPart = must('bash', [join(RIG_DIR, 'nix-systemd-installer.sh')]).trim();
-    const scripts: [string, string][] = [[join(INSTALLER_SCRIPTS, 'install'), 'install'], [join(INSTALLER_SCRIPTS, 'install-multi-user'), 'install-multi-user'], [systemdPart, 'install-systemd-multi-user.sh']];
+    const scripts: [string, string][] = [
+      [join(INSTALLER_SCRIPTS, 'install'), 'install'],
+      [join(INSTALLER_SCRIPTS, 'install-multi-user'), 'install-multi-user'],
+      [systemdPart, 'install-systemd-multi-user.sh'],
+    ];
     for (const [from, to] of scripts) {
       const text = readFileSync(from, 'utf8').replaceAll('@nix@', nixPath).replaceAll('@cacert@', cacertPath);
       writeFileSync(join(top, to), text, { mode: 0o755 });

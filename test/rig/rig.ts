@@ -93,9 +93,20 @@ export class DaemonProcess {
     const seen = this.lines.find(test);
     if (seen) return Promise.resolve(seen);
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`daemon log line not seen within ${timeoutMs} ms; last lines:\n${this.raw.slice(-15).join('\n')}`)), timeoutMs);
-      this.waiters.push({ test, resolve: (l) => { clearTimeout(timer); resolve(l); } });
-      void this.exited.then((code) => reject(new Error(`daemon exited (${code}) before the expected log line; last lines:\n${this.raw.slice(-15).join('\n')}`)));
+      const timer = setTimeout(
+        () => reject(new Error(`daemon log line not seen within ${timeoutMs} ms; last lines:\n${this.raw.slice(-15).join('\n')}`)),
+        timeoutMs,
+      );
+      this.waiters.push({
+        test,
+        resolve: (l) => {
+          clearTimeout(timer);
+          resolve(l);
+        },
+      });
+      void this.exited.then((code) =>
+        reject(new Error(`daemon exited (${code}) before the expected log line; last lines:\n${this.raw.slice(-15).join('\n')}`)),
+      );
     });
   }
 
@@ -166,7 +177,15 @@ export class Rig {
   }
 
   writeConfig(extra: Record<string, unknown> = {}): void {
-    const basePool = { serverTypes: ['cx23'], locations: ['fsn1'], image: 'ubuntu-24.04', sshPort: WORKER_SSH_PORT, idleTimeout: '3s', bootTimeout: '60s', ...this.options.pool };
+    const basePool = {
+      serverTypes: ['cx23'],
+      locations: ['fsn1'],
+      image: 'ubuntu-24.04',
+      sshPort: WORKER_SSH_PORT,
+      idleTimeout: '3s',
+      bootTimeout: '60s',
+      ...this.options.pool,
+    };
     const pools = this.options.pools
       ? Object.fromEntries(Object.entries(this.options.pools).map(([name, p]) => [name, { ...basePool, ...p }]))
       : { x86_64: basePool };
@@ -188,7 +207,9 @@ export class Rig {
    * The daemon in this process (its internals can be inspected), on this rig's config, logging
    * JSON lines into `lines`. Stopped by the caller.
    */
-  async startInProcessDaemon(options: { level?: string } & Pick<DaemonOptions, 'adoptTimeoutMs'> = {}): Promise<{ daemon: Daemon; lines: string[]; config: Config }> {
+  async startInProcessDaemon(
+    options: { level?: string } & Pick<DaemonOptions, 'adoptTimeoutMs'> = {},
+  ): Promise<{ daemon: Daemon; lines: string[]; config: Config }> {
     const lines: string[] = [];
     const destination = new Writable({
       write(chunk: Buffer, _encoding, done) {
@@ -205,7 +226,11 @@ export class Rig {
   }
 
   /** Starts `nix-hcloud-builder serve` as a child process and waits until it listens. */
-  async startDaemon(args: string[] = [], env: Record<string, string> = { HCLOUD_TOKEN: TOKEN }, configFile = this.configFile): Promise<DaemonProcess> {
+  async startDaemon(
+    args: string[] = [],
+    env: Record<string, string> = { HCLOUD_TOKEN: TOKEN },
+    configFile = this.configFile,
+  ): Promise<DaemonProcess> {
     const proc = this.spawnDaemon(args, env, configFile);
     const daemon = new DaemonProcess(proc);
     this.daemons.push(daemon);
@@ -222,7 +247,11 @@ export class Rig {
   }
 
   /** Runs the CLI once (status, down) and collects its output. */
-  cli(args: string[], env: Record<string, string> = { HCLOUD_TOKEN: TOKEN }, configFile = this.configFile): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  cli(
+    args: string[],
+    env: Record<string, string> = { HCLOUD_TOKEN: TOKEN },
+    configFile = this.configFile,
+  ): Promise<{ code: number | null; stdout: string; stderr: string }> {
     return run(process.execPath, [...nodeFlagsOf(CLI), CLI, ...args, '--config', configFile], { env: { ...process.env, ...env } });
   }
 
@@ -246,16 +275,19 @@ export class Rig {
   /** An ssh_config with the Host alias a user would have, and HostKeyAlias so field 8 matches. */
   sshConfig(port: number): string {
     const file = join(this.dir, `ssh_config_${port}`);
-    writeFileSync(file, [
-      'Host hcloud-builder',
-      '  HostName 127.0.0.1',
-      `  Port ${port}`,
-      '  HostKeyAlias hcloud-builder',
-      '  IdentitiesOnly yes',
-      '  StrictHostKeyChecking yes',
-      '  LogLevel ERROR',
-      '',
-    ].join('\n'));
+    writeFileSync(
+      file,
+      [
+        'Host hcloud-builder',
+        '  HostName 127.0.0.1',
+        `  Port ${port}`,
+        '  HostKeyAlias hcloud-builder',
+        '  IdentitiesOnly yes',
+        '  StrictHostKeyChecking yes',
+        '  LogLevel ERROR',
+        '',
+      ].join('\n'),
+    );
     return file;
   }
 
@@ -268,7 +300,19 @@ export class Rig {
 
   /** ssh through the endpoint as a pool's user, running `command` (as Nix's ssh would). */
   sshArgs(daemon: DaemonProcess, command: string[], pool = 'x86_64'): string[] {
-    return ['-T', '-F', this.sshConfig(daemon.port), '-i', this.clientKeyFile, '-o', `UserKnownHostsFile=${this.knownHostsFile()}`, '-o', 'BatchMode=yes', `${pool}@hcloud-builder`, ...command];
+    return [
+      '-T',
+      '-F',
+      this.sshConfig(daemon.port),
+      '-i',
+      this.clientKeyFile,
+      '-o',
+      `UserKnownHostsFile=${this.knownHostsFile()}`,
+      '-o',
+      'BatchMode=yes',
+      `${pool}@hcloud-builder`,
+      ...command,
+    ];
   }
 
   machinesLine(scheme: 'ssh-ng' | 'ssh', pool: string, maxJobs: number): string {
@@ -279,20 +323,40 @@ export class Rig {
    * `nix-build` of derivations from test/fixtures/build.nix through the daemon, with no local
    * builds allowed (`--max-jobs 0`) and no substituters (no network here), by the rig's client.
    */
-  nixBuild(daemon: DaemonProcess, opts: { scheme: 'ssh-ng' | 'ssh'; pool?: string; nonces: string[]; sleep?: number; maxJobs?: number; mib?: number }): Promise<{ code: number | null; stdout: string; stderr: string; outPaths: string[] }> {
+  nixBuild(
+    daemon: DaemonProcess,
+    opts: { scheme: 'ssh-ng' | 'ssh'; pool?: string; nonces: string[]; sleep?: number; maxJobs?: number; mib?: number },
+  ): Promise<{ code: number | null; stdout: string; stderr: string; outPaths: string[] }> {
     const pool = opts.pool ?? 'x86_64';
-    const one = (n: string): string => opts.mib === undefined
-      ? `(import ${BUILD_NIX} { nonce = "${n}"; sleep = "${opts.sleep ?? 0}"; })`
-      : `(import ${BIG_NIX} { nonce = "${n}"; mib = "${opts.mib}"; })`;
+    const one = (n: string): string =>
+      opts.mib === undefined
+        ? `(import ${BUILD_NIX} { nonce = "${n}"; sleep = "${opts.sleep ?? 0}"; })`
+        : `(import ${BIG_NIX} { nonce = "${n}"; mib = "${opts.mib}"; })`;
     const expr = `[ ${opts.nonces.map(one).join(' ')} ]`;
-    return this.client.run('nix-build', [
-      '-E', expr, '--no-out-link', '--max-jobs', '0',
-      '--builders', this.machinesLine(opts.scheme, pool, opts.maxJobs ?? 4),
-      '--option', 'substituters', '', '--option', 'builders-use-substitutes', 'false',
-    ], { env: { ...process.env, NIX_SSHOPTS: `-F ${this.sshConfig(daemon.port)}` } }).then((r) => ({
-      ...r,
-      outPaths: r.stdout.split('\n').filter((l) => l.startsWith('/nix/store/')),
-    }));
+    return this.client
+      .run(
+        'nix-build',
+        [
+          '-E',
+          expr,
+          '--no-out-link',
+          '--max-jobs',
+          '0',
+          '--builders',
+          this.machinesLine(opts.scheme, pool, opts.maxJobs ?? 4),
+          '--option',
+          'substituters',
+          '',
+          '--option',
+          'builders-use-substitutes',
+          'false',
+        ],
+        { env: { ...process.env, NIX_SSHOPTS: `-F ${this.sshConfig(daemon.port)}` } },
+      )
+      .then((r) => ({
+        ...r,
+        outPaths: r.stdout.split('\n').filter((l) => l.startsWith('/nix/store/')),
+      }));
   }
 
   async stop(): Promise<void> {

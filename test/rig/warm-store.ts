@@ -19,12 +19,31 @@ export async function addBigInput(rig: Rig): Promise<string> {
   return added.stdout.trim();
 }
 
-export function build(rig: Rig, daemon: DaemonProcess, expr: string, maxJobs = 4): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return run('nix-build', [
-    '-E', expr, '--no-out-link', '--max-jobs', '0',
-    '--builders', rig.machinesLine('ssh-ng', 'x86_64', maxJobs),
-    '--option', 'substituters', '', '--option', 'builders-use-substitutes', 'false',
-  ], { env: { ...process.env, NIX_SSHOPTS: `-F ${rig.sshConfig(daemon.port)}` } });
+export function build(
+  rig: Rig,
+  daemon: DaemonProcess,
+  expr: string,
+  maxJobs = 4,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return run(
+    'nix-build',
+    [
+      '-E',
+      expr,
+      '--no-out-link',
+      '--max-jobs',
+      '0',
+      '--builders',
+      rig.machinesLine('ssh-ng', 'x86_64', maxJobs),
+      '--option',
+      'substituters',
+      '',
+      '--option',
+      'builders-use-substitutes',
+      'false',
+    ],
+    { env: { ...process.env, NIX_SSHOPTS: `-F ${rig.sshConfig(daemon.port)}` } },
+  );
 }
 
 export function warm(input: string, nonce: string, after?: string): string {
@@ -38,5 +57,8 @@ export function warm(input: string, nonce: string, after?: string): string {
 export async function bytesUp(daemon: DaemonProcess, from: number): Promise<number> {
   const count = (msg: string): number => daemon.lines.slice(from).filter((l) => l.msg === msg).length;
   await waitUntil(() => count('session started') > 0 && count('session ended') === count('session started'), 10_000);
-  return daemon.lines.slice(from).filter((l: LogLine) => l.msg === 'session ended').reduce((sum, l) => sum + Number(l.up), 0);
+  return daemon.lines
+    .slice(from)
+    .filter((l: LogLine) => l.msg === 'session ended')
+    .reduce((sum, l) => sum + Number(l.up), 0);
 }

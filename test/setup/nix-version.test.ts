@@ -7,7 +7,8 @@ t.test('version lines of CppNix and Lix', async (t) => {
   t.same(parseNixVersion('nix (Lix, like Nix) 2.93.0'), { implementation: 'Lix', major: 2, minor: 93, patch: 0, version: '2.93.0' });
   t.equal(parseNixVersion('nix (Nix) 2.32.0pre20250901_abcdef')?.version, '2.32.0pre20250901_abcdef');
   t.equal(parseNixVersion('nix (Nix) 3.1')?.major, 3);
-  for (const junk of ['', 'command not found', '2.31.0', 'nix (Guix) 2.31.0']) t.equal(parseNixVersion(junk), undefined, JSON.stringify(junk));
+  for (const junk of ['', 'command not found', '2.31.0', 'nix (Guix) 2.31.0'])
+    t.equal(parseNixVersion(junk), undefined, JSON.stringify(junk));
 });
 
 t.test('the port goes into the URI only where that Nix reads it', async (t) => {
@@ -43,6 +44,9 @@ t.test('the reason says what was chosen and why, in one line', async (t) => {
 });
 
 t.test('the environment overrides what is on PATH', async (t) => {
-  t.same(detectNixVersion({ [NIX_VERSION_ENV]: 'nix (Lix, like Nix) 2.93.0' }), { text: 'nix (Lix, like Nix) 2.93.0', source: `$${NIX_VERSION_ENV}` });
+  t.same(detectNixVersion({ [NIX_VERSION_ENV]: 'nix (Lix, like Nix) 2.93.0' }), {
+    text: 'nix (Lix, like Nix) 2.93.0',
+    source: `$${NIX_VERSION_ENV}`,
+  });
   t.same(detectNixVersion({ PATH: '/nonexistent' }), { source: 'neither nix-daemon nor nix answered --version on PATH' });
 });

@@ -17,11 +17,23 @@ const DEBIAN_SSH_CONFIG = [
   '',
 ].join('\n');
 
-function scene(t: Test, config: Record<string, unknown> = {}): { dir: string; options: () => SetupOptions; files: () => Record<string, string> } {
+function scene(
+  t: Test,
+  config: Record<string, unknown> = {},
+): { dir: string; options: () => SetupOptions; files: () => Record<string, string> } {
   const dir = mkdtempSync(join(tmpdir(), 'nhb-setup-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const configFile = join(dir, 'config.json');
-  writeFileSync(configFile, JSON.stringify({ stateDir: 'state', authorizedKeysFile: 'authorized_keys', listen: { port: 2222 }, pools: { x86_64: { serverTypes: ['cx23'] } }, ...config }));
+  writeFileSync(
+    configFile,
+    JSON.stringify({
+      stateDir: 'state',
+      authorizedKeysFile: 'authorized_keys',
+      listen: { port: 2222 },
+      pools: { x86_64: { serverTypes: ['cx23'] } },
+      ...config,
+    }),
+  );
   writeFileSync(join(dir, 'ssh_config'), DEBIAN_SSH_CONFIG);
   writeFileSync(join(dir, 'nix.conf'), 'sandbox = false\n');
   const options = (): SetupOptions => ({
@@ -59,7 +71,10 @@ t.test('a dry run shows every change and writes nothing', async (t) => {
   t.notOk(existsSync(join(dir, 'root-ssh')), 'not even the key folder');
   t.equal(result.exitCode, 0);
   t.match(result.output, /create directory .*root-ssh \(mode 0700\)/);
-  t.match(result.output, /create .*root-ssh\/nix-hcloud-builder: client key for nix-daemon \(ed25519\) \(mode 0600\)\n {2}\(private key: not shown\)/);
+  t.match(
+    result.output,
+    /create .*root-ssh\/nix-hcloud-builder: client key for nix-daemon \(ed25519\) \(mode 0600\)\n {2}\(private key: not shown\)/,
+  );
   t.match(result.output, /update .*ssh_config: ssh alias "hcloud-builder"\n/);
   t.match(result.output, /\+Host hcloud-builder\n/);
   t.match(result.output, /\+ssh-ng:\/\/x86_64@hcloud-builder x86_64-linux /);
@@ -90,13 +105,16 @@ t.test('--write makes the changes with the right modes, and a second run changes
 
   const hostPub = readFileSync(join(dir, 'state', 'ssh_host_ed25519_key.pub'), 'utf8').trim();
   const machines = readFileSync(join(dir, 'machines'), 'utf8');
-  t.equal(machines, [
-    BEGIN_MARK,
-    '# Managed by "nix-hcloud-builder setup": it replaces this block on every run.',
-    `ssh-ng://x86_64@hcloud-builder x86_64-linux ${key} 8 1 big-parallel,nixos-test,benchmark - ${Buffer.from(hostPub).toString('base64')}`,
-    END_MARK,
-    '',
-  ].join('\n'));
+  t.equal(
+    machines,
+    [
+      BEGIN_MARK,
+      '# Managed by "nix-hcloud-builder setup": it replaces this block on every run.',
+      `ssh-ng://x86_64@hcloud-builder x86_64-linux ${key} 8 1 big-parallel,nixos-test,benchmark - ${Buffer.from(hostPub).toString('base64')}`,
+      END_MARK,
+      '',
+    ].join('\n'),
+  );
   const ssh = readFileSync(join(dir, 'ssh_config'), 'utf8');
   t.ok(ssh.indexOf('Host hcloud-builder') < ssh.indexOf('Host *'), 'the alias comes before "Host *" (OpenSSH takes the first value)');
   t.ok(ssh.startsWith('Include /etc/ssh/ssh_config.d/*.conf\n'), 'the rest of the file is kept');
@@ -122,10 +140,15 @@ t.test('a changed config replaces the blocks in place and keeps modes and the re
   writeFileSync(join(dir, 'machines'), 'ssh://root@other x86_64-linux - 2\n');
   runSetup(options(), true);
   chmodSync(join(dir, 'ssh_config'), 0o640);
-  writeFileSync(join(dir, 'config.json'), JSON.stringify({
-    stateDir: 'state', authorizedKeysFile: 'authorized_keys', listen: { port: 2300 },
-    pools: { x86_64: { serverTypes: ['cx23'] }, arm: { serverTypes: ['cax11'], systems: ['aarch64-linux'] } },
-  }));
+  writeFileSync(
+    join(dir, 'config.json'),
+    JSON.stringify({
+      stateDir: 'state',
+      authorizedKeysFile: 'authorized_keys',
+      listen: { port: 2300 },
+      pools: { x86_64: { serverTypes: ['cx23'] }, arm: { serverTypes: ['cax11'], systems: ['aarch64-linux'] } },
+    }),
+  );
   const result = runSetup(options(), false);
   t.match(result.output, /-  Port 2222\n {2}\+  Port 2300\n/, 'the diff shows the port change');
   runSetup(options(), true);
@@ -148,7 +171,10 @@ t.test('inline authorizedKeys: explains what to add, exit status 1 with --write'
   t.match(result.output, /to do by hand: the config sets no "authorizedKeysFile"/);
   t.match(result.output, `  ${pub}`);
   // Once the user added it inline, setup is content.
-  writeFileSync(join(dir, 'config.json'), JSON.stringify({ stateDir: 'state', authorizedKeys: [pub], listen: { port: 2222 }, pools: { x86_64: { serverTypes: ['cx23'] } } }));
+  writeFileSync(
+    join(dir, 'config.json'),
+    JSON.stringify({ stateDir: 'state', authorizedKeys: [pub], listen: { port: 2222 }, pools: { x86_64: { serverTypes: ['cx23'] } } }),
+  );
   const again = runSetup(options(), true);
   t.equal(again.exitCode, 0, again.output);
   t.match(again.output, /nothing to change/);
@@ -161,7 +187,11 @@ t.test('nix.conf hints', async (t) => {
   t.notMatch(out, /builders-use-substitutes is off/);
   t.notMatch(out, /unless told otherwise/, 'the machines file beside nix.conf is the default one');
   out = runSetup({ ...options(), machines: join(dir, 'elsewhere', 'machines') }, false).output;
-  t.match(out, /Nix reads .*\/machines unless told otherwise: add "builders = @.*\/elsewhere\/machines"/, 'a machines file elsewhere needs "builders = @…"');
+  t.match(
+    out,
+    /Nix reads .*\/machines unless told otherwise: add "builders = @.*\/elsewhere\/machines"/,
+    'a machines file elsewhere needs "builders = @…"',
+  );
   writeFileSync(join(dir, 'nix.conf'), 'builders = @/etc/nix/other\n');
   out = runSetup(options(), false).output;
   t.match(out, /sets "builders = @\/etc\/nix\/other", so Nix does not read/);
@@ -177,11 +207,19 @@ t.test('a Nix that takes the port in the URI: machines lines without the alias, 
   const hostKeyField = (line: string | undefined): string => Buffer.from(line?.split(' ')[7] ?? '', 'base64').toString();
 
   const cpp = runSetup(nix('nix (Nix) 2.31.0'), true);
-  t.equal(cpp.output.split('\n')[0], 'machines lines name host:port, no ssh alias needed: Nix 2.31.0 (nix-daemon --version) takes a port in the builder URI (Nix ≥ 2.31)', 'the first line says which and why');
+  t.equal(
+    cpp.output.split('\n')[0],
+    'machines lines name host:port, no ssh alias needed: Nix 2.31.0 (nix-daemon --version) takes a port in the builder URI (Nix ≥ 2.31)',
+    'the first line says which and why',
+  );
   t.equal(readFileSync(join(dir, 'ssh_config'), 'utf8'), DEBIAN_SSH_CONFIG, 'the ssh config is untouched');
   t.same(cpp.plan.sshBlock, []);
   const cppLine = cpp.plan.machinesLines[0];
-  t.match(cppLine, new RegExp(`^ssh-ng://x86_64@127\\.0\\.0\\.1:2222 x86_64-linux ${join(dir, 'root-ssh', 'nix-hcloud-builder')} 8 1 `), 'address and port in the URI; the key in field 3');
+  t.match(
+    cppLine,
+    new RegExp(`^ssh-ng://x86_64@127\\.0\\.0\\.1:2222 x86_64-linux ${join(dir, 'root-ssh', 'nix-hcloud-builder')} 8 1 `),
+    'address and port in the URI; the key in field 3',
+  );
   t.equal(hostKeyField(cppLine), readFileSync(join(dir, 'state', 'ssh_host_ed25519_key.pub'), 'utf8').trim(), 'the host key in field 8');
   t.match(readFileSync(join(dir, 'machines'), 'utf8'), cppLine);
   t.match(runSetup(nix('nix (Nix) 2.31.0'), false).output, /nothing to change\n$/, 'idempotent');
@@ -199,7 +237,10 @@ t.test('a Nix that takes the port in the URI: machines lines without the alias, 
   }
   // Back from the alias to a newer Nix: the old block is left, with a hint.
   runSetup(nix('nix (Nix) 2.8.0'), true);
-  t.match(runSetup(nix('nix (Nix) 2.31.0'), false).output, /the machines lines no longer use the ssh alias: its block in .*ssh_config .* can be removed/);
+  t.match(
+    runSetup(nix('nix (Nix) 2.31.0'), false).output,
+    /the machines lines no longer use the ssh alias: its block in .*ssh_config .* can be removed/,
+  );
 });
 
 t.test('an IPv6 endpoint keeps the alias', async (t) => {
@@ -213,7 +254,11 @@ t.test('--substitutes sets builders-use-substitutes in nix.conf with the least c
   const { dir, options } = scene(t);
   const nixConf = join(dir, 'nix.conf');
   const dry = runSetup({ ...options(), substitutes: true }, false);
-  t.match(dry.output, /update .*nix\.conf: builders-use-substitutes: workers fetch inputs from the binary caches\n {2}--- .*nix\.conf\n {2}\+\+\+ .*nix\.conf\n {2}@@ -1,1 \+1,2 @@\n {3}sandbox = false\n {2}\+builders-use-substitutes = true\n/, 'shown as a diff');
+  t.match(
+    dry.output,
+    /update .*nix\.conf: builders-use-substitutes: workers fetch inputs from the binary caches\n {2}--- .*nix\.conf\n {2}\+\+\+ .*nix\.conf\n {2}@@ -1,1 \+1,2 @@\n {3}sandbox = false\n {2}\+builders-use-substitutes = true\n/,
+    'shown as a diff',
+  );
   t.notMatch(dry.output, /builders-use-substitutes is off/, 'no hint when it is being set');
   t.equal(readFileSync(nixConf, 'utf8'), 'sandbox = false\n', 'the dry run wrote nothing');
   runSetup({ ...options(), substitutes: true }, true);
@@ -223,22 +268,36 @@ t.test('--substitutes sets builders-use-substitutes in nix.conf with the least c
   writeFileSync(nixConf, '# mine\nbuilders-use-substitutes = false # slow uplink?\nsandbox = false\n');
   chmodSync(nixConf, 0o640);
   runSetup({ ...options(), substitutes: true }, true);
-  t.equal(readFileSync(nixConf, 'utf8'), '# mine\nbuilders-use-substitutes = true\nsandbox = false\n', 'an existing line is replaced in place');
+  t.equal(
+    readFileSync(nixConf, 'utf8'),
+    '# mine\nbuilders-use-substitutes = true\nsandbox = false\n',
+    'an existing line is replaced in place',
+  );
   t.equal(statSync(nixConf).mode & 0o777, 0o640, 'its mode kept');
 
   rmSync(nixConf);
   runSetup({ ...options(), substitutes: true }, true);
   t.equal(readFileSync(nixConf, 'utf8'), 'builders-use-substitutes = true\n', 'a missing nix.conf is created with the one line');
   writeFileSync(nixConf, 'sandbox = false\n');
-  t.match(runSetup(options(), false).output, /hint: builders-use-substitutes is off .*setup --substitutes sets it/, 'without the flag: only the hint');
+  t.match(
+    runSetup(options(), false).output,
+    /hint: builders-use-substitutes is off .*setup --substitutes sets it/,
+    'without the flag: only the hint',
+  );
   t.equal(readFileSync(nixConf, 'utf8'), 'sandbox = false\n');
 });
 
-t.test('files for the daemon belong to the config file\'s owner; its home is used for defaults', async (t) => {
+t.test("files for the daemon belong to the config file's owner; its home is used for defaults", async (t) => {
   const { dir, options } = scene(t, { stateDir: 'home/.local/state/nix-hcloud-builder' });
   chownSync(join(dir, 'config.json'), 65534, 65534);
   runSetup(options(), true);
-  for (const p of ['home', 'home/.local', 'home/.local/state/nix-hcloud-builder', 'home/.local/state/nix-hcloud-builder/ssh_host_ed25519_key', 'authorized_keys']) {
+  for (const p of [
+    'home',
+    'home/.local',
+    'home/.local/state/nix-hcloud-builder',
+    'home/.local/state/nix-hcloud-builder/ssh_host_ed25519_key',
+    'authorized_keys',
+  ]) {
     t.equal(statSync(join(dir, p)).uid, 65534, `${p} belongs to the daemon's user`);
   }
   t.equal(statSync(join(dir, 'root-ssh', 'nix-hcloud-builder')).uid, process.getuid?.(), 'the client key belongs to root');
@@ -246,7 +305,10 @@ t.test('files for the daemon belong to the config file\'s owner; its home is use
   // No stateDir in the config: the daemon's user's default, not root's.
   writeFileSync(join(dir, 'plain.json'), JSON.stringify({ pools: { x86_64: { serverTypes: ['cx23'] } }, authorizedKeysFile: '~/keys' }));
   chownSync(join(dir, 'plain.json'), 65534, 65534);
-  const home = readFileSync('/etc/passwd', 'utf8').split('\n').map((l) => l.split(':')).find((f) => f[2] === '65534')?.[5];
+  const home = readFileSync('/etc/passwd', 'utf8')
+    .split('\n')
+    .map((l) => l.split(':'))
+    .find((f) => f[2] === '65534')?.[5];
   t.ok(home, 'uid 65534 has a home in /etc/passwd');
   const config = loadConfigAsOwner(join(dir, 'plain.json'));
   t.equal(config.stateDir, `${home}/.local/state/nix-hcloud-builder`);
@@ -255,7 +317,10 @@ t.test('files for the daemon belong to the config file\'s owner; its home is use
 });
 
 t.test('marked blocks', async (t) => {
-  t.equal(upsertMarkedBlock(null, ['a']), `${BEGIN_MARK}\n# Managed by "nix-hcloud-builder setup": it replaces this block on every run.\na\n${END_MARK}\n`);
+  t.equal(
+    upsertMarkedBlock(null, ['a']),
+    `${BEGIN_MARK}\n# Managed by "nix-hcloud-builder setup": it replaces this block on every run.\na\n${END_MARK}\n`,
+  );
   t.equal(upsertMarkedBlock('x\n', ['a']).split('\n')[1], '', 'an empty line before the block');
   t.equal(upsertMarkedBlock('Host *\n  Port 22\n', ['Host a'], true).split('\n')[0], BEGIN_MARK, 'before the first Host');
   t.equal(upsertMarkedBlock('Port 1\n', ['Host a'], true).split('\n')[0], 'Port 1', 'global lines stay global');
@@ -268,8 +333,24 @@ t.test('marked blocks', async (t) => {
 t.test('the CLI: setup --write, then setup finds nothing to do', async (t) => {
   const { dir, options } = scene(t);
   const o = options();
-  const args = ['--import', 'tsx', join(import.meta.dirname, '..', '..', 'src', 'cli', 'main.ts'), 'setup', '--config', o.configFile,
-    '--ssh-config', o.sshConfig!, '--machines', o.machines!, '--nix-conf', o.nixConf!, '--client-key', o.clientKey!, '--alias', 'hb'];
+  const args = [
+    '--import',
+    'tsx',
+    join(import.meta.dirname, '..', '..', 'src', 'cli', 'main.ts'),
+    'setup',
+    '--config',
+    o.configFile,
+    '--ssh-config',
+    o.sshConfig!,
+    '--machines',
+    o.machines!,
+    '--nix-conf',
+    o.nixConf!,
+    '--client-key',
+    o.clientKey!,
+    '--alias',
+    'hb',
+  ];
   const env = { ...process.env, NIX_HCLOUD_BUILDER_NIX_VERSION: 'nix (Nix) 2.8.0' };
   const w = spawnSync(process.execPath, [...args, '--write'], { encoding: 'utf8', env });
   t.equal(w.status, 0, w.stderr);
@@ -278,7 +359,10 @@ t.test('the CLI: setup --write, then setup finds nothing to do', async (t) => {
   const again = spawnSync(process.execPath, args, { encoding: 'utf8', env });
   t.equal(again.status, 0, again.stderr);
   t.match(again.stdout, /nothing to change\n$/);
-  const subst = spawnSync(process.execPath, [...args, '--substitutes', '--write'], { encoding: 'utf8', env: { ...env, NIX_HCLOUD_BUILDER_NIX_VERSION: 'nix (Nix) 2.31.0' } });
+  const subst = spawnSync(process.execPath, [...args, '--substitutes', '--write'], {
+    encoding: 'utf8',
+    env: { ...env, NIX_HCLOUD_BUILDER_NIX_VERSION: 'nix (Nix) 2.31.0' },
+  });
   t.equal(subst.status, 0, subst.stderr);
   t.match(readFileSync(join(dir, 'nix.conf'), 'utf8'), /^builders-use-substitutes = true$/m, '--substitutes reaches setup');
   t.match(readFileSync(join(dir, 'machines'), 'utf8'), /^ssh-ng:\/\/x86_64@127\.0\.0\.1:2222 /m, 'the override reaches setup');

@@ -12,7 +12,9 @@ t.test('a plain line, comments and blank lines', async (t) => {
 });
 
 t.test('options sshd honours are honoured', async (t) => {
-  const [entry] = parseAuthorizedKeys([`from="10.0.0.0/8,!10.9.*,192.168.1.?",expiry-time="20300102Z",restrict,no-pty,command="nix-store --serve --write" ${KEY}`]);
+  const [entry] = parseAuthorizedKeys([
+    `from="10.0.0.0/8,!10.9.*,192.168.1.?",expiry-time="20300102Z",restrict,no-pty,command="nix-store --serve --write" ${KEY}`,
+  ]);
   t.same(entry?.from, ['10.0.0.0/8', '!10.9.*', '192.168.1.?']);
   t.equal(entry?.expiresAt, Date.UTC(2030, 0, 2));
   t.same(entry?.command, { program: 'nix-store', mode: 'serve', write: true });

@@ -96,8 +96,11 @@ t.test('without the limit, ssh2 grants 2 MiB (what the limit is for)', async (t)
   t.equal(sha(run.received), sha(PAYLOAD));
 });
 
-t.test("with ssh2's 2 MiB read buffer as well, a paused channel holds more than its window: limitReadBuffer is what stops it", async (t) => {
-  const run = await transfer(false, false);
-  t.ok(run.heldWhilePaused > 2 * 1024 * 1024, `a paused channel held ${run.heldWhilePaused} bytes`);
-  t.equal(sha(run.received), sha(PAYLOAD));
-});
+t.test(
+  "with ssh2's 2 MiB read buffer as well, a paused channel holds more than its window: limitReadBuffer is what stops it",
+  async (t) => {
+    const run = await transfer(false, false);
+    t.ok(run.heldWhilePaused > 2 * 1024 * 1024, `a paused channel held ${run.heldWhilePaused} bytes`);
+    t.equal(sha(run.received), sha(PAYLOAD));
+  },
+);

@@ -30,13 +30,17 @@ writeFileSync(
 );
 writeFileSync(bridge, `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} ${JSON.stringify(join(dir, 'bridge.mjs'))}\n`);
 chmodSync(bridge, 0o755);
-const storeUri = (protocol: HandshakeProtocol): string => `${protocol === 'worker' ? 'ssh-ng' : 'ssh'}://localhost?remote-program=${bridge}`;
+const storeUri = (protocol: HandshakeProtocol): string =>
+  `${protocol === 'worker' ? 'ssh-ng' : 'ssh'}://localhost?remote-program=${bridge}`;
 
 /** A real Nix worker on the worker store, as a Duplex (its stdin and stdout). */
 let upstreamsStarted = 0;
 function startUpstream(protocol: HandshakeProtocol): Duplex {
   upstreamsStarted++;
-  const args = protocol === 'worker' ? ['nix-daemon', ['--stdio', '--store', workerStore]] : ['nix-store', ['--serve', '--write', '--store', workerStore]];
+  const args =
+    protocol === 'worker'
+      ? ['nix-daemon', ['--stdio', '--store', workerStore]]
+      : ['nix-store', ['--serve', '--write', '--store', workerStore]];
   const child = spawn(args[0] as string, args[1] as string[], { env, stdio: ['pipe', 'pipe', 'inherit'] });
   // A session that failed leaves its worker running, as a closed channel would not.
   t.teardown(() => void child.kill());
@@ -63,10 +67,10 @@ async function serve(handle: (client: Socket) => Promise<void>): Promise<{ serve
     received.push(got);
     served.get(server)?.push(client);
     const write = client.write.bind(client) as (chunk: Buffer, ...rest: unknown[]) => boolean;
-    client.write = ((chunk: Buffer, ...rest: unknown[]) => {
+    client.write = (chunk: Buffer, ...rest: unknown[]) => {
       got.push(Buffer.from(chunk));
       return write(chunk, ...rest);
-    });
+    };
     client.on('error', () => undefined);
     handle(client).catch((err: Error) => {
       failures.push(err);
@@ -98,10 +102,14 @@ async function addClientPath(name: string): Promise<string> {
   return added.stdout.trim();
 }
 
-const validInWorker = async (path: string) => (await run('nix-store', ['--store', workerStore, '--check-validity', path], { env })).code === 0;
+const validInWorker = async (path: string) =>
+  (await run('nix-store', ['--store', workerStore, '--check-validity', path], { env })).code === 0;
 
 /** A session spliced at once: today's behaviour, and how each pool's first record is made. */
-async function recordFromRealSession(protocol: HandshakeProtocol, client: () => Promise<{ code: number | null; stderr: string }>): Promise<{ record: HandshakeRecord; received: Buffer }> {
+async function recordFromRealSession(
+  protocol: HandshakeProtocol,
+  client: () => Promise<{ code: number | null; stderr: string }>,
+): Promise<{ record: HandshakeRecord; received: Buffer }> {
   const results: SpliceResult[] = [];
   const { server, received } = await serve(async (sock) => {
     const session = new EarlySession(sock, protocol, undefined);
@@ -112,7 +120,8 @@ async function recordFromRealSession(protocol: HandshakeProtocol, client: () => 
   });
   const done = await client();
   await close(server);
-  if (done.code !== 0 || !results[0]?.record) throw new Error(`the recording session failed: ${JSON.stringify(done)} ${JSON.stringify(results)}`);
+  if (done.code !== 0 || !results[0]?.record)
+    throw new Error(`the recording session failed: ${JSON.stringify(done)} ${JSON.stringify(results)}`);
   return { record: results[0].record, received: Buffer.concat(received[0] ?? []) };
 }
 
@@ -140,7 +149,11 @@ async function earlyCopy(t: Test, protocol: HandshakeProtocol, record: Handshake
 t.test('worker protocol: recorded from a real nix-daemon, answered early, spliced without a seam', async (t) => {
   const ping = () => nixCli(['store', 'ping', '--store', storeUri('worker')]);
   const { record, received: direct } = await recordFromRealSession('worker', ping);
-  t.same(record, { protocol: 'worker', version: 0x122, features: null, nixVersion: '2.8.0', trust: null, startupMessages: [] }, 'Nix 2.8: protocol 1.34, its version string, no features or trust at 1.34');
+  t.same(
+    record,
+    { protocol: 'worker', version: 0x122, features: null, nixVersion: '2.8.0', trust: null, startupMessages: [] },
+    'Nix 2.8: protocol 1.34, its version string, no features or trust at 1.34',
+  );
 
   t.test('a client served by the record alone, with no worker at all', async (t) => {
     const started = upstreamsStarted;
@@ -175,9 +188,13 @@ t.test('worker protocol: recorded from a real nix-daemon, answered early, splice
     t.equal(upstreamsStarted, started, 'no worker was started');
     const early = Buffer.concat(received[0] ?? []);
     t.same(early, direct.received, 'the client got the very bytes a real nix-daemon sent it');
-    t.same(early.subarray(-16), Buffer.from('73746c610000000073746c6100000000', 'hex'), 'the last of them: STDERR_LAST of the opening, then of SetOptions');
+    t.same(
+      early.subarray(-16),
+      Buffer.from('73746c610000000073746c6100000000', 'hex'),
+      'the last of them: STDERR_LAST of the opening, then of SetOptions',
+    );
     const result = await (session as EarlySession).splice(startUpstream('worker'));
-    t.equal(result.changed, false, 'the worker\'s answers, SetOptions\' too, checked and dropped');
+    t.equal(result.changed, false, "the worker's answers, SetOptions' too, checked and dropped");
     await close(server);
   });
 
@@ -198,8 +215,11 @@ t.test('worker protocol: recorded from a real nix-daemon, answered early, splice
     t.equal(failures.length, 1);
     const mismatch = failures[0] as HandshakeMismatch;
     t.type(mismatch, HandshakeMismatch);
-    t.equal(mismatch.message, "the worker's Nix answered the handshake differently than recorded (protocol 1.34, not 1.33); the record is updated, so the next session is answered right");
-    t.equal(mismatch.record.version, 0x122, 'the error carries the worker\'s real version');
+    t.equal(
+      mismatch.message,
+      "the worker's Nix answered the handshake differently than recorded (protocol 1.34, not 1.33); the record is updated, so the next session is answered right",
+    );
+    t.equal(mismatch.record.version, 0x122, "the error carries the worker's real version");
 
     // The mismatch was seen in the first answer, so the new record lacks the version string yet:
     // the next session is answered as far as it goes, relays the rest, and completes the record.

@@ -43,7 +43,12 @@ export async function startEndpoint(
 }
 
 /** An ssh2 client logged in to the endpoint as `user`; ended at teardown. */
-export async function login(t: { teardown(fn: () => void): void }, port: number, privateKey: string, user = 'x86_64'): Promise<ssh2.Client> {
+export async function login(
+  t: { teardown(fn: () => void): void },
+  port: number,
+  privateKey: string,
+  user = 'x86_64',
+): Promise<ssh2.Client> {
   const client = new ssh2.Client();
   t.teardown(() => client.end());
   await new Promise<void>((resolve, reject) => {

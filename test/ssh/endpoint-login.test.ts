@@ -70,11 +70,18 @@ t.test('expiry-time=: an expired key is refused', async (t) => {
 
 t.test('command=: the forced command runs instead of what the client asks for', async (t) => {
   const pool = new RecordingPool();
-  const { port, clientKey } = await startEndpoint(t, { pools: new Map([['x86_64', pool]]) }, (key) => `restrict,command="nix-store --serve" ${key}`);
+  const { port, clientKey } = await startEndpoint(
+    t,
+    { pools: new Map([['x86_64', pool]]) },
+    (key) => `restrict,command="nix-store --serve" ${key}`,
+  );
   const client = await login(t, port, clientKey);
   t.match(await execAndWait(client, 'nix-daemon --stdio --store daemon'), /recorded, not run/);
   t.match(await execAndWait(client, 'rm -rf /'), /recorded, not run/, 'even a command the endpoint would refuse');
-  t.same(pool.commands, [{ program: 'nix-store', mode: 'serve', write: false }, { program: 'nix-store', mode: 'serve', write: false }]);
+  t.same(pool.commands, [
+    { program: 'nix-store', mode: 'serve', write: false },
+    { program: 'nix-store', mode: 'serve', write: false },
+  ]);
 });
 
 t.test('maxAuthTries: a connection is dropped after that many failed attempts', async (t) => {

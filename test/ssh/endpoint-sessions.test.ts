@@ -48,7 +48,8 @@ function collect(channel: ClientChannel): { stderr: () => string; exit: Promise<
   return { stderr: () => text, exit };
 }
 
-const turns = (n: number): Promise<void> => (n <= 0 ? Promise.resolve() : new Promise((r) => setImmediate(() => void turns(n - 1).then(r))));
+const turns = (n: number): Promise<void> =>
+  n <= 0 ? Promise.resolve() : new Promise((r) => setImmediate(() => void turns(n - 1).then(r)));
 
 t.test('a client that left during the boot: a progress line for it is dropped, the daemon goes on', async (t) => {
   const pool = new HeldPool();
@@ -94,7 +95,11 @@ interface Ssh2ClientProtocol {
 
 /** ssh2's client sends one request per channel; its protocol object can send another on the same channel. */
 function secondRequest(channel: ClientChannel, send: (protocol: Ssh2ClientProtocol, id: number) => void): Promise<'refused' | 'accepted'> {
-  const internals = channel as unknown as { _callbacks: ((failed: boolean) => void)[]; _client: { _protocol: Ssh2ClientProtocol }; outgoing: { id: number } };
+  const internals = channel as unknown as {
+    _callbacks: ((failed: boolean) => void)[];
+    _client: { _protocol: Ssh2ClientProtocol };
+    outgoing: { id: number };
+  };
   return new Promise((resolve) => {
     internals._callbacks.push((failed) => resolve(failed ? 'refused' : 'accepted'));
     send(internals._client._protocol, internals.outgoing.id);

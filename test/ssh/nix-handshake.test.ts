@@ -24,8 +24,21 @@ import {
 const V138 = 0x126;
 const clientOpening = (features: string[]) => Buffer.concat([encodeU64(WORKER_MAGIC_1, V138), encodeStrings(features), encodeU64(0, 0)]);
 const workerOpening = (r: WorkerHandshakeRecord) =>
-  Buffer.concat([encodeU64(WORKER_MAGIC_2, r.version), encodeStrings(r.features ?? []), encodeString(r.nixVersion ?? ''), encodeU64(r.trust ?? 0), encodeStderrLast(r.startupMessages)]);
-const record: WorkerHandshakeRecord = { protocol: 'worker', version: V138, features: ['delete-dead-specific-referrers', 'realisation-with-path-not-hash'], nixVersion: '2.34.8', trust: 1, startupMessages: ['warning: hello'] };
+  Buffer.concat([
+    encodeU64(WORKER_MAGIC_2, r.version),
+    encodeStrings(r.features ?? []),
+    encodeString(r.nixVersion ?? ''),
+    encodeU64(r.trust ?? 0),
+    encodeStderrLast(r.startupMessages),
+  ]);
+const record: WorkerHandshakeRecord = {
+  protocol: 'worker',
+  version: V138,
+  features: ['delete-dead-specific-referrers', 'realisation-with-path-not-hash'],
+  nixVersion: '2.34.8',
+  trust: 1,
+  startupMessages: ['warning: hello'],
+};
 
 t.test('the reader takes bytes one at a time', async (t) => {
   const reader = new WireReader();
@@ -63,19 +76,23 @@ t.test('answered early as recorded; the same answers splice cleanly', async (t) 
   t.same(told, workerOpening(record), 'the client got what the worker would have sent');
   const result = await splice;
   t.equal(result.changed, false);
-  t.same(result.messages, ['warning: hello'], 'the worker\'s own lines, for the log');
+  t.same(result.messages, ['warning: hello'], "the worker's own lines, for the log");
 });
 
 t.test('a feature the client uses is gone: a clear error with the new record', async (t) => {
   const changed = { ...record, features: ['delete-dead-specific-referrers'] };
-  const err = (await (await spliceAgainst(changed, ['realisation-with-path-not-hash'])).splice.catch((e: unknown) => e)) as HandshakeMismatch;
+  const err = (await (
+    await spliceAgainst(changed, ['realisation-with-path-not-hash'])
+  ).splice.catch((e: unknown) => e)) as HandshakeMismatch;
   t.type(err, HandshakeMismatch);
   t.match(err.message, /features \[\], not \[realisation-with-path-not-hash\]/);
   t.same(err.record, { ...changed, nixVersion: null, trust: null, startupMessages: [] });
 });
 
 t.test('a feature the client does not use changed: no difference to it', async (t) => {
-  const result = await (await spliceAgainst({ ...record, features: ['realisation-with-path-not-hash'] }, ['realisation-with-path-not-hash'])).splice;
+  const result = await (
+    await spliceAgainst({ ...record, features: ['realisation-with-path-not-hash'] }, ['realisation-with-path-not-hash'])
+  ).splice;
   t.equal(result.changed, true, 'the record is refreshed');
 });
 
@@ -85,11 +102,15 @@ t.test('another trust status: a clear error', async (t) => {
   t.match(err.message, /trust status 2, not 1/);
 });
 
-t.test('a refusal of the next operation reads back as the daemon\'s error, before and from 1.26', async (t) => {
+t.test("a refusal of the next operation reads back as the daemon's error, before and from 1.26", async (t) => {
   for (const version of [0x119, 0x122, V138]) {
     const reader = new WireReader();
     reader.push(Buffer.concat([encodeStderrError('nix-hcloud-builder: the boot failed', version), encodeU64(99)]));
-    t.same(await readStderrStream(reader, version), { messages: [], error: 'nix-hcloud-builder: the boot failed' }, `protocol 0x${version.toString(16)}`);
+    t.same(
+      await readStderrStream(reader, version),
+      { messages: [], error: 'nix-hcloud-builder: the boot failed' },
+      `protocol 0x${version.toString(16)}`,
+    );
     t.equal(await reader.u64(), 99, 'and nothing more');
   }
 });

@@ -24,14 +24,25 @@ function slowChannel() {
     },
   });
   const channel = { ...writer('out'), stderr: writer('err') };
-  return { channel, pending, order, get maxInFlight() { return maxInFlight; } };
+  return {
+    channel,
+    pending,
+    order,
+    get maxInFlight() {
+      return maxInFlight;
+    },
+  };
 }
 
 t.test('crossing the high-water mark while a write is in flight still resumes the source', async (t) => {
   const slow = slowChannel();
   let paused = 0;
   let resumed = 0;
-  const w = new SerialWriter(slow.channel as never, () => resumed++, () => paused++);
+  const w = new SerialWriter(
+    slow.channel as never,
+    () => resumed++,
+    () => paused++,
+  );
   const chunk = Buffer.alloc(32 * 1024);
   // The first write starts below the mark; the mark is crossed while it is in flight.
   for (let i = 0; i < HIGH_WATER / chunk.length; i++) w.push(false, chunk);
@@ -45,7 +56,11 @@ t.test('crossing the high-water mark while a write is in flight still resumes th
 
 t.test('stdout and stderr are written strictly one after another, in order', async (t) => {
   const slow = slowChannel();
-  const w = new SerialWriter(slow.channel as never, () => undefined, () => undefined);
+  const w = new SerialWriter(
+    slow.channel as never,
+    () => undefined,
+    () => undefined,
+  );
   w.push(false, Buffer.alloc(1));
   w.push(true, Buffer.alloc(2));
   w.push(false, Buffer.alloc(3));
@@ -59,10 +74,20 @@ t.test("with a gate, a write counts as done only once the client's socket takes 
   const slow = slowChannel();
   const waiting: (() => void)[] = [];
   let gateOpen = false;
-  const gate = { get open() { return gateOpen; }, whenOpen: (then: () => void) => (gateOpen ? then() : waiting.push(then)) };
+  const gate = {
+    get open() {
+      return gateOpen;
+    },
+    whenOpen: (then: () => void) => (gateOpen ? then() : waiting.push(then)),
+  };
   let resumed = 0;
   let paused = 0;
-  const w = new SerialWriter(slow.channel as never, () => resumed++, () => paused++, gate);
+  const w = new SerialWriter(
+    slow.channel as never,
+    () => resumed++,
+    () => paused++,
+    gate,
+  );
   const chunk = Buffer.alloc(64 * 1024);
   for (let i = 0; i < HIGH_WATER / chunk.length; i++) w.push(false, chunk);
   t.equal(paused, 1);
@@ -88,10 +113,24 @@ t.test('limitReadBuffer lowers a stream read high-water mark (ssh2 sets 2 MiB)',
 function fakeChannels() {
   const client = Object.assign(new EventEmitter(), {
     paused: false,
-    pause() { this.paused = true; return this; },
-    resume() { this.paused = false; return this; },
-    write: (_c: Buffer, cb: () => void) => { cb(); return true; },
-    stderr: { write: (_c: Buffer, cb: () => void) => { cb(); return true; } },
+    pause() {
+      this.paused = true;
+      return this;
+    },
+    resume() {
+      this.paused = false;
+      return this;
+    },
+    write: (_c: Buffer, cb: () => void) => {
+      cb();
+      return true;
+    },
+    stderr: {
+      write: (_c: Buffer, cb: () => void) => {
+        cb();
+        return true;
+      },
+    },
     exit: (code?: unknown): void => void code,
     end: () => undefined,
   });
@@ -101,7 +140,10 @@ function fakeChannels() {
     writable: true,
     write(chunk: Buffer, cb: () => void) {
       this.writableLength += chunk.length;
-      pending.push(() => { this.writableLength -= chunk.length; cb(); });
+      pending.push(() => {
+        this.writableLength -= chunk.length;
+        cb();
+      });
       return this.writableLength < HIGH_WATER;
     },
     end: () => undefined,

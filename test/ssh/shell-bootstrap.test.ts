@@ -52,7 +52,11 @@ t.test('anything else on those lines is refused', async (t) => {
     [`echo started\nexec nix-daemon --stdio ${'x'.repeat(5000)}\n`, /longer than 4096 bytes/],
   ];
   for (const [input, reason] of refused) {
-    t.throws(() => new ShellBootstrap().push(Buffer.from(input)), { name: 'CommandRefused', message: reason }, JSON.stringify(input.slice(0, 60)));
+    t.throws(
+      () => new ShellBootstrap().push(Buffer.from(input)),
+      { name: 'CommandRefused', message: reason },
+      JSON.stringify(input.slice(0, 60)),
+    );
   }
 });
 

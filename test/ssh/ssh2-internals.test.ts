@@ -85,4 +85,3 @@ t.test('with a protocol method gone from ssh2, the check names it and the window
   t.match(String(logged[0]?.msg), FEATURES.window, 'names what is off');
   t.match(logged[0]?.missing, ['Connection._protocol.channelWindowAdjust: missing, expected function'], 'and what is missing');
 });
-

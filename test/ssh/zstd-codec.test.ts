@@ -65,5 +65,8 @@ t.test('a corrupt stream is an error, not garbage', async (t) => {
 });
 
 t.test('the relay wraps the command the endpoint rendered, and nothing else', async (t) => {
-  t.equal(zstdRelayCommand("nix-store --serve --write --store 'local?root=/mnt'"), "nix-hcloud-builder-zstd-relay -- nix-store --serve --write --store 'local?root=/mnt'");
+  t.equal(
+    zstdRelayCommand("nix-store --serve --write --store 'local?root=/mnt'"),
+    "nix-hcloud-builder-zstd-relay -- nix-store --serve --write --store 'local?root=/mnt'",
+  );
 });

@@ -26,7 +26,10 @@ function verify(unitFile: string): { status: number | null; output: string } {
       'chmod 755 /usr/local/sbin/nix-hcloud-builder && nix-hcloud-builder --help | head -1 >&2',
       `XDG_RUNTIME_DIR=${dir} systemd-analyze --user verify "$1" 2>&1`,
     ].join('\n');
-    const r = spawnSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script, 'sh', unitFile], { encoding: 'utf8', env: { ...process.env, PATH: `/usr/local/sbin:${process.env.PATH ?? '/usr/bin:/bin'}` } });
+    const r = spawnSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script, 'sh', unitFile], {
+      encoding: 'utf8',
+      env: { ...process.env, PATH: `/usr/local/sbin:${process.env.PATH ?? '/usr/bin:/bin'}` },
+    });
     return { status: r.status, output: `${r.stdout}${r.stderr}` };
   } finally {
     rmSync(dir, { recursive: true, force: true });

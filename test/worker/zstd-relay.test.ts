@@ -29,7 +29,9 @@ function startRelay(command: string[]) {
   let answer = Buffer.alloc(0);
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const closed = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('close', (code, signal) => resolve({ code, signal })));
+  const closed = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('close', (code, signal) => resolve({ code, signal })),
+  );
   /** Resolves with the first 8 bytes of the command's answer, decoded, as a number. */
   const firstWord = new Promise<number>((resolve, reject) => {
     child.stdout.on('data', (chunk: Buffer) => {
@@ -134,24 +136,37 @@ t.test('a zstd stream from the daemon cut inside a frame: one line, and the rela
   relay.child.stdin.end();
   const { code } = await relay.closed;
   t.equal(code, 1, 'exit status 1');
-  t.match(relay.stderr(), /^nix-hcloud-builder-zstd-relay: the daemon's zstd stream ended inside a frame \(cut off\); the command's input is incomplete$/m);
+  t.match(
+    relay.stderr(),
+    /^nix-hcloud-builder-zstd-relay: the daemon's zstd stream ended inside a frame \(cut off\); the command's input is incomplete$/m,
+  );
   t.notMatch(relay.stderr(), /Traceback/);
 });
 
 t.test("the relay's allow-list is the endpoint's", async (t) => {
   const source = readFileSync(RELAY, 'utf8');
-  for (const [name, expression] of [['PROGRAM_PATH', PROGRAM_PATH], ['STORE_URI', STORE_URI]] as const) {
+  for (const [name, expression] of [
+    ['PROGRAM_PATH', PROGRAM_PATH],
+    ['STORE_URI', STORE_URI],
+  ] as const) {
     const inRelay = new RegExp(`^${name} = re\\.compile\\(r"(.*)"\\)$`, 'm').exec(source)?.[1];
     // JavaScript writes "/" as "\/" in a literal; Python needs no escape for it.
     t.equal(inRelay, expression.source.replace(/\\\//g, '/'), `${name}: the same expression`);
   }
   const STORE_NIX = '/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nix-2.24.10/bin';
   const cases: string[][] = [
-    ['nix-daemon', '--stdio'], ['nix-store', '--serve', '--write'], ['nix-store', '--serve', '--store', 'local?root=/mnt'],
-    [`${STORE_NIX}/nix-daemon`, '--stdio'], [`${STORE_NIX}/nix-store`, '--serve'],
+    ['nix-daemon', '--stdio'],
+    ['nix-store', '--serve', '--write'],
+    ['nix-store', '--serve', '--store', 'local?root=/mnt'],
+    [`${STORE_NIX}/nix-daemon`, '--stdio'],
+    [`${STORE_NIX}/nix-store`, '--serve'],
     ...PROGRAM_PATHS_REFUSED.map((path) => [path, '--stdio']),
-    ['nix-daemon'], ['nix-store', '--stdio'], ['nix-daemon', '--stdio', '--stdio'], ['nix-build', '--serve'],
-    ['nix-store', '--serve', '--store', 'a;b'], ['nix-daemon', '--stdio', '--store', 'a'.repeat(1025)],
+    ['nix-daemon'],
+    ['nix-store', '--stdio'],
+    ['nix-daemon', '--stdio', '--stdio'],
+    ['nix-build', '--serve'],
+    ['nix-store', '--serve', '--store', 'a;b'],
+    ['nix-daemon', '--stdio', '--store', 'a'.repeat(1025)],
   ];
   const verdicts = await run('python3', ['-c', RELAY_VERDICTS, RELAY], { input: JSON.stringify(cases), timeoutMs: 10_000 });
   t.equal(verdicts.code, 0, verdicts.stderr);

@@ -37,7 +37,14 @@ export abstract class ServerCalls {
     const startedAt = this.transport.now();
     const outcome = { unknown: false };
     try {
-      const answer = await this.transport.request('create_server', { method: 'POST', path: '/servers', body: req, signal, replay: 'unique_name', outcome });
+      const answer = await this.transport.request('create_server', {
+        method: 'POST',
+        path: '/servers',
+        body: req,
+        signal,
+        replay: 'unique_name',
+        outcome,
+      });
       if (!isRecord(answer) || !isRecord(answer.server) || !isRecord(answer.action)) {
         throw this.transport.invalid('POST', '/servers', 201, 'answer lacks server or action');
       }
@@ -60,7 +67,10 @@ export abstract class ServerCalls {
     const labelsMatch = Object.entries(req.labels ?? {}).every(([k, v]) => found.labels[k] === v);
     const created = Date.parse(found.created);
     if (!labelsMatch || !(created >= startedAt - ADOPT_CLOCK_MARGIN_MS)) {
-      this.transport.log.warn({ serverId: found.id, name: req.name, labelsMatch, created: found.created }, 'a server with this name exists but is not the one just requested');
+      this.transport.log.warn(
+        { serverId: found.id, name: req.name, labelsMatch, created: found.created },
+        'a server with this name exists but is not the one just requested',
+      );
       return undefined;
     }
     const actions = await this.transport.paginate(
@@ -161,7 +171,8 @@ export abstract class ServerCalls {
   async createImage(serverId: number, req: CreateImageRequest, signal?: AbortSignal): Promise<{ action: Action; image: Image }> {
     const path = `/servers/${serverId}/actions/create_image`;
     const answer = await this.transport.request('create_image_from_server', { method: 'POST', path, body: req, signal });
-    if (!isRecord(answer) || !isRecord(answer.action) || !isRecord(answer.image)) throw this.transport.invalid('POST', path, 201, 'answer lacks action or image');
+    if (!isRecord(answer) || !isRecord(answer.action) || !isRecord(answer.image))
+      throw this.transport.invalid('POST', path, 201, 'answer lacks action or image');
     return answer as Required<CreateImageResponse>;
   }
 

@@ -17,15 +17,27 @@ export abstract class SshKeyCalls {
   async createSshKey(req: CreateSshKeyRequest, signal?: AbortSignal): Promise<SshKey> {
     const outcome = { unknown: false };
     try {
-      const answer = await this.transport.request('create_ssh_key', { method: 'POST', path: '/ssh_keys', body: req, signal, replay: 'unique_name', outcome });
+      const answer = await this.transport.request('create_ssh_key', {
+        method: 'POST',
+        path: '/ssh_keys',
+        body: req,
+        signal,
+        replay: 'unique_name',
+        outcome,
+      });
       if (!isRecord(answer) || !isRecord(answer.ssh_key)) throw this.transport.invalid('POST', '/ssh_keys', 201, 'answer lacks ssh_key');
       return answer.ssh_key;
     } catch (err) {
       if (!answerWasLost(err, outcome)) throw err;
       const body = (line: string): string => line.trim().split(/\s+/).slice(0, 2).join(' ');
-      const found = (await this.listSshKeys({ name: req.name }, signal)).find((k) => k.name === req.name && body(k.public_key) === body(req.public_key));
+      const found = (await this.listSshKeys({ name: req.name }, signal)).find(
+        (k) => k.name === req.name && body(k.public_key) === body(req.public_key),
+      );
       if (found === undefined) throw err;
-      this.transport.log.warn({ sshKeyId: found.id, name: req.name, code: err.code }, 'adopted the ssh key created by a request whose answer was lost');
+      this.transport.log.warn(
+        { sshKeyId: found.id, name: req.name, code: err.code },
+        'adopted the ssh key created by a request whose answer was lost',
+      );
       return found;
     }
   }

@@ -28,8 +28,16 @@ export abstract class VolumeCalls {
       ...(opts.format === undefined ? {} : { format: opts.format }),
     };
     try {
-      const answer = await this.transport.request('create_volume', { method: 'POST', path: '/volumes', body, signal, replay: 'unique_name', outcome });
-      if (!isRecord(answer) || !isRecord(answer.volume) || !isRecord(answer.action)) throw this.transport.invalid('POST', '/volumes', 201, 'answer lacks volume or action');
+      const answer = await this.transport.request('create_volume', {
+        method: 'POST',
+        path: '/volumes',
+        body,
+        signal,
+        replay: 'unique_name',
+        outcome,
+      });
+      if (!isRecord(answer) || !isRecord(answer.volume) || !isRecord(answer.action))
+        throw this.transport.invalid('POST', '/volumes', 201, 'answer lacks volume or action');
       return answer;
     } catch (err) {
       if (!answerWasLost(err, outcome)) throw err;
@@ -42,10 +50,19 @@ export abstract class VolumeCalls {
         (found.location.name === opts.location || String(found.location.id) === opts.location) &&
         Date.parse(found.created) >= startedAt - ADOPT_CLOCK_MARGIN_MS;
       if (!fits) throw err;
-      const actions = await this.transport.paginate('list_actions_for_volume', `/volumes/${found.id}/actions`, { sort: ['id:asc'] }, (a) => a.actions, signal);
+      const actions = await this.transport.paginate(
+        'list_actions_for_volume',
+        `/volumes/${found.id}/actions`,
+        { sort: ['id:asc'] },
+        (a) => a.actions,
+        signal,
+      );
       const create = actions.find((a) => a.command === 'create_volume');
       if (create === undefined) throw err;
-      this.transport.log.warn({ volumeId: found.id, name: opts.name, code: err.code }, 'adopted the volume created by a create request whose answer was lost');
+      this.transport.log.warn(
+        { volumeId: found.id, name: opts.name, code: err.code },
+        'adopted the volume created by a create request whose answer was lost',
+      );
       return { volume: found, action: create, next_actions: [] };
     }
   }
@@ -79,7 +96,12 @@ export abstract class VolumeCalls {
    */
   async attachVolume(volumeId: number, serverId: number, automount = false, signal?: AbortSignal): Promise<Action> {
     const path = `/volumes/${volumeId}/actions/attach`;
-    const answer = await this.transport.request('attach_volume_to_server', { method: 'POST', path, body: { server: serverId, automount }, signal });
+    const answer = await this.transport.request('attach_volume_to_server', {
+      method: 'POST',
+      path,
+      body: { server: serverId, automount },
+      signal,
+    });
     if (!isRecord(answer) || !isRecord(answer.action)) throw this.transport.invalid('POST', path, 201, 'answer lacks action');
     return answer.action;
   }
