@@ -175,7 +175,7 @@ function setup(overrides: Partial<PoolConfig> = {}) {
 const SERVE_2_7: HandshakeRecord = { protocol: 'serve', version: 0x207 };
 
 t.test('early handshake: answered from the record only while a session would wait for a healthy boot', async (t) => {
-  const { clock, pool, created, acquire, readyWorker } = setup({ maxWorkers: 2 });
+  const { clock, pool, created, acquire, readyWorker } = setup({ maxWorkers: 2, earlyHandshake: true });
   t.equal(pool.earlyHandshake('serve'), undefined, 'no record yet: the session waits unanswered');
   pool.handshakeSeen(SERVE_2_7);
   t.same(pool.earlyHandshake('serve'), SERVE_2_7, 'a cold pool with a record answers early');

@@ -24,7 +24,7 @@ async function idledOut(rig: Rig, daemon: DaemonProcess, deletedBefore: number):
 
 /** A rig whose first ssh-ng build recorded the worker's handshake. */
 async function recorded(t: Test, name: string): Promise<{ rig: Rig; daemon: DaemonProcess }> {
-  const rig = await Rig.start({ pool: { idleTimeout: '1s' } });
+  const rig = await Rig.start({ pool: { idleTimeout: '1s', earlyHandshake: true } });
   t.teardown(() => rig.stop());
   const daemon = await rig.startDaemon();
   const first = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`${name}-first-${Date.now()}`] });
@@ -39,7 +39,7 @@ for (const client of testedSuites()) {
     t.test(
       `${scheme}://, ${client}'s Nix: a cold pool answers from the record before its boot is done, and builds through the splice`,
       async (t) => {
-        const rig = await Rig.start({ pool: { idleTimeout: '1s' }, client });
+        const rig = await Rig.start({ pool: { idleTimeout: '1s', earlyHandshake: true }, client });
         t.teardown(() => rig.stop());
         const daemon = await rig.startDaemon();
 
