@@ -28,7 +28,13 @@ t.test('OpenSSH reads our private key and derives the same public key', async (t
     const pair = generateKeyPair(`check${i}`);
     const file = join(dir, `k${i}`);
     writeFileSync(file, pair.privateKey, { mode: 0o600 });
-    const derived = execFileSync('ssh-keygen', ['-y', '-f', file], { encoding: 'utf8' }).trim();
+    // -P '': a key ssh-keygen cannot read as unencrypted is an error here, never a passphrase prompt
+    // (one CI run hung five minutes at 0 % CPU in this loop); the timeout bounds anything else.
+    const derived = execFileSync('ssh-keygen', ['-y', '-P', '', '-f', file], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+      timeout: 30_000,
+    }).trim();
     t.equal(derived.split(' ').slice(0, 2).join(' '), pair.publicKey.split(' ').slice(0, 2).join(' '));
   }
 });
