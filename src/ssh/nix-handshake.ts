@@ -314,44 +314,6 @@ export function intersectFeatures(a: readonly string[], b: readonly string[]): s
   return a.filter((f) => b.includes(f)).sort();
 }
 
-/** A reader over bytes that are all there. */
-function readerOf(bytes: Buffer): WireReader {
-  const reader = new WireReader();
-  reader.push(bytes);
-  reader.end();
-  return reader;
-}
-
-/**
- * What the worker answered in a session's opening, from the bytes both ways (at least the whole
- * opening; more is ignored). WireEnd when the bytes stop short of it; WireError when they are
- * not the protocol, or the worker refused the client.
- */
-export async function recordHandshake(protocol: HandshakeProtocol, clientBytes: Buffer, workerBytes: Buffer): Promise<HandshakeRecord> {
-  const client = readerOf(clientBytes);
-  const worker = readerOf(workerBytes);
-  if (protocol === 'serve') {
-    await expectMagic(client, SERVE_MAGIC_1, 'client');
-    await expectMagic(worker, SERVE_MAGIC_2, 'worker');
-    return { protocol, version: await worker.u64() };
-  }
-  await expectMagic(client, WORKER_MAGIC_1, 'client');
-  await expectMagic(worker, WORKER_MAGIC_2, 'worker');
-  const version = await worker.u64();
-  const negotiated = Math.min(version, await client.u64());
-  let features: string[] | null = null;
-  if (minorOf(negotiated) >= 38) {
-    await client.strings();
-    features = (await worker.strings()).sort();
-  }
-  await readClientPostHandshake(client, negotiated);
-  const nixVersion = minorOf(negotiated) >= 33 ? await worker.string() : null;
-  const trust = minorOf(negotiated) >= 35 ? await worker.u64() : null;
-  const startup = await readStderrStream(worker, negotiated);
-  if (startup.error !== undefined) throw new WireError(`the worker refused the session: ${startup.error}`);
-  return { protocol, version, features, nixVersion, trust, startupMessages: startup.messages };
-}
-
 /**
  * A fresh record over an older one: what the fresh session did not see (features below 1.38, say)
  * is kept from the older one while the worker still speaks the same version.

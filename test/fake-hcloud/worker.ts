@@ -395,7 +395,7 @@ export class Worker {
     const root = this.o.nixRoot;
     if (root === undefined) return;
     for (const program of ['nix-daemon', 'nix-store', 'nix'] as const) {
-      await this.writeFile(`/usr/local/bin/${program}`, Buffer.from(nixWrapper(root, '/nix', program)), 0o755, false);
+      await this.writeFile(`/usr/local/bin/${program}`, Buffer.from(nixWrapper(root, '/nix', program, '/etc/nix')), 0o755, false);
     }
   }
 

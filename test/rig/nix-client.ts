@@ -38,9 +38,14 @@ export type NixProgram = (typeof NIX_PROGRAMS)[number];
 
 const quote = (s: string): string => `'${s.replace(/'/g, `'\\''`)}'`;
 
-/** A script that runs `program` of the root on the store at `nixDir`: a stand-in for it on a PATH. */
-export function nixWrapper(root: string, nixDir: string, program: NixProgram): string {
-  return `#!/bin/sh\nexec ${quote(NIX_IN_ROOT_SCRIPT)} ${quote(root)} ${quote(nixDir)} ${program} "$@"\n`;
+/**
+ * A script that runs `program` of the root on the store at `nixDir`: a stand-in for it on a PATH.
+ * `etcNix`: the folder the root sees as /etc/nix (a fake server's own); none for a client, which
+ * reads the rig's config through NIX_CONF_DIR.
+ */
+export function nixWrapper(root: string, nixDir: string, program: NixProgram, etcNix?: string): string {
+  const etc = etcNix === undefined ? '' : `--etc-nix ${quote(etcNix)} `;
+  return `#!/bin/sh\nexec ${quote(NIX_IN_ROOT_SCRIPT)} ${etc}${quote(root)} ${quote(nixDir)} ${program} "$@"\n`;
 }
 
 const installs = new Map<NixSuite, NixInstall>();

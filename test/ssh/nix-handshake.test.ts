@@ -13,7 +13,6 @@ import {
   encodeU64,
   parseHandshakeRecord,
   readStderrStream,
-  recordHandshake,
   WireEnd,
   WireReader,
   WORKER_MAGIC_1,
@@ -51,12 +50,20 @@ t.test('the reader takes bytes one at a time', async (t) => {
   await t.rejects(reader.u64(), WireEnd, 'a short message at the end');
 });
 
-t.test('a 1.38 record: features, version string, trust, startup lines', async (t) => {
-  const got = await recordHandshake('worker', clientOpening(['realisation-with-path-not-hash']), workerOpening(record));
-  t.same(got, record);
-  t.same(parseHandshakeRecord(JSON.parse(JSON.stringify(got))), record, 'through JSON');
-  t.equal(parseHandshakeRecord({ ...record, trust: 'yes' }), undefined, 'a malformed record is none');
-});
+t.test(
+  "a 1.38 record, read by a session with none from the worker's opening: features, version string, trust, startup lines",
+  async (t) => {
+    const toSession = new PassThrough();
+    const session = new EarlySession(Duplex.from({ readable: toSession, writable: new PassThrough() }), 'worker', undefined);
+    toSession.write(clientOpening(['realisation-with-path-not-hash']));
+    const fromWorker = new PassThrough();
+    fromWorker.write(workerOpening(record));
+    const { record: got } = await session.splice(Duplex.from({ readable: fromWorker, writable: new PassThrough() }));
+    t.same(got, record);
+    t.same(parseHandshakeRecord(JSON.parse(JSON.stringify(got))), record, 'through JSON');
+    t.equal(parseHandshakeRecord({ ...record, trust: 'yes' }), undefined, 'a malformed record is none');
+  },
+);
 
 /** An early session over a client the test plays, spliced to a worker the test plays. */
 async function spliceAgainst(worker: WorkerHandshakeRecord, clientFeatures: string[]) {
