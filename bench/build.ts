@@ -7,7 +7,7 @@
  * output back), so session setup is paid once per derivation. The paths take turns.
  */
 import { randomBytes } from 'node:crypto';
-import { BUILD_NIX } from '../test/rig/rig.js';
+import { BUILD_NIX, remoteBuildArgs } from '../test/rig/rig.js';
 import { cmd, fixed, median, processCpuSeconds, progress, say, table } from './lib.js';
 import { ENDPOINT_ALIAS, WARM_POOL, WORKER_ALIAS, type BenchRig } from './rig.js';
 
@@ -51,28 +51,10 @@ async function nixBuild(b: BenchRig, configFile: string, via: Via, count: number
   const expr = `[ ${Array.from({ length: count }, (_, i) => `(import ${BUILD_NIX} { nonce = "${tag}-${i}"; })`).join(' ')} ]`;
   const linesBefore = b.daemon.lines.length;
   const cpu0 = processCpuSeconds(b.pid);
-  const r = await cmd(
-    'nix-build',
-    [
-      '-E',
-      expr,
-      '--no-out-link',
-      '--max-jobs',
-      '0',
-      '--builders',
-      builder(via, maxJobs),
-      '--option',
-      'substituters',
-      '',
-      '--option',
-      'builders-use-substitutes',
-      'false',
-    ],
-    {
-      env: { ...process.env, NIX_SSHOPTS: `-F ${configFile}${via === 'direct-curve25519' ? ' -o KexAlgorithms=curve25519-sha256' : ''}` },
-      timeoutMs: 600_000,
-    },
-  );
+  const r = await cmd('nix-build', remoteBuildArgs(expr, builder(via, maxJobs)), {
+    env: { ...process.env, NIX_SSHOPTS: `-F ${configFile}${via === 'direct-curve25519' ? ' -o KexAlgorithms=curve25519-sha256' : ''}` },
+    timeoutMs: 600_000,
+  });
   const daemonCpuS = processCpuSeconds(b.pid) - cpu0;
   const outputs = r.stdout.split('\n').filter((l) => l.startsWith('/nix/store/'));
   if (outputs.length !== count)

@@ -17,7 +17,7 @@ import { linkProfile, type LinkBytes, type LinkProfile } from '../test/rig/link.
 import { cmd, cmdWatched, fixed, GiB, MiB, processCpuSeconds, progress, say, table, writeRandomFile } from './lib.js';
 import { makeRealistic, REALISTIC_SOURCES } from './payload.js';
 import { BenchRig, ENDPOINT_ALIAS, sshClientDefaults } from './rig.js';
-import { ROOT } from '../test/rig/rig.js';
+import { remoteBuildArgs, ROOT } from '../test/rig/rig.js';
 import { serveHandshake } from './ssh.js';
 
 /** `build`: a nix-build whose input is the payload (uploaded by Nix's build hook), small output. */
@@ -239,21 +239,10 @@ async function profileRuns(
                 direction === 'build'
                   ? await cmdWatched(
                       'nix-build',
-                      [
-                        '-E',
+                      remoteBuildArgs(
                         `import ${INPUTS_NIX} { input = builtins.storePath "${source.path}"; nonce = "${randomBytes(6).toString('hex')}"; }`,
-                        '--no-out-link',
-                        '--max-jobs',
-                        '0',
-                        '--builders',
                         `${route.uri} x86_64-linux - 1 1 - - -`,
-                        '--option',
-                        'substituters',
-                        '',
-                        '--option',
-                        'builders-use-substitutes',
-                        'false',
-                      ],
+                      ),
                       { env, stallMs },
                     )
                   : await cmdWatched(

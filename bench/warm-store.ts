@@ -14,7 +14,7 @@ import { mkdirSync, readdirSync, renameSync, statSync, writeFileSync } from 'nod
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { LogLine } from '../test/rig/rig.js';
-import { waitUntil } from '../test/rig/rig.js';
+import { remoteBuildArgs, waitUntil } from '../test/rig/rig.js';
 import { linkProfile, type LinkBytes, type LinkProfile } from '../test/rig/link.js';
 import { cmd, fixed, MiB, progress, say, table } from './lib.js';
 import { makeRealistic, REALISTIC_SOURCES } from './payload.js';
@@ -119,21 +119,7 @@ async function oneBuild(
   await cmd('sync', []);
   const r = await cmd(
     'nix-build',
-    [
-      '-E',
-      expression(paths, `${nonce}-${pool}-${n}`),
-      '--no-out-link',
-      '--max-jobs',
-      '0',
-      '--builders',
-      `ssh-ng://${pool}@${ENDPOINT_ALIAS} x86_64-linux - 1 1 - - -`,
-      '--option',
-      'substituters',
-      '',
-      '--option',
-      'builders-use-substitutes',
-      'false',
-    ],
+    remoteBuildArgs(expression(paths, `${nonce}-${pool}-${n}`), `ssh-ng://${pool}@${ENDPOINT_ALIAS} x86_64-linux - 1 1 - - -`),
     { env: { ...process.env, NIX_SSHOPTS: `-F ${config}` } },
   );
   // Read the relay now: the idle timer deletes the server (and its relay) a few seconds later.

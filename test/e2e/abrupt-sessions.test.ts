@@ -24,26 +24,9 @@ t.test('200 abrupt sessions leak nothing, and logs hold no secret', async (t) =>
   const { daemon, lines: logLines, config } = await rig.startInProcessDaemon({ level: 'debug' });
   t.teardown(() => daemon.stop());
 
-  const knownHosts = rig.knownHostsFile();
-  const sshConfig = rig.sshConfig(daemon.port);
   const session = (): Promise<void> =>
     new Promise((resolve, reject) => {
-      const ssh = spawn(
-        'ssh',
-        [
-          '-F',
-          sshConfig,
-          '-i',
-          rig.clientKeyFile,
-          '-o',
-          `UserKnownHostsFile=${knownHosts}`,
-          '-o',
-          'BatchMode=yes',
-          'x86_64@hcloud-builder',
-          'nix-store --serve --write',
-        ],
-        { stdio: ['pipe', 'pipe', 'ignore'] },
-      );
+      const ssh = spawn('ssh', rig.sshArgs(daemon, ['nix-store --serve --write']), { stdio: ['pipe', 'pipe', 'ignore'] });
       let got = Buffer.alloc(0);
       const timer = setTimeout(() => {
         ssh.kill('SIGKILL');

@@ -9,7 +9,7 @@ import t from 'tap';
 import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ROOT, Rig, run } from '../rig/rig.js';
+import { remoteBuildArgs, ROOT, Rig, run } from '../rig/rig.js';
 import { linkProfile } from '../rig/link.js';
 import { LABEL_POOL } from '../../src/core/labels.js';
 
@@ -47,25 +47,9 @@ t.test('each compression setting builds the same bytes, negotiates itself, and z
     const name = `${compression} (${protocol})`;
     const input = makeInput(name);
     const expr = `import ${TRANSFORM_NIX} { input = ${input}; nonce = "${compression}-${protocol}-${Date.now()}"; }`;
-    const result = await run(
-      'nix-build',
-      [
-        '-E',
-        expr,
-        '--no-out-link',
-        '--max-jobs',
-        '0',
-        '--builders',
-        rig.machinesLine(protocol, compression, 1),
-        '--option',
-        'substituters',
-        '',
-        '--option',
-        'builders-use-substitutes',
-        'false',
-      ],
-      { env: { ...process.env, NIX_SSHOPTS: `-F ${rig.sshConfig(daemon.port)}` } },
-    );
+    const result = await run('nix-build', remoteBuildArgs(expr, rig.machinesLine(protocol, compression, 1)), {
+      env: { ...process.env, NIX_SSHOPTS: `-F ${rig.sshConfig(daemon.port)}` },
+    });
     t.equal(result.code, 0, `${name}: nix-build succeeded`, { stderr: result.stderr });
     const out = result.stdout.trim().split('\n').pop() as string;
     const expected = createHash('sha256').update(readFileSync(input, 'utf8').toUpperCase()).digest('hex');
@@ -124,21 +108,10 @@ t.test("a worker whose zstd relay does not run: said on the build's stderr, and 
   writeFileSync(input, `a small input ${Date.now()}\n`);
   const result = await run(
     'nix-build',
-    [
-      '-E',
+    remoteBuildArgs(
       `import ${TRANSFORM_NIX} { input = ${input}; nonce = "fallback-${Date.now()}"; }`,
-      '--no-out-link',
-      '--max-jobs',
-      '0',
-      '--builders',
       rig.machinesLine('ssh-ng', 'zstd', 1),
-      '--option',
-      'substituters',
-      '',
-      '--option',
-      'builders-use-substitutes',
-      'false',
-    ],
+    ),
     { env: { ...process.env, NIX_SSHOPTS: `-F ${rig.sshConfig(daemon.port)}` } },
   );
   t.equal(result.code, 0, 'nix-build succeeded', { stderr: result.stderr });

@@ -8,24 +8,8 @@ import { spawn } from 'node:child_process';
 import { Rig, run, type DaemonProcess } from '../rig/rig.js';
 
 /** An ssh client with pipes, whose stdout is collected so the test can wait for bytes. */
-function lixSsh(rig: Rig, daemon: DaemonProcess, knownHosts: string) {
-  const child = spawn(
-    'ssh',
-    [
-      '-T',
-      '-F',
-      rig.sshConfig(daemon.port),
-      '-i',
-      rig.clientKeyFile,
-      '-o',
-      `UserKnownHostsFile=${knownHosts}`,
-      '-o',
-      'BatchMode=yes',
-      'x86_64@hcloud-builder',
-      'bash',
-    ],
-    { stdio: ['pipe', 'pipe', 'pipe'] },
-  );
+function lixSsh(rig: Rig, daemon: DaemonProcess) {
+  const child = spawn('ssh', rig.sshArgs(daemon, ['bash']), { stdio: ['pipe', 'pipe', 'pipe'] });
   let stdout = Buffer.alloc(0);
   let stderr = '';
   const waiters: (() => void)[] = [];
@@ -62,7 +46,6 @@ t.test('Lix 2.93.0: bash, echo started, exec …', async (t) => {
   const rig = await Rig.start();
   t.teardown(() => rig.stop());
   const daemon = await rig.startDaemon();
-  const knownHosts = rig.knownHostsFile();
 
   const handshakes: { exec: string; hello: Buffer; answer: Buffer; mode: string }[] = [
     // Serve protocol: client magic + version 2.7; the server answers its magic first.
@@ -76,7 +59,7 @@ t.test('Lix 2.93.0: bash, echo started, exec …', async (t) => {
     { exec: 'exec nix-daemon --stdio\n', hello: hex('6378696e 00000000'), answer: hex('6f697864 00000000'), mode: 'daemon' },
   ];
   for (const { exec, hello, answer, mode } of handshakes) {
-    const ssh = lixSsh(rig, daemon, knownHosts);
+    const ssh = lixSsh(rig, daemon);
     ssh.child.stdin.write('echo started\n');
     const started = await ssh.stdoutAtLeast('started\n'.length);
     t.equal(started.toString(), 'started\n', `${mode}: "started" answered, nothing else on stdout`);
@@ -99,46 +82,14 @@ t.test('Lix 2.93.0: bash, echo started, exec …', async (t) => {
     'echo started\n' + 'x'.repeat(5000) + '\n',
   ];
   for (const input of bad) {
-    const ssh = await run(
-      'ssh',
-      [
-        '-T',
-        '-F',
-        rig.sshConfig(daemon.port),
-        '-i',
-        rig.clientKeyFile,
-        '-o',
-        `UserKnownHostsFile=${knownHosts}`,
-        '-o',
-        'BatchMode=yes',
-        'x86_64@hcloud-builder',
-        'bash',
-      ],
-      { input, timeoutMs: 20_000 },
-    );
+    const ssh = await run('ssh', rig.sshArgs(daemon, ['bash']), { input, timeoutMs: 20_000 });
     t.equal(ssh.code, 1, `${JSON.stringify(input.slice(0, 40))}: exit 1`);
     t.match(ssh.stderr, /^nix-hcloud-builder: command refused \(/, 'the reason on stderr');
     t.equal(ssh.stderr.trim().split('\n').length, 1, 'exactly one line');
     t.notMatch(ssh.stdout, /uid=/, 'nothing ran');
   }
   // EOF right after `echo started`: refused too.
-  const eof = await run(
-    'ssh',
-    [
-      '-T',
-      '-F',
-      rig.sshConfig(daemon.port),
-      '-i',
-      rig.clientKeyFile,
-      '-o',
-      `UserKnownHostsFile=${knownHosts}`,
-      '-o',
-      'BatchMode=yes',
-      'x86_64@hcloud-builder',
-      'bash',
-    ],
-    { input: 'echo started\nexec nix-daemon --stdio', timeoutMs: 20_000 },
-  );
+  const eof = await run('ssh', rig.sshArgs(daemon, ['bash']), { input: 'echo started\nexec nix-daemon --stdio', timeoutMs: 20_000 });
   t.equal(eof.code, 1);
   t.match(eof.stderr, /ended before the exec line/);
   t.equal(daemon.proc.exitCode, null, 'the daemon is still running');

@@ -44,6 +44,25 @@ export const BUILD_NIX = join(ROOT, 'test', 'fixtures', 'build.nix');
 export const BIG_NIX = join(ROOT, 'test', 'fixtures', 'big.nix');
 /** Port of the fake workers' sshd (not 22: the machine may run its own sshd there). */
 export const WORKER_SSH_PORT = 2022;
+
+/** nix-build's arguments for building `expr` on `builders` alone: nothing locally, no substitutes. */
+export function remoteBuildArgs(expr: string, builders: string): string[] {
+  return [
+    '-E',
+    expr,
+    '--no-out-link',
+    '--max-jobs',
+    '0',
+    '--builders',
+    builders,
+    '--option',
+    'substituters',
+    '',
+    '--option',
+    'builders-use-substitutes',
+    'false',
+  ];
+}
 export const TOKEN = 'test-token-5f2b9c0e7d1a4e63b8a2f1c9d0e7a6b5';
 
 export interface LogLine {
@@ -299,7 +318,7 @@ export class Rig {
   }
 
   /** ssh through the endpoint as a pool's user, running `command` (as Nix's ssh would). */
-  sshArgs(daemon: DaemonProcess, command: string[], pool = 'x86_64'): string[] {
+  sshArgs(daemon: { port: number }, command: string[], pool = 'x86_64'): string[] {
     return [
       '-T',
       '-F',
@@ -334,25 +353,9 @@ export class Rig {
         : `(import ${BIG_NIX} { nonce = "${n}"; mib = "${opts.mib}"; })`;
     const expr = `[ ${opts.nonces.map(one).join(' ')} ]`;
     return this.client
-      .run(
-        'nix-build',
-        [
-          '-E',
-          expr,
-          '--no-out-link',
-          '--max-jobs',
-          '0',
-          '--builders',
-          this.machinesLine(opts.scheme, pool, opts.maxJobs ?? 4),
-          '--option',
-          'substituters',
-          '',
-          '--option',
-          'builders-use-substitutes',
-          'false',
-        ],
-        { env: { ...process.env, NIX_SSHOPTS: `-F ${this.sshConfig(daemon.port)}` } },
-      )
+      .run('nix-build', remoteBuildArgs(expr, this.machinesLine(opts.scheme, pool, opts.maxJobs ?? 4)), {
+        env: { ...process.env, NIX_SSHOPTS: `-F ${this.sshConfig(daemon.port)}` },
+      })
       .then((r) => ({
         ...r,
         outPaths: r.stdout.split('\n').filter((l) => l.startsWith('/nix/store/')),

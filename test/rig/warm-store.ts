@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ROOT, run, waitUntil, type DaemonProcess, type LogLine, type Rig } from './rig.js';
+import { remoteBuildArgs, ROOT, run, waitUntil, type DaemonProcess, type LogLine, type Rig } from './rig.js';
 
 const WARM_NIX = join(ROOT, 'test', 'fixtures', 'warm.nix');
 export const MIB = 1024 * 1024;
@@ -25,25 +25,9 @@ export function build(
   expr: string,
   maxJobs = 4,
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return run(
-    'nix-build',
-    [
-      '-E',
-      expr,
-      '--no-out-link',
-      '--max-jobs',
-      '0',
-      '--builders',
-      rig.machinesLine('ssh-ng', 'x86_64', maxJobs),
-      '--option',
-      'substituters',
-      '',
-      '--option',
-      'builders-use-substitutes',
-      'false',
-    ],
-    { env: { ...process.env, NIX_SSHOPTS: `-F ${rig.sshConfig(daemon.port)}` } },
-  );
+  return run('nix-build', remoteBuildArgs(expr, rig.machinesLine('ssh-ng', 'x86_64', maxJobs)), {
+    env: { ...process.env, NIX_SSHOPTS: `-F ${rig.sshConfig(daemon.port)}` },
+  });
 }
 
 export function warm(input: string, nonce: string, after?: string): string {
