@@ -9,10 +9,9 @@
 import t from 'tap';
 import { existsSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { connectWorker, runCommand } from '../../src/ssh/worker-connection.js';
-import type { StateData } from '../../src/daemon/state.js';
+import { runCommand } from '../../src/ssh/worker-connection.js';
 import { Rig, waitUntil } from '../rig/rig.js';
-import { addBigInput, build, bytesUp, MIB, warm } from '../rig/warm-store.js';
+import { addBigInput, build, bytesUp, MIB, onWorker, recordedWorker, warm } from '../rig/warm-store.js';
 
 const LABEL = 'nix-hcloud-builder/image';
 
@@ -85,21 +84,10 @@ t.test('a NixOS-image pool keeps its store on the volume: the second build, on a
 
   // A's output is valid in the new worker's store (its Nix database, not just a file).
   const outA = first.stdout.trim().split('\n').pop() as string;
-  const state = JSON.parse(readFileSync(join(rig.dir, 'state', 'state.json'), 'utf8')) as StateData;
-  const record = state.workers.find((w) => w.id === server2?.id);
+  const record = recordedWorker(rig, server2?.id);
   t.ok(record?.address, 'the second worker is still up');
   if (record?.address) {
-    const client = await connectWorker(
-      {
-        host: record.address,
-        port: record.sshPort,
-        hostPublicKey: record.hostPublicKey,
-        loginPrivateKey: record.loginPrivateKey,
-        keepaliveIntervalMs: 10_000,
-      },
-      10_000,
-    );
-    try {
+    await onWorker(record, async (client) => {
       const valid = await runCommand(client, `nix-store --check-validity ${input} ${outA}`, 20_000);
       t.equal(valid.code, 0, `valid on the new worker: ${valid.stderr}`);
       const mounts = await runCommand(
@@ -112,9 +100,7 @@ t.test('a NixOS-image pool keeps its store on the volume: the second build, on a
         new RegExp(`^overlay\nro,[^\n]*\n${volume.id}\n$`),
         '/nix is the overlay, /nix/store read-only as NixOS has it, and the marker names the volume',
       );
-    } finally {
-      client.end();
-    }
+    });
   }
   t.same(rig.fake.schemaErrors, []);
 });

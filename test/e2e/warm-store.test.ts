@@ -6,10 +6,9 @@
 import t from 'tap';
 import { readFileSync, existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { connectWorker, runCommand } from '../../src/ssh/worker-connection.js';
-import type { StateData } from '../../src/daemon/state.js';
+import { runCommand } from '../../src/ssh/worker-connection.js';
 import { ROOT, Rig, waitUntil } from '../rig/rig.js';
-import { addBigInput, build, bytesUp, MIB, warm } from '../rig/warm-store.js';
+import { addBigInput, build, bytesUp, MIB, onWorker, recordedWorker, warm } from '../rig/warm-store.js';
 
 t.test('the store outlives its worker: the second build uploads nothing big', async (t) => {
   const rig = await Rig.start({ pool: { store: { volumeGb: 10 }, idleTimeout: '3s' } });
@@ -70,28 +69,15 @@ t.test('the store outlives its worker: the second build uploads nothing big', as
   // A's output is valid in the new worker's store (its Nix database, not just a file).
   const aOut = readFileSync(first.stdout.trim().split('\n').pop() as string, 'utf8');
   t.match(aOut, `${nonce}-a`);
-  const state = JSON.parse(readFileSync(join(rig.dir, 'state', 'state.json'), 'utf8')) as StateData;
-  const record = state.workers.find((w) => w.id === secondServer?.id);
+  const record = recordedWorker(rig, secondServer?.id);
   t.ok(record?.address, 'the second worker is still up');
   if (record?.address) {
     t.equal(record.volumeId, volume.id, "the state knows the worker's volume");
-    const client = await connectWorker(
-      {
-        host: record.address,
-        port: record.sshPort,
-        hostPublicKey: record.hostPublicKey,
-        loginPrivateKey: record.loginPrivateKey,
-        keepaliveIntervalMs: 10_000,
-      },
-      10_000,
-    );
-    try {
+    await onWorker(record, async (client) => {
       const outA = first.stdout.trim().split('\n').pop() as string;
       const valid = await runCommand(client, `nix-store --check-validity ${input} ${outA}`, 20_000);
       t.equal(valid.code, 0, `valid on the new worker: ${valid.stderr}`);
-    } finally {
-      client.end();
-    }
+    });
   }
 });
 

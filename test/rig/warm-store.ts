@@ -3,8 +3,10 @@
  * client has, builds of test/fixtures/warm.nix through the daemon, and the bytes sent up.
  */
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { StateData, WorkerRecord } from '../../src/daemon/state.js';
+import { connectWorker, type SshClient } from '../../src/ssh/worker-connection.js';
 import { remoteBuildArgs, ROOT, run, waitUntil, type DaemonProcess, type LogLine, type Rig } from './rig.js';
 
 const WARM_NIX = join(ROOT, 'test', 'fixtures', 'warm.nix');
@@ -45,4 +47,27 @@ export async function bytesUp(daemon: DaemonProcess, from: number): Promise<numb
     .slice(from)
     .filter((l: LogLine) => l.msg === 'session ended')
     .reduce((sum, l) => sum + Number(l.up), 0);
+}
+
+/** The daemon's state record of a server (read from its state file), if it has one. */
+export function recordedWorker(rig: Rig, serverId: number | undefined): WorkerRecord | undefined {
+  const state = JSON.parse(readFileSync(join(rig.dir, 'state', 'state.json'), 'utf8')) as StateData;
+  return state.workers.find((w) => w.id === serverId);
+}
+
+/** Runs `use` on an ssh connection to a recorded worker, its host key pinned as the daemon does. */
+export async function onWorker<T>(record: WorkerRecord, use: (client: SshClient) => Promise<T>): Promise<T> {
+  if (record.address === undefined) throw new Error(`worker ${record.name} has no address in the state`);
+  const target = {
+    host: record.address,
+    port: record.sshPort,
+    hostPublicKey: record.hostPublicKey,
+    loginPrivateKey: record.loginPrivateKey,
+  };
+  const client = await connectWorker({ ...target, keepaliveIntervalMs: 10_000 }, 10_000);
+  try {
+    return await use(client);
+  } finally {
+    client.end();
+  }
 }
