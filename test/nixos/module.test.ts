@@ -376,60 +376,55 @@ function machinesFileLine(m: Record<string, unknown>): string {
 interface VersionCase {
   name: string;
   nix: { pname: string; version: string };
-  /** What `nix-daemon --version` prints for it, for setup. */
-  versionLine: string;
   listenHost?: string;
   uri: string;
   alias: boolean;
 }
 
+/** What `nix-daemon --version` of that package prints (what setup reads). */
+const versionLine = (nix: { pname: string; version: string }): string =>
+  `nix-daemon (${nix.pname === 'lix' ? 'Lix, like Nix' : 'Nix'}) ${nix.version}`;
+
 const VERSION_CASES: VersionCase[] = [
   {
     name: 'Nix 2.8',
     nix: { pname: 'nix', version: '2.8.0' },
-    versionLine: 'nix-daemon (Nix) 2.8.0',
     uri: 'ssh-ng://x86_64@hcloud-builder',
     alias: true,
   },
   {
     name: 'Nix 2.31',
     nix: { pname: 'nix', version: '2.31.0' },
-    versionLine: 'nix-daemon (Nix) 2.31.0',
     uri: 'ssh-ng://x86_64@127.0.0.1:2400',
     alias: false,
   },
   {
     name: 'Nix 2.34',
     nix: { pname: 'nix', version: '2.34.8' },
-    versionLine: 'nix-daemon (Nix) 2.34.8',
     uri: 'ssh-ng://x86_64@127.0.0.1:2400',
     alias: false,
   },
   {
     name: 'Nix 2.32 pre-release',
     nix: { pname: 'nix', version: '2.32.0pre20250901_abcdef0' },
-    versionLine: 'nix-daemon (Nix) 2.32.0pre20250901_abcdef0',
     uri: 'ssh-ng://x86_64@127.0.0.1:2400',
     alias: false,
   },
   {
     name: 'Lix 2.93',
     nix: { pname: 'lix', version: '2.93.0' },
-    versionLine: 'nix-daemon (Lix, like Nix) 2.93.0',
     uri: 'ssh-ng://x86_64@127.0.0.1?port=2400',
     alias: false,
   },
   {
     name: 'Lix 2.92',
     nix: { pname: 'lix', version: '2.92.3' },
-    versionLine: 'nix-daemon (Lix, like Nix) 2.92.3',
     uri: 'ssh-ng://x86_64@hcloud-builder',
     alias: true,
   },
   {
     name: 'Nix 2.34 on an IPv6 listen address',
     nix: { pname: 'nix', version: '2.34.8' },
-    versionLine: 'nix-daemon (Nix) 2.34.8',
     listenHost: '::1',
     uri: 'ssh-ng://x86_64@hcloud-builder',
     alias: true,
@@ -456,7 +451,7 @@ for (const c of VERSION_CASES) {
         sshConfig: join(dir, 'ssh'),
         machines: join(dir, 'machines'),
         nixConf: join(dir, 'nix.conf'),
-        nix: { text: c.versionLine, source: 'test' },
+        nix: { text: versionLine(c.nix), source: 'test' },
       },
       false,
     );
