@@ -25,7 +25,7 @@ export interface SessionPool {
 }
 
 export interface AcquireOptions {
-  /** Progress lines for the user (boot steps), written to the session's stderr. */
+  /** Progress lines for the user (boot steps): the session's stderr, or Nix log messages after an early answer (early-session.ts). */
   progress: (line: string) => void;
   /** Aborted when the client goes away while waiting. */
   signal: AbortSignal;
