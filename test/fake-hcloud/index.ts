@@ -33,7 +33,8 @@ import { checkRequestBody, checkResponse, checkSchema, withoutRemoved } from './
 import { parseUserData } from './cloud-config.js';
 import { ApiError, invalidInput, iso } from './api.js';
 import { VolumeStore, type Volume, type VolumeRecord } from './volumes.js';
-import { Worker, releaseAllDisksSync, type NixosBoot, type UnitState, NIXOS_UNITS } from './worker.js';
+import { FakeServer } from './fake-server.js';
+import { releaseAllDisksSync, type NixosBoot, type UnitState, NIXOS_UNITS } from './nixos-image.js';
 import { LinkRelay, type LinkBytes, type LinkProfile } from '../rig/link.js';
 
 type Schemas = components['schemas'];
@@ -43,7 +44,7 @@ type ServerStatus = ApiServer['status'];
 type Pagination = Schemas['pagination'];
 type SshKey = Schemas['ssh_key'];
 
-/** What a snapshot made by `create_image` remembers of the server's disk (`DIR/disk`, see Worker). */
+/** What a snapshot made by `create_image` remembers of the server's disk (`DIR/disk`, see FakeServer). */
 export interface SnapshotDisk {
   sha256: string;
   bytes: number;
@@ -223,7 +224,7 @@ interface ServerRecord {
   deleted: boolean;
   behaviour: ServerBehaviour;
   dir: string;
-  worker: Worker | null;
+  worker: FakeServer | null;
   workerStopped: Promise<void> | null;
   timers: Set<NodeJS.Timeout>;
   actionIds: number[];
@@ -455,7 +456,7 @@ export class FakeCloud {
     // Each server bind-mounts its own store at /nix, which needs the mount point. A fresh machine
     // with Debian's nix-bin has none until its first Nix command (which makes the same folder).
     mkdirSync('/nix', { recursive: true });
-    // Each server has a private tmpfs at /mnt, for the volumes attached to it (worker.ts).
+    // Each server has a private tmpfs at /mnt, for the volumes attached to it (server-namespace.ts).
     mkdirSync('/mnt', { recursive: true });
     let cloud: FakeCloud | null = null;
     const http = createServer((req, res) => {
@@ -1371,7 +1372,7 @@ export class FakeCloud {
       link: null,
     };
     this.serversById.set(id, s);
-    if (this.opts.realServers) Worker.prepare(s.dir, s.userData);
+    if (this.opts.realServers) FakeServer.prepare(s.dir, s.userData);
 
     const create = this.newAction('create_server', id);
     const startAfterCreate = req.start_after_create ?? true;
@@ -1439,7 +1440,7 @@ export class FakeCloud {
       this.opts.log(`server ${s.id}: no ssh_keys.ed25519_private in the user data: no sshd (host key unknowable)`);
       return;
     }
-    const worker = new Worker({
+    const worker = new FakeServer({
       id: s.id,
       dir: s.dir,
       address: s.address,
@@ -1487,7 +1488,7 @@ export class FakeCloud {
 
   /**
    * Boots a server of the NixOS worker image: no cloud-init; the image's units run inside the
-   * server's namespace (see NixosBoot in worker.ts) and fetch-keys.sh reads the user data from
+   * server's namespace (see NixosBoot in nixos-image.ts) and fetch-keys.sh reads the user data from
    * the fake metadata service.
    */
   private async bootNixos(s: ServerRecord): Promise<void> {
@@ -1501,7 +1502,7 @@ export class FakeCloud {
       diskMib: n.diskMib,
       storeUnit: !this.nixosImagesWithoutStore.has(s.image.id),
     };
-    const worker = new Worker({
+    const worker = new FakeServer({
       id: s.id,
       dir: s.dir,
       address: s.address,
@@ -1953,7 +1954,7 @@ export class FakeCloud {
     if (s.worker && v.server === s.id) await s.worker.mountVolume(v.id, this.volumeStore.dir(v.id));
   }
 
-  /** The volumes a booting server has, with their folders (see worker.ts). */
+  /** The volumes a booting server has, with their folders (see server-namespace.ts). */
   private volumeMounts(s: ServerRecord): { id: number; dir: string }[] {
     return this.volumeStore.attachedTo(s.id).map((id) => ({ id, dir: this.volumeStore.dir(id) }));
   }
@@ -1961,7 +1962,7 @@ export class FakeCloud {
   /**
    * Boots the rescue system: an sshd as for a normal server (same namespace mechanism), with a
    * fresh host key, root's authorized keys = the project keys given to `enable_rescue`, no
-   * cloud-config, and `/dev/sda` = the regular file `DIR/disk` (see Worker). As on Hetzner,
+   * cloud-config, and `/dev/sda` = the regular file `DIR/disk` (see FakeServer). As on Hetzner,
    * rescue mode lasts one boot.
    */
   private async bootRescue(s: ServerRecord): Promise<void> {
@@ -1970,7 +1971,7 @@ export class FakeCloud {
     s.inRescue = true;
     if (s.behaviour === 'no-sshd') return;
     const host = generateKeyPair(`rescue-${s.id}`);
-    const worker = new Worker({
+    const worker = new FakeServer({
       id: s.id,
       dir: s.dir,
       address: s.address,

@@ -3,7 +3,7 @@
 //
 // Each volume has a folder, `<root>/<id>/`, that stands for its block device's content: it
 // outlives every server the volume is attached to, and a server with the volume attached sees it
-// at /mnt/HC_Volume_<id> (see worker.ts).
+// at /mnt/HC_Volume_<id> (see server-namespace.ts).
 //
 // Rules, as the API description says (spec/hcloud/openapi.json) and, where it says nothing, as
 // the real API answers (quoted in test/fake-hcloud/README.md):
