@@ -41,7 +41,7 @@ import { packageRoot } from '../../src/core/package-file.js';
 import { ZSTD_RELAY_PATH, ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-relay.js';
 import { RIG_NIX_CONF_FILE } from '../rig/nix-config.js';
 import { nixWrapper } from '../rig/nix-client.js';
-import { shellQuote, type CloudConfig } from './cloud-config.js';
+import type { CloudConfig } from './cloud-config.js';
 import { attachWorkerDisk, detachLoopSync, NIXOS_SCRIPTS, NIXOS_UNITS, type NixosBoot, type UnitState } from './nixos-image.js';
 import {
   CHILD_ENV,
@@ -50,6 +50,7 @@ import {
   NAMESPACE_SETUP,
   privatePrefixes,
   UNMOUNT_VOLUME,
+  writeStockStandIns,
   type VolumeMount,
 } from './server-namespace.js';
 import { cloudInitSshdConfig, nixosSshdConfig } from './sshd-config.js';
@@ -168,7 +169,7 @@ export class FakeServer {
     writeFileSync(join(dir, 'authorized_keys'), config.authorizedKeys.map((k) => `${k.trim()}\n`).join(''), { mode: 0o600 });
     writeFileSync(join(dir, 'sshd_config'), cloudInitSshdConfig(this.o, dir), { mode: 0o644 });
 
-    if (this.o.stock) this.writeStandIns();
+    if (this.o.stock) writeStockStandIns(dir);
     const child = await this.spawnNamespace(this.o.stock ? 'stock' : '');
     if (child === null) return;
     await this.installNixRoot();
@@ -415,22 +416,6 @@ export class FakeServer {
     note(`${new Date().toISOString()} ${u.unit}: ${ok ? 'finished' : `failed (${result})`}`);
     if (!ok) this.o.log(`server ${this.o.id}: ${u.unit} failed (${result}), see ${logPath}`);
     return ok;
-  }
-
-  /**
-   * Stock image: stand-ins for systemd's tools, which Nix's installer calls (`systemctl link`,
-   * `enable`, `start nix-daemon.socket`, `systemd-tmpfiles --create`): they record their calls in
-   * DIR/stub-calls.log. No nix-daemon is started: sessions run Nix as root on the local store.
-   */
-  private writeStandIns(): void {
-    const dir = join(this.o.dir, 'stand-ins');
-    mkdirSync(dir, { recursive: true });
-    const calls = shellQuote(join(this.o.dir, 'stub-calls.log'));
-    for (const tool of ['systemctl', 'systemd-tmpfiles']) {
-      writeFileSync(join(dir, tool), `#!/bin/sh\n# Stand-in for ${tool}: the fake runs no systemd.\necho "${tool} $*" >> ${calls}\n`, {
-        mode: 0o755,
-      });
-    }
   }
 
   /** Detaches the loop device (once every process in the server is gone, or lazily before). */

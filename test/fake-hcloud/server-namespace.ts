@@ -1,6 +1,10 @@
 // The mount namespace of a fake server: the script that builds it (and then becomes its sshd),
 // the scripts that plug volumes in and out of it, and the environments its processes get.
 
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { shellQuote } from './cloud-config.js';
+
 /**
  * Paths that are the server's own inside its namespace; write_files elsewhere
  * go to DIR/rootfs instead of the host (/etc/ssh and /root only on a NixOS worker image).
@@ -122,4 +126,21 @@ export interface VolumeMount {
   id: number;
   /** The folder standing for the volume's content (dataDir/volumes/<id>). */
   dir: string;
+}
+
+/**
+ * Stock image: the stand-ins for systemd's tools that NAMESPACE_SETUP copies into the server's
+ * /usr/local/sbin, which Nix's installer calls (`systemctl link`, `enable`, `start
+ * nix-daemon.socket`, `systemd-tmpfiles --create`): they record their calls in
+ * `<serverDir>/stub-calls.log`. No nix-daemon is started: sessions run Nix as root on the local store.
+ */
+export function writeStockStandIns(serverDir: string): void {
+  const dir = join(serverDir, 'stand-ins');
+  mkdirSync(dir, { recursive: true });
+  const calls = shellQuote(join(serverDir, 'stub-calls.log'));
+  for (const tool of ['systemctl', 'systemd-tmpfiles']) {
+    writeFileSync(join(dir, tool), `#!/bin/sh\n# Stand-in for ${tool}: the fake runs no systemd.\necho "${tool} $*" >> ${calls}\n`, {
+      mode: 0o755,
+    });
+  }
 }
