@@ -88,7 +88,7 @@ export interface ServerRecord {
   dir: string;
   /** The real machine while it runs (with real servers). */
   machine: FakeServer | null;
-  /** Its last machine's stop, until done. */
+  /** The stop of its last machine (power off or delete), which a delete waits for. */
   machineStopped: Promise<void> | null;
   timers: Set<NodeJS.Timeout>;
   deleteActionId: number | null;
