@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { WorkerCompression } from '../src/core/config.js';
 import { CLI, DaemonProcess, nodeFlagsOf, Rig, TOKEN, type PoolOverrides } from '../test/rig/rig.js';
-import type { FakeCloudOptions } from '../test/fake-hcloud/index.js';
+import type { FakeCloudOptions } from '../test/fake-hcloud/fake-cloud.js';
 import type { StateData, WorkerRecord } from '../src/daemon/state.js';
 
 /**

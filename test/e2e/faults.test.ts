@@ -4,7 +4,7 @@
  */
 import t from 'tap';
 import { Rig, TOKEN, waitUntil } from '../rig/rig.js';
-import type { ServerBehaviour } from '../fake-hcloud/index.js';
+import type { ServerBehaviour } from '../fake-hcloud/fake-cloud.js';
 
 const bootFaults: [ServerBehaviour, RegExp][] = [
   ['never-running', /bootTimeout/],

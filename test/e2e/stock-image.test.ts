@@ -18,7 +18,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { Rig, waitUntil } from '../rig/rig.js';
 import { makeNixRelease, poolNixSetting, serveNixRelease } from '../rig/nix-release.js';
-import type { FakeServerInfo } from '../fake-hcloud/index.js';
+import type { FakeServerInfo } from '../fake-hcloud/fake-cloud.js';
 import { tmpdir } from 'node:os';
 import { RUNCMD_ENVIRONMENT } from '../../src/daemon/user-data.js';
 

@@ -17,7 +17,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { Rig, waitUntil } from '../rig/rig.js';
-import type { FakeServerInfo } from '../fake-hcloud/index.js';
+import type { FakeServerInfo } from '../fake-hcloud/fake-cloud.js';
 
 const LABEL = 'nix-hcloud-builder/image';
 const SELECTOR = `${LABEL}=nixos-worker`;

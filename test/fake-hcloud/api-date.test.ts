@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { generateKeyPair } from '../../src/ssh/keys.js';
-import { FakeCloud } from './index.js';
+import { FakeCloud } from './fake-cloud.js';
 import { checkResponse, deprecatedAnswerProperties, removalDate, type DeprecatedProperty } from './openapi.js';
 
 const TOKEN = 'fake-token-0123456789';

@@ -1,5 +1,5 @@
 // What every part of the fake API answers with: its one error type (turned into the
-// `{"error": {code, message, details}}` body by index.ts) and the real API's time format.
+// `{"error": {code, message, details}}` body by http.ts) and the real API's time format.
 
 export class ApiError extends Error {
   constructor(

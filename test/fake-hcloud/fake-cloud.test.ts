@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { generateKeyPair } from '../../src/ssh/keys.js';
 import ssh2 from 'ssh2';
-import { FakeCloud, type FakeCloudOptions } from './index.js';
+import { FakeCloud, type FakeCloudOptions } from './fake-cloud.js';
 import { checkSchema } from './openapi.js';
 import { parseSelector, matches, labelProblems } from './labels.js';
 import { parseUserData } from './cloud-config.js';

@@ -8,7 +8,7 @@
 // request on stderr, and stops cleanly (every server killed) on SIGTERM/SIGINT.
 
 import { parseArgs } from 'node:util';
-import { FakeCloud, type FakeCloudOptions } from './index.js';
+import { FakeCloud, type FakeCloudOptions } from './fake-cloud.js';
 
 function usage(message: string): never {
   process.stderr.write(

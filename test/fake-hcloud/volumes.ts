@@ -1,9 +1,9 @@
-// The fake cloud's Volumes: their records and Hetzner's rules for them. The HTTP routes, the
-// actions and the servers are index.ts's; this module says what a request may do to a volume.
+// The fake cloud's Volumes: their records, Hetzner's rules for them (`VolumeStore`: what a request
+// may do to a volume), and their routes and actions (`Volumes`), which plug them into servers.
 //
 // Each volume has a folder, `<root>/<id>/`, that stands for its block device's content: it
 // outlives every server the volume is attached to, and a server with the volume attached sees it
-// at /mnt/HC_Volume_<id> (see worker.ts).
+// at /mnt/HC_Volume_<id> (see server-namespace.ts).
 //
 // Rules, as the API description says (spec/hcloud/openapi.json) and, where it says nothing, as
 // the real API answers (quoted in test/fake-hcloud/README.md):
@@ -18,9 +18,15 @@
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { components } from '../../src/hcloud/openapi.js';
+import { actionJson, type Action } from './actions.js';
 import { ApiError, invalidInput, iso } from './api.js';
 import { LOCATIONS, type Location } from './catalog.js';
-import { labelProblems, type Labels } from './labels.js';
+import type { Router } from './http.js';
+import type { Labels } from './labels.js';
+import { checkLabels, jsonBody, paginate, selector, sorter, type Answer, type RequestContext } from './request.js';
+import type { Room } from './room.js';
+import type { ServerRecord } from './server-record.js';
+import type { VolumeMount } from './server-namespace.js';
 
 type Schemas = components['schemas'];
 export type Volume = Schemas['volume'];
@@ -43,8 +49,6 @@ export interface VolumeRecord {
   server: number | null;
   /** The running action that holds the volume (create, attach, detach); null when none. */
   lockedBy: number | null;
-  /** Every action about this volume, oldest first. */
-  actionIds: number[];
 }
 
 /** What a volume needs to know of a server. */
@@ -119,8 +123,7 @@ export class VolumeStore {
     if (location === undefined)
       throw invalidInput('location or server is required', [{ name: 'location', messages: ['location or server is required'] }]);
     const labels = req.labels ?? {};
-    const lp = labelProblems(labels);
-    if (lp.length > 0) throw invalidInput(`invalid input in field 'labels'`, [{ name: 'labels', messages: lp }]);
+    checkLabels(labels);
     this.assertNameFree(req.name);
 
     const v: VolumeRecord = {
@@ -134,7 +137,6 @@ export class VolumeStore {
       status: 'creating',
       server: server?.id ?? null,
       lockedBy: null,
-      actionIds: [],
     };
     this.byId.set(v.id, v);
     mkdirSync(this.dir(v.id), { recursive: true, mode: 0o755 });
@@ -148,8 +150,7 @@ export class VolumeStore {
       this.assertNameFree(req.name);
     }
     if (req.labels !== undefined) {
-      const lp = labelProblems(req.labels);
-      if (lp.length > 0) throw invalidInput(`invalid input in field 'labels'`, [{ name: 'labels', messages: lp }]);
+      checkLabels(req.labels);
       v.labels = { ...req.labels };
     }
     if (req.name !== undefined) v.name = req.name;
@@ -225,5 +226,176 @@ export class VolumeStore {
 
   private assertUnlocked(v: VolumeRecord): void {
     if (v.lockedBy !== null) throw new ApiError(423, 'locked', `volume with ID '${v.id}' is locked: action ${v.lockedBy} is running`);
+  }
+}
+
+/** The volumes' routes and actions; a volume's folder is plugged into the servers it is attached to. */
+export class Volumes {
+  readonly store: VolumeStore;
+
+  constructor(
+    private readonly room: Room,
+    root: string,
+  ) {
+    this.store = new VolumeStore(root);
+    room.actions.onFinish((id) => this.store.unlock(id));
+  }
+
+  /** The volumes as the API lists them. */
+  all(): Volume[] {
+    return this.store.all().map((v) => this.store.json(v));
+  }
+
+  /**
+   * The volumes `POST /servers` names to attach at creation: each must exist, be free and be in
+   * the server's location.
+   */
+  checkAttachAtCreation(ids: number[], location: Location): VolumeRecord[] {
+    const volumes = ids.map((id) => {
+      const v = this.store.all().find((x) => x.id === id);
+      if (!v) throw invalidInput(`volume with ID '${id}' not found`, [{ name: 'volumes', messages: [`volume ${id} not found`] }]);
+      return v;
+    });
+    if (new Set(volumes.map((v) => v.id)).size !== volumes.length) {
+      throw invalidInput(`invalid input in field 'volumes'`, [{ name: 'volumes', messages: ['a volume is listed twice'] }]);
+    }
+    for (const v of volumes) this.store.checkAttach(v, { id: 0, location });
+    return volumes;
+  }
+
+  /** Attaches them at once, so that the server boots with them; the caller ends each attach action. */
+  attachAtCreation(volumes: VolumeRecord[], serverId: number): Action[] {
+    return volumes.map((v) => {
+      v.server = serverId;
+      const a = this.startAttachAction('attach_volume', serverId, v.id);
+      v.lockedBy = a.id;
+      return a;
+    });
+  }
+
+  /** As on Hetzner, deleting a server detaches its volumes; their data stays. */
+  detachAll(serverId: number): void {
+    for (const v of this.store.all()) if (v.server === serverId) v.server = null;
+  }
+
+  routes(router: Router): void {
+    router.add('GET', '/volumes', (c) => this.listRoute(c));
+    router.add('POST', '/volumes', (c) => this.createRoute(c));
+    router.add('GET', '/volumes/{id}', (c) => ({
+      status: 200,
+      body: { volume: this.store.json(this.store.get(c.params['id'] ?? -1)) },
+    }));
+    router.add('PUT', '/volumes/{id}', (c) => this.updateRoute(c));
+    router.add('DELETE', '/volumes/{id}', (c) => {
+      this.store.delete(this.store.get(c.params['id'] ?? -1));
+      return { status: 204, body: null };
+    });
+    router.add('GET', '/volumes/{id}/actions', (c) => {
+      const v = this.store.get(c.params['id'] ?? -1);
+      const p = paginate(this.room.actions.of('volume', v.id), c.query);
+      return { status: 200, body: { actions: p.items, meta: p.meta } };
+    });
+    router.add('POST', '/volumes/{id}/actions/attach', (c) => this.attachRoute(c));
+    router.add('POST', '/volumes/{id}/actions/detach', (c) => this.detachRoute(c));
+  }
+
+  /** An attach or detach action, about the server and the volume. */
+  private startAttachAction(command: 'attach_volume' | 'detach_volume', serverId: number, volumeId: number): Action {
+    return this.room.actions.startFor(command, [
+      { id: serverId, type: 'server' },
+      { id: volumeId, type: 'volume' },
+    ]);
+  }
+
+  private listRoute(c: RequestContext): Answer {
+    const name = c.query.get('name');
+    const statuses = c.query.getAll('status');
+    const sel = selector(c.query);
+    const items = this.store
+      .all()
+      .filter(
+        (v) =>
+          (name === null || v.name === name) && (statuses.length === 0 || statuses.includes(v.status)) && (sel === null || sel(v.labels)),
+      )
+      .map((v) => this.store.json(v))
+      .sort(sorter(c.query, ['id', 'name', 'created']));
+    const p = paginate(items, c.query);
+    return { status: 200, body: { volumes: p.items, meta: p.meta } };
+  }
+
+  /** How long a volume action (create, attach, detach) runs. */
+  private get volumeActionMs(): number {
+    return Math.min(200, this.room.opts.bootDelayMs / 4);
+  }
+
+  private createRoute(c: RequestContext): Answer {
+    const req = jsonBody(c, this.room.opts.apiDate) as Schemas['create_volume_request'];
+    let server: ServerRecord | null = null;
+    if (req.server !== undefined) {
+      server = this.room.servers.get(req.server) ?? null;
+      if (!server || server.deleted)
+        throw invalidInput(`server with ID '${req.server}' not found`, [{ name: 'server', messages: ['server not found'] }]);
+    }
+    const v = this.store.create(req, server);
+    const create = this.room.actions.startFor('create_volume', [{ id: v.id, type: 'volume' }]);
+    v.lockedBy = create.id;
+    const next = server ? [this.startAttachAction('attach_volume', server.id, v.id)] : [];
+    this.room.timers.later(null, this.volumeActionMs, () => {
+      v.status = 'available';
+      this.room.actions.finish(create.id);
+      const attach = next[0];
+      if (attach && server) void this.mountVolume(server, v).then(() => this.room.actions.finish(attach.id));
+    });
+    const body: Schemas['create_volume_response'] = {
+      volume: this.store.json(v),
+      action: actionJson(create),
+      next_actions: next.map(actionJson),
+    };
+    return { status: 201, body };
+  }
+
+  private updateRoute(c: RequestContext): Answer {
+    const v = this.store.get(c.params['id'] ?? -1);
+    this.store.update(v, jsonBody(c, this.room.opts.apiDate));
+    return { status: 200, body: { volume: this.store.json(v) } };
+  }
+
+  private attachRoute(c: RequestContext): Answer {
+    const v = this.store.get(c.params['id'] ?? -1);
+    const req = jsonBody(c, this.room.opts.apiDate) as Schemas['attach_volume_to_server_request'];
+    const s = this.room.servers.get(req.server);
+    if (!s || s.deleted || s.status === 'deleting')
+      throw invalidInput(`server with ID '${req.server}' not found`, [{ name: 'server', messages: ['server not found'] }]);
+    this.store.checkAttach(v, s);
+    v.server = s.id;
+    const action = this.startAttachAction('attach_volume', s.id, v.id);
+    v.lockedBy = action.id;
+    this.room.timers.later(null, this.volumeActionMs, () => void this.mountVolume(s, v).then(() => this.room.actions.finish(action.id)));
+    return { status: 201, body: { action: actionJson(action) } };
+  }
+
+  private detachRoute(c: RequestContext): Answer {
+    const v = this.store.get(c.params['id'] ?? -1);
+    const serverId = this.store.checkDetach(v);
+    v.server = null;
+    const action = this.startAttachAction('detach_volume', serverId, v.id);
+    v.lockedBy = action.id;
+    const s = this.room.servers.get(serverId);
+    this.room.timers.later(
+      null,
+      this.volumeActionMs,
+      () => void (s?.machine?.unmountVolume(v.id) ?? Promise.resolve()).then(() => this.room.actions.finish(action.id)),
+    );
+    return { status: 201, body: { action: actionJson(action) } };
+  }
+
+  /** Hot-plugs the volume into the running server, if it runs and the volume is still its own. */
+  private async mountVolume(s: ServerRecord, v: VolumeRecord): Promise<void> {
+    if (s.machine && v.server === s.id) await s.machine.mountVolume(v.id, this.store.dir(v.id));
+  }
+
+  /** The volumes a booting server has, with their folders (see server-namespace.ts). */
+  mounts(s: ServerRecord): VolumeMount[] {
+    return this.store.attachedTo(s.id).map((id) => ({ id, dir: this.store.dir(id) }));
   }
 }

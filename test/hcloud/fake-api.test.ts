@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { FakeCloud } from '../fake-hcloud/index.js';
+import { FakeCloud } from '../fake-hcloud/fake-cloud.js';
 import { HcloudClient, type HcloudClientOptions } from '../../src/hcloud/client.js';
 import { isNotFound, isVolumeAttached } from '../../src/hcloud/errors.js';
 import { abortableSleep } from '../../src/hcloud/retry.js';

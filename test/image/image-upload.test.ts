@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import ssh2 from 'ssh2';
-import { FakeCloud } from '../fake-hcloud/index.js';
+import { FakeCloud } from '../fake-hcloud/fake-cloud.js';
 import { HcloudClient } from '../../src/hcloud/client.js';
 import { HcloudError } from '../../src/hcloud/errors.js';
 import { generateKeyPair } from '../../src/ssh/keys.js';

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Writable } from 'node:stream';
-import { FakeCloud, type FakeCloudOptions } from '../fake-hcloud/index.js';
+import { FakeCloud, type FakeCloudOptions } from '../fake-hcloud/fake-cloud.js';
 import { parseConfig, type Config } from '../../src/core/config.js';
 import { Daemon, type DaemonOptions } from '../../src/daemon/daemon.js';
 import { generateKeyPair } from '../../src/ssh/keys.js';

@@ -22,12 +22,10 @@
 //   fetch-keys.log, zpool-expand.log, store-volume.log, ready-marker.log   each script's output
 //   stub-calls.log           every call of the stand-ins
 
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import {
   appendFileSync,
-  chmodSync,
   copyFileSync,
-  existsSync,
   mkdirSync,
   openSync,
   closeSync,
@@ -37,122 +35,27 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { connect } from 'node:net';
-import { dirname, join, posix } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, posix } from 'node:path';
 import { generateKeyPair } from '../../src/ssh/keys.js';
 import { packageRoot } from '../../src/core/package-file.js';
 import { ZSTD_RELAY_PATH, ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-relay.js';
 import { RIG_NIX_CONF_FILE } from '../rig/nix-config.js';
 import { nixWrapper } from '../rig/nix-client.js';
-import { shellQuote, type CloudConfig } from './cloud-config.js';
+import type { CloudConfig } from './cloud-config.js';
+import { attachWorkerDisk, detachLoopSync, NIXOS_SCRIPTS, NIXOS_UNITS, type NixosBoot, type UnitState } from './nixos-image.js';
+import {
+  CHILD_ENV,
+  CLOUD_FINAL_ENV,
+  MOUNT_VOLUME,
+  NAMESPACE_SETUP,
+  privatePrefixes,
+  UNMOUNT_VOLUME,
+  writeStockStandIns,
+  type VolumeMount,
+} from './server-namespace.js';
+import { cloudInitSshdConfig, nixosSshdConfig } from './sshd-config.js';
 
-/**
- * Paths that are the server's own inside its namespace; write_files elsewhere
- * go to DIR/rootfs instead of the host (/etc/ssh and /root only on a NixOS worker image).
- */
-function privatePrefixes(nixos: boolean): string[] {
-  const own = ['/nix/', '/run/', '/etc/nix/', '/usr/local/'];
-  return nixos ? [...own, '/etc/ssh/', '/root/'] : own;
-}
-
-/**
- * The environment cloud-init's final stage gives runcmd on a stock image: cloud-final.service has
- * no User=, so systemd sets no HOME or USER; PATH is systemd's default, LANG from the locale.
- */
-export const CLOUD_FINAL_ENV: NodeJS.ProcessEnv = {
-  PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
-  LANG: 'C.UTF-8',
-};
-
-export const CHILD_ENV: NodeJS.ProcessEnv = {
-  PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
-  HOME: '/root',
-  LANG: 'C.UTF-8',
-};
-
-const SETUP_SCRIPT = [
-  'set -e',
-  'mount --bind "$1/nix" /nix',
-  'mount -t tmpfs -o mode=0755 tmpfs /run',
-  'mkdir -p /run/sshd',
-  // The server's own /etc: the host's, with writes kept in a tmpfs of this namespace (an overlay's
-  // upper layer cannot be on overlayfs, which a container's root may be). Then its own /etc/nix,
-  // created in that layer when the host has none; nothing of the host's /etc changes.
-  'mkdir -p "$1/etc-layer"',
-  'mount -t tmpfs -o mode=0755 tmpfs "$1/etc-layer"',
-  'mkdir "$1/etc-layer/upper" "$1/etc-layer/work"',
-  'mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1/etc-layer/upper,workdir=$1/etc-layer/work" /etc',
-  // A stock image has no /etc/nix (the installer makes it); others get the rig's nix.conf there.
-  'if [ "$3" != stock ]; then mkdir -p /etc/nix && mount --bind "$1/etc-nix" /etc/nix; fi',
-  // Its own /usr/local too (cloud-config installs the zstd relay there), the same way.
-  'mkdir "$1/etc-layer/usr-local" "$1/etc-layer/usr-local-work"',
-  'mount -t overlay overlay -o "lowerdir=/usr/local,upperdir=$1/etc-layer/usr-local,workdir=$1/etc-layer/usr-local-work" /usr/local',
-  // NixOS worker image only ($3 = nixos): its boot scripts write /etc/ssh and /root/.ssh, so both
-  // are the server's own: a private /etc/ssh holding only the host's moduli (as NixOS has one), and
-  // a private, empty /root (the host may have no /root/.ssh to mount over, and a fresh server's
-  // root home is empty anyway).
-  // Stock image only ($3 = stock): no Nix at all. The host's Nix commands are hidden (an overlay of
-  // /usr/bin with them removed; their libraries stay, which the rig's release tarball uses), and so
-  // are its /etc/nix and any nixbld users. Its own /root (Nix's tools may write under root's home
-  // there) holding the rig's Nix settings as root's user config (Nix reads it after
-  // /etc/nix/nix.conf, which the installer writes: the fake workers share one kernel, see
-  // test/rig/nix-conf), its own /var/log, /run/systemd/system (systemd is PID 1 on the image;
-  // here stand-ins answer for it: systemctl and systemd-tmpfiles in /usr/local/sbin, first on
-  // the PATH).
-  'if [ "$3" = stock ]; then',
-  '  mkdir "$1/etc-layer/usr-bin" "$1/etc-layer/usr-bin-work"',
-  '  mount -t overlay overlay -o "lowerdir=/usr/bin,upperdir=$1/etc-layer/usr-bin,workdir=$1/etc-layer/usr-bin-work" /usr/bin',
-  '  rm -f /usr/bin/nix /usr/bin/nix-*',
-  '  rm -rf /etc/nix',
-  '  for f in /etc/passwd /etc/group /etc/shadow /etc/gshadow; do if [ -f "$f" ] && grep -q "^nixbld" "$f"; then sed -i "/^nixbld/d" "$f"; fi; done',
-  '  mount -t tmpfs -o mode=0700 tmpfs /root',
-  '  mkdir -p /root/.config/nix && cp "$1/etc-nix/nix.conf" /root/.config/nix/nix.conf',
-  '  mount -t tmpfs -o mode=0755 tmpfs /var/log',
-  '  mkdir -p /run/systemd/system /usr/local/sbin',
-  '  cp "$1/stand-ins/systemctl" "$1/stand-ins/systemd-tmpfiles" /usr/local/sbin/',
-  'fi',
-  'if [ "$3" = nixos ]; then',
-  '  [ -d /etc/ssh ] || { echo "this machine has no /etc/ssh to mount over" >&2; exit 1; }',
-  '  rm -f "$1/moduli"; if [ -f /etc/ssh/moduli ]; then cp /etc/ssh/moduli "$1/moduli"; fi',
-  '  mount -t tmpfs -o mode=0755 tmpfs /etc/ssh',
-  '  if [ -f "$1/moduli" ]; then cp "$1/moduli" /etc/ssh/moduli; fi',
-  '  mount -t tmpfs -o mode=0700 tmpfs /root',
-  'fi',
-  // Rescue system only ($2 = the disk file): a private /dev holding the host's harmless device
-  // nodes (bind mounts) and, at /dev/sda, the regular file $2, so that `dd of=/dev/sda` writes a
-  // file the tests can read, and nothing outside this mount namespace changes.
-  'if [ -n "$2" ]; then',
-  '  : > "$2"',
-  '  mkdir -p "$1/host-dev"',
-  '  mount --rbind /dev "$1/host-dev"',
-  '  mount -t tmpfs -o mode=0755 tmpfs /dev',
-  '  for n in null zero full random urandom tty; do',
-  '    if [ -e "$1/host-dev/$n" ]; then : > "/dev/$n"; mount --bind "$1/host-dev/$n" "/dev/$n"; fi',
-  '  done',
-  '  mkdir /dev/pts /dev/shm',
-  '  mount --rbind "$1/host-dev/pts" /dev/pts',
-  '  mount -t tmpfs -o mode=1777 tmpfs /dev/shm',
-  '  ln -s /proc/self/fd /dev/fd; ln -s fd/0 /dev/stdin; ln -s fd/1 /dev/stdout; ln -s fd/2 /dev/stderr',
-  '  : > /dev/sda',
-  '  mount --bind "$2" /dev/sda',
-  '  umount -l "$1/host-dev"',
-  'fi',
-  // The server's own /mnt, holding the volumes attached at boot ($4: one "<id> <folder>" a line),
-  // each at /mnt/HC_Volume_<id>, where Hetzner's automount puts it (see VolumeMount).
-  'mount -t tmpfs -o mode=0755 tmpfs /mnt',
-  'if [ -n "$4" ]; then',
-  '  printf "%s\\n" "$4" | while read -r id src; do mkdir "/mnt/HC_Volume_$id"; mount --bind "$src" "/mnt/HC_Volume_$id"; done',
-  'fi',
-  'echo mounted',
-  'read -r _go',
-  'exec /usr/sbin/sshd -D -e -f "$1/sshd_config" </dev/null >/dev/null',
-].join('\n');
-
-/** Hot-plugging a volume inside the namespace ($1 = id, $2 = its folder), and unplugging it. */
-const MOUNT_VOLUME = 'mkdir -p "/mnt/HC_Volume_$1" && mount --bind "$2" "/mnt/HC_Volume_$1"';
-const UNMOUNT_VOLUME = 'umount -l "/mnt/HC_Volume_$1" && rmdir "/mnt/HC_Volume_$1"';
-
-export interface WorkerOptions {
+export interface FakeServerOptions {
   id: number;
   dir: string;
   address: string;
@@ -168,7 +71,7 @@ export interface WorkerOptions {
   log: (line: string) => void;
   /**
    * Boot the rescue system: this regular file (created empty) is what the server has at
-   * /dev/sda, bind-mounted over a private /dev (see SETUP_SCRIPT).
+   * /dev/sda, bind-mounted over a private /dev (see NAMESPACE_SETUP).
    */
   rescueDisk?: string;
   /** Boot as the NixOS worker image (nixos/worker.nix): no cloud-init, its boot scripts instead. */
@@ -178,108 +81,11 @@ export interface WorkerOptions {
   /**
    * Boot as a stock image without Nix (Ubuntu, Debian): the cloud-config applies as in the
    * default mode, but no Nix is on the machine and runcmd runs in cloud-final's environment
-   * (CLOUD_FINAL_ENV). See SETUP_SCRIPT.
+   * (CLOUD_FINAL_ENV). See NAMESPACE_SETUP.
    */
   stock?: boolean;
   /** Run Nix from this Debian root (test/rig/nix-roots.sh) instead of the machine's. */
   nixRoot?: string;
-}
-
-/**
- * A volume as a server sees it. On Hetzner an attached volume is a block device,
- * /dev/disk/by-id/scsi-0HC_Volume_<id>, which automount formats once and mounts at
- * /mnt/HC_Volume_<id>. A folder cannot be a block device, so the fake gives the server the
- * volume's folder, bind-mounted at /mnt/HC_Volume_<id> in its private /mnt, whatever automount
- * said: the file system is already there and mounted, and there is no device node.
- */
-export interface VolumeMount {
-  id: number;
-  /** The folder standing for the volume's content (dataDir/volumes/<id>). */
-  dir: string;
-}
-
-/**
- * How a server of a NixOS worker image boots. Instead of cloud-init, the units of
- * nixos/worker.nix run, each as the script it runs on a real worker, inside the server's mount
- * namespace, in systemd's order:
- *
- *   nix-hcloud-builder-keys (fetch-keys.sh) and zpool-expand (zpool-expand.sh), side by side;
- *   nix-hcloud-builder-store (store-volume.sh): after the keys unit, whatever it did (`after`
- *     only), beside sshd; absent from an image built before it (`storeUnit: false`);
- *   sshd: after both, only when the keys unit succeeded (it is `requiredBy` sshd);
- *   nix-hcloud-builder-ready (ready-marker.sh): only when both units succeeded (`requires`), and
- *     after the store unit (which it only `wants`).
- *
- * A unit that requires a failed one is skipped at once.
- *
- * The disk is `DIR/worker-disk.img`, a sparse file laid out like the image (BIOS boot, ESP, the
- * pool partition ending 1 MiB before the end, `imageMib` in all) and then made `diskMib` large,
- * attached to a loop device while the server runs. sgdisk, partx, blkid and mkswap act on it for
- * real; `zpool` (there is no ZFS) and `swapon` (the machine's swap must not change) are stand-ins.
- */
-export interface NixosBoot {
-  /** NHB_METADATA_URL: this server's user data on the fake metadata service. */
-  metadataUrl: string;
-  /** NHB_FETCH_ATTEMPTS. */
-  fetchAttempts: number;
-  /** NHB_SWAP_MIB. */
-  swapMib: number;
-  /** Size of the image as written to the disk (the pool partition ends 1 MiB before it). */
-  imageMib: number;
-  /** Size of the server's disk. */
-  diskMib: number;
-  /** The image has the store unit (nix-hcloud-builder-store); false for an image built before it. */
-  storeUnit: boolean;
-}
-
-/**
- * A unit's state: not started yet, running, done (a script exited 0; sshd listens), failed,
- * skipped (a unit it requires failed), or absent (not in this image).
- */
-export type UnitState = 'waiting' | 'running' | 'done' | 'failed' | 'skipped' | 'absent';
-
-/** The units of nixos/worker.nix that the fake runs, with their scripts and log files. */
-export const NIXOS_UNITS = {
-  keys: { unit: 'nix-hcloud-builder-keys.service', script: 'fetch-keys.sh', log: 'fetch-keys.log' },
-  expand: { unit: 'zpool-expand.service', script: 'zpool-expand.sh', log: 'zpool-expand.log' },
-  store: { unit: 'nix-hcloud-builder-store.service', script: 'store-volume.sh', log: 'store-volume.log' },
-  sshd: { unit: 'sshd.service', script: null, log: 'sshd.log' },
-  ready: { unit: 'nix-hcloud-builder-ready.service', script: 'ready-marker.sh', log: 'ready-marker.log' },
-} as const;
-
-const NIXOS_SCRIPTS = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'nixos', 'scripts');
-
-/** Loop devices attached by workers of this process, detached by `releaseAllDisksSync` at exit. */
-const attachedLoops = new Set<string>();
-
-function detachLoopSync(loop: string): void {
-  // The partitions first (partx added them), then the device; a device still held open is
-  // detached when its last user closes it.
-  spawnSync('partx', ['--delete', loop], { stdio: 'ignore' });
-  spawnSync('losetup', ['--detach', loop], { stdio: 'ignore' });
-  attachedLoops.delete(loop);
-}
-
-/** Last-resort cleanup (process exit): detaches every loop device a worker of this process holds. */
-export function releaseAllDisksSync(): void {
-  for (const loop of [...attachedLoops]) detachLoopSync(loop);
-}
-
-function run(cmd: string, args: string[]): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: CHILD_ENV });
-    let out = '';
-    child.stdout.on('data', (b: Buffer) => (out += b.toString()));
-    child.stderr.on('data', (b: Buffer) => (out += b.toString()));
-    child.once('error', (e) => resolve({ code: -1, out: e.message }));
-    child.once('close', (code) => resolve({ code, out }));
-  });
-}
-
-async function must(cmd: string, args: string[]): Promise<string> {
-  const r = await run(cmd, args);
-  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.code}): ${r.out.trim()}`);
-  return r.out;
 }
 
 function ownMountNamespace(): string {
@@ -298,7 +104,7 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref()
 /** A sleep that keeps the event loop alive: the children are unref'd, so waiting for them needs one. */
 const refSleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-export class Worker {
+export class FakeServer {
   sshd: ChildProcess | null = null;
   mntNs: string | null = null;
   /**
@@ -320,7 +126,7 @@ export class Worker {
   /** The volumes the server has now: given at boot, then hot-plugged (`mountVolume`). */
   private readonly volumes = new Map<number, string>();
 
-  constructor(private readonly o: WorkerOptions) {
+  constructor(private readonly o: FakeServerOptions) {
     this.units = o.nixos
       ? { keys: 'waiting', expand: 'waiting', store: o.nixos.storeUnit ? 'waiting' : 'absent', sshd: 'waiting', ready: 'waiting' }
       : null;
@@ -342,7 +148,7 @@ export class Worker {
   }
 
   /**
-   * Boots the worker: host key, authorized keys, sshd in a new mount
+   * Boots the server: host key, authorized keys, sshd in a new mount
    * namespace, write_files, and (after readyDelayMs) runcmd. Resolves once
    * sshd accepts connections, or rejects when it could not start.
    * A NixOS worker image boots by its own units instead (see NixosBoot).
@@ -361,9 +167,9 @@ export class Worker {
     writeFileSync(join(dir, 'ssh_host_ed25519_key'), hostKey.endsWith('\n') ? hostKey : `${hostKey}\n`, { mode: 0o600 });
     if (hostPub !== null) writeFileSync(join(dir, 'ssh_host_ed25519_key.pub'), `${hostPub.trim()}\n`, { mode: 0o644 });
     writeFileSync(join(dir, 'authorized_keys'), config.authorizedKeys.map((k) => `${k.trim()}\n`).join(''), { mode: 0o600 });
-    writeFileSync(join(dir, 'sshd_config'), this.sshdConfig(), { mode: 0o644 });
+    writeFileSync(join(dir, 'sshd_config'), cloudInitSshdConfig(this.o, dir), { mode: 0o644 });
 
-    if (this.o.stock) this.writeStandIns();
+    if (this.o.stock) writeStockStandIns(dir);
     const child = await this.spawnNamespace(this.o.stock ? 'stock' : '');
     if (child === null) return;
     await this.installNixRoot();
@@ -388,7 +194,7 @@ export class Worker {
   }
 
   /**
-   * A worker with another Nix version: its own /usr/local/bin (first on every session's PATH) gets
+   * A server with another Nix version: its own /usr/local/bin (first on every session's PATH) gets
    * nix-daemon, nix-store and nix that run the root's programs on the server's /nix and /etc/nix.
    */
   private async installNixRoot(): Promise<void> {
@@ -400,8 +206,8 @@ export class Worker {
   }
 
   /**
-   * Starts the namespace holder (`unshare` running SETUP_SCRIPT, which becomes sshd once told
-   * "go" on its stdin) and waits until its mounts are in place. Null when the worker was stopped
+   * Starts the namespace holder (`unshare` running NAMESPACE_SETUP, which becomes sshd once told
+   * "go" on its stdin) and waits until its mounts are in place. Null when the server was stopped
    * meanwhile.
    */
   private async spawnNamespace(mode: '' | 'nixos' | 'stock'): Promise<ChildProcess | null> {
@@ -413,7 +219,7 @@ export class Worker {
       const bootVolumes = [...atBoot].map(([id, src]) => `${id} ${src}`).join('\n');
       child = spawn(
         'unshare',
-        ['-m', '--propagation', 'private', 'sh', '-c', SETUP_SCRIPT, 'sh', dir, this.o.rescueDisk ?? '', mode, bootVolumes],
+        ['-m', '--propagation', 'private', 'sh', '-c', NAMESPACE_SETUP, 'sh', dir, this.o.rescueDisk ?? '', mode, bootVolumes],
         {
           detached: true,
           stdio: ['pipe', 'pipe', logFd],
@@ -496,8 +302,13 @@ export class Worker {
     for (const u of Object.values(NIXOS_UNITS)) {
       if (u.script !== null) copyFileSync(join(NIXOS_SCRIPTS, u.script), join(dir, 'scripts', u.script));
     }
-    writeFileSync(join(dir, 'sshd_config'), this.nixosSshdConfig(), { mode: 0o644 });
-    await this.attachDisk(n);
+    writeFileSync(join(dir, 'sshd_config'), nixosSshdConfig(this.o), { mode: 0o644 });
+    await attachWorkerDisk(
+      dir,
+      n,
+      () => this.stopped,
+      (loop) => (this.loopDevice = loop),
+    );
     if (this.stopped) {
       this.releaseDisk();
       return;
@@ -607,115 +418,12 @@ export class Worker {
     return ok;
   }
 
-  /**
-   * Makes DIR/worker-disk.img on the first boot (the image written to a bigger disk), attaches it
-   * to a loop device and writes the stand-ins for `zpool` and `swapon` into DIR/bin. Later boots
-   * reuse the disk as the last boot left it.
-   */
-  private async attachDisk(n: NixosBoot): Promise<void> {
-    const { dir } = this.o;
-    const img = join(dir, 'worker-disk.img');
-    if (!existsSync(img)) {
-      if (n.imageMib < 20 || n.diskMib < n.imageMib) throw new Error('the worker image needs imageMib >= 20 and diskMib >= imageMib');
-      // As make-single-disk-zfs-image lays it out: BIOS boot, ESP, the pool up to 1 MiB before the end.
-      await must('truncate', ['-s', `${n.imageMib}M`, img]);
-      await must('sgdisk', [
-        '--clear',
-        '--new=1:1M:+1M',
-        '--typecode=1:EF02',
-        '--new=2:2M:+14M',
-        '--typecode=2:EF00',
-        '--change-name=2:ESP',
-        `--new=3:16M:${n.imageMib * 2048 - 2048 - 1}`,
-        '--typecode=3:BF00',
-        '--change-name=3:primary',
-        img,
-      ]);
-      await must('truncate', ['-s', `${n.diskMib}M`, img]);
-    }
-    if (this.stopped) return;
-    const loop = (await must('losetup', ['--find', '--show', '--partscan', img])).trim();
-    this.loopDevice = loop;
-    attachedLoops.add(loop);
-    if (this.stopped) return;
-    // Partition nodes, as the kernel makes them when a disk appears (--partscan may not here).
-    await run('partx', ['--add', loop]);
-    const part = `${loop}p3`;
-    const sysSize = `/sys/class/block/${part.slice('/dev/'.length)}/size`;
-    for (let i = 0; !existsSync(part) || !existsSync(sysSize); i++) {
-      if (i >= 100) throw new Error(`${part} did not appear`);
-      await refSleep(20);
-    }
-    // The pool's size before `zpool online -e` is the partition's size on the first boot.
-    const expandedMarker = join(dir, 'pool-expanded');
-    const poolBytes = Number(readFileSync(sysSize, 'utf8')) * 512;
-    const q = shellQuote;
-    const calls = q(join(dir, 'stub-calls.log'));
-    mkdirSync(join(dir, 'bin'), { recursive: true });
-    writeFileSync(
-      join(dir, 'bin', 'zpool'),
-      [
-        '#!/bin/sh',
-        "# Stand-in for zpool (no ZFS here): the pool rpool is partition 3 of this server's loop disk.",
-        `echo "zpool $*" >> ${calls}`,
-        `part=${q(part)}`,
-        'case "$*" in',
-        `  "list -vHP rpool") printf 'rpool\\t-\\t-\\t-\\t-\\t-\\t-\\t-\\t1.00x\\tONLINE\\t-\\n\\t%s\\t-\\t-\\t-\\t-\\t-\\t-\\t-\\t-\\tONLINE\\n' "$part" ;;`,
-        `  "list -Hp -o size rpool") if [ -e ${q(expandedMarker)} ]; then echo $(($(cat ${q(sysSize)}) * 512)); else echo ${poolBytes}; fi ;;`,
-        '  "list -Hp -o expandsize rpool") echo - ;;',
-        '  "set autoexpand=on rpool") ;;',
-        `  "online -e rpool $part") : > ${q(expandedMarker)} ;;`,
-        '  *) echo "zpool (stand-in): not supported: $*" >&2; exit 1 ;;',
-        'esac',
-        '',
-      ].join('\n'),
-    );
-    writeFileSync(
-      join(dir, 'bin', 'swapon'),
-      `#!/bin/sh\n# Stand-in for swapon: the machine's swap must not change.\necho "swapon $*" >> ${calls}\n`,
-    );
-    // No systemd in the fake, and no nix-daemon: sessions run Nix as root on the local store.
-    writeFileSync(
-      join(dir, 'bin', 'systemctl'),
-      `#!/bin/sh\n# Stand-in for systemctl: the fake runs no systemd (and no nix-daemon to stop).\necho "systemctl $*" >> ${calls}\n`,
-    );
-    for (const stub of ['zpool', 'swapon', 'systemctl']) chmodSync(join(dir, 'bin', stub), 0o755);
-  }
-
-  /**
-   * Stock image: stand-ins for systemd's tools, which Nix's installer calls (`systemctl link`,
-   * `enable`, `start nix-daemon.socket`, `systemd-tmpfiles --create`): they record their calls in
-   * DIR/stub-calls.log. No nix-daemon is started: sessions run Nix as root on the local store.
-   */
-  private writeStandIns(): void {
-    const dir = join(this.o.dir, 'stand-ins');
-    mkdirSync(dir, { recursive: true });
-    const calls = shellQuote(join(this.o.dir, 'stub-calls.log'));
-    for (const tool of ['systemctl', 'systemd-tmpfiles']) {
-      writeFileSync(join(dir, tool), `#!/bin/sh\n# Stand-in for ${tool}: the fake runs no systemd.\necho "${tool} $*" >> ${calls}\n`, {
-        mode: 0o755,
-      });
-    }
-  }
-
   /** Detaches the loop device (once every process in the server is gone, or lazily before). */
   private releaseDisk(): void {
     const loop = this.loopDevice;
     if (loop === null) return;
     this.loopDevice = null;
     detachLoopSync(loop);
-  }
-
-  /** sshd as services.openssh in nixos/worker.nix configures it (paths as seen inside the namespace). */
-  private nixosSshdConfig(): string {
-    return this.sshdConfigWith({
-      hostKey: '/etc/ssh/ssh_host_ed25519_key',
-      authorizedKeys: '/root/.ssh/authorized_keys',
-      strictModes: true,
-      pidFile: '/run/sshd.pid',
-      // worker.nix has MaxSessions 256; the fake's maxSessions option wins, so tests can lower it.
-      maxStartups: '256:30:1024',
-    });
   }
 
   /**
@@ -759,49 +467,6 @@ export class Worker {
       child.once('error', () => resolve(-1));
     });
     return code === 0 ? out : null;
-  }
-
-  /** sshd as cloud-init would leave it, with the keys in the server folder. */
-  private sshdConfig(): string {
-    const { dir } = this.o;
-    return this.sshdConfigWith({
-      hostKey: join(dir, 'ssh_host_ed25519_key'),
-      authorizedKeys: join(dir, 'authorized_keys'),
-      strictModes: false,
-      pidFile: join(dir, 'sshd.pid'),
-      maxStartups: '100:30:200',
-    });
-  }
-
-  private sshdConfigWith(o: {
-    hostKey: string;
-    authorizedKeys: string;
-    strictModes: boolean;
-    pidFile: string;
-    maxStartups: string;
-  }): string {
-    const { address, sshPort } = this.o;
-    return [
-      `ListenAddress ${address}:${sshPort}`,
-      `HostKey ${o.hostKey}`,
-      `AuthorizedKeysFile ${o.authorizedKeys}`,
-      'PermitRootLogin prohibit-password',
-      'PasswordAuthentication no',
-      'KbdInteractiveAuthentication no',
-      'UsePAM no',
-      `StrictModes ${o.strictModes ? 'yes' : 'no'}`,
-      `PidFile ${o.pidFile}`,
-      `MaxSessions ${this.o.maxSessions}`,
-      `MaxStartups ${o.maxStartups}`,
-      // bash reads root's .bashrc for ssh commands unless SHLVL is already set.
-      'SetEnv SHLVL=1',
-      'AcceptEnv LANG LC_*',
-      'PrintMotd no',
-      'PrintLastLog no',
-      'LogLevel ERROR',
-      // No Subsystem line: none is configured (sshd rejects "Subsystem none").
-      '',
-    ].join('\n');
   }
 
   private async waitListening(): Promise<void> {
