@@ -186,6 +186,7 @@ t.test(
     const fakeLog: string[] = [];
     const rig = await Rig.start({
       pool: { image: { labelSelector: SELECTOR }, idleTimeout: '2s', bootTimeout: '4s' },
+      config: { deleteRetry: { firstWait: '1s', maxWait: '1s' } },
       fake: { nixosWorker: { fetchAttempts: 2, swapMib: 16 }, log: (l) => fakeLog.push(l) },
     });
     t.teardown(() => rig.stop());
@@ -212,6 +213,9 @@ t.test(
     ];
     for (const c of cases) {
       rig.fake.injectMetadata(c.fault);
+      // The daemon deletes the server at bootTimeout, which under load can come before fetch-keys.sh
+      // has given up; its DELETEs are refused (and retried) until the units are seen to end.
+      const deleteHeld = rig.fake.inject({ method: 'DELETE', path: /^\/servers\/\d+$/, status: 423, code: 'locked', times: 1_000 });
       const started = Date.now();
       const result = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`nixos-meta-${c.name}-${Date.now()}`] });
       t.not(result.code, 0, `${c.name}: the build fails (no local builds allowed)`);
@@ -223,13 +227,13 @@ t.test(
       t.ok(Date.now() - started < 4000 + 10_000, `${c.name}: within bootTimeout plus slack, no hang`);
 
       const last = rig.fake.servers().at(-1) as FakeServerInfo;
-      // nix-build may end (bootTimeout) before fetch-keys.sh has given up: the units' end is awaited, not raced.
       const unitsEnded = (): FakeServerInfo | undefined => {
         const now = rig.fake.servers().find((s) => s.id === last.id);
         return Object.values(now?.units ?? {}).some((u) => u === 'running' || u === 'waiting') ? undefined : now;
       };
-      await waitUntil(() => unitsEnded() !== undefined, 20_000);
-      const server = unitsEnded() as FakeServerInfo;
+      await waitUntil(() => unitsEnded() !== undefined, 30_000);
+      deleteHeld();
+      const server = unitsEnded() ?? last;
       t.equal(server.bootMode, 'nixos');
       t.same(
         rig.fake.metadataRequests.filter((r) => r.server === server.id).map((r) => r.status),

@@ -159,8 +159,9 @@ export class FakeCloud {
 
   // ---------------------------------------------------------------- control
 
-  inject(fault: Fault): void {
-    this.faults.inject(fault);
+  /** Answers the next matching API requests with a fault; returns a function that withdraws what is left of it. */
+  inject(fault: Fault): () => void {
+    return this.faults.inject(fault);
   }
 
   /** A fault on the metadata service (`/metadata/<id>/hetzner/v1/...`), e.g. a 404 or garbage user data. */

@@ -79,8 +79,13 @@ export class Faults {
   private readonly metadata: (MetadataFault & { left: number })[] = [];
   private readonly behaviours: ServerBehaviour[] = [];
 
-  inject(fault: Fault): void {
-    this.api.push({ ...fault, left: fault.times ?? 1 });
+  /** Adds a fault; returns a function that withdraws what is left of it. */
+  inject(fault: Fault): () => void {
+    const entry = { ...fault, left: fault.times ?? 1 };
+    this.api.push(entry);
+    return () => {
+      entry.left = 0;
+    };
   }
 
   /** The fault for this API request, if one is left (it counts as used). */
