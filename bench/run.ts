@@ -45,7 +45,7 @@ import { burst, type BurstResult } from './burst.js';
 import { coldStart, type ColdResult } from './cold.js';
 import { cmd, envInt, envList, fixed, processMemory, progress, say } from './lib.js';
 import { memoryPeak, soak, type MemoryResult, type SoakResult } from './memory.js';
-import { BenchRig, BURST_POOL, COLD_POOL, ENDPOINT_ALIAS, WARM_POOL, WIDE_POOL } from './rig.js';
+import { BenchRig, BURST_POOL, COLD_POOL, DEFAULT_POOL, ENDPOINT_ALIAS, WARM_POOL, WIDE_POOL } from './rig.js';
 import { sessionSetup, type SetupResult } from './setup.js';
 import { serveHandshake } from './ssh.js';
 import { throughput, type ThroughputResult } from './throughput.js';
@@ -208,6 +208,10 @@ async function mainSections(results: Results): Promise<void> {
     if (wanted('setup') || wanted('throughput') || wanted('build')) {
       progress(`booting the warm worker of pool ${WARM_POOL}`);
       await serveHandshake(plain, `${WARM_POOL}@${ENDPOINT_ALIAS}`);
+      if (wanted('setup') || wanted('build')) {
+        progress(`booting the warm worker of pool ${DEFAULT_POOL} (the default compression)`);
+        await serveHandshake(plain, `${DEFAULT_POOL}@${ENDPOINT_ALIAS}`);
+      }
       const worker = b.workerRecord(WARM_POOL);
       results.daemonIdleRssMiB = processMemory(b.pid).rssMiB;
       progress(`warm worker ${worker.name} at ${worker.address}:${worker.sshPort}; daemon RSS ${fixed(results.daemonIdleRssMiB, 1)} MiB`);
