@@ -174,8 +174,9 @@ class Truncated(Exception):
 def decompress_into(lib, src_fd, dst_fd):
     """The daemon's zstd stream on src_fd, decompressed into dst_fd until EOF."""
     dctx = lib.ZSTD_createDCtx()
-    # The daemon may compress with a long window (up to 2 GiB); the default limit is 128 MiB.
-    checked(lib, lib.ZSTD_DCtx_setParameter(dctx, ZSTD_D_WINDOW_LOG_MAX, 31))
+    # The daemon's longest window (its high levels, src/ssh/zstd-codec.ts LONG_WINDOW_LOG): 128 MiB,
+    # also zstd's default limit. A longer one is refused rather than held in memory.
+    checked(lib, lib.ZSTD_DCtx_setParameter(dctx, ZSTD_D_WINDOW_LOG_MAX, 27))
     out = ctypes.create_string_buffer(CHUNK)
     # libzstd's last hint: 0 once a frame is complete. The daemon ends its stream with the frame's
     # end; EOF inside a frame means the stream was cut, and the command must not take it as whole.

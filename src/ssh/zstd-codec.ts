@@ -48,7 +48,7 @@ export interface ZstdEncoderOptions {
  * session then holds up to ≈ 150 MB; the relay accepts windows up to 2 GiB.
  */
 export const LONG_WINDOW_FROM_LEVEL = 9;
-const LONG_WINDOW_LOG = 27;
+export const LONG_WINDOW_LOG = 27;
 
 /** The encoder for a pool's `compressionLevel`. */
 export function zstdEncoderFor(level: number): ZstdEncoder {

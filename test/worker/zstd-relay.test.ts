@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { packageRoot } from '../../src/core/package-file.js';
 import { parseNixCommand } from '../../src/ssh/nix-command.js';
-import { ZstdDecoder, ZstdEncoder } from '../../src/ssh/zstd-codec.js';
+import { LONG_WINDOW_LOG, ZstdDecoder, ZstdEncoder, type ZstdEncoderOptions } from '../../src/ssh/zstd-codec.js';
 import { ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-relay.js';
 import { PROGRAM_PATHS_REFUSED } from '../ssh/nix-command-cases.js';
 import { run } from '../rig/process.js';
@@ -22,9 +22,9 @@ function u64(n: number): Buffer {
 }
 
 /** The relay running `command` as sshd would start it, with the daemon's encoder and decoder on its pipes. */
-function startRelay(command: string[], pythonOptions: string[] = []) {
+function startRelay(command: string[], pythonOptions: string[] = [], encoderOptions: ZstdEncoderOptions = { level: 3 }) {
   const child = spawn('python3', [...pythonOptions, RELAY, '--', ...command], { env: rigNixEnv(), stdio: ['pipe', 'pipe', 'pipe'] });
-  const encoder = new ZstdEncoder({ level: 3 });
+  const encoder = new ZstdEncoder(encoderOptions);
   const decoder = new ZstdDecoder();
   let answer = Buffer.alloc(0);
   let stderr = '';
@@ -86,6 +86,26 @@ t.test("a session's relay starts on few modules: no site, re, subprocess, thread
   const imported = new Set([...relay.stderr().matchAll(/^import time:.*\| *([\w.]+)$/gm)].map((m) => m[1]));
   t.ok(imported.has('ctypes'), 'the import log is read');
   for (const slow of ['site', 're', 'subprocess', 'threading', 'signal', 'enum', 'ctypes.util']) t.notOk(imported.has(slow), `no ${slow}`);
+});
+
+t.test("the relay takes the daemon's long window (its high levels) and refuses a longer one, whose memory it would hold", async (t) => {
+  const daemons = startRelay(['nix-daemon', '--stdio'], [], { level: 12, longWindowLog: LONG_WINDOW_LOG });
+  t.teardown(() => daemons.child.kill('SIGKILL'));
+  daemons.send(u64(0x6e697863));
+  t.equal(await daemons.firstWord, 0x6478696f, `a window of 2^${LONG_WINDOW_LOG} bytes: nix-daemon answers`);
+  const longer = startRelay(['nix-daemon', '--stdio'], [], { level: 12, longWindowLog: LONG_WINDOW_LOG + 1 });
+  t.teardown(() => longer.child.kill('SIGKILL'));
+  longer.send(u64(0x6e697863));
+  const answered = await longer.firstWord.then(
+    () => true,
+    () => false,
+  );
+  t.notOk(answered, 'a window twice that: nix-daemon hears nothing');
+  longer.child.stdin.end();
+  const { code } = await longer.closed;
+  t.equal(code, 1, 'and the relay fails');
+  t.match(longer.stderr(), /^nix-hcloud-builder-zstd-relay: zstd: .*memory/im, 'with one line saying why');
+  t.notMatch(longer.stderr(), /Traceback/);
 });
 
 t.test('--check loads libzstd and says its version', async (t) => {
