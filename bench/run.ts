@@ -32,7 +32,8 @@
  *   BENCH_READY_MS     the fake cloud's delay from sshd up to cloud-init's runcmd (default 500)
  *   BENCH_STALL_S      a transfer that moves no byte for this long is killed and reported as stalled (default 20)
  *   BENCH_CLI          the daemon's built CLI to measure (default dist/src/cli/main.js of this tree), e.g. another build
- *   BENCH_COMPRESSION  compression of the loopback sections' pools: none (default), zlib or zstd
+ *   BENCH_COMPRESSION  compression of the loopback sections' pools: none (default), zlib or zstd (the
+ *                      setup and build sections also run a pool with the default compression)
  *   BENCH_DAEMON_NODE_ARGS  comma list of node arguments for the daemon, e.g. --cpu-prof,--cpu-prof-dir=DIR
  *   BENCH_JSON         also write every figure to this file as JSON
  *   BENCH_VERBOSE      show the fake cloud's log lines
