@@ -148,6 +148,13 @@ t.test('the relay refuses anything but the Nix commands, as the endpoint does, a
   t.notOk(existsSync(marker), 'no refused command ran anything');
 });
 
+t.test('an allowed command that is not there: one line and status 127, as from a shell', async (t) => {
+  const missing = '/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nix-0/bin/nix-daemon';
+  const r = await run('python3', [RELAY, '--', missing, '--stdio'], { timeoutMs: 10_000 });
+  t.equal(r.code, 127);
+  t.equal(r.stderr, `nix-hcloud-builder-zstd-relay: cannot run ${missing}: No such file or directory\n`);
+});
+
 t.test("a command killed by SIGKILL (the OOM killer's signal): the relay dies of it too, no traceback", async (t) => {
   const relay = startRelay(['nix-daemon', '--stdio']);
   t.teardown(() => relay.child.kill('SIGKILL'));
