@@ -192,6 +192,8 @@ export class Daemon {
             createWorker: () => Worker.planned(pool, deps, store),
             changed: () => this.scheduleSave(),
             handshakes: new PoolHandshakes((state.data.handshakes ??= []), pool.name, pool.image, () => this.scheduleSave()),
+            bootRefusal: async () =>
+              this.hcloud.tokenRefused ? 'the Hetzner Cloud API refused the token (401)' : this.money.budgetRefusal(pool),
           }),
         );
       }
