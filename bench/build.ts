@@ -9,13 +9,16 @@
 import { randomBytes } from 'node:crypto';
 import { BUILD_NIX, remoteBuildArgs } from '../test/rig/rig.js';
 import { cmd, fixed, median, processCpuSeconds, progress, say, table } from './lib.js';
-import { ENDPOINT_ALIAS, WARM_POOL, WORKER_ALIAS, type BenchRig } from './rig.js';
+import { DEFAULT_COMPRESSION_LABEL, DEFAULT_POOL, ENDPOINT_ALIAS, WARM_POOL, WORKER_ALIAS, type BenchRig } from './rig.js';
 
-type Via = 'ours' | 'direct' | 'direct-curve25519';
+type Via = 'ours' | 'ours-default' | 'direct' | 'direct-curve25519';
 
-const VIAS: Via[] = ['ours', 'direct', 'direct-curve25519'];
+const VIAS: Via[] = ['ours', 'ours-default', 'direct', 'direct-curve25519'];
+/** The pool of each path through the daemon. */
+const POOLS: Partial<Record<Via, string>> = { ours: WARM_POOL, 'ours-default': DEFAULT_POOL };
 const NAMES: Record<Via, string> = {
   ours: `ours: ssh-ng://${WARM_POOL}@${ENDPOINT_ALIAS}`,
+  'ours-default': `ours, compression ${DEFAULT_COMPRESSION_LABEL}: ssh-ng://${DEFAULT_POOL}@${ENDPOINT_ALIAS}`,
   direct: `direct: ssh-ng://root@${WORKER_ALIAS}, OpenSSH's default kex`,
   'direct-curve25519': `direct: ssh-ng://root@${WORKER_ALIAS}, curve25519 kex (what ours negotiates)`,
 };
@@ -38,11 +41,14 @@ export interface BuildResult {
   ratio: number;
   /** ours ÷ direct with the curve25519 kex. */
   ratioCurve25519: number;
+  /** ours with the default compression ÷ ours on the warm pool. */
+  defaultRatio: number;
 }
 
 function builder(via: Via, maxJobs: number): string {
   // ssh key and host key "-": both come from the ssh_config (NIX_SSHOPTS), the same way on both paths.
-  const uri = via === 'ours' ? `ssh-ng://${WARM_POOL}@${ENDPOINT_ALIAS}` : `ssh-ng://root@${WORKER_ALIAS}`;
+  const pool = POOLS[via];
+  const uri = pool ? `ssh-ng://${pool}@${ENDPOINT_ALIAS}` : `ssh-ng://root@${WORKER_ALIAS}`;
   return `${uri} x86_64-linux - ${maxJobs} 1 - - -`;
 }
 
@@ -63,7 +69,7 @@ async function nixBuild(b: BenchRig, configFile: string, via: Via, count: number
     );
   // The outputs are new in this machine's store: drop them again (they are not rooted).
   await cmd('nix-store', ['--delete', ...outputs], { allowFail: true });
-  const sessions = b.daemon.lines.slice(linesBefore).filter((l) => l.msg === 'session started' && l.user === WARM_POOL).length;
+  const sessions = b.daemon.lines.slice(linesBefore).filter((l) => l.msg === 'session started' && l.user === POOLS[via]).length;
   return { via, ms: r.ms, outputs: outputs.length, sessions, daemonCpuS };
 }
 
@@ -91,9 +97,15 @@ export async function buildWorkload(
     derivations,
     maxJobs,
     runs: all,
-    medianMs: { ours: med('ours'), direct: med('direct'), 'direct-curve25519': med('direct-curve25519') },
+    medianMs: {
+      ours: med('ours'),
+      'ours-default': med('ours-default'),
+      direct: med('direct'),
+      'direct-curve25519': med('direct-curve25519'),
+    },
     ratio: med('ours') / med('direct'),
     ratioCurve25519: med('ours') / med('direct-curve25519'),
+    defaultRatio: med('ours-default') / med('ours'),
   };
   report(result);
   return result;
@@ -114,19 +126,20 @@ function report(r: BuildResult): void {
       fixed(Math.min(...s), 2),
       fixed(Math.max(...s), 2),
       fixed((median(s) * 1000) / r.derivations, 0),
-      via === 'ours' ? fixed(median(mine.map((x) => x.sessions)), 0) : '—',
-      via === 'ours' ? fixed(median(mine.map((x) => x.daemonCpuS)), 2) : '—',
+      POOLS[via] ? fixed(median(mine.map((x) => x.sessions)), 0) : '—',
+      POOLS[via] ? fixed(median(mine.map((x) => x.daemonCpuS)), 2) : '—',
     ];
   };
   say(
     table(
       ['path', 'runs', 'wall s (median)', 'min', 'max', 'ms per derivation', 'sessions through the daemon', 'daemon CPU-s', 'ours ÷ this'],
-      VIAS.map((via) => [...row(via), via === 'ours' ? '—' : fixed(r.medianMs.ours / r.medianMs[via], 3)]),
+      VIAS.map((via) => [...row(via), POOLS[via] ? '—' : fixed(r.medianMs.ours / r.medianMs[via], 3)]),
     ),
   );
   say();
   say(
     `**ours ÷ direct (wall time): ${fixed(r.ratio, 3)}** (goal ≤ 1.05); against direct with the curve25519 kex: ${fixed(r.ratioCurve25519, 3)}.`,
   );
+  say(`**Compression ${DEFAULT_COMPRESSION_LABEL} ÷ the warm pool's (wall time): ${fixed(r.defaultRatio, 3)}** (goal ≤ 1.2).`);
   say();
 }

@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { WorkerCompression } from '../src/core/config.js';
+import { DEFAULT_WORKER_COMPRESSION, type WorkerCompression } from '../src/core/config.js';
 import { CLI, DaemonProcess, nodeFlagsOf, Rig, TOKEN, type PoolOverrides } from '../test/rig/rig.js';
 import type { FakeCloudOptions } from '../test/fake-hcloud/fake-cloud.js';
 import type { StateData, WorkerRecord } from '../src/daemon/state.js';
@@ -37,6 +37,12 @@ export const ENDPOINT_ALIAS = 'bench-endpoint';
 export const WORKER_ALIAS = 'bench-worker';
 /** The pool that stays warm for the throughput and session-setup benchmarks. */
 export const WARM_POOL = 'x86_64';
+/**
+ * Like the warm pool, with the compression a user gets by default (the warm pool's is
+ * BENCH_COMPRESSION, "none" unless set): the session-setup and build sections run both, side by side.
+ */
+export const DEFAULT_POOL = 'default';
+export const DEFAULT_COMPRESSION_LABEL = `${DEFAULT_WORKER_COMPRESSION} (the default)`;
 /** The pool whose worker is deleted after each session, for the cold-start benchmark. */
 export const COLD_POOL = 'cold';
 /** Like COLD_POOL, on a stock image without Nix: each boot installs Nix from the rig's release tarball. */
@@ -101,6 +107,8 @@ export class BenchRig {
       pools: options.pools ?? {
         // One warm worker for the whole run: nothing is deleted while measuring.
         [WARM_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '60m', compression },
+        // No compression setting: the default's.
+        [DEFAULT_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '60m' },
         // Deleted one second after each session, so that every session there is a cold start.
         [COLD_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '1s', compression },
         [BURST_POOL]: { maxWorkers: BURST_MAX_WORKERS, jobsPerWorker: BURST_JOBS_PER_WORKER, idleTimeout: '1s', compression },

@@ -32,7 +32,8 @@
  *   BENCH_READY_MS     the fake cloud's delay from sshd up to cloud-init's runcmd (default 500)
  *   BENCH_STALL_S      a transfer that moves no byte for this long is killed and reported as stalled (default 20)
  *   BENCH_CLI          the daemon's built CLI to measure (default dist/src/cli/main.js of this tree), e.g. another build
- *   BENCH_COMPRESSION  compression of the loopback sections' pools: none (default), zlib or zstd
+ *   BENCH_COMPRESSION  compression of the loopback sections' pools: none (default), zlib or zstd (the
+ *                      setup and build sections also run a pool with the default compression)
  *   BENCH_DAEMON_NODE_ARGS  comma list of node arguments for the daemon, e.g. --cpu-prof,--cpu-prof-dir=DIR
  *   BENCH_JSON         also write every figure to this file as JSON
  *   BENCH_VERBOSE      show the fake cloud's log lines
@@ -48,7 +49,7 @@ import { coldStart, compareColdStarts, type ColdResult } from './cold.js';
 import { makeNixRelease, poolNixSetting, serveNixRelease } from '../test/rig/nix-release.js';
 import { cmd, envInt, envList, fixed, processMemory, progress, say } from './lib.js';
 import { memoryPeak, soak, type MemoryResult, type SoakResult } from './memory.js';
-import { BenchRig, BURST_POOL, COLD_POOL, COLD_STOCK_POOL, ENDPOINT_ALIAS, WARM_POOL, WIDE_POOL } from './rig.js';
+import { BenchRig, BURST_POOL, COLD_POOL, COLD_STOCK_POOL, DEFAULT_POOL, ENDPOINT_ALIAS, WARM_POOL, WIDE_POOL } from './rig.js';
 import { sessionSetup, type SetupResult } from './setup.js';
 import { stall, type StallResult } from './stall.js';
 import { serveHandshake } from './ssh.js';
@@ -229,6 +230,10 @@ async function mainSections(results: Results): Promise<void> {
     if (wanted('setup') || wanted('throughput') || wanted('build')) {
       progress(`booting the warm worker of pool ${WARM_POOL}`);
       await serveHandshake(plain, `${WARM_POOL}@${ENDPOINT_ALIAS}`);
+      if (wanted('setup') || wanted('build')) {
+        progress(`booting the warm worker of pool ${DEFAULT_POOL} (the default compression)`);
+        await serveHandshake(plain, `${DEFAULT_POOL}@${ENDPOINT_ALIAS}`);
+      }
       const worker = b.workerRecord(WARM_POOL);
       results.daemonIdleRssMiB = processMemory(b.pid).rssMiB;
       progress(`warm worker ${worker.name} at ${worker.address}:${worker.sshPort}; daemon RSS ${fixed(results.daemonIdleRssMiB, 1)} MiB`);

@@ -2,10 +2,12 @@
  * Benchmark 2, session setup on a warm worker: spawning `ssh … "nix-store --serve --write"` to the
  * remote's first byte of the serve handshake answer, through our endpoint (kept upstream
  * connection) and directly to the same worker with OpenSSH. The variants take turns, so that a
- * slow phase of the machine hits them all alike.
+ * slow phase of the machine hits them all alike. Ours runs twice: on the warm pool (compression
+ * BENCH_COMPRESSION, "none" unless set, as direct OpenSSH has it) and on a pool with the default
+ * compression, whose sessions start the worker's zstd relay.
  */
 import { fixed, median, percentile, processCpuSeconds, progress, say, sleep, table } from './lib.js';
-import { ENDPOINT_ALIAS, WARM_POOL, WORKER_ALIAS, type BenchRig } from './rig.js';
+import { DEFAULT_COMPRESSION_LABEL, DEFAULT_POOL, ENDPOINT_ALIAS, WARM_POOL, WORKER_ALIAS, type BenchRig } from './rig.js';
 import { negotiated, serveHandshake } from './ssh.js';
 
 export interface SetupVariant {
@@ -30,13 +32,33 @@ export interface SetupResult {
   }[];
   /** CPU time of the daemon per session through it. */
   daemonCpuMsPerSession: number;
+  /** The warm pool's compression (BENCH_COMPRESSION). */
+  compression: string;
+  /** Median of ours with the default compression ÷ median of ours on the warm pool. */
+  defaultRatio: number;
 }
 
 const WARMUP = 3;
+/** The first two variants go through the daemon. */
+const OURS = 2;
 
 export async function sessionSetup(b: BenchRig, configFile: string, sessions: number): Promise<SetupResult> {
+  const compression = b.options.compression ?? 'none';
   const variants: SetupVariant[] = [
-    { name: 'ours: endpoint → kept upstream connection', target: `${WARM_POOL}@${ENDPOINT_ALIAS}`, extraArgs: [], kex: '', samplesMs: [] },
+    {
+      name: `ours: endpoint → kept upstream connection, compression ${compression}`,
+      target: `${WARM_POOL}@${ENDPOINT_ALIAS}`,
+      extraArgs: [],
+      kex: '',
+      samplesMs: [],
+    },
+    {
+      name: `ours, compression ${DEFAULT_COMPRESSION_LABEL}`,
+      target: `${DEFAULT_POOL}@${ENDPOINT_ALIAS}`,
+      extraArgs: [],
+      kex: '',
+      samplesMs: [],
+    },
     { name: 'direct OpenSSH to the worker, default kex', target: `root@${WORKER_ALIAS}`, extraArgs: [], kex: '', samplesMs: [] },
     {
       name: 'direct OpenSSH to the worker, curve25519 kex',
@@ -75,7 +97,9 @@ export async function sessionSetup(b: BenchRig, configFile: string, sessions: nu
       maxMs: Math.max(...v.samplesMs),
       samplesMs: v.samplesMs.map((x) => Math.round(x * 10) / 10),
     })),
-    daemonCpuMsPerSession: (daemonCpu * 1000) / sessions,
+    daemonCpuMsPerSession: (daemonCpu * 1000) / (sessions * OURS),
+    compression,
+    defaultRatio: median(variants[1]?.samplesMs ?? []) / median(variants[0]?.samplesMs ?? []),
   };
   report(result);
   return result;
@@ -98,13 +122,15 @@ function report(r: SetupResult): void {
         fixed(v.p90Ms, 1),
         fixed(v.minMs, 1),
         fixed(v.maxMs, 1),
-        v === ours || !ours ? '—' : `${fixed(v.medianMs / ours.medianMs, 2)}×`,
+        r.variants.indexOf(v) < OURS || !ours ? '—' : `${fixed(v.medianMs / ours.medianMs, 2)}×`,
       ]),
     ),
   );
   say();
   say(
-    `Daemon CPU per session through the endpoint: ${fixed(r.daemonCpuMsPerSession, 1)} ms (10 ms clock ticks, averaged over ${r.sessions} sessions).`,
+    `Daemon CPU per session through the endpoint: ${fixed(r.daemonCpuMsPerSession, 1)} ms (10 ms clock ticks, averaged over ${r.sessions * OURS} sessions).`,
   );
+  say();
+  say(`**Compression ${DEFAULT_COMPRESSION_LABEL} ÷ ${r.compression} (medians): ${fixed(r.defaultRatio, 2)}** (goal ≤ 1.2).`);
   say();
 }

@@ -28,12 +28,14 @@ let
   storeVolume = script "store-volume" [ config.nix.package pkgs.jq pkgs.coreutils pkgs.util-linux pkgs.e2fsprogs pkgs.findutils pkgs.gawk pkgs.systemd ];
   # The worker's end of compression "zstd" (worker/zstd-relay.py, the file the stock images' cloud-config
   # writes), on every session's PATH. It finds libzstd by this variable: NixOS has no ldconfig cache.
+  # Python's options are those of the relay's own #! line (-I -S: no site, no PYTHON* variables),
+  # which keep its start, paid by every session, short.
   zstdRelay = pkgs.writeShellApplication {
     name = "nix-hcloud-builder-zstd-relay";
     runtimeInputs = [ config.nix.package ];
     text = ''
       export NIX_HCLOUD_BUILDER_LIBZSTD=${lib.getLib pkgs.zstd}/lib/libzstd.so.1
-      exec ${pkgs.python3}/bin/python3 ${pkgs.writeText "zstd-relay.py" (builtins.readFile ../worker/zstd-relay.py)} "$@"
+      exec ${pkgs.python3}/bin/python3 -I -S ${pkgs.writeText "zstd-relay.py" (builtins.readFile ../worker/zstd-relay.py)} "$@"
     '';
   };
   oneshot = {

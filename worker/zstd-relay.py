@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3 -IS
 """The worker's end of compression "zstd" (see README, "Which compression for which link").
 
     nix-hcloud-builder-zstd-relay [--level N] -- nix-daemon --stdio
@@ -14,25 +14,52 @@ Python 3 and libzstd are what cloud-init images have anyway (cloud-init is Pytho
 dpkg and Ubuntu's depend on libzstd), so a stock image needs nothing installed; the NixOS
 worker image names its libzstd in NIX_HCLOUD_BUILDER_LIBZSTD. libzstd is used through ctypes,
 whose calls release the GIL: the two directions run in parallel threads.
+
+It runs once per session, before the command starts, so its start is on every session's path:
+python3 -I -S (no site-packages, no environment), only modules that load fast (no subprocess,
+threading or signal: they import much of the standard library), libzstd by its soname (no
+ctypes.util, which runs ldconfig).
 """
+import _thread
 import ctypes
-import ctypes.util
 import os
-import re
 import select
-import signal
-import subprocess
 import sys
-import threading
 
 CHUNK = 128 * 1024
 # Flush at least this often while the command writes without pause, so the daemon never waits long.
 MAX_UNFLUSHED = 1024 * 1024
 
-# The same expressions as src/ssh/nix-command.ts (a test compares them): a program given as a
-# path is a file of a store path, with no component starting with "." (so no "." or "..").
-PROGRAM_PATH = re.compile(r"^/nix/store/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+_=-][A-Za-z0-9+._=-]*(?:/[A-Za-z0-9+_=-][A-Za-z0-9+._=-]*)*/(nix-daemon|nix-store)$")
-STORE_URI = re.compile(r"^[A-Za-z0-9._~:/?#@&+,=%-]+$")
+# The allow-list of src/ssh/nix-command.ts, whose PROGRAM_PATH and STORE_URI are regular
+# expressions; here in string tests, since importing re costs more than the rest of the start (a
+# test runs both on the same cases). A program given as a path is a file of a store path,
+# /nix/store/<hash>-<name>/…/nix-daemon, with no component starting with "." (so no "." or "..").
+NIX_BASE32 = frozenset("0123456789abcdfghijklmnpqrsvwxyz")
+NAME_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+_=-")
+NAME_CHARS = NAME_START | {"."}
+STORE_URI_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._~:/?#@&+,=%-")
+PROGRAMS = ("nix-daemon", "nix-store")
+STORE = "/nix/store/"
+
+
+def store_program(path):
+    """nix-daemon or nix-store for a path that PROGRAM_PATH passes, else None."""
+    if not path.startswith(STORE):
+        return None
+    parts = path[len(STORE) :].split("/")
+    if len(parts) < 2 or parts[-1] not in PROGRAMS:
+        return None
+    hash_name = parts[0]
+    if len(hash_name) < 34 or hash_name[32] != "-" or not NIX_BASE32.issuperset(hash_name[:32]):
+        return None
+    for component in [hash_name[33:]] + parts[1:-1]:
+        if not component or component[0] not in NAME_START or not NAME_CHARS.issuperset(component):
+            return None
+    return parts[-1]
+
+
+def is_store_uri(value):
+    return 0 < len(value) <= 1024 and STORE_URI_CHARS.issuperset(value)
 
 
 class Refused(Exception):
@@ -44,14 +71,10 @@ def check_nix_command(argv):
     if not argv:
         raise Refused("empty command")
     first, rest = argv[0], list(argv[1:])
-    match = PROGRAM_PATH.match(first)
-    if first in ("nix-daemon", "nix-store"):
-        program = first
-    elif match:
-        program = match.group(1)
-    elif first.startswith("/"):
+    program = first if first in PROGRAMS else store_program(first)
+    if not program and first.startswith("/"):
         raise Refused("program %r is not nix-daemon or nix-store in the Nix store (/nix/store/<hash>-<name>/bin/...)" % first[:80])
-    else:
+    if not program:
         raise Refused("program %r is not a Nix remote-store program" % first[:80])
     saw_mode = write = store = False
     while rest:
@@ -64,7 +87,7 @@ def check_nix_command(argv):
             write = True
         elif arg == "--store" and not store:
             value = rest.pop(0) if rest else ""
-            if not value or len(value) > 1024 or not STORE_URI.match(value):
+            if not is_store_uri(value):
                 raise Refused("--store needs a store URI")
             store = True
         else:
@@ -92,9 +115,28 @@ ZSTD_D_WINDOW_LOG_MAX = 100
 ZSTD_E_CONTINUE, ZSTD_E_FLUSH, ZSTD_E_END = 0, 1, 2
 
 
+# libzstd's soname since 1.0; ldconfig's cache (or the NixOS image's variable) finds it.
+LIBZSTD = "libzstd.so.1"
+
+
+def open_libzstd():
+    named = os.environ.get("NIX_HCLOUD_BUILDER_LIBZSTD")
+    if named:
+        return ctypes.CDLL(named)
+    try:
+        return ctypes.CDLL(LIBZSTD)
+    except OSError:
+        # Off the usual path: ctypes.util asks ldconfig and the compiler, tens of milliseconds.
+        from ctypes.util import find_library
+
+        found = find_library("zstd")
+        if not found:
+            raise
+        return ctypes.CDLL(found)
+
+
 def load_zstd():
-    name = os.environ.get("NIX_HCLOUD_BUILDER_LIBZSTD") or ctypes.util.find_library("zstd") or "libzstd.so.1"
-    lib = ctypes.CDLL(name)
+    lib = open_libzstd()
     lib.ZSTD_createCCtx.restype = ctypes.c_void_p
     lib.ZSTD_createDCtx.restype = ctypes.c_void_p
     lib.ZSTD_CCtx_setParameter.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
@@ -132,8 +174,9 @@ class Truncated(Exception):
 def decompress_into(lib, src_fd, dst_fd):
     """The daemon's zstd stream on src_fd, decompressed into dst_fd until EOF."""
     dctx = lib.ZSTD_createDCtx()
-    # The daemon may compress with a long window (up to 2 GiB); the default limit is 128 MiB.
-    checked(lib, lib.ZSTD_DCtx_setParameter(dctx, ZSTD_D_WINDOW_LOG_MAX, 31))
+    # The daemon's longest window (its high levels, src/ssh/zstd-codec.ts LONG_WINDOW_LOG): 128 MiB,
+    # also zstd's default limit. A longer one is refused rather than held in memory.
+    checked(lib, lib.ZSTD_DCtx_setParameter(dctx, ZSTD_D_WINDOW_LOG_MAX, 27))
     out = ctypes.create_string_buffer(CHUNK)
     # libzstd's last hint: 0 once a frame is complete. The daemon ends its stream with the frame's
     # end; EOF inside a frame means the stream was cut, and the command must not take it as whole.
@@ -188,6 +231,33 @@ def compress_into(lib, level, src_fd, dst_fd):
             unflushed = 0
 
 
+def spawn(command, stdin, stdout):
+    """The command's pid, run without a shell on these pipes (posix_spawn: no fork of the interpreter)."""
+    from _signal import SIGPIPE, SIGXFSZ  # the C module: signal imports enum
+
+    # Python ignores SIGPIPE and SIGXFSZ; the command gets the defaults, as from a shell.
+    actions = [(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stdout, 1)]
+    return os.posix_spawnp(command[0], command, os.environ, file_actions=actions, setsigdef=(SIGPIPE, SIGXFSZ))
+
+
+def die_of_signal(number):
+    """Dies of the command's signal, so that sshd reports it as the command's own."""
+    import signal
+
+    # KILL (the OOM killer's) and STOP can be neither caught nor reset: they need no reset.
+    if number not in (signal.SIGKILL, signal.SIGSTOP):
+        signal.signal(number, signal.SIG_DFL)
+    sys.stderr.flush()
+    os.kill(os.getpid(), number)
+
+
+def parse_level(word):
+    digits = word[1:] if word.startswith("-") else word
+    if not (1 <= len(digits) <= 2 and digits.isascii() and digits.isdigit()):
+        raise Refused("--level needs a number")
+    return int(word)
+
+
 def main(args):
     if args == ["--check"]:
         lib = load_zstd()
@@ -195,42 +265,47 @@ def main(args):
         return 0
     level = 3
     if len(args) >= 2 and args[0] == "--level":
-        if not re.match(r"^-?[0-9]{1,2}$", args[1]):
-            raise Refused("--level needs a number")
-        level = int(args[1])
+        level = parse_level(args[1])
         args = args[2:]
     if not args or args[0] != "--":
         raise Refused("usage: nix-hcloud-builder-zstd-relay [--level N] -- NIX-COMMAND…")
     command = check_nix_command(args[1:])
     lib = load_zstd()
-    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+    # Pipes are made close-on-exec; the spawn's dup2 gives the command its own 0 and 1.
+    command_in, to_command = os.pipe()
+    from_command, command_out = os.pipe()
+    try:
+        pid = spawn(command, command_in, command_out)
+    except OSError as err:
+        sys.stderr.write("nix-hcloud-builder-zstd-relay: cannot run %s: %s\n" % (command[0], err.strerror))
+        return 127
+    os.close(command_in)
+    os.close(command_out)
     failures = []
 
     def up():
         try:
-            decompress_into(lib, 0, child.stdin.fileno())
+            decompress_into(lib, 0, to_command)
         except Exception as err:  # a corrupt stream, or the command gone: end its input
             if not isinstance(err, BrokenPipeError):
                 failures.append(err)
         finally:
-            child.stdin.close()
+            os.close(to_command)
 
-    upward = threading.Thread(target=up, daemon=True)
-    upward.start()
+    _thread.start_new_thread(up, ())
     try:
-        compress_into(lib, level, child.stdout.fileno(), 1)
-    except BrokenPipeError:
-        child.terminate()
-    code = child.wait()
+        compress_into(lib, level, from_command, 1)
+    except BrokenPipeError:  # the daemon's end is gone
+        import signal
+
+        os.kill(pid, signal.SIGTERM)
+    _, status = os.waitpid(pid, 0)
+    # As subprocess reports it: the exit status, or minus the signal (os.waitstatus_to_exitcode is 3.9+).
+    code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
     for err in failures:
         sys.stderr.write("nix-hcloud-builder-zstd-relay: %s\n" % err)
     if code < 0:
-        # Die of the command's signal, so that sshd reports it as the command's own (KILL, the
-        # OOM killer's, can be neither caught nor reset: it needs no reset).
-        if -code not in (signal.SIGKILL, signal.SIGSTOP):
-            signal.signal(-code, signal.SIG_DFL)
-        sys.stderr.flush()
-        os.kill(os.getpid(), -code)
+        die_of_signal(-code)
     return code if not failures else (code or 1)
 
 

@@ -23,8 +23,8 @@ const MAX_COMMAND_LENGTH = 4096;
  * A program given as a path must be a file of a store path: /nix/store/<hash>-<name>/…/nix-daemon.
  * Nothing else on the worker is trusted to be Nix: with a warm store, a binary someone left on
  * the volume outside the store would run in every later worker. No component starts with "."
- * (so no "." or ".."); the hash is Nix's base-32. worker/zstd-relay.py has the same expressions
- * (a test compares them).
+ * (so no "." or ".."); the hash is Nix's base-32. worker/zstd-relay.py checks the same in string
+ * tests (a test runs both on the same cases, every character among them).
  */
 export const PROGRAM_PATH =
   /^\/nix\/store\/[0-9a-df-np-sv-z]{32}-[A-Za-z0-9+_=-][A-Za-z0-9+._=-]*(?:\/[A-Za-z0-9+_=-][A-Za-z0-9+._=-]*)*\/(nix-daemon|nix-store)$/;

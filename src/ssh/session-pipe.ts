@@ -100,6 +100,11 @@ export class SerialWriter {
     this.pump();
   };
 
+  /** Whether the source is paused: HIGH_WATER bytes wait. */
+  get full(): boolean {
+    return this.high;
+  }
+
   /** Resolves when everything queued has been handed to the channel. */
   drained(): Promise<void> {
     if (!this.writing && this.queue.length === 0) return Promise.resolve();
@@ -153,8 +158,9 @@ export function pipeSession(
     const writer = new SerialWriter(
       client,
       () => {
-        worker.resume();
         worker.stderr.resume();
+        // What the decoder holds goes first; the worker's next bytes once it is all out.
+        if (decodeDown()) worker.resume();
       },
       () => {
         worker.pause();
@@ -240,6 +246,34 @@ export function pipeSession(
       else writer.push(false, chunk);
     };
     let corrupt = false;
+    /**
+     * Hands the client the decoder's output while the writer takes it (128 KiB at a time, so a
+     * frame that inflates 1000:1 never sits in memory whole); true once the decoder has no more.
+     */
+    const decodeDown = (): boolean => {
+      if (!codec || corrupt) return true;
+      while (opened || !writer.full) {
+        let part: Buffer | undefined;
+        try {
+          part = codec.decoder.read();
+        } catch (err) {
+          // Not a zstd stream: nothing after this can be trusted; end the session with a reason.
+          corrupt = true;
+          writer.push(
+            true,
+            Buffer.from(`nix-hcloud-builder: the worker's zstd stream is corrupt (${(err as Error).message}); ending the session\n`),
+          );
+          worker.close();
+          return true;
+        }
+        if (!part) {
+          void maybeFinish();
+          return true;
+        }
+        down(part);
+      }
+      return false;
+    };
     worker.on('data', (chunk: Buffer) => {
       result.wireDown += chunk.length;
       if (!codec) {
@@ -247,20 +281,9 @@ export function pipeSession(
         return;
       }
       if (corrupt) return;
-      let parts: Buffer[];
-      try {
-        parts = codec.decoder.push(chunk);
-      } catch (err) {
-        // Not a zstd stream: nothing after this can be trusted; end the session with a reason.
-        corrupt = true;
-        writer.push(
-          true,
-          Buffer.from(`nix-hcloud-builder: the worker's zstd stream is corrupt (${(err as Error).message}); ending the session\n`),
-        );
-        worker.close();
-        return;
-      }
-      for (const part of parts) down(part);
+      codec.decoder.write(chunk);
+      // The writer's high mark paused the worker if the decoder could not hand out everything.
+      decodeDown();
     });
     worker.stderr.on('data', (chunk: Buffer) => writer.push(true, chunk));
     worker.on('end', () => {
@@ -293,6 +316,8 @@ export function pipeSession(
 
     async function maybeFinish(): Promise<void> {
       if (finished || opened || !(stdoutEnded && stderrEnded && workerClosed)) return;
+      // The decoder still holds output for the client: decodeDown comes back here once it is out.
+      if (codec !== undefined && !corrupt && codec.decoder.pending) return;
       // A zstd stream cut inside a frame (the relay killed, the connection cut) lost its end:
       // what Nix read may look whole, so the session must not end as a success.
       const cut = codec !== undefined && !corrupt && !result.clientClosed && codec.decoder.midFrame;

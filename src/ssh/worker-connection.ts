@@ -24,7 +24,8 @@ export interface WorkerChannel {
 /** The daemon's end of a session's compressed streams: stdin encoded, stdout decoded (stderr is plain). */
 export interface SessionCodec {
   encoder: { push(chunk: Buffer): Buffer[]; flush(): Buffer[]; end(): Buffer[] };
-  decoder: { push(chunk: Buffer): Buffer[]; readonly midFrame: boolean };
+  /** Input by `write`, output by `read` a bounded piece at a time (see ZstdDecoder). */
+  decoder: { write(chunk: Buffer): void; read(): Buffer | undefined; readonly pending: boolean; readonly midFrame: boolean };
 }
 
 export class HostKeyMismatch extends Error {

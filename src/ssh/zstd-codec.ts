@@ -48,7 +48,7 @@ export interface ZstdEncoderOptions {
  * session then holds up to ≈ 150 MB; the relay accepts windows up to 2 GiB.
  */
 export const LONG_WINDOW_FROM_LEVEL = 9;
-const LONG_WINDOW_LOG = 27;
+export const LONG_WINDOW_LOG = 27;
 
 /** The encoder for a pool's `compressionLevel`. */
 export function zstdEncoderFor(level: number): ZstdEncoder {
@@ -99,13 +99,21 @@ export class ZstdEncoder {
   }
 }
 
-/** The other side's zstd stream, decompressed as it arrives. */
+/**
+ * The other side's zstd stream, decompressed as the reader takes it: `write` queues input, each
+ * `read` hands out at most 128 KiB. A frame that inflates 1000:1 (a 2 GiB output of zeros)
+ * waits as input, not as output in memory.
+ */
 export class ZstdDecoder {
   private readonly binding = zstdBinding();
   private readonly dctx = new this.binding.DCtx();
   private readonly out = Buffer.allocUnsafe(OUT_CHUNK);
   /** libzstd's last hint: 0 once a frame is complete (and all of it handed out). */
   private hint = 0;
+  /** Input not decoded yet. */
+  private readonly input: Buffer[] = [];
+  /** The last call filled the output: libzstd may have more without new input. */
+  private outFull = false;
 
   /**
    * Whether the stream so far stops inside a frame. At the end of the input that means it was
@@ -115,15 +123,35 @@ export class ZstdDecoder {
     return this.hint !== 0;
   }
 
-  push(chunk: Buffer): Buffer[] {
-    const parts: Buffer[] = [];
-    let src = chunk;
+  /** Whether a `read` may hand out more before the next `write`. */
+  get pending(): boolean {
+    return this.input.length > 0 || this.outFull;
+  }
+
+  write(chunk: Buffer): void {
+    if (chunk.length > 0) this.input.push(chunk);
+  }
+
+  /** The next piece of output (at most 128 KiB), or undefined when the input so far is all decoded. */
+  read(): Buffer | undefined {
     for (;;) {
-      const [hint, written, read] = this.dctx.decompressStream(this.out, src);
-      this.hint = hint;
-      if (written > 0) parts.push(Buffer.from(this.out.subarray(0, written)));
-      src = src.subarray(read);
-      if (src.length === 0 && written < this.out.length) return parts;
+      const src = this.input[0];
+      if (!src && !this.outFull) return undefined;
+      const [hint, written, read] = this.dctx.decompressStream(this.out, src ?? NO_INPUT);
+      // A call that moved nothing (after a frame's end, the next frame's header size) says nothing new.
+      if (read > 0 || written > 0) this.hint = hint;
+      this.outFull = written === this.out.length;
+      if (src && read === src.length) this.input.shift();
+      else if (src) this.input[0] = src.subarray(read);
+      if (written > 0) return Buffer.from(this.out.subarray(0, written));
     }
+  }
+
+  /** All of a chunk's output at once: for callers that know it is small. */
+  push(chunk: Buffer): Buffer[] {
+    this.write(chunk);
+    const parts: Buffer[] = [];
+    for (let part = this.read(); part; part = this.read()) parts.push(part);
+    return parts;
   }
 }

@@ -566,11 +566,11 @@ t.test('nixos/worker.nix, evaluated with stand-ins for lib and pkgs', async (t) 
   t.ok(worker.rawImageIsLazy, 'system.build.rawImage is defined (built only with nixpkgs)');
   const relay = worker.packages.find((p) => p.name === 'nix-hcloud-builder-zstd-relay');
   t.ok(relay, 'the zstd relay is on the system PATH');
-  const source = /python3 (\S+) "\$@"/.exec(relay?.text ?? '')?.[1];
+  const source = /python3 -I -S (\S+) "\$@"/.exec(relay?.text ?? '')?.[1];
   t.equal(
     source && readFileSync(source, 'utf8'),
     readFileSync(join(ROOT, 'worker', 'zstd-relay.py'), 'utf8'),
-    'it runs worker/zstd-relay.py, the file the cloud-config writes',
+    'it runs worker/zstd-relay.py, the file the cloud-config writes, with the options of its #! line (-I -S)',
   );
   t.match(relay?.text ?? '', /NIX_HCLOUD_BUILDER_LIBZSTD=\/stub\/zstd\/lib\/libzstd\.so\.1/, 'with libzstd named');
 });

@@ -214,3 +214,43 @@ t.test("a worker's zstd stream cut inside a frame ends the session with a line a
     }
   }
 });
+
+t.test("a worker's frame that inflates 1000:1 reaches the client as it takes it, never all in memory at once", async (t) => {
+  const { client, worker } = fakeChannels();
+  const held: (() => void)[] = [];
+  let written = 0;
+  let mostQueued = 0;
+  let queued = 0;
+  client.write = (chunk: Buffer, cb: () => void) => {
+    queued += chunk.length;
+    mostQueued = Math.max(mostQueued, queued);
+    held.push(() => {
+      queued -= chunk.length;
+      written += chunk.length;
+      cb();
+    });
+    return true;
+  };
+  let workerPaused = false;
+  worker.pause = () => void (workerPaused = true);
+  worker.resume = () => void (workerPaused = false);
+  const exits: unknown[] = [];
+  client.exit = (code: unknown) => void exits.push(code);
+  const size = 64 * 1024 * 1024;
+  const relay = new ZstdEncoder({ level: 3 });
+  const stream = Buffer.concat([...relay.push(Buffer.alloc(size)), ...relay.end()]);
+  t.ok(stream.length * 1000 < size, `${size} bytes of zeros in ${stream.length}`);
+  const done = pipeSession(client as never, worker as never, {}, { encoder: new ZstdEncoder({ level: 3 }), decoder: new ZstdDecoder() });
+  worker.emit('data', stream);
+  worker.emit('exit', 0);
+  worker.emit('end');
+  worker.stderr.emit('end');
+  worker.emit('close');
+  t.ok(workerPaused, 'the worker is paused while the client is behind');
+  t.ok(written + queued < 1024 * 1024, `decoded only as far as the client takes it (${written + queued} bytes so far)`);
+  while (held.length > 0) (held.shift() as () => void)();
+  await done;
+  t.equal(written, size, 'every byte reached the client');
+  t.ok(mostQueued <= HIGH_WATER + 128 * 1024, `at most ${mostQueued} bytes waited for the client at once`);
+  t.same(exits, [0], "the command's status, once all of it is out");
+});

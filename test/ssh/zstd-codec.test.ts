@@ -59,6 +59,30 @@ t.test('after a flush the peer can read every byte pushed so far: no message wai
   }
 });
 
+t.test('a frame that inflates 1000:1 comes out 128 KiB per read, as the reader takes it', async (t) => {
+  const size = 256 * 1024 * 1024;
+  const encoder = new ZstdEncoder({ level: 3 });
+  const compressed = Buffer.concat([...encoder.push(Buffer.alloc(size)), ...encoder.end()]);
+  t.ok(compressed.length * 1000 < size, `${size} bytes of zeros in ${compressed.length}`);
+  const decoder = new ZstdDecoder();
+  decoder.write(compressed);
+  let total = 0;
+  let largest = 0;
+  let reads = 0;
+  const zeros = Buffer.alloc(128 * 1024);
+  for (let part = decoder.read(); part; part = decoder.read()) {
+    if (!part.equals(zeros.subarray(0, part.length))) t.fail('only zeros come out');
+    total += part.length;
+    largest = Math.max(largest, part.length);
+    reads++;
+    if (reads === 1) t.ok(decoder.pending, 'after the first read the rest waits in the decoder');
+  }
+  t.equal(total, size, 'all of it, in the end');
+  t.equal(largest, 128 * 1024, 'no read hands out more than 128 KiB');
+  t.notOk(decoder.pending);
+  t.notOk(decoder.midFrame, 'the frame is whole');
+});
+
 t.test('a corrupt stream is an error, not garbage', async (t) => {
   const decoder = new ZstdDecoder();
   t.throws(() => decoder.push(Buffer.from('this is not zstd at all, just text')));
