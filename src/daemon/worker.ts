@@ -25,8 +25,8 @@ export type ProgressListener = (line: string) => void;
 
 /**
  * The worker's state is its own: others read it through getters and change it only through the
- * methods below (the pool: reserve, release, markBusy, markIdle, markDeleting; the daemon:
- * disconnect). Inside, reads go through the getters and writes to the private fields.
+ * methods below (the pool: markBusy, markSessions, markIdle, markDeleting, boot, destroy; the
+ * daemon: adopt, holdStore, disconnect). Inside, reads go through the getters and writes to the private fields.
  */
 export class Worker {
   /** The kept connection (and more when needed); its loss means the worker is gone. */
