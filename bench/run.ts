@@ -4,7 +4,7 @@
  * a baseline measured in the same run. See bench/README.md.
  *
  * Environment (all optional):
- *   BENCH_ONLY         comma list of cold,setup,throughput,burst,build,memory,soak,uplink,warm (default: all)
+ *   BENCH_ONLY         comma list of cold,setup,throughput,burst,build,memory,soak,uplink,warm,stall (default: all)
  *   BENCH_MIB          size of each throughput path in MiB (default 1024)
  *   BENCH_RUNS         throughput runs per direction and path (default 5)
  *   BENCH_FIXED_RUNS   runs of the tiny paths that give the fixed cost of one nix copy (default 3)
@@ -27,6 +27,7 @@
  *   BENCH_UPLINK_PROFILES  link profiles of the uplink section: home, office or UP_MBIT/DOWN_MBIT/DELAY_MS (default home,office)
  *   BENCH_WARM_MIB     size of the warm-store section's payload in MiB (default 128)
  *   BENCH_WARM_PROFILE link profile of the warm-store section (default home)
+ *   BENCH_STALL_BOOT_S the worker's boot time in the stall section (default 20); its client Nix versions: NHB_NIX_CLIENTS
  *   BENCH_BOOT_MS      the fake cloud's boot delay (default 1000)
  *   BENCH_READY_MS     the fake cloud's delay from sshd up to cloud-init's runcmd (default 500)
  *   BENCH_STALL_S      a transfer that moves no byte for this long is killed and reported as stalled (default 20)
@@ -47,12 +48,15 @@ import { cmd, envInt, envList, fixed, processMemory, progress, say } from './lib
 import { memoryPeak, soak, type MemoryResult, type SoakResult } from './memory.js';
 import { BenchRig, BURST_POOL, COLD_POOL, ENDPOINT_ALIAS, WARM_POOL, WIDE_POOL } from './rig.js';
 import { sessionSetup, type SetupResult } from './setup.js';
+import { stall, type StallResult } from './stall.js';
 import { serveHandshake } from './ssh.js';
 import { throughput, type ThroughputResult } from './throughput.js';
 import { uplink, type UplinkResult } from './uplink.js';
 import { warmStore, type WarmResult } from './warm-store.js';
 
-const SECTIONS = ['cold', 'setup', 'throughput', 'burst', 'build', 'memory', 'soak', 'uplink', 'warm'] as const;
+const SECTIONS = ['cold', 'setup', 'throughput', 'burst', 'build', 'memory', 'soak', 'uplink', 'warm', 'stall'] as const;
+/** Sections with rigs of their own, run after the others. */
+const OWN_RIGS: readonly Section[] = ['uplink', 'warm', 'stall'];
 type Section = (typeof SECTIONS)[number];
 
 const only = envList('BENCH_ONLY', [...SECTIONS]);
@@ -94,6 +98,7 @@ const settings = {
   compression: envCompression(),
   bootDelayMs: envInt('BENCH_BOOT_MS', 1000),
   readyDelayMs: envInt('BENCH_READY_MS', 500),
+  stallBootS: envInt('BENCH_STALL_BOOT_S', 20, 1),
 };
 
 async function versions(): Promise<Record<string, string>> {
@@ -125,7 +130,7 @@ async function main(): Promise<void> {
   say();
 
   const results: Results = { info, settings, throughput: [] };
-  if (only.some((s) => s !== 'uplink' && s !== 'warm')) await mainSections(results);
+  if (only.some((s) => !OWN_RIGS.includes(s as Section))) await mainSections(results);
   if (wanted('uplink')) {
     // Its own rigs (one per link profile), after the others: the link is the fake cloud's.
     progress(`uplink: ${settings.uplinkProfiles.join(', ')}`);
@@ -152,6 +157,10 @@ async function main(): Promise<void> {
       ...(process.env.BENCH_CLI ? { cli: process.env.BENCH_CLI } : {}),
     });
   }
+  if (wanted('stall')) {
+    // Its own rigs: one per client Nix and setting, each with a slow boot.
+    results.stall = await stall({ bootS: settings.stallBootS, verbose: Boolean(process.env.BENCH_VERBOSE) });
+  }
   results.totalS = (Date.now() - started) / 1000;
   say(
     `Total time ${fixed(results.totalS, 0)} s; load average at the end ${readFileSync('/proc/loadavg', 'utf8').trim().split(' ').slice(0, 3).join(' ')} (anything else running on the machine skews the figures).`,
@@ -171,6 +180,7 @@ type Results = {
   soak?: SoakResult;
   uplink?: UplinkResult;
   warm?: WarmResult;
+  stall?: StallResult;
   daemonIdleRssMiB?: number;
   totalS?: number;
 };

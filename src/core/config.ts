@@ -209,7 +209,7 @@ function parsePool(name: string, f: Fields): PoolConfig {
     keepaliveIntervalMs: f.duration('keepaliveInterval', '10s'),
     compression: f.oneOf('compression', WORKER_COMPRESSIONS, DEFAULT_WORKER_COMPRESSION),
     compressionLevel: f.integer('compressionLevel', DEFAULT_ZSTD_LEVEL, 1, 19),
-    earlyHandshake: f.boolean('earlyHandshake', false),
+    earlyHandshake: f.boolean('earlyHandshake', true),
     nix: PINNED_NIX_RELEASE,
   };
   const store = parseStore(f);

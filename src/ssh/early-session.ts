@@ -12,18 +12,25 @@
  *   4. hand both streams back positioned right after the opening: the caller pipes from there on.
  * A worker that answers differently ends the session with HandshakeMismatch (which carries the
  * worker's new record, so the next session is answered right).
+ *
+ * Once Nix has its answer, its build hook prints `# accept` and from then on drops whatever it
+ * reads on the session's stderr that is not its own log format (NixOS/nix
+ * `derivation-building-goal.cc`, `handleChildOutput`). So while an early-answered worker-protocol
+ * session waits, the boot's progress lines travel inside the protocol instead, as STDERR_NEXT log
+ * messages of the client's next operation (`progressSink`): the hook's RemoteStore prints them
+ * as log messages, which Nix shows. The serve protocol has no such messages; there the lines stay
+ * on stderr, which Nix reads as the build's log.
  */
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import {
   encodeStderrError,
   encodeStderrLast,
-  encodeString,
+  encodeStderrNext,
   encodeStrings,
   encodeU64,
   expectMagic,
   FEATURE_DISABLE_SET_OPTIONS,
-  formatVersion,
   intersectFeatures,
   mergeRecords,
   minorOf,
@@ -40,31 +47,13 @@ import {
   WOP_SET_OPTIONS,
   type HandshakeProtocol,
   type HandshakeRecord,
-  type ServeHandshakeRecord,
-  type WorkerHandshakeRecord,
 } from './nix-handshake.js';
+import { answerDifference, HandshakeMismatch, infoAnswer, recordOf, WorkerRefused, type Facts, type Phase } from './handshake-check.js';
+
+export { HandshakeMismatch, WorkerRefused } from './handshake-check.js';
 
 /** Client bytes held before the worker is there; past this the client is paused (SSH window). */
 export const HOLD_LIMIT = 1024 * 1024;
-
-type Phase = 'hello' | 'features' | 'info' | 'set-options';
-
-/** A worker whose answers differ from what the client was told early. */
-export class HandshakeMismatch extends Error {
-  override name = 'HandshakeMismatch';
-  constructor(
-    message: string,
-    /** What the worker said, to answer the next session with. */
-    readonly record: HandshakeRecord,
-  ) {
-    super(message);
-  }
-}
-
-/** The worker failed the session in its opening after the client was told all was well. */
-export class WorkerRefused extends Error {
-  override name = 'WorkerRefused';
-}
 
 export interface SpliceResult {
   /** What the worker answered (merged with the record it was answered from); undefined when the opening could not be read whole. */
@@ -77,17 +66,6 @@ export interface SpliceResult {
   workerEnded: boolean;
   /** The worker's bytes past the opening when its stream had ended already (otherwise they are back on its readable side). */
   leftover: Buffer;
-}
-
-/** What a session found out, phase by phase, from the client and from the worker. */
-interface Facts {
-  clientVersion?: number;
-  clientFeatures?: string[];
-  version?: number;
-  features?: string[] | null;
-  nixVersion?: string | null;
-  trust?: number | null;
-  startupMessages?: string[];
 }
 
 export class EarlySession extends EventEmitter {
@@ -169,17 +147,46 @@ export class EarlySession extends EventEmitter {
   };
 
   /**
+   * Where a session's progress lines go: inside the protocol while the client was answered early
+   * and waits for the worker (see the module comment), else to `toStderr`. Lines that come while
+   * it is still open whether the opening will be answered whole are held until that is known.
+   */
+  progressSink(toStderr: (line: string) => void): (line: string) => void {
+    if (this.protocol !== 'worker' || !this.record) return toStderr;
+    let held: string[] | undefined = [];
+    void this.answered.then(() => {
+      const lines = held ?? [];
+      held = undefined;
+      for (const line of lines) this.tell(line, toStderr);
+    });
+    return (line) => {
+      if (held) held.push(line);
+      else this.tell(line, toStderr);
+    };
+  }
+
+  private tell(line: string, toStderr: (line: string) => void): void {
+    // Once spliced, the worker's stream owns the client's side.
+    if (this.upstream === undefined && this.answeredFromRecord()) this.clientStream.write(encodeStderrNext(line));
+    else toStderr(line);
+  }
+
+  /** True when the client got the whole worker-protocol opening from the record (and can still be written to). */
+  private answeredFromRecord(): boolean {
+    return (
+      this.protocol === 'worker' && this.record !== undefined && this.complete && this.said.includes('info') && this.clientStream.writable
+    );
+  }
+
+  /**
    * Ends a session whose worker protocol opening the client got from the record with `message`
    * as the error of its next operation: after an early answer, Nix reads the session's stderr
    * into the build log only, and may drop it. False when that is not possible (serve protocol,
    * or an opening not answered whole from the record).
    */
   refuseNextOperation(message: string): boolean {
-    const told = this.record;
-    if (this.protocol !== 'worker' || !told || !this.complete || !this.said.includes('info') || this.client.clientVersion === undefined)
-      return false;
-    if (!this.clientStream.writable) return false;
-    this.clientStream.write(encodeStderrError(message, Math.min(this.client.clientVersion, told.version)));
+    if (!this.answeredFromRecord() || this.client.clientVersion === undefined) return false;
+    this.clientStream.write(encodeStderrError(message, Math.min(this.client.clientVersion, (this.record as HandshakeRecord).version)));
     return true;
   }
 
@@ -325,16 +332,7 @@ export class EarlySession extends EventEmitter {
     }
     const n = this.negotiated();
     await readClientPostHandshake(c, n);
-    const r = record;
-    const info =
-      r && (minorOf(n) < 33 || r.nixVersion !== null) && (minorOf(n) < 35 || r.trust !== null)
-        ? Buffer.concat([
-            ...(minorOf(n) >= 33 ? [encodeString(r.nixVersion as string)] : []),
-            ...(minorOf(n) >= 35 ? [encodeU64(r.trust as number)] : []),
-            encodeStderrLast(r.startupMessages),
-          ])
-        : undefined;
-    await this.phase('info', info, 'the record lacks the version string or trust status');
+    await this.phase('info', record && infoAnswer(record, n), 'the record lacks the version string or trust status');
     this.openingAnswered();
     if (features.includes(FEATURE_DISABLE_SET_OPTIONS)) return;
     // Over ssh-ng no SetOptions comes (see nix-handshake.ts); a socket client sends it first.
@@ -379,44 +377,19 @@ export class EarlySession extends EventEmitter {
 
   /** Reads the worker's answer to a phase said early and compares it with what the client was told. */
   private async check(phase: Phase): Promise<void> {
-    const told = this.record as HandshakeRecord;
     const refusal = await this.readWorkerPhase(phase);
     if (phase === 'info') this.messages.push(...(this.worker.startupMessages ?? []));
     if (refusal !== undefined) throw new WorkerRefused(refusal);
-    const differs = (what: string): never => {
+    const differs = answerDifference(phase, this.record as HandshakeRecord, this.worker, this.client, this.negotiated());
+    if (differs !== undefined)
       throw new HandshakeMismatch(
-        `the worker's Nix answered the handshake differently than recorded (${what}); the record is updated, so the next session is answered right`,
+        `the worker's Nix answered the handshake differently than recorded (${differs}); the record is updated, so the next session is answered right`,
         this.freshRecord(),
       );
-    };
-    if (phase === 'hello') {
-      const version = this.worker.version as number;
-      const clientVersion = this.client.clientVersion;
-      const same =
-        clientVersion === undefined ? version === told.version : Math.min(version, clientVersion) === Math.min(told.version, clientVersion);
-      if (!same) differs(`protocol ${formatVersion(version)}, not ${formatVersion(told.version)}`);
-    } else if (phase === 'features' && told.protocol === 'worker') {
-      const clientFeatures = this.client.clientFeatures ?? [];
-      const now = intersectFeatures(clientFeatures, this.worker.features ?? []);
-      const then = intersectFeatures(clientFeatures, told.features ?? []);
-      if (now.join(',') !== then.join(',')) differs(`features [${now.join(', ')}], not [${then.join(', ')}]`);
-    } else if (phase === 'info' && told.protocol === 'worker') {
-      if (minorOf(this.negotiated()) >= 35 && this.worker.trust !== told.trust)
-        differs(`trust status ${this.worker.trust}, not ${told.trust}`);
-    }
   }
 
   /** The record of what the worker said, as far as this session saw it. */
   private freshRecord(): HandshakeRecord {
-    const version = this.worker.version as number;
-    if (this.protocol === 'serve') return { protocol: 'serve', version } satisfies ServeHandshakeRecord;
-    return {
-      protocol: 'worker',
-      version,
-      features: this.worker.features ?? null,
-      nixVersion: this.worker.nixVersion ?? null,
-      trust: this.worker.trust ?? null,
-      startupMessages: this.worker.startupMessages ?? [],
-    } satisfies WorkerHandshakeRecord;
+    return recordOf(this.protocol, this.worker);
   }
 }

@@ -279,8 +279,13 @@ export function encodeStderrError(message: string, negotiated: number): Buffer {
   ]);
 }
 
+/** One log message of the daemon's stderr stream (printed by the client as an error-level line). */
+export function encodeStderrNext(message: string): Buffer {
+  return Buffer.concat([encodeU64(STDERR_NEXT), encodeString(message)]);
+}
+
 export function encodeStderrLast(messages: readonly string[] = []): Buffer {
-  return Buffer.concat([...messages.flatMap((m) => [encodeU64(STDERR_NEXT), encodeString(m)]), encodeU64(STDERR_LAST)]);
+  return Buffer.concat([...messages.map(encodeStderrNext), encodeU64(STDERR_LAST)]);
 }
 
 /**

@@ -16,7 +16,7 @@ import { generateKeyPair } from '../../src/ssh/keys.js';
 import { createLogger } from '../../src/core/log.js';
 import { useRigNixConfig } from './nix-config.js';
 import { NixClient, nixInstall, type NixSuite } from './nix-client.js';
-import { run } from './process.js';
+import { run, waitUntil } from './process.js';
 
 // Every Nix process started from here (the tests', the demo's, the benchmarks') reads the rig's
 // nix.conf, never this machine's /etc/nix.
@@ -47,12 +47,17 @@ export const WORKER_SSH_PORT = 2022;
 
 /** nix-build's arguments for building `expr` on `builders` alone: nothing locally, no substitutes. */
 export function remoteBuildArgs(expr: string, builders: string): string[] {
+  return buildArgs(expr, builders, 0);
+}
+
+/** nix-build's arguments for building `expr` with `builders` and up to `localJobs` local builds at once, no substitutes. */
+export function buildArgs(expr: string, builders: string, localJobs: number): string[] {
   return [
     '-E',
     expr,
     '--no-out-link',
     '--max-jobs',
-    '0',
+    String(localJobs),
     '--builders',
     builders,
     '--option',
@@ -334,8 +339,9 @@ export class Rig {
     ];
   }
 
-  machinesLine(scheme: 'ssh-ng' | 'ssh', pool: string, maxJobs: number): string {
-    return `${scheme}://${pool}@hcloud-builder x86_64-linux ${this.clientKeyFile} ${maxJobs} 1 - - ${this.hostKeyBase64()}`;
+  /** `feature`: a system feature that the machine supports and requires (only derivations that ask for it go there). */
+  machinesLine(scheme: 'ssh-ng' | 'ssh', pool: string, maxJobs: number, feature = '-'): string {
+    return `${scheme}://${pool}@hcloud-builder x86_64-linux ${this.clientKeyFile} ${maxJobs} 1 ${feature} ${feature} ${this.hostKeyBase64()}`;
   }
 
   /**
@@ -360,6 +366,12 @@ export class Rig {
         ...r,
         outPaths: r.stdout.split('\n').filter((l) => l.startsWith('/nix/store/')),
       }));
+  }
+
+  /** Waits until `daemon` deleted more than `deletedBefore` servers and the fake has none left running (an idle timeout ran out). */
+  async idledOut(daemon: DaemonProcess, deletedBefore: number): Promise<void> {
+    await daemon.waitFor(() => daemon.lines.filter((l) => /deleted server/.test(l.msg)).length > deletedBefore, 30_000);
+    await waitUntil(() => this.fake.liveServers().length === 0, 30_000);
   }
 
   async stop(): Promise<void> {

@@ -200,6 +200,32 @@ t.test('worker protocol: recorded from a real nix-daemon, answered early, splice
 
   t.test('a real copy: the client sends its first operation before the worker exists', (t) => earlyCopy(t, 'worker', record));
 
+  t.test('progress lines while the client waits reach it as log messages of its first operation', async (t) => {
+    const path = await addClientPath('early-progress');
+    const toStderr: string[] = [];
+    const { server, failures } = await serve(async (sock) => {
+      const session = new EarlySession(sock, 'worker', record);
+      const progress = session.progressSink((line) => toStderr.push(line));
+      progress('step 1/5: before the opening is answered (held until it is)');
+      t.equal(await session.answered, true);
+      const opening = session.heldBytes;
+      progress('step 2/5: after the opening, before the first operation');
+      await new Promise<void>((resolve) => session.on('client-data', (held: number) => held > opening && resolve()));
+      progress('step 3/5: while the client waits in its first operation');
+      const upstream = startUpstream('worker');
+      pipeOn(sock, upstream, await session.splice(upstream));
+      progress('after the splice: the worker owns the stream');
+    });
+    const copied = await nixCli(['copy', '--from', clientStore, '--to', storeUri('worker'), path]);
+    await close(server);
+    t.equal(copied.code, 0, `nix copy succeeded ${copied.stderr}`);
+    t.same(failures, []);
+    for (const step of ['step 1/5: before', 'step 2/5: after the opening', 'step 3/5: while the client waits'])
+      t.match(copied.stderr, step, `Nix printed "${step}…"`);
+    t.same(toStderr, ['after the splice: the worker owns the stream'], 'only the line after the splice went to stderr');
+    t.ok(await validInWorker(path));
+  });
+
   t.test('a record of another protocol version: one clear error, and the next session is right', async (t) => {
     const stale: HandshakeRecord = { ...record, version: 0x121 };
     const path = await addClientPath('mismatch-copy');
@@ -246,6 +272,15 @@ t.test('serve protocol: recorded from a real nix-store --serve, answered early, 
   t.ok(await validInWorker(first));
 
   t.test('early answer, then a real copy through the splice', (t) => earlyCopy(t, 'serve', record));
+  t.test('progress lines stay on stderr: the serve protocol has no log messages', async (t) => {
+    const { server } = await serve(async (sock) => {
+      const session = new EarlySession(sock, 'serve', record);
+      const toStderr = (): void => undefined;
+      t.equal(session.progressSink(toStderr), toStderr, 'the sink is stderr itself');
+    });
+    await nixCli(['store', 'ping', '--store', storeUri('serve')]);
+    await close(server);
+  });
 
   t.test('a record of another version fails the session with the clear line', async (t) => {
     const path = await addClientPath('serve-mismatch');
