@@ -39,6 +39,10 @@ export const WORKER_ALIAS = 'bench-worker';
 export const WARM_POOL = 'x86_64';
 /** The pool whose worker is deleted after each session, for the cold-start benchmark. */
 export const COLD_POOL = 'cold';
+/** Like COLD_POOL, on a stock image without Nix: each boot installs Nix from the rig's release tarball. */
+export const COLD_STOCK_POOL = 'cold-stock';
+/** The fake's stock image without Nix (its servers boot as test/e2e/stock-image.test.ts's). */
+export const STOCK_IMAGE = 'ubuntu-24.04-without-nix';
 /** A cold pool of two workers with 32 slots each (deleted one second after going idle), for the burst. */
 export const BURST_POOL = 'burst';
 export const BURST_MAX_WORKERS = 2;
@@ -61,6 +65,8 @@ export interface BenchRigOptions {
   compression?: WorkerCompression;
   /** More fake cloud options, e.g. an emulated link in front of every server. */
   fake?: Partial<FakeCloudOptions>;
+  /** The pool `nix` setting of COLD_STOCK_POOL, which is there (with STOCK_IMAGE) only when given. */
+  stockNix?: PoolOverrides;
 }
 
 export class BenchRig {
@@ -99,9 +105,23 @@ export class BenchRig {
         [COLD_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '1s', compression },
         [BURST_POOL]: { maxWorkers: BURST_MAX_WORKERS, jobsPerWorker: BURST_JOBS_PER_WORKER, idleTimeout: '1s', compression },
         [WIDE_POOL]: { maxWorkers: 1, jobsPerWorker: WIDE_JOBS_PER_WORKER, idleTimeout: '60m', compression },
+        ...(options.stockNix
+          ? {
+              [COLD_STOCK_POOL]: {
+                maxWorkers: 1,
+                jobsPerWorker: 8,
+                idleTimeout: '1s',
+                compression,
+                image: STOCK_IMAGE,
+                nix: options.stockNix,
+              },
+            }
+          : {}),
       },
     });
     try {
+      if (options.stockNix)
+        rig.fake.addImage({ name: STOCK_IMAGE, type: 'system', description: 'Ubuntu 24.04 (stock, no Nix)', worker: 'stock' });
       // Production log level: debug lines would cost the daemon time per session.
       rig.writeConfig({ log: { level: 'info' } });
       const cli = options.cli ?? CLI;

@@ -37,16 +37,18 @@
  *   BENCH_JSON         also write every figure to this file as JSON
  *   BENCH_VERBOSE      show the fake cloud's log lines
  */
-import { readFileSync, writeFileSync } from 'node:fs';
-import { cpus } from 'node:os';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createRequire } from 'node:module';
 import { WORKER_COMPRESSIONS, type WorkerCompression } from '../src/core/config.js';
 import { buildWorkload, type BuildResult } from './build.js';
 import { burst, type BurstResult } from './burst.js';
-import { coldStart, type ColdResult } from './cold.js';
+import { coldStart, compareColdStarts, type ColdResult } from './cold.js';
+import { makeNixRelease, poolNixSetting, serveNixRelease } from '../test/rig/nix-release.js';
 import { cmd, envInt, envList, fixed, processMemory, progress, say } from './lib.js';
 import { memoryPeak, soak, type MemoryResult, type SoakResult } from './memory.js';
-import { BenchRig, BURST_POOL, COLD_POOL, ENDPOINT_ALIAS, WARM_POOL, WIDE_POOL } from './rig.js';
+import { BenchRig, BURST_POOL, COLD_POOL, COLD_STOCK_POOL, ENDPOINT_ALIAS, WARM_POOL, WIDE_POOL } from './rig.js';
 import { sessionSetup, type SetupResult } from './setup.js';
 import { stall, type StallResult } from './stall.js';
 import { serveHandshake } from './ssh.js';
@@ -172,6 +174,7 @@ type Results = {
   info: Record<string, string>;
   settings: typeof settings;
   cold?: ColdResult;
+  coldStock?: ColdResult;
   setup?: SetupResult;
   throughput: ThroughputResult[];
   burst?: BurstResult;
@@ -187,7 +190,12 @@ type Results = {
 
 /** The sections that share one rig (the usual four pools, no emulated link). */
 async function mainSections(results: Results): Promise<void> {
+  // The cold section's stock pool installs Nix from a release tarball made from this machine's Nix.
+  const releaseDir = mkdtempSync(join(tmpdir(), 'nhb-bench-nix-release-'));
+  const release = wanted('cold') ? makeNixRelease(releaseDir) : undefined;
+  const releaseServer = release ? await serveNixRelease(release) : undefined;
   const b = await BenchRig.start({
+    ...(release && releaseServer ? { stockNix: poolNixSetting(release, releaseServer.url) } : {}),
     ...(process.env.BENCH_CLI ? { cli: process.env.BENCH_CLI } : {}),
     nodeArgs: envList('BENCH_DAEMON_NODE_ARGS', []),
     bootDelayMs: settings.bootDelayMs,
@@ -209,7 +217,10 @@ async function mainSections(results: Results): Promise<void> {
     const plain = b.sshConfig();
     if (wanted('cold')) {
       progress(`cold starts on pool ${COLD_POOL}`);
-      results.cold = await coldStart(b, plain, settings.coldRuns);
+      results.cold = await coldStart(b, plain, settings.coldRuns, COLD_POOL);
+      progress(`cold starts on pool ${COLD_STOCK_POOL} (a stock image: Nix installed at each boot)`);
+      results.coldStock = await coldStart(b, plain, settings.coldRuns, COLD_STOCK_POOL);
+      compareColdStarts([results.cold, results.coldStock]);
     }
     if (wanted('burst')) {
       progress(`burst of ${settings.burst} sessions on pool ${BURST_POOL}`);
@@ -255,6 +266,8 @@ async function mainSections(results: Results): Promise<void> {
     }
   } finally {
     await b.stop();
+    await releaseServer?.close();
+    rmSync(releaseDir, { recursive: true, force: true });
     if (b.stopProblem) {
       say(`**Shutdown:** ${b.stopProblem}`);
       say();

@@ -7,7 +7,9 @@
 # on the server; the tests make one), cloud-init (`cloud-init schema` checks every user data the
 # daemon writes; on a machine that boots with systemd its units then run at boot, and disable
 # themselves when they find no datasource), xz (the rig packs a Nix release tarball for the fake
-# stock image), and python3, make and g++ (below).
+# stock image), systemd-container and iproute2 (test/rig/cloud-init-boot.sh boots a Debian root with
+# real cloud-init under systemd-nspawn, in a network namespace whose lo it brings up), and python3,
+# make and g++ (below).
 set -euo pipefail
 
 missing=()
@@ -23,6 +25,8 @@ command -v sgdisk >/dev/null 2>&1 || missing+=(gdisk)
 command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 command -v cloud-init >/dev/null 2>&1 || missing+=(cloud-init)
 command -v xz >/dev/null 2>&1 || missing+=(xz-utils)
+command -v systemd-nspawn >/dev/null 2>&1 || missing+=(systemd-container)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 # python3 runs the worker's zstd relay in the fake servers (and node-gyp); make and g++ build the
 # zstd-napi addon when npm installs it.
 command -v python3 >/dev/null 2>&1 || missing+=(python3)

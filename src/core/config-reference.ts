@@ -115,7 +115,7 @@ export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
     key: 'pools.<name>.earlyHandshake',
     default: '`true`',
     meaning:
-      "while no worker is ready, answer Nix's handshake at once with what this pool's worker (same image) answered last time, so Nix goes on with other work during the boot. Only while the pool is healthy (its last boot did not fail in the last 10 minutes). Nix then will not fall back to another machine: a boot that fails after that fails the build with the reason as its error. With `ssh-ng://` the boot's progress lines reach Nix as log messages; with `ssh://` they reach the build's log. `false`: the session waits for the worker, and Nix may fall back when the boot fails. See [Early handshake](architecture.md#early-handshake)",
+      "while no worker is ready, answer Nix's handshake at once with what this pool's worker (same image) answered last time, so Nix goes on with other work during the boot. Only while the pool is healthy: its last boot did not fail in the last 10 minutes, the API took the token at its last answer, and the budget allows a boot. Nix then will not fall back to another machine: a boot that fails after that fails the build with the reason as its error. With `ssh-ng://` the boot's progress lines reach Nix as log messages; with `ssh://` they reach the build's log. `false`: the session waits for the worker, and Nix may fall back when the boot fails. See [Early handshake](architecture.md#early-handshake)",
   },
   {
     key: 'pools.<name>.store.volumeGb',

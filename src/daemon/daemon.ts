@@ -171,6 +171,8 @@ export class Daemon {
             createWorker: () => Worker.planned(pool, deps, store),
             changed: () => this.saver.schedule(),
             handshakes: new PoolHandshakes((state.data.handshakes ??= []), pool.name, pool.image, () => this.saver.schedule()),
+            bootRefusal: async () =>
+              this.hcloud.tokenRefused ? 'the Hetzner Cloud API refused the token (401)' : this.money.budgetRefusal(pool),
           }),
         );
       }

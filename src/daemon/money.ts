@@ -6,7 +6,9 @@
  */
 import type { HcloudClient } from '../hcloud/client.js';
 import type { Pricing, ServerType } from '../hcloud/types.js';
+import type { PoolConfig } from '../core/config.js';
 import { BudgetExceeded, type Ledger } from './ledger.js';
+import { placements } from './placement.js';
 
 export interface MoneyDeps {
   hcloud: Pick<HcloudClient, 'listServerTypes' | 'getPricing'>;
@@ -61,6 +63,22 @@ export class Money {
   async volumesEurPerMonth(): Promise<number> {
     const gb = this.deps.storeGb();
     return gb === 0 ? 0 : gb * (await this.volumePricePerGbMonth());
+  }
+
+  /** Why the budget would refuse a server in every placement of `pool` now; undefined when one fits (or there is no budget). */
+  async budgetRefusal(pool: Pick<PoolConfig, 'serverTypes' | 'locations' | 'store'>): Promise<string | undefined> {
+    if (!this.deps.budget) return undefined;
+    let why: string | undefined;
+    for (const { serverType, location } of placements(pool)) {
+      try {
+        await this.priceServer(serverType, location);
+        return undefined;
+      } catch (err) {
+        if (!(err instanceof BudgetExceeded)) throw err;
+        why = err.message;
+      }
+    }
+    return why ?? 'budget: the pool has no server type or location';
   }
 
   /**

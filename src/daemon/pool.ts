@@ -53,6 +53,8 @@ export interface PoolDeps<W extends PoolWorker = Worker> {
   clock?: Clock;
   /** What this pool's workers answered in Nix's handshake (handshakes.ts); without it, no early answers. */
   handshakes?: { get(protocol: HandshakeProtocol): HandshakeRecord | undefined; set(record: HandshakeRecord): void };
+  /** Why a boot would be refused now (the token, the budget); undefined when it would go ahead. */
+  bootRefusal?: () => Promise<string | undefined>;
 }
 
 /** After a failed boot, sessions wait for the worker this long (Nix can fall back meanwhile). */
@@ -99,10 +101,16 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
    * The handshake to answer a new session with before it has a worker: only when it would have
    * to wait for a boot and the pool is healthy (an early answer keeps Nix from falling back).
    */
-  earlyHandshake(protocol: HandshakeProtocol): HandshakeRecord | undefined {
+  async earlyHandshake(protocol: HandshakeProtocol): Promise<HandshakeRecord | undefined> {
     if (!this.config.earlyHandshake || this.closed || this.leastLoaded('ready')) return undefined;
     if (this.lastBootFailedAt !== undefined && this.now() - this.lastBootFailedAt < EARLY_HANDSHAKE_AFTER_FAILURE_MS) return undefined;
-    return this.deps.handshakes?.get(protocol);
+    const record = this.deps.handshakes?.get(protocol);
+    if (!record) return undefined;
+    // A boot that would be refused fails the session: Nix must still be free to fall back.
+    const refusal = await this.deps.bootRefusal?.().catch((err: unknown) => `cannot tell (${(err as Error).message})`);
+    if (refusal === undefined) return record;
+    this.log.info({ why: refusal }, 'not answering early: a boot would be refused');
+    return undefined;
   }
 
   /** Whether sessions should be read through an early session (to answer early or to record). */

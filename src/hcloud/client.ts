@@ -52,6 +52,11 @@ export class HcloudClient {
     return this.transport.requestTimeoutMs;
   }
 
+  /** True when the API's last answer refused the token (401). */
+  get tokenRefused(): boolean {
+    return this.transport.tokenRefused;
+  }
+
   /** Keeps the token out of `util.inspect`, `console.log` and JSON dumps of the client. */
   toJSON(): Record<string, unknown> {
     return { endpoint: this.endpoint };

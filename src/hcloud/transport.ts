@@ -111,6 +111,7 @@ export class Transport {
   readonly log: Logger;
   readonly now: () => number;
   readonly #token: string;
+  #tokenRefused = false;
   readonly #userAgent: string;
   readonly #sleep: (ms: number, signal?: AbortSignal) => Promise<void>;
 
@@ -296,6 +297,8 @@ export class Transport {
       userSignal?.removeEventListener('abort', onAbort);
     }
 
+    // The token's standing as the API last judged it (any answer but 401 means it was accepted).
+    this.#tokenRefused = status === 401;
     if (status < 200 || status >= 300) {
       const parsed = parseErrorBody(text);
       const code = parsed?.code ?? `http_${status}`;
@@ -342,6 +345,11 @@ export class Transport {
       path,
       cause: signal.reason,
     });
+  }
+
+  /** True when the API's last answer refused the token (401), until an answer accepts it. */
+  get tokenRefused(): boolean {
+    return this.#tokenRefused;
   }
 
   invalid(method: string, path: string, status: number, why: string, requestId?: string, cause?: unknown): HcloudError {

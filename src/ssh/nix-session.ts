@@ -18,14 +18,14 @@ import type { WriteGate } from './write-gate.js';
 export interface SessionPool {
   acquire(options: AcquireOptions): Promise<SessionLease>;
   /** The recorded handshake to answer a session with while it waits for a boot; undefined: it waits unanswered. */
-  earlyHandshake?(protocol: HandshakeProtocol): HandshakeRecord | undefined;
+  earlyHandshake?(protocol: HandshakeProtocol): Promise<HandshakeRecord | undefined>;
   /** True when sessions' openings are read (and recorded through `handshakeSeen`). */
   readonly recordsHandshakes?: boolean;
   handshakeSeen?(record: HandshakeRecord): void;
 }
 
 export interface AcquireOptions {
-  /** Progress lines for the user (boot steps), written to the session's stderr. */
+  /** Progress lines for the user (boot steps): the session's stderr, or Nix log messages after an early answer (early-session.ts). */
   progress: (line: string) => void;
   /** Aborted when the client goes away while waiting. */
   signal: AbortSignal;
@@ -116,15 +116,15 @@ export class NixSessions {
     // The Nix side's stdin stays buffered (by the SSH window) until the worker is ready, unless
     // an early session answers its opening meanwhile (see early-session.ts).
     channel.pause();
+    const abort = new AbortController();
+    const stopWatching = onClientGone(client, channel, () => abort.abort());
     const protocol: HandshakeProtocol = command.mode === 'daemon' ? 'worker' : 'serve';
-    const record = pool.earlyHandshake?.(protocol);
+    const record = await pool.earlyHandshake?.(protocol);
     const early = pool.recordsHandshakes || record ? new EarlySession(channel, protocol, record) : undefined;
     if (record) {
       channel.resume();
       void early?.answered.then((whole) => whole && log.info({ user, protocol }, 'answered early'));
     }
-    const abort = new AbortController();
-    const stopWatching = onClientGone(client, channel, () => abort.abort());
     this.active++;
     let lease: SessionLease | undefined;
     const started = Date.now();

@@ -100,3 +100,15 @@ t.test('volumePriceOf reads the gross price and refuses what is not a number', a
   t.equal(volumePriceOf(pricing('0.0524')), 0.0524);
   t.throws(() => volumePriceOf(pricing('n/a')), /no usable volume price/);
 });
+
+t.test('budgetRefusal: a boot is refused only when no placement of the pool fits', async (t) => {
+  const types = async () => [serverType('cx23', { fsn1: '0.0060', nbg1: '0.0040' }), serverType('cx33', { fsn1: '0.0200' })];
+  const pool = { serverTypes: ['cx33', 'cx23'], locations: ['fsn1', 'nbg1'] };
+  t.equal(await money({ types }).money.budgetRefusal(pool), undefined, 'no budget: never refused');
+  t.equal(await money({ types, budget: { maxEurPerMonth: 0.005 } }).money.budgetRefusal(pool), undefined, 'cx23 in nbg1 still fits');
+  t.match(
+    await money({ types, budget: { maxEurPerMonth: 0.003 } }).money.budgetRefusal(pool),
+    /^budget: creating cx23 in nbg1 .* would exceed budget\.maxEurPerMonth/,
+    'none fits: the reason of the last placement tried',
+  );
+});

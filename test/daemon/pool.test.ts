@@ -143,8 +143,11 @@ function setup(overrides: Partial<PoolConfig> = {}) {
   const clock = new FakeClock(START);
   const created: FakeWorker[] = [];
   const handshakes = new Map<string, HandshakeRecord>();
+  /** What the daemon would say of a boot now (token, budget). */
+  const bootCheck: { refusal: string | undefined } = { refusal: undefined };
   const pool = new Pool<FakeWorker>(poolConfig(overrides), {
     handshakes: { get: (protocol) => handshakes.get(protocol), set: (record) => handshakes.set(record.protocol, record) },
+    bootRefusal: () => Promise.resolve(bootCheck.refusal),
     log: createLogger({ level: 'silent' }),
     createWorker: () => {
       const worker = new FakeWorker(clock, `w${created.length + 1}`);
@@ -169,36 +172,39 @@ function setup(overrides: Partial<PoolConfig> = {}) {
     await settle();
     return Promise.race([lease.then((l) => l.worker.record.name), settle().then(() => 'waiting')]);
   };
-  return { clock, pool, created, readyWorker, acquire, holder };
+  return { clock, pool, created, readyWorker, acquire, holder, bootCheck };
 }
 
 const SERVE_2_7: HandshakeRecord = { protocol: 'serve', version: 0x207 };
 
 t.test('early handshake: answered from the record only while a session would wait for a healthy boot', async (t) => {
-  const { clock, pool, created, acquire, readyWorker } = setup({ maxWorkers: 2, earlyHandshake: true });
-  t.equal(pool.earlyHandshake('serve'), undefined, 'no record yet: the session waits unanswered');
+  const { clock, pool, created, acquire, readyWorker, bootCheck } = setup({ maxWorkers: 2, earlyHandshake: true });
+  t.equal(await pool.earlyHandshake('serve'), undefined, 'no record yet: the session waits unanswered');
   pool.handshakeSeen(SERVE_2_7);
-  t.same(pool.earlyHandshake('serve'), SERVE_2_7, 'a cold pool with a record answers early');
-  t.equal(pool.earlyHandshake('worker'), undefined, 'the other protocol has no record');
+  t.same(await pool.earlyHandshake('serve'), SERVE_2_7, 'a cold pool with a record answers early');
+  t.equal(await pool.earlyHandshake('worker'), undefined, 'the other protocol has no record');
+
+  bootCheck.refusal = 'the Hetzner Cloud API refused the token (401)';
+  t.equal(await pool.earlyHandshake('serve'), undefined, 'a boot that would be refused (token, budget): no early answer');
+  bootCheck.refusal = undefined;
 
   const failing = acquire().lease;
   await settle();
   (created[0] as FakeWorker).finishBoot(new Error('token refused'));
   await t.rejects(failing, /token refused/);
-  t.equal(pool.earlyHandshake('serve'), undefined, 'after a failed boot, Nix may fall back: no early answer');
+  t.equal(await pool.earlyHandshake('serve'), undefined, 'after a failed boot, Nix may fall back: no early answer');
   clock.advance(EARLY_HANDSHAKE_AFTER_FAILURE_MS);
-  t.same(pool.earlyHandshake('serve'), SERVE_2_7, 'the failure is forgotten after a while');
+  t.same(await pool.earlyHandshake('serve'), SERVE_2_7, 'the failure is forgotten after a while');
 
   readyWorker('w-ready');
-  t.equal(pool.earlyHandshake('serve'), undefined, 'a ready worker with a free slot answers itself');
+  t.equal(await pool.earlyHandshake('serve'), undefined, 'a ready worker with a free slot answers itself');
 });
 
-t.test("early handshake: off by the pool's setting", (t) => {
+t.test("early handshake: off by the pool's setting", async (t) => {
   const { pool } = setup({ earlyHandshake: false });
   pool.handshakeSeen(SERVE_2_7);
-  t.equal(pool.earlyHandshake('serve'), undefined);
+  t.equal(await pool.earlyHandshake('serve'), undefined);
   t.equal(pool.recordsHandshakes, false, 'and sessions are not read for records');
-  t.end();
 });
 
 t.test('placement: the ready worker with the fewest sessions and a free slot', async (t) => {

@@ -131,3 +131,22 @@ t.test('a boot that fails after an early answer fails the build with the reason;
   t.equal(daemon.proc.exitCode, null, 'the daemon keeps serving');
   t.equal(await daemon.stop(), 0);
 });
+
+t.test('a pool whose budget allows no further boot never answers early: Nix may fall back', async (t) => {
+  // One hour of the fake's cx23 in fsn1 fits, a second does not: the first boot spends the budget.
+  const rig = await Rig.start({ pool: { idleTimeout: '1s' }, config: { budget: { maxEurPerMonth: 0.01 } } });
+  t.teardown(() => rig.stop());
+  const daemon = await rig.startDaemon();
+  const first = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`budget-first-${Date.now()}`] });
+  t.equal(first.code, 0, 'the first build succeeded', { stderr: first.stderr });
+  await daemon.waitForMsg(/recorded the worker's handshake/);
+  await rig.idledOut(daemon, 0);
+
+  const refused = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`budget-second-${Date.now()}`] });
+  t.not(refused.code, 0, 'the build fails (this test gives Nix nothing to fall back to)');
+  t.match(refused.stderr, /would exceed budget\.maxEurPerMonth/, 'with the budget as the reason');
+  t.notMatch(refused.stderr, /after its handshake was answered early/);
+  await daemon.waitForMsg(/not answering early: a boot would be refused/);
+  t.equal(answeredEarly(daemon), 0, 'the session was not answered early');
+  t.equal(await daemon.stop(), 0);
+});

@@ -17,7 +17,7 @@ import t from 'tap';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { Rig, waitUntil } from '../rig/rig.js';
-import { makeNixRelease, serveNixRelease } from '../rig/nix-release.js';
+import { makeNixRelease, poolNixSetting, serveNixRelease } from '../rig/nix-release.js';
 import type { FakeServerInfo } from '../fake-hcloud/index.js';
 import { tmpdir } from 'node:os';
 import { RUNCMD_ENVIRONMENT } from '../../src/daemon/user-data.js';
@@ -39,7 +39,7 @@ async function stockRig(
       image: IMAGE,
       idleTimeout: '3s',
       bootTimeout: '120s',
-      nix: { version: release.version, url: server.url, sha256: { [release.system]: release.sha256 } },
+      nix: poolNixSetting(release, server.url),
     },
     fake: { log: (l) => fakeLog.push(l) },
   });

@@ -222,7 +222,14 @@ t.test(
       );
       t.ok(Date.now() - started < 4000 + 10_000, `${c.name}: within bootTimeout plus slack, no hang`);
 
-      const server = rig.fake.servers().at(-1) as FakeServerInfo;
+      const last = rig.fake.servers().at(-1) as FakeServerInfo;
+      // nix-build may end (bootTimeout) before fetch-keys.sh has given up: the units' end is awaited, not raced.
+      const unitsEnded = (): FakeServerInfo | undefined => {
+        const now = rig.fake.servers().find((s) => s.id === last.id);
+        return Object.values(now?.units ?? {}).some((u) => u === 'running' || u === 'waiting') ? undefined : now;
+      };
+      await waitUntil(() => unitsEnded() !== undefined, 20_000);
+      const server = unitsEnded() as FakeServerInfo;
       t.equal(server.bootMode, 'nixos');
       t.same(
         rig.fake.metadataRequests.filter((r) => r.server === server.id).map((r) => r.status),

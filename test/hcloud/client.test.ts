@@ -183,14 +183,17 @@ t.test('401, 403 and 404 are not retried and say what is wrong', async (t) => {
   const stub = await startStub(t, (req) => replies[req.path] ?? apiError(500, 'server_error', 'unexpected'));
   const { client, slept, logs } = makeClient(stub.url);
 
+  t.equal(client.tokenRefused, false, 'no answer yet: not known to be refused');
   const e401 = await rejection(client.getServer(1));
   t.equal(e401.status, 401);
   t.equal(e401.code, 'unauthorized');
   t.match(e401.message, /token is wrong/);
   assertNoToken(t, e401, logs);
+  t.equal(client.tokenRefused, true, 'the client knows the token was refused');
 
   const e403 = await rejection(client.getServer(2));
   t.equal(e403.status, 403);
+  t.equal(client.tokenRefused, false, 'any other answer means the token was taken');
   t.match(e403.message, /read-only/);
 
   const e404 = await rejection(client.getServer(3));

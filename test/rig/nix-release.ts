@@ -123,6 +123,11 @@ export function makeNixRelease(dir: string): RigNixRelease {
   return { version, system, file, sha256: createHash('sha256').update(readFileSync(file)).digest('hex') };
 }
 
+/** A pool's `nix` setting for `release` downloaded from `url` (a template with {version} and {system}). */
+export function poolNixSetting(release: RigNixRelease, url: string): { version: string; url: string; sha256: Record<string, string> } {
+  return { version: release.version, url, sha256: { [release.system]: release.sha256 } };
+}
+
 export interface ReleaseServer {
   /** The `nix.url` template that points at this server. */
   url: string;
