@@ -5,7 +5,8 @@
  * field in `SetupOptions`.
  */
 import { DEFAULT_ALIAS, DEFAULT_CLIENT_KEY } from '../setup/machines.js';
-import { DEFAULT_MACHINES, DEFAULT_NIX_CONF, DEFAULT_SSH_CONFIG, loadConfigAsOwner, runSetup, type SetupOptions } from '../setup/setup.js';
+import { loadConfigAsOwner } from '../setup/config-owner.js';
+import { DEFAULT_MACHINES, DEFAULT_NIX_CONF, DEFAULT_SSH_CONFIG, runSetup, type SetupOptions } from '../setup/setup.js';
 import { defineCommand, type OptionSpecs, type OptionValues } from './command.js';
 
 const options = {

@@ -1,12 +1,11 @@
 /**
- * `serve`: the daemon. Steps, each logged:
+ * `serve`: the daemon. Its start, four steps each logged as "step n/4":
  *   1. lock the state folder and read what an earlier run left;
- *   2. load (or make) the endpoint's host key and the authorized keys;
- *   3. reconcile: adopt our servers that the state knows and that answer, delete the rest;
- *   4. listen for Nix;
- *   5. on SIGTERM/SIGINT: stop listening, delete every worker (unless keepWorkers), exit.
+ *   2. load (or make) the endpoint's host key and the authorized keys (endpoint-keys.ts);
+ *   3. reconcile: adopt our servers that the state knows and that answer, delete the rest (reconcile.ts);
+ *   4. listen for Nix, then sweep periodically (sweep.ts).
+ * On SIGTERM/SIGINT, `stop()`: stop listening, delete every worker (unless keepWorkers), exit.
  */
-import { existsSync, readFileSync } from 'node:fs';
 import type { Server as ControlServer } from 'node:net';
 import type { Config } from '../core/config.js';
 import { Endpoint, parseAuthorizedKeys } from '../ssh/endpoint.js';
@@ -15,18 +14,19 @@ import { zstdBinding } from '../ssh/zstd-codec.js';
 import { resolvePoolCompression } from './compression.js';
 import { HcloudClient } from '../hcloud/client.js';
 import type { Server } from '../hcloud/types.js';
-import { generateKeyPair, hostKeyPaths } from '../ssh/keys.js';
 import { Ledger } from './ledger.js';
 import { Money } from './money.js';
-import { instanceSelector, LABEL_POOL } from '../core/labels.js';
 import type { Logger } from '../core/log.js';
 import { serveControl } from './control.js';
+import { ensureHostKey, loadAuthorizedKeys } from './endpoint-keys.js';
 import { startGrace, type Grace } from './grace.js';
 import { Pool } from './pool.js';
-import { whatMustGo } from './sweep-rule.js';
+import { reconcile } from './reconcile.js';
 import { checkPoolServerTypes } from './server-types.js';
 import { writeFileAtomic } from '../core/atomic-file.js';
-import { isRecordOf, StateFile, type WorkerRecord } from './state.js';
+import { StateFile } from './state.js';
+import { StateSaver } from './state-saver.js';
+import { Sweep } from './sweep.js';
 import { deletePolicyOf, Deletions } from './deletions.js';
 import { InstanceLease } from './instance-lease.js';
 import { instanceFilePath } from '../core/instance.js';
@@ -45,31 +45,6 @@ export interface DaemonOptions {
 /** On stop, how long deletes may go on before the daemon exits; what is left stays in the state for the next start. */
 export const STOP_DELETE_WAIT_MS = 60_000;
 
-/** The endpoint's host key, made on first start; its public line goes into the machines file. */
-export function ensureHostKey(stateDir: string): { privateKey: string; publicKey: string } {
-  const paths = hostKeyPaths(stateDir);
-  if (!existsSync(paths.privateKey)) {
-    const pair = generateKeyPair('nix-hcloud-builder');
-    writeFileAtomic(paths.privateKey, pair.privateKey, 0o600);
-    writeFileAtomic(paths.publicKey, `${pair.publicKey}\n`, 0o644);
-  }
-  return { privateKey: readFileSync(paths.privateKey, 'utf8'), publicKey: readFileSync(paths.publicKey, 'utf8').trim() };
-}
-
-export function loadAuthorizedKeys(config: Config): string[] {
-  const lines = [...config.authorizedKeys];
-  if (config.authorizedKeysFile) {
-    try {
-      lines.push(...readFileSync(config.authorizedKeysFile, 'utf8').split('\n'));
-    } catch (err) {
-      throw new Error(
-        `cannot read authorizedKeysFile ${config.authorizedKeysFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
-      );
-    }
-  }
-  return lines;
-}
-
 export class Daemon {
   readonly pools = new Map<string, Pool>();
   /** The warm store's volumes of each pool that has one. */
@@ -77,16 +52,15 @@ export class Daemon {
   endpoint!: Endpoint;
   port = 0;
   private state!: StateFile;
+  private saver!: StateSaver;
   /** Every server being deleted (workers, failed boots, orphans), retried until gone; kept in the state. */
   deletions!: Deletions;
-  private saveScheduled = false;
   readonly hcloud: HcloudClient;
   private readonly log: Logger;
   /** Prices, the budget check and the ledger. */
   money!: Money;
   private stopping: Promise<void> | undefined;
-  private sweepTimer: NodeJS.Timeout | undefined;
-  private sweeping: Promise<void> | undefined;
+  private sweeper: Sweep | undefined;
   private grace: Grace | undefined;
   ledger!: Ledger;
   private control: ControlServer | undefined;
@@ -113,13 +87,18 @@ export class Daemon {
     // 1. Lock the state folder; read the previous state.
     const { state, read } = await StateFile.open(config.stateDir, config.instance);
     this.state = state;
+    this.saver = new StateSaver(
+      state,
+      () => ({ workers: [...this.pools.values()].flatMap((p) => p.records), deletions: this.deletions.pending }),
+      this.log,
+    );
     if (read.problem) this.log.error({ keptAs: read.keptAs }, `${read.problem}; kept it aside and falling back to a label sweep`);
     this.deletions = new Deletions(
       {
         hcloud: this.hcloud,
         log: this.log,
         policy: deletePolicyOf(config),
-        changed: () => this.scheduleSave(),
+        changed: () => this.saver.schedule(),
         gone: (record) => this.ledger.closed(record.name),
       },
       state.data.deletions ?? [],
@@ -176,7 +155,7 @@ export class Daemon {
         deletions: this.deletions,
         log: this.log,
         instance: config.instance,
-        save: () => this.saveNow(),
+        save: () => this.saver.save(),
       };
       // A new store volume counts against the budget for a whole month; unknown price: refused.
       const checkBudget = (sizeGb: number, what: string): Promise<void> => this.money.checkVolume(sizeGb, what);
@@ -190,8 +169,8 @@ export class Daemon {
           new Pool(pool, {
             log: this.log,
             createWorker: () => Worker.planned(pool, deps, store),
-            changed: () => this.scheduleSave(),
-            handshakes: new PoolHandshakes((state.data.handshakes ??= []), pool.name, pool.image, () => this.scheduleSave()),
+            changed: () => this.saver.schedule(),
+            handshakes: new PoolHandshakes((state.data.handshakes ??= []), pool.name, pool.image, () => this.saver.schedule()),
             bootRefusal: async () =>
               this.hcloud.tokenRefused ? 'the Hetzner Cloud API refused the token (401)' : this.money.budgetRefusal(pool),
           }),
@@ -205,7 +184,19 @@ export class Daemon {
       }
 
       // 3. Reconcile with what the API says is ours.
-      await this.reconcile(state.data.workers, deps);
+      const reconciled = await reconcile(state.data.workers, {
+        hcloud: this.hcloud,
+        instance: config.instance,
+        log: this.log,
+        pools: this.pools,
+        stores: this.stores,
+        deletions: this.deletions,
+        workerDeps: deps,
+        adoptTimeoutMs: this.options.adoptTimeoutMs ?? 15_000,
+        deleteOrphan: (server, reason) => this.deleteOrphan(server, reason),
+      });
+      this.saver.schedule();
+      this.log.info(reconciled, 'step 3/4: reconciled with the cloud; deletes go on in the background');
 
       // 4. Listen.
       this.endpoint = new Endpoint({
@@ -221,8 +212,17 @@ export class Daemon {
       this.port = await this.endpoint.listen(config.listen.port, config.listen.host);
       this.log.info({ host: config.listen.host, port: this.port, pools: [...this.pools.keys()] }, 'step 4/4: listening for Nix');
       this.control = await serveControl(config.stateDir, (request, progress) => this.up(request.pools, request.workers, progress));
-      this.sweepTimer = setInterval(() => void this.sweep(), config.sweepIntervalMs);
-      this.sweepTimer.unref();
+      this.sweeper = new Sweep({
+        hcloud: this.hcloud,
+        instance: config.instance,
+        log: this.log,
+        pools: this.pools,
+        poolConfigs: config.pools,
+        deletions: this.deletions,
+        instanceLost: () => this.instanceLost,
+        deleteOrphan: (server, reason) => this.deleteOrphan(server, reason),
+      });
+      this.sweeper.start(config.sweepIntervalMs);
     } catch (err) {
       this.deletions.stop();
       await this.lease?.release();
@@ -231,88 +231,9 @@ export class Daemon {
     }
   }
 
-  private async reconcile(previous: WorkerRecord[], deps: WorkerDeps): Promise<void> {
-    const servers: Server[] = await this.hcloud.listServers({ labelSelector: instanceSelector(this.config.instance) });
-    // The store volumes first: an adopted server keeps the slot of the volume it has.
-    for (const store of this.stores.values()) {
-      await store.load().catch((err: unknown) => this.log.error({ err }, 'cannot list the store volumes; trying again at the next boot'));
-    }
-    // Deletes a former run left unfinished go on first; servers among them are not adopted.
-    this.deletions.resume();
-    const adopted: string[] = [];
-    let deleting = 0;
-    for (const server of servers) {
-      const record = previous.find((r) => isRecordOf(r, server));
-      const pool = this.pools.get(server.labels[LABEL_POOL] ?? '');
-      if (this.deletions.has(server)) {
-        deleting++;
-        continue;
-      }
-      if (record && pool && record.phase === 'ready' && record.address && server.status === 'running') {
-        const worker = new Worker(pool.config, { ...record, id: server.id }, deps);
-        try {
-          await worker.adopt(this.options.adoptTimeoutMs ?? 15_000);
-          worker.holdStore(this.stores.get(pool.config.name)?.claim(server.volumes ?? []));
-          pool.adopt(worker);
-          adopted.push(server.name);
-          continue;
-        } catch (err) {
-          worker.disconnect();
-          this.log.warn({ server: server.name, err: (err as Error).message }, 'cannot adopt our server; deleting it');
-        }
-      } else {
-        this.log.warn({ server: server.name, id: server.id, known: Boolean(record) }, 'our server is not adoptable; deleting it');
-      }
-      this.deleteOrphan(server, 'not adoptable at start');
-      deleting++;
-    }
-    this.scheduleSave();
-    this.log.info(
-      { found: servers.length, adopted: adopted.length, deleted: deleting },
-      'step 3/4: reconciled with the cloud; deletes go on in the background',
-    );
-  }
-
-  /**
-   * The periodic sweep: a server labelled as ours that no pool knows is deleted (a leak from a
-   * crash or a lost create answer), and lifetime caps are enforced. Never two sweeps at once.
-   */
+  /** Sweeps now (the periodic sweep's work: sweep.ts); never two sweeps at once. */
   sweep(): Promise<void> {
-    this.sweeping ??= (async () => {
-      try {
-        for (const pool of this.pools.values()) pool.enforceLifetime();
-        const servers = await this.hcloud.listServers({ labelSelector: instanceSelector(this.config.instance) });
-        if (this.instanceLost) {
-          this.log.error(
-            { why: this.instanceLost },
-            'sweep skipped: another daemon holds this instance, so servers this daemon does not know may be its',
-          );
-          return;
-        }
-        // The sweep rule; servers whose delete is pending are the deletion queue's, and the
-        // lifetimes of the workers we know are their pools' (which know their sessions).
-        const candidates = servers.map((server) => ({
-          subject: server,
-          created: server.created,
-          known: [...this.pools.values()].some((p) => p.knows(server)),
-          pool: this.config.pools[server.labels[LABEL_POOL] ?? ''],
-          deleting: this.deletions.has(server),
-        }));
-        const unknown = whatMustGo(candidates, Date.now())
-          .filter((v) => v.reason === 'unknown')
-          .map((v) => v.subject);
-        for (const server of unknown) {
-          this.log.warn({ server: server.name, id: server.id }, 'sweep: our label, but no worker of ours; deleting it');
-          this.deleteOrphan(server, 'sweep: no worker of ours');
-        }
-        this.log.debug({ found: servers.length, deleted: unknown.length, deleting: this.deletions.pending.length }, 'sweep done');
-      } catch (err) {
-        this.log.error({ err }, 'sweep failed; trying again next interval');
-      } finally {
-        this.sweeping = undefined;
-      }
-    })();
-    return this.sweeping;
+    return this.sweeper?.run() ?? Promise.resolve();
   }
 
   /**
@@ -339,29 +260,13 @@ export class Daemon {
     this.deletions.delete(server, reason).catch(() => undefined);
   }
 
-  private saveNow(): Promise<void> {
-    this.state.data.workers = [...this.pools.values()].flatMap((p) => p.records);
-    this.state.data.deletions = this.deletions.pending;
-    return this.state.save();
-  }
-
-  /** Coalesces bursts of changes (sessions starting and ending) into one write. */
-  private scheduleSave(): void {
-    if (this.saveScheduled) return;
-    this.saveScheduled = true;
-    setImmediate(() => {
-      this.saveScheduled = false;
-      this.saveNow().catch((err: unknown) => this.log.error({ err }, 'cannot write the state file'));
-    });
-  }
-
   /**
    * Stops accepting, lets running sessions finish for up to shutdownGrace (or until
    * `skipGrace()`), then ends them and deletes every worker unless `keepWorkers`.
    */
   stop(keepWorkers = false): Promise<void> {
     this.stopping ??= (async () => {
-      clearInterval(this.sweepTimer);
+      this.sweeper?.stop();
       this.control?.close();
       const graceMs = this.config.shutdownGraceMs;
       this.log.info(
@@ -377,7 +282,7 @@ export class Daemon {
       }
       this.endpoint?.closeAll();
       await closed;
-      await this.sweeping;
+      await this.sweeper?.idle;
       // Deletes (the workers', orphans') get a bounded time; what is left stays in the state.
       const closing = Promise.allSettled([...this.pools.values()].map((p) => p.close(keepWorkers)));
       let timer: NodeJS.Timeout | undefined;
@@ -393,7 +298,7 @@ export class Daemon {
         );
       this.deletions.stop();
       await closing;
-      await this.saveNow().catch(() => undefined);
+      await this.saver.save().catch(() => undefined);
       await this.lease?.release();
       await this.state.close();
       this.log.info('stopped');

@@ -2,15 +2,17 @@
  * Places Nix sessions on a pool's workers: the least loaded ready worker with a free slot, else a
  * booting one with room, else a new boot while fewer than maxWorkers exist, else a queue. Sessions
  * that arrive during a boot wait for that same boot: a burst creates one server, not one each.
+ * The slot counts are session-slots.ts's, the idle timers and lifetime caps worker-lifetime.ts's.
  */
 import type { PoolConfig } from '../core/config.js';
-import { IdleTimer, systemClock, untilBeforeNextBilledHour, type Clock } from './idle-timer.js';
+import { systemClock, type Clock } from './idle-timer.js';
 import type { Logger } from '../core/log.js';
 import type { AcquireOptions, SessionLease, SessionPool } from '../ssh/endpoint.js';
 import type { HandshakeProtocol, HandshakeRecord } from '../ssh/nix-handshake.js';
 import { isRecordOf, type WorkerRecord } from './state.js';
-import { whatMustGo } from './sweep-rule.js';
+import { SessionSlots } from './session-slots.js';
 import type { Worker } from './worker.js';
+import { WorkerLifetimes } from './worker-lifetime.js';
 
 /** What the pool uses of a worker: `Worker`, or a fake in the pool's unit tests. */
 export type PoolWorker = Pick<
@@ -61,9 +63,8 @@ export const EARLY_HANDSHAKE_AFTER_FAILURE_MS = 10 * 60_000;
 export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   readonly workers: W[] = [];
   private readonly queue: Waiter<W>[] = [];
-  private readonly idleTimers = new Map<W, IdleTimer>();
-  /** Per worker, sessions running plus sessions promised a slot: the pool alone counts them. */
-  private readonly slots = new Map<W, number>();
+  private readonly slots = new SessionSlots<W>();
+  private readonly lifetimes: WorkerLifetimes<W>;
   /** Boots in progress; waiters that join a boot attach to its promise. */
   private readonly boots = new Map<W, Promise<void>>();
   private readonly log: Logger;
@@ -78,6 +79,7 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   ) {
     this.log = deps.log.child({ pool: config.name });
     this.clock = deps.clock ?? systemClock;
+    this.lifetimes = new WorkerLifetimes(config, this.clock);
   }
 
   get records(): Readonly<WorkerRecord>[] {
@@ -129,18 +131,12 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
 
   /** Sessions running on `worker` plus sessions promised a slot there. */
   sessionsOn(worker: W): number {
-    return this.slots.get(worker) ?? 0;
-  }
-
-  /** Promises a slot on `worker` to a session (one waiting for the boot, or one about to start). */
-  private reserve(worker: W): void {
-    this.slots.set(worker, this.sessionsOn(worker) + 1);
+    return this.slots.of(worker);
   }
 
   /** Gives a slot on `worker` back; answers how many remain. */
   private unreserve(worker: W): number {
-    const left = this.sessionsOn(worker) - 1;
-    this.slots.set(worker, left);
+    const left = this.slots.release(worker);
     worker.markSessions(left);
     return left;
   }
@@ -149,16 +145,11 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
     return this.clock.now();
   }
 
-  /** Past maxLifetime a worker takes no new sessions and goes once its sessions end. */
-  private draining(worker: W): boolean {
-    return this.now() - Date.parse(worker.record.createdAt) >= this.config.maxLifetimeMs;
-  }
-
   private leastLoaded(phase: W['phase']): W | undefined {
     let best: W | undefined;
     for (const w of this.workers) {
       if (w.phase !== phase || this.sessionsOn(w) >= this.config.jobsPerWorker) continue;
-      if (phase === 'ready' && (!w.connected || this.draining(w))) continue;
+      if (phase === 'ready' && (!w.connected || this.lifetimes.draining(w))) continue;
       if (!best || this.sessionsOn(w) < this.sessionsOn(best)) best = w;
     }
     return best;
@@ -186,8 +177,8 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
 
   /** Hands a slot to a waiter; `reserved` when the waiter already holds it (it joined a boot). */
   private lease(worker: W, waiter: Waiter<W>, reserved = false): void {
-    if (!reserved) this.reserve(worker);
-    this.idleTimers.get(worker)?.cancel();
+    if (!reserved) this.slots.reserve(worker);
+    this.lifetimes.cancelIdle(worker);
     worker.markBusy(this.sessionsOn(worker));
     this.deps.changed();
     let released = false;
@@ -208,16 +199,12 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   }
 
   private becameIdle(worker: W): void {
-    if (this.draining(worker)) {
+    if (this.lifetimes.draining(worker)) {
       this.log.info({ worker: worker.record.name }, 'worker reached maxLifetime and is idle; deleting it');
       this.retireInBackground(worker, 'maxLifetime reached');
       return;
     }
-    const delayMs =
-      this.config.idlePolicy === 'billing-hour'
-        ? untilBeforeNextBilledHour(Date.parse(worker.record.createdAt), this.now(), this.config.billingMarginMs)
-        : this.config.idleTimeoutMs;
-    this.timerFor(worker).start(delayMs);
+    const delayMs = this.lifetimes.startIdle(worker, () => this.onIdle(worker));
     worker.markIdle(this.now());
     this.log.info(
       { worker: worker.record.name, idlePolicy: this.config.idlePolicy, deleteInMs: delayMs },
@@ -231,14 +218,7 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
    */
   enforceLifetime(): void {
     const ready = this.workers.filter((w) => w.phase === 'ready');
-    const candidates = ready.map((w) => ({
-      subject: w,
-      created: w.record.createdAt,
-      known: true,
-      pool: this.config,
-      sessions: this.sessionsOn(w),
-    }));
-    for (const { subject: worker, reason } of whatMustGo(candidates, this.now())) {
+    for (const { subject: worker, reason } of this.lifetimes.overdue(ready, (w) => this.sessionsOn(w))) {
       if (reason === 'hard lifetime cap') {
         this.log.warn(
           { worker: worker.record.name, sessions: this.sessionsOn(worker) },
@@ -256,7 +236,7 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
 
   /** A waiter takes a slot on a booting worker now and gets its lease when the boot ends. */
   private joinBoot(worker: W, waiter: Waiter<W>): void {
-    this.reserve(worker);
+    this.slots.reserve(worker);
     const stopProgress = worker.onProgress(waiter.progress);
     // A client that leaves hears no more: its stderr is closed, and writing to it would fail.
     waiter.signal.addEventListener('abort', stopProgress, { once: true });
@@ -338,15 +318,6 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
     });
   }
 
-  private timerFor(worker: W): IdleTimer {
-    let timer = this.idleTimers.get(worker);
-    if (!timer) {
-      timer = new IdleTimer(this.config.idleTimeoutMs, () => this.onIdle(worker), this.clock);
-      this.idleTimers.set(worker, timer);
-    }
-    return timer;
-  }
-
   private onIdle(worker: W): void {
     if (this.sessionsOn(worker) > 0 || worker.phase !== 'ready') return;
     this.log.info({ worker: worker.record.name }, 'idle timeout reached; deleting the worker');
@@ -356,9 +327,8 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   private remove(worker: W): void {
     const index = this.workers.indexOf(worker);
     if (index >= 0) this.workers.splice(index, 1);
-    this.idleTimers.get(worker)?.cancel();
-    this.idleTimers.delete(worker);
-    this.slots.delete(worker);
+    this.lifetimes.forget(worker);
+    this.slots.forget(worker);
     this.deps.changed();
   }
 
@@ -390,7 +360,7 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   }
 
   private async deleteWorker(worker: W, reason: string): Promise<void> {
-    this.idleTimers.get(worker)?.cancel();
+    this.lifetimes.cancelIdle(worker);
     worker.markDeleting();
     this.deps.changed();
     await worker.destroy(reason);
@@ -402,7 +372,7 @@ export class Pool<W extends PoolWorker = Worker> implements SessionPool {
   async close(keep: boolean): Promise<void> {
     this.closed = true;
     for (const waiter of this.queue.splice(0)) waiter.reject(new Error('the daemon is shutting down'));
-    for (const timer of this.idleTimers.values()) timer.cancel();
+    this.lifetimes.cancelAll();
     for (const worker of this.boots.keys()) worker.cancelBoot('the daemon is shutting down');
     await Promise.allSettled([...this.boots.values()]);
     if (keep) {

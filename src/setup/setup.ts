@@ -13,12 +13,11 @@
  * Idempotent: a second run finds nothing to change. Without `write` it only shows the changes.
  * Marked blocks are replaced in place, and everything outside them is kept as it is.
  */
-import { chownSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import ssh2, { type ParsedKey } from 'ssh2';
-import { loadConfig, type Config } from '../core/config.js';
-import { writeFileAtomic } from '../core/atomic-file.js';
+import type { Config } from '../core/config.js';
 import { generateKeyPair, hostKeyPaths } from '../ssh/keys.js';
 import {
   DEFAULT_ALIAS,
@@ -31,7 +30,8 @@ import {
 } from './machines.js';
 import { choosePortStyle, detectNixVersion, parseNixVersion, type DetectedNix, type PortChoice } from './nix-version.js';
 import { SetupError } from './setup-error.js';
-import { BEGIN_MARK, joinLines, splitLines, unifiedDiff, upsertMarkedBlock } from './text.js';
+import { applyPlan, formatPlan, ownerOf, type FileChange, type Owner, type SetupPlan } from './setup-plan.js';
+import { BEGIN_MARK, joinLines, readText, splitLines, upsertMarkedBlock } from './text.js';
 import { parseNixConf, setNixConfOption } from './nix-conf.js';
 
 export const DEFAULT_SSH_CONFIG = '/etc/ssh/ssh_config';
@@ -51,54 +51,6 @@ export interface SetupOptions {
   nix?: DetectedNix | undefined;
   /** Set `builders-use-substitutes = true` in nix.conf (else only a hint). */
   substitutes?: boolean | undefined;
-}
-
-interface Owner {
-  uid: number;
-  gid: number;
-}
-
-export interface FileChange {
-  path: string;
-  /** Content before (null: the file does not exist) and after. */
-  before: string | null;
-  after: string;
-  mode: number;
-  /** Set for files the daemon's user must own (it may not be the user running setup). */
-  owner?: Owner;
-  /** Never shown (private keys). */
-  secret?: boolean;
-  what: string;
-}
-
-export interface DirChange {
-  path: string;
-  mode: number;
-  owner?: Owner;
-}
-
-export interface SetupPlan {
-  dirs: DirChange[];
-  files: FileChange[];
-  /** Files already as they should be. */
-  unchanged: string[];
-  hints: string[];
-  /** What setup cannot do by itself; the user must. */
-  manual: string[];
-  machinesLines: string[];
-  /** Empty when the machines lines need no alias. */
-  sshBlock: string[];
-  /** How the machines lines name the endpoint, and why. */
-  portChoice: PortChoice;
-}
-
-function readText(path: string): string | null {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw new SetupError(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-  }
 }
 
 /** The base64 key of a public key line, or of an authorized_keys line with options in front. */
@@ -123,11 +75,6 @@ function publicFromPrivate(path: string, text: string): string {
     );
   }
   return `${key.type} ${key.getPublicSSH().toString('base64')}`;
-}
-
-function ownerOf(path: string): Owner {
-  const st = statSync(path);
-  return { uid: st.uid, gid: st.gid };
 }
 
 export function resolveClient(options: SetupOptions): ClientSettings {
@@ -320,81 +267,6 @@ function portChoiceFor(options: SetupOptions): PortChoice {
   const source = nix.text !== undefined && !version ? `${nix.source} printed ${JSON.stringify(nix.text.slice(0, 60))}` : nix.source;
   const { host } = endpointAddress(options.config);
   return choosePortStyle(version, source, !host.includes(':'));
-}
-
-export function planChanges(plan: SetupPlan): number {
-  return plan.dirs.length + plan.files.length;
-}
-
-/** The diff-like listing of a plan. */
-export function formatPlan(plan: SetupPlan, write: boolean): string {
-  const out: string[] = [plan.portChoice.reason];
-  for (const d of plan.dirs) out.push(`create directory ${d.path} (mode 0${d.mode.toString(8)})`);
-  for (const f of plan.files) {
-    const verb = f.before === null ? 'create' : 'update';
-    out.push(`${verb} ${f.path}: ${f.what}${f.before === null ? ` (mode 0${f.mode.toString(8)})` : ''}`);
-    if (f.secret) out.push('  (private key: not shown)');
-    else out.push(...unifiedDiff(f.path, f.before, f.after).map((l) => `  ${l}`));
-  }
-  for (const path of plan.unchanged) out.push(`unchanged ${path}`);
-  for (const m of plan.manual) out.push(`to do by hand: ${m}`);
-  for (const h of plan.hints) out.push(`hint: ${h}`);
-  const n = planChanges(plan);
-  if (n === 0) out.push('nothing to change');
-  else if (write) out.push(`made ${n} change(s)`);
-  else out.push(`${n} change(s) to make: nothing written (dry run); run again with --write to make them`);
-  return `${out.join('\n')}\n`;
-}
-
-/** Makes the planned changes: directories, then files (atomically, keeping modes and owners). */
-export function applyPlan(plan: SetupPlan): void {
-  for (const d of plan.dirs) {
-    const firstMade = mkdirSync(d.path, { recursive: true, mode: d.mode });
-    // Every folder made on the way belongs to the owner too (e.g. a missing ~/.local/state).
-    for (let dir = d.path; d.owner && firstMade && dir.length >= firstMade.length; dir = dirname(dir)) {
-      chownSync(dir, d.owner.uid, d.owner.gid);
-    }
-  }
-  for (const f of plan.files) {
-    let mode = f.mode;
-    let owner = f.owner;
-    if (f.before !== null) {
-      const st = statSync(f.path);
-      mode = st.mode & 0o7777;
-      owner = { uid: st.uid, gid: st.gid };
-    }
-    mkdirSync(dirname(f.path), { recursive: true });
-    writeFileAtomic(f.path, f.after, mode);
-    if (owner) chownSync(f.path, owner.uid, owner.gid);
-  }
-}
-
-/** Home folder of a user id, from /etc/passwd. */
-function homeOf(uid: number): string | undefined {
-  const passwd = readText('/etc/passwd') ?? '';
-  for (const line of splitLines(passwd)) {
-    const f = line.split(':');
-    if (Number(f[2]) === uid && f[5]) return f[5];
-  }
-  return undefined;
-}
-
-/**
- * Loads the config the way the daemon's own user would: setup runs as root, while the daemon
- * (a user service) resolves `~` and its default state folder in its own home.
- */
-export function loadConfigAsOwner(file: string): Config {
-  const uid = existsSync(file) ? statSync(file).uid : process.getuid?.();
-  const home = uid !== undefined && uid !== process.getuid?.() ? homeOf(uid) : undefined;
-  if (!home) return loadConfig(file);
-  const saved = process.env.HOME;
-  process.env.HOME = home;
-  try {
-    return loadConfig(file, { ...process.env, XDG_STATE_HOME: join(home, '.local', 'state') });
-  } finally {
-    if (saved === undefined) delete process.env.HOME;
-    else process.env.HOME = saved;
-  }
 }
 
 export interface SetupResult {

@@ -1,7 +1,8 @@
 /**
- * The text toolkit of `setup`: lines, marked blocks (what setup owns inside a file it shares with
+ * The text toolkit of `setup`: a file's text, lines, marked blocks (what setup owns inside a file it shares with
  * the user) and a unified diff (what a dry run shows).
  */
+import { readFileSync } from 'node:fs';
 import { SetupError } from './setup-error.js';
 
 export const BEGIN_MARK = '# BEGIN nix-hcloud-builder';
@@ -106,4 +107,14 @@ export function unifiedDiff(path: string, before: string | null, after: string, 
     k = end;
   }
   return out;
+}
+
+/** A file's text; null when there is no such file. */
+export function readText(path: string): string | null {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw new SetupError(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
 }

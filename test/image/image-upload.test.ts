@@ -19,10 +19,6 @@ import { HcloudClient } from '../../src/hcloud/client.js';
 import { HcloudError } from '../../src/hcloud/errors.js';
 import { generateKeyPair } from '../../src/ssh/keys.js';
 import { LABEL_MANAGED_BY, MANAGED_BY } from '../../src/core/labels.js';
-import { loadConfig } from '../../src/core/config.js';
-import { Worker } from '../../src/daemon/worker.js';
-import { planWorker } from '../../src/daemon/worker-plan.js';
-import type { WorkerDeps } from '../../src/daemon/worker.js';
 import { cleanupUploads } from '../../src/image/cleanup.js';
 import { writeCommand } from '../../src/image/rescue.js';
 import { LABEL_ROLE, LABEL_UPLOAD_RUN, ROLE_IMAGE_UPLOAD, uploadLeftoverSelector } from '../../src/image/temporary.js';
@@ -679,58 +675,6 @@ t.test('a run killed during step 7 leaves an unfinished snapshot: no pool sees i
     'the unfinished snapshot is gone',
   );
   assertNoLeftovers(t, 'after image cleanup of a killed run');
-});
-
-t.test('a pool with image.labelSelector picks the newest matching snapshot (API only)', async (t) => {
-  const api = await FakeCloud.start({
-    token: TOKEN,
-    dataDir: join(root, 'api-only'),
-    realServers: false,
-    bootDelayMs: 20,
-    deleteDelayMs: 10,
-  });
-  t.teardown(() => api.stop());
-  const hc = new HcloudClient({ endpoint: api.url, token: TOKEN, actionPollIntervalMs: 10, logger: silent });
-  const base = await hc.createServer({
-    name: 'base',
-    server_type: 'cx23',
-    location: 'fsn1',
-    image: 'ubuntu-24.04',
-    start_after_create: false,
-  });
-  await hc.waitForActions([base.action]);
-  const snapshot = async (labels: Record<string, string>): Promise<number> => {
-    const r = await hc.createImage(base.server.id, { type: 'snapshot', labels });
-    await hc.waitForActions([r.action]);
-    return r.image.id;
-  };
-  const older = await snapshot({ 'nix-hcloud-builder/image': 'worker' });
-  const newer = await snapshot({ 'nix-hcloud-builder/image': 'worker' });
-  await snapshot({ 'nix-hcloud-builder/image': 'other' });
-  t.ok(newer > older);
-
-  const configFile = join(root, 'pool-config.json');
-  writeFileSync(
-    configFile,
-    JSON.stringify({
-      stateDir: join(root, 'pool-state'),
-      hcloud: { endpoint: api.url },
-      pools: { x86_64: { serverTypes: ['cx23'], image: { labelSelector: 'nix-hcloud-builder/image=worker' } } },
-    }),
-  );
-  const pool = loadConfig(configFile).pools['x86_64'];
-  if (!pool) throw new Error('no pool');
-  const { record } = planWorker(pool, 'test');
-  const deps = { hcloud: hc, log: silent } as unknown as WorkerDeps;
-  const worker = new Worker(pool, record, deps);
-  const resolve = (): Promise<string> =>
-    (worker as unknown as { resolveImage(s: AbortSignal): Promise<string> }).resolveImage(new AbortController().signal);
-  t.equal(await resolve(), String(newer), 'the newest matching snapshot, even within the same second');
-  await hc.deleteImage(newer);
-  t.equal(await resolve(), String(older), 'after deleting it, the next newest');
-  await hc.deleteImage(older);
-  await t.rejects(resolve(), /no available snapshot matches the label selector/);
-  t.same(api.schemaErrors, []);
 });
 
 t.test('the client: 204 answers, ssh key uniqueness', async (t) => {

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { loadConfig } from '../../src/core/config.js';
-import { loadConfigAsOwner, runSetup, type SetupOptions } from '../../src/setup/setup.js';
+import { runSetup, type SetupOptions } from '../../src/setup/setup.js';
 import { BEGIN_MARK, END_MARK, unifiedDiff, upsertMarkedBlock } from '../../src/setup/text.js';
 
 const DEBIAN_SSH_CONFIG = [
@@ -287,7 +287,7 @@ t.test('--substitutes sets builders-use-substitutes in nix.conf with the least c
   t.equal(readFileSync(nixConf, 'utf8'), 'sandbox = false\n');
 });
 
-t.test("files for the daemon belong to the config file's owner; its home is used for defaults", async (t) => {
+t.test("files for the daemon belong to the config file's owner", async (t) => {
   const { dir, options } = scene(t, { stateDir: 'home/.local/state/nix-hcloud-builder' });
   chownSync(join(dir, 'config.json'), 65534, 65534);
   runSetup(options(), true);
@@ -301,19 +301,6 @@ t.test("files for the daemon belong to the config file's owner; its home is used
     t.equal(statSync(join(dir, p)).uid, 65534, `${p} belongs to the daemon's user`);
   }
   t.equal(statSync(join(dir, 'root-ssh', 'nix-hcloud-builder')).uid, process.getuid?.(), 'the client key belongs to root');
-
-  // No stateDir in the config: the daemon's user's default, not root's.
-  writeFileSync(join(dir, 'plain.json'), JSON.stringify({ pools: { x86_64: { serverTypes: ['cx23'] } }, authorizedKeysFile: '~/keys' }));
-  chownSync(join(dir, 'plain.json'), 65534, 65534);
-  const home = readFileSync('/etc/passwd', 'utf8')
-    .split('\n')
-    .map((l) => l.split(':'))
-    .find((f) => f[2] === '65534')?.[5];
-  t.ok(home, 'uid 65534 has a home in /etc/passwd');
-  const config = loadConfigAsOwner(join(dir, 'plain.json'));
-  t.equal(config.stateDir, `${home}/.local/state/nix-hcloud-builder`);
-  t.equal(config.authorizedKeysFile, `${home}/keys`);
-  t.not(process.env.HOME, home, 'HOME is restored');
 });
 
 t.test('marked blocks', async (t) => {
