@@ -3,7 +3,7 @@ import t from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FakeCloud } from '../fake-hcloud/index.js';
+import { FakeCloud } from '../fake-hcloud/fake-cloud.js';
 import { parseConfig, type PoolConfig } from '../../src/core/config.js';
 import { createLogger } from '../../src/core/log.js';
 import { BootError } from '../../src/daemon/boot-error.js';
