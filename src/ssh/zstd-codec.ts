@@ -146,12 +146,4 @@ export class ZstdDecoder {
       if (written > 0) return Buffer.from(this.out.subarray(0, written));
     }
   }
-
-  /** All of a chunk's output at once: for callers that know it is small. */
-  push(chunk: Buffer): Buffer[] {
-    this.write(chunk);
-    const parts: Buffer[] = [];
-    for (let part = this.read(); part; part = this.read()) parts.push(part);
-    return parts;
-  }
 }

@@ -10,6 +10,7 @@ import { parseNixCommand } from '../../src/ssh/nix-command.js';
 import { LONG_WINDOW_LOG, ZstdDecoder, ZstdEncoder, type ZstdEncoderOptions } from '../../src/ssh/zstd-codec.js';
 import { ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-relay.js';
 import { PROGRAM_PATHS_REFUSED } from '../ssh/nix-command-cases.js';
+import { decodeAll } from '../ssh/decode-all.js';
 import { run } from '../rig/process.js';
 import { rigNixEnv } from '../rig/nix-config.js';
 
@@ -35,7 +36,7 @@ function startRelay(command: string[], pythonOptions: string[] = [], encoderOpti
   /** Resolves with the first 8 bytes of the command's answer, decoded, as a number. */
   const firstWord = new Promise<number>((resolve, reject) => {
     child.stdout.on('data', (chunk: Buffer) => {
-      answer = Buffer.concat([answer, ...decoder.push(chunk)]);
+      answer = Buffer.concat([answer, ...decodeAll(decoder, chunk)]);
       if (answer.length >= 8) resolve(Number(answer.readBigUInt64LE(0)));
     });
     void closed.then(({ code, signal }) => reject(new Error(`the relay ended (${code ?? signal}) before answering: ${stderr}`)));
