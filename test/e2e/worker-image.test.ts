@@ -214,7 +214,8 @@ t.test(
     for (const c of cases) {
       rig.fake.injectMetadata(c.fault);
       // The daemon deletes the server at bootTimeout, which under load can come before fetch-keys.sh
-      // has given up; its DELETEs are refused (and retried) until the units are seen to end.
+      // has given up (its unit would then be `stopped`); its DELETEs are refused (and retried) until
+      // the units are seen to end.
       const deleteHeld = rig.fake.inject({ method: 'DELETE', path: /^\/servers\/\d+$/, status: 423, code: 'locked', times: 1_000 });
       const started = Date.now();
       const result = await rig.nixBuild(daemon, { scheme: 'ssh-ng', nonces: [`nixos-meta-${c.name}-${Date.now()}`] });

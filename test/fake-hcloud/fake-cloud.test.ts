@@ -907,6 +907,7 @@ t.test(
     await api(cloud, 'DELETE', `/servers/${third.id}`);
     await until('deleted', () => info(third.id)?.deleted);
     t.same(loopsUnder(info(third.id)?.dir ?? ''), [], 'deleted mid-boot: the loop device is detached');
+    t.match(info(third.id)?.units, { expand: 'stopped', ready: 'stopped' }, 'the units it had not ended say it stopped');
 
     // Behaviours: another host key than the user data's (after the keys unit), and no ready unit.
     cloud.behaveNext('wrong-host-key');

@@ -613,6 +613,10 @@ export class FakeServer {
 
   private killProcessesSync(): void {
     this.stopped = true;
+    // A unit that had not ended never will: say so, rather than leave it running or waiting forever.
+    if (this.units)
+      for (const [name, state] of Object.entries(this.units))
+        if (state === 'running' || state === 'waiting') this.units[name as keyof typeof NIXOS_UNITS] = 'stopped';
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
     const pid = this.sshdPid;

@@ -45,9 +45,10 @@ export interface NixosBoot {
 
 /**
  * A unit's state: not started yet, running, done (a script exited 0; sshd listens), failed,
- * skipped (a unit it requires failed), or absent (not in this image).
+ * skipped (a unit it requires failed), absent (not in this image), or stopped (the machine
+ * stopped, e.g. the server was deleted, before the unit ended).
  */
-export type UnitState = 'waiting' | 'running' | 'done' | 'failed' | 'skipped' | 'absent';
+export type UnitState = 'waiting' | 'running' | 'done' | 'failed' | 'skipped' | 'absent' | 'stopped';
 
 /** The units of nixos/worker.nix that the fake runs, with their scripts and log files. */
 export const NIXOS_UNITS = {
