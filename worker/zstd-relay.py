@@ -1,7 +1,7 @@
 #!/usr/bin/python3 -IS
 """The worker's end of compression "zstd" (see README, "Which compression for which link").
 
-    nix-hcloud-builder-zstd-relay [--level N] -- nix-daemon --stdio
+    nix-hcloud-builder-zstd-relay [--level N] [--adapt MIN:MAX] -- nix-daemon --stdio
     nix-hcloud-builder-zstd-relay --check
 
 Runs the Nix command (the same allow-list as the daemon's endpoint: nix-daemon --stdio or
@@ -9,6 +9,10 @@ nix-store --serve [--write], optionally --store URI) without a shell, and relays
 stdout through zstd: stdin is one zstd stream from the daemon, decompressed into the command;
 the command's stdout is compressed at level N (default 3) and flushed whenever the command
 pauses, so every protocol message reaches the daemon at once. stderr passes through as it is.
+With --adapt, the level adapts between MIN and MAX as the daemon's does (src/ssh/zstd-adapt.ts,
+the same rules: a test runs both on the same cases): up while the link is what the output waits
+for, down (then pass-through frames) while compressing is; each change ends the frame and is
+reported in a skippable frame the daemon reads (src/ssh/zstd-frames.ts).
 
 Python 3 and libzstd are what cloud-init images have anyway (cloud-init is Python; Debian's
 dpkg and Ubuntu's depend on libzstd), so a stock image needs nothing installed; the NixOS
@@ -25,6 +29,7 @@ import ctypes
 import os
 import select
 import sys
+from time import monotonic
 
 CHUNK = 128 * 1024
 # Flush at least this often while the command writes without pause, so the daemon never waits long.
@@ -107,6 +112,9 @@ class OutBuffer(ctypes.Structure):
 
 ZSTD_C_COMPRESSION_LEVEL = 100
 ZSTD_C_WINDOW_LOG = 101
+ZSTD_C_HASH_LOG = 102
+ZSTD_C_CHAIN_LOG = 103
+ZSTD_RESET_SESSION_AND_PARAMETERS = 3
 # The daemon's decoder holds one window per session, and many sessions stream at once: 512 KiB
 # instead of zstd's 2 MiB for level 3. This direction crosses the user's downlink, the fast one;
 # the upload keeps zstd's window for its level (5 % fewer bytes on the bench's payload).
@@ -141,6 +149,8 @@ def load_zstd():
     lib.ZSTD_createDCtx.restype = ctypes.c_void_p
     lib.ZSTD_CCtx_setParameter.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.ZSTD_CCtx_setParameter.restype = ctypes.c_size_t
+    lib.ZSTD_CCtx_reset.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.ZSTD_CCtx_reset.restype = ctypes.c_size_t
     lib.ZSTD_DCtx_setParameter.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.ZSTD_DCtx_setParameter.restype = ctypes.c_size_t
     lib.ZSTD_compressStream2.argtypes = [ctypes.c_void_p, ctypes.POINTER(OutBuffer), ctypes.POINTER(InBuffer), ctypes.c_int]
@@ -198,36 +208,228 @@ def decompress_into(lib, src_fd, dst_fd):
                 break
 
 
-def compress_into(lib, level, src_fd, dst_fd):
-    """src_fd compressed into dst_fd as one zstd stream, flushed whenever src_fd has nothing more to read."""
-    cctx = lib.ZSTD_createCCtx()
-    checked(lib, lib.ZSTD_CCtx_setParameter(cctx, ZSTD_C_COMPRESSION_LEVEL, level))
-    checked(lib, lib.ZSTD_CCtx_setParameter(cctx, ZSTD_C_WINDOW_LOG, WINDOW_LOG))
-    out = ctypes.create_string_buffer(CHUNK)
+# The adaptive level: src/ssh/zstd-adapt.ts has the reasons; these are its numbers.
+EPOCH_BYTES = 1024 * 1024
+WARM_UP_BYTES = 64 * 1024
+LINK_BOUND = 0.25
+CODEC_BOUND = 0.5
+LINK_IDLE = 0.05
+INCOMPRESSIBLE = 0.97
+RAW_RETRY_EPOCHS = 16
+TABLE_CAP_FROM_LEVEL = 6
+RAW = "raw"
 
-    def step(data, directive):
+
+def step_level(level, by):
+    """One level up or down; zstd's level 0 means its default, so the levels go from -1 to 1."""
+    nxt = level + by
+    return nxt + by if nxt == 0 else nxt
+
+
+def next_setting(setting, epoch, policy, raw):
+    """As nextSetting in zstd-adapt.ts. epoch: (wall, codec, blocked, cpu_saturated, bytes_in, bytes_out) in
+    seconds and bytes; policy: (start, min, max, adaptive); raw: (epochs, incompressible)."""
+    start, lo, hi, adaptive = policy
+    if not adaptive:
+        return setting
+    wall, codec, blocked, cpu_saturated, bytes_in, bytes_out = epoch
+    wall = max(wall, 1e-6)
+    link_bound = blocked / wall >= LINK_BOUND
+    codec_bound = (cpu_saturated or codec / wall >= CODEC_BOUND) and blocked / wall < LINK_IDLE
+    if setting == RAW:
+        return lo if (link_bound and not raw[1]) or raw[0] >= RAW_RETRY_EPOCHS else RAW
+    if bytes_in > 0 and bytes_out / bytes_in >= INCOMPRESSIBLE:
+        return RAW
+    if link_bound:
+        return min(step_level(setting, 1), hi)
+    if codec_bound:
+        return max(step_level(setting, -1), lo) if setting > lo else RAW
+    return setting
+
+
+def adaptive_window_log(level):
+    if level <= 0:
+        return 17
+    if level <= 2:
+        return 18
+    if level <= 5:
+        return 19
+    if level <= 9:
+        return 20
+    return 21
+
+
+# Frames written by hand (src/ssh/zstd-frames.ts): pass-through frames of raw blocks, and reports.
+RAW_FRAME_HEADER = b"\x28\xb5\x2f\xfd\x00" + bytes([(17 - 10) << 3])
+RAW_FRAME_END = b"\x01\x00\x00"
+MAX_BLOCK = 128 * 1024
+SKIPPABLE_MAGIC = b"\x5f\x2a\x4d\x18"
+
+
+def setting_json(setting):
+    return '"raw"' if setting == RAW else str(setting)
+
+
+class Encoder:
+    """The command's stdout as one zstd stream of frames, at a fixed level or an adaptive one."""
+
+    def __init__(self, lib, policy, dst_fd):
+        self.lib, self.policy, self.fd = lib, policy, dst_fd
+        self.adaptive = policy[3]
+        self.cctx = None
+        self.out = None
+        self.setting = RAW if self.adaptive else policy[0]
+        self.configured = False
+        self.frame = None
+        self.warming_up = self.adaptive
+        self.raw_epochs, self.raw_incompressible = 0, False
+        self.tally = {}
+        self.total_in = self.total_out = 0
+        self.new_epoch()
+
+    def new_epoch(self):
+        self.started = monotonic()
+        self.codec = self.blocked = 0.0
+        self.bytes_in = self.bytes_out = 0
+
+    def emit(self, data):
+        t0 = monotonic()
+        write_all(self.fd, data)
+        self.blocked += monotonic() - t0
+        self.bytes_out += len(data)
+        self.total_out += len(data)
+
+    def context(self):
+        lib = self.lib
+        if self.cctx is None:
+            self.cctx = lib.ZSTD_createCCtx()
+            self.out = ctypes.create_string_buffer(CHUNK)
+        if not self.configured:
+            level = self.setting
+            window = adaptive_window_log(level) if self.adaptive else WINDOW_LOG
+            checked(lib, lib.ZSTD_CCtx_reset(self.cctx, ZSTD_RESET_SESSION_AND_PARAMETERS))
+            checked(lib, lib.ZSTD_CCtx_setParameter(self.cctx, ZSTD_C_COMPRESSION_LEVEL, level))
+            checked(lib, lib.ZSTD_CCtx_setParameter(self.cctx, ZSTD_C_WINDOW_LOG, window))
+            if self.adaptive and level >= TABLE_CAP_FROM_LEVEL:
+                checked(lib, lib.ZSTD_CCtx_setParameter(self.cctx, ZSTD_C_HASH_LOG, window - 2))
+                checked(lib, lib.ZSTD_CCtx_setParameter(self.cctx, ZSTD_C_CHAIN_LOG, window - 2))
+            self.configured = True
+        return self.cctx
+
+    def compress(self, data, directive):
+        cctx = self.context()
+        self.frame = "zstd"
+        lib, out = self.lib, self.out
         src = ctypes.create_string_buffer(data, len(data)) if data else None
         inb = InBuffer(ctypes.cast(src, ctypes.c_void_p) if src else None, len(data), 0)
         while True:
             outb = OutBuffer(ctypes.cast(out, ctypes.c_void_p), CHUNK, 0)
+            t0 = monotonic()
             left = checked(lib, lib.ZSTD_compressStream2(cctx, ctypes.byref(outb), ctypes.byref(inb), directive))
+            self.codec += monotonic() - t0
             if outb.pos:
-                write_all(dst_fd, out.raw[: outb.pos])
-            done = inb.pos == inb.size and (left == 0 if directive != ZSTD_E_CONTINUE else True)
-            if done:
+                self.emit(out.raw[: outb.pos])
+            if inb.pos == inb.size and (left == 0 if directive != ZSTD_E_CONTINUE else True):
                 return
 
+    def push(self, data):
+        if self.warming_up and self.total_in + len(data) > WARM_UP_BYTES:
+            cut = WARM_UP_BYTES - self.total_in
+            self.push(data[:cut])
+            data = data[cut:]
+        if self.setting == RAW:
+            if self.frame is None:
+                self.frame = RAW
+                self.emit(RAW_FRAME_HEADER)
+            for at in range(0, len(data), MAX_BLOCK):
+                block = data[at : at + MAX_BLOCK]
+                self.emit((len(block) << 3).to_bytes(3, "little") + block)
+        else:
+            self.compress(data, ZSTD_E_CONTINUE)
+        self.bytes_in += len(data)
+        self.total_in += len(data)
+        self.tally[self.setting] = self.tally.get(self.setting, 0) + len(data)
+        self.after_input()
+
+    def flush(self):
+        if self.frame == "zstd":
+            self.compress(b"", ZSTD_E_FLUSH)
+
+    def end(self):
+        if self.frame is None and self.setting != RAW:
+            self.frame = "zstd"  # an empty stream is one empty frame
+        self.close_frame()
+        if self.adaptive:
+            self.report()
+
+    def close_frame(self):
+        if self.frame == RAW:
+            self.emit(RAW_FRAME_END)
+        elif self.frame == "zstd":
+            self.compress(b"", ZSTD_E_END)
+        self.frame = None
+
+    def after_input(self):
+        if self.warming_up:
+            if self.total_in >= WARM_UP_BYTES:
+                self.warming_up = False
+                self.switch_to(self.policy[0])
+            return
+        if self.bytes_in < EPOCH_BYTES:
+            return
+        epoch = (monotonic() - self.started, self.codec, self.blocked, False, self.bytes_in, self.bytes_out)
+        nxt = next_setting(self.setting, epoch, self.policy, (self.raw_epochs, self.raw_incompressible))
+        if self.setting == RAW:
+            self.raw_epochs += 1
+        if nxt == RAW and self.setting != RAW:
+            self.raw_epochs, self.raw_incompressible = 0, self.bytes_out / self.bytes_in >= INCOMPRESSIBLE
+        if nxt != self.setting:
+            self.switch_to(nxt)
+        else:
+            self.new_epoch()
+
+    def switch_to(self, setting):
+        self.close_frame()
+        self.setting = setting
+        self.configured = False
+        self.report()
+        self.new_epoch()
+
+    def settled(self):
+        best, most = None, 0
+        for setting, count in self.tally.items():
+            counted = count - WARM_UP_BYTES if setting == RAW else count
+            if counted > most:
+                best, most = setting, counted
+        return best
+
+    def report(self):
+        """A skippable frame (between frames) with the setting now, the one that carried most, and the counts."""
+        settled = self.settled()
+        payload = '{"final":%s,%s"in":%d,"out":%d}' % (
+            setting_json(self.setting),
+            "" if settled is None else '"settled":%s,' % setting_json(settled),
+            self.total_in,
+            self.total_out,
+        )
+        data = payload.encode()
+        self.emit(SKIPPABLE_MAGIC + len(data).to_bytes(4, "little") + data)
+
+
+def compress_into(lib, policy, src_fd, dst_fd):
+    """src_fd compressed into dst_fd as one zstd stream, flushed whenever src_fd has nothing more to read."""
+    encoder = Encoder(lib, policy, dst_fd)
     unflushed = 0
     while True:
         data = os.read(src_fd, CHUNK)
         if not data:
-            step(b"", ZSTD_E_END)
+            encoder.end()
             return
-        step(data, ZSTD_E_CONTINUE)
+        encoder.push(data)
         unflushed += len(data)
         more, _, _ = select.select([src_fd], [], [], 0)
         if not more or unflushed >= MAX_UNFLUSHED:
-            step(b"", ZSTD_E_FLUSH)
+            encoder.flush()
             unflushed = 0
 
 
@@ -251,24 +453,41 @@ def die_of_signal(number):
     os.kill(os.getpid(), number)
 
 
-def parse_level(word):
+def parse_level(word, what="--level"):
     digits = word[1:] if word.startswith("-") else word
-    if not (1 <= len(digits) <= 2 and digits.isascii() and digits.isdigit()):
-        raise Refused("--level needs a number")
+    if not (1 <= len(digits) <= 2 and digits.isascii() and digits.isdigit()) or not (-7 <= int(word) <= 19) or int(word) == 0:
+        raise Refused("%s needs a level from -7 to 19 but 0" % what)
     return int(word)
+
+
+def parse_options(args):
+    """(start, min, max, adaptive) and the rest of the arguments."""
+    level, bounds = 3, None
+    while len(args) >= 2 and args[0] in ("--level", "--adapt"):
+        if args[0] == "--level":
+            level = parse_level(args[1])
+        else:
+            lo, sep, hi = args[1].partition(":")
+            if not sep:
+                raise Refused("--adapt needs MIN:MAX")
+            bounds = (parse_level(lo, "--adapt"), parse_level(hi, "--adapt"))
+            if bounds[0] > bounds[1]:
+                raise Refused("--adapt needs MIN <= MAX")
+        args = args[2:]
+    if bounds is None:
+        return (level, level, level, False), args
+    return (min(max(level, bounds[0]), bounds[1]), bounds[0], bounds[1], True), args
 
 
 def main(args):
     if args == ["--check"]:
         lib = load_zstd()
-        print("libzstd " + lib.ZSTD_versionString().decode())
+        # "adapt": this relay takes --adapt (src/ssh/zstd-relay.ts asks before it passes it).
+        print("libzstd " + lib.ZSTD_versionString().decode() + " adapt")
         return 0
-    level = 3
-    if len(args) >= 2 and args[0] == "--level":
-        level = parse_level(args[1])
-        args = args[2:]
+    policy, args = parse_options(args)
     if not args or args[0] != "--":
-        raise Refused("usage: nix-hcloud-builder-zstd-relay [--level N] -- NIX-COMMAND…")
+        raise Refused("usage: nix-hcloud-builder-zstd-relay [--level N] [--adapt MIN:MAX] -- NIX-COMMAND…")
     command = check_nix_command(args[1:])
     lib = load_zstd()
     # Pipes are made close-on-exec; the spawn's dup2 gives the command its own 0 and 1.
@@ -294,7 +513,7 @@ def main(args):
 
     _thread.start_new_thread(up, ())
     try:
-        compress_into(lib, level, from_command, 1)
+        compress_into(lib, policy, from_command, 1)
     except BrokenPipeError:  # the daemon's end is gone
         import signal
 

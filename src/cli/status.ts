@@ -32,6 +32,8 @@ export interface StatusRow {
   hourlyPriceEur?: string;
   /** EUR billed for this server so far (every started hour). */
   costSoFarEur?: number;
+  /** With compression "zstd": the level its last sessions settled on, up and down. */
+  zstd?: { up?: string; down?: string };
 }
 
 /** A store volume of this instance (the warm store), as the API lists it. */
@@ -146,6 +148,7 @@ async function gatherRows(
     if (w.address) row.address = w.address;
     if (w.idleSince) row.idleSince = w.idleSince;
     if (w.hourlyPriceEur) row.hourlyPriceEur = w.hourlyPriceEur;
+    if (w.zstd) row.zstd = w.zstd;
     return row;
   });
   if (!token) return { rows, servers: [], deletions };
@@ -185,7 +188,22 @@ export function formatStatus(report: StatusReport): string {
   const rows = report.workers;
   const volumes = formatVolumes(report.volumes ?? []) + formatDeletions(report.deletions);
   if (rows.length === 0) return `no workers\n${volumes}${money}`;
-  const header = ['ID', 'NAME', 'POOL', 'PHASE', 'STATUS', 'ADDRESS', 'TYPE', 'LOCATION', 'SESSIONS', 'AGE', 'IDLE', '€/H', 'COST €'];
+  const header = [
+    'ID',
+    'NAME',
+    'POOL',
+    'PHASE',
+    'STATUS',
+    'ADDRESS',
+    'TYPE',
+    'LOCATION',
+    'SESSIONS',
+    'ZSTD UP/DOWN',
+    'AGE',
+    'IDLE',
+    '€/H',
+    'COST €',
+  ];
   const age = (iso: string | undefined): string => {
     if (!iso) return '-';
     const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
@@ -203,6 +221,7 @@ export function formatStatus(report: StatusReport): string {
       r.serverType || '-',
       r.location || '-',
       String(r.activeSessions),
+      zstdLevels(r.zstd),
       age(r.createdAt),
       r.idleSince ? age(r.idleSince) : '-',
       r.hourlyPriceEur ? Number(r.hourlyPriceEur).toFixed(4) : '-',
@@ -210,6 +229,14 @@ export function formatStatus(report: StatusReport): string {
     ]),
   ];
   return `${formatTable(table)}${volumes}${money}`;
+}
+
+/** "level 7" and "pass-through" as "7" and "raw": the column stays narrow. */
+function zstdLevels(levels: StatusRow['zstd']): string {
+  if (!levels) return '-';
+  const short = (setting: string | undefined): string =>
+    setting === undefined ? '-' : setting.replace(/^level /, '').replace('pass-through', 'raw');
+  return `${short(levels.up)}/${short(levels.down)}`;
 }
 
 function formatTable(table: string[][]): string {

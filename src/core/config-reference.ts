@@ -107,9 +107,20 @@ export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
   },
   {
     key: 'pools.<name>.compressionLevel',
-    default: '`3`',
+    default: '`"auto"`',
     meaning:
-      'with `"zstd"`: the level of what the daemon sends up (1 to 19; higher packs tighter and costs more CPU per byte; from 9 on it also finds repeats up to 128 MiB back, taking up to ≈ 150 MB per busy session). See [Which compression for which link](compression.md)',
+      'with `"zstd"`: `"auto"` adapts the level of each direction of each session between `compressionLevelMin` and `compressionLevelMax`: up while the link is what the bytes wait for, down (and to pass-through) while compressing is, pass-through for data that does not compress; it starts at 3 after the first 64 KiB. A number (-7 to 19, not 0) fixes the level of what the daemon sends up (the worker then sends at 3; from 9 on the daemon also finds repeats up to 128 MiB back, taking up to ≈ 150 MB per busy session). `status` and the log say what sessions settled on. See [Which compression for which link](compression.md)',
+  },
+  {
+    key: 'pools.<name>.compressionLevelMin',
+    default: '`-5`',
+    meaning: 'with `"auto"`: the lowest level (-7 to 19, not 0); below it, data goes through as it is',
+  },
+  {
+    key: 'pools.<name>.compressionLevelMax',
+    default: '`12`',
+    meaning:
+      'with `"auto"`: the highest level (-7 to 19, not 0). Memory follows the level: the window is 128 KiB at the negative levels, 512 KiB at 3, 2 MiB from 10, with zstd\'s tables capped at the window\'s size; about 8 MB per busy session at 12',
   },
   {
     key: 'pools.<name>.earlyHandshake',

@@ -28,8 +28,13 @@ export { ConfigError } from './config-fields.js';
 export const WORKER_COMPRESSIONS = ['none', 'zlib', 'zstd'] as const;
 export type WorkerCompression = (typeof WORKER_COMPRESSIONS)[number];
 export const DEFAULT_WORKER_COMPRESSION: WorkerCompression = 'zstd';
-/** zstd's level for what the daemon sends up (the worker answers at 3: its downlink is the fast one). */
+/** zstd's level where "auto" starts (after its warm-up), and a fixed level's worker answers at. */
 export const DEFAULT_ZSTD_LEVEL = 3;
+/** The bounds of "auto": zstd's fast negative levels (then pass-through) up to where it still keeps up with a slow uplink. */
+export const DEFAULT_ZSTD_LEVEL_MIN = -5;
+export const DEFAULT_ZSTD_LEVEL_MAX = 12;
+/** zstd's levels this tool accepts: its fast ones from -7, up to 19 (20 to 22 need far more memory). */
+const ZSTD_LEVELS = { min: -7, max: 19 };
 
 export type ImageRef = { name: string } | { id: number } | { labelSelector: string };
 
@@ -59,8 +64,14 @@ export interface PoolConfig {
   keepaliveIntervalMs: number;
   /** Compression of the ssh connection to the worker. */
   compression: WorkerCompression;
-  /** With compression "zstd": the level of the upload stream (1 to 19). */
-  compressionLevel: number;
+  /**
+   * With compression "zstd": "auto" (each direction of each session adapts its level between the
+   * bounds, see ssh/zstd-adapt.ts) or a fixed level for what the daemon sends up.
+   */
+  compressionLevel: number | 'auto';
+  /** With "auto": the lowest level (below it, pass-through) and the highest. */
+  compressionLevelMin: number;
+  compressionLevelMax: number;
   /** Answer Nix's handshake from the recorded one while a worker boots (see ssh/early-session.ts). */
   earlyHandshake: boolean;
   /** The warm store: each worker slot's Nix store on a Hetzner Volume; absent = every worker starts empty. */
@@ -208,18 +219,30 @@ function parsePool(name: string, f: Fields): PoolConfig {
     billingMarginMs: f.duration('billingMargin', '3m'),
     keepaliveIntervalMs: f.duration('keepaliveInterval', '10s'),
     compression: f.oneOf('compression', WORKER_COMPRESSIONS, DEFAULT_WORKER_COMPRESSION),
-    compressionLevel: f.integer('compressionLevel', DEFAULT_ZSTD_LEVEL, 1, 19),
+    compressionLevel: parseCompressionLevel(f),
+    compressionLevelMin: f.integer('compressionLevelMin', DEFAULT_ZSTD_LEVEL_MIN, ZSTD_LEVELS.min, ZSTD_LEVELS.max),
+    compressionLevelMax: f.integer('compressionLevelMax', DEFAULT_ZSTD_LEVEL_MAX, ZSTD_LEVELS.min, ZSTD_LEVELS.max),
     earlyHandshake: f.boolean('earlyHandshake', true),
     nix: PINNED_NIX_RELEASE,
   };
   const store = parseStore(f);
   if (store) pool.store = store;
   pool.nix = parseNixRelease(f, pool.systems);
+  if (pool.compressionLevelMin > pool.compressionLevelMax)
+    f.fail('compressionLevelMin', `at most compressionLevelMax (${pool.compressionLevelMax})`, pool.compressionLevelMin);
   if (pool.keepaliveIntervalMs < 1000) f.fail('keepaliveInterval', 'at least 1s', pool.keepaliveIntervalMs / 1000);
   if (pool.serverTypes.length === 0) f.fail('serverTypes', 'at least one server type', []);
   if (pool.locations.length === 0) f.fail('locations', 'at least one location', []);
   f.done();
   return pool;
+}
+
+function parseCompressionLevel(f: Fields): number | 'auto' {
+  const v = f.raw('compressionLevel');
+  if (v === undefined || v === 'auto') return 'auto';
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < ZSTD_LEVELS.min || v > ZSTD_LEVELS.max || v === 0)
+    f.fail('compressionLevel', `"auto" or an integer from ${ZSTD_LEVELS.min} to ${ZSTD_LEVELS.max} but 0`, v);
+  return v;
 }
 
 /** Checks a parsed config object; `baseDir` resolves relative paths (the config file's folder). */

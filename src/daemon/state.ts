@@ -36,6 +36,8 @@ export interface WorkerRecord {
   readyAt?: string;
   activeSessions: number;
   idleSince?: string;
+  /** With compression "zstd": what the last sessions that carried data settled on, each way ("level 7", "pass-through"). */
+  zstd?: { up?: string; down?: string };
 }
 
 export interface StateData {

@@ -2,10 +2,10 @@
  * One Hetzner server that runs builds: its boot, as numbered steps each logged and each reported
  * to the sessions waiting for it; its kept ssh connection; and its deletion.
  */
-import type { PoolConfig } from '../core/config.js';
+import { DEFAULT_ZSTD_LEVEL, type PoolConfig } from '../core/config.js';
 import { formatDuration } from '../core/duration.js';
 import type { Logger } from '../core/log.js';
-import { WorkerLink, type NixCommand, type WorkerChannel, type WorkerSshTarget } from '../ssh/worker-link.js';
+import { levelPolicyOf, WorkerLink, type NixCommand, type WorkerChannel, type WorkerSshTarget } from '../ssh/worker-link.js';
 import { BootError } from './boot-error.js';
 import type { Deletions } from './deletions.js';
 import type { WorkerRecord } from './state.js';
@@ -85,6 +85,11 @@ export class Worker {
   markBusy(active: number): void {
     this.rec.activeSessions = active;
     delete this.rec.idleSince;
+  }
+
+  /** What a compressed session settled on, each way; the state file (and `status`) shows it once the session's slot is given back. */
+  noteCompression(levels: { up?: string; down?: string }): void {
+    this.rec.zstd = { ...this.rec.zstd, ...levels };
   }
 
   /** The record counts `active` sessions (running plus promised; the pool counts them). */
@@ -241,7 +246,12 @@ export class Worker {
     return WorkerLink.open(this.target(), timeoutMs, {
       log: this.log,
       compression: this.pool.compression,
-      compressionLevel: this.pool.compressionLevel,
+      zstdLevels: levelPolicyOf(
+        this.pool.compressionLevel,
+        this.pool.compressionLevelMin,
+        this.pool.compressionLevelMax,
+        DEFAULT_ZSTD_LEVEL,
+      ),
     });
   }
 

@@ -12,6 +12,7 @@ import { pipeSession, type SessionOpening } from './session-pipe.js';
 import { EarlySession, HandshakeMismatch } from './early-session.js';
 import type { HandshakeProtocol, HandshakeRecord } from './nix-handshake.js';
 import type { WorkerChannel } from './worker-connection.js';
+import { parseRelayReport, settledLevels, type SettledLevels } from './zstd-adapt.js';
 import type { WriteGate } from './write-gate.js';
 
 /** What a session needs of its pool (the daemon's Pool): a slot on a worker, waited for if need be. */
@@ -48,6 +49,8 @@ export interface SessionLease {
     readonly record: { readonly name: string };
     /** Runs the checked Nix command for a session (rendered for the worker's shell by the worker). */
     execNix(command: NixCommand): Promise<WorkerChannel>;
+    /** What a compressed session's directions settled on (for `status`). */
+    noteCompression?(levels: SettledLevels): void;
   };
   /** Gives the slot back; safe to call more than once. */
   release(): void;
@@ -152,13 +155,15 @@ export class NixSessions {
         upstream.codec,
         early && this.splice(early, pool, log),
       );
+      const zstd = upstream.codec && settledLevels(upstream.codec.encoder.summary?.(), parseRelayReport(upstream.codec.decoder.report));
+      if (zstd && (zstd.up || zstd.down)) lease.worker.noteCompression?.(zstd);
       log.info(
         {
           user,
           worker: lease.worker.record.name,
           up: result.bytesUp,
           down: result.bytesDown,
-          ...(upstream.codec ? { wireUp: result.wireUp, wireDown: result.wireDown } : {}),
+          ...(upstream.codec ? { wireUp: result.wireUp, wireDown: result.wireDown, zstd } : {}),
           code: result.code,
           clientClosed: result.clientClosed,
           ms: Date.now() - started,

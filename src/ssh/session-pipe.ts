@@ -6,6 +6,7 @@
  * - ending the client channel before `exit()` drops the exit status: so drain, exit, then end;
  * - the worker channel's `close` can come before its stderr ended: wait for both.
  */
+import { performance } from 'node:perf_hooks';
 import { Duplex } from 'node:stream';
 import type { ClientChannel, ServerChannel } from 'ssh2';
 import { limitReadBuffer } from './ssh2-internals.js';
@@ -174,6 +175,8 @@ export function pipeSession(
     // client's EOF becomes the worker's EOF.
     const toWorker = gates.toWorker;
     let upPaused = false;
+    /** When the upload was paused for the link (the adaptive encoder counts the wait). */
+    let pausedAt = 0;
     let upWaitsForGate = false;
     const upBlocked = (): boolean => worker.writableLength >= HIGH_WATER || (toWorker !== undefined && !toWorker.open);
     const resumeUp = (): void => {
@@ -185,6 +188,7 @@ export function pipeSession(
         return;
       }
       upPaused = false;
+      codec?.encoder.waited?.(performance.now() - pausedAt);
       client.resume();
     };
     const onUpWritten = (): void => {
@@ -226,6 +230,7 @@ export function pipeSession(
         sendUp(chunk);
         if (!upPaused && upBlocked()) {
           upPaused = true;
+          pausedAt = performance.now();
           client.pause();
           if (worker.writableLength < HIGH_WATER && !upWaitsForGate) resumeUp();
         }

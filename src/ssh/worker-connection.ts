@@ -10,6 +10,7 @@ import type { ClientChannel, CompressionAlgorithm } from 'ssh2';
 import type { WorkerCompression } from '../core/config.js';
 import { publicKeyBlob } from './keys.js';
 import { WORKER_SOCKET_HIGH_WATER, WriteGate } from './write-gate.js';
+import type { DirectionSummary } from './zstd-adapt.js';
 
 export type SshClient = ssh2.Client;
 
@@ -23,9 +24,24 @@ export interface WorkerChannel {
 
 /** The daemon's end of a session's compressed streams: stdin encoded, stdout decoded (stderr is plain). */
 export interface SessionCodec {
-  encoder: { push(chunk: Buffer): Buffer[]; flush(): Buffer[]; end(): Buffer[] };
+  encoder: {
+    push(chunk: Buffer): Buffer[];
+    flush(): Buffer[];
+    end(): Buffer[];
+    /** The pipe held the upload this long because the link was full (the adaptive level's signal). */
+    waited?(ms: number): void;
+    /** What the upload settled on (see zstd-adapt.ts). */
+    summary?(): DirectionSummary;
+  };
   /** Input by `write`, output by `read` a bounded piece at a time (see ZstdDecoder). */
-  decoder: { write(chunk: Buffer): void; read(): Buffer | undefined; readonly pending: boolean; readonly midFrame: boolean };
+  decoder: {
+    write(chunk: Buffer): void;
+    read(): Buffer | undefined;
+    readonly pending: boolean;
+    readonly midFrame: boolean;
+    /** The relay's last report (zstd-frames.ts). */
+    readonly report?: Buffer | undefined;
+  };
 }
 
 export class HostKeyMismatch extends Error {

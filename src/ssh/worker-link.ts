@@ -7,8 +7,10 @@
 import type { Logger } from '../core/log.js';
 import type { WorkerCompression } from '../core/config.js';
 import { renderNixCommand, type NixCommand } from './nix-command.js';
-import { ZstdDecoder, zstdEncoderFor } from './zstd-codec.js';
-import { ZSTD_RELAY_CHECK, zstdRelayCommand } from './zstd-relay.js';
+import type { LevelPolicy } from './zstd-adapt.js';
+import { AdaptiveZstdEncoder } from './zstd-adaptive-encoder.js';
+import { ZstdDecoder } from './zstd-codec.js';
+import { relayCanAdapt, ZSTD_RELAY_CHECK, zstdRelayCommand } from './zstd-relay.js';
 import {
   connectWorker,
   execChannel,
@@ -24,13 +26,14 @@ import {
 
 export { HostKeyMismatch, type CommandResult, type WorkerChannel, type WorkerSshTarget } from './worker-connection.js';
 export type { NixCommand } from './nix-command.js';
+export { levelPolicyOf, type LevelPolicy } from './zstd-adapt.js';
 
 export interface WorkerLinkOptions {
   log: Logger;
   /** The pool's compression: with "zstd", sessions go through the worker's relay once it answered. */
   compression: WorkerCompression;
-  /** The level of what the daemon sends up with "zstd". */
-  compressionLevel: number;
+  /** With "zstd": the levels of what the daemon sends up (and, adaptive, of what the relay sends down). */
+  zstdLevels: LevelPolicy;
 }
 
 /** What the relay probe found: sessions are compressed, or why not. */
@@ -43,6 +46,8 @@ export class WorkerLink {
   private opening: Promise<SshClient> | undefined;
   /** Sessions go through the worker's zstd relay (compression "zstd", and the relay answered). */
   private zstd = false;
+  /** The relay adapts its level too (an older relay answers its check without "adapt"). */
+  private relayAdapts = false;
   private main: SshClient | undefined;
 
   private constructor(
@@ -114,6 +119,7 @@ export class WorkerLink {
     const result = await this.run(ZSTD_RELAY_CHECK, 30_000);
     if (result.code === 0) {
       this.zstd = true;
+      this.relayAdapts = relayCanAdapt(result.stdout);
       return { zstd: true, relay: result.stdout.trim() };
     }
     return { zstd: false, code: result.code, why: (result.stderr || result.stdout).trim().split('\n').pop()?.slice(0, 200) ?? '' };
@@ -126,8 +132,9 @@ export class WorkerLink {
   async openSession(command: NixCommand): Promise<WorkerChannel> {
     const rendered = renderNixCommand(command);
     if (!this.zstd) return this.exec(rendered);
-    const upstream = await this.exec(zstdRelayCommand(rendered));
-    return { ...upstream, codec: { encoder: zstdEncoderFor(this.options.compressionLevel), decoder: new ZstdDecoder() } };
+    const levels = this.options.zstdLevels;
+    const upstream = await this.exec(zstdRelayCommand(rendered, levels.adaptive && this.relayAdapts ? levels : undefined));
+    return { ...upstream, codec: { encoder: new AdaptiveZstdEncoder(levels), decoder: new ZstdDecoder() } };
   }
 
   /**

@@ -8,6 +8,7 @@
 import { createRequire } from 'node:module';
 import type * as ZstdBinding from 'zstd-napi/binding.js';
 import { UserError } from '../core/errors.js';
+import { skippableAt } from './zstd-frames.js';
 
 type Binding = typeof ZstdBinding;
 
@@ -39,39 +40,61 @@ export interface ZstdEncoderOptions {
   level: number;
   /** Enables long-distance matching over a window of 2^windowLog bytes (memory: about that much per session). */
   longWindowLog?: number;
+  /** zstd's window, 2^windowLog bytes, instead of the level's own (with longWindowLog unset). */
+  windowLog?: number;
+  /** Caps zstd's hash and chain tables at 2^tableLog entries each (4 bytes an entry). */
+  tableLog?: number;
 }
 
 /**
- * From this level up, the encoder also looks back 2^27 bytes (128 MiB) for repeats (zstd's
- * long-distance matching): store paths repeat across files (the same libraries, the same
+ * From this level up, a fixed level's encoder also looks back 2^27 bytes (128 MiB) for repeats
+ * (zstd's long-distance matching): store paths repeat across files (the same libraries, the same
  * headers), and the high levels are for slow uplinks, where bytes cost more than memory. A busy
- * session then holds up to ≈ 150 MB; the relay accepts windows up to 2 GiB.
+ * session then holds up to ≈ 150 MB; the relay accepts windows up to 2^27.
  */
 export const LONG_WINDOW_FROM_LEVEL = 9;
 export const LONG_WINDOW_LOG = 27;
 
-/** The encoder for a pool's `compressionLevel`. */
-export function zstdEncoderFor(level: number): ZstdEncoder {
-  return new ZstdEncoder({ level, ...(level >= LONG_WINDOW_FROM_LEVEL ? { longWindowLog: LONG_WINDOW_LOG } : {}) });
+/** A fixed level's settings. */
+export function fixedLevelOptions(level: number): ZstdEncoderOptions {
+  return { level, ...(level >= LONG_WINDOW_FROM_LEVEL ? { longWindowLog: LONG_WINDOW_LOG } : {}) };
 }
 
 const OUT_CHUNK = 128 * 1024;
+/**
+ * One output buffer for every context: the calls are synchronous and each copies out what it
+ * wrote, so sessions need not hold 128 KiB each.
+ */
+let sharedOut: Buffer | undefined;
+function outBuffer(): Buffer {
+  sharedOut ??= Buffer.allocUnsafe(OUT_CHUNK);
+  return sharedOut;
+}
 /** A flush or an end takes no input: one empty buffer for all of them (flushes are per event-loop turn). */
 const NO_INPUT = Buffer.alloc(0);
 
-/** One zstd stream: `push` data, `flush` when the peer must see everything so far, `end` once. */
+/**
+ * zstd frames: `push` data, `flush` when the peer must see everything so far, `end` to close the
+ * frame. After an end the next push starts a new frame, with the settings of the last `configure`
+ * (one zstd stream: concatenated frames). libzstd's context is made at the first push.
+ */
 export class ZstdEncoder {
   private readonly binding = zstdBinding();
-  private readonly cctx = new this.binding.CCtx();
-  private readonly out = Buffer.allocUnsafe(OUT_CHUNK);
+  private cctx: InstanceType<Binding['CCtx']> | undefined;
+  private options: ZstdEncoderOptions;
+  /** A frame is open: configure waits for its end. */
+  private inFrame = false;
+  private configured = false;
 
   constructor(options: ZstdEncoderOptions) {
-    const p = this.binding.CParameter;
-    this.cctx.setParameter(p.compressionLevel, options.level);
-    if (options.longWindowLog !== undefined) {
-      this.cctx.setParameter(p.enableLongDistanceMatching, 1);
-      this.cctx.setParameter(p.windowLog, options.longWindowLog);
-    }
+    this.options = options;
+  }
+
+  /** Settings for the next frame (call between frames). */
+  configure(options: ZstdEncoderOptions): void {
+    if (this.inFrame) throw new Error('zstd: settings change only between frames');
+    this.options = options;
+    this.configured = false;
   }
 
   push(chunk: Buffer): Buffer[] {
@@ -79,19 +102,45 @@ export class ZstdEncoder {
   }
 
   flush(): Buffer[] {
-    return this.run(NO_INPUT, this.binding.EndDirective.flush);
+    return this.inFrame ? this.run(NO_INPUT, this.binding.EndDirective.flush) : [];
   }
 
+  /** Ends the frame (a stream that had no data still gets an empty frame: the peer sees a proper end). */
   end(): Buffer[] {
-    return this.run(NO_INPUT, this.binding.EndDirective.end);
+    const parts = this.run(NO_INPUT, this.binding.EndDirective.end);
+    this.inFrame = false;
+    return parts;
+  }
+
+  private context(): InstanceType<Binding['CCtx']> {
+    const cctx = (this.cctx ??= new this.binding.CCtx());
+    if (!this.configured) {
+      const p = this.binding.CParameter;
+      const o = this.options;
+      cctx.reset(this.binding.ResetDirective.sessionAndParameters);
+      cctx.setParameter(p.compressionLevel, o.level);
+      if (o.longWindowLog !== undefined) {
+        cctx.setParameter(p.enableLongDistanceMatching, 1);
+        cctx.setParameter(p.windowLog, o.longWindowLog);
+      } else if (o.windowLog !== undefined) cctx.setParameter(p.windowLog, o.windowLog);
+      if (o.tableLog !== undefined) {
+        cctx.setParameter(p.hashLog, o.tableLog);
+        cctx.setParameter(p.chainLog, o.tableLog);
+      }
+      this.configured = true;
+    }
+    return cctx;
   }
 
   private run(input: Buffer, directive: ZstdBinding.EndDirective): Buffer[] {
+    const cctx = this.context();
+    this.inFrame = true;
+    const out = outBuffer();
     const parts: Buffer[] = [];
     let src = input;
     for (;;) {
-      const [left, written, read] = this.cctx.compressStream2(this.out, src, directive);
-      if (written > 0) parts.push(Buffer.from(this.out.subarray(0, written)));
+      const [left, written, read] = cctx.compressStream2(out, src, directive);
+      if (written > 0) parts.push(Buffer.from(out.subarray(0, written)));
       src = src.subarray(read);
       // continue: done once the input is taken; flush and end: once nothing is left to write.
       if (src.length === 0 && (directive === this.binding.EndDirective.continue || left === 0)) return parts;
@@ -102,31 +151,37 @@ export class ZstdEncoder {
 /**
  * The other side's zstd stream, decompressed as the reader takes it: `write` queues input, each
  * `read` hands out at most 128 KiB. A frame that inflates 1000:1 (a 2 GiB output of zeros)
- * waits as input, not as output in memory.
+ * waits as input, not as output in memory. Our skippable frames between the frames are the
+ * relay's reports (zstd-frames.ts): the last one is `report`.
  */
 export class ZstdDecoder {
   private readonly binding = zstdBinding();
-  private readonly dctx = new this.binding.DCtx();
-  private readonly out = Buffer.allocUnsafe(OUT_CHUNK);
+  /** Made at the first input: a session whose worker sends nothing holds no window. */
+  private dctx: InstanceType<Binding['DCtx']> | undefined;
   /** libzstd's last hint: 0 once a frame is complete (and all of it handed out). */
   private hint = 0;
   /** Input not decoded yet. */
   private readonly input: Buffer[] = [];
   /** The last call filled the output: libzstd may have more without new input. */
   private outFull = false;
+  /** The payload of the last report (a skippable frame of ours) in the stream. */
+  report: Buffer | undefined;
 
   /**
    * Whether the stream so far stops inside a frame. At the end of the input that means it was
    * cut: a peer that ends its stream properly closes the frame. (No input at all is no frame.)
    */
   get midFrame(): boolean {
-    return this.hint !== 0;
+    return this.hint !== 0 || this.partReport;
   }
 
   /** Whether a `read` may hand out more before the next `write`. */
   get pending(): boolean {
-    return this.input.length > 0 || this.outFull;
+    return (this.input.length > 0 && !this.partReport) || this.outFull;
   }
+
+  /** The input so far ends inside a report: reading waits for its rest. */
+  private partReport = false;
 
   write(chunk: Buffer): void {
     if (chunk.length > 0) this.input.push(chunk);
@@ -134,16 +189,40 @@ export class ZstdDecoder {
 
   /** The next piece of output (at most 128 KiB), or undefined when the input so far is all decoded. */
   read(): Buffer | undefined {
+    const out = outBuffer();
     for (;;) {
+      if (this.hint === 0 && !this.outFull && !this.takeReports()) return undefined;
       const src = this.input[0];
       if (!src && !this.outFull) return undefined;
-      const [hint, written, read] = this.dctx.decompressStream(this.out, src ?? NO_INPUT);
+      this.dctx ??= new this.binding.DCtx();
+      const [hint, written, read] = this.dctx.decompressStream(out, src ?? NO_INPUT);
       // A call that moved nothing (after a frame's end, the next frame's header size) says nothing new.
       if (read > 0 || written > 0) this.hint = hint;
-      this.outFull = written === this.out.length;
+      // Hint 0: the frame is whole and all of it handed out, even when it filled the buffer exactly.
+      this.outFull = written === out.length && hint !== 0;
       if (src && read === src.length) this.input.shift();
       else if (src) this.input[0] = src.subarray(read);
-      if (written > 0) return Buffer.from(this.out.subarray(0, written));
+      if (written > 0) return Buffer.from(out.subarray(0, written));
+    }
+  }
+
+  /** Between frames: takes the reports off the input; false while the input ends inside one. */
+  private takeReports(): boolean {
+    for (;;) {
+      const head = this.input[0];
+      this.partReport = false;
+      if (!head) return true;
+      const found = skippableAt(head);
+      if (found === undefined) return true;
+      if (found === 'short') {
+        this.partReport = this.input.length < 2;
+        if (this.partReport) return false;
+        this.input.splice(0, 2, Buffer.concat([head, this.input[1] as Buffer]));
+        continue;
+      }
+      this.report = Buffer.from(found.payload);
+      if (found.length === head.length) this.input.shift();
+      else this.input[0] = head.subarray(found.length);
     }
   }
 }

@@ -21,7 +21,9 @@ t.test('defaults fill everything a minimal config leaves out', async (t) => {
   t.equal(pool?.idleTimeoutMs, 600_000);
   t.equal(pool?.readyCommand, DEFAULT_READY_COMMAND);
   t.equal(pool?.compression, 'zstd');
-  t.equal(pool?.compressionLevel, 3);
+  t.equal(pool?.compressionLevel, 'auto');
+  t.equal(pool?.compressionLevelMin, -5);
+  t.equal(pool?.compressionLevelMax, 12);
   t.match(c.instance, /^[a-z0-9]([a-z0-9_.-]*[a-z0-9])?$/);
 });
 
@@ -68,6 +70,15 @@ t.test('errors name the key and the expected value', async (t) => {
       /"pools\.x86_64\.compression": expected one of "none", "zlib", "zstd", got "lz4"/,
     ],
     [{ pools: { x86_64: { serverTypes: ['cx23'], compression: 'zstd', compressionLevel: 22 } } }, /"pools\.x86_64\.compressionLevel"/],
+    [
+      { pools: { x86_64: { serverTypes: ['cx23'], compressionLevel: 0 } } },
+      /"pools\.x86_64\.compressionLevel": expected "auto" or an integer/,
+    ],
+    [{ pools: { x86_64: { serverTypes: ['cx23'], compressionLevel: 'fast' } } }, /"pools\.x86_64\.compressionLevel": expected "auto"/],
+    [
+      { pools: { x86_64: { serverTypes: ['cx23'], compressionLevelMin: 9, compressionLevelMax: 3 } } },
+      /"pools\.x86_64\.compressionLevelMin": expected at most compressionLevelMax \(3\), got 9/,
+    ],
     [{ ...minimal, listen: { port: 'x' } }, /"listen\.port": expected an integer/],
     [{ ...minimal, lsten: {} }, /"lsten" is not known/],
     [{ ...minimal, hcloud: { tokenFile: 'a', tokenCommand: 'b' } }, /one of them, not both/],

@@ -112,7 +112,7 @@ t.test("the relay takes the daemon's long window (its high levels) and refuses a
 t.test('--check loads libzstd and says its version', async (t) => {
   const r = await run('python3', [RELAY, '--check'], { timeoutMs: 10_000 });
   t.equal(r.code, 0, r.stderr);
-  t.match(r.stdout, /^libzstd \d+\.\d+\.\d+\n$/);
+  t.match(r.stdout, /^libzstd \d+\.\d+\.\d+ adapt\n$/, 'and that it adapts its level (the daemon asks before it passes --adapt)');
 });
 
 t.test('the relay refuses anything but the Nix commands, as the endpoint does, and runs nothing', async (t) => {

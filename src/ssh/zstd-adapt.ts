@@ -1,0 +1,166 @@
+/**
+ * The adaptive level (`compressionLevel: "auto"`), in the spirit of `zstd --adapt`: each
+ * direction of a session looks back over an epoch (EPOCH_BYTES of input) and asks what limited it.
+ * - The link: the compressed bytes waited for the link (the channel's window full, the socket
+ *   full) a good part of the time. Bytes are what costs: one level up.
+ * - The codec: it was busy (its own time, or the process's CPU saturated) while the link waited
+ *   for nothing. One level down, to zstd's fast negative levels, then to pass-through frames.
+ * - Neither (the source: a store reading its disk, a protocol's requests and answers): hold.
+ * Data that does not compress (≥ 0.97 of its size) goes through as it is, with a try at the
+ * lowest level now and then. Changes take effect at a frame boundary: concatenated frames are one
+ * valid stream for the decoder. worker/zstd-relay.py runs the same rules (a test runs both on the
+ * same cases).
+ */
+
+/** A level of zstd's, or pass-through frames. */
+export type Setting = number | 'raw';
+
+export interface LevelPolicy {
+  /** The level after the warm-up (and the only one when not adaptive). */
+  start: number;
+  min: number;
+  max: number;
+  adaptive: boolean;
+}
+
+/** The policy of a pool's `compressionLevel` ("auto" or a fixed level) and its bounds. */
+export function levelPolicyOf(level: number | 'auto', min: number, max: number, autoStart: number): LevelPolicy {
+  if (level === 'auto') return { start: Math.min(Math.max(autoStart, min), max), min, max, adaptive: true };
+  return { start: level, min: level, max: level, adaptive: false };
+}
+
+/** How much input makes an epoch: large enough to measure, small enough to follow a link. */
+export const EPOCH_BYTES = 1024 * 1024;
+/**
+ * Adaptive only: the first bytes go through as they are. They are the protocol's handshake and
+ * small requests, which gain next to nothing; a direction that never carries more (the requests
+ * of a download) never allocates zstd's tables.
+ */
+export const WARM_UP_BYTES = 64 * 1024;
+/** Share of an epoch spent waiting for the link that makes the link the limit. */
+export const LINK_BOUND = 0.25;
+/** Share of an epoch spent in the codec, when the link waited for nothing, that makes it the limit. */
+export const CODEC_BOUND = 0.5;
+/** At most this share of waiting for the link still lets the codec be the limit. */
+export const LINK_IDLE = 0.05;
+/** Compressed to at least this share of its size: does not compress. */
+export const INCOMPRESSIBLE = 0.97;
+/** Epochs of pass-through between tries of the lowest level. */
+export const RAW_RETRY_EPOCHS = 16;
+
+/** What one epoch measured. Times in milliseconds. */
+export interface Epoch {
+  wallMs: number;
+  /** Time in the compressor. */
+  codecMs: number;
+  /** Time the compressed bytes waited for the link. */
+  blockedMs: number;
+  /** The process's CPU was saturated (the daemon's event loop busy nearly all the epoch). */
+  cpuSaturated: boolean;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+/** Pass-through so far: how many epochs, and whether the data did not compress (else the codec was too slow). */
+export interface RawState {
+  epochs: number;
+  incompressible: boolean;
+}
+
+/** The setting for the next epoch. */
+export function nextSetting(setting: Setting, epoch: Epoch, policy: LevelPolicy, raw: RawState): Setting {
+  if (!policy.adaptive) return setting;
+  const wall = Math.max(epoch.wallMs, 1e-3);
+  const linkBound = epoch.blockedMs / wall >= LINK_BOUND;
+  const codecBound = (epoch.cpuSaturated || epoch.codecMs / wall >= CODEC_BOUND) && epoch.blockedMs / wall < LINK_IDLE;
+  if (setting === 'raw') return (linkBound && !raw.incompressible) || raw.epochs >= RAW_RETRY_EPOCHS ? policy.min : 'raw';
+  if (epoch.bytesIn > 0 && epoch.bytesOut / epoch.bytesIn >= INCOMPRESSIBLE) return 'raw';
+  if (linkBound) return Math.min(step(setting, 1), policy.max);
+  if (codecBound) return setting > policy.min ? Math.max(step(setting, -1), policy.min) : 'raw';
+  return setting;
+}
+
+/** One level up or down; zstd's level 0 means its default (3), so the levels go from -1 to 1. */
+function step(level: number, by: 1 | -1): number {
+  const next = level + by;
+  return next === 0 ? next + by : next;
+}
+
+/**
+ * zstd's window (2^n bytes) at a level, when adaptive: the level rises where the link is slow, so
+ * memory follows the level instead of every session holding zstd's default 2–8 MiB window. The
+ * decoder at the other end holds one such window too.
+ */
+export function adaptiveWindowLog(level: number): number {
+  if (level <= 0) return 17;
+  if (level <= 2) return 18;
+  if (level <= 5) return 19;
+  if (level <= 9) return 20;
+  return 21;
+}
+
+/** From this level up zstd's hash and chain tables outgrow the window; adaptive caps each at the window's size (2^(windowLog-2) entries of 4 bytes). */
+export const TABLE_CAP_FROM_LEVEL = 6;
+
+/** A setting as the log and `status` say it. */
+export function describeSetting(setting: Setting): string {
+  return setting === 'raw' ? 'pass-through' : `level ${setting}`;
+}
+
+/** What a direction did over a session: where it ended, and the setting that carried most of its input. */
+export interface DirectionSummary {
+  /** The setting that carried most input bytes (undefined: no input). */
+  settled?: Setting;
+  final: Setting;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+/** What a session's directions settled on, as the log and `status` say it; a direction that carried only its warm-up is left out. */
+export interface SettledLevels {
+  up?: string;
+  down?: string;
+}
+
+/** The relay's report (a line of JSON in a skippable frame): its setting now and the one that carried most. */
+export function parseRelayReport(payload: Buffer | undefined): DirectionSummary | undefined {
+  if (!payload) return undefined;
+  let value: unknown;
+  try {
+    value = JSON.parse(payload.toString('utf8'));
+  } catch {
+    return undefined;
+  }
+  if (typeof value !== 'object' || value === null) return undefined;
+  const { settled, final, in: bytesIn, out: bytesOut } = value as Record<string, unknown>;
+  const isSetting = (v: unknown): v is Setting => v === 'raw' || (typeof v === 'number' && Number.isInteger(v));
+  if (!isSetting(final) || typeof bytesIn !== 'number' || typeof bytesOut !== 'number') return undefined;
+  return { ...(isSetting(settled) ? { settled } : {}), final, bytesIn, bytesOut };
+}
+
+export function settledLevels(up: DirectionSummary | undefined, down: DirectionSummary | undefined): SettledLevels {
+  return {
+    ...(up?.settled !== undefined ? { up: describeSetting(up.settled) } : {}),
+    ...(down?.settled !== undefined ? { down: describeSetting(down.settled) } : {}),
+  };
+}
+
+/** Input bytes per setting, for the summary. */
+export class SettingTally {
+  private readonly bytes = new Map<Setting, number>();
+
+  add(setting: Setting, bytes: number): void {
+    this.bytes.set(setting, (this.bytes.get(setting) ?? 0) + bytes);
+  }
+
+  /** The setting that carried most, warm-up aside; undefined when the warm-up was all there was. */
+  settled(warmUpBytes: number): Setting | undefined {
+    let best: Setting | undefined;
+    let most = 0;
+    for (const [setting, bytes] of this.bytes) {
+      const counted = setting === 'raw' ? bytes - warmUpBytes : bytes;
+      if (counted > most) [best, most] = [setting, counted];
+    }
+    return best;
+  }
+}

@@ -1,0 +1,171 @@
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import t from 'tap';
+import { packageRoot } from '../../src/core/package-file.js';
+import {
+  adaptiveWindowLog,
+  EPOCH_BYTES,
+  levelPolicyOf,
+  nextSetting,
+  parseRelayReport,
+  RAW_RETRY_EPOCHS,
+  settledLevels,
+  SettingTally,
+  WARM_UP_BYTES,
+  type Epoch,
+  type LevelPolicy,
+  type RawState,
+  type Setting,
+} from '../../src/ssh/zstd-adapt.js';
+import { ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-relay.js';
+
+const AUTO: LevelPolicy = { start: 3, min: -5, max: 12, adaptive: true };
+const MiB = EPOCH_BYTES;
+/** 100 ms epochs of 1 MiB that compress to a third. */
+const epoch = (over: Partial<Epoch>): Epoch => ({
+  wallMs: 100,
+  codecMs: 10,
+  blockedMs: 0,
+  cpuSaturated: false,
+  bytesIn: MiB,
+  bytesOut: MiB / 3,
+  ...over,
+});
+const COMPRESSING: RawState = { epochs: 0, incompressible: false };
+
+interface Case {
+  why: string;
+  setting: Setting;
+  epoch: Epoch;
+  policy?: LevelPolicy;
+  raw?: RawState;
+  next: Setting;
+}
+
+const CASES: Case[] = [
+  { why: 'the output waited for the link half the epoch: up', setting: 3, epoch: epoch({ blockedMs: 50 }), next: 4 },
+  { why: 'a quarter of the epoch is enough to call the link the limit', setting: 3, epoch: epoch({ blockedMs: 25 }), next: 4 },
+  { why: 'at the highest level the link can only wait', setting: 12, epoch: epoch({ blockedMs: 90 }), next: 12 },
+  { why: 'the codec took 60 % and the link waited for nothing: down', setting: 3, epoch: epoch({ codecMs: 60 }), next: 2 },
+  { why: "the process's CPU saturated, the link idle: down", setting: 3, epoch: epoch({ cpuSaturated: true }), next: 2 },
+  { why: 'a busy codec while the link also waits is not the limit', setting: 3, epoch: epoch({ codecMs: 60, blockedMs: 10 }), next: 3 },
+  { why: 'neither (the source is the limit): hold', setting: 5, epoch: epoch({ codecMs: 20, blockedMs: 2 }), next: 5 },
+  { why: 'from level 1 down is -1: zstd level 0 means its default', setting: 1, epoch: epoch({ codecMs: 80 }), next: -1 },
+  { why: 'from level -1 up is 1', setting: -1, epoch: epoch({ blockedMs: 80 }), next: 1 },
+  { why: 'at the lowest level, still the codec: pass-through', setting: -5, epoch: epoch({ codecMs: 80 }), next: 'raw' },
+  { why: 'data that does not compress goes through as it is', setting: 3, epoch: epoch({ bytesOut: MiB }), next: 'raw' },
+  { why: 'even on a slow link', setting: 7, epoch: epoch({ bytesOut: MiB * 0.99, blockedMs: 90 }), next: 'raw' },
+  {
+    why: 'pass-through for speed, then the link is the limit: back to the lowest level',
+    setting: 'raw',
+    epoch: epoch({ blockedMs: 50 }),
+    next: -5,
+  },
+  {
+    why: 'pass-through because nothing compressed: a slow link does not bring zstd back',
+    setting: 'raw',
+    epoch: epoch({ blockedMs: 50 }),
+    raw: { epochs: 3, incompressible: true },
+    next: 'raw',
+  },
+  {
+    why: `after ${RAW_RETRY_EPOCHS} epochs of pass-through, a try at the lowest level`,
+    setting: 'raw',
+    epoch: epoch({}),
+    raw: { epochs: RAW_RETRY_EPOCHS, incompressible: true },
+    next: -5,
+  },
+  { why: 'pass-through and nothing else limits: stay', setting: 'raw', epoch: epoch({}), next: 'raw' },
+  { why: 'a level raised past the bound is capped', setting: 2, epoch: epoch({ blockedMs: 80 }), policy: { ...AUTO, max: 2 }, next: 2 },
+  {
+    why: 'a fixed level never moves',
+    setting: 3,
+    epoch: epoch({ codecMs: 99 }),
+    policy: { start: 3, min: 3, max: 3, adaptive: false },
+    next: 3,
+  },
+];
+
+t.test('the adaptation follows the limit: up for the link, down for the codec, pass-through for what does not compress', async (t) => {
+  for (const c of CASES) t.equal(nextSetting(c.setting, c.epoch, c.policy ?? AUTO, c.raw ?? COMPRESSING), c.next, c.why);
+});
+
+t.test("the worker's relay runs the same rules on the same cases", async (t) => {
+  const relay = join(packageRoot(), ZSTD_RELAY_SOURCE);
+  const cases = CASES.map((c) => {
+    const p = c.policy ?? AUTO;
+    const e = c.epoch;
+    const raw = c.raw ?? COMPRESSING;
+    return [
+      c.setting,
+      [e.wallMs / 1000, e.codecMs / 1000, e.blockedMs / 1000, e.cpuSaturated, e.bytesIn, e.bytesOut],
+      [p.start, p.min, p.max, p.adaptive],
+      [raw.epochs, raw.incompressible],
+    ];
+  });
+  const script = [
+    'import importlib.util, json, sys',
+    `spec = importlib.util.spec_from_file_location("relay", ${JSON.stringify(relay)})`,
+    'relay = importlib.util.module_from_spec(spec); spec.loader.exec_module(relay)',
+    'out = [relay.next_setting(s, tuple(e), tuple(p), tuple(r)) for s, e, p, r in json.load(sys.stdin)]',
+    'print(json.dumps(out))',
+  ].join('\n');
+  const r = spawnSync('python3', ['-BIS', '-c', script], { input: JSON.stringify(cases), encoding: 'utf8' });
+  t.equal(r.status, 0, r.stderr);
+  const answers = JSON.parse(r.stdout) as Setting[];
+  CASES.forEach((c, i) => t.equal(answers[i], c.next, `relay: ${c.why}`));
+  const windows = spawnSync(
+    'python3',
+    ['-BIS', '-c', script.replace(/out = .*/, 'out = [relay.adaptive_window_log(l) for l in json.load(sys.stdin)]')],
+    { input: JSON.stringify([-7, -1, 1, 2, 3, 5, 6, 9, 10, 19]), encoding: 'utf8' },
+  );
+  t.same(JSON.parse(windows.stdout), [-7, -1, 1, 2, 3, 5, 6, 9, 10, 19].map(adaptiveWindowLog), 'and sizes its windows as the daemon does');
+});
+
+t.test('windows grow with the level, from 128 KiB to 2 MiB', async (t) => {
+  t.equal(adaptiveWindowLog(-5), 17);
+  t.equal(adaptiveWindowLog(3), 19);
+  t.equal(adaptiveWindowLog(12), 21);
+  for (let level = -7; level < 19; level++) t.ok(adaptiveWindowLog(level) <= adaptiveWindowLog(level + 1), `not smaller at ${level + 1}`);
+});
+
+t.test('a pool\'s "auto" adapts between its bounds from 3; a number is a fixed level', async (t) => {
+  t.same(levelPolicyOf('auto', -5, 12, 3), { start: 3, min: -5, max: 12, adaptive: true });
+  t.same(levelPolicyOf('auto', 5, 12, 3), { start: 5, min: 5, max: 12, adaptive: true }, 'the start kept within the bounds');
+  t.same(levelPolicyOf(12, -5, 12, 3), { start: 12, min: 12, max: 12, adaptive: false });
+});
+
+t.test('what a session settled on: the setting that carried most, the warm-up aside', async (t) => {
+  const tally = new SettingTally();
+  tally.add('raw', WARM_UP_BYTES);
+  t.equal(tally.settled(WARM_UP_BYTES), undefined, 'the warm-up alone says nothing');
+  tally.add(3, 2 * MiB);
+  tally.add(4, 5 * MiB);
+  tally.add(5, MiB);
+  t.equal(tally.settled(WARM_UP_BYTES), 4);
+  t.same(
+    settledLevels({ settled: 4, final: 5, bytesIn: 8 * MiB, bytesOut: MiB }, { settled: 'raw', final: 'raw', bytesIn: 1, bytesOut: 1 }),
+    {
+      up: 'level 4',
+      down: 'pass-through',
+    },
+  );
+  t.same(
+    settledLevels({ final: 'raw', bytesIn: 10, bytesOut: 10 }, undefined),
+    {},
+    'a direction that carried only its warm-up is left out',
+  );
+});
+
+t.test("the relay's reports are read leniently: a report that is not one is no report", async (t) => {
+  t.same(parseRelayReport(Buffer.from('{"final":-2,"settled":3,"in":100,"out":40}')), {
+    settled: 3,
+    final: -2,
+    bytesIn: 100,
+    bytesOut: 40,
+  });
+  t.same(parseRelayReport(Buffer.from('{"final":"raw","in":1,"out":1}')), { final: 'raw', bytesIn: 1, bytesOut: 1 });
+  for (const bad of ['', 'level 3', '{"final":"fast","in":1,"out":1}', '{"final":3}', 'null', '[1]'])
+    t.equal(parseRelayReport(Buffer.from(bad)), undefined, JSON.stringify(bad));
+  t.equal(parseRelayReport(undefined), undefined);
+});

@@ -1,0 +1,154 @@
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import t from 'tap';
+import { decodeAll } from './decode-all.js';
+import { AdaptiveZstdEncoder, type EpochMeter } from '../../src/ssh/zstd-adaptive-encoder.js';
+import { EPOCH_BYTES, WARM_UP_BYTES, type LevelPolicy } from '../../src/ssh/zstd-adapt.js';
+import { ZstdDecoder } from '../../src/ssh/zstd-codec.js';
+import { RAW_FRAME_HEADER, skippableFrame } from '../../src/ssh/zstd-frames.js';
+
+const AUTO: LevelPolicy = { start: 3, min: -5, max: 12, adaptive: true };
+
+/** Text that compresses about 3:1, like a NAR of binaries and text. */
+function sample(bytes: number): Buffer {
+  const words = ['nix', 'store', 'derivation', '/nix/store/', 'lib', '.so', 'ELF', '\0\0\0\0', 'x86_64'];
+  const parts: Buffer[] = [];
+  let n = 0;
+  while (n < bytes) {
+    const part = Math.random() < 0.05 ? randomBytes(8) : Buffer.from(words[Math.floor(Math.random() * words.length)] as string);
+    parts.push(part);
+    n += part.length;
+  }
+  return Buffer.concat(parts).subarray(0, bytes);
+}
+
+/** A clock that moves only when told: each epoch lasts what the test says, the codec and the CPU as it says. */
+class TestMeter implements EpochMeter {
+  t = 0;
+  saturated = false;
+  now(): number {
+    return this.t;
+  }
+  mark(): unknown {
+    return undefined;
+  }
+  saturatedSince(): boolean {
+    return this.saturated;
+  }
+}
+
+function zstdCli(input: Buffer): { status: number | null; stdout: Buffer; stderr: string } {
+  const r = spawnSync('zstd', ['-d', '-c'], { input, maxBuffer: 256 * 1024 * 1024 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr.toString() };
+}
+
+/** Pushes `input` an epoch's worth at a time; `each` runs before each epoch (to set what it measures). */
+function encode(encoder: AdaptiveZstdEncoder, input: Buffer, each: (epoch: number) => void = () => undefined): Buffer {
+  const out: Buffer[] = [];
+  const chunk = 64 * 1024;
+  for (let at = 0; at < input.length; at += chunk) {
+    if (at % EPOCH_BYTES === 0) each(at / EPOCH_BYTES);
+    out.push(...encoder.push(input.subarray(at, at + chunk)));
+    if (at % (256 * 1024) === 0) out.push(...encoder.flush());
+  }
+  out.push(...encoder.end());
+  return Buffer.concat(out);
+}
+
+t.test('a fixed level writes one zstd stream from its first byte, as before', async (t) => {
+  const input = sample(3 * EPOCH_BYTES);
+  const encoder = new AdaptiveZstdEncoder({ start: 3, min: 3, max: 3, adaptive: false }, new TestMeter());
+  const out = encode(encoder, input);
+  t.notOk(out.subarray(0, RAW_FRAME_HEADER.length).equals(RAW_FRAME_HEADER), 'no pass-through warm-up');
+  t.ok(out.length < input.length / 2, `${out.length} of ${input.length} bytes`);
+  const cli = zstdCli(out);
+  t.equal(cli.status, 0, cli.stderr);
+  t.ok(cli.stdout.equals(input), 'zstd -d gives the input back');
+  t.same(encoder.summary(), { settled: 3, final: 3, bytesIn: input.length, bytesOut: out.length });
+});
+
+t.test('"auto": the warm-up goes through as it is, then the stream is compressed at the start level', async (t) => {
+  const meter = new TestMeter();
+  const encoder = new AdaptiveZstdEncoder(AUTO, meter);
+  const hello = sample(1000);
+  const first = Buffer.concat([...encoder.push(hello), ...encoder.flush()]);
+  t.ok(first.subarray(0, RAW_FRAME_HEADER.length).equals(RAW_FRAME_HEADER), 'a pass-through frame');
+  t.ok(first.includes(hello), 'carrying the bytes as they are');
+  t.equal(encoder.describe(), 'pass-through');
+  const input = Buffer.concat([hello, sample(2 * EPOCH_BYTES)]);
+  const rest = encode(encoder, input.subarray(hello.length));
+  t.equal(encoder.summary().settled, 3, 'settled at the start level');
+  const out = Buffer.concat([first, rest]);
+  t.ok(out.length < input.length / 2, `compressed after the warm-up: ${out.length} of ${input.length}`);
+  const cli = zstdCli(out);
+  t.equal(cli.status, 0, cli.stderr);
+  t.ok(cli.stdout.equals(input), 'pass-through and zstd frames are one stream zstd -d reads back');
+  const decoder = new ZstdDecoder();
+  t.ok(Buffer.concat(decodeAll(decoder, out)).equals(input), "and so is the daemon's decoder");
+  t.notOk(decoder.midFrame, 'ended at a frame end');
+});
+
+t.test('a slow link raises the level an epoch at a time up to the bound; a busy CPU lowers it to pass-through', async (t) => {
+  const meter = new TestMeter();
+  const encoder = new AdaptiveZstdEncoder({ ...AUTO, max: 6 }, meter);
+  const levels: string[] = [];
+  const input = sample(20 * EPOCH_BYTES + WARM_UP_BYTES);
+  const out = encode(encoder, input, (epoch) => {
+    levels.push(encoder.describe());
+    meter.t += 100;
+    if (epoch < 8)
+      encoder.waited(60); // the link held the output 60 % of the epoch
+    else meter.saturated = true; // then the CPU is the limit and the link waits for nothing
+  });
+  t.ok(levels.includes('level 6'), `reached the bound: ${levels.join(', ')}`);
+  t.notOk(levels.includes('level 7'), 'and not past it');
+  t.equal(encoder.describe(), 'pass-through', 'down through the fast levels to pass-through');
+  t.ok(levels.includes('level -5'), 'by way of the lowest level');
+  t.notOk(levels.includes('level 0'), 'never level 0 (zstd: its default)');
+  const cli = zstdCli(out);
+  t.equal(cli.status, 0, cli.stderr);
+  t.ok(cli.stdout.equals(input), 'every change at a frame boundary: the stream reads back whole');
+});
+
+t.test('data that does not compress goes through as it is, and zstd is tried again now and then', async (t) => {
+  const meter = new TestMeter();
+  const encoder = new AdaptiveZstdEncoder(AUTO, meter);
+  const input = randomBytes(24 * EPOCH_BYTES);
+  const seen = new Set<string>();
+  const out = encode(encoder, input, () => {
+    seen.add(encoder.describe());
+    meter.t += 100;
+  });
+  t.equal(encoder.summary().settled, 'raw', 'most of it as it is');
+  t.ok(seen.has('level -5'), 'with a try at the lowest level after a while');
+  t.ok(out.length < input.length * 1.001, `framing costs little: ${out.length - input.length} bytes on ${input.length}`);
+  t.ok(zstdCli(out).stdout.equals(input));
+});
+
+t.test("the daemon's decoder takes our reports off the stream between frames, wherever the stream is cut", async (t) => {
+  const frameA = zstdOf(sample(5000));
+  const frameB = zstdOf(sample(7000));
+  const report = Buffer.from('{"final":4,"in":12000,"out":900}');
+  const stream = Buffer.concat([frameA, skippableFrame(Buffer.from('{"final":3,"in":1,"out":1}')), frameB, skippableFrame(report)]);
+  t.equal(zstdCli(stream).status, 0, 'zstd -d passes over them too');
+  for (const cut of [1, 3, 7, 100, stream.length]) {
+    const decoder = new ZstdDecoder();
+    const out: Buffer[] = [];
+    for (let at = 0; at < stream.length; at += cut) out.push(...decodeAll(decoder, stream.subarray(at, at + cut)));
+    t.equal(Buffer.concat(out).length, 12000, `in pieces of ${cut}: all the data`);
+    t.notOk(decoder.midFrame, `in pieces of ${cut}: ended at a frame end`);
+    t.same(decoder.report, report, `in pieces of ${cut}: the last report`);
+  }
+});
+
+function zstdOf(data: Buffer): Buffer {
+  return spawnSync('zstd', ['-3', '-c'], { input: data }).stdout;
+}
+
+t.test('a stream cut inside a report is a cut stream, and does not wait forever for the rest', async (t) => {
+  const stream = Buffer.concat([zstdOf(sample(3000)), skippableFrame(Buffer.from('{"final":4,"in":1,"out":1}'))]);
+  const decoder = new ZstdDecoder();
+  t.equal(Buffer.concat(decodeAll(decoder, stream.subarray(0, stream.length - 5))).length, 3000, 'the data before it');
+  t.notOk(decoder.pending, 'nothing more to hand out');
+  t.ok(decoder.midFrame, 'and the stream counts as cut');
+});
