@@ -359,7 +359,7 @@ class Encoder:
         if self.frame is None and self.setting != RAW:
             self.frame = "zstd"  # an empty stream is one empty frame
         self.close_frame()
-        if self.adaptive:
+        if self.adaptive and not self.warming_up:  # a warm-up alone says nothing
             self.report()
 
     def close_frame(self):
