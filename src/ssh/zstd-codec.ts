@@ -274,7 +274,7 @@ export function frameWindow(head: Buffer): number | undefined {
   const sizeBytes = [1, 2, 4, 8][descriptor >> 6] as number;
   const at = 5 + dictionaryBytes;
   if (head.length < at + sizeBytes) return undefined;
-  if (sizeBytes === 1) return head[at] as number;
+  if (sizeBytes === 1) return head[at];
   if (sizeBytes === 2) return head.readUInt16LE(at) + 256;
   if (sizeBytes === 4) return head.readUInt32LE(at);
   return Number(head.readBigUInt64LE(at));
