@@ -158,7 +158,11 @@ t.test('a spare relay let go unused ends quietly; one given a bad first line or 
 t.test('--check loads libzstd and says its version', async (t) => {
   const r = await run('python3', [RELAY, '--check'], { timeoutMs: 10_000 });
   t.equal(r.code, 0, r.stderr);
-  t.match(r.stdout, /^libzstd \d+\.\d+\.\d+ adapt await\n$/, 'and what it takes: --adapt and --await (the daemon asks before it uses them)');
+  t.match(
+    r.stdout,
+    /^libzstd \d+\.\d+\.\d+ adapt await\n$/,
+    'and what it takes: --adapt and --await (the daemon asks before it uses them)',
+  );
 });
 
 t.test('the relay refuses anything but the Nix commands, as the endpoint does, and runs nothing', async (t) => {
