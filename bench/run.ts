@@ -24,7 +24,11 @@
  *   BENCH_SOAK_KIB     size of the soak's small copies in KiB (default 1024)
  *   BENCH_UPLINK_MIB   size of each uplink payload in MiB (default 256)
  *   BENCH_UPLINK_RUNS  uplink runs per route, payload and direction (default 1)
- *   BENCH_UPLINK_PROFILES  link profiles of the uplink section: home, office or UP_MBIT/DOWN_MBIT/DELAY_MS (default home,office)
+ *   BENCH_UPLINK_PROFILES  link profiles of the uplink section: home, office, loopback (no emulated link) or
+ *                      UP_MBIT/DOWN_MBIT/DELAY_MS (default home,office,loopback)
+ *   BENCH_UPLINK_PAYLOADS  realistic and/or random (default realistic)
+ *   BENCH_UPLINK_DIRECTIONS  upload, download and/or build (default upload,download)
+ *   BENCH_UPLINK_MORE  1: the uplink section also measures zlib and zstd fixed at 12
  *   BENCH_WARM_MIB     size of the warm-store section's payload in MiB (default 128)
  *   BENCH_WARM_PROFILE link profile of the warm-store section (default home)
  *   BENCH_STALL_BOOT_S the worker's boot time in the stall section (default 20); its client Nix versions: NHB_NIX_CLIENTS
@@ -95,7 +99,7 @@ const settings = {
   soakKib: envInt('BENCH_SOAK_KIB', 1024, 1),
   uplinkMib: envInt('BENCH_UPLINK_MIB', 256, 1),
   uplinkRuns: envInt('BENCH_UPLINK_RUNS', 1, 1),
-  uplinkProfiles: envList('BENCH_UPLINK_PROFILES', ['home', 'office']),
+  uplinkProfiles: envList('BENCH_UPLINK_PROFILES', ['home', 'office', 'loopback']),
   warmMib: envInt('BENCH_WARM_MIB', 128, 1),
   warmProfile: process.env.BENCH_WARM_PROFILE || 'home',
   compression: envCompression(),
