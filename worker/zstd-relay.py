@@ -216,6 +216,7 @@ def decompress_into(lib, src_fd, dst_fd, first=b""):
 EPOCH_BYTES = 1024 * 1024
 WARM_UP_BYTES = 64 * 1024
 LINK_BOUND = 0.25
+CODEC_ROOM = 0.3
 CODEC_BOUND = 0.5
 LINK_IDLE = 0.05
 INCOMPRESSIBLE = 0.97
@@ -238,7 +239,7 @@ def next_setting(setting, epoch, policy, raw):
         return setting
     wall, codec, blocked, cpu_saturated, bytes_in, bytes_out = epoch
     wall = max(wall, 1e-6)
-    link_bound = blocked / wall >= LINK_BOUND
+    link_bound = blocked / wall >= LINK_BOUND and codec / wall <= CODEC_ROOM
     codec_bound = (cpu_saturated or codec / wall >= CODEC_BOUND) and blocked / wall < LINK_IDLE
     if setting == RAW:
         return lo if (link_bound and not raw[1]) or raw[0] >= RAW_RETRY_EPOCHS else RAW
@@ -260,7 +261,13 @@ def adaptive_window_log(level):
         return 19
     if level <= 9:
         return 20
-    return 21
+    return LONG_WINDOW_LOG_ADAPTIVE
+
+
+# From level 10: an 8 MiB window with long-distance matching (zstd-adapt.ts says why).
+LONG_WINDOW_FROM_LEVEL_ADAPTIVE = 10
+LONG_WINDOW_LOG_ADAPTIVE = 23
+ZSTD_C_ENABLE_LONG_DISTANCE_MATCHING = 160
 
 
 # Frames written by hand (src/ssh/zstd-frames.ts): pass-through frames of raw blocks, and reports.
@@ -315,8 +322,10 @@ class Encoder:
             checked(lib, lib.ZSTD_CCtx_setParameter(self.cctx, ZSTD_C_COMPRESSION_LEVEL, level))
             checked(lib, lib.ZSTD_CCtx_setParameter(self.cctx, ZSTD_C_WINDOW_LOG, window))
             if self.adaptive and level >= TABLE_CAP_FROM_LEVEL:
-                checked(lib, lib.ZSTD_CCtx_setParameter(self.cctx, ZSTD_C_HASH_LOG, window - 2))
-                checked(lib, lib.ZSTD_CCtx_setParameter(self.cctx, ZSTD_C_CHAIN_LOG, window - 2))
+                checked(lib, lib.ZSTD_CCtx_setParameter(self.cctx, ZSTD_C_HASH_LOG, min(window - 2, 20)))
+                checked(lib, lib.ZSTD_CCtx_setParameter(self.cctx, ZSTD_C_CHAIN_LOG, min(window - 2, 20)))
+            if self.adaptive and level >= LONG_WINDOW_FROM_LEVEL_ADAPTIVE:
+                checked(lib, lib.ZSTD_CCtx_setParameter(self.cctx, ZSTD_C_ENABLE_LONG_DISTANCE_MATCHING, 1))
             self.configured = True
         return self.cctx
 

@@ -2,7 +2,9 @@
  * The adaptive level (`compressionLevel: "auto"`), in the spirit of `zstd --adapt`: each
  * direction of a session looks back over an epoch (EPOCH_BYTES of input) and asks what limited it.
  * - The link: the compressed bytes waited for the link (the channel's window full, the socket
- *   full) a good part of the time. Bytes are what costs: one level up.
+ *   full) a good part of the time, and the codec has room. Bytes are what costs: one level up.
+ *   (What waits may also be the far end, a store writing files: the codec's room keeps a level
+ *   that would only burn CPU there from climbing.)
  * - The codec: it was busy (its own time, or the process's CPU saturated) while the link waited
  *   for nothing. One level down, to zstd's fast negative levels, then to pass-through frames.
  * - Neither (the source: a store reading its disk, a protocol's requests and answers): hold.
@@ -39,6 +41,8 @@ export const EPOCH_BYTES = 1024 * 1024;
 export const WARM_UP_BYTES = 64 * 1024;
 /** Share of an epoch spent waiting for the link that makes the link the limit. */
 export const LINK_BOUND = 0.25;
+/** Above this share of an epoch in the codec, a level goes no higher, whatever waits. */
+export const CODEC_ROOM = 0.3;
 /** Share of an epoch spent in the codec, when the link waited for nothing, that makes it the limit. */
 export const CODEC_BOUND = 0.5;
 /** At most this share of waiting for the link still lets the codec be the limit. */
@@ -71,7 +75,7 @@ export interface RawState {
 export function nextSetting(setting: Setting, epoch: Epoch, policy: LevelPolicy, raw: RawState): Setting {
   if (!policy.adaptive) return setting;
   const wall = Math.max(epoch.wallMs, 1e-3);
-  const linkBound = epoch.blockedMs / wall >= LINK_BOUND;
+  const linkBound = epoch.blockedMs / wall >= LINK_BOUND && epoch.codecMs / wall <= CODEC_ROOM;
   const codecBound = (epoch.cpuSaturated || epoch.codecMs / wall >= CODEC_BOUND) && epoch.blockedMs / wall < LINK_IDLE;
   if (setting === 'raw') return (linkBound && !raw.incompressible) || raw.epochs >= RAW_RETRY_EPOCHS ? policy.min : 'raw';
   if (epoch.bytesIn > 0 && epoch.bytesOut / epoch.bytesIn >= INCOMPRESSIBLE) return 'raw';
@@ -96,10 +100,19 @@ export function adaptiveWindowLog(level: number): number {
   if (level <= 2) return 18;
   if (level <= 5) return 19;
   if (level <= 9) return 20;
-  return 21;
+  return LONG_WINDOW_LOG_ADAPTIVE;
 }
 
-/** From this level up zstd's hash and chain tables outgrow the window; adaptive caps each at the window's size (2^(windowLog-2) entries of 4 bytes). */
+/**
+ * From level 10 the link is slow enough that bytes are worth memory: an 8 MiB window with zstd's
+ * long-distance matching (store paths repeat libraries and headers far apart), ≈ 25 MB per such
+ * session (window, input buffer, tables capped at the window). A 2 MiB window at level 12 sent as
+ * many bytes as level 3 with zstd's own 2 MiB window.
+ */
+export const LONG_WINDOW_FROM_LEVEL_ADAPTIVE = 10;
+export const LONG_WINDOW_LOG_ADAPTIVE = 23;
+
+/** From this level up zstd's hash and chain tables outgrow the window; adaptive caps each at the window's size (2^(windowLog-2) entries of 4 bytes), at most 4 MiB. */
 export const TABLE_CAP_FROM_LEVEL = 6;
 
 /** A setting as the log and `status` say it. */

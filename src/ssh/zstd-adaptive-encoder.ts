@@ -9,6 +9,7 @@ import {
   describeSetting,
   EPOCH_BYTES,
   INCOMPRESSIBLE,
+  LONG_WINDOW_FROM_LEVEL_ADAPTIVE,
   nextSetting,
   SettingTally,
   TABLE_CAP_FROM_LEVEL,
@@ -44,7 +45,9 @@ export const processMeter: EpochMeter = {
 export function encoderOptions(level: number, adaptive: boolean): ZstdEncoderOptions {
   if (!adaptive) return fixedLevelOptions(level);
   const windowLog = adaptiveWindowLog(level);
-  return { level, windowLog, ...(level >= TABLE_CAP_FROM_LEVEL ? { tableLog: windowLog - 2 } : {}) };
+  const tables = level >= TABLE_CAP_FROM_LEVEL ? { tableLog: Math.min(windowLog - 2, 20) } : {};
+  if (level >= LONG_WINDOW_FROM_LEVEL_ADAPTIVE) return { level, longWindowLog: windowLog, ...tables };
+  return { level, windowLog, ...tables };
 }
 
 export class AdaptiveZstdEncoder {

@@ -46,6 +46,12 @@ const CASES: Case[] = [
   { why: 'the output waited for the link half the epoch: up', setting: 3, epoch: epoch({ blockedMs: 50 }), next: 4 },
   { why: 'a quarter of the epoch is enough to call the link the limit', setting: 3, epoch: epoch({ blockedMs: 25 }), next: 4 },
   { why: 'at the highest level the link can only wait', setting: 12, epoch: epoch({ blockedMs: 90 }), next: 12 },
+  {
+    why: 'the output waits, but the codec takes a third already: hold (what waits may be a store, not the link)',
+    setting: 6,
+    epoch: epoch({ blockedMs: 50, codecMs: 35 }),
+    next: 6,
+  },
   { why: 'the codec took 60 % and the link waited for nothing: down', setting: 3, epoch: epoch({ codecMs: 60 }), next: 2 },
   { why: "the process's CPU saturated, the link idle: down", setting: 3, epoch: epoch({ cpuSaturated: true }), next: 2 },
   { why: 'a busy codec while the link also waits is not the limit', setting: 3, epoch: epoch({ codecMs: 60, blockedMs: 10 }), next: 3 },
@@ -122,10 +128,10 @@ t.test("the worker's relay runs the same rules on the same cases", async (t) => 
   t.same(JSON.parse(windows.stdout), [-7, -1, 1, 2, 3, 5, 6, 9, 10, 19].map(adaptiveWindowLog), 'and sizes its windows as the daemon does');
 });
 
-t.test('windows grow with the level, from 128 KiB to 2 MiB', async (t) => {
+t.test('windows grow with the level, from 128 KiB to 8 MiB', async (t) => {
   t.equal(adaptiveWindowLog(-5), 17);
   t.equal(adaptiveWindowLog(3), 19);
-  t.equal(adaptiveWindowLog(12), 21);
+  t.equal(adaptiveWindowLog(12), 23);
   for (let level = -7; level < 19; level++) t.ok(adaptiveWindowLog(level) <= adaptiveWindowLog(level + 1), `not smaller at ${level + 1}`);
 });
 
