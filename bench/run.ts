@@ -38,8 +38,8 @@
  *   BENCH_STALL_S      a transfer that moves no byte for this long is killed and reported as stalled (default 20)
  *   BENCH_CLI          the daemon's built CLI to measure (default dist/src/cli/main.js of this tree), e.g. another build
  *   BENCH_COMPRESSION  compression of the loopback sections' pools: none, zlib or zstd (default: the
- *                      config's default, zstd at level auto); the setup and build sections run a
- *                      pool with compression none beside one with the default, whatever this says
+ *                      config's default, zstd at level auto); the setup and build sections run the
+ *                      default pool and one with compression none beside it, whatever this says
  *   BENCH_DAEMON_NODE_ARGS  comma list of node arguments for the daemon, e.g. --cpu-prof,--cpu-prof-dir=DIR
  *   BENCH_JSON         also write every figure to this file as JSON
  *   BENCH_VERBOSE      show the fake cloud's log lines
