@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { DEFAULT_WORKER_COMPRESSION, type WorkerCompression } from '../src/core/config.js';
 import type { WorkerRecord } from '../src/daemon/state.js';
 import { linkProfile, type LinkBytes, type LinkProfile } from '../test/rig/link.js';
-import { cmd, cmdWatched, fixed, MiB, progress, say, table, writeRandomFile } from './lib.js';
+import { cmd, cmdWatched, fixed, GiB, MiB, processCpuSeconds, progress, say, table, writeRandomFile } from './lib.js';
 import { makeRealistic, REALISTIC_SOURCES } from './payload.js';
 import { BenchRig, ENDPOINT_ALIAS, sshClientDefaults } from './rig.js';
 import { remoteBuildArgs, ROOT } from '../test/rig/rig.js';
@@ -66,6 +66,8 @@ export interface UplinkRun {
   ms: number;
   /** NaN when not counted (direct OpenSSH without a link). */
   wire: LinkBytes;
+  /** The daemon's user + system CPU seconds over the run (0 for direct routes). */
+  daemonCpuS: number;
   /** The zstd levels the session settled on, per direction, from the daemon's `session ended` line. */
   settled?: { up?: string; down?: string };
   stalled: boolean;
@@ -288,6 +290,7 @@ async function profileRuns(
               const w = workers[route.pool] as WorkerRecord;
               const link0 = profile.link ? linkBytesOf(b, w) : undefined;
               const lines0 = b.daemon.lines.length;
+              const cpu0 = processCpuSeconds(b.pid);
               const env = { ...process.env, NIX_SSHOPTS: `-F ${config}` };
               const r =
                 direction === 'build'
@@ -326,6 +329,7 @@ async function profileRuns(
                 narBytes: source.narBytes,
                 ms: r.ms,
                 wire,
+                daemonCpuS: route.via === 'ours' ? processCpuSeconds(b.pid) - cpu0 : 0,
                 ...(seen?.settled ? { settled: seen.settled } : {}),
                 stalled: r.stalled,
               };
@@ -434,7 +438,7 @@ function report(r: UplinkResult, profiles: Profile[], plan: Plan): void {
         for (const route of routes(plan.settings)) {
           const x = pick(p.name, payload, direction, route.label);
           const head = [payload, directionName(direction), route.label];
-          if (!x) rows.push([...head, 'stalled', '', '', '', '']);
+          if (!x) rows.push([...head, 'stalled', '', '', '', '', '']);
           else
             rows.push([
               ...head,
@@ -443,10 +447,16 @@ function report(r: UplinkResult, profiles: Profile[], plan: Plan): void {
               Number.isNaN(x.wire.up) ? '—' : fixed((x.wire.up + x.wire.down) / 1e6, 1),
               direct ? fixed(direct.ms / x.ms, 2) : 'n/a',
               settledOf(x),
+              route.via === 'ours' ? fixed(x.daemonCpuS / (x.narBytes / GiB), 2) : '—',
             ]);
         }
       }
-    say(table(['payload', 'direction', 'route', 'wall s', 'MB/s', 'wire MB', 'throughput ÷ direct', 'settled up/down'], rows));
+    say(
+      table(
+        ['payload', 'direction', 'route', 'wall s', 'MB/s', 'wire MB', 'throughput ÷ direct', 'settled up/down', 'daemon CPU-s/GiB'],
+        rows,
+      ),
+    );
     say();
   }
   goals(profiles, pick);
