@@ -2,6 +2,7 @@
 """The worker's end of compression "zstd" (see README, "Which compression for which link").
 
     nix-hcloud-builder-zstd-relay [--level N] [--adapt MIN:MAX] -- nix-daemon --stdio
+    nix-hcloud-builder-zstd-relay --await
     nix-hcloud-builder-zstd-relay --check
 
 Runs the Nix command (the same allow-list as the daemon's endpoint: nix-daemon --stdio or
@@ -13,6 +14,9 @@ With --adapt, the level adapts between MIN and MAX as the daemon's does (src/ssh
 the same rules: a test runs both on the same cases): up while the link is what the output waits
 for, down (then pass-through frames) while compressing is; each change ends the frame and is
 reported in a skippable frame the daemon reads (src/ssh/zstd-frames.ts).
+With --await, the relay is started ahead of its session (a spare): it loads what it needs, then
+waits for one line on stdin, the JSON array of the arguments above, and goes on as if started
+with them; the zstd stream follows that line.
 
 Python 3 and libzstd are what cloud-init images have anyway (cloud-init is Python; Debian's
 dpkg and Ubuntu's depend on libzstd), so a stock image needs nothing installed; the NixOS
@@ -181,8 +185,8 @@ class Truncated(Exception):
     pass
 
 
-def decompress_into(lib, src_fd, dst_fd):
-    """The daemon's zstd stream on src_fd, decompressed into dst_fd until EOF."""
+def decompress_into(lib, src_fd, dst_fd, first=b""):
+    """The daemon's zstd stream (`first`, then src_fd), decompressed into dst_fd until EOF."""
     dctx = lib.ZSTD_createDCtx()
     # The daemon's longest window (its high levels, src/ssh/zstd-codec.ts LONG_WINDOW_LOG): 128 MiB,
     # also zstd's default limit. A longer one is refused rather than held in memory.
@@ -192,7 +196,7 @@ def decompress_into(lib, src_fd, dst_fd):
     # end; EOF inside a frame means the stream was cut, and the command must not take it as whole.
     hint = 0
     while True:
-        data = os.read(src_fd, CHUNK)
+        data, first = first or os.read(src_fd, CHUNK), b""
         if not data:
             if hint:
                 raise Truncated("the daemon's zstd stream ended inside a frame (cut off); the command's input is incomplete")
@@ -359,7 +363,7 @@ class Encoder:
         if self.frame is None and self.setting != RAW:
             self.frame = "zstd"  # an empty stream is one empty frame
         self.close_frame()
-        if self.adaptive:
+        if self.adaptive and not self.warming_up:  # a warm-up alone says nothing
             self.report()
 
     def close_frame(self):
@@ -479,11 +483,44 @@ def parse_options(args):
     return (min(max(level, bounds[0]), bounds[1]), bounds[0], bounds[1], True), args
 
 
+# The longest first line a spare relay takes: its arguments, a Nix command and a store URI.
+MAX_HEADER = 8192
+
+
+def await_arguments(fd):
+    """A spare relay's arguments (the first line on fd, a JSON array of strings) and the bytes after it;
+    (None, b"") when the daemon let it go unused."""
+    import json  # while the spare waits, not on a session's path
+
+    data = b""
+    while b"\n" not in data:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return None, b""
+        data += chunk
+        if len(data) > MAX_HEADER and b"\n" not in data[:MAX_HEADER]:
+            raise Refused("the first line is too long")
+    line, rest = data.split(b"\n", 1)
+    try:
+        words = json.loads(line)
+    except ValueError:
+        raise Refused("the first line is not a JSON array of arguments") from None
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise Refused("the first line is not a JSON array of arguments")
+    return words, rest
+
+
 def main(args):
+    first = b""
+    if args == ["--await"]:
+        load_zstd()  # loaded now, so that the session does not wait for it
+        args, first = await_arguments(0)
+        if args is None:
+            return 0
     if args == ["--check"]:
         lib = load_zstd()
-        # "adapt": this relay takes --adapt (src/ssh/zstd-relay.ts asks before it passes it).
-        print("libzstd " + lib.ZSTD_versionString().decode() + " adapt")
+        # What this relay takes besides --level: --adapt and --await (src/ssh/zstd-relay.ts asks before it uses them).
+        print("libzstd " + lib.ZSTD_versionString().decode() + " adapt await")
         return 0
     policy, args = parse_options(args)
     if not args or args[0] != "--":
@@ -504,7 +541,7 @@ def main(args):
 
     def up():
         try:
-            decompress_into(lib, 0, to_command)
+            decompress_into(lib, 0, to_command, first)
         except Exception as err:  # a corrupt stream, or the command gone: end its input
             if not isinstance(err, BrokenPipeError):
                 failures.append(err)

@@ -108,10 +108,15 @@ function shellQuote(word: string): string {
   return /^[A-Za-z0-9._+/=:@%,-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
 }
 
-/** The command line for the worker's shell, built only from parsed, checked parts. */
-export function renderNixCommand(cmd: NixCommand): string {
+/** The command's words, built only from parsed, checked parts. */
+export function nixArgv(cmd: NixCommand): string[] {
   const parts = [cmd.programPath ?? cmd.program, cmd.mode === 'daemon' ? '--stdio' : '--serve'];
   if (cmd.write) parts.push('--write');
   if (cmd.store !== undefined) parts.push('--store', cmd.store);
-  return parts.map(shellQuote).join(' ');
+  return parts;
+}
+
+/** The command line for the worker's shell. */
+export function renderNixCommand(cmd: NixCommand): string {
+  return nixArgv(cmd).map(shellQuote).join(' ');
 }

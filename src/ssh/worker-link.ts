@@ -6,11 +6,11 @@
  */
 import type { Logger } from '../core/log.js';
 import type { WorkerCompression } from '../core/config.js';
-import { renderNixCommand, type NixCommand } from './nix-command.js';
+import { nixArgv, renderNixCommand, type NixCommand } from './nix-command.js';
 import type { LevelPolicy } from './zstd-adapt.js';
 import { AdaptiveZstdEncoder } from './zstd-adaptive-encoder.js';
 import { ZstdDecoder } from './zstd-codec.js';
-import { relayCanAdapt, ZSTD_RELAY_CHECK, zstdRelayCommand } from './zstd-relay.js';
+import { relayFeatures, spareRelayHeader, ZSTD_RELAY_AWAIT, ZSTD_RELAY_CHECK, zstdRelayCommand } from './zstd-relay.js';
 import {
   connectWorker,
   execChannel,
@@ -40,14 +40,20 @@ export interface WorkerLinkOptions {
 export type RelayProbe =
   { zstd: true; relay: string } | { zstd: false; code: number | null; why: string } | { zstd: false; notAsked: true };
 
+/** Relays kept started ahead of sessions per worker (each a channel and an idle Python process there). */
+export const SPARE_RELAYS = 2;
+
 export class WorkerLink {
   /** More connections, opened when the worker's sshd refuses more channels on the others (MaxSessions). */
   private readonly extraClients: SshClient[] = [];
   private opening: Promise<SshClient> | undefined;
   /** Sessions go through the worker's zstd relay (compression "zstd", and the relay answered). */
   private zstd = false;
-  /** The relay adapts its level too (an older relay answers its check without "adapt"). */
-  private relayAdapts = false;
+  /** What the worker's relay can do (an older relay answers its check without these words). */
+  private relay = { adapt: false, await: false };
+  /** Relays started ahead of sessions (zstd-relay.ts, ZSTD_RELAY_AWAIT), each in a channel of the kept connection. */
+  private readonly spares: WorkerChannel[] = [];
+  private sparesStarting = 0;
   private main: SshClient | undefined;
 
   private constructor(
@@ -66,6 +72,11 @@ export class WorkerLink {
   /** The kept connection, while it is up (for diagnostics and tests). */
   get connection(): SshClient | undefined {
     return this.main;
+  }
+
+  /** Relays started ahead of sessions and not yet taken (each an open channel). */
+  get spareRelays(): number {
+    return this.spares.length;
   }
 
   /** The kept connection is up (not ended, not lost). */
@@ -119,7 +130,8 @@ export class WorkerLink {
     const result = await this.run(ZSTD_RELAY_CHECK, 30_000);
     if (result.code === 0) {
       this.zstd = true;
-      this.relayAdapts = relayCanAdapt(result.stdout);
+      this.relay = relayFeatures(result.stdout);
+      this.refillSpares();
       return { zstd: true, relay: result.stdout.trim() };
     }
     return { zstd: false, code: result.code, why: (result.stderr || result.stdout).trim().split('\n').pop()?.slice(0, 200) ?? '' };
@@ -133,8 +145,48 @@ export class WorkerLink {
     const rendered = renderNixCommand(command);
     if (!this.zstd) return this.exec(rendered);
     const levels = this.options.zstdLevels;
-    const upstream = await this.exec(zstdRelayCommand(rendered, levels.adaptive && this.relayAdapts ? levels : undefined));
-    return { ...upstream, codec: { encoder: new AdaptiveZstdEncoder(levels), decoder: new ZstdDecoder() } };
+    const adapt = levels.adaptive && this.relay.adapt ? levels : undefined;
+    const codec = { encoder: new AdaptiveZstdEncoder(levels), decoder: new ZstdDecoder() };
+    const spare = this.spares.shift();
+    this.refillSpares();
+    if (spare) {
+      spare.channel.write(spareRelayHeader(nixArgv(command), adapt));
+      return { ...spare, codec };
+    }
+    return { ...(await this.exec(zstdRelayCommand(rendered, adapt))), codec };
+  }
+
+  /**
+   * Keeps SPARE_RELAYS relays started ahead of sessions, so that a session need not wait for the
+   * relay's Python to start (≈ 40 ms on a small machine). Only on the kept connection and only
+   * while it takes another channel: a spare never opens a connection of its own.
+   */
+  private refillSpares(): void {
+    const client = this.main;
+    if (!client || !this.zstd || !this.relay.await) return;
+    while (this.spares.length + this.sparesStarting < SPARE_RELAYS) {
+      this.sparesStarting++;
+      execChannel(client, ZSTD_RELAY_AWAIT).then(
+        (channel) => {
+          this.sparesStarting--;
+          if (this.main !== client) {
+            channel.close();
+            return;
+          }
+          const spare = { channel, gate: writeGateOf(client) };
+          channel.on('error', () => undefined);
+          channel.once('close', () => {
+            const index = this.spares.indexOf(spare);
+            if (index >= 0) this.spares.splice(index, 1);
+          });
+          this.spares.push(spare);
+        },
+        (err: unknown) => {
+          this.sparesStarting--;
+          this.options.log.debug({ err: (err as Error).message }, 'no spare zstd relay');
+        },
+      );
+    }
   }
 
   /**

@@ -138,10 +138,16 @@ export function parseRelayReport(payload: Buffer | undefined): DirectionSummary 
   return { ...(isSetting(settled) ? { settled } : {}), final, bytesIn, bytesOut };
 }
 
+/**
+ * The upload's summary is the daemon's own, at the session's end; the download's is the relay's
+ * last report, sent when its setting changed (and at a stream's proper end, which Nix's sessions
+ * rarely reach): without a count yet, the setting it changed to is the one it holds.
+ */
 export function settledLevels(up: DirectionSummary | undefined, down: DirectionSummary | undefined): SettledLevels {
+  const downSetting = down?.settled ?? down?.final;
   return {
     ...(up?.settled !== undefined ? { up: describeSetting(up.settled) } : {}),
-    ...(down?.settled !== undefined ? { down: describeSetting(down.settled) } : {}),
+    ...(downSetting !== undefined ? { down: describeSetting(downSetting) } : {}),
   };
 }
 

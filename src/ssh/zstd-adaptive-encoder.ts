@@ -155,7 +155,8 @@ export class AdaptiveZstdEncoder {
   private switchTo(next: Setting, parts: Buffer[]): void {
     this.closeFrame(parts);
     this.setting = next;
-    if (next !== 'raw') this.zstd.configure(encoderOptions(next, this.policy.adaptive));
+    if (next === 'raw') this.zstd.release();
+    else this.zstd.configure(encoderOptions(next, this.policy.adaptive));
     this.newEpoch();
   }
 

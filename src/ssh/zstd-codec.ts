@@ -60,6 +60,11 @@ export function fixedLevelOptions(level: number): ZstdEncoderOptions {
   return { level, ...(level >= LONG_WINDOW_FROM_LEVEL ? { longWindowLog: LONG_WINDOW_LOG } : {}) };
 }
 
+/** The window a setting asks for (zstd's largest default when it leaves it to the level). */
+function windowLogOf(options: ZstdEncoderOptions): number {
+  return options.longWindowLog ?? options.windowLog ?? 23;
+}
+
 const OUT_CHUNK = 128 * 1024;
 /**
  * One output buffer for every context: the calls are synchronous and each copies out what it
@@ -93,7 +98,16 @@ export class ZstdEncoder {
   /** Settings for the next frame (call between frames). */
   configure(options: ZstdEncoderOptions): void {
     if (this.inFrame) throw new Error('zstd: settings change only between frames');
+    // libzstd keeps a context's memory for the largest settings it had: a smaller window gets a new one.
+    if (windowLogOf(options) < windowLogOf(this.options)) this.release();
     this.options = options;
+    this.configured = false;
+  }
+
+  /** Lets the context go (its memory with the next GC) until the next push: for pass-through stretches. */
+  release(): void {
+    if (this.inFrame) throw new Error('zstd: a context is released only between frames');
+    this.cctx = undefined;
     this.configured = false;
   }
 
@@ -194,6 +208,7 @@ export class ZstdDecoder {
       if (this.hint === 0 && !this.outFull && !this.takeReports()) return undefined;
       const src = this.input[0];
       if (!src && !this.outFull) return undefined;
+      if (this.hint === 0 && src) this.sizeFor(src);
       this.dctx ??= new this.binding.DCtx();
       const [hint, written, read] = this.dctx.decompressStream(out, src ?? NO_INPUT);
       // A call that moved nothing (after a frame's end, the next frame's header size) says nothing new.
@@ -204,6 +219,24 @@ export class ZstdDecoder {
       else if (src) this.input[0] = src.subarray(read);
       if (written > 0) return Buffer.from(out.subarray(0, written));
     }
+  }
+
+  /** The window of the current context's largest frame so far (bytes). */
+  private window = 0;
+
+  /**
+   * Before a frame: libzstd keeps a context's buffers for the largest window it decoded, so a
+   * frame with at most half that window (the worker's level went down, or pass-through) gets a new
+   * context, and the old one's memory goes with the next GC.
+   */
+  private sizeFor(head: Buffer): void {
+    const window = frameWindow(head);
+    if (window === undefined) return;
+    if (this.dctx && window * 2 <= this.window) {
+      this.dctx = undefined;
+      this.window = 0;
+    }
+    this.window = Math.max(this.window, window);
   }
 
   /** Between frames: takes the reports off the input; false while the input ends inside one. */
@@ -225,4 +258,24 @@ export class ZstdDecoder {
       else this.input[0] = head.subarray(found.length);
     }
   }
+}
+
+/** A zstd frame's window size from its header at the start of `head` (RFC 8878, 3.1.1.1), if there. */
+export function frameWindow(head: Buffer): number | undefined {
+  if (head.length < 6 || head.readUInt32LE(0) !== 0xfd2fb528) return undefined;
+  const descriptor = head[4] as number;
+  if (!(descriptor & 0x20)) {
+    const windowByte = head[5] as number;
+    const base = 2 ** (10 + (windowByte >> 3));
+    return base + (base / 8) * (windowByte & 7);
+  }
+  // Single segment: the window is the content size, after the dictionary id.
+  const dictionaryBytes = [0, 1, 2, 4][descriptor & 3] as number;
+  const sizeBytes = [1, 2, 4, 8][descriptor >> 6] as number;
+  const at = 5 + dictionaryBytes;
+  if (head.length < at + sizeBytes) return undefined;
+  if (sizeBytes === 1) return head[at];
+  if (sizeBytes === 2) return head.readUInt16LE(at) + 256;
+  if (sizeBytes === 4) return head.readUInt32LE(at);
+  return Number(head.readBigUInt64LE(at));
 }

@@ -20,15 +20,32 @@ export const ZSTD_RELAY_SOURCE = 'worker/zstd-relay.py';
  * sends at its fixed level 3: the worker's downlink is the fast one).
  */
 export function zstdRelayCommand(renderedNixCommand: string, adapt?: LevelPolicy): string {
-  const levels = adapt ? `--level ${adapt.start} --adapt ${adapt.min}:${adapt.max} ` : '';
-  return `${ZSTD_RELAY} ${levels}-- ${renderedNixCommand}`;
+  return [ZSTD_RELAY, ...levelArgs(adapt), '--', renderedNixCommand].join(' ');
 }
 
-/** The word a relay that adapts its level adds to its check's answer. */
-export const RELAY_ADAPTS = 'adapt';
+function levelArgs(adapt: LevelPolicy | undefined): string[] {
+  return adapt ? ['--level', String(adapt.start), '--adapt', `${adapt.min}:${adapt.max}`] : [];
+}
 
-export function relayCanAdapt(checkAnswer: string): boolean {
-  return checkAnswer.trim().split(/\s+/).includes(RELAY_ADAPTS);
+/**
+ * A relay started ahead of its session (a spare): Python and libzstd loaded, it waits for one line
+ * on its stdin, the JSON array of its arguments (as zstdRelayCommand's, the Nix command as words),
+ * and then runs as if started with them. A session that takes it starts without waiting for Python.
+ */
+export const ZSTD_RELAY_AWAIT = `${ZSTD_RELAY} --await`;
+
+/** The first line a spare relay reads: its arguments. */
+export function spareRelayHeader(nixArgv: string[], adapt?: LevelPolicy): Buffer {
+  return Buffer.from(`${JSON.stringify([...levelArgs(adapt), '--', ...nixArgv])}\n`);
+}
+
+/** What the relay's check answers besides libzstd's version: the features the daemon may use. */
+export const RELAY_ADAPTS = 'adapt';
+export const RELAY_AWAITS = 'await';
+
+export function relayFeatures(checkAnswer: string): { adapt: boolean; await: boolean } {
+  const words = checkAnswer.trim().split(/\s+/);
+  return { adapt: words.includes(RELAY_ADAPTS), await: words.includes(RELAY_AWAITS) };
 }
 
 /** Answers 0 (and libzstd's version) on a worker whose relay can run. */

@@ -6,6 +6,7 @@
  * the link than the input and output hold.
  */
 import t from 'tap';
+import type { StateData } from '../../src/daemon/state.js';
 import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -73,6 +74,8 @@ t.test('each compression setting builds the same bytes, negotiates itself, and z
         (session.wireUp as number) < (session.up as number) / 4,
         `zstd: the session sent ${String(session.wireUp)} bytes for ${String(session.up)}`,
       );
+      // The default level is "auto": the session says what each direction settled on.
+      t.match(session.zstd, { up: /^level -?\d+$/ }, `zstd (${protocol}): the upload settled on a level: ${JSON.stringify(session.zstd)}`);
     }
 
     const server = rig.fake.liveServers().find((s) => s.labels[LABEL_POOL] === compression);
@@ -89,6 +92,10 @@ t.test('each compression setting builds the same bytes, negotiates itself, and z
       t.ok(bytes.down < INPUT_BYTES / 4, `${name}: ${bytes.down} bytes down for an output of ${INPUT_BYTES}`);
     }
   }
+  // The relay reported its level in the stream; the state file (what `status` shows) keeps both.
+  const state = JSON.parse(readFileSync(join(rig.dir, 'state', 'state.json'), 'utf8')) as StateData;
+  const zstdWorker = state.workers.find((w) => w.pool === 'zstd');
+  t.match(zstdWorker?.zstd, { up: /^level -?\d+$/, down: /^level -?\d+$/ }, `status shows the levels: ${JSON.stringify(zstdWorker?.zstd)}`);
 });
 
 t.test("a worker whose zstd relay does not run: said on the build's stderr, and the build goes uncompressed", async (t) => {

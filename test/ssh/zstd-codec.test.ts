@@ -95,3 +95,28 @@ t.test('the relay wraps the command the endpoint rendered, and nothing else', as
     "nix-hcloud-builder-zstd-relay -- nix-store --serve --write --store 'local?root=/mnt'",
   );
 });
+
+t.test("a frame's window is read from its header, as the decoder sizes its context by it", async (t) => {
+  const { frameWindow } = await import('../../src/ssh/zstd-codec.js');
+  for (const windowLog of [17, 19, 21]) {
+    const frame = spawnSync('zstd', ['-3', '-c', `--zstd=wlog=${windowLog}`], { input: sample(3 << windowLog) }).stdout;
+    t.equal(frameWindow(frame), 2 ** windowLog, `zstd --zstd=wlog=${windowLog}`);
+  }
+  const magic = [0x28, 0xb5, 0x2f, 0xfd];
+  t.equal(frameWindow(Buffer.from([...magic, 0x20, 200, 0])), 200, 'a single-segment frame: its content size (1 byte)');
+  t.equal(frameWindow(Buffer.from([...magic, 0x60, 0x10, 0x00])), 0x10 + 256, 'a single-segment frame: its content size (2 bytes, + 256)');
+  t.equal(frameWindow(Buffer.from([...magic, 0x00, 0x39])), 144 * 1024, 'a window with a mantissa: 2^17 + 1/8');
+  t.equal(frameWindow(Buffer.from('not zstd')), undefined);
+});
+
+t.test('a stream whose frames change their windows decodes whole (the decoder changes its context between them)', async (t) => {
+  const parts = [sample(3 << 21), sample(100_000), sample(3 << 19)];
+  const frames = [21, 17, 19].map(
+    (windowLog, i) => spawnSync('zstd', ['-3', '-c', `--zstd=wlog=${windowLog}`], { input: parts[i], maxBuffer: 64 << 20 }).stdout,
+  );
+  const decoder = new ZstdDecoder();
+  const out: Buffer[] = [];
+  const stream = Buffer.concat(frames);
+  for (let at = 0; at < stream.length; at += 50_000) out.push(...decodeAll(decoder, stream.subarray(at, at + 50_000)));
+  t.ok(Buffer.concat(out).equals(Buffer.concat(parts)));
+});

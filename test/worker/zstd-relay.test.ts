@@ -8,7 +8,7 @@ import t, { type Test } from 'tap';
 import { packageRoot } from '../../src/core/package-file.js';
 import { parseNixCommand } from '../../src/ssh/nix-command.js';
 import { LONG_WINDOW_LOG, ZstdDecoder, ZstdEncoder, type ZstdEncoderOptions } from '../../src/ssh/zstd-codec.js';
-import { ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-relay.js';
+import { spareRelayHeader, ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-relay.js';
 import { PROGRAM_PATHS_REFUSED } from '../ssh/nix-command-cases.js';
 import { decodeAll } from '../ssh/decode-all.js';
 import { run } from '../rig/process.js';
@@ -22,9 +22,14 @@ function u64(n: number): Buffer {
   return b;
 }
 
-/** The relay running `command` as sshd would start it, with the daemon's encoder and decoder on its pipes. */
-function startRelay(command: string[], pythonOptions: string[] = [], encoderOptions: ZstdEncoderOptions = { level: 3 }) {
-  const child = spawn('python3', [...pythonOptions, RELAY, '--', ...command], { env: rigNixEnv(), stdio: ['pipe', 'pipe', 'pipe'] });
+/**
+ * The relay running `command` as sshd would start it, with the daemon's encoder and decoder on
+ * its pipes; `spare`: started with --await, and given its arguments in its first line.
+ */
+function startRelay(command: string[], pythonOptions: string[] = [], encoderOptions: ZstdEncoderOptions = { level: 3 }, spare = false) {
+  const args = spare ? ['--await'] : ['--', ...command];
+  const child = spawn('python3', [...pythonOptions, RELAY, ...args], { env: rigNixEnv(), stdio: ['pipe', 'pipe', 'pipe'] });
+  if (spare) child.stdin.write(spareRelayHeader(command));
   const encoder = new ZstdEncoder(encoderOptions);
   const decoder = new ZstdDecoder();
   let answer = Buffer.alloc(0);
@@ -109,10 +114,55 @@ t.test("the relay takes the daemon's long window (its high levels) and refuses a
   t.notMatch(longer.stderr(), /Traceback/);
 });
 
+t.test('a spare relay (--await) takes its arguments from its first line and runs the command as if started with them', async (t) => {
+  for (const [command, magic, answer] of [
+    [['nix-daemon', '--stdio'], 0x6e697863, 0x6478696f],
+    [['nix-store', '--serve', '--write'], 0x390c9deb, 0x5452eecb],
+  ] as const) {
+    const relay = startRelay([...command], [], { level: 3 }, true);
+    t.teardown(() => relay.child.kill('SIGKILL'));
+    relay.send(u64(magic));
+    t.equal(await relay.firstWord, answer, `${command.join(' ')} answers its magic`);
+    for (const part of relay.encoder.end()) relay.child.stdin.write(part);
+    relay.child.stdin.end();
+    const { code } = await relay.closed;
+    t.type(code, 'number', `and ends when its input does (the command's status, ${String(code)})`);
+    t.notMatch(relay.stderr(), /Traceback|refused/);
+  }
+});
+
+t.test('a spare relay let go unused ends quietly; one given a bad first line or a refused command runs nothing', async (t) => {
+  const unused = await run('python3', [RELAY, '--await'], { timeoutMs: 10_000 });
+  t.equal(unused.code, 0, 'EOF before any line: exit 0');
+  t.equal(unused.stderr, '');
+  const dir = mkdtempSync(join(tmpdir(), 'nhb-relay-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const marker = join(dir, 'ran');
+  for (const [line, why] of [
+    [`${JSON.stringify(['--', 'sh', '-c', `touch ${marker}`])}\n`, /command refused \(program 'sh'/],
+    ['nix-daemon --stdio\n', /not a JSON array/],
+    [`${JSON.stringify(['--', 'nix-daemon', 7])}\n`, /not a JSON array/],
+    ['x'.repeat(10_000), /too long/],
+  ] as const) {
+    const child = spawn('python3', [RELAY, '--await'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdin.end(line);
+    const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+    t.equal(code, 2, `${line.slice(0, 40)}: exit 2`);
+    t.match(stderr, why, 'one line saying why');
+  }
+  t.notOk(existsSync(marker), 'nothing ran');
+});
+
 t.test('--check loads libzstd and says its version', async (t) => {
   const r = await run('python3', [RELAY, '--check'], { timeoutMs: 10_000 });
   t.equal(r.code, 0, r.stderr);
-  t.match(r.stdout, /^libzstd \d+\.\d+\.\d+ adapt\n$/, 'and that it adapts its level (the daemon asks before it passes --adapt)');
+  t.match(
+    r.stdout,
+    /^libzstd \d+\.\d+\.\d+ adapt await\n$/,
+    'and what it takes: --adapt and --await (the daemon asks before it uses them)',
+  );
 });
 
 t.test('the relay refuses anything but the Nix commands, as the endpoint does, and runs nothing', async (t) => {
