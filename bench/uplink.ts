@@ -486,7 +486,7 @@ function goals(profiles: Profile[], pick: Pick): void {
       ['home, realistic, upload: time ÷ direct -C', '≤ 0.8', fixed(vsC, 2), verdict(vsC <= 0.8)],
     );
   }
-  say(`Goals of the default (${ours}):`);
+  say(`Goals of the default (${DEFAULT_WORKER_COMPRESSION}, level auto):`);
   say();
   say(table(['goal', 'target', 'measured', 'verdict'], rows));
   say();
