@@ -8,7 +8,13 @@
  * fast as the machine allows, so the daemon holds 64 sessions' worth of buffers at once: the
  * SSH windows of both legs and, downloading, what its serial writer queues towards the client
  * (bounded by its high-water mark). Before each half, the daemon's VmHWM is reset
- * (`/proc/<pid>/clear_refs`), so the peak is that half's own.
+ * (`/proc/<pid>/clear_refs`), so the peak is that half's own. The pool has the section's
+ * compression (BENCH_COMPRESSION, the default unless set).
+ *
+ * Zero output: one `nix copy --from` of a store path made on the worker that holds a file of
+ * BENCH_ZERO_MIB (2048) MiB of zeros, as a build's big sparse or padded output would be: with
+ * zstd, the worker's relay sends it in a sliver of its size, so the daemon's decoder inflates it
+ * ~1000:1 and must hand it on without holding it. VmHWM reset before, as above.
  *
  * Soak: repeated sessions for BENCH_SOAK_S seconds: BENCH_SOAK_LANES lanes of serve handshakes
  * (session setup and teardown, one after the other in each lane) plus one lane of small uploads and
@@ -35,7 +41,8 @@ import {
   table,
   writeRandomFile,
 } from './lib.js';
-import { ENDPOINT_ALIAS, WIDE_POOL, type BenchRig } from './rig.js';
+import { ENDPOINT_ALIAS, WIDE_POOL, WORKER_ALIAS, type BenchRig } from './rig.js';
+import { sessionsSince } from './sessions.js';
 import { serveHandshake } from './ssh.js';
 
 const TARGET = `${WIDE_POOL}@${ENDPOINT_ALIAS}`;
@@ -72,12 +79,23 @@ export interface SoakResult {
   daemonCpuS: number;
 }
 
+export interface ZeroOutput {
+  mib: number;
+  narBytes: number;
+  wallMs: number;
+  stalled: boolean;
+  /** Bytes from the worker to the daemon (the `session ended` lines' wireDown). */
+  wireDownBytes: number;
+  vmHwmMiB: number;
+}
+
 export interface MemoryResult {
   idleRssMiB: number;
   mibPerPath: number;
   /** Whether VmHWM could be reset before each half (else it is the peak since the daemon started). */
   hwmReset: boolean;
   halves: StreamHalf[];
+  zeroOutput?: ZeroOutput;
 }
 
 /** Resets the peak RSS (VmHWM) of a process (Linux ≥ 4.0, needs the right to write clear_refs). */
@@ -178,7 +196,55 @@ async function streamHalf(
   return half;
 }
 
-export async function memoryPeak(b: BenchRig, configFile: string, sessions: number, mib: number, stallMs: number): Promise<MemoryResult> {
+/**
+ * The zero-output case: the path is made on the worker over direct ssh (its /tmp is this
+ * machine's, its store its own), then downloaded once through the daemon.
+ */
+async function zeroOutput(b: BenchRig, mib: number, stallMs: number): Promise<ZeroOutput> {
+  const direct = b.sshConfig(b.workerRecord(WIDE_POOL));
+  const onWorker = (script: string): Promise<{ stdout: string }> => cmd('ssh', ['-F', direct, `root@${WORKER_ALIAS}`, script]);
+  const folder = join(b.dir, `nhb-bench-zeros-${randomBytes(6).toString('hex')}`);
+  progress(`making a store path of ${mib} MiB of zeros on the worker of pool ${WIDE_POOL}`);
+  const path = (
+    await onWorker(
+      `set -e; mkdir ${folder}; head -c ${mib * MiB} /dev/zero > ${folder}/zeros; echo ${randomBytes(16).toString('hex')} > ${folder}/nonce; nix-store --add ${folder}; rm -rf ${folder}`,
+    )
+  ).stdout.trim();
+  if (!path.startsWith('/nix/store/')) throw new Error(`nix-store --add on the worker printed ${JSON.stringify(path)}`);
+  try {
+    const narBytes = Number((await onWorker(`nix-store -q --size ${path}`)).stdout.trim());
+    const env = { ...process.env, NIX_SSHOPTS: `-F ${direct}` };
+    resetPeak(b.pid);
+    const linesBefore = b.daemon.lines.length;
+    const r = await cmdWatched('nix', copyArgs('download', path), { env, stallMs });
+    const seen = r.stalled ? undefined : await sessionsSince(b, WIDE_POOL, linesBefore);
+    const result: ZeroOutput = {
+      mib,
+      narBytes,
+      wallMs: r.ms,
+      stalled: r.stalled,
+      wireDownBytes: seen?.wire.down ?? Number.NaN,
+      vmHwmMiB: processMemory(b.pid).peakMiB,
+    };
+    if (!r.stalled) await cmd('nix-store', ['--check-validity', path]);
+    progress(
+      `${mib} MiB of zeros downloaded: ${r.stalled ? 'STALLED' : `${fixed(r.ms / 1000, 1)} s`}, daemon peak RSS ${fixed(result.vmHwmMiB, 1)} MiB`,
+    );
+    return result;
+  } finally {
+    await cmd('nix-store', ['--delete', path], { allowFail: true });
+    await onWorker(`nix-store --delete ${path}`).catch(() => undefined);
+  }
+}
+
+export async function memoryPeak(
+  b: BenchRig,
+  configFile: string,
+  sessions: number,
+  mib: number,
+  zeroMib: number,
+  stallMs: number,
+): Promise<MemoryResult> {
   progress(`booting the worker of pool ${WIDE_POOL}`);
   await serveHandshake(configFile, TARGET);
   await sleep(500);
@@ -199,7 +265,8 @@ export async function memoryPeak(b: BenchRig, configFile: string, sessions: numb
     await cmd('nix-store', ['--delete', ...paths], { allowFail: true });
     rmSync(base, { force: true });
   }
-  reportPeak(result, sessions);
+  result.zeroOutput = await zeroOutput(b, zeroMib, stallMs);
+  reportPeak(result, sessions, b.options.compression);
   return result;
 }
 
@@ -310,9 +377,9 @@ export async function soak(b: BenchRig, configFile: string, seconds: number, lan
   return result;
 }
 
-function reportPeak(r: MemoryResult, sessions: number): void {
+function reportPeak(r: MemoryResult, sessions: number, compression: string | undefined): void {
   say(
-    `### 5. Daemon memory: ${sessions} sessions streaming at once (\`nix copy\` of ${r.mibPerPath} MiB each, all at once, through pool "${WIDE_POOL}")`,
+    `### 5. Daemon memory: ${sessions} sessions streaming at once (\`nix copy\` of ${r.mibPerPath} MiB each, all at once, through pool "${WIDE_POOL}", compression ${compression === 'zstd' ? 'zstd, level auto' : (compression ?? 'the default')})`,
   );
   say();
   say(
@@ -342,6 +409,28 @@ function reportPeak(r: MemoryResult, sessions: number): void {
   say(
     `RSS with the worker warm and no session: ${fixed(r.idleRssMiB, 1)} MiB. **Peak ${fixed(peak, 1)} MiB = ${fixed((peak * MiB) / 1e6, 0)} MB** (goal ≤ 256 MB).`,
   );
+  say();
+  const z = r.zeroOutput;
+  if (!z) return;
+  say(`#### 5a. A ${z.mib} MiB all-zero output comes back (one \`nix copy --from\`, made on the worker)`);
+  say();
+  const peakMB = (z.vmHwmMiB * MiB) / 1e6;
+  say(
+    table(
+      ['NAR MB', 'wall s', 'MB/s', 'wire MB down', `VmHWM MiB${r.hwmReset ? ' (reset before)' : ' (since start)'}`],
+      [
+        [
+          fixed(z.narBytes / 1e6, 1),
+          z.stalled ? '**stalled**' : fixed(z.wallMs / 1000, 2),
+          z.stalled ? '' : fixed(z.narBytes / z.wallMs / 1000, 1),
+          fixed(z.wireDownBytes / 1e6, 2),
+          fixed(z.vmHwmMiB, 1),
+        ],
+      ],
+    ),
+  );
+  say();
+  say(`**Peak ${fixed(peakMB, 0)} MB** (goal ≤ 300 MB): ${!z.stalled && peakMB <= 300 ? 'met' : '**not met**'}.`);
   say();
 }
 

@@ -38,11 +38,16 @@ export const WORKER_ALIAS = 'bench-worker';
 /** The pool that stays warm for the throughput and session-setup benchmarks. */
 export const WARM_POOL = 'x86_64';
 /**
- * Like the warm pool, with the compression a user gets by default (the warm pool's is
- * BENCH_COMPRESSION, "none" unless set): the session-setup and build sections run both, side by side.
+ * Like the warm pool, with the compression a user gets by default whatever BENCH_COMPRESSION says
+ * (no compression settings: the default level too).
  */
 export const DEFAULT_POOL = 'default';
-export const DEFAULT_COMPRESSION_LABEL = `${DEFAULT_WORKER_COMPRESSION} (the default)`;
+/**
+ * Like the warm pool, with compression pinned to "none", as direct OpenSSH has it: the session-setup
+ * and build sections run it beside DEFAULT_POOL, to show what the default costs per session.
+ */
+export const PLAIN_POOL = 'plain';
+export const DEFAULT_COMPRESSION_LABEL = `${DEFAULT_WORKER_COMPRESSION}, level auto (the default)`;
 /** The pool whose worker is deleted after each session, for the cold-start benchmark. */
 export const COLD_POOL = 'cold';
 /** Like COLD_POOL, on a stock image without Nix: each boot installs Nix from the rig's release tarball. */
@@ -67,7 +72,7 @@ export interface BenchRigOptions {
   verbose: boolean;
   /** Other pools instead of the usual four (the uplink section has one per compression setting). */
   pools?: Record<string, PoolOverrides>;
-  /** Compression of the usual four pools (default "none", as direct OpenSSH has it). */
+  /** Compression of the usual pools but PLAIN_POOL and DEFAULT_POOL (default: the config's default, at its default level). */
   compression?: WorkerCompression;
   /** More fake cloud options, e.g. an emulated link in front of every server. */
   fake?: Partial<FakeCloudOptions>;
@@ -91,7 +96,7 @@ export class BenchRig {
   }
 
   static async start(options: BenchRigOptions): Promise<BenchRig> {
-    const compression = options.compression ?? 'none';
+    const compression = options.compression ?? DEFAULT_WORKER_COMPRESSION;
     const rig = await Rig.start({
       fake: {
         bootDelayMs: options.bootDelayMs,
@@ -101,14 +106,15 @@ export class BenchRig {
         log: options.verbose ? (line: string) => void process.stderr.write(`[fake] ${line}\n`) : () => undefined,
         ...options.fake,
       },
-      // These sections measure the pipe itself against direct OpenSSH over loopback, where bytes
-      // are free: compression off by default, as direct OpenSSH has it (the uplink section
-      // measures compression; BENCH_COMPRESSION=zstd measures what the default costs here).
+      // These sections measure what a user gets against direct OpenSSH over loopback: the default
+      // compression unless BENCH_COMPRESSION says otherwise (none: the pipe alone, as direct
+      // OpenSSH has it). No compressionLevel: the default level.
       pools: options.pools ?? {
         // One warm worker for the whole run: nothing is deleted while measuring.
         [WARM_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '60m', compression },
         // No compression setting: the default's.
         [DEFAULT_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '60m' },
+        [PLAIN_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '60m', compression: 'none' },
         // Deleted one second after each session, so that every session there is a cold start.
         [COLD_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '1s', compression },
         [BURST_POOL]: { maxWorkers: BURST_MAX_WORKERS, jobsPerWorker: BURST_JOBS_PER_WORKER, idleTimeout: '1s', compression },

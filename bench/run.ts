@@ -19,6 +19,7 @@
  *   BENCH_BUILD_JOBS   max-jobs of the machines line on both paths (default 8 = the warm pool's slots)
  *   BENCH_MEM_SESSIONS nix copy at once for the memory peak (default 64)
  *   BENCH_MEM_MIB      size of each of their store paths in MiB (default 64: big enough that all 64 stream at once)
+ *   BENCH_ZERO_MIB     size of the memory section's all-zero output in MiB (default 2048)
  *   BENCH_SOAK_S       length of the soak in seconds (default 600)
  *   BENCH_SOAK_LANES   serve-handshake lanes of the soak, besides its one lane of small copies (default 4)
  *   BENCH_SOAK_KIB     size of the soak's small copies in KiB (default 1024)
@@ -26,9 +27,9 @@
  *   BENCH_UPLINK_RUNS  uplink runs per route, payload and direction (default 1)
  *   BENCH_UPLINK_PROFILES  link profiles of the uplink section: home, office, loopback (no emulated link) or
  *                      UP_MBIT/DOWN_MBIT/DELAY_MS (default home,office,loopback)
- *   BENCH_UPLINK_PAYLOADS  realistic and/or random (default realistic)
- *   BENCH_UPLINK_DIRECTIONS  upload, download and/or build (default upload,download)
- *   BENCH_UPLINK_MORE  1: the uplink section also measures zlib and zstd fixed at 12
+ *   BENCH_UPLINK_DIRECTIONS  comma list of upload, download, build (default upload,download)
+ *   BENCH_UPLINK_PAYLOADS    comma list of realistic, random (default realistic)
+ *   BENCH_UPLINK_MORE  set: the uplink section also runs zlib and zstd at fixed level 12
  *   BENCH_WARM_MIB     size of the warm-store section's payload in MiB (default 128)
  *   BENCH_WARM_PROFILE link profile of the warm-store section (default home)
  *   BENCH_STALL_BOOT_S the worker's boot time in the stall section (default 20); its client Nix versions: NHB_NIX_CLIENTS
@@ -36,8 +37,9 @@
  *   BENCH_READY_MS     the fake cloud's delay from sshd up to cloud-init's runcmd (default 500)
  *   BENCH_STALL_S      a transfer that moves no byte for this long is killed and reported as stalled (default 20)
  *   BENCH_CLI          the daemon's built CLI to measure (default dist/src/cli/main.js of this tree), e.g. another build
- *   BENCH_COMPRESSION  compression of the loopback sections' pools: none (default), zlib or zstd (the
- *                      setup and build sections also run a pool with the default compression)
+ *   BENCH_COMPRESSION  compression of the loopback sections' pools: none, zlib or zstd (default: the
+ *                      config's default, zstd at level auto); the setup and build sections run the
+ *                      default pool and one with compression none beside it, whatever this says
  *   BENCH_DAEMON_NODE_ARGS  comma list of node arguments for the daemon, e.g. --cpu-prof,--cpu-prof-dir=DIR
  *   BENCH_JSON         also write every figure to this file as JSON
  *   BENCH_VERBOSE      show the fake cloud's log lines
@@ -46,14 +48,14 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
-import { WORKER_COMPRESSIONS, type WorkerCompression } from '../src/core/config.js';
+import { DEFAULT_WORKER_COMPRESSION, WORKER_COMPRESSIONS, type WorkerCompression } from '../src/core/config.js';
 import { buildWorkload, type BuildResult } from './build.js';
 import { burst, type BurstResult } from './burst.js';
 import { coldStart, compareColdStarts, type ColdResult } from './cold.js';
 import { makeNixRelease, poolNixSetting, serveNixRelease } from '../test/rig/nix-release.js';
 import { cmd, envInt, envList, fixed, processMemory, progress, say } from './lib.js';
 import { memoryPeak, soak, type MemoryResult, type SoakResult } from './memory.js';
-import { BenchRig, BURST_POOL, COLD_POOL, COLD_STOCK_POOL, DEFAULT_POOL, ENDPOINT_ALIAS, WARM_POOL, WIDE_POOL } from './rig.js';
+import { BenchRig, BURST_POOL, COLD_POOL, COLD_STOCK_POOL, DEFAULT_POOL, ENDPOINT_ALIAS, PLAIN_POOL, WARM_POOL, WIDE_POOL } from './rig.js';
 import { sessionSetup, type SetupResult } from './setup.js';
 import { stall, type StallResult } from './stall.js';
 import { serveHandshake } from './ssh.js';
@@ -73,7 +75,7 @@ for (const s of only)
 const wanted = (s: Section): boolean => only.includes(s);
 
 function envCompression(): WorkerCompression {
-  const value = process.env.BENCH_COMPRESSION || 'none';
+  const value = process.env.BENCH_COMPRESSION || DEFAULT_WORKER_COMPRESSION;
   const known = WORKER_COMPRESSIONS.find((c) => c === value);
   if (!known) throw new Error(`BENCH_COMPRESSION must be one of ${WORKER_COMPRESSIONS.join(', ')}, not ${JSON.stringify(value)}`);
   return known;
@@ -94,12 +96,16 @@ const settings = {
   buildJobs: envInt('BENCH_BUILD_JOBS', 8, 1),
   memSessions: envInt('BENCH_MEM_SESSIONS', 64, 1),
   memMib: envInt('BENCH_MEM_MIB', 64, 1),
+  zeroMib: envInt('BENCH_ZERO_MIB', 2048, 1),
   soakS: envInt('BENCH_SOAK_S', 600, 10),
   soakLanes: envInt('BENCH_SOAK_LANES', 4, 1),
   soakKib: envInt('BENCH_SOAK_KIB', 1024, 1),
   uplinkMib: envInt('BENCH_UPLINK_MIB', 256, 1),
   uplinkRuns: envInt('BENCH_UPLINK_RUNS', 1, 1),
   uplinkProfiles: envList('BENCH_UPLINK_PROFILES', ['home', 'office', 'loopback']),
+  uplinkDirections: envList('BENCH_UPLINK_DIRECTIONS', ['upload', 'download']),
+  uplinkPayloads: envList('BENCH_UPLINK_PAYLOADS', ['realistic']),
+  uplinkMore: Boolean(process.env.BENCH_UPLINK_MORE),
   warmMib: envInt('BENCH_WARM_MIB', 128, 1),
   warmProfile: process.env.BENCH_WARM_PROFILE || 'home',
   compression: envCompression(),
@@ -145,6 +151,9 @@ async function main(): Promise<void> {
       mib: settings.uplinkMib,
       runs: settings.uplinkRuns,
       profiles: settings.uplinkProfiles,
+      directions: settings.uplinkDirections,
+      payloads: settings.uplinkPayloads,
+      more: settings.uplinkMore,
       stallMs: settings.stallS * 1000,
       bootDelayMs: settings.bootDelayMs,
       readyDelayMs: settings.readyDelayMs,
@@ -235,7 +244,8 @@ async function mainSections(results: Results): Promise<void> {
       progress(`booting the warm worker of pool ${WARM_POOL}`);
       await serveHandshake(plain, `${WARM_POOL}@${ENDPOINT_ALIAS}`);
       if (wanted('setup') || wanted('build')) {
-        progress(`booting the warm worker of pool ${DEFAULT_POOL} (the default compression)`);
+        progress(`booting the warm workers of pools ${PLAIN_POOL} (compression none) and ${DEFAULT_POOL} (the default compression)`);
+        await serveHandshake(plain, `${PLAIN_POOL}@${ENDPOINT_ALIAS}`);
         await serveHandshake(plain, `${DEFAULT_POOL}@${ENDPOINT_ALIAS}`);
       }
       const worker = b.workerRecord(WARM_POOL);
@@ -267,7 +277,7 @@ async function mainSections(results: Results): Promise<void> {
     }
     if (wanted('memory')) {
       progress(`${settings.memSessions} concurrent nix copy of ${settings.memMib} MiB on pool ${WIDE_POOL}`);
-      results.memory = await memoryPeak(b, plain, settings.memSessions, settings.memMib, settings.stallS * 1000);
+      results.memory = await memoryPeak(b, plain, settings.memSessions, settings.memMib, settings.zeroMib, settings.stallS * 1000);
     }
     if (wanted('soak')) {
       progress(`soak of ${settings.soakS} s on pool ${WIDE_POOL}`);
