@@ -175,8 +175,7 @@ export function pipeSession(
     // client's EOF becomes the worker's EOF.
     const toWorker = gates.toWorker;
     let upPaused = false;
-    /** When the upload was paused for the link (the adaptive encoder counts the wait). */
-    let pausedAt = 0;
+    let pausedAt = 0; // when the upload paused for the link: the adaptive encoder counts the wait
     let upWaitsForGate = false;
     const upBlocked = (): boolean => worker.writableLength >= HIGH_WATER || (toWorker !== undefined && !toWorker.open);
     const resumeUp = (): void => {
