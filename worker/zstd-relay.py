@@ -216,6 +216,8 @@ def decompress_into(lib, src_fd, dst_fd, first=b""):
 EPOCH_BYTES = 1024 * 1024
 WARM_UP_BYTES = 64 * 1024
 LINK_BOUND = 0.25
+LINK_WAITS_MOST = 0.75
+BIG_STEP = 3
 CODEC_ROOM = 0.3
 CODEC_BOUND = 0.5
 LINK_IDLE = 0.05
@@ -226,9 +228,9 @@ RAW = "raw"
 
 
 def step_level(level, by):
-    """One level up or down; zstd's level 0 means its default, so the levels go from -1 to 1."""
-    nxt = level + by
-    return nxt + by if nxt == 0 else nxt
+    """Levels up or down; zstd's level 0 means its default, so the levels go from -1 to 1."""
+    index = (level - 1 if level > 0 else level) + by
+    return index + 1 if index >= 0 else index
 
 
 def next_setting(setting, epoch, policy, raw):
@@ -246,7 +248,7 @@ def next_setting(setting, epoch, policy, raw):
     if bytes_in > 0 and bytes_out / bytes_in >= INCOMPRESSIBLE:
         return RAW
     if link_bound:
-        return min(step_level(setting, 1), hi)
+        return min(step_level(setting, BIG_STEP if blocked / wall >= LINK_WAITS_MOST else 1), hi)
     if codec_bound:
         return max(step_level(setting, -1), lo) if setting > lo else RAW
     return setting

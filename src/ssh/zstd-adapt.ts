@@ -41,6 +41,13 @@ export const EPOCH_BYTES = 1024 * 1024;
 export const WARM_UP_BYTES = 64 * 1024;
 /** Share of an epoch spent waiting for the link that makes the link the limit. */
 export const LINK_BOUND = 0.25;
+/**
+ * Share of an epoch spent waiting for the link that makes it all the limit: three levels up at
+ * once. Each level is a new frame without the history of the last, so a slow link should reach its
+ * level in a few epochs, not in nine.
+ */
+export const LINK_WAITS_MOST = 0.75;
+export const BIG_STEP = 3;
 /** Above this share of an epoch in the codec, a level goes no higher, whatever waits. */
 export const CODEC_ROOM = 0.3;
 /** Share of an epoch spent in the codec, when the link waited for nothing, that makes it the limit. */
@@ -79,15 +86,15 @@ export function nextSetting(setting: Setting, epoch: Epoch, policy: LevelPolicy,
   const codecBound = (epoch.cpuSaturated || epoch.codecMs / wall >= CODEC_BOUND) && epoch.blockedMs / wall < LINK_IDLE;
   if (setting === 'raw') return (linkBound && !raw.incompressible) || raw.epochs >= RAW_RETRY_EPOCHS ? policy.min : 'raw';
   if (epoch.bytesIn > 0 && epoch.bytesOut / epoch.bytesIn >= INCOMPRESSIBLE) return 'raw';
-  if (linkBound) return Math.min(step(setting, 1), policy.max);
+  if (linkBound) return Math.min(step(setting, epoch.blockedMs / wall >= LINK_WAITS_MOST ? BIG_STEP : 1), policy.max);
   if (codecBound) return setting > policy.min ? Math.max(step(setting, -1), policy.min) : 'raw';
   return setting;
 }
 
-/** One level up or down; zstd's level 0 means its default (3), so the levels go from -1 to 1. */
-function step(level: number, by: 1 | -1): number {
-  const next = level + by;
-  return next === 0 ? next + by : next;
+/** Levels up or down; zstd's level 0 means its default (3), so the levels go from -1 to 1. */
+function step(level: number, by: number): number {
+  const index = (level > 0 ? level - 1 : level) + by;
+  return index >= 0 ? index + 1 : index;
 }
 
 /**

@@ -44,6 +44,9 @@ interface Case {
 
 const CASES: Case[] = [
   { why: 'the output waited for the link half the epoch: up', setting: 3, epoch: epoch({ blockedMs: 50 }), next: 4 },
+  { why: 'the output waited for the link most of the epoch: three levels up', setting: 3, epoch: epoch({ blockedMs: 80 }), next: 6 },
+  { why: 'three levels up from -2 skip level 0', setting: -2, epoch: epoch({ blockedMs: 80 }), next: 2 },
+  { why: 'three levels up stop at the bound', setting: 11, epoch: epoch({ blockedMs: 90 }), next: 12 },
   { why: 'a quarter of the epoch is enough to call the link the limit', setting: 3, epoch: epoch({ blockedMs: 25 }), next: 4 },
   { why: 'at the highest level the link can only wait', setting: 12, epoch: epoch({ blockedMs: 90 }), next: 12 },
   {
@@ -57,7 +60,7 @@ const CASES: Case[] = [
   { why: 'a busy codec while the link also waits is not the limit', setting: 3, epoch: epoch({ codecMs: 60, blockedMs: 10 }), next: 3 },
   { why: 'neither (the source is the limit): hold', setting: 5, epoch: epoch({ codecMs: 20, blockedMs: 2 }), next: 5 },
   { why: 'from level 1 down is -1: zstd level 0 means its default', setting: 1, epoch: epoch({ codecMs: 80 }), next: -1 },
-  { why: 'from level -1 up is 1', setting: -1, epoch: epoch({ blockedMs: 80 }), next: 1 },
+  { why: 'from level -1 up is 1', setting: -1, epoch: epoch({ blockedMs: 60 }), next: 1 },
   { why: 'at the lowest level, still the codec: pass-through', setting: -5, epoch: epoch({ codecMs: 80 }), next: 'raw' },
   { why: 'data that does not compress goes through as it is', setting: 3, epoch: epoch({ bytesOut: MiB }), next: 'raw' },
   { why: 'even on a slow link', setting: 7, epoch: epoch({ bytesOut: MiB * 0.99, blockedMs: 90 }), next: 'raw' },
