@@ -2,25 +2,13 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import t from 'tap';
 import { decodeAll } from './decode-all.js';
+import { sample } from './zstd-sample.js';
 import { AdaptiveZstdEncoder, type EpochMeter } from '../../src/ssh/zstd-adaptive-encoder.js';
 import { EPOCH_BYTES, WARM_UP_BYTES, type LevelPolicy } from '../../src/ssh/zstd-adapt.js';
 import { ZstdDecoder } from '../../src/ssh/zstd-codec.js';
 import { RAW_FRAME_HEADER, skippableFrame } from '../../src/ssh/zstd-frames.js';
 
 const AUTO: LevelPolicy = { start: 3, min: -5, max: 12, adaptive: true };
-
-/** Text that compresses about 3:1, like a NAR of binaries and text. */
-function sample(bytes: number): Buffer {
-  const words = ['nix', 'store', 'derivation', '/nix/store/', 'lib', '.so', 'ELF', '\0\0\0\0', 'x86_64'];
-  const parts: Buffer[] = [];
-  let n = 0;
-  while (n < bytes) {
-    const part = Math.random() < 0.05 ? randomBytes(8) : Buffer.from(words[Math.floor(Math.random() * words.length)] as string);
-    parts.push(part);
-    n += part.length;
-  }
-  return Buffer.concat(parts).subarray(0, bytes);
-}
 
 /** A clock that moves only when told: each epoch lasts what the test says, the codec and the CPU as it says. */
 class TestMeter implements EpochMeter {

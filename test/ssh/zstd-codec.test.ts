@@ -1,22 +1,9 @@
 import { spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import t from 'tap';
 import { decodeAll } from './decode-all.js';
+import { sample } from './zstd-sample.js';
 import { ZstdDecoder, ZstdEncoder } from '../../src/ssh/zstd-codec.js';
 import { zstdRelayCommand } from '../../src/ssh/zstd-relay.js';
-
-/** Text that compresses, but not trivially: the kind of bytes a NAR of binaries and text holds. */
-function sample(bytes: number): Buffer {
-  const words = ['nix', 'store', 'derivation', '/nix/store/', 'lib', '.so', 'ELF', '\0\0\0\0', 'x86_64'];
-  const parts: Buffer[] = [];
-  let n = 0;
-  while (n < bytes) {
-    const part = Math.random() < 0.05 ? randomBytes(8) : Buffer.from(words[Math.floor(Math.random() * words.length)] as string);
-    parts.push(part);
-    n += part.length;
-  }
-  return Buffer.concat(parts).subarray(0, bytes);
-}
 
 t.test('what the encoder writes is one zstd stream that the zstd program reads back', async (t) => {
   const input = sample(3 * 1024 * 1024);
