@@ -8,7 +8,7 @@
 import { createRequire } from 'node:module';
 import type * as ZstdBinding from 'zstd-napi/binding.js';
 import { UserError } from '../core/errors.js';
-import { skippableAt } from './zstd-frames.js';
+import { MAX_BLOCK, RAW_FRAME_HEADER, skippableAt } from './zstd-frames.js';
 
 type Binding = typeof ZstdBinding;
 
@@ -166,11 +166,13 @@ export class ZstdEncoder {
  * The other side's zstd stream, decompressed as the reader takes it: `write` queues input, each
  * `read` hands out at most 128 KiB. A frame that inflates 1000:1 (a 2 GiB output of zeros)
  * waits as input, not as output in memory. Our skippable frames between the frames are the
- * relay's reports (zstd-frames.ts): the last one is `report`.
+ * relay's reports (zstd-frames.ts): the last one is `report`. Our pass-through frames (those that
+ * start with RAW_FRAME_HEADER) are read here block by block and handed out as they came, without
+ * libzstd: a session sending data that does not compress holds no libzstd context.
  */
 export class ZstdDecoder {
   private readonly binding = zstdBinding();
-  /** Made at the first input: a session whose worker sends nothing holds no window. */
+  /** Made at the first libzstd frame: a session whose worker sends nothing holds no window. */
   private dctx: InstanceType<Binding['DCtx']> | undefined;
   /** libzstd's last hint: 0 once a frame is complete (and all of it handed out). */
   private hint = 0;
@@ -178,6 +180,10 @@ export class ZstdDecoder {
   private readonly input: Buffer[] = [];
   /** The last call filled the output: libzstd may have more without new input. */
   private outFull = false;
+  /** Inside one of our pass-through frames: the bytes of its current block still to hand out, and whether it is the last. */
+  private raw: { left: number; last: boolean } | undefined;
+  /** The input so far ends inside a report, a pass-through frame's header or a block's header: reading waits for its rest. */
+  private short = false;
   /** The payload of the last report (a skippable frame of ours) in the stream. */
   report: Buffer | undefined;
 
@@ -186,16 +192,18 @@ export class ZstdDecoder {
    * cut: a peer that ends its stream properly closes the frame. (No input at all is no frame.)
    */
   get midFrame(): boolean {
-    return this.hint !== 0 || this.partReport;
+    return this.hint !== 0 || this.short || this.raw !== undefined;
   }
 
   /** Whether a `read` may hand out more before the next `write`. */
   get pending(): boolean {
-    return (this.input.length > 0 && !this.partReport) || this.outFull;
+    return (this.input.length > 0 && !this.short) || this.outFull;
   }
 
-  /** The input so far ends inside a report: reading waits for its rest. */
-  private partReport = false;
+  /** Whether a libzstd context (and its buffers) is held now. */
+  get holdsContext(): boolean {
+    return this.dctx !== undefined;
+  }
 
   write(chunk: Buffer): void {
     if (chunk.length > 0) this.input.push(chunk);
@@ -205,7 +213,17 @@ export class ZstdDecoder {
   read(): Buffer | undefined {
     const out = outBuffer();
     for (;;) {
-      if (this.hint === 0 && !this.outFull && !this.takeReports()) return undefined;
+      if (this.raw) {
+        const part = this.readRaw();
+        if (part !== null) return part;
+        continue;
+      }
+      if (this.hint === 0 && !this.outFull) {
+        if (!this.takeReports()) return undefined;
+        const ours = this.startRaw();
+        if (ours === 'short') return undefined;
+        if (ours) continue;
+      }
       const src = this.input[0];
       if (!src && !this.outFull) return undefined;
       if (this.hint === 0 && src) this.sizeFor(src);
@@ -215,8 +233,7 @@ export class ZstdDecoder {
       if (read > 0 || written > 0) this.hint = hint;
       // Hint 0: the frame is whole and all of it handed out, even when it filled the buffer exactly.
       this.outFull = written === out.length && hint !== 0;
-      if (src && read === src.length) this.input.shift();
-      else if (src) this.input[0] = src.subarray(read);
+      if (src) this.drop(read);
       if (written > 0) return Buffer.from(out.subarray(0, written));
     }
   }
@@ -226,39 +243,117 @@ export class ZstdDecoder {
 
   /**
    * Before a frame: libzstd keeps a context's buffers for the largest window it decoded, so a
-   * frame with at most half that window (the worker's level went down, or pass-through) gets a new
-   * context, and the old one's memory goes with the next GC.
+   * frame with at most half that window (the worker's level went down) gets a new context, and
+   * the old one's memory goes with the next GC.
    */
   private sizeFor(head: Buffer): void {
     const window = frameWindow(head);
     if (window === undefined) return;
-    if (this.dctx && window * 2 <= this.window) {
-      this.dctx = undefined;
-      this.window = 0;
-    }
+    if (this.dctx && window * 2 <= this.window) this.dropContext();
     this.window = Math.max(this.window, window);
+  }
+
+  private dropContext(): void {
+    this.dctx = undefined;
+    this.window = 0;
+  }
+
+  /**
+   * Between frames: whether one of our pass-through frames starts here (its header is then
+   * taken off the input), or 'short' while the input is a part of its header. Its data needs no
+   * context: the one held goes (the next libzstd frame makes a new one).
+   */
+  private startRaw(): boolean | 'short' {
+    const head = this.peek(RAW_FRAME_HEADER.length);
+    if (head.length === 0 || !head.equals(RAW_FRAME_HEADER.subarray(0, head.length))) return false;
+    this.short = head.length < RAW_FRAME_HEADER.length;
+    if (this.short) return 'short';
+    this.drop(RAW_FRAME_HEADER.length);
+    this.raw = { left: 0, last: false };
+    this.dropContext();
+    return true;
+  }
+
+  /**
+   * In a pass-through frame: the next piece of a block's data as it came (a part of an input
+   * chunk, not a copy), undefined when the input so far ends before it, null when a block
+   * header was taken (the caller goes on).
+   */
+  private readRaw(): Buffer | undefined | null {
+    const raw = this.raw as { left: number; last: boolean };
+    if (raw.left === 0) {
+      const header = this.peek(BLOCK_HEADER_BYTES);
+      this.short = header.length > 0 && header.length < BLOCK_HEADER_BYTES;
+      if (header.length < BLOCK_HEADER_BYTES) return undefined;
+      const value = header.readUIntLE(0, BLOCK_HEADER_BYTES);
+      const size = value >>> 3;
+      if ((value & 0b110) !== 0) throw new Error('zstd: a pass-through frame holds a block that is not raw');
+      if (size > MAX_BLOCK) throw new Error(`zstd: a pass-through frame holds a block of ${size} bytes, more than ${MAX_BLOCK}`);
+      this.drop(BLOCK_HEADER_BYTES);
+      raw.left = size;
+      raw.last = (value & 1) === 1;
+      if (size === 0 && raw.last) this.raw = undefined;
+      return null;
+    }
+    const src = this.input[0];
+    if (!src) return undefined;
+    const part = src.subarray(0, Math.min(raw.left, OUT_CHUNK));
+    raw.left -= part.length;
+    this.drop(part.length);
+    // The last block handed out whole: the frame is over (as libzstd's hint is 0 with a frame's last output).
+    if (raw.left === 0 && raw.last) this.raw = undefined;
+    return part;
+  }
+
+  /** The first `bytes` of the input (fewer when it holds fewer), joined across chunks if need be. */
+  private peek(bytes: number): Buffer {
+    const head = this.input[0];
+    if (!head || head.length >= bytes || this.input.length === 1) return head?.subarray(0, bytes) ?? NO_INPUT;
+    const chunks = this.input.slice(0, bytes); // each holds at least a byte
+    return Buffer.concat(
+      chunks,
+      Math.min(
+        bytes,
+        chunks.reduce((sum, c) => sum + c.length, 0),
+      ),
+    );
+  }
+
+  /** Takes `bytes` off the front of the input. */
+  private drop(bytes: number): void {
+    while (bytes > 0) {
+      const head = this.input[0] as Buffer;
+      if (bytes < head.length) {
+        this.input[0] = head.subarray(bytes);
+        return;
+      }
+      bytes -= head.length;
+      this.input.shift();
+    }
   }
 
   /** Between frames: takes the reports off the input; false while the input ends inside one. */
   private takeReports(): boolean {
     for (;;) {
       const head = this.input[0];
-      this.partReport = false;
+      this.short = false;
       if (!head) return true;
       const found = skippableAt(head);
       if (found === undefined) return true;
       if (found === 'short') {
-        this.partReport = this.input.length < 2;
-        if (this.partReport) return false;
+        this.short = this.input.length < 2;
+        if (this.short) return false;
         this.input.splice(0, 2, Buffer.concat([head, this.input[1] as Buffer]));
         continue;
       }
       this.report = Buffer.from(found.payload);
-      if (found.length === head.length) this.input.shift();
-      else this.input[0] = head.subarray(found.length);
+      this.drop(found.length);
     }
   }
 }
+
+/** A zstd block's header: last-block bit, type, size. */
+const BLOCK_HEADER_BYTES = 3;
 
 /** A zstd frame's window size from its header at the start of `head` (RFC 8878, 3.1.1.1), if there. */
 export function frameWindow(head: Buffer): number | undefined {

@@ -1,8 +1,10 @@
 import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import t from 'tap';
 import { decodeAll } from './decode-all.js';
 import { sample } from './zstd-sample.js';
 import { ZstdDecoder, ZstdEncoder } from '../../src/ssh/zstd-codec.js';
+import { RAW_FRAME_END, RAW_FRAME_HEADER, rawBlocks, skippableFrame } from '../../src/ssh/zstd-frames.js';
 import { zstdRelayCommand } from '../../src/ssh/zstd-relay.js';
 
 t.test('what the encoder writes is one zstd stream that the zstd program reads back', async (t) => {
@@ -106,4 +108,129 @@ t.test('a stream whose frames change their windows decodes whole (the decoder ch
   const stream = Buffer.concat(frames);
   for (let at = 0; at < stream.length; at += 50_000) out.push(...decodeAll(decoder, stream.subarray(at, at + 50_000)));
   t.ok(Buffer.concat(out).equals(Buffer.concat(parts)));
+});
+
+/** A block header (RFC 8878, 3.1.1.2): last-block bit, type (0 raw, 2 compressed), size. */
+function blockHeader(size: number, last: boolean, type = 0): Buffer {
+  const header = Buffer.alloc(3);
+  header.writeUIntLE((size << 3) | (type << 1) | (last ? 1 : 0), 0, 3);
+  return header;
+}
+
+/** Our pass-through frame as the relay writes it: the data in raw blocks, then the empty last block. */
+function ourRawFrame(data: Buffer): Buffer {
+  return Buffer.concat([RAW_FRAME_HEADER, ...rawBlocks(data), RAW_FRAME_END]);
+}
+
+/**
+ * A stream of every kind of frame the decoder meets, with the offsets where a frame ends: ours
+ * (also written otherwise: a last block with data, an empty block inside), reports, libzstd's
+ * frames, and raw-block frames that are not ours (libzstd reads those).
+ */
+function mixedStream(withZstd = true): { stream: Buffer; data: Buffer; ends: Set<number>; lastReport: Buffer } {
+  const parts: { frame: Buffer; data?: Buffer }[] = [];
+  const ours = (data: Buffer): void => void parts.push({ frame: ourRawFrame(data), data });
+  const report = (text: string): void => void parts.push({ frame: skippableFrame(Buffer.from(text)) });
+  const zstd = (data: Buffer, args: string[] = ['-3']): void =>
+    void parts.push({ frame: spawnSync('zstd', [...args, '-c'], { input: data }).stdout, data });
+  ours(sample(300));
+  const a = sample(40);
+  const b = sample(25);
+  parts.push({
+    frame: Buffer.concat([RAW_FRAME_HEADER, blockHeader(40, false), a, blockHeader(0, false), blockHeader(25, true), b]),
+    data: Buffer.concat([a, b]),
+  });
+  report('{"final":"raw","in":365,"out":380}');
+  if (withZstd) zstd(sample(1500));
+  ours(randomBytes(200));
+  report('{"final":3,"in":2065,"out":900}');
+  if (withZstd) {
+    // A frame of raw blocks with another window (a prefix of our header, then not): libzstd's.
+    const c = randomBytes(90);
+    parts.push({
+      frame: Buffer.concat([RAW_FRAME_HEADER.subarray(0, 5), Buffer.from([(18 - 10) << 3]), blockHeader(90, true), c]),
+      data: c,
+    });
+    zstd(randomBytes(120)); // zstd's own raw block, single segment
+  }
+  ours(Buffer.alloc(0));
+  ours(sample(77));
+  report('{"final":"raw","in":3000,"out":3100}');
+  const ends = new Set<number>([0]);
+  let at = 0;
+  for (const p of parts) ends.add((at += p.frame.length));
+  const stream = Buffer.concat(parts.map((p) => p.frame));
+  const data = Buffer.concat(parts.flatMap((p) => (p.data ? [p.data] : [])));
+  return { stream, data, ends, lastReport: Buffer.from('{"final":"raw","in":3000,"out":3100}') };
+}
+
+t.test('our pass-through frames among libzstd frames and reports decode as zstd -d does, split at any byte', async (t) => {
+  const { stream, data, ends, lastReport } = mixedStream();
+  const cli = spawnSync('zstd', ['-d', '-c'], { input: stream });
+  t.equal(cli.status, 0, cli.stderr.toString());
+  t.ok(cli.stdout.equals(data), 'zstd -d reads the stream as built');
+  let wrong = 0;
+  for (let cut = 0; cut <= stream.length; cut++) {
+    const decoder = new ZstdDecoder();
+    const head = Buffer.concat(decodeAll(decoder, stream.subarray(0, cut)));
+    const cutState = { midFrame: decoder.midFrame, pending: decoder.pending };
+    const output = Buffer.concat([head, ...decodeAll(decoder, stream.subarray(cut))]);
+    const ok =
+      cutState.midFrame === !ends.has(cut) &&
+      !cutState.pending &&
+      output.equals(cli.stdout) &&
+      !decoder.midFrame &&
+      !decoder.pending &&
+      decoder.report?.equals(lastReport) === true;
+    if (!ok && wrong++ < 5)
+      t.fail(`split at ${cut}: ${JSON.stringify(cutState)}, ${output.length} bytes, report ${String(decoder.report)}`);
+  }
+  t.equal(wrong, 0, `all ${stream.length + 1} split points: whole output; the first part ends mid-frame exactly when cut inside a frame`);
+  const bytewise = new ZstdDecoder();
+  const out: Buffer[] = [];
+  for (let at = 0; at < stream.length; at++) out.push(...decodeAll(bytewise, stream.subarray(at, at + 1)));
+  t.ok(Buffer.concat(out).equals(cli.stdout), 'fed a byte at a time');
+});
+
+t.test('a stream of pass-through frames and reports never makes a libzstd context, wherever it is split', async (t) => {
+  const { stream, data } = mixedStream(false);
+  let made = 0;
+  for (let cut = 0; cut <= stream.length; cut++) {
+    const decoder = new ZstdDecoder();
+    const output = Buffer.concat([...decodeAll(decoder, stream.subarray(0, cut)), ...decodeAll(decoder, stream.subarray(cut))]);
+    if (decoder.holdsContext || !output.equals(data)) made++;
+  }
+  t.equal(made, 0, 'no split point makes one (and each gives the data back)');
+});
+
+t.test('a pass-through frame drops the context of the libzstd frame before it; the next libzstd frame makes one', async (t) => {
+  const decoder = new ZstdDecoder();
+  const first = sample(5000);
+  t.ok(Buffer.concat(decodeAll(decoder, spawnSync('zstd', ['-3', '-c'], { input: first }).stdout)).equals(first));
+  t.ok(decoder.holdsContext, 'a libzstd frame: a context');
+  const raw = randomBytes(3000);
+  t.ok(Buffer.concat(decodeAll(decoder, ourRawFrame(raw))).equals(raw));
+  t.notOk(decoder.holdsContext, 'a pass-through frame: none');
+  const last = sample(4000);
+  t.ok(Buffer.concat(decodeAll(decoder, spawnSync('zstd', ['-3', '-c'], { input: last }).stdout)).equals(last));
+  t.ok(decoder.holdsContext, 'the next libzstd frame: a new one');
+});
+
+t.test('a big pass-through frame comes out at most 128 KiB per read, as it came', async (t) => {
+  const data = randomBytes(1024 * 1024 + 5);
+  const decoder = new ZstdDecoder();
+  decoder.write(ourRawFrame(data));
+  const parts: Buffer[] = [];
+  for (let part = decoder.read(); part; part = decoder.read()) parts.push(part);
+  t.ok(Buffer.concat(parts).equals(data));
+  t.ok(Math.max(...parts.map((p) => p.length)) <= 128 * 1024, 'no read over 128 KiB');
+  t.notOk(decoder.midFrame);
+  t.notOk(decoder.holdsContext);
+});
+
+t.test('a pass-through frame with a block that is not raw, or too big, is a corrupt stream', async (t) => {
+  const compressedBlock = Buffer.concat([RAW_FRAME_HEADER, blockHeader(10, true, 2), Buffer.alloc(10)]);
+  t.throws(() => decodeAll(new ZstdDecoder(), compressedBlock), /pass-through frame holds a block that is not raw/);
+  const tooBig = Buffer.concat([RAW_FRAME_HEADER, blockHeader(128 * 1024 + 1, true), Buffer.alloc(128 * 1024 + 1)]);
+  t.throws(() => decodeAll(new ZstdDecoder(), tooBig), /more than 131072/);
 });
