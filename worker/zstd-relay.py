@@ -13,7 +13,8 @@ pauses, so every protocol message reaches the daemon at once. stderr passes thro
 With --adapt, the level adapts between MIN and MAX as the daemon's does (src/ssh/zstd-adapt.ts,
 the same rules: a test runs both on the same cases): up while the link is what the output waits
 for, down (then pass-through frames) while compressing is; each change ends the frame and is
-reported in a skippable frame the daemon reads (src/ssh/zstd-frames.ts).
+reported in a skippable frame the daemon reads (src/ssh/zstd-frames.ts). Out of pass-through
+(after the warm-up, on a retry), a level starts with a probe (PROBE_BYTES) in small frames.
 With --await, the relay is started ahead of its session (a spare): it loads what it needs, then
 waits for one line on stdin, the JSON array of the arguments above, and goes on as if started
 with them; the zstd stream follows that line.
@@ -159,6 +160,10 @@ def load_zstd():
     lib.ZSTD_DCtx_setParameter.restype = ctypes.c_size_t
     lib.ZSTD_compressStream2.argtypes = [ctypes.c_void_p, ctypes.POINTER(OutBuffer), ctypes.POINTER(InBuffer), ctypes.c_int]
     lib.ZSTD_compressStream2.restype = ctypes.c_size_t
+    lib.ZSTD_compress2.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t]
+    lib.ZSTD_compress2.restype = ctypes.c_size_t
+    lib.ZSTD_compressBound.argtypes = [ctypes.c_size_t]
+    lib.ZSTD_compressBound.restype = ctypes.c_size_t
     lib.ZSTD_decompressStream.argtypes = [ctypes.c_void_p, ctypes.POINTER(OutBuffer), ctypes.POINTER(InBuffer)]
     lib.ZSTD_decompressStream.restype = ctypes.c_size_t
     lib.ZSTD_isError.argtypes = [ctypes.c_size_t]
@@ -223,6 +228,11 @@ CODEC_BOUND = 0.5
 LINK_IDLE = 0.05
 INCOMPRESSIBLE = 0.97
 RAW_RETRY_EPOCHS = 16
+# After the warm-up and on each retry out of pass-through, the first bytes at a level go as
+# frames of their own, one per chunk (single-segment: the window is the chunk), and only if
+# they compress does the level's streaming context (and its window in the daemon's decoder)
+# follow; data that does not compress goes back to pass-through without ever costing a window.
+PROBE_BYTES = 256 * 1024
 TABLE_CAP_FROM_LEVEL = 6
 RAW = "raw"
 
@@ -295,6 +305,9 @@ class Encoder:
         self.configured = False
         self.frame = None
         self.warming_up = self.adaptive
+        self.probing = False
+        self.probe_in = self.probe_out = 0
+        self.frame_out = None
         self.raw_epochs, self.raw_incompressible = 0, False
         self.tally = {}
         self.total_in = self.total_out = 0
@@ -347,6 +360,20 @@ class Encoder:
             if inb.pos == inb.size and (left == 0 if directive != ZSTD_E_CONTINUE else True):
                 return
 
+    def compress_frame(self, data):
+        """`data` as one complete frame of its own (its size in the header, single-segment)."""
+        cctx = self.context()
+        lib = self.lib
+        bound = lib.ZSTD_compressBound(len(data))
+        if self.frame_out is None or len(self.frame_out) < bound:
+            self.frame_out = ctypes.create_string_buffer(bound)
+        t0 = monotonic()
+        written = checked(lib, lib.ZSTD_compress2(cctx, self.frame_out, bound, data, len(data)))
+        self.codec += monotonic() - t0
+        self.emit(self.frame_out.raw[:written])
+        self.probe_in += len(data)
+        self.probe_out += written
+
     def push(self, data):
         if self.warming_up and self.total_in + len(data) > WARM_UP_BYTES:
             cut = WARM_UP_BYTES - self.total_in
@@ -359,6 +386,9 @@ class Encoder:
             for at in range(0, len(data), MAX_BLOCK):
                 block = data[at : at + MAX_BLOCK]
                 self.emit((len(block) << 3).to_bytes(3, "little") + block)
+        elif self.probing:
+            if data:
+                self.compress_frame(data)
         else:
             self.compress(data, ZSTD_E_CONTINUE)
         self.bytes_in += len(data)
@@ -371,7 +401,7 @@ class Encoder:
             self.compress(b"", ZSTD_E_FLUSH)
 
     def end(self):
-        if self.frame is None and self.setting != RAW:
+        if self.frame is None and self.setting != RAW and not self.probing:
             self.frame = "zstd"  # an empty stream is one empty frame
         self.close_frame()
         if self.adaptive and not self.warming_up:  # a warm-up alone says nothing
@@ -390,6 +420,12 @@ class Encoder:
                 self.warming_up = False
                 self.switch_to(self.policy[0])
             return
+        if self.probing and self.probe_in >= PROBE_BYTES:
+            self.probing = False
+            if self.probe_out / self.probe_in >= INCOMPRESSIBLE:
+                self.raw_epochs, self.raw_incompressible = 0, True
+                self.switch_to(RAW)
+                return
         if self.bytes_in < EPOCH_BYTES:
             return
         epoch = (monotonic() - self.started, self.codec, self.blocked, False, self.bytes_in, self.bytes_out)
@@ -405,6 +441,8 @@ class Encoder:
 
     def switch_to(self, setting):
         self.close_frame()
+        self.probing = self.adaptive and self.setting == RAW and setting != RAW
+        self.probe_in = self.probe_out = 0
         self.setting = setting
         self.configured = False
         self.report()

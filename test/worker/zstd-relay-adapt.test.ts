@@ -10,8 +10,11 @@ import { parseRelayReport } from '../../src/ssh/zstd-adapt.js';
 import { ZstdDecoder } from '../../src/ssh/zstd-codec.js';
 import { ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-relay.js';
 import { decodeAll } from '../ssh/decode-all.js';
+import { frameList } from '../ssh/zstd-frame-list.js';
 
 const RELAY = join(packageRoot(), ZSTD_RELAY_SOURCE);
+/** What runEncoder pushes at a time: the relay's reads of the command's output at most. */
+const CHUNK = 128 * 1024;
 
 /**
  * Runs the relay's Encoder on `mib` MiB (text that compresses, or random bytes) into a pipe whose
@@ -40,9 +43,9 @@ def reader():
 th = threading.Thread(target=reader); th.start()
 enc = relay.Encoder(lib, policy, w)
 seen = []
-for at in range(0, len(data), 131072):
+for at in range(0, len(data), ${CHUNK}):
     seen.append(enc.setting)
-    enc.push(data[at : at + 131072])
+    enc.push(data[at : at + ${CHUNK}])
     enc.flush()
 enc.end(); os.close(w); th.join()
 open(${JSON.stringify(join(dir, 'input'))}, "wb").write(data)
@@ -80,6 +83,53 @@ t.test("a slow reader (the link) raises the relay's level; the daemon reads the 
   t.equal(report?.final, final, "the relay's last report: where it ended");
   t.equal(report?.bytesIn, 10 << 20, 'and how much it carried');
   t.ok(typeof report?.settled === 'number' && report.settled > 3, `settled above the start: ${report?.settled}`);
+  const stream = readFileSync(join(dir, 'stream'));
+  const cli = spawnSync('zstd', ['-d', '-c'], { input: stream, maxBuffer: 64 << 20 });
+  t.ok(cli.status === 0 && cli.stdout.equals(output), 'zstd -d reads the same');
+  const frames = frameList(stream).filter((f) => f.kind === 'zstd');
+  t.ok(frames[0]?.ours, 'the warm-up: a pass-through frame');
+  const afterWarmUp = frames.slice(1);
+  const probe = afterWarmUp.slice(
+    0,
+    afterWarmUp.findIndex((f) => !f.singleSegment),
+  );
+  t.equal(probe.length, 3, 'then the probe: a frame per chunk up to 256 KiB, each single-segment');
+  t.ok(
+    probe.every((f) => (f.window as number) <= CHUNK),
+    'with windows of its chunk',
+  );
+  t.ok(
+    frames.slice(1 + probe.length).every((f) => !f.singleSegment && (f.window as number) >= 512 * 1024),
+    'then streaming frames, with the windows of level 3 and up',
+  );
+});
+
+t.test('random bytes never make a frame with a window above the chunk size, nor a streaming context, even on a retry', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'nhb-relay-adapt-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  // 18 MiB: the warm-up, a probe at the start level, 16 epochs as they are, then a probe at the lowest level.
+  const seen = runEncoder(dir, { mib: 18, random: true, readerSleepMs: 0, adapt: '-5:12' }).split(' ');
+  t.same([...new Set(seen)], ['raw', '3', '-5'], 'probed at the start level, then at the lowest on the retry');
+  t.equal(seen.at(-1), 'raw', 'and went back to pass-through');
+  const stream = readFileSync(join(dir, 'stream'));
+  const frames = frameList(stream).filter((f) => f.kind === 'zstd');
+  const libzstd = frames.filter((f) => !f.ours);
+  t.ok(libzstd.length >= 4, `${libzstd.length} probe frames`);
+  t.same(
+    frames.filter((f) => (f.window as number) > CHUNK),
+    [],
+    'no window above the chunk size',
+  );
+  t.ok(
+    libzstd.every((f) => f.singleSegment),
+    "libzstd's frames are single-segment (the probe's): none from a streaming context",
+  );
+  const input = readFileSync(join(dir, 'input'));
+  const { output, decoder } = decode(dir);
+  t.ok(output.equals(input), "the daemon's decoder gives the input back");
+  t.notOk(decoder.holdsContext, 'and holds no libzstd context after the pass-through frames');
+  const cli = spawnSync('zstd', ['-d', '-c'], { input: stream, maxBuffer: 64 << 20 });
+  t.ok(cli.status === 0 && cli.stdout.equals(input), 'zstd -d reads the same');
 });
 
 t.test('random bytes go through as they are when the reader keeps up', async (t) => {
