@@ -307,16 +307,17 @@ export class ZstdDecoder {
 
   /** The first `bytes` of the input (fewer when it holds fewer), joined across chunks if need be. */
   private peek(bytes: number): Buffer {
-    const head = this.input[0];
-    if (!head || head.length >= bytes || this.input.length === 1) return head?.subarray(0, bytes) ?? NO_INPUT;
-    const chunks = this.input.slice(0, bytes); // each holds at least a byte
-    return Buffer.concat(
-      chunks,
-      Math.min(
-        bytes,
-        chunks.reduce((sum, c) => sum + c.length, 0),
-      ),
-    );
+    const head = this.input[0] ?? NO_INPUT;
+    if (head.length >= bytes || this.input.length < 2) return head.subarray(0, bytes);
+    const parts: Buffer[] = [];
+    let length = 0;
+    for (const chunk of this.input) {
+      if (length === bytes) break;
+      const part = chunk.subarray(0, bytes - length);
+      parts.push(part);
+      length += part.length;
+    }
+    return Buffer.concat(parts, length);
   }
 
   /** Takes `bytes` off the front of the input. */
