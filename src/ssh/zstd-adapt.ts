@@ -39,6 +39,13 @@ export const EPOCH_BYTES = 1024 * 1024;
  * of a download) never allocates zstd's tables.
  */
 export const WARM_UP_BYTES = 64 * 1024;
+/**
+ * Adaptive only: the first bytes at a level after pass-through (the warm-up, a stretch of data that
+ * did not compress) go as complete one-shot frames, each sized to itself, and show whether the data
+ * compresses before the session's encoder allocates its window and tables: a session of random data
+ * never does.
+ */
+export const PROBE_BYTES = 256 * 1024;
 /** Share of an epoch spent waiting for the link that makes the link the limit. */
 export const LINK_BOUND = 0.25;
 /**
@@ -118,6 +125,42 @@ export function adaptiveWindowLog(level: number): number {
  */
 export const LONG_WINDOW_FROM_LEVEL_ADAPTIVE = 10;
 export const LONG_WINDOW_LOG_ADAPTIVE = 23;
+
+/**
+ * The daemon's upload, the user's slow and costly direction, looks back further: 16 MiB (on the
+ * bench's payload at level 12: 1.6 % fewer bytes than 8 MiB, 3.5 % fewer than level 9's 1 MiB),
+ * for at most LONG_WINDOW_SESSIONS sessions of the daemon at once (≈ 27 MB each); the others go
+ * no higher than level 9. The worker's relay keeps LONG_WINDOW_LOG_ADAPTIVE: the daemon decodes
+ * what it sends, and the download is the fast direction.
+ */
+export const UPLOAD_LONG_WINDOW_LOG = 24;
+export const LONG_WINDOW_SESSIONS = 4;
+
+/**
+ * Where the next session over a link starts: where the last session's adaptation left it, but
+ * never below the pool's start (the user's uplink to a worker does not change between sessions,
+ * so each need not climb again: climbing is slow and costs bytes, while a level too high for the
+ * CPU comes down an epoch at a time, and the start level is cheap everywhere). A session that went
+ * to pass-through because its data did not compress says nothing of the link and leaves it as it
+ * was.
+ */
+export class LinkStart {
+  private level: number;
+
+  constructor(private readonly policy: LevelPolicy) {
+    this.level = policy.start;
+  }
+
+  /** The policy for the next session: the pool's, starting where the last one ended. */
+  next(): LevelPolicy {
+    return { ...this.policy, start: this.level };
+  }
+
+  /** What a session ended on (undefined: it never left its warm-up and probe, or its data did not compress). */
+  learn(level: number | undefined): void {
+    if (level !== undefined && this.policy.adaptive) this.level = Math.min(Math.max(level, this.policy.start), this.policy.max);
+  }
+}
 
 /** From this level up zstd's hash and chain tables outgrow the window; adaptive caps each at the window's size (2^(windowLog-2) entries of 4 bytes), at most 4 MiB. */
 export const TABLE_CAP_FROM_LEVEL = 6;
