@@ -1,6 +1,7 @@
 /**
  * The adaptive level (`compressionLevel: "auto"`), in the spirit of `zstd --adapt`: each
- * direction of a session looks back over an epoch (EPOCH_BYTES of input) and asks what limited it.
+ * direction of a session looks back over an epoch (EPOCH_BYTES of input, EPOCH_MIN_MS at least) and
+ * asks what limited it.
  * - The link: the compressed bytes waited for the link (the channel's window full, the socket
  *   full) a good part of the time, and the codec has room. Bytes are what costs: one level up.
  *   (What waits may also be the far end, a store writing files: the codec's room keeps a level
@@ -33,6 +34,13 @@ export function levelPolicyOf(level: number | 'auto', min: number, max: number, 
 
 /** How much input makes an epoch: large enough to measure, small enough to follow a link. */
 export const EPOCH_BYTES = 1024 * 1024;
+/**
+ * And how long at least: a link's buffers (the socket's, the SSH window) take output in bursts
+ * (a window adjust frees 1 MiB at once), and an epoch inside such a burst saw the codec busy and
+ * the link waiting for nothing, on a link that is the limit. 200 ms spans several bursts on a
+ * 40 Mbit/s uplink.
+ */
+export const EPOCH_MIN_MS = 200;
 /**
  * Adaptive only: the first bytes go through as they are. They are the protocol's handshake and
  * small requests, which gain next to nothing; a direction that never carries more (the requests

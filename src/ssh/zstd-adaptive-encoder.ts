@@ -11,6 +11,7 @@ import {
   adaptiveWindowLog,
   describeSetting,
   EPOCH_BYTES,
+  EPOCH_MIN_MS,
   INCOMPRESSIBLE,
   LONG_WINDOW_FROM_LEVEL_ADAPTIVE,
   LONG_WINDOW_SESSIONS,
@@ -195,8 +196,10 @@ export class AdaptiveZstdEncoder {
       return;
     }
     if (this.probeLeft > 0 || this.bytesIn < EPOCH_BYTES) return;
+    const wallMs = this.meter.now() - this.started;
+    if (wallMs < EPOCH_MIN_MS) return;
     const epoch: Epoch = {
-      wallMs: this.meter.now() - this.started,
+      wallMs,
       codecMs: this.codecMs,
       blockedMs: this.blockedMs,
       cpuSaturated: this.meter.saturatedSince(this.loopMark),

@@ -4,7 +4,7 @@ import t from 'tap';
 import { decodeAll } from './decode-all.js';
 import { sample } from './zstd-sample.js';
 import { AdaptiveZstdEncoder, longWindowsInUse, type EpochMeter } from '../../src/ssh/zstd-adaptive-encoder.js';
-import { EPOCH_BYTES, LONG_WINDOW_SESSIONS, PROBE_BYTES, WARM_UP_BYTES, type LevelPolicy } from '../../src/ssh/zstd-adapt.js';
+import { EPOCH_BYTES, EPOCH_MIN_MS, LONG_WINDOW_SESSIONS, PROBE_BYTES, WARM_UP_BYTES, type LevelPolicy } from '../../src/ssh/zstd-adapt.js';
 import { ZstdDecoder } from '../../src/ssh/zstd-codec.js';
 import { RAW_FRAME_HEADER, skippableFrame } from '../../src/ssh/zstd-frames.js';
 
@@ -92,9 +92,9 @@ t.test('a slow link raises the level an epoch at a time up to the bound; a busy 
   const input = sample(20 * EPOCH_BYTES + WARM_UP_BYTES);
   const out = encode(encoder, input, (epoch) => {
     levels.push(encoder.describe());
-    meter.t += 100;
+    meter.t += EPOCH_MIN_MS;
     if (epoch < 8)
-      encoder.waited(60); // the link held the output 60 % of the epoch
+      encoder.waited(0.6 * EPOCH_MIN_MS); // the link held the output 60 % of the epoch
     else meter.saturated = true; // then the CPU is the limit and the link waits for nothing
   });
   t.ok(levels.includes('level 6'), `reached the bound: ${levels.join(', ')}`);
@@ -107,6 +107,26 @@ t.test('a slow link raises the level an epoch at a time up to the bound; a busy 
   t.ok(cli.stdout.equals(input), 'every change at a frame boundary: the stream reads back whole');
 });
 
+t.test("a burst into the link's free buffers is not an epoch: the level holds until the epoch's time is up", async (t) => {
+  const meter = new TestMeter();
+  const encoder = new AdaptiveZstdEncoder(AUTO, meter);
+  const burstMiB = 8;
+  const levels: string[] = [];
+  encode(
+    encoder,
+    sample(WARM_UP_BYTES + PROBE_BYTES + burstMiB * EPOCH_BYTES),
+    () => {
+      meter.t += EPOCH_MIN_MS / (2 * burstMiB); // each MiB in a sliver of the epoch, the CPU busy, nothing waited
+      meter.saturated = true;
+    },
+    () => levels.push(encoder.describe()),
+  );
+  t.equal(encoder.describe(), 'level 3', `no level change within a burst: ${[...new Set(levels)].join(', ')}`);
+  meter.t += EPOCH_MIN_MS;
+  encoder.push(sample(64 * 1024));
+  t.equal(encoder.describe(), 'level 2', 'and one step once the epoch has lasted long enough to tell');
+});
+
 t.test('data that does not compress goes through as it is, and zstd is tried again now and then', async (t) => {
   const meter = new TestMeter();
   const encoder = new AdaptiveZstdEncoder(AUTO, meter);
@@ -116,7 +136,7 @@ t.test('data that does not compress goes through as it is, and zstd is tried aga
   const out = encode(
     encoder,
     input,
-    () => (meter.t += 100),
+    () => (meter.t += EPOCH_MIN_MS),
     () => {
       seen.add(encoder.describe());
       context ||= encoder.holdsContext;
@@ -172,8 +192,8 @@ t.test("long windows are the daemon's to share: a fifth session that climbs stay
   t.equal(longWindowsInUse(), LONG_WINDOW_SESSIONS - 1, 'a session that ends gives its window back (once)');
   const late = encoders[LONG_WINDOW_SESSIONS] as AdaptiveZstdEncoder;
   encode(late, input, () => {
-    meter.t += 100;
-    late.waited(90); // the link holds its output
+    meter.t += EPOCH_MIN_MS;
+    late.waited(0.9 * EPOCH_MIN_MS); // the link holds its output
   });
   t.equal(late.describe(), 'level 12', 'and the one that waited takes it when its link says so');
   for (const e of encoders) e.close();
@@ -184,13 +204,13 @@ t.test('what a session learns for the next one over its link', async (t) => {
   const meter = new TestMeter();
   const climbing = new AdaptiveZstdEncoder({ ...AUTO, max: 9 }, meter);
   encode(climbing, sample(WARM_UP_BYTES + PROBE_BYTES + 4 * EPOCH_BYTES), () => {
-    meter.t += 100;
-    climbing.waited(90);
+    meter.t += EPOCH_MIN_MS;
+    climbing.waited(0.9 * EPOCH_MIN_MS);
   });
   t.equal(climbing.learnedLevel(), 9, 'the level a slow link took it to');
   const busy = new AdaptiveZstdEncoder({ ...AUTO, min: 1 }, meter);
   meter.saturated = true;
-  encode(busy, sample(WARM_UP_BYTES + PROBE_BYTES + 6 * EPOCH_BYTES), () => (meter.t += 100));
+  encode(busy, sample(WARM_UP_BYTES + PROBE_BYTES + 6 * EPOCH_BYTES), () => (meter.t += EPOCH_MIN_MS));
   t.equal(busy.describe(), 'pass-through', 'a busy CPU took it to pass-through');
   t.equal(busy.learnedLevel(), 1, 'which teaches the lowest level');
   const short = new AdaptiveZstdEncoder(AUTO, meter);
