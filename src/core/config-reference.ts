@@ -109,7 +109,7 @@ export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
     key: 'pools.<name>.compressionLevel',
     default: '`"auto"`',
     meaning:
-      'with `"zstd"`: `"auto"` adapts the level of each direction of each session between `compressionLevelMin` and `compressionLevelMax`: up while the link is what the bytes wait for, down (and to pass-through) while compressing is, pass-through for data that does not compress; it starts at 3 after the first 64 KiB. A number (-7 to 19, not 0) fixes the level of what the daemon sends up (the worker then sends at 3; from 9 on the daemon also finds repeats up to 128 MiB back, taking up to ≈ 150 MB per busy session). `status` and the log say what sessions settled on. See [Which compression for which link](compression.md)',
+      'with `"zstd"`: `"auto"` adapts the level of each direction of each session between `compressionLevelMin` and `compressionLevelMax`: up while the link is what the bytes wait for, down (and to pass-through) while compressing is, pass-through for data that does not compress; it starts at 3 after the first 64 KiB (a later session over the same worker connection where the last one ended, never below 3). A number (-7 to 19, not 0) fixes the level of what the daemon sends up (the worker then sends at 3; from 9 on the daemon also finds repeats up to 128 MiB back, taking up to ≈ 150 MB per busy session). `status` and the log say what sessions settled on. See [Which compression for which link](compression.md)',
   },
   {
     key: 'pools.<name>.compressionLevelMin',
@@ -120,7 +120,7 @@ export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
     key: 'pools.<name>.compressionLevelMax',
     default: '`12`',
     meaning:
-      'with `"auto"`: the highest level (-7 to 19, not 0). Memory follows the level: the window is 128 KiB at the negative levels, 512 KiB at 3, 1 MiB at 6–9, and from 10 (only where the link is slow) 8 MiB with long-distance matching, about 25 MB per busy session; zstd\'s tables are capped at the window\'s size',
+      'with `"auto"`: the highest level (-7 to 19, not 0). Memory follows the level: the window is 128 KiB at the negative levels, 512 KiB at 3, 1 MiB at 6–9, and from 10 (only where the link is slow) 8 MiB with long-distance matching, about 25 MB per busy session (the daemon\'s upload: 16 MiB, ≈ 27 MB, for at most 4 sessions at once; the others stay at 9); zstd\'s tables are capped at the window\'s size',
   },
   {
     key: 'pools.<name>.earlyHandshake',

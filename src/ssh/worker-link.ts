@@ -7,7 +7,7 @@
 import type { Logger } from '../core/log.js';
 import type { WorkerCompression } from '../core/config.js';
 import { nixArgv, renderNixCommand, type NixCommand } from './nix-command.js';
-import type { LevelPolicy } from './zstd-adapt.js';
+import { LinkStart, parseRelayReport, type LevelPolicy } from './zstd-adapt.js';
 import { AdaptiveZstdEncoder } from './zstd-adaptive-encoder.js';
 import { ZstdDecoder } from './zstd-codec.js';
 import { relayFeatures, spareRelayHeader, ZSTD_RELAY_AWAIT, ZSTD_RELAY_CHECK, zstdRelayCommand } from './zstd-relay.js';
@@ -55,6 +55,9 @@ export class WorkerLink {
   private readonly spares: WorkerChannel[] = [];
   private sparesStarting = 0;
   private main: SshClient | undefined;
+  /** Where the next session's upload and the relay's download start (the last sessions' levels). */
+  private readonly upStart: LinkStart;
+  private readonly downStart: LinkStart;
 
   private constructor(
     private readonly target: WorkerSshTarget,
@@ -62,6 +65,8 @@ export class WorkerLink {
     private readonly options: WorkerLinkOptions,
   ) {
     this.main = client;
+    this.upStart = new LinkStart(options.zstdLevels);
+    this.downStart = new LinkStart(options.zstdLevels);
   }
 
   /** Opens the kept connection (one attempt); throws `HostKeyMismatch` for a wrong host key. */
@@ -144,16 +149,26 @@ export class WorkerLink {
   async openSession(command: NixCommand): Promise<WorkerChannel> {
     const rendered = renderNixCommand(command);
     if (!this.zstd) return this.exec(rendered);
-    const levels = this.options.zstdLevels;
-    const adapt = levels.adaptive && this.relay.adapt ? levels : undefined;
-    const codec = { encoder: new AdaptiveZstdEncoder(levels), decoder: new ZstdDecoder() };
+    const adapt = this.options.zstdLevels.adaptive && this.relay.adapt ? this.downStart.next() : undefined;
+    const codec = { encoder: new AdaptiveZstdEncoder(this.upStart.next()), decoder: new ZstdDecoder() };
     const spare = this.spares.shift();
     this.refillSpares();
-    if (spare) {
-      spare.channel.write(spareRelayHeader(nixArgv(command), adapt));
-      return { ...spare, codec };
+    if (spare) spare.channel.write(spareRelayHeader(nixArgv(command), adapt));
+    let opened: WorkerChannel;
+    try {
+      opened = spare ?? (await this.exec(zstdRelayCommand(rendered, adapt)));
+    } catch (err) {
+      codec.encoder.close();
+      throw err;
     }
-    return { ...(await this.exec(zstdRelayCommand(rendered, adapt))), codec };
+    // However the session ends, the channel closes: the encoder's memory goes, the link learns its levels.
+    opened.channel.once('close', () => {
+      codec.encoder.close();
+      this.upStart.learn(codec.encoder.learnedLevel());
+      const down = parseRelayReport(codec.decoder.report)?.final;
+      this.downStart.learn(typeof down === 'number' ? down : undefined);
+    });
+    return { ...opened, codec };
   }
 
   /**

@@ -1,6 +1,7 @@
 /**
  * The adaptive level (`compressionLevel: "auto"`), in the spirit of `zstd --adapt`: each
- * direction of a session looks back over an epoch (EPOCH_BYTES of input) and asks what limited it.
+ * direction of a session looks back over an epoch (EPOCH_BYTES of input, EPOCH_MIN_MS at least) and
+ * asks what limited it.
  * - The link: the compressed bytes waited for the link (the channel's window full, the socket
  *   full) a good part of the time, and the codec has room. Bytes are what costs: one level up.
  *   (What waits may also be the far end, a store writing files: the codec's room keeps a level
@@ -34,11 +35,25 @@ export function levelPolicyOf(level: number | 'auto', min: number, max: number, 
 /** How much input makes an epoch: large enough to measure, small enough to follow a link. */
 export const EPOCH_BYTES = 1024 * 1024;
 /**
+ * And how long at least: a link's buffers (the socket's, the SSH window) take output in bursts
+ * (a window adjust frees 1 MiB at once), and an epoch inside such a burst saw the codec busy and
+ * the link waiting for nothing, on a link that is the limit. 200 ms spans several bursts on a
+ * 40 Mbit/s uplink.
+ */
+export const EPOCH_MIN_MS = 200;
+/**
  * Adaptive only: the first bytes go through as they are. They are the protocol's handshake and
  * small requests, which gain next to nothing; a direction that never carries more (the requests
  * of a download) never allocates zstd's tables.
  */
 export const WARM_UP_BYTES = 64 * 1024;
+/**
+ * Adaptive only: the first bytes at a level after pass-through (the warm-up, a stretch of data that
+ * did not compress) go as complete one-shot frames, each sized to itself, and show whether the data
+ * compresses before the session's encoder allocates its window and tables: a session of random data
+ * never does.
+ */
+export const PROBE_BYTES = 256 * 1024;
 /** Share of an epoch spent waiting for the link that makes the link the limit. */
 export const LINK_BOUND = 0.25;
 /**
@@ -118,6 +133,42 @@ export function adaptiveWindowLog(level: number): number {
  */
 export const LONG_WINDOW_FROM_LEVEL_ADAPTIVE = 10;
 export const LONG_WINDOW_LOG_ADAPTIVE = 23;
+
+/**
+ * The daemon's upload, the user's slow and costly direction, looks back further: 16 MiB (on the
+ * bench's payload at level 12: 1.6 % fewer bytes than 8 MiB, 3.5 % fewer than level 9's 1 MiB),
+ * for at most LONG_WINDOW_SESSIONS sessions of the daemon at once (≈ 27 MB each); the others go
+ * no higher than level 9. The worker's relay keeps LONG_WINDOW_LOG_ADAPTIVE: the daemon decodes
+ * what it sends, and the download is the fast direction.
+ */
+export const UPLOAD_LONG_WINDOW_LOG = 24;
+export const LONG_WINDOW_SESSIONS = 4;
+
+/**
+ * Where the next session over a link starts: where the last session's adaptation left it, but
+ * never below the pool's start (the user's uplink to a worker does not change between sessions,
+ * so each need not climb again: climbing is slow and costs bytes, while a level too high for the
+ * CPU comes down an epoch at a time, and the start level is cheap everywhere). A session that went
+ * to pass-through because its data did not compress says nothing of the link and leaves it as it
+ * was.
+ */
+export class LinkStart {
+  private level: number;
+
+  constructor(private readonly policy: LevelPolicy) {
+    this.level = policy.start;
+  }
+
+  /** The policy for the next session: the pool's, starting where the last one ended. */
+  next(): LevelPolicy {
+    return { ...this.policy, start: this.level };
+  }
+
+  /** What a session ended on (undefined: it never left its warm-up and probe, or its data did not compress). */
+  learn(level: number | undefined): void {
+    if (level !== undefined && this.policy.adaptive) this.level = Math.min(Math.max(level, this.policy.start), this.policy.max);
+  }
+}
 
 /** From this level up zstd's hash and chain tables outgrow the window; adaptive caps each at the window's size (2^(windowLog-2) entries of 4 bytes), at most 4 MiB. */
 export const TABLE_CAP_FROM_LEVEL = 6;

@@ -1,18 +1,25 @@
 /**
  * The daemon's encoder of a session's upload: zstd at a fixed level, or at the level the
  * adaptation (zstd-adapt.ts) picks epoch by epoch, with pass-through frames below zstd's lowest.
- * Each change ends the frame and starts the next one with the new setting.
+ * Each change ends the frame and starts the next one with the new setting. Adaptive, a level
+ * after pass-through starts with a probe (one-shot frames, PROBE_BYTES): the session's own
+ * context is made only for data that compresses. Long windows are shared out
+ * (LONG_WINDOW_SESSIONS): the daemon's memory is bounded however many sessions climb.
  */
 import { performance, type EventLoopUtilization } from 'node:perf_hooks';
 import {
   adaptiveWindowLog,
   describeSetting,
   EPOCH_BYTES,
+  EPOCH_MIN_MS,
   INCOMPRESSIBLE,
   LONG_WINDOW_FROM_LEVEL_ADAPTIVE,
+  LONG_WINDOW_SESSIONS,
   nextSetting,
+  PROBE_BYTES,
   SettingTally,
   TABLE_CAP_FROM_LEVEL,
+  UPLOAD_LONG_WINDOW_LOG,
   WARM_UP_BYTES,
   type DirectionSummary,
   type Epoch,
@@ -20,7 +27,7 @@ import {
   type RawState,
   type Setting,
 } from './zstd-adapt.js';
-import { fixedLevelOptions, ZstdEncoder, type ZstdEncoderOptions } from './zstd-codec.js';
+import { fixedLevelOptions, oneShotFrames, ZstdEncoder, type ZstdEncoderOptions } from './zstd-codec.js';
 import { RAW_FRAME_END, RAW_FRAME_HEADER, rawBlocks } from './zstd-frames.js';
 
 /** The clock and the CPU gauge an epoch is measured with (tests give their own). */
@@ -41,13 +48,21 @@ export const processMeter: EpochMeter = {
   saturatedSince: (mark) => performance.eventLoopUtilization(mark as EventLoopUtilization).utilization >= LOOP_SATURATED,
 };
 
-/** zstd's settings for a level: a fixed level's own, or the adaptation's bounded window. */
-export function encoderOptions(level: number, adaptive: boolean): ZstdEncoderOptions {
+/** zstd's settings for a level: a fixed level's own, or the adaptation's bounded window (the upload's longer one with a long window held). */
+export function encoderOptions(level: number, adaptive: boolean, longWindow = false): ZstdEncoderOptions {
   if (!adaptive) return fixedLevelOptions(level);
-  const windowLog = adaptiveWindowLog(level);
+  const windowLog = longWindow ? UPLOAD_LONG_WINDOW_LOG : adaptiveWindowLog(level);
   const tables = level >= TABLE_CAP_FROM_LEVEL ? { tableLog: Math.min(windowLog - 2, 20) } : {};
   if (level >= LONG_WINDOW_FROM_LEVEL_ADAPTIVE) return { level, longWindowLog: windowLog, ...tables };
   return { level, windowLog, ...tables };
+}
+
+/** Sessions of this process holding a long window now (at most LONG_WINDOW_SESSIONS). */
+let longWindowsHeld = 0;
+
+/** How many long windows the daemon's sessions hold (for tests and the docs' memory bound). */
+export function longWindowsInUse(): number {
+  return longWindowsHeld;
 }
 
 export class AdaptiveZstdEncoder {
@@ -57,6 +72,15 @@ export class AdaptiveZstdEncoder {
   private warmingUp: boolean;
   private readonly raw: RawState = { epochs: 0, incompressible: false };
   private readonly tally = new SettingTally();
+  /** Bytes of the probe still to go as one-shot frames (0: not probing). */
+  private probeLeft = 0;
+  private probeIn = 0;
+  private probeOut = 0;
+  /** This session holds one of the long windows. */
+  private longWindow = false;
+  /** The level its epochs last chose (LinkStart learns it). */
+  private learned: number | undefined;
+  private closed = false;
   private totalIn = 0;
   private totalOut = 0;
   // The epoch so far.
@@ -79,9 +103,9 @@ export class AdaptiveZstdEncoder {
 
   push(chunk: Buffer): Buffer[] {
     const parts: Buffer[] = [];
-    if (this.warmingUp && this.totalIn + chunk.length > WARM_UP_BYTES) {
-      // Only the warm-up goes as it is: the rest of the chunk at the start level.
-      const cut = WARM_UP_BYTES - this.totalIn;
+    // The warm-up and the probe end where they end, whatever the chunks: the rest of a chunk goes on.
+    const cut = this.warmingUp ? WARM_UP_BYTES - this.totalIn : this.probeLeft > 0 ? this.probeLeft : chunk.length;
+    if (cut < chunk.length) {
       parts.push(...this.push(chunk.subarray(0, cut)));
       chunk = chunk.subarray(cut);
     }
@@ -89,11 +113,18 @@ export class AdaptiveZstdEncoder {
       if (this.frame === undefined) this.open(parts, RAW_FRAME_HEADER);
       this.emit(parts, rawBlocks(chunk));
     } else {
-      this.frame = 'zstd';
+      const probing = this.probeLeft > 0;
+      if (!probing) this.frame = 'zstd';
       const t0 = this.meter.now();
-      const out = this.zstd.push(chunk);
+      const out = probing ? oneShotFrames(chunk, this.setting) : this.zstd.push(chunk);
       this.codecMs += this.meter.now() - t0;
+      const before = this.bytesOut;
       this.emit(parts, out);
+      if (probing) {
+        this.probeLeft -= chunk.length;
+        this.probeIn += chunk.length;
+        this.probeOut += this.bytesOut - before;
+      }
     }
     this.bytesIn += chunk.length;
     this.totalIn += chunk.length;
@@ -110,9 +141,22 @@ export class AdaptiveZstdEncoder {
 
   end(): Buffer[] {
     const parts: Buffer[] = [];
-    if (this.frame === undefined && this.setting !== 'raw') this.frame = 'zstd'; // an empty stream is one empty frame
+    // An empty stream is one empty frame (a probe's frames are whole already).
+    if (this.frame === undefined && this.setting !== 'raw' && this.totalOut === 0) this.frame = 'zstd';
     this.closeFrame(parts);
     return parts;
+  }
+
+  /** The session is over (on every path): its long window, if it held one, goes to the next. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.giveLongWindow();
+  }
+
+  /** The level this session's epochs last chose, for the next session over the same link (see LinkStart). */
+  learnedLevel(): number | undefined {
+    return this.learned;
   }
 
   /** The compressed bytes waited this long for the link (the pipe paused for it). */
@@ -125,6 +169,11 @@ export class AdaptiveZstdEncoder {
     return { ...(settled !== undefined ? { settled } : {}), final: this.setting, bytesIn: this.totalIn, bytesOut: this.totalOut };
   }
 
+  /** Whether the session's own libzstd context is held (not while warming up, probing or passing through). */
+  get holdsContext(): boolean {
+    return this.zstd.holdsContext;
+  }
+
   describe(): string {
     return describeSetting(this.setting);
   }
@@ -133,34 +182,74 @@ export class AdaptiveZstdEncoder {
     if (this.warmingUp) {
       if (this.totalIn < WARM_UP_BYTES) return;
       this.warmingUp = false;
-      this.switchTo(this.policy.start, parts);
+      this.switchTo(this.withinLongWindows(this.policy.start), parts);
       return;
     }
-    if (this.bytesIn < EPOCH_BYTES) return;
+    if (this.probeIn > 0 && this.probeLeft === 0) {
+      const incompressible = this.probeOut / this.probeIn >= INCOMPRESSIBLE;
+      this.probeIn = this.probeOut = 0;
+      if (incompressible) {
+        this.raw.epochs = 0;
+        this.raw.incompressible = true;
+        this.switchTo('raw', parts);
+      } else this.newEpoch();
+      return;
+    }
+    if (this.probeLeft > 0 || this.bytesIn < EPOCH_BYTES) return;
+    const wallMs = this.meter.now() - this.started;
+    if (wallMs < EPOCH_MIN_MS) return;
     const epoch: Epoch = {
-      wallMs: this.meter.now() - this.started,
+      wallMs,
       codecMs: this.codecMs,
       blockedMs: this.blockedMs,
       cpuSaturated: this.meter.saturatedSince(this.loopMark),
       bytesIn: this.bytesIn,
       bytesOut: this.bytesOut,
     };
-    const next = nextSetting(this.setting, epoch, this.policy, this.raw);
+    let next = nextSetting(this.setting, epoch, this.policy, this.raw);
     if (this.setting === 'raw') this.raw.epochs++;
     if (next === 'raw' && this.setting !== 'raw') {
       this.raw.epochs = 0;
       this.raw.incompressible = epoch.bytesOut / epoch.bytesIn >= INCOMPRESSIBLE;
     }
+    next = this.withinLongWindows(next);
+    if (this.setting !== 'raw') this.learned = next === 'raw' ? (this.raw.incompressible ? this.learned : this.policy.min) : next;
     if (next !== this.setting) this.switchTo(next, parts);
     else this.newEpoch();
   }
 
   private switchTo(next: Setting, parts: Buffer[]): void {
     this.closeFrame(parts);
+    const from = this.setting;
     this.setting = next;
+    if (next === 'raw' || next < LONG_WINDOW_FROM_LEVEL_ADAPTIVE) this.giveLongWindow();
     if (next === 'raw') this.zstd.release();
-    else this.zstd.configure(encoderOptions(next, this.policy.adaptive));
+    else {
+      this.zstd.configure(encoderOptions(next, this.policy.adaptive, this.longWindow));
+      // A level after pass-through: the probe first (a fixed level has no pass-through).
+      if (from === 'raw') this.probeLeft = PROBE_BYTES;
+    }
     this.newEpoch();
+  }
+
+  /**
+   * A level from 10 takes one of the daemon's long windows; when none is free the session stays
+   * below (or, when its bounds keep it at 10 or above, goes on with the relay's 8 MiB window).
+   */
+  private withinLongWindows(next: Setting): Setting {
+    if (!this.policy.adaptive || next === 'raw' || next < LONG_WINDOW_FROM_LEVEL_ADAPTIVE || this.longWindow) return next;
+    if (!this.closed && longWindowsHeld < LONG_WINDOW_SESSIONS) {
+      longWindowsHeld++;
+      this.longWindow = true;
+      return next;
+    }
+    return Math.max(LONG_WINDOW_FROM_LEVEL_ADAPTIVE - 1, this.policy.min);
+  }
+
+  private giveLongWindow(): void {
+    if (!this.longWindow) return;
+    this.longWindow = false;
+    longWindowsHeld--;
   }
 
   private closeFrame(parts: Buffer[]): void {

@@ -78,6 +78,29 @@ function outBuffer(): Buffer {
 /** A flush or an end takes no input: one empty buffer for all of them (flushes are per event-loop turn). */
 const NO_INPUT = Buffer.alloc(0);
 
+/** The most a one-shot frame carries: its worst case (zstd's compress bound) fits the shared output buffer. */
+const ONE_SHOT_MAX = 64 * 1024;
+/** One context for every one-shot frame (the calls are synchronous): zstd sizes it to the input, not to a window. */
+let sharedOneShot: InstanceType<Binding['CCtx']> | undefined;
+
+/**
+ * `data` as complete frames (at most 64 KiB each) at `level`, made without a context of the
+ * caller's: each frame says its size, so zstd sizes its tables and the decoder's window to it. For
+ * bytes whose compressibility is not known yet (see AdaptiveZstdEncoder's probe): they cost no
+ * session memory, and data that compresses still goes compressed.
+ */
+export function oneShotFrames(data: Buffer, level: number): Buffer[] {
+  const binding = zstdBinding();
+  const cctx = (sharedOneShot ??= new binding.CCtx());
+  const out = outBuffer();
+  const parts: Buffer[] = [];
+  for (let at = 0; at < data.length; at += ONE_SHOT_MAX) {
+    const written = cctx.compress(out, data.subarray(at, at + ONE_SHOT_MAX), level);
+    parts.push(Buffer.from(out.subarray(0, written)));
+  }
+  return parts;
+}
+
 /**
  * zstd frames: `push` data, `flush` when the peer must see everything so far, `end` to close the
  * frame. After an end the next push starts a new frame, with the settings of the last `configure`
@@ -102,6 +125,11 @@ export class ZstdEncoder {
     if (windowLogOf(options) < windowLogOf(this.options)) this.release();
     this.options = options;
     this.configured = false;
+  }
+
+  /** Whether a libzstd context is held (made at the first push, let go by `release`). */
+  get holdsContext(): boolean {
+    return this.cctx !== undefined;
   }
 
   /** Lets the context go (its memory with the next GC) until the next push: for pass-through stretches. */

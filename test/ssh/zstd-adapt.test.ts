@@ -6,6 +6,7 @@ import {
   adaptiveWindowLog,
   EPOCH_BYTES,
   levelPolicyOf,
+  LinkStart,
   nextSetting,
   parseRelayReport,
   RAW_RETRY_EPOCHS,
@@ -177,4 +178,20 @@ t.test("the relay's reports are read leniently: a report that is not one is no r
   for (const bad of ['', 'level 3', '{"final":"fast","in":1,"out":1}', '{"final":3}', 'null', '[1]'])
     t.equal(parseRelayReport(Buffer.from(bad)), undefined, JSON.stringify(bad));
   t.equal(parseRelayReport(undefined), undefined);
+});
+
+t.test('the next session over a link starts where the last one ended, within the bounds', async (t) => {
+  const start = new LinkStart({ start: 3, min: -5, max: 12, adaptive: true });
+  t.equal(start.next().start, 3, 'the pool start first');
+  start.learn(12);
+  t.same(start.next(), { start: 12, min: -5, max: 12, adaptive: true }, 'then the level the last session took');
+  start.learn(undefined);
+  t.equal(start.next().start, 12, 'a session that learned nothing changes nothing');
+  start.learn(19);
+  t.equal(start.next().start, 12, 'never past the bounds');
+  start.learn(-5);
+  t.equal(start.next().start, 3, 'nor below the start: a level too high comes down by itself, climbing costs');
+  const fixed = new LinkStart({ start: 5, min: 5, max: 5, adaptive: false });
+  fixed.learn(9);
+  t.equal(fixed.next().start, 5, 'a fixed level stays fixed');
 });

@@ -3,8 +3,8 @@ import { randomBytes } from 'node:crypto';
 import t from 'tap';
 import { decodeAll } from './decode-all.js';
 import { sample } from './zstd-sample.js';
-import { AdaptiveZstdEncoder, type EpochMeter } from '../../src/ssh/zstd-adaptive-encoder.js';
-import { EPOCH_BYTES, WARM_UP_BYTES, type LevelPolicy } from '../../src/ssh/zstd-adapt.js';
+import { AdaptiveZstdEncoder, longWindowsInUse, type EpochMeter } from '../../src/ssh/zstd-adaptive-encoder.js';
+import { EPOCH_BYTES, EPOCH_MIN_MS, LONG_WINDOW_SESSIONS, PROBE_BYTES, WARM_UP_BYTES, type LevelPolicy } from '../../src/ssh/zstd-adapt.js';
 import { ZstdDecoder } from '../../src/ssh/zstd-codec.js';
 import { RAW_FRAME_HEADER, skippableFrame } from '../../src/ssh/zstd-frames.js';
 
@@ -30,13 +30,22 @@ function zstdCli(input: Buffer): { status: number | null; stdout: Buffer; stderr
   return { status: r.status, stdout: r.stdout, stderr: r.stderr.toString() };
 }
 
-/** Pushes `input` an epoch's worth at a time; `each` runs before each epoch (to set what it measures). */
-function encode(encoder: AdaptiveZstdEncoder, input: Buffer, each: (epoch: number) => void = () => undefined): Buffer {
+/**
+ * Pushes `input` in chunks of 64 KiB; `each` runs before each epoch's worth (to set what it
+ * measures), `pushed` after each chunk.
+ */
+function encode(
+  encoder: AdaptiveZstdEncoder,
+  input: Buffer,
+  each: (epoch: number) => void = () => undefined,
+  pushed: () => void = () => undefined,
+): Buffer {
   const out: Buffer[] = [];
   const chunk = 64 * 1024;
   for (let at = 0; at < input.length; at += chunk) {
     if (at % EPOCH_BYTES === 0) each(at / EPOCH_BYTES);
     out.push(...encoder.push(input.subarray(at, at + chunk)));
+    pushed();
     if (at % (256 * 1024) === 0) out.push(...encoder.flush());
   }
   out.push(...encoder.end());
@@ -83,9 +92,9 @@ t.test('a slow link raises the level an epoch at a time up to the bound; a busy 
   const input = sample(20 * EPOCH_BYTES + WARM_UP_BYTES);
   const out = encode(encoder, input, (epoch) => {
     levels.push(encoder.describe());
-    meter.t += 100;
+    meter.t += EPOCH_MIN_MS;
     if (epoch < 8)
-      encoder.waited(60); // the link held the output 60 % of the epoch
+      encoder.waited(0.6 * EPOCH_MIN_MS); // the link held the output 60 % of the epoch
     else meter.saturated = true; // then the CPU is the limit and the link waits for nothing
   });
   t.ok(levels.includes('level 6'), `reached the bound: ${levels.join(', ')}`);
@@ -98,19 +107,116 @@ t.test('a slow link raises the level an epoch at a time up to the bound; a busy 
   t.ok(cli.stdout.equals(input), 'every change at a frame boundary: the stream reads back whole');
 });
 
+t.test("a burst into the link's free buffers is not an epoch: the level holds until the epoch's time is up", async (t) => {
+  const meter = new TestMeter();
+  const encoder = new AdaptiveZstdEncoder(AUTO, meter);
+  const burstMiB = 8;
+  const levels: string[] = [];
+  encode(
+    encoder,
+    sample(WARM_UP_BYTES + PROBE_BYTES + burstMiB * EPOCH_BYTES),
+    () => {
+      meter.t += EPOCH_MIN_MS / (2 * burstMiB); // each MiB in a sliver of the epoch, the CPU busy, nothing waited
+      meter.saturated = true;
+    },
+    () => levels.push(encoder.describe()),
+  );
+  t.equal(encoder.describe(), 'level 3', `no level change within a burst: ${[...new Set(levels)].join(', ')}`);
+  meter.t += EPOCH_MIN_MS;
+  encoder.push(sample(64 * 1024));
+  t.equal(encoder.describe(), 'level 2', 'and one step once the epoch has lasted long enough to tell');
+});
+
 t.test('data that does not compress goes through as it is, and zstd is tried again now and then', async (t) => {
   const meter = new TestMeter();
   const encoder = new AdaptiveZstdEncoder(AUTO, meter);
   const input = randomBytes(24 * EPOCH_BYTES);
   const seen = new Set<string>();
-  const out = encode(encoder, input, () => {
-    seen.add(encoder.describe());
-    meter.t += 100;
-  });
+  let context = false;
+  const out = encode(
+    encoder,
+    input,
+    () => (meter.t += EPOCH_MIN_MS),
+    () => {
+      seen.add(encoder.describe());
+      context ||= encoder.holdsContext;
+    },
+  );
   t.equal(encoder.summary().settled, 'raw', 'most of it as it is');
-  t.ok(seen.has('level -5'), 'with a try at the lowest level after a while');
+  t.same([...seen].sort(), ['level -5', 'level 3', 'pass-through'], 'probed at the start level, and at the lowest level after a while');
+  t.notOk(context, 'in one-shot frames: the session never made a context of its own');
+  t.equal(encoder.learnedLevel(), undefined, 'and the link learns nothing from data that does not compress');
   t.ok(out.length < input.length * 1.001, `framing costs little: ${out.length - input.length} bytes on ${input.length}`);
   t.ok(zstdCli(out).stdout.equals(input));
+});
+
+t.test('after the warm-up, data is probed in one-shot frames before the session makes its context', async (t) => {
+  const encoder = new AdaptiveZstdEncoder(AUTO, new TestMeter());
+  const input = sample(WARM_UP_BYTES + PROBE_BYTES + EPOCH_BYTES);
+  const out: Buffer[] = [];
+  let at = 0;
+  const pushTo = (end: number): void => {
+    for (; at < end; at = Math.min(at + 32 * 1024, end))
+      out.push(...encoder.push(input.subarray(at, Math.min(at + 32 * 1024, end))), ...encoder.flush());
+  };
+  pushTo(WARM_UP_BYTES + PROBE_BYTES - 1);
+  t.equal(encoder.describe(), 'level 3', 'probing at the start level');
+  t.notOk(encoder.holdsContext, 'without a context of its own');
+  const probe = Buffer.concat(out);
+  t.ok(probe.length < (WARM_UP_BYTES + PROBE_BYTES) * 0.6, `and compressed: ${probe.length} bytes`);
+  pushTo(input.length);
+  out.push(...encoder.end());
+  t.ok(encoder.holdsContext, 'data that compresses gets its context after the probe');
+  const stream = Buffer.concat(out);
+  const cli = zstdCli(stream);
+  t.equal(cli.status, 0, cli.stderr);
+  t.ok(cli.stdout.equals(input), 'warm-up, one-shot frames and the streamed frame are one stream');
+  t.ok(Buffer.concat(decodeAll(new ZstdDecoder(), stream)).equals(input), "and so the daemon's decoder reads it");
+});
+
+t.test("long windows are the daemon's to share: a fifth session that climbs stays below level 10", async (t) => {
+  const meter = new TestMeter();
+  const policy: LevelPolicy = { start: 12, min: -5, max: 12, adaptive: true };
+  const encoders = Array.from({ length: LONG_WINDOW_SESSIONS + 1 }, () => new AdaptiveZstdEncoder(policy, meter));
+  const input = sample(WARM_UP_BYTES + PROBE_BYTES + EPOCH_BYTES);
+  const streams = encoders.map((e) => encode(e, input));
+  t.same(
+    encoders.map((e) => e.describe()),
+    [...Array<string>(LONG_WINDOW_SESSIONS).fill('level 12'), 'level 9'],
+    'the first four at the start level, the fifth at the level below the long windows',
+  );
+  t.equal(longWindowsInUse(), LONG_WINDOW_SESSIONS);
+  for (const stream of streams) t.ok(zstdCli(stream).stdout.equals(input), 'each stream reads back');
+  encoders[0]?.close();
+  encoders[0]?.close();
+  t.equal(longWindowsInUse(), LONG_WINDOW_SESSIONS - 1, 'a session that ends gives its window back (once)');
+  const late = encoders[LONG_WINDOW_SESSIONS] as AdaptiveZstdEncoder;
+  encode(late, input, () => {
+    meter.t += EPOCH_MIN_MS;
+    late.waited(0.9 * EPOCH_MIN_MS); // the link holds its output
+  });
+  t.equal(late.describe(), 'level 12', 'and the one that waited takes it when its link says so');
+  for (const e of encoders) e.close();
+  t.equal(longWindowsInUse(), 0, 'all given back');
+});
+
+t.test('what a session learns for the next one over its link', async (t) => {
+  const meter = new TestMeter();
+  const climbing = new AdaptiveZstdEncoder({ ...AUTO, max: 9 }, meter);
+  encode(climbing, sample(WARM_UP_BYTES + PROBE_BYTES + 4 * EPOCH_BYTES), () => {
+    meter.t += EPOCH_MIN_MS;
+    climbing.waited(0.9 * EPOCH_MIN_MS);
+  });
+  t.equal(climbing.learnedLevel(), 9, 'the level a slow link took it to');
+  const busy = new AdaptiveZstdEncoder({ ...AUTO, min: 1 }, meter);
+  meter.saturated = true;
+  encode(busy, sample(WARM_UP_BYTES + PROBE_BYTES + 6 * EPOCH_BYTES), () => (meter.t += EPOCH_MIN_MS));
+  t.equal(busy.describe(), 'pass-through', 'a busy CPU took it to pass-through');
+  t.equal(busy.learnedLevel(), 1, 'which teaches the lowest level');
+  const short = new AdaptiveZstdEncoder(AUTO, meter);
+  encode(short, sample(WARM_UP_BYTES + PROBE_BYTES));
+  t.equal(short.learnedLevel(), undefined, 'a session that never finished an epoch teaches nothing');
+  for (const e of [climbing, busy, short]) e.close();
 });
 
 t.test("the daemon's decoder takes our reports off the stream between frames, wherever the stream is cut", async (t) => {
