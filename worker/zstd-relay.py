@@ -232,6 +232,7 @@ RAW_RETRY_EPOCHS = 16
 # frames of their own, one per chunk (single-segment: the window is the chunk), and only if
 # they compress does the level's streaming context (and its window in the daemon's decoder)
 # follow; data that does not compress goes back to pass-through without ever costing a window.
+# (The daemon's upload probes as far, in one-shot frames of its own size.)
 PROBE_BYTES = 256 * 1024
 TABLE_CAP_FROM_LEVEL = 6
 RAW = "raw"

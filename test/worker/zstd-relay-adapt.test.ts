@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { packageRoot } from '../../src/core/package-file.js';
-import { parseRelayReport } from '../../src/ssh/zstd-adapt.js';
+import { parseRelayReport, PROBE_BYTES } from '../../src/ssh/zstd-adapt.js';
 import { ZstdDecoder } from '../../src/ssh/zstd-codec.js';
 import { ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-relay.js';
 import { decodeAll } from '../ssh/decode-all.js';
@@ -142,6 +142,14 @@ t.test('random bytes go through as they are when the reader keeps up', async (t)
   t.equal(parseRelayReport(decoder.report)?.settled, 'raw', 'settled on pass-through');
   const cli = spawnSync('zstd', ['-d', '-c'], { input: readFileSync(join(dir, 'stream')), maxBuffer: 64 << 20 });
   t.equal(cli.status, 0, 'zstd -d reads the stream (reports and pass-through frames) too');
+});
+
+t.test('the relay probes as far as the daemon does', async (t) => {
+  const script = `import importlib.util
+spec = importlib.util.spec_from_file_location("relay", ${JSON.stringify(RELAY)})
+relay = importlib.util.module_from_spec(spec); spec.loader.exec_module(relay)
+print(relay.PROBE_BYTES)`;
+  t.equal(spawnSync('python3', ['-BIS', '-c', script], { encoding: 'utf8' }).stdout.trim(), String(PROBE_BYTES));
 });
 
 t.test('the relay refuses bounds it cannot use, with one line', async (t) => {
