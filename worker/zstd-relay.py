@@ -219,6 +219,7 @@ def decompress_into(lib, src_fd, dst_fd, first=b""):
 
 # The adaptive level: src/ssh/zstd-adapt.ts has the reasons; these are its numbers.
 EPOCH_BYTES = 1024 * 1024
+EPOCH_MIN_S = 0.2  # zstd-adapt.ts EPOCH_MIN_MS: an epoch inside a burst into freed buffers says nothing
 WARM_UP_BYTES = 64 * 1024
 LINK_BOUND = 0.25
 LINK_WAITS_MOST = 0.75
@@ -429,7 +430,10 @@ class Encoder:
                 return
         if self.bytes_in < EPOCH_BYTES:
             return
-        epoch = (monotonic() - self.started, self.codec, self.blocked, False, self.bytes_in, self.bytes_out)
+        wall = monotonic() - self.started
+        if wall < EPOCH_MIN_S:
+            return
+        epoch = (wall, self.codec, self.blocked, False, self.bytes_in, self.bytes_out)
         nxt = next_setting(self.setting, epoch, self.policy, (self.raw_epochs, self.raw_incompressible))
         if self.setting == RAW:
             self.raw_epochs += 1

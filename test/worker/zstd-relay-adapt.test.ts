@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { packageRoot } from '../../src/core/package-file.js';
-import { parseRelayReport, PROBE_BYTES } from '../../src/ssh/zstd-adapt.js';
+import { EPOCH_BYTES, EPOCH_MIN_MS, parseRelayReport, PROBE_BYTES } from '../../src/ssh/zstd-adapt.js';
 import { ZstdDecoder } from '../../src/ssh/zstd-codec.js';
 import { ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-relay.js';
 import { decodeAll } from '../ssh/decode-all.js';
@@ -18,9 +18,14 @@ const CHUNK = 128 * 1024;
 
 /**
  * Runs the relay's Encoder on `mib` MiB (text that compresses, or random bytes) into a pipe whose
- * reader sleeps `readerSleepMs` per 64 KiB read; writes the input and the stream to `dir`.
+ * reader sleeps `readerSleepMs` per 64 KiB read; writes the input and the stream to `dir`. With
+ * `clockMsPerChunk`, the relay's clock is the test's, moved that much before each chunk (the
+ * codec and the link then take no time).
  */
-function runEncoder(dir: string, opts: { mib: number; random: boolean; readerSleepMs: number; adapt: string }): string {
+function runEncoder(
+  dir: string,
+  opts: { mib: number; random: boolean; readerSleepMs: number; adapt: string; clockMsPerChunk?: number },
+): string {
   const script = `
 import importlib.util, os, sys, threading, time, random
 spec = importlib.util.spec_from_file_location("relay", ${JSON.stringify(RELAY)})
@@ -41,9 +46,13 @@ def reader():
         out.append(chunk)
         time.sleep(${opts.readerSleepMs / 1000})
 th = threading.Thread(target=reader); th.start()
+clock = [0.0]
+if ${opts.clockMsPerChunk !== undefined ? 'True' : 'False'}:
+    relay.monotonic = lambda: clock[0]
 enc = relay.Encoder(lib, policy, w)
 seen = []
 for at in range(0, len(data), ${CHUNK}):
+    clock[0] += ${(opts.clockMsPerChunk ?? 0) / 1000}
     seen.append(enc.setting)
     enc.push(data[at : at + ${CHUNK}])
     enc.flush()
@@ -108,7 +117,9 @@ t.test('random bytes never make a frame with a window above the chunk size, nor 
   const dir = mkdtempSync(join(tmpdir(), 'nhb-relay-adapt-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   // 18 MiB: the warm-up, a probe at the start level, 16 epochs as they are, then a probe at the lowest level.
-  const seen = runEncoder(dir, { mib: 18, random: true, readerSleepMs: 0, adapt: '-5:12' }).split(' ');
+  // Each MiB lasts twice an epoch's time: epochs end on bytes, as they did before the clock.
+  const clockMsPerChunk = (2 * EPOCH_MIN_MS * CHUNK) / EPOCH_BYTES;
+  const seen = runEncoder(dir, { mib: 18, random: true, readerSleepMs: 0, adapt: '-5:12', clockMsPerChunk }).split(' ');
   t.same([...new Set(seen)], ['raw', '3', '-5'], 'probed at the start level, then at the lowest on the retry');
   t.equal(seen.at(-1), 'raw', 'and went back to pass-through');
   const stream = readFileSync(join(dir, 'stream'));
@@ -144,12 +155,15 @@ t.test('random bytes go through as they are when the reader keeps up', async (t)
   t.equal(cli.status, 0, 'zstd -d reads the stream (reports and pass-through frames) too');
 });
 
-t.test('the relay probes as far as the daemon does', async (t) => {
+t.test('the relay probes as far as the daemon does, and its epochs last as long', async (t) => {
   const script = `import importlib.util
 spec = importlib.util.spec_from_file_location("relay", ${JSON.stringify(RELAY)})
 relay = importlib.util.module_from_spec(spec); spec.loader.exec_module(relay)
-print(relay.PROBE_BYTES)`;
-  t.equal(spawnSync('python3', ['-BIS', '-c', script], { encoding: 'utf8' }).stdout.trim(), String(PROBE_BYTES));
+print(relay.PROBE_BYTES, relay.EPOCH_BYTES, relay.EPOCH_MIN_S * 1000)`;
+  t.equal(
+    spawnSync('python3', ['-BIS', '-c', script], { encoding: 'utf8' }).stdout.trim(),
+    `${PROBE_BYTES} ${EPOCH_BYTES} ${EPOCH_MIN_MS.toFixed(1)}`,
+  );
 });
 
 t.test('the relay refuses bounds it cannot use, with one line', async (t) => {
