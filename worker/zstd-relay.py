@@ -219,7 +219,6 @@ def decompress_into(lib, src_fd, dst_fd, first=b""):
 
 # The adaptive level: src/ssh/zstd-adapt.ts has the reasons; these are its numbers.
 EPOCH_BYTES = 1024 * 1024
-EPOCH_MIN_S = 0.2  # zstd-adapt.ts EPOCH_MIN_MS: an epoch inside a burst into freed buffers says nothing
 WARM_UP_BYTES = 64 * 1024
 LINK_BOUND = 0.25
 LINK_WAITS_MOST = 0.75
@@ -245,23 +244,28 @@ def step_level(level, by):
     return index + 1 if index >= 0 else index
 
 
-def next_setting(setting, epoch, policy, raw):
+def codec_bound(epoch):
+    """As codecBound in zstd-adapt.ts."""
+    wall, codec, blocked, cpu_saturated = max(epoch[0], 1e-6), epoch[1], epoch[2], epoch[3]
+    return (cpu_saturated or codec / wall >= CODEC_BOUND) and blocked / wall < LINK_IDLE
+
+
+def next_setting(setting, epoch, policy, history):
     """As nextSetting in zstd-adapt.ts. epoch: (wall, codec, blocked, cpu_saturated, bytes_in, bytes_out) in
-    seconds and bytes; policy: (start, min, max, adaptive); raw: (epochs, incompressible)."""
+    seconds and bytes; policy: (start, min, max, adaptive); history: (raw epochs, incompressible, codec bound)."""
     start, lo, hi, adaptive = policy
     if not adaptive:
         return setting
     wall, codec, blocked, cpu_saturated, bytes_in, bytes_out = epoch
     wall = max(wall, 1e-6)
     link_bound = blocked / wall >= LINK_BOUND and codec / wall <= CODEC_ROOM
-    codec_bound = (cpu_saturated or codec / wall >= CODEC_BOUND) and blocked / wall < LINK_IDLE
     if setting == RAW:
-        return lo if (link_bound and not raw[1]) or raw[0] >= RAW_RETRY_EPOCHS else RAW
+        return lo if (link_bound and not history[1]) or history[0] >= RAW_RETRY_EPOCHS else RAW
     if bytes_in > 0 and bytes_out / bytes_in >= INCOMPRESSIBLE:
         return RAW
     if link_bound:
         return min(step_level(setting, BIG_STEP if blocked / wall >= LINK_WAITS_MOST else 1), hi)
-    if codec_bound:
+    if codec_bound(epoch) and history[2]:
         return max(step_level(setting, -1), lo) if setting > lo else RAW
     return setting
 
@@ -310,7 +314,7 @@ class Encoder:
         self.probing = False
         self.probe_in = self.probe_out = 0
         self.frame_out = None
-        self.raw_epochs, self.raw_incompressible = 0, False
+        self.raw_epochs, self.raw_incompressible, self.codec_bound = 0, False, False
         self.tally = {}
         self.total_in = self.total_out = 0
         self.new_epoch()
@@ -430,11 +434,12 @@ class Encoder:
                 return
         if self.bytes_in < EPOCH_BYTES:
             return
-        wall = monotonic() - self.started
-        if wall < EPOCH_MIN_S:
-            return
-        epoch = (wall, self.codec, self.blocked, False, self.bytes_in, self.bytes_out)
-        nxt = next_setting(self.setting, epoch, self.policy, (self.raw_epochs, self.raw_incompressible))
+        # Unlike the daemon's, an epoch here is bytes only: what the relay's writes wait for is mostly
+        # the daemon's client, a local store writing files, not the link, and epochs long enough to
+        # average that out made the level climb where only the store was slow.
+        epoch = (monotonic() - self.started, self.codec, self.blocked, False, self.bytes_in, self.bytes_out)
+        nxt = next_setting(self.setting, epoch, self.policy, (self.raw_epochs, self.raw_incompressible, self.codec_bound))
+        self.codec_bound = codec_bound(epoch)
         if self.setting == RAW:
             self.raw_epochs += 1
         if nxt == RAW and self.setting != RAW:

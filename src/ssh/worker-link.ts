@@ -7,7 +7,7 @@
 import type { Logger } from '../core/log.js';
 import type { WorkerCompression } from '../core/config.js';
 import { nixArgv, renderNixCommand, type NixCommand } from './nix-command.js';
-import { LinkStart, parseRelayReport, type LevelPolicy } from './zstd-adapt.js';
+import { LinkStart, type LevelPolicy } from './zstd-adapt.js';
 import { AdaptiveZstdEncoder } from './zstd-adaptive-encoder.js';
 import { ZstdDecoder } from './zstd-codec.js';
 import { relayFeatures, spareRelayHeader, ZSTD_RELAY_AWAIT, ZSTD_RELAY_CHECK, zstdRelayCommand } from './zstd-relay.js';
@@ -55,9 +55,11 @@ export class WorkerLink {
   private readonly spares: WorkerChannel[] = [];
   private sparesStarting = 0;
   private main: SshClient | undefined;
-  /** Where the next session's upload and the relay's download start (the last sessions' levels). */
+  /**
+   * Where the next session's upload starts (the last session's level). The relay's download starts
+   * at the pool's start each time: what its writes wait for is mostly the local store, not the link.
+   */
   private readonly upStart: LinkStart;
-  private readonly downStart: LinkStart;
 
   private constructor(
     private readonly target: WorkerSshTarget,
@@ -66,7 +68,6 @@ export class WorkerLink {
   ) {
     this.main = client;
     this.upStart = new LinkStart(options.zstdLevels);
-    this.downStart = new LinkStart(options.zstdLevels);
   }
 
   /** Opens the kept connection (one attempt); throws `HostKeyMismatch` for a wrong host key. */
@@ -149,7 +150,8 @@ export class WorkerLink {
   async openSession(command: NixCommand): Promise<WorkerChannel> {
     const rendered = renderNixCommand(command);
     if (!this.zstd) return this.exec(rendered);
-    const adapt = this.options.zstdLevels.adaptive && this.relay.adapt ? this.downStart.next() : undefined;
+    const levels = this.options.zstdLevels;
+    const adapt = levels.adaptive && this.relay.adapt ? levels : undefined;
     const codec = { encoder: new AdaptiveZstdEncoder(this.upStart.next()), decoder: new ZstdDecoder() };
     const spare = this.spares.shift();
     this.refillSpares();
@@ -161,12 +163,10 @@ export class WorkerLink {
       codec.encoder.close();
       throw err;
     }
-    // However the session ends, the channel closes: the encoder's memory goes, the link learns its levels.
+    // However the session ends, the channel closes: the encoder's memory goes, the link learns its level.
     opened.channel.once('close', () => {
       codec.encoder.close();
       this.upStart.learn(codec.encoder.learnedLevel());
-      const down = parseRelayReport(codec.decoder.report)?.final;
-      this.downStart.learn(typeof down === 'number' ? down : undefined);
     });
     return { ...opened, codec };
   }

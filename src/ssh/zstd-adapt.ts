@@ -87,22 +87,39 @@ export interface Epoch {
   bytesOut: number;
 }
 
-/** Pass-through so far: how many epochs, and whether the data did not compress (else the codec was too slow). */
-export interface RawState {
-  epochs: number;
+/**
+ * What the epochs before said: pass-through so far (how many epochs, and whether the data did not
+ * compress, else the codec was too slow), and whether the codec was the limit in the last one.
+ */
+export interface AdaptHistory {
+  rawEpochs: number;
   incompressible: boolean;
+  codecBound: boolean;
 }
 
-/** The setting for the next epoch. */
-export function nextSetting(setting: Setting, epoch: Epoch, policy: LevelPolicy, raw: RawState): Setting {
+/** A new direction's history. */
+export const FRESH_HISTORY: Readonly<AdaptHistory> = { rawEpochs: 0, incompressible: false, codecBound: false };
+
+/** The codec was the limit: busy (or the process's CPU saturated) while the link waited for nothing. */
+export function codecBound(epoch: Epoch): boolean {
+  const wall = Math.max(epoch.wallMs, 1e-3);
+  return (epoch.cpuSaturated || epoch.codecMs / wall >= CODEC_BOUND) && epoch.blockedMs / wall < LINK_IDLE;
+}
+
+/**
+ * The setting for the next epoch. A step down needs the codec to be the limit two epochs in a
+ * row: each change starts a frame without the last one's history (a restart every 8 MiB costs 4 %
+ * more bytes at level 12), and one epoch of a busy codec may be a burst into freed buffers.
+ */
+export function nextSetting(setting: Setting, epoch: Epoch, policy: LevelPolicy, history: AdaptHistory): Setting {
   if (!policy.adaptive) return setting;
   const wall = Math.max(epoch.wallMs, 1e-3);
   const linkBound = epoch.blockedMs / wall >= LINK_BOUND && epoch.codecMs / wall <= CODEC_ROOM;
-  const codecBound = (epoch.cpuSaturated || epoch.codecMs / wall >= CODEC_BOUND) && epoch.blockedMs / wall < LINK_IDLE;
-  if (setting === 'raw') return (linkBound && !raw.incompressible) || raw.epochs >= RAW_RETRY_EPOCHS ? policy.min : 'raw';
+  if (setting === 'raw')
+    return (linkBound && !history.incompressible) || history.rawEpochs >= RAW_RETRY_EPOCHS ? policy.min : 'raw';
   if (epoch.bytesIn > 0 && epoch.bytesOut / epoch.bytesIn >= INCOMPRESSIBLE) return 'raw';
   if (linkBound) return Math.min(step(setting, epoch.blockedMs / wall >= LINK_WAITS_MOST ? BIG_STEP : 1), policy.max);
-  if (codecBound) return setting > policy.min ? Math.max(step(setting, -1), policy.min) : 'raw';
+  if (codecBound(epoch) && history.codecBound) return setting > policy.min ? Math.max(step(setting, -1), policy.min) : 'raw';
   return setting;
 }
 

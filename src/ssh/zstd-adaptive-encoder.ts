@@ -16,6 +16,9 @@ import {
   LONG_WINDOW_FROM_LEVEL_ADAPTIVE,
   LONG_WINDOW_SESSIONS,
   nextSetting,
+  codecBound,
+  FRESH_HISTORY,
+  type AdaptHistory,
   PROBE_BYTES,
   SettingTally,
   TABLE_CAP_FROM_LEVEL,
@@ -24,7 +27,6 @@ import {
   type DirectionSummary,
   type Epoch,
   type LevelPolicy,
-  type RawState,
   type Setting,
 } from './zstd-adapt.js';
 import { fixedLevelOptions, oneShotFrames, ZstdEncoder, type ZstdEncoderOptions } from './zstd-codec.js';
@@ -70,7 +72,7 @@ export class AdaptiveZstdEncoder {
   private setting: Setting;
   private frame: 'zstd' | 'raw' | undefined;
   private warmingUp: boolean;
-  private readonly raw: RawState = { epochs: 0, incompressible: false };
+  private readonly history: AdaptHistory = { ...FRESH_HISTORY };
   private readonly tally = new SettingTally();
   /** Bytes of the probe still to go as one-shot frames (0: not probing). */
   private probeLeft = 0;
@@ -102,13 +104,10 @@ export class AdaptiveZstdEncoder {
   }
 
   push(chunk: Buffer): Buffer[] {
-    const parts: Buffer[] = [];
-    // The warm-up and the probe end where they end, whatever the chunks: the rest of a chunk goes on.
+    // The warm-up and the probe end where they end, whatever the chunks: the rest goes on with what follows.
     const cut = this.warmingUp ? WARM_UP_BYTES - this.totalIn : this.probeLeft > 0 ? this.probeLeft : chunk.length;
-    if (cut < chunk.length) {
-      parts.push(...this.push(chunk.subarray(0, cut)));
-      chunk = chunk.subarray(cut);
-    }
+    if (cut < chunk.length) return [...this.push(chunk.subarray(0, cut)), ...this.push(chunk.subarray(cut))];
+    const parts: Buffer[] = [];
     if (this.setting === 'raw') {
       if (this.frame === undefined) this.open(parts, RAW_FRAME_HEADER);
       this.emit(parts, rawBlocks(chunk));
@@ -189,8 +188,8 @@ export class AdaptiveZstdEncoder {
       const incompressible = this.probeOut / this.probeIn >= INCOMPRESSIBLE;
       this.probeIn = this.probeOut = 0;
       if (incompressible) {
-        this.raw.epochs = 0;
-        this.raw.incompressible = true;
+        this.history.rawEpochs = 0;
+        this.history.incompressible = true;
         this.switchTo('raw', parts);
       } else this.newEpoch();
       return;
@@ -206,14 +205,15 @@ export class AdaptiveZstdEncoder {
       bytesIn: this.bytesIn,
       bytesOut: this.bytesOut,
     };
-    let next = nextSetting(this.setting, epoch, this.policy, this.raw);
-    if (this.setting === 'raw') this.raw.epochs++;
+    let next = nextSetting(this.setting, epoch, this.policy, this.history);
+    this.history.codecBound = codecBound(epoch);
+    if (this.setting === 'raw') this.history.rawEpochs++;
     if (next === 'raw' && this.setting !== 'raw') {
-      this.raw.epochs = 0;
-      this.raw.incompressible = epoch.bytesOut / epoch.bytesIn >= INCOMPRESSIBLE;
+      this.history.rawEpochs = 0;
+      this.history.incompressible = epoch.bytesOut / epoch.bytesIn >= INCOMPRESSIBLE;
     }
     next = this.withinLongWindows(next);
-    if (this.setting !== 'raw') this.learned = next === 'raw' ? (this.raw.incompressible ? this.learned : this.policy.min) : next;
+    if (this.setting !== 'raw') this.learned = next === 'raw' ? (this.history.incompressible ? this.learned : this.policy.min) : next;
     if (next !== this.setting) this.switchTo(next, parts);
     else this.newEpoch();
   }

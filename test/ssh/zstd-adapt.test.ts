@@ -15,7 +15,7 @@ import {
   WARM_UP_BYTES,
   type Epoch,
   type LevelPolicy,
-  type RawState,
+  type AdaptHistory,
   type Setting,
 } from '../../src/ssh/zstd-adapt.js';
 import { ZSTD_RELAY_SOURCE } from '../../src/ssh/zstd-relay.js';
@@ -32,14 +32,16 @@ const epoch = (over: Partial<Epoch>): Epoch => ({
   bytesOut: MiB / 3,
   ...over,
 });
-const COMPRESSING: RawState = { epochs: 0, incompressible: false };
+const COMPRESSING: AdaptHistory = { rawEpochs: 0, incompressible: false, codecBound: false };
+/** The codec was the limit in the epoch before, too. */
+const BUSY_BEFORE: AdaptHistory = { ...COMPRESSING, codecBound: true };
 
 interface Case {
   why: string;
   setting: Setting;
   epoch: Epoch;
   policy?: LevelPolicy;
-  raw?: RawState;
+  history?: AdaptHistory;
   next: Setting;
 }
 
@@ -56,13 +58,44 @@ const CASES: Case[] = [
     epoch: epoch({ blockedMs: 50, codecMs: 35 }),
     next: 6,
   },
-  { why: 'the codec took 60 % and the link waited for nothing: down', setting: 3, epoch: epoch({ codecMs: 60 }), next: 2 },
-  { why: "the process's CPU saturated, the link idle: down", setting: 3, epoch: epoch({ cpuSaturated: true }), next: 2 },
+  {
+    why: 'the codec took 60 % and the link waited for nothing: down',
+    setting: 3,
+    epoch: epoch({ codecMs: 60 }),
+    history: BUSY_BEFORE,
+    next: 2,
+  },
+  {
+    why: "the process's CPU saturated, the link idle: down",
+    setting: 3,
+    epoch: epoch({ cpuSaturated: true }),
+    history: BUSY_BEFORE,
+    next: 2,
+  },
+  {
+    why: 'the codec the limit for one epoch only (a burst into freed buffers, say): hold',
+    setting: 12,
+    epoch: epoch({ codecMs: 80, cpuSaturated: true }),
+    next: 12,
+  },
+  { why: 'and for a second epoch in a row: down', setting: 12, epoch: epoch({ codecMs: 80 }), history: BUSY_BEFORE, next: 11 },
   { why: 'a busy codec while the link also waits is not the limit', setting: 3, epoch: epoch({ codecMs: 60, blockedMs: 10 }), next: 3 },
   { why: 'neither (the source is the limit): hold', setting: 5, epoch: epoch({ codecMs: 20, blockedMs: 2 }), next: 5 },
-  { why: 'from level 1 down is -1: zstd level 0 means its default', setting: 1, epoch: epoch({ codecMs: 80 }), next: -1 },
+  {
+    why: 'from level 1 down is -1: zstd level 0 means its default',
+    setting: 1,
+    epoch: epoch({ codecMs: 80 }),
+    history: BUSY_BEFORE,
+    next: -1,
+  },
   { why: 'from level -1 up is 1', setting: -1, epoch: epoch({ blockedMs: 60 }), next: 1 },
-  { why: 'at the lowest level, still the codec: pass-through', setting: -5, epoch: epoch({ codecMs: 80 }), next: 'raw' },
+  {
+    why: 'at the lowest level, still the codec: pass-through',
+    setting: -5,
+    epoch: epoch({ codecMs: 80 }),
+    history: BUSY_BEFORE,
+    next: 'raw',
+  },
   { why: 'data that does not compress goes through as it is', setting: 3, epoch: epoch({ bytesOut: MiB }), next: 'raw' },
   { why: 'even on a slow link', setting: 7, epoch: epoch({ bytesOut: MiB * 0.99, blockedMs: 90 }), next: 'raw' },
   {
@@ -75,14 +108,14 @@ const CASES: Case[] = [
     why: 'pass-through because nothing compressed: a slow link does not bring zstd back',
     setting: 'raw',
     epoch: epoch({ blockedMs: 50 }),
-    raw: { epochs: 3, incompressible: true },
+    history: { rawEpochs: 3, incompressible: true, codecBound: false },
     next: 'raw',
   },
   {
     why: `after ${RAW_RETRY_EPOCHS} epochs of pass-through, a try at the lowest level`,
     setting: 'raw',
     epoch: epoch({}),
-    raw: { epochs: RAW_RETRY_EPOCHS, incompressible: true },
+    history: { rawEpochs: RAW_RETRY_EPOCHS, incompressible: true, codecBound: false },
     next: -5,
   },
   { why: 'pass-through and nothing else limits: stay', setting: 'raw', epoch: epoch({}), next: 'raw' },
@@ -97,7 +130,7 @@ const CASES: Case[] = [
 ];
 
 t.test('the adaptation follows the limit: up for the link, down for the codec, pass-through for what does not compress', async (t) => {
-  for (const c of CASES) t.equal(nextSetting(c.setting, c.epoch, c.policy ?? AUTO, c.raw ?? COMPRESSING), c.next, c.why);
+  for (const c of CASES) t.equal(nextSetting(c.setting, c.epoch, c.policy ?? AUTO, c.history ?? COMPRESSING), c.next, c.why);
 });
 
 t.test("the worker's relay runs the same rules on the same cases", async (t) => {
@@ -105,12 +138,12 @@ t.test("the worker's relay runs the same rules on the same cases", async (t) => 
   const cases = CASES.map((c) => {
     const p = c.policy ?? AUTO;
     const e = c.epoch;
-    const raw = c.raw ?? COMPRESSING;
+    const history = c.history ?? COMPRESSING;
     return [
       c.setting,
       [e.wallMs / 1000, e.codecMs / 1000, e.blockedMs / 1000, e.cpuSaturated, e.bytesIn, e.bytesOut],
       [p.start, p.min, p.max, p.adaptive],
-      [raw.epochs, raw.incompressible],
+      [history.rawEpochs, history.incompressible, history.codecBound],
     ];
   });
   const script = [

@@ -2,6 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import t from 'tap';
 import { decodeAll } from './decode-all.js';
+import { frameList } from './zstd-frame-list.js';
 import { sample } from './zstd-sample.js';
 import { AdaptiveZstdEncoder, longWindowsInUse, type EpochMeter } from '../../src/ssh/zstd-adaptive-encoder.js';
 import { EPOCH_BYTES, EPOCH_MIN_MS, LONG_WINDOW_SESSIONS, PROBE_BYTES, WARM_UP_BYTES, type LevelPolicy } from '../../src/ssh/zstd-adapt.js';
@@ -89,7 +90,7 @@ t.test('a slow link raises the level an epoch at a time up to the bound; a busy 
   const meter = new TestMeter();
   const encoder = new AdaptiveZstdEncoder({ ...AUTO, max: 6 }, meter);
   const levels: string[] = [];
-  const input = sample(20 * EPOCH_BYTES + WARM_UP_BYTES);
+  const input = sample(24 * EPOCH_BYTES + WARM_UP_BYTES);
   const out = encode(encoder, input, (epoch) => {
     levels.push(encoder.describe());
     meter.t += EPOCH_MIN_MS;
@@ -124,7 +125,11 @@ t.test("a burst into the link's free buffers is not an epoch: the level holds un
   t.equal(encoder.describe(), 'level 3', `no level change within a burst: ${[...new Set(levels)].join(', ')}`);
   meter.t += EPOCH_MIN_MS;
   encoder.push(sample(64 * 1024));
-  t.equal(encoder.describe(), 'level 2', 'and one step once the epoch has lasted long enough to tell');
+  t.equal(encoder.describe(), 'level 3', 'once the epoch has lasted long enough to tell, one busy epoch is not enough');
+  encoder.push(sample(EPOCH_BYTES));
+  meter.t += EPOCH_MIN_MS;
+  encoder.push(sample(64 * 1024));
+  t.equal(encoder.describe(), 'level 2', 'a second in a row is: one step down');
 });
 
 t.test('data that does not compress goes through as it is, and zstd is tried again now and then', async (t) => {
@@ -172,6 +177,17 @@ t.test('after the warm-up, data is probed in one-shot frames before the session 
   t.equal(cli.status, 0, cli.stderr);
   t.ok(cli.stdout.equals(input), 'warm-up, one-shot frames and the streamed frame are one stream');
   t.ok(Buffer.concat(decodeAll(new ZstdDecoder(), stream)).equals(input), "and so the daemon's decoder reads it");
+});
+
+t.test('one chunk across the warm-up, the probe and beyond is cut where each ends', async (t) => {
+  const encoder = new AdaptiveZstdEncoder(AUTO, new TestMeter());
+  const input = sample(WARM_UP_BYTES + PROBE_BYTES + 512 * 1024);
+  const stream = Buffer.concat([...encoder.push(input), ...encoder.end()]);
+  const frames = frameList(stream).filter((f) => f.kind === 'zstd');
+  t.ok(frames[0]?.ours, 'the warm-up: a pass-through frame');
+  t.equal(frames.filter((f) => f.singleSegment).length, PROBE_BYTES / (64 * 1024), 'the probe: one-shot frames of 64 KiB');
+  t.ok(frames.at(-1)?.singleSegment === false && encoder.holdsContext, 'the rest: streamed with its context');
+  t.ok(zstdCli(stream).stdout.equals(input), 'and it reads back');
 });
 
 t.test("long windows are the daemon's to share: a fifth session that climbs stays below level 10", async (t) => {
