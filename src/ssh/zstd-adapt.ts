@@ -115,8 +115,7 @@ export function nextSetting(setting: Setting, epoch: Epoch, policy: LevelPolicy,
   if (!policy.adaptive) return setting;
   const wall = Math.max(epoch.wallMs, 1e-3);
   const linkBound = epoch.blockedMs / wall >= LINK_BOUND && epoch.codecMs / wall <= CODEC_ROOM;
-  if (setting === 'raw')
-    return (linkBound && !history.incompressible) || history.rawEpochs >= RAW_RETRY_EPOCHS ? policy.min : 'raw';
+  if (setting === 'raw') return (linkBound && !history.incompressible) || history.rawEpochs >= RAW_RETRY_EPOCHS ? policy.min : 'raw';
   if (epoch.bytesIn > 0 && epoch.bytesOut / epoch.bytesIn >= INCOMPRESSIBLE) return 'raw';
   if (linkBound) return Math.min(step(setting, epoch.blockedMs / wall >= LINK_WAITS_MOST ? BIG_STEP : 1), policy.max);
   if (codecBound(epoch) && history.codecBound) return setting > policy.min ? Math.max(step(setting, -1), policy.min) : 'raw';
