@@ -10,7 +10,7 @@ import { nixArgv, renderNixCommand, type NixCommand } from './nix-command.js';
 import { LinkStart, type LevelPolicy } from './zstd-adapt.js';
 import { AdaptiveZstdEncoder } from './zstd-adaptive-encoder.js';
 import { ZstdDecoder } from './zstd-codec.js';
-import { relayFeatures, spareRelayHeader, ZSTD_RELAY_AWAIT, ZSTD_RELAY_CHECK, zstdRelayCommand } from './zstd-relay.js';
+import { relayFeatures, relayLevels, spareRelayHeader, ZSTD_RELAY_AWAIT, ZSTD_RELAY_CHECK, zstdRelayCommand } from './zstd-relay.js';
 import {
   connectWorker,
   execChannel,
@@ -55,10 +55,7 @@ export class WorkerLink {
   private readonly spares: WorkerChannel[] = [];
   private sparesStarting = 0;
   private main: SshClient | undefined;
-  /**
-   * Where the next session's upload starts (the last session's level). The relay's download starts
-   * at the pool's start each time: what its writes wait for is mostly the local store, not the link.
-   */
+  /** Where the next session's upload starts (the last session's level; the relay's download starts at the pool's start). */
   private readonly upStart: LinkStart;
 
   private constructor(
@@ -151,7 +148,7 @@ export class WorkerLink {
     const rendered = renderNixCommand(command);
     if (!this.zstd) return this.exec(rendered);
     const levels = this.options.zstdLevels;
-    const adapt = levels.adaptive && this.relay.adapt ? levels : undefined;
+    const adapt = levels.adaptive && this.relay.adapt ? relayLevels(levels) : undefined;
     const codec = { encoder: new AdaptiveZstdEncoder(this.upStart.next()), decoder: new ZstdDecoder() };
     const spare = this.spares.shift();
     this.refillSpares();

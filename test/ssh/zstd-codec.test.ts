@@ -5,7 +5,7 @@ import { decodeAll } from './decode-all.js';
 import { sample } from './zstd-sample.js';
 import { ZstdDecoder, ZstdEncoder } from '../../src/ssh/zstd-codec.js';
 import { RAW_FRAME_END, RAW_FRAME_HEADER, rawBlocks, skippableFrame } from '../../src/ssh/zstd-frames.js';
-import { zstdRelayCommand } from '../../src/ssh/zstd-relay.js';
+import { relayLevels, zstdRelayCommand } from '../../src/ssh/zstd-relay.js';
 
 t.test('what the encoder writes is one zstd stream that the zstd program reads back', async (t) => {
   const input = sample(3 * 1024 * 1024);
@@ -82,6 +82,16 @@ t.test('the relay wraps the command the endpoint rendered, and nothing else', as
   t.equal(
     zstdRelayCommand("nix-store --serve --write --store 'local?root=/mnt'"),
     "nix-hcloud-builder-zstd-relay -- nix-store --serve --write --store 'local?root=/mnt'",
+  );
+});
+
+t.test("an adaptive pool's relay goes down and to pass-through, never above the start", async (t) => {
+  const pool = { start: 3, min: -5, max: 12, adaptive: true };
+  t.same(relayLevels(pool), { start: 3, min: -5, max: 3, adaptive: true });
+  t.equal(
+    zstdRelayCommand('nix-daemon --stdio', relayLevels(pool)),
+    'nix-hcloud-builder-zstd-relay --level 3 --adapt -5:3 -- nix-daemon --stdio',
+    'its command line',
   );
 });
 
