@@ -109,7 +109,7 @@ export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
     key: 'pools.<name>.compressionLevel',
     default: '`"auto"`',
     meaning:
-      'with `"zstd"`: `"auto"` adapts the level of each direction of each session between `compressionLevelMin` and `compressionLevelMax`: up while the link is what the bytes wait for, down (and to pass-through) while compressing is, pass-through for data that does not compress; it starts at 3 after the first 64 KiB (the upload of a later session over the same worker connection where the last one ended, never below 3). A number (-7 to 19, not 0) fixes the level of what the daemon sends up (the worker then sends at 3; from 9 on the daemon also finds repeats up to 128 MiB back, taking up to ≈ 150 MB per busy session). `status` and the log say what sessions settled on. See [Which compression for which link](compression.md)',
+      'with `"zstd"`: `"auto"` adapts the level of each direction of each session between `compressionLevelMin` and `compressionLevelMax` (the worker\'s download never above the start): up while the link is what the bytes wait for, down (and to pass-through) while compressing is, pass-through for data that does not compress; it starts at 3 after the first 64 KiB (the upload of a later session over the same worker connection where the last one ended, never below 3). A number (-7 to 19, not 0) fixes the level of what the daemon sends up (the worker then sends at 3; from 9 on the daemon also finds repeats up to 128 MiB back, taking up to ≈ 150 MB per busy session). `status` and the log say what sessions settled on. See [Which compression for which link](compression.md)',
   },
   {
     key: 'pools.<name>.compressionLevelMin',
