@@ -1,7 +1,7 @@
 /**
  * The adaptive level (`compressionLevel: "auto"`), in the spirit of `zstd --adapt`: each
- * direction of a session looks back over an epoch (EPOCH_BYTES of input, EPOCH_MIN_MS at least) and
- * asks what limited it.
+ * direction of a session looks back over an epoch (EPOCH_BYTES of input; in the daemon EPOCH_MIN_MS at
+ * least) and asks what limited it.
  * - The link: the compressed bytes waited for the link (the channel's window full, the socket
  *   full) a good part of the time, and the codec has room. Bytes are what costs: one level up.
  *   (What waits may also be the far end, a store writing files: the codec's room keeps a level
@@ -35,10 +35,11 @@ export function levelPolicyOf(level: number | 'auto', min: number, max: number, 
 /** How much input makes an epoch: large enough to measure, small enough to follow a link. */
 export const EPOCH_BYTES = 1024 * 1024;
 /**
- * And how long at least: a link's buffers (the socket's, the SSH window) take output in bursts
- * (a window adjust frees 1 MiB at once), and an epoch inside such a burst saw the codec busy and
- * the link waiting for nothing, on a link that is the limit. 200 ms spans several bursts on a
- * 40 Mbit/s uplink.
+ * And, in the daemon, how long at least: a link's buffers (the socket's, the SSH window) take
+ * output in bursts (a window adjust frees 1 MiB at once), and an epoch inside such a burst saw the
+ * codec busy and the link waiting for nothing, on a link that is the limit. 200 ms spans several
+ * bursts on a 40 Mbit/s uplink. (The relay's epochs stay bytes only: what its writes wait for is
+ * mostly the local store, and longer epochs made it climb there.)
  */
 export const EPOCH_MIN_MS = 200;
 /**
@@ -164,7 +165,7 @@ export const LONG_WINDOW_SESSIONS = 4;
  * Where the next session over a link starts: where the last session's adaptation left it, but
  * never below the pool's start (the user's uplink to a worker does not change between sessions,
  * so each need not climb again: climbing is slow and costs bytes, while a level too high for the
- * CPU comes down an epoch at a time, and the start level is cheap everywhere). A session that went
+ * CPU comes down by itself, and the start level is cheap everywhere). A session that went
  * to pass-through because its data did not compress says nothing of the link and leaves it as it
  * was.
  */
