@@ -283,7 +283,8 @@ async function profileRuns(
           const order = all.map((_, k) => all[(k + i) % all.length] as Route);
           for (const route of order) {
             const source = await payloads.add(kind, config, direction === 'download' ? route.workerAlias : undefined);
-            if (!result.compressibility.some((c) => c.payload === kind))
+            // Measured on this machine's copy: a download's source is made on the worker.
+            if (direction !== 'download' && !result.compressibility.some((c) => c.payload === kind))
               result.compressibility.push(await compressibility(kind, source.path, source.narBytes));
             try {
               await cmd('sync', []);
