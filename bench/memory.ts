@@ -59,6 +59,8 @@ export interface StreamHalf {
   maxConcurrent: number;
   sampledPeakRssMiB: number;
   vmHwmMiB: number;
+  /** The paths whose transfer stalled and was killed. */
+  stalledPaths: string[];
 }
 
 export interface SoakResult {
@@ -177,7 +179,11 @@ async function streamHalf(
   const wallMs = performance.now() - t0;
   const failed = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as Error] : []));
   if (failed[0]) throw new Error(`${failed.length} of ${paths.length} concurrent ${direction}s failed; the first: ${failed[0].message}`);
-  const stalled = results.filter((r) => r.status === 'fulfilled' && r.value.stalled).length;
+  const stalledPaths = paths.filter((_, i) => {
+    const r = results[i];
+    return r?.status === 'fulfilled' && r.value.stalled;
+  });
+  const stalled = stalledPaths.length;
   await sleep(300);
   const half: StreamHalf = {
     direction,
@@ -189,9 +195,10 @@ async function streamHalf(
     maxConcurrent: maxConcurrent(b.daemon.lines.slice(linesBefore)),
     sampledPeakRssMiB: sampler.max,
     vmHwmMiB: processMemory(b.pid).peakMiB,
+    stalledPaths,
   };
   progress(
-    `${paths.length} concurrent ${direction}s: ${fixed(wallMs / 1000, 1)} s, at most ${half.maxConcurrent} sessions open at once, daemon peak RSS ${fixed(half.vmHwmMiB, 1)} MiB`,
+    `${paths.length} concurrent ${direction}s: ${fixed(wallMs / 1000, 1)} s, ${stalled} stalled (killed after ${stallMs / 1000} s without a byte), at most ${half.maxConcurrent} sessions open at once, daemon peak RSS ${fixed(half.vmHwmMiB, 1)} MiB`,
   );
   return half;
 }
@@ -255,10 +262,14 @@ export async function memoryPeak(
   const paths = await makePaths(b.dir, base, sessions);
   try {
     const narBytes = Number((await cmd('nix-store', ['-q', '--size', paths[0] as string])).stdout.trim());
-    result.halves.push(await streamHalf(b, configFile, 'upload', paths, narBytes, stallMs));
+    const upload = await streamHalf(b, configFile, 'upload', paths, narBytes, stallMs);
+    result.halves.push(upload);
     await cmd('nix-store', ['--delete', ...paths]);
-    result.halves.push(await streamHalf(b, configFile, 'download', paths, narBytes, stallMs));
-    const valid = await cmd('nix-store', ['--check-validity', ...paths], { allowFail: true });
+    // A stalled upload (killed) left its path off the worker: only the others come back.
+    const uploaded = paths.filter((p) => !upload.stalledPaths.includes(p));
+    const download = await streamHalf(b, configFile, 'download', uploaded, narBytes, stallMs);
+    result.halves.push(download);
+    const valid = await cmd('nix-store', ['--check-validity', ...uploaded], { allowFail: true });
     if (valid.code !== 0 && result.halves[1]?.stalled === 0)
       throw new Error(`not every downloaded path is valid here: ${valid.stderr.trim()}`);
   } finally {
