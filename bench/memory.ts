@@ -264,9 +264,16 @@ export async function memoryPeak(
     const narBytes = Number((await cmd('nix-store', ['-q', '--size', paths[0] as string])).stdout.trim());
     const upload = await streamHalf(b, configFile, 'upload', paths, narBytes, stallMs);
     result.halves.push(upload);
-    await cmd('nix-store', ['--delete', ...paths]);
-    // A stalled upload (killed) left its path off the worker: only the others come back.
+    // A stalled upload (killed) left its path off the worker: only the others come back. Every
+    // other path must be there: a `nix copy --to` that succeeded without it is a lost upload.
     const uploaded = paths.filter((p) => !upload.stalledPaths.includes(p));
+    const direct = b.sshConfig(b.workerRecord(WIDE_POOL));
+    const there = await cmd('ssh', ['-F', direct, `root@${WORKER_ALIAS}`, `nix-store --check-validity ${uploaded.join(' ')}`], {
+      allowFail: true,
+    });
+    if (there.code !== 0)
+      throw new Error(`uploads that succeeded left paths off the worker: ${there.stderr.trim().split('\n').slice(0, 3).join('; ')}`);
+    await cmd('nix-store', ['--delete', ...paths]);
     const download = await streamHalf(b, configFile, 'download', uploaded, narBytes, stallMs);
     result.halves.push(download);
     const valid = await cmd('nix-store', ['--check-validity', ...uploaded], { allowFail: true });
