@@ -7,6 +7,7 @@
  * Written as JSON, which is YAML too: cloud-init reads it, and a NixOS worker image can read the
  * same user data with jq instead of a YAML parser.
  */
+import { gzipSync } from 'node:zlib';
 import { READY_MARKER, SETUP_FAILED_MARKER } from '../core/config.js';
 import { PINNED_NIX_RELEASE, type NixRelease } from '../core/nix-release.js';
 import { readPackageFile } from '../core/package-file.js';
@@ -154,8 +155,18 @@ export function workerUserData(input: WorkerUserDataInput): string {
     // The store volume's settings as data, for an image without cloud-init (the NixOS worker
     // image reads them from here; see nixos/scripts/store-volume.sh). cloud-init just writes them.
     ...(input.store ? [storeSettingsFile(input.store)] : []),
-    // The worker's end of compression "zstd" (the NixOS worker image has it on its PATH).
-    ...(input.zstdRelay ? [{ path: ZSTD_RELAY_PATH, permissions: '0755', content: readPackageFile(ZSTD_RELAY_SOURCE) }] : []),
+    // The worker's end of compression "zstd" (the NixOS worker image has it on its PATH), gzipped:
+    // as text it would take most of the 32 KiB that Hetzner allows for user data.
+    ...(input.zstdRelay
+      ? [
+          {
+            path: ZSTD_RELAY_PATH,
+            permissions: '0755',
+            encoding: 'gz+b64',
+            content: gzipSync(readPackageFile(ZSTD_RELAY_SOURCE), { level: 9 }).toString('base64'),
+          },
+        ]
+      : []),
   ];
   const config = {
     disable_root: false,
