@@ -136,8 +136,9 @@ export class BenchRig {
     try {
       if (options.stockNix)
         rig.fake.addImage({ name: STOCK_IMAGE, type: 'system', description: 'Ubuntu 24.04 (stock, no Nix)', worker: 'stock' });
-      // Production log level: debug lines would cost the daemon time per session.
-      rig.writeConfig({ log: { level: 'info' } });
+      // Production log level: debug lines would cost the daemon time per session. BENCH_LOG_LEVEL=debug
+      // (with NHB_TEST_VERBOSE=1 to see them) traces what the daemon decided, at that cost.
+      rig.writeConfig({ log: { level: process.env.BENCH_LOG_LEVEL || 'info' } });
       const cli = options.cli ?? CLI;
       if (!existsSync(cli)) throw new Error(`${cli} is missing: run "npm run build" first`);
       // As Rig.startDaemon, but with a choice of build.

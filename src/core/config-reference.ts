@@ -120,7 +120,7 @@ export const CONFIG_REFERENCE: ConfigKeyDoc[] = [
     key: 'pools.<name>.compressionLevelMax',
     default: '`12`',
     meaning:
-      "with `\"auto\"`: the highest level (-7 to 19, not 0). Memory follows the level: the window is 128 KiB at the negative levels, 512 KiB at 3, 1 MiB at 6–9, and from 10 (only where the link is slow) 8 MiB with long-distance matching, about 25 MB per busy session (the daemon's upload: 16 MiB, ≈ 27 MB, for at most 4 sessions at once; the others stay at 9); zstd's tables are capped at the window's size",
+      "with `\"auto\"`: the highest level (-7 to 19, not 0). Memory follows the level: the window is 128 KiB at the negative levels, 512 KiB at 3, 1 MiB at 6–9, and from 10 (only where the link is slow) 8 MiB with long-distance matching, about 25 MB per busy session (the daemon's upload: 16 MiB and a larger hash table, ≈ 34 MB, for at most 4 sessions at once; the others stay at 9); zstd's tables are capped at the window's size",
   },
   {
     key: 'pools.<name>.earlyHandshake',

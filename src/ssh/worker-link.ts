@@ -7,8 +7,8 @@
 import type { Logger } from '../core/log.js';
 import type { WorkerCompression } from '../core/config.js';
 import { nixArgv, renderNixCommand, type NixCommand } from './nix-command.js';
-import { LinkStart, type LevelPolicy } from './zstd-adapt.js';
-import { AdaptiveZstdEncoder } from './zstd-adaptive-encoder.js';
+import { describeSetting, epochFigures, LinkStart, type LevelPolicy } from './zstd-adapt.js';
+import { AdaptiveZstdEncoder, processMeter } from './zstd-adaptive-encoder.js';
 import { ZstdDecoder } from './zstd-codec.js';
 import { relayFeatures, relayLevels, spareRelayHeader, ZSTD_RELAY_AWAIT, ZSTD_RELAY_CHECK, zstdRelayCommand } from './zstd-relay.js';
 import {
@@ -149,7 +149,13 @@ export class WorkerLink {
     if (!this.zstd) return this.exec(rendered);
     const levels = this.options.zstdLevels;
     const adapt = levels.adaptive && this.relay.adapt ? relayLevels(levels) : undefined;
-    const codec = { encoder: new AdaptiveZstdEncoder(this.upStart.next()), decoder: new ZstdDecoder() };
+    const log = this.options.log;
+    const encoder = new AdaptiveZstdEncoder(this.upStart.next(), processMeter, ({ from, to, epoch }) => {
+      // What the adaptation saw, for whoever tunes it: one line per change, not per epoch.
+      if (log.isLevelEnabled('debug'))
+        log.debug({ from: describeSetting(from), to: describeSetting(to), epoch: epochFigures(epoch) }, 'upload compression changed');
+    });
+    const codec = { encoder, decoder: new ZstdDecoder() };
     const spare = this.spares.shift();
     this.refillSpares();
     if (spare) spare.channel.write(spareRelayHeader(nixArgv(command), adapt));

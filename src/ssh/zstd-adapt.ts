@@ -43,6 +43,15 @@ export const EPOCH_BYTES = 1024 * 1024;
  */
 export const EPOCH_MIN_MS = 200;
 /**
+ * The daemon's upload: what the link takes before anything waits for it (the worker's SSH window,
+ * OpenSSH's 2 MiB; the daemon's queues, 1.25 MiB; the socket's buffer). A session's first epochs
+ * fill it at the codec's pace, so a busy codec there says nothing of the link: a step down counts
+ * only epochs that end after the session's output passed it. (On the bench's home uplink, a
+ * session that started at the level the last one had learned stepped down in its first 400 ms,
+ * each time, and climbed back: a new frame per step.)
+ */
+export const LINK_FILL_BYTES = 4 * 1024 * 1024;
+/**
  * Adaptive only: the first bytes go through as they are. They are the protocol's handshake and
  * small requests, which gain next to nothing; a direction that never carries more (the requests
  * of a download) never allocates zstd's tables.
@@ -96,6 +105,18 @@ export interface AdaptHistory {
   rawEpochs: number;
   incompressible: boolean;
   codecBound: boolean;
+}
+
+/** An epoch's figures as a log line gives them: milliseconds and bytes, rounded. */
+export function epochFigures(epoch: Epoch): Record<keyof Epoch, number | boolean> {
+  return {
+    wallMs: Math.round(epoch.wallMs),
+    codecMs: Math.round(epoch.codecMs),
+    blockedMs: Math.round(epoch.blockedMs),
+    cpuSaturated: epoch.cpuSaturated,
+    bytesIn: epoch.bytesIn,
+    bytesOut: epoch.bytesOut,
+  };
 }
 
 /** A new direction's history. */
@@ -154,12 +175,18 @@ export const LONG_WINDOW_LOG_ADAPTIVE = 23;
 /**
  * The daemon's upload, the user's slow and costly direction, looks back further: 16 MiB (on the
  * bench's payload at level 12: 1.6 % fewer bytes than 8 MiB, 3.5 % fewer than level 9's 1 MiB),
- * for at most LONG_WINDOW_SESSIONS sessions of the daemon at once (≈ 27 MB each); the others go
+ * for at most LONG_WINDOW_SESSIONS sessions of the daemon at once (≈ 34 MB each); the others go
  * no higher than level 9. The worker's relay keeps LONG_WINDOW_LOG_ADAPTIVE: the daemon decodes
  * what it sends, and the download is the fast direction.
  */
 export const UPLOAD_LONG_WINDOW_LOG = 24;
 export const LONG_WINDOW_SESSIONS = 4;
+/**
+ * With a long window the upload's hash table gets 2^21 entries, not the cap's 2^20 (zstd's row
+ * match finder, levels 5–12, has no chain table): 0.8 % fewer bytes on the bench's payload at
+ * levels 10–12 for ≈ 5 MB more per session (2^22: 1.3 % for ≈ 16 MB, and 40 % more codec time).
+ */
+export const UPLOAD_LONG_TABLE_LOG = 21;
 
 /**
  * Where the next session over a link starts: where the last session's adaptation left it, but
@@ -187,7 +214,7 @@ export class LinkStart {
   }
 }
 
-/** From this level up zstd's hash and chain tables outgrow the window; adaptive caps each at the window's size (2^(windowLog-2) entries of 4 bytes), at most 4 MiB. */
+/** From this level up zstd's hash and chain tables outgrow the window; adaptive caps each at the window's size (2^(windowLog-2) entries of 4 bytes), at most 4 MiB (the upload's long window: UPLOAD_LONG_TABLE_LOG). */
 export const TABLE_CAP_FROM_LEVEL = 6;
 
 /** A setting as the log and `status` say it. */

@@ -15,12 +15,14 @@ import {
   EPOCH_MIN_MS,
   FRESH_HISTORY,
   INCOMPRESSIBLE,
+  LINK_FILL_BYTES,
   LONG_WINDOW_FROM_LEVEL_ADAPTIVE,
   LONG_WINDOW_SESSIONS,
   nextSetting,
   PROBE_BYTES,
   SettingTally,
   TABLE_CAP_FROM_LEVEL,
+  UPLOAD_LONG_TABLE_LOG,
   UPLOAD_LONG_WINDOW_LOG,
   WARM_UP_BYTES,
   type AdaptHistory,
@@ -54,7 +56,7 @@ export const processMeter: EpochMeter = {
 export function encoderOptions(level: number, adaptive: boolean, longWindow = false): ZstdEncoderOptions {
   if (!adaptive) return fixedLevelOptions(level);
   const windowLog = longWindow ? UPLOAD_LONG_WINDOW_LOG : adaptiveWindowLog(level);
-  const tables = level >= TABLE_CAP_FROM_LEVEL ? { tableLog: Math.min(windowLog - 2, 20) } : {};
+  const tables = level >= TABLE_CAP_FROM_LEVEL ? { tableLog: Math.min(windowLog - 2, longWindow ? UPLOAD_LONG_TABLE_LOG : 20) } : {};
   if (level >= LONG_WINDOW_FROM_LEVEL_ADAPTIVE) return { level, longWindowLog: windowLog, ...tables };
   return { level, windowLog, ...tables };
 }
@@ -65,6 +67,13 @@ let longWindowsHeld = 0;
 /** How many long windows the daemon's sessions hold (for tests and the docs' memory bound). */
 export function longWindowsInUse(): number {
   return longWindowsHeld;
+}
+
+/** A change of setting at an epoch's end, and what the epoch measured (for the daemon's debug log). */
+export interface SettingChange {
+  from: Setting;
+  to: Setting;
+  epoch: Epoch;
 }
 
 export class AdaptiveZstdEncoder {
@@ -96,6 +105,7 @@ export class AdaptiveZstdEncoder {
   constructor(
     private readonly policy: LevelPolicy,
     private readonly meter: EpochMeter = processMeter,
+    private readonly onChange?: (change: SettingChange) => void,
   ) {
     this.warmingUp = policy.adaptive;
     this.setting = policy.adaptive ? 'raw' : policy.start;
@@ -206,7 +216,7 @@ export class AdaptiveZstdEncoder {
       bytesOut: this.bytesOut,
     };
     let next = nextSetting(this.setting, epoch, this.policy, this.history);
-    this.history.codecBound = codecBound(epoch);
+    this.history.codecBound = codecBound(epoch) && this.totalOut >= LINK_FILL_BYTES;
     if (this.setting === 'raw') this.history.rawEpochs++;
     if (next === 'raw' && this.setting !== 'raw') {
       this.history.rawEpochs = 0;
@@ -214,8 +224,10 @@ export class AdaptiveZstdEncoder {
     }
     next = this.withinLongWindows(next);
     if (this.setting !== 'raw') this.learned = next === 'raw' ? (this.history.incompressible ? this.learned : this.policy.min) : next;
-    if (next !== this.setting) this.switchTo(next, parts);
-    else this.newEpoch();
+    if (next !== this.setting) {
+      this.onChange?.({ from: this.setting, to: next, epoch });
+      this.switchTo(next, parts);
+    } else this.newEpoch();
   }
 
   private switchTo(next: Setting, parts: Buffer[]): void {

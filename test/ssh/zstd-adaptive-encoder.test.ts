@@ -4,8 +4,24 @@ import t from 'tap';
 import { decodeAll } from './decode-all.js';
 import { frameList } from './zstd-frame-list.js';
 import { sample } from './zstd-sample.js';
-import { AdaptiveZstdEncoder, longWindowsInUse, type EpochMeter } from '../../src/ssh/zstd-adaptive-encoder.js';
-import { EPOCH_BYTES, EPOCH_MIN_MS, LONG_WINDOW_SESSIONS, PROBE_BYTES, WARM_UP_BYTES, type LevelPolicy } from '../../src/ssh/zstd-adapt.js';
+import {
+  AdaptiveZstdEncoder,
+  encoderOptions,
+  longWindowsInUse,
+  type EpochMeter,
+  type SettingChange,
+} from '../../src/ssh/zstd-adaptive-encoder.js';
+import {
+  EPOCH_BYTES,
+  EPOCH_MIN_MS,
+  LINK_FILL_BYTES,
+  LONG_WINDOW_SESSIONS,
+  PROBE_BYTES,
+  UPLOAD_LONG_TABLE_LOG,
+  UPLOAD_LONG_WINDOW_LOG,
+  WARM_UP_BYTES,
+  type LevelPolicy,
+} from '../../src/ssh/zstd-adapt.js';
 import { ZstdDecoder } from '../../src/ssh/zstd-codec.js';
 import { RAW_FRAME_HEADER, skippableFrame } from '../../src/ssh/zstd-frames.js';
 
@@ -53,6 +69,18 @@ function encode(
   return Buffer.concat(out);
 }
 
+t.test("zstd's settings per level: windows and tables grow with the level, the upload's long window most", async (t) => {
+  t.same(encoderOptions(3, true), { level: 3, windowLog: 19 }, "level 3: 512 KiB, zstd's own tables");
+  t.same(encoderOptions(7, true), { level: 7, windowLog: 20, tableLog: 18 }, 'tables capped at the window');
+  t.same(encoderOptions(12, true), { level: 12, longWindowLog: 23, tableLog: 20 }, 'from 10: 8 MiB and long matching');
+  t.same(
+    encoderOptions(12, true, true),
+    { level: 12, longWindowLog: UPLOAD_LONG_WINDOW_LOG, tableLog: UPLOAD_LONG_TABLE_LOG },
+    'with one of the long windows: 16 MiB and a larger hash table',
+  );
+  t.same(encoderOptions(12, false), { level: 12, longWindowLog: 27 }, "a fixed level: zstd's own, 128 MiB of long matching");
+});
+
 t.test('a fixed level writes one zstd stream from its first byte, as before', async (t) => {
   const input = sample(3 * EPOCH_BYTES);
   const encoder = new AdaptiveZstdEncoder({ start: 3, min: 3, max: 3, adaptive: false }, new TestMeter());
@@ -88,9 +116,10 @@ t.test('"auto": the warm-up goes through as it is, then the stream is compressed
 
 t.test('a slow link raises the level an epoch at a time up to the bound; a busy CPU lowers it to pass-through', async (t) => {
   const meter = new TestMeter();
-  const encoder = new AdaptiveZstdEncoder({ ...AUTO, max: 6 }, meter);
+  const changes: SettingChange[] = [];
+  const encoder = new AdaptiveZstdEncoder({ ...AUTO, max: 6 }, meter, (change) => changes.push(change));
   const levels: string[] = [];
-  const input = sample(24 * EPOCH_BYTES + WARM_UP_BYTES);
+  const input = sample(32 * EPOCH_BYTES + WARM_UP_BYTES);
   const out = encode(encoder, input, (epoch) => {
     levels.push(encoder.describe());
     meter.t += EPOCH_MIN_MS;
@@ -103,6 +132,16 @@ t.test('a slow link raises the level an epoch at a time up to the bound; a busy 
   t.equal(encoder.describe(), 'pass-through', 'down through the fast levels to pass-through');
   t.ok(levels.includes('level -5'), 'by way of the lowest level');
   t.notOk(levels.includes('level 0'), 'never level 0 (zstd: its default)');
+  t.same(
+    changes.map((c) => c.to),
+    [4, 5, 6, 5, 4, 3, 2, 1, -1, -2, -3, -4, -5, 'raw'],
+    'each change is reported once, with the epoch that made it',
+  );
+  t.ok(
+    changes.every((c, i) => c.from === (i === 0 ? 3 : changes[i - 1]?.to) && c.epoch.bytesIn >= EPOCH_BYTES),
+    'from the setting before it',
+  );
+  t.ok(changes[0] !== undefined && changes[0].epoch.blockedMs > 0, 'a climb was a wait for the link');
   const cli = zstdCli(out);
   t.equal(cli.status, 0, cli.stderr);
   t.ok(cli.stdout.equals(input), 'every change at a frame boundary: the stream reads back whole');
@@ -111,7 +150,7 @@ t.test('a slow link raises the level an epoch at a time up to the bound; a busy 
 t.test("a burst into the link's free buffers is not an epoch: the level holds until the epoch's time is up", async (t) => {
   const meter = new TestMeter();
   const encoder = new AdaptiveZstdEncoder(AUTO, meter);
-  const burstMiB = 8;
+  const burstMiB = 16; // its output passes LINK_FILL_BYTES: a step down may count what follows
   const levels: string[] = [];
   encode(
     encoder,
@@ -130,6 +169,29 @@ t.test("a burst into the link's free buffers is not an epoch: the level holds un
   meter.t += EPOCH_MIN_MS;
   encoder.push(sample(64 * 1024));
   t.equal(encoder.describe(), 'level 2', 'a second in a row is: one step down');
+});
+
+t.test("a session's first epochs fill the link: a busy codec there does not take the level down", async (t) => {
+  const meter = new TestMeter();
+  meter.saturated = true; // every epoch: the CPU busy, the link waiting for nothing
+  const encoder = new AdaptiveZstdEncoder({ ...AUTO, start: 9 }, meter);
+  const seen: { level: string; out: number }[] = [];
+  let out = 0;
+  const chunk = 64 * 1024;
+  const input = sample(WARM_UP_BYTES + PROBE_BYTES + 24 * EPOCH_BYTES);
+  for (let at = 0; at < input.length; at += chunk) {
+    if (at % EPOCH_BYTES === 0) meter.t += EPOCH_MIN_MS;
+    for (const part of encoder.push(input.subarray(at, at + chunk))) out += part.length;
+    seen.push({ level: encoder.describe(), out });
+  }
+  const firstDown = seen.findIndex((s) => s.level !== 'level 9' && s.level !== 'pass-through');
+  t.ok(firstDown > 0, `it steps down in the end: ${[...new Set(seen.map((s) => s.level))].join(', ')}`);
+  t.ok((seen[firstDown]?.out ?? 0) > LINK_FILL_BYTES, `not before its output passed ${LINK_FILL_BYTES} bytes`);
+  t.equal(seen[firstDown]?.level, 'level 8', 'one level at a time');
+  t.ok(
+    (seen[firstDown]?.out ?? 0) < LINK_FILL_BYTES + 4 * EPOCH_BYTES,
+    'and then after two busy epochs, as anywhere else (the epochs compress to under 1 MiB each)',
+  );
 });
 
 t.test('data that does not compress goes through as it is, and zstd is tried again now and then', async (t) => {
@@ -226,7 +288,8 @@ t.test('what a session learns for the next one over its link', async (t) => {
   t.equal(climbing.learnedLevel(), 9, 'the level a slow link took it to');
   const busy = new AdaptiveZstdEncoder({ ...AUTO, min: 1 }, meter);
   meter.saturated = true;
-  encode(busy, sample(WARM_UP_BYTES + PROBE_BYTES + 6 * EPOCH_BYTES), () => (meter.t += EPOCH_MIN_MS));
+  // Past LINK_FILL_BYTES of output (≈ 3:1), then two busy epochs a level.
+  encode(busy, sample(WARM_UP_BYTES + PROBE_BYTES + 20 * EPOCH_BYTES), () => (meter.t += EPOCH_MIN_MS));
   t.equal(busy.describe(), 'pass-through', 'a busy CPU took it to pass-through');
   t.equal(busy.learnedLevel(), 1, 'which teaches the lowest level');
   const short = new AdaptiveZstdEncoder(AUTO, meter);
