@@ -289,7 +289,7 @@ ZSTD_C_ENABLE_LONG_DISTANCE_MATCHING = 160
 
 
 # Frames written by hand (src/ssh/zstd-frames.ts): pass-through frames of raw blocks, and reports.
-RAW_FRAME_HEADER = b"\x28\xb5\x2f\xfd\x00" + bytes([(17 - 10) << 3])
+RAW_FRAME_HEADER = b"\x28\xb5\x2f\xfd\x00" + bytes([((17 - 10) << 3) | 1])
 RAW_FRAME_END = b"\x01\x00\x00"
 MAX_BLOCK = 128 * 1024
 SKIPPABLE_MAGIC = b"\x5f\x2a\x4d\x18"

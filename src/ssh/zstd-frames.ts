@@ -13,9 +13,13 @@
 const FRAME_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
 /**
  * Frame header descriptor 0 (no content size, not single-segment, no checksum, no dictionary),
- * then the window descriptor: 2^17 bytes, the largest block a raw block may carry.
+ * then the window descriptor: exponent 7, mantissa 1, a window of 2^17 + 2^14 bytes (the largest
+ * block, 128 KiB, fits). The mantissa is what makes the header ours: libzstd writes a window as a
+ * power of two (mantissa 0), so none of its frames starts with these bytes. (With mantissa 0 a
+ * libzstd frame at a negative level, window 2^17, began exactly so, and the daemon's decoder
+ * took it for pass-through.) Any decoder reads it as the zstd frame it is.
  */
-export const RAW_FRAME_HEADER = Buffer.concat([FRAME_MAGIC, Buffer.from([0x00, (17 - 10) << 3])]);
+export const RAW_FRAME_HEADER = Buffer.concat([FRAME_MAGIC, Buffer.from([0x00, ((17 - 10) << 3) | 1])]);
 /** An empty raw block with the last-block bit: the frame's end. */
 export const RAW_FRAME_END = Buffer.from([0x01, 0x00, 0x00]);
 /** zstd's largest block. */

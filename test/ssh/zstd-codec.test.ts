@@ -244,3 +244,33 @@ t.test('a pass-through frame with a block that is not raw, or too big, is a corr
   const tooBig = Buffer.concat([RAW_FRAME_HEADER, blockHeader(128 * 1024 + 1, true), Buffer.alloc(128 * 1024 + 1)]);
   t.throws(() => decodeAll(new ZstdDecoder(), tooBig), /more than 131072/);
 });
+
+t.test("no libzstd frame starts as our pass-through frames do: the relay's fast levels decode whole", async (t) => {
+  const input = sample(512 * 1024);
+  const clashes: number[] = [];
+  for (let windowLog = 10; windowLog <= 27; windowLog++) {
+    for (const level of [-5, -1, 1, 3]) {
+      const encoder = new ZstdEncoder({ level, windowLog });
+      const frame = Buffer.concat([...encoder.push(input), ...encoder.end()]);
+      if (frame.subarray(0, RAW_FRAME_HEADER.length).equals(RAW_FRAME_HEADER)) clashes.push(windowLog);
+    }
+  }
+  t.same(clashes, [], 'libzstd writes windows as powers of two; ours has a mantissa');
+  // What the relay sends at a negative level (a 128 KiB window), between pass-through frames.
+  const fast = new ZstdEncoder({ level: -3, windowLog: 17 });
+  const stream = Buffer.concat([
+    RAW_FRAME_HEADER,
+    ...rawBlocks(input.subarray(0, 1000)),
+    RAW_FRAME_END,
+    ...fast.push(input),
+    ...fast.end(),
+    RAW_FRAME_HEADER,
+    ...rawBlocks(input.subarray(0, 1000)),
+    RAW_FRAME_END,
+  ]);
+  const expected = Buffer.concat([input.subarray(0, 1000), input, input.subarray(0, 1000)]);
+  t.ok(Buffer.concat(decodeAll(new ZstdDecoder(), stream)).equals(expected), "the daemon's decoder gives it all back");
+  const cli = spawnSync('zstd', ['-d', '-c'], { input: stream, maxBuffer: 16 * 1024 * 1024 });
+  t.equal(cli.status, 0, cli.stderr.toString());
+  t.ok(cli.stdout.equals(expected), 'and so does zstd -d: our header is a valid zstd frame header');
+});
