@@ -11,6 +11,7 @@ import type { Config } from '../core/config.js';
 import { Endpoint, parseAuthorizedKeys } from '../ssh/endpoint.js';
 import { warnIfSsh2InternalsDiffer } from '../ssh/ssh2-internals.js';
 import { zstdBinding } from '../ssh/zstd-codec.js';
+import { UplinkStarts } from '../ssh/worker-link.js';
 import { resolvePoolCompression } from './compression.js';
 import { HcloudClient } from '../hcloud/client.js';
 import type { Server } from '../hcloud/types.js';
@@ -156,6 +157,7 @@ export class Daemon {
         log: this.log,
         instance: config.instance,
         save: () => this.saver.save(),
+        uplinkStarts: new UplinkStarts(),
       };
       // A new store volume counts against the budget for a whole month; unknown price: refused.
       const checkBudget = (sizeGb: number, what: string): Promise<void> => this.money.checkVolume(sizeGb, what);

@@ -5,7 +5,14 @@
 import { DEFAULT_ZSTD_LEVEL, type PoolConfig } from '../core/config.js';
 import { formatDuration } from '../core/duration.js';
 import type { Logger } from '../core/log.js';
-import { levelPolicyOf, WorkerLink, type NixCommand, type WorkerChannel, type WorkerSshTarget } from '../ssh/worker-link.js';
+import {
+  levelPolicyOf,
+  WorkerLink,
+  type NixCommand,
+  type UplinkStarts,
+  type WorkerChannel,
+  type WorkerSshTarget,
+} from '../ssh/worker-link.js';
 import { BootError } from './boot-error.js';
 import type { Deletions } from './deletions.js';
 import type { WorkerRecord } from './state.js';
@@ -17,6 +24,8 @@ import { WorkerStoreSlot } from './worker-store.js';
 
 export interface WorkerDeps extends WorkerCreateDeps {
   log: Logger;
+  /** Where each pool's uploads start (zstd "auto"), kept from one worker to the next. */
+  uplinkStarts?: UplinkStarts;
   /** The one way a server is deleted: retried until the API says it is gone. */
   deletions: Pick<Deletions, 'delete'>;
 }
@@ -243,15 +252,18 @@ export class Worker {
   }
 
   private openLink(timeoutMs: number): Promise<WorkerLink> {
+    const zstdLevels = levelPolicyOf(
+      this.pool.compressionLevel,
+      this.pool.compressionLevelMin,
+      this.pool.compressionLevelMax,
+      DEFAULT_ZSTD_LEVEL,
+    );
+    const upStart = this.deps.uplinkStarts?.for(this.pool.name, zstdLevels);
     return WorkerLink.open(this.target(), timeoutMs, {
       log: this.log,
       compression: this.pool.compression,
-      zstdLevels: levelPolicyOf(
-        this.pool.compressionLevel,
-        this.pool.compressionLevelMin,
-        this.pool.compressionLevelMax,
-        DEFAULT_ZSTD_LEVEL,
-      ),
+      zstdLevels,
+      ...(upStart ? { upStart } : {}),
     });
   }
 

@@ -26,7 +26,7 @@ import {
 
 export { HostKeyMismatch, type CommandResult, type WorkerChannel, type WorkerSshTarget } from './worker-connection.js';
 export type { NixCommand } from './nix-command.js';
-export { levelPolicyOf, type LevelPolicy } from './zstd-adapt.js';
+export { levelPolicyOf, UplinkStarts, type LevelPolicy } from './zstd-adapt.js';
 
 export interface WorkerLinkOptions {
   log: Logger;
@@ -34,6 +34,8 @@ export interface WorkerLinkOptions {
   compression: WorkerCompression;
   /** With "zstd": the levels of what the daemon sends up (and, adaptive, of what the relay sends down). */
   zstdLevels: LevelPolicy;
+  /** Where sessions' uploads start, shared with the pool's other workers (else this link's own, from zstdLevels). */
+  upStart?: LinkStart;
 }
 
 /** What the relay probe found: sessions are compressed, or why not. */
@@ -55,7 +57,7 @@ export class WorkerLink {
   private readonly spares: WorkerChannel[] = [];
   private sparesStarting = 0;
   private main: SshClient | undefined;
-  /** Where the next session's upload starts (the last session's level; the relay's download starts at the pool's start). */
+  /** Where the next session's upload starts (the last session's level, of this worker or the pool's last; the relay's download starts at the pool's start). */
   private readonly upStart: LinkStart;
 
   private constructor(
@@ -64,7 +66,7 @@ export class WorkerLink {
     private readonly options: WorkerLinkOptions,
   ) {
     this.main = client;
-    this.upStart = new LinkStart(options.zstdLevels);
+    this.upStart = options.upStart ?? new LinkStart(options.zstdLevels);
   }
 
   /** Opens the kept connection (one attempt); throws `HostKeyMismatch` for a wrong host key. */

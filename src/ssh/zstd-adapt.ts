@@ -214,6 +214,28 @@ export class LinkStart {
   }
 }
 
+/**
+ * The LinkStart of each pool, kept across its workers: the next worker is reached over the same
+ * uplink, so its first session need not climb from the start level again (an idle worker is
+ * deleted within minutes, and a new one boots for the next build). A pool whose levels changed
+ * (a reload) starts afresh.
+ */
+export class UplinkStarts {
+  private readonly byPool = new Map<string, { policy: LevelPolicy; start: LinkStart }>();
+
+  for(pool: string, policy: LevelPolicy): LinkStart {
+    const kept = this.byPool.get(pool);
+    if (kept && samePolicy(kept.policy, policy)) return kept.start;
+    const start = new LinkStart(policy);
+    this.byPool.set(pool, { policy, start });
+    return start;
+  }
+}
+
+function samePolicy(a: LevelPolicy, b: LevelPolicy): boolean {
+  return a.start === b.start && a.min === b.min && a.max === b.max && a.adaptive === b.adaptive;
+}
+
 /** From this level up zstd's hash and chain tables outgrow the window; adaptive caps each at the window's size (2^(windowLog-2) entries of 4 bytes), at most 4 MiB (the upload's long window: UPLOAD_LONG_TABLE_LOG). */
 export const TABLE_CAP_FROM_LEVEL = 6;
 

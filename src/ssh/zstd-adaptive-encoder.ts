@@ -198,8 +198,7 @@ export class AdaptiveZstdEncoder {
       const incompressible = this.probeOut / this.probeIn >= INCOMPRESSIBLE;
       this.probeIn = this.probeOut = 0;
       if (incompressible) {
-        this.history.rawEpochs = 0;
-        this.history.incompressible = true;
+        this.passThroughFrom(true);
         this.switchTo('raw', parts);
       } else this.newEpoch();
       return;
@@ -218,16 +217,19 @@ export class AdaptiveZstdEncoder {
     let next = nextSetting(this.setting, epoch, this.policy, this.history);
     this.history.codecBound = codecBound(epoch) && this.totalOut >= LINK_FILL_BYTES;
     if (this.setting === 'raw') this.history.rawEpochs++;
-    if (next === 'raw' && this.setting !== 'raw') {
-      this.history.rawEpochs = 0;
-      this.history.incompressible = epoch.bytesOut / epoch.bytesIn >= INCOMPRESSIBLE;
-    }
+    if (next === 'raw' && this.setting !== 'raw') this.passThroughFrom(epoch.bytesOut / epoch.bytesIn >= INCOMPRESSIBLE);
     next = this.withinLongWindows(next);
     if (this.setting !== 'raw') this.learned = next === 'raw' ? (this.history.incompressible ? this.learned : this.policy.min) : next;
     if (next !== this.setting) {
       this.onChange?.({ from: this.setting, to: next, epoch });
       this.switchTo(next, parts);
     } else this.newEpoch();
+  }
+
+  /** Pass-through starts now: its epochs count from 0, and why it started decides what ends it. */
+  private passThroughFrom(incompressible: boolean): void {
+    this.history.rawEpochs = 0;
+    this.history.incompressible = incompressible;
   }
 
   private switchTo(next: Setting, parts: Buffer[]): void {

@@ -12,6 +12,7 @@ import {
   RAW_RETRY_EPOCHS,
   settledLevels,
   SettingTally,
+  UplinkStarts,
   WARM_UP_BYTES,
   type Epoch,
   type LevelPolicy,
@@ -227,4 +228,16 @@ t.test('the next session over a link starts where the last one ended, within the
   const fixed = new LinkStart({ start: 5, min: 5, max: 5, adaptive: false });
   fixed.learn(9);
   t.equal(fixed.next().start, 5, 'a fixed level stays fixed');
+});
+
+t.test("a pool's next worker starts its uploads where the last worker's sessions left them", async (t) => {
+  const starts = new UplinkStarts();
+  const first = starts.for('default', AUTO);
+  first.learn(12);
+  t.equal(starts.for('default', { ...AUTO }).next().start, 12, 'the same pool, the same levels: what it learned');
+  t.equal(starts.for('other', AUTO).next().start, 3, 'another pool starts at its start');
+  const reloaded = starts.for('default', { ...AUTO, max: 9 });
+  t.equal(reloaded.next().start, 3, 'levels changed by a reload: afresh');
+  reloaded.learn(9);
+  t.equal(starts.for('default', { ...AUTO, max: 9 }).next().start, 9, 'and kept from then on');
 });
