@@ -274,3 +274,13 @@ t.test("no libzstd frame starts as our pass-through frames do: the relay's fast 
   t.equal(cli.status, 0, cli.stderr.toString());
   t.ok(cli.stdout.equals(expected), 'and so does zstd -d: our header is a valid zstd frame header');
 });
+
+t.test("an older relay's pass-through frames (window 2^17, not ours now) still decode, through libzstd", async (t) => {
+  const data = sample(300 * 1024);
+  const olderHeader = Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x00, (17 - 10) << 3]);
+  t.notOk(olderHeader.equals(RAW_FRAME_HEADER), 'the header changed');
+  const stream = Buffer.concat([olderHeader, ...rawBlocks(data), RAW_FRAME_END]);
+  const decoder = new ZstdDecoder();
+  t.ok(Buffer.concat(decodeAll(decoder, stream)).equals(data), 'the data comes back whole');
+  t.ok(decoder.holdsContext, 'read by libzstd, as any zstd frame');
+});
