@@ -14,6 +14,7 @@
  * valid stream for the decoder. worker/zstd-relay.py runs the same rules (a test runs both on the
  * same cases).
  */
+import { isDeepStrictEqual } from 'node:util';
 
 /** A level of zstd's, or pass-through frames. */
 export type Setting = number | 'raw';
@@ -225,15 +226,11 @@ export class UplinkStarts {
 
   for(pool: string, policy: LevelPolicy): LinkStart {
     const kept = this.byPool.get(pool);
-    if (kept && samePolicy(kept.policy, policy)) return kept.start;
+    if (kept && isDeepStrictEqual(kept.policy, policy)) return kept.start;
     const start = new LinkStart(policy);
     this.byPool.set(pool, { policy, start });
     return start;
   }
-}
-
-function samePolicy(a: LevelPolicy, b: LevelPolicy): boolean {
-  return a.start === b.start && a.min === b.min && a.max === b.max && a.adaptive === b.adaptive;
 }
 
 /** From this level up zstd's hash and chain tables outgrow the window; adaptive caps each at the window's size (2^(windowLog-2) entries of 4 bytes), at most 4 MiB (the upload's long window: UPLOAD_LONG_TABLE_LOG). */
