@@ -159,6 +159,7 @@ async function main(): Promise<void> {
       readyDelayMs: settings.readyDelayMs,
       verbose: Boolean(process.env.BENCH_VERBOSE),
       ...(process.env.BENCH_CLI ? { cli: process.env.BENCH_CLI } : {}),
+      nodeArgs: envList('BENCH_DAEMON_NODE_ARGS', []),
     });
   }
   if (wanted('warm')) {

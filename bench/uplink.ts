@@ -229,6 +229,8 @@ export interface UplinkSettings {
   readyDelayMs: number;
   verbose: boolean;
   cli?: string;
+  /** Node arguments of the daemon (a CPU profile, say). */
+  nodeArgs: string[];
 }
 
 /** What one profile's rig runs. */
@@ -244,7 +246,7 @@ interface Plan {
 async function profileRuns(
   profile: Profile,
   plan: Plan,
-  base: { bootDelayMs: number; readyDelayMs: number; verbose: boolean; cli?: string },
+  base: { bootDelayMs: number; readyDelayMs: number; verbose: boolean; cli?: string; nodeArgs: string[] },
   result: UplinkResult,
 ): Promise<void> {
   progress(`uplink ${profile.name}: ${nominal(profile)}`);
@@ -381,7 +383,13 @@ export async function uplink(s: UplinkSettings): Promise<UplinkResult> {
     await profileRuns(
       profile,
       plan,
-      { bootDelayMs: s.bootDelayMs, readyDelayMs: s.readyDelayMs, verbose: s.verbose, ...(s.cli ? { cli: s.cli } : {}) },
+      {
+        bootDelayMs: s.bootDelayMs,
+        readyDelayMs: s.readyDelayMs,
+        verbose: s.verbose,
+        nodeArgs: s.nodeArgs,
+        ...(s.cli ? { cli: s.cli } : {}),
+      },
       result,
     );
   report(result, profiles, plan);

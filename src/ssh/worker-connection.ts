@@ -10,6 +10,7 @@ import type { ClientChannel, CompressionAlgorithm } from 'ssh2';
 import type { WorkerCompression } from '../core/config.js';
 import { publicKeyBlob } from './keys.js';
 import { WORKER_SOCKET_HIGH_WATER, WriteGate } from './write-gate.js';
+import { batchWrites } from './write-batch.js';
 import type { DirectionSummary } from './zstd-adapt.js';
 
 export type SshClient = ssh2.Client;
@@ -169,7 +170,7 @@ export async function connectRoot(login: RootLogin, timeoutMs: number): Promise<
       compressions.set(client, cs.compress === sc.compress ? cs.compress : `${cs.compress} up, ${sc.compress} down`);
     });
     client.connect({
-      sock,
+      sock: batchWrites(sock),
       username: 'root',
       privateKey: login.privateKey,
       readyTimeout: timeoutMs,
