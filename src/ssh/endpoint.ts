@@ -14,7 +14,6 @@ import { replyChannelFailure } from './ssh2-internals.js';
 import { watchIdentLine } from './ident-line.js';
 import { NixSessions, refuse, type Login, type SessionPool } from './nix-session.js';
 import { CLIENT_SOCKET_HIGH_WATER, WriteGate } from './write-gate.js';
-import { batchWrites } from './write-batch.js';
 
 type ParsedKey = ssh2.ParsedKey;
 
@@ -141,7 +140,7 @@ export class Endpoint {
     loginTimer.unref();
     socket.once('close', () => clearTimeout(loginTimer));
     this.gates.set(peer, new WriteGate(socket, CLIENT_SOCKET_HIGH_WATER));
-    this.server.injectSocket(batchWrites(socket));
+    this.server.injectSocket(socket);
     // Not an SSH client: drop it now, as sshd does, rather than at the login grace time.
     watchIdentLine(socket, (why) => {
       this.log.warn({ peer, why }, 'dropped: not an SSH identification line');

@@ -10,7 +10,6 @@ import type { ClientChannel, CompressionAlgorithm } from 'ssh2';
 import type { WorkerCompression } from '../core/config.js';
 import { publicKeyBlob } from './keys.js';
 import { WORKER_SOCKET_HIGH_WATER, WriteGate } from './write-gate.js';
-import { batchWrites } from './write-batch.js';
 import type { DirectionSummary } from './zstd-adapt.js';
 
 export type SshClient = ssh2.Client;
@@ -170,7 +169,7 @@ export async function connectRoot(login: RootLogin, timeoutMs: number): Promise<
       compressions.set(client, cs.compress === sc.compress ? cs.compress : `${cs.compress} up, ${sc.compress} down`);
     });
     client.connect({
-      sock: batchWrites(sock),
+      sock,
       username: 'root',
       privateKey: login.privateKey,
       readyTimeout: timeoutMs,
