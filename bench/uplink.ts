@@ -406,6 +406,12 @@ type Pick = (profile: string, payload: PayloadKind, direction: Direction, route:
 
 const settledOf = (x: UplinkRun): string => (x.settled ? `${x.settled.up ?? '—'} / ${x.settled.down ?? '—'}` : '—');
 const directionName = (d: Direction): string => (d === 'build' ? 'nix-build' : d);
+/** The median run's wall time, and with more than one run the fastest and slowest: the spread a ratio sits in. */
+function wallCell(median: UplinkRun, runs: UplinkRun[]): string {
+  const done = runs.filter((x) => !x.stalled).map((x) => x.ms / 1000);
+  const cell = fixed(median.ms / 1000, 2);
+  return done.length > 1 ? `${cell} (${fixed(Math.min(...done), 2)}–${fixed(Math.max(...done), 2)})` : cell;
+}
 /** Payload MB/s of a run. */
 const rateOf = (x: UplinkRun): number => x.narBytes / x.ms / 1000;
 
@@ -432,8 +438,9 @@ function report(r: UplinkResult, profiles: Profile[], plan: Plan): void {
     ),
   );
   say();
-  const pick: Pick = (profile, payload, direction, route) =>
-    medianOf(r.runs.filter((x) => x.profile === profile && x.payload === payload && x.direction === direction && x.route === route));
+  const runsOf = (profile: string, payload: PayloadKind, direction: Direction, route: string): UplinkRun[] =>
+    r.runs.filter((x) => x.profile === profile && x.payload === payload && x.direction === direction && x.route === route);
+  const pick: Pick = (profile, payload, direction, route) => medianOf(runsOf(profile, payload, direction, route));
   for (const p of profiles) {
     say(`#### ${p.name}: ${nominal(p)}`);
     say();
@@ -451,7 +458,7 @@ function report(r: UplinkResult, profiles: Profile[], plan: Plan): void {
           else
             rows.push([
               ...head,
-              fixed(x.ms / 1000, 2),
+              wallCell(x, runsOf(p.name, payload, direction, route.label)),
               fixed(rateOf(x), 1),
               Number.isNaN(x.wire.up) ? '—' : fixed((x.wire.up + x.wire.down) / 1e6, 1),
               direct ? fixed(direct.ms / x.ms, 2) : 'n/a',
@@ -462,7 +469,17 @@ function report(r: UplinkResult, profiles: Profile[], plan: Plan): void {
       }
     say(
       table(
-        ['payload', 'direction', 'route', 'wall s', 'MB/s', 'wire MB', 'throughput ÷ direct', 'settled up/down', 'daemon CPU-s/GiB'],
+        [
+          'payload',
+          'direction',
+          'route',
+          'wall s (fastest–slowest)',
+          'MB/s',
+          'wire MB',
+          'throughput ÷ direct',
+          'settled up/down',
+          'daemon CPU-s/GiB',
+        ],
         rows,
       ),
     );
