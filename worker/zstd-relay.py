@@ -228,6 +228,7 @@ CODEC_BOUND = 0.5
 LINK_IDLE = 0.05
 INCOMPRESSIBLE = 0.97
 RAW_RETRY_EPOCHS = 16
+LINK_FILL_BYTES = 4 * 1024 * 1024
 # After the warm-up and on each retry out of pass-through, the first bytes at a level go as
 # frames of their own, one per chunk (single-segment: the window is the chunk), and only if
 # they compress does the level's streaming context (and its window in the daemon's decoder)
@@ -248,6 +249,11 @@ def codec_bound(epoch):
     """As codecBound in zstd-adapt.ts."""
     wall, codec, blocked, cpu_saturated = max(epoch[0], 1e-6), epoch[1], epoch[2], epoch[3]
     return (cpu_saturated or codec / wall >= CODEC_BOUND) and blocked / wall < LINK_IDLE
+
+
+def counts_as_codec_bound(epoch, total_out):
+    """As countsAsCodecBound in zstd-adapt.ts."""
+    return codec_bound(epoch) and total_out >= LINK_FILL_BYTES
 
 
 def next_setting(setting, epoch, policy, history):
@@ -439,7 +445,7 @@ class Encoder:
         # average that out made the level climb where only the store was slow.
         epoch = (monotonic() - self.started, self.codec, self.blocked, False, self.bytes_in, self.bytes_out)
         nxt = next_setting(self.setting, epoch, self.policy, (self.raw_epochs, self.raw_incompressible, self.codec_bound))
-        self.codec_bound = codec_bound(epoch)
+        self.codec_bound = counts_as_codec_bound(epoch, self.total_out)
         if self.setting == RAW:
             self.raw_epochs += 1
         if nxt == RAW and self.setting != RAW:

@@ -44,10 +44,11 @@ export const EPOCH_BYTES = 1024 * 1024;
  */
 export const EPOCH_MIN_MS = 200;
 /**
- * The daemon's upload: what the link takes before anything waits for it (the worker's SSH window,
- * OpenSSH's 2 MiB; the daemon's queues, 1.25 MiB; the socket's buffer). A session's first epochs
- * fill it at the codec's pace, so a busy codec there says nothing of the link: a step down counts
- * only epochs that end after the session's output passed it. (On the bench's home uplink, a
+ * What a direction's link takes before anything waits for it: the peer's SSH window (OpenSSH's
+ * 2 MiB towards a worker, the daemon's 2 MiB towards the relay), the queues behind it (the
+ * daemon's, 1.25 MiB) and the sockets' buffers. A session's first epochs fill it at the codec's
+ * pace, so a busy codec there says nothing of the link: a step down counts only epochs that end
+ * after the direction's output passed it (countsAsCodecBound). (On the bench's home uplink, a
  * session that started at the level the last one had learned stepped down in its first 400 ms,
  * each time, and climbed back: a new frame per step.)
  */
@@ -127,6 +128,14 @@ export const FRESH_HISTORY: Readonly<AdaptHistory> = { rawEpochs: 0, incompressi
 export function codecBound(epoch: Epoch): boolean {
   const wall = Math.max(epoch.wallMs, 1e-3);
   return (epoch.cpuSaturated || epoch.codecMs / wall >= CODEC_BOUND) && epoch.blockedMs / wall < LINK_IDLE;
+}
+
+/**
+ * What the next epoch remembers of this one (AdaptHistory.codecBound): the codec was the limit,
+ * and the direction's output so far (`totalOut`, this epoch's included) passed LINK_FILL_BYTES.
+ */
+export function countsAsCodecBound(epoch: Epoch, totalOut: number): boolean {
+  return codecBound(epoch) && totalOut >= LINK_FILL_BYTES;
 }
 
 /**

@@ -9,13 +9,12 @@
 import { performance, type EventLoopUtilization } from 'node:perf_hooks';
 import {
   adaptiveWindowLog,
-  codecBound,
+  countsAsCodecBound,
   describeSetting,
   EPOCH_BYTES,
   EPOCH_MIN_MS,
   FRESH_HISTORY,
   INCOMPRESSIBLE,
-  LINK_FILL_BYTES,
   LONG_WINDOW_FROM_LEVEL_ADAPTIVE,
   LONG_WINDOW_SESSIONS,
   nextSetting,
@@ -215,7 +214,7 @@ export class AdaptiveZstdEncoder {
       bytesOut: this.bytesOut,
     };
     let next = nextSetting(this.setting, epoch, this.policy, this.history);
-    this.history.codecBound = codecBound(epoch) && this.totalOut >= LINK_FILL_BYTES;
+    this.history.codecBound = countsAsCodecBound(epoch, this.totalOut);
     if (this.setting === 'raw') this.history.rawEpochs++;
     if (next === 'raw' && this.setting !== 'raw') this.passThroughFrom(epoch.bytesOut / epoch.bytesIn >= INCOMPRESSIBLE);
     next = this.withinLongWindows(next);

@@ -4,7 +4,9 @@ import t from 'tap';
 import { packageRoot } from '../../src/core/package-file.js';
 import {
   adaptiveWindowLog,
+  countsAsCodecBound,
   EPOCH_BYTES,
+  LINK_FILL_BYTES,
   levelPolicyOf,
   LinkStart,
   nextSetting,
@@ -164,6 +166,49 @@ t.test("the worker's relay runs the same rules on the same cases", async (t) => 
     { input: JSON.stringify([-7, -1, 1, 2, 3, 5, 6, 9, 10, 19]), encoding: 'utf8' },
   );
   t.same(JSON.parse(windows.stdout), [-7, -1, 1, 2, 3, 5, 6, 9, 10, 19].map(adaptiveWindowLog), 'and sizes its windows as the daemon does');
+});
+
+/** What the next epoch remembers of one: a busy codec counts only once the link's buffers had their fill. */
+const FILL_CASES: { why: string; epoch: Epoch; totalOut: number; counts: boolean }[] = [
+  {
+    why: 'a busy codec, nothing waited, the output at the fill: counts',
+    epoch: epoch({ codecMs: 80 }),
+    totalOut: LINK_FILL_BYTES,
+    counts: true,
+  },
+  {
+    why: 'the same a byte before the fill: the link was still filling its buffers',
+    epoch: epoch({ codecMs: 80 }),
+    totalOut: LINK_FILL_BYTES - 1,
+    counts: false,
+  },
+  { why: 'the CPU saturated, past the fill: counts', epoch: epoch({ cpuSaturated: true }), totalOut: 2 * LINK_FILL_BYTES, counts: true },
+  {
+    why: 'the output waited a tenth of the epoch: the link, not the codec, however far',
+    epoch: epoch({ codecMs: 80, blockedMs: 10 }),
+    totalOut: 8 * LINK_FILL_BYTES,
+    counts: false,
+  },
+  { why: 'a codec with time to spare, past the fill: does not count', epoch: epoch({}), totalOut: 8 * LINK_FILL_BYTES, counts: false },
+];
+
+t.test('a busy codec counts for a step down only after the output passed the fill, in the daemon and in the relay', async (t) => {
+  for (const c of FILL_CASES) t.equal(countsAsCodecBound(c.epoch, c.totalOut), c.counts, c.why);
+  const relay = join(packageRoot(), ZSTD_RELAY_SOURCE);
+  const script = [
+    'import importlib.util, json, sys',
+    `spec = importlib.util.spec_from_file_location("relay", ${JSON.stringify(relay)})`,
+    'relay = importlib.util.module_from_spec(spec); spec.loader.exec_module(relay)',
+    'print(json.dumps([relay.counts_as_codec_bound(tuple(e), n) for e, n in json.load(sys.stdin)]))',
+  ].join('\n');
+  const input = FILL_CASES.map(({ epoch: e, totalOut }) => [
+    [e.wallMs / 1000, e.codecMs / 1000, e.blockedMs / 1000, e.cpuSaturated, e.bytesIn, e.bytesOut],
+    totalOut,
+  ]);
+  const r = spawnSync('python3', ['-BIS', '-c', script], { input: JSON.stringify(input), encoding: 'utf8' });
+  t.equal(r.status, 0, r.stderr);
+  const answers = JSON.parse(r.stdout) as boolean[];
+  FILL_CASES.forEach((c, i) => t.equal(answers[i], c.counts, `relay: ${c.why}`));
 });
 
 t.test('windows grow with the level, from 128 KiB to 8 MiB', async (t) => {
