@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { packageRoot } from '../../src/core/package-file.js';
 import {
   adaptiveWindowLog,
@@ -136,36 +136,45 @@ t.test('the adaptation follows the limit: up for the link, down for the codec, p
   for (const c of CASES) t.equal(nextSetting(c.setting, c.epoch, c.policy ?? AUTO, c.history ?? COMPRESSING), c.next, c.why);
 });
 
-t.test("the worker's relay runs the same rules on the same cases", async (t) => {
+/**
+ * `expression` (Python, over `relay`, the worker's relay as a module, and `case`) for each of
+ * `cases`, as the relay answers; the test fails when python3 does.
+ */
+function relayAnswers<T>(t: Test, expression: string, cases: unknown[]): T[] {
   const relay = join(packageRoot(), ZSTD_RELAY_SOURCE);
-  const cases = CASES.map((c) => {
-    const p = c.policy ?? AUTO;
-    const e = c.epoch;
-    const history = c.history ?? COMPRESSING;
-    return [
-      c.setting,
-      [e.wallMs / 1000, e.codecMs / 1000, e.blockedMs / 1000, e.cpuSaturated, e.bytesIn, e.bytesOut],
-      [p.start, p.min, p.max, p.adaptive],
-      [history.rawEpochs, history.incompressible, history.codecBound],
-    ];
-  });
   const script = [
     'import importlib.util, json, sys',
     `spec = importlib.util.spec_from_file_location("relay", ${JSON.stringify(relay)})`,
     'relay = importlib.util.module_from_spec(spec); spec.loader.exec_module(relay)',
-    'out = [relay.next_setting(s, tuple(e), tuple(p), tuple(r)) for s, e, p, r in json.load(sys.stdin)]',
-    'print(json.dumps(out))',
+    `print(json.dumps([${expression} for case in json.load(sys.stdin)]))`,
   ].join('\n');
   const r = spawnSync('python3', ['-BIS', '-c', script], { input: JSON.stringify(cases), encoding: 'utf8' });
   t.equal(r.status, 0, r.stderr);
-  const answers = JSON.parse(r.stdout) as Setting[];
+  return JSON.parse(r.stdout) as T[];
+}
+
+/** An epoch as the relay's functions take it: seconds, not milliseconds. */
+const relayEpoch = (e: Epoch): unknown[] => [e.wallMs / 1000, e.codecMs / 1000, e.blockedMs / 1000, e.cpuSaturated, e.bytesIn, e.bytesOut];
+
+t.test("the worker's relay runs the same rules on the same cases", async (t) => {
+  const cases = CASES.map((c) => {
+    const p = c.policy ?? AUTO;
+    const history = c.history ?? COMPRESSING;
+    return [
+      c.setting,
+      relayEpoch(c.epoch),
+      [p.start, p.min, p.max, p.adaptive],
+      [history.rawEpochs, history.incompressible, history.codecBound],
+    ];
+  });
+  const answers = relayAnswers<Setting>(t, 'relay.next_setting(case[0], tuple(case[1]), tuple(case[2]), tuple(case[3]))', cases);
   CASES.forEach((c, i) => t.equal(answers[i], c.next, `relay: ${c.why}`));
-  const windows = spawnSync(
-    'python3',
-    ['-BIS', '-c', script.replace(/out = .*/, 'out = [relay.adaptive_window_log(l) for l in json.load(sys.stdin)]')],
-    { input: JSON.stringify([-7, -1, 1, 2, 3, 5, 6, 9, 10, 19]), encoding: 'utf8' },
+  const levels = [-7, -1, 1, 2, 3, 5, 6, 9, 10, 19];
+  t.same(
+    relayAnswers(t, 'relay.adaptive_window_log(case)', levels),
+    levels.map(adaptiveWindowLog),
+    'and sizes its windows as the daemon does',
   );
-  t.same(JSON.parse(windows.stdout), [-7, -1, 1, 2, 3, 5, 6, 9, 10, 19].map(adaptiveWindowLog), 'and sizes its windows as the daemon does');
 });
 
 /** What the next epoch remembers of one: a busy codec counts only once the link's buffers had their fill. */
@@ -194,20 +203,8 @@ const FILL_CASES: { why: string; epoch: Epoch; totalOut: number; counts: boolean
 
 t.test('a busy codec counts for a step down only after the output passed the fill, in the daemon and in the relay', async (t) => {
   for (const c of FILL_CASES) t.equal(countsAsCodecBound(c.epoch, c.totalOut), c.counts, c.why);
-  const relay = join(packageRoot(), ZSTD_RELAY_SOURCE);
-  const script = [
-    'import importlib.util, json, sys',
-    `spec = importlib.util.spec_from_file_location("relay", ${JSON.stringify(relay)})`,
-    'relay = importlib.util.module_from_spec(spec); spec.loader.exec_module(relay)',
-    'print(json.dumps([relay.counts_as_codec_bound(tuple(e), n) for e, n in json.load(sys.stdin)]))',
-  ].join('\n');
-  const input = FILL_CASES.map(({ epoch: e, totalOut }) => [
-    [e.wallMs / 1000, e.codecMs / 1000, e.blockedMs / 1000, e.cpuSaturated, e.bytesIn, e.bytesOut],
-    totalOut,
-  ]);
-  const r = spawnSync('python3', ['-BIS', '-c', script], { input: JSON.stringify(input), encoding: 'utf8' });
-  t.equal(r.status, 0, r.stderr);
-  const answers = JSON.parse(r.stdout) as boolean[];
+  const cases = FILL_CASES.map(({ epoch: e, totalOut }) => [relayEpoch(e), totalOut]);
+  const answers = relayAnswers<boolean>(t, 'relay.counts_as_codec_bound(tuple(case[0]), case[1])', cases);
   FILL_CASES.forEach((c, i) => t.equal(answers[i], c.counts, `relay: ${c.why}`));
 });
 
