@@ -120,7 +120,14 @@ export class BenchRig {
         // pool's second cold session is answered from the first one's record in ≈ 50 ms (what Nix
         // sees with the default; the stall section measures that).
         [COLD_POOL]: { maxWorkers: 1, jobsPerWorker: 8, idleTimeout: '1s', compression, earlyHandshake: false },
-        [BURST_POOL]: { maxWorkers: BURST_MAX_WORKERS, jobsPerWorker: BURST_JOBS_PER_WORKER, idleTimeout: '1s', compression },
+        // The same for bursts: a second burst would be answered from the first one's records.
+        [BURST_POOL]: {
+          maxWorkers: BURST_MAX_WORKERS,
+          jobsPerWorker: BURST_JOBS_PER_WORKER,
+          idleTimeout: '1s',
+          compression,
+          earlyHandshake: false,
+        },
         [WIDE_POOL]: { maxWorkers: 1, jobsPerWorker: WIDE_JOBS_PER_WORKER, idleTimeout: '60m', compression },
         ...(options.stockNix
           ? {

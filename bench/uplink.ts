@@ -396,21 +396,20 @@ export async function uplink(s: UplinkSettings): Promise<UplinkResult> {
   return result;
 }
 
-/** The run of median wall time of a route, or undefined when no run finished. */
-function medianOf(runs: UplinkRun[]): UplinkRun | undefined {
-  const done = runs.filter((r) => !r.stalled).sort((a, b) => a.ms - b.ms);
-  return done[Math.floor((done.length - 1) / 2)];
+/** The run of median wall time among a route's finished runs, or undefined when none finished. */
+function medianOf(done: UplinkRun[]): UplinkRun | undefined {
+  return [...done].sort((a, b) => a.ms - b.ms)[Math.floor((done.length - 1) / 2)];
 }
 
 type Pick = (profile: string, payload: PayloadKind, direction: Direction, route: string) => UplinkRun | undefined;
 
 const settledOf = (x: UplinkRun): string => (x.settled ? `${x.settled.up ?? '—'} / ${x.settled.down ?? '—'}` : '—');
 const directionName = (d: Direction): string => (d === 'build' ? 'nix-build' : d);
-/** The median run's wall time, and with more than one run the fastest and slowest: the spread a ratio sits in. */
-function wallCell(median: UplinkRun, runs: UplinkRun[]): string {
-  const done = runs.filter((x) => !x.stalled).map((x) => x.ms / 1000);
+/** The median run's wall time, and with more than one finished run the fastest and slowest: the spread a ratio sits in. */
+function wallCell(median: UplinkRun, done: UplinkRun[]): string {
+  const seconds = done.map((x) => x.ms / 1000);
   const cell = fixed(median.ms / 1000, 2);
-  return done.length > 1 ? `${cell} (${fixed(Math.min(...done), 2)}–${fixed(Math.max(...done), 2)})` : cell;
+  return seconds.length > 1 ? `${cell} (${fixed(Math.min(...seconds), 2)}–${fixed(Math.max(...seconds), 2)})` : cell;
 }
 /** Payload MB/s of a run. */
 const rateOf = (x: UplinkRun): number => x.narBytes / x.ms / 1000;
@@ -438,8 +437,9 @@ function report(r: UplinkResult, profiles: Profile[], plan: Plan): void {
     ),
   );
   say();
+  /** A route's finished runs: a stalled one has no time to rank. */
   const runsOf = (profile: string, payload: PayloadKind, direction: Direction, route: string): UplinkRun[] =>
-    r.runs.filter((x) => x.profile === profile && x.payload === payload && x.direction === direction && x.route === route);
+    r.runs.filter((x) => !x.stalled && x.profile === profile && x.payload === payload && x.direction === direction && x.route === route);
   const pick: Pick = (profile, payload, direction, route) => medianOf(runsOf(profile, payload, direction, route));
   for (const p of profiles) {
     say(`#### ${p.name}: ${nominal(p)}`);
