@@ -27,7 +27,9 @@ export function zstdRelayCommand(renderedNixCommand: string, adapt?: LevelPolicy
  * The levels of the relay's download under an adaptive pool: down for the worker's CPU and to
  * pass-through, never above the start. What its writes wait for is mostly the local store writing
  * files, not the link, and there a higher level only costs time (measured: the download at levels
- * 5–8 made 0.86–1.01× of direct's throughput, at 3 0.97–1.26×).
+ * 5–8 made 0.86–1.01× of direct's throughput, at 3 0.97–1.26×). Nor does it start lower: starting
+ * at level 1 gained nothing measurable on the bench's office and loopback links and sent 11 % more
+ * bytes, which a home downlink pays for (bench/README.md, Uplink).
  */
 export function relayLevels(pool: LevelPolicy): LevelPolicy {
   return { ...pool, max: pool.start };
