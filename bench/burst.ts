@@ -35,7 +35,8 @@ export interface BurstRun {
 /** One burst on the booted worker: through the daemon or direct. */
 export interface WarmBurstRun {
   route: 'ours' | 'direct';
-  failed: number;
+  /** The first failure's message, if any (how many failed is the sessions less those answered). */
+  firstError?: string;
   firstByteMs: number[];
   spreadMs: number;
 }
@@ -70,6 +71,9 @@ const answered = (settled: PromiseSettledResult<HandshakeTiming>[]): HandshakeTi
   settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
 const failuresOf = (settled: PromiseSettledResult<HandshakeTiming>[]): Error[] =>
   settled.flatMap((s) => (s.status === 'rejected' ? [s.reason as Error] : []));
+/** The first failure's first line, as a run records it. */
+const firstErrorOf = (failures: Error[]): { firstError?: string } =>
+  failures[0] ? { firstError: failures[0].message.split('\n')[0] as string } : {};
 
 function burstServers(b: BenchRig): number {
   return b.rig.fake.liveServers().filter((s) => s.labels[LABEL_POOL] === BURST_POOL).length;
@@ -102,7 +106,7 @@ export async function burst(b: BenchRig, configFile: string, sessions: number, r
       sessions,
       served: ok.length,
       failed: failures.length,
-      ...(failures[0] ? { firstError: failures[0].message.split('\n')[0] as string } : {}),
+      ...firstErrorOf(failures),
       serversCreated: b.rig.fake.servers().filter((s) => s.labels[LABEL_POOL] === BURST_POOL && s.createdAt.getTime() >= t0 - 1000).length,
       perWorker: [...workers.values()].sort((a, c) => c - a),
       extraConnections: lines.filter((l) => l.pool === BURST_POOL && /opened another connection/.test(l.msg)).length,
@@ -129,7 +133,7 @@ export async function burst(b: BenchRig, configFile: string, sessions: number, r
         route === 'ours' ? await atOnce(configFile, ours, sessions) : await atOnce(direct, `root@${WORKER_ALIAS}`, sessions);
       const run: WarmBurstRun = {
         route,
-        failed: failuresOf(settled).length,
+        ...firstErrorOf(failuresOf(settled)),
         firstByteMs: answered(settled).map((t) => t.firstByteMs),
         spreadMs,
       };
@@ -216,6 +220,7 @@ function report(r: BurstResult): void {
     ),
   );
   say();
+  for (const run of r.warm) if (run.firstError) say(`First failure on the booted worker (${run.route}): ${run.firstError}`);
   const direct50 = percentile(firstBytes('direct'), 50);
   say(
     `Ours ÷ direct on the booted worker, p50: ${fixed(percentile(firstBytes('ours'), 50) / direct50, 2)}. The cold burst's median first byte ÷ (boot + ready delay + direct's p50 here): ${fixed(median(all) / (r.bootDelayMs + r.readyDelayMs + direct50), 2)}.`,
